@@ -1,0 +1,322 @@
+/* gw.h: the gateway's types, shared by its modules (main, worker, session,
+ * stats). Not a public API.
+ *
+ * Shape: N worker threads, each owning one io_uring, its listeners, a
+ * fixed-file table of `slots` direct sockets, the connections in it, a timing
+ * wheel and its counters. A user's connection lives on the user's *home*
+ * thread (a hash of the user id): after LOGIN the accepting thread moves the
+ * socket there with MSG_RING (SEND_FD). So each thread's directory holds only
+ * its own users, a second login is found on the same thread, and a message
+ * for a user is one hop: to the recipient's home thread, as a record in a
+ * per-iteration batch posted with MSG_RING. No locks, no shared mutable state.
+ *
+ * Connection states (conn.state):
+ *
+ *   FREE --accept--> NEW --LOGIN, home here--> LIVE --close--> CLOSING --> FREE
+ *                     |                          ^
+ *                     +--LOGIN, home elsewhere--> HANDOFF --SEND_FD ok--> FREE (here)
+ *                                                    `--> (home thread) LIVE
+ */
+#ifndef GATEWAY_GW_H
+#define GATEWAY_GW_H
+
+#include <assert.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "proto/client.h"
+#include "runtime/addr.h"
+#include "runtime/msgid.h"
+#include "runtime/opts.h"
+#include "runtime/token.h"
+#include "runtime/u64map.h"
+#include "runtime/uring.h"
+#include "runtime/wheel.h"
+
+#define GW_TICK_MS 100u          /* timing wheel tick */
+#define GW_WHEEL_BITS 13u        /* 8192 buckets x 100 ms = 819 s per turn */
+#define GW_SLOT_RESERVE 64u      /* table slots kept free to answer "server full" */
+#define GW_MAX_THREADS 256u      /* msgid thread field */
+#define GW_LINGER_TICKS 20u      /* after a fatal error frame: read and drop for 2 s, then close */
+
+/* ---- configuration (read-only after start) -------------------------------- */
+struct gw_config {
+	struct opt_list listen;
+	const char *stats_listen;
+	const char *secret_file;
+	int64_t threads;
+	int64_t node;
+	int64_t login_timeout_ms;
+	int64_t keepalive_ms;
+	int64_t write_stall_ms;
+	int64_t drain_ms;
+	int64_t goaway_spread_ms;
+	const char *goaway_hint;
+	int64_t max_queue;     /* bytes of output queued per connection */
+	int64_t rate_frames;   /* per connection per second, 0 = off */
+	int64_t rate_bytes;    /* per connection per second, 0 = off */
+	int64_t max_body;
+	int64_t recv_buf;      /* bytes per provided buffer */
+	int64_t recv_pool;     /* bytes of provided buffers, all threads */
+	int64_t backlog;
+	int64_t sndbuf, rcvbuf;
+	int64_t slots;         /* fixed-file table per thread (0 = from RLIMIT_NOFILE) */
+	const char *log_level;
+	struct opt_list backends; /* dist link (backend issue); empty: local delivery only */
+};
+
+/* ---- counters: per thread, written by the owner only ---------------------- */
+enum gw_close_reason {
+	CLOSE_PEER,          /* client closed or reset */
+	CLOSE_ERROR,         /* socket error */
+	CLOSE_PROTOCOL,      /* malformed frame or state violation */
+	CLOSE_AUTH,          /* login refused */
+	CLOSE_LOGIN_TIMEOUT,
+	CLOSE_IDLE,
+	CLOSE_KICKED,
+	CLOSE_SLOW,          /* slow consumer */
+	CLOSE_RATE,
+	CLOSE_STALL,
+	CLOSE_SHUTDOWN,
+	CLOSE_FULL,
+	CLOSE_REASONS
+};
+
+enum gw_frame_idx { FI_LOGIN, FI_SEND, FI_RECEIPT, FI_PING, FI_PONG, FI_GROUP, FI_LOGIN_RESULT, FI_ACK, FI_DELIVER,
+		    FI_ERROR, FI_GOAWAY, FI_KICKED, FI_GROUP_RESULT, FI_N };
+
+struct gw_counters {
+	uint64_t accepted, rejected_full, accept_errors, handoffs_out, handoffs_in, handoff_failed;
+	uint64_t closed[CLOSE_REASONS];
+	uint64_t logins_ok, logins_auth, logins_expired, logins_version;
+	uint64_t frames_in[FI_N], frames_out[FI_N];
+	uint64_t bytes_in, bytes_out;
+	uint64_t parse_errors[PROTO_E_WRITE_STALL + 1];
+	uint64_t deliver_local, deliver_cross, deliver_remote, deliver_offline, no_route;
+	uint64_t receipts_routed, kicks, slow_consumers, rate_limited, enobufs;
+	uint64_t xbatches_out, xbatches_in, xrecords_out, xrecords_in;
+	uint64_t loops, cqes, sends;
+	/* gauges */
+	uint64_t conns, logged_in, queue_bytes, queue_max, wheel_size, dir_size, partial_bufs;
+} __attribute__((aligned(64)));
+
+/* Owner-thread increment, readable by the stats thread without tearing. */
+#define CNT_ADD(w, field, n) __atomic_store_n(&(w)->cnt.field, (w)->cnt.field + (n), __ATOMIC_RELAXED)
+#define CNT_SET(w, field, v) __atomic_store_n(&(w)->cnt.field, (v), __ATOMIC_RELAXED)
+
+/* ---- buffers ---------------------------------------------------------------- */
+
+/* Output queued for one connection: frames appended during an iteration and
+ * sent with one send at its end. `off` is how much a send has taken. */
+struct obuf {
+	uint32_t len, cap, off;
+	uint32_t since; /* tick the send started (write-stall check) */
+	uint8_t data[];
+};
+
+/* The partial frame carried between receives; freed when it completes. */
+struct ibuf {
+	uint32_t len, cap, need;
+	uint8_t data[];
+};
+
+/* A login moving to the user's home thread with the socket. */
+struct handoff {
+	uint64_t user, resume;
+	uint32_t len; /* bytes received after LOGIN, to be processed there */
+	uint8_t version;
+	uint8_t data[];
+} __attribute__((aligned(16)));
+
+/* ---- connection -------------------------------------------------------------- */
+enum conn_state { CS_FREE = 0, CS_NEW, CS_HANDOFF, CS_LIVE, CS_CLOSING };
+
+#define CF_RECV 0x0001u      /* a recv is armed */
+#define CF_MULTI 0x0002u     /* ...and it is multishot */
+#define CF_SEND 0x0004u      /* a send is in flight */
+#define CF_SHUT 0x0008u      /* a shutdown is in flight */
+#define CF_CLOSE 0x0010u     /* close submitted */
+#define CF_QUEUED 0x0020u    /* on the flush list */
+#define CF_PING 0x0040u      /* keepalive ping sent, answer pending */
+#define CF_LINGER 0x0080u    /* closing after an error frame: flush, shutdown, drain input */
+#define CF_REARM 0x0100u     /* recv to re-arm at the end of the iteration (ENOBUFS) */
+#define CF_GOAWAY 0x0200u    /* goaway sent */
+#define CF_SHUT_DONE 0x0400u /* shutdown(WR) done */
+
+/* One connection; the index in the array is its fixed-file slot. All zeros
+ * is a free slot. 64 bytes: a million of them is 64 MB. */
+struct conn {
+	uint64_t user;
+	struct obuf *out; /* waiting to be sent */
+	union {
+		struct obuf *sending;     /* in flight */
+		struct handoff *handoff;  /* CS_HANDOFF: moving with the socket */
+	};
+	struct ibuf *in;
+	struct wheel_node tn;
+	uint32_t gen;
+	uint32_t last_rx; /* tick of the last receive */
+	uint32_t rl_bytes;
+	uint16_t rl_frames;
+	uint16_t rl_window;
+	uint16_t flags;
+	uint8_t state;
+	uint8_t reason; /* enum gw_close_reason once closing */
+};
+static_assert(sizeof(struct conn) == 64, "struct conn is one cache line");
+
+/* ---- cross-thread records ------------------------------------------------
+ * Batched per destination thread during an iteration and posted as one
+ * pointer with MSG_RING at its end; the receiver frees the batch. */
+enum xm_type { XM_DELIVER = 1, XM_RESULT, XM_RECEIPT };
+
+struct xm_hdr {
+	uint16_t type;
+	uint16_t pad;
+	uint32_t size; /* whole record, multiple of 8 */
+};
+
+struct xm_deliver { /* deliver to `to` (on the receiving thread) and answer with XM_RESULT */
+	struct xm_hdr h;
+	uint64_t from, to, smid, time_ms, cmid;
+	uint32_t oslot, ogen; /* sender's connection on the sending thread */
+	uint32_t body_len;
+	uint32_t pad;
+	uint8_t body[];
+};
+
+struct xm_result { /* outcome of an XM_DELIVER for the sender's connection */
+	struct xm_hdr h;
+	uint64_t cmid, smid;
+	uint32_t oslot, ogen;
+	uint32_t status; /* 0 delivered, else a proto_err code */
+	uint32_t pad;
+};
+
+struct xm_receipt { /* tell `to` that `from` received/read `smid` */
+	struct xm_hdr h;
+	uint64_t from, to, smid;
+	uint32_t kind, pad;
+};
+
+struct xbatch {
+	uint32_t len, cap; /* bytes of records */
+	uint16_t src, dst;
+	uint32_t pad;
+	uint8_t data[];
+} __attribute__((aligned(16)));
+
+/* ---- worker --------------------------------------------------------------- */
+struct gw;
+
+struct worker {
+	struct gw_counters cnt; /* first: its own cache lines */
+	struct gw *gw;
+	unsigned id;
+	pthread_t thread;
+	struct io_uring ring;
+	struct bufring br;
+	struct conn *conns;
+	uint32_t slots;    /* fixed-file table size */
+	uint32_t capacity; /* connections accepted before "server full" */
+	uint32_t live;     /* slots in use */
+	int *lfd;          /* listener fds, one per --listen */
+	uint8_t *lactive;  /* multishot accept armed per listener */
+	struct u64map dir; /* user -> gen << 32 | slot, for users whose home is here */
+	struct wheel wheel;
+	uint32_t *flush;   /* slots with output to send this iteration */
+	size_t nflush, flush_cap;
+	uint32_t *rearm;   /* slots whose recv must be re-armed */
+	size_t nrearm, rearm_cap;
+	struct xbatch **xout; /* per destination thread */
+	struct msgid_gen ids;
+	uint64_t start_ns, now_ns, wall_ms;
+	uint32_t tick;
+	uint64_t rng;
+	int draining, stopping;
+	uint32_t drain_deadline;
+	const char *ring_mode;
+};
+
+struct gw {
+	struct gw_config cfg;
+	struct token_secret secret;
+	struct addr *listen; /* parsed cfg.listen */
+	size_t nlisten;
+	unsigned nthreads;
+	uint32_t slots;
+	struct worker *w;
+	int *ring_fds; /* written before the start barrier, read-only after */
+	pthread_barrier_t start;
+	int start_failed;
+	uint64_t started_wall_ms;
+};
+
+/* ---- worker.c ------------------------------------------------------------ */
+void *worker_main(void *arg);
+
+/* Commands from the main thread (MSG_RING res). */
+enum gw_ctrl { CTRL_DRAIN = 1, CTRL_STOP = 2 };
+
+/* user_data kinds */
+enum gw_ud {
+	UD_ACCEPT = 1, /* slot = listener index */
+	UD_RECV,
+	UD_SEND,
+	UD_SHUT,
+	UD_CLOSE,
+	UD_CANCEL,
+	UD_XIN,        /* pointer: an xbatch from another thread */
+	UD_XFAIL,      /* pointer: our xbatch that MSG_RING could not post */
+	UD_HANDOFF_IN, /* pointer: a handoff; res = the new slot */
+	UD_HANDOFF_OUT,/* slot/gen: result of our SEND_FD */
+	UD_CTRL,       /* res = enum gw_ctrl */
+};
+
+/* Append one encoded frame to a connection's output; the enc callback writes
+ * the frame into (buf, cap) and returns its size (proto_enc_* contract).
+ * Returns 0, or -1 when the connection was cut off as a slow consumer. */
+struct conn;
+int conn_out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f);
+
+/* Close paths. conn_fail: queue ERROR code (fatal), stop reading, flush,
+ * shut down, linger, close. conn_close: close now, no frame. */
+void conn_fail(struct worker *w, uint32_t slot, unsigned code, enum gw_close_reason why, const char *text);
+void conn_close(struct worker *w, uint32_t slot, enum gw_close_reason why);
+
+/* Arm the connection's recv (multishot when logged in). */
+void conn_arm_recv(struct worker *w, uint32_t slot);
+
+/* Schedule the connection's timer check at the right next tick. */
+void conn_timer_update(struct worker *w, uint32_t slot);
+
+/* Reserve a record of `size` bytes in the batch for thread dst. NULL on OOM. */
+void *xm_reserve(struct worker *w, unsigned dst, unsigned type, size_t size);
+
+/* ---- session.c ------------------------------------------------------------ */
+
+/* Handle received bytes for a connection (NEW or LIVE). Returns 0 normally,
+ * or -1 when the connection stopped taking input (closing or handed off). */
+int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n);
+
+/* A handed-off connection arrived at its home thread in `slot`. */
+void session_handoff_in(struct worker *w, uint32_t slot, struct handoff *h);
+
+/* Process one batch of records from another thread (frees nothing). */
+void session_xbatch(struct worker *w, const struct xbatch *b);
+
+/* A LIVE connection is going away: drop it from the directory. */
+void session_gone(struct worker *w, uint32_t slot);
+
+/* Home thread of a user. */
+static inline unsigned gw_home(const struct gw *gw, uint64_t user)
+{
+	return (unsigned)(((hash64(user) >> 32) * (uint64_t)gw->nthreads) >> 32);
+}
+
+/* ---- stats.c -------------------------------------------------------------- */
+struct mbuf;
+int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **ctype);
+
+#endif

@@ -1,0 +1,248 @@
+/* main.c: the gateway binary: options, start-up, signals, shutdown.
+ *
+ * Start-up: parse options, load the auth secret, size the fixed-file tables
+ * from RLIMIT_NOFILE, start the workers (each creates its own ring and
+ * SO_REUSEPORT listeners, then all meet at a barrier), print the capacity,
+ * start the stats endpoint. Then the main thread only waits for signals:
+ * the first SIGTERM/SIGINT tells every worker to drain (goaway, then close
+ * after --drain-timeout), a second one stops at once. Exit status 0 after a
+ * clean drain.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "gateway/gw.h"
+#include "runtime/clock.h"
+#include "runtime/httpd.h"
+#include "runtime/log.h"
+
+extern int gw_draining;
+
+static const char usage[] =
+	"usage: gateway --auth-secret-file FILE [options]\n"
+	"\n"
+	"The edge server of the chat service: holds client connections (io_uring,\n"
+	"one ring per thread, direct descriptors), authenticates them, delivers\n"
+	"messages between users on this node. Protocol: proto/PROTOCOL.md.\n"
+	"Capacity = threads x per-ring table (min(RLIMIT_NOFILE, 1048576) - 64);\n"
+	"use --threads above the core count to hold more under a low RLIMIT_NOFILE.\n"
+	"Signals: SIGTERM/SIGINT drain (goaway, close after --drain-timeout); twice: stop now.\n";
+
+static void ctrl_all(struct gw *gw, struct io_uring *ctl, int cmd)
+{
+	for (unsigned i = 0; i < gw->nthreads; i++) {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(ctl);
+		if (!sqe) {
+			io_uring_submit(ctl);
+			sqe = io_uring_get_sqe(ctl);
+		}
+		io_uring_prep_msg_ring(sqe, gw->ring_fds[i], (unsigned)cmd, ud_ptr(UD_CTRL, NULL), 0);
+		sqe->user_data = i;
+	}
+	io_uring_submit_and_wait(ctl, gw->nthreads);
+	struct io_uring_cqe *cqe;
+	unsigned head, n = 0;
+	io_uring_for_each_cqe(ctl, head, cqe)
+	{
+		if (cqe->res < 0)
+			log_error("could not signal thread %llu: %s", (unsigned long long)cqe->user_data,
+				  strerror(-cqe->res));
+		n++;
+	}
+	io_uring_cq_advance(ctl, n);
+}
+
+int main(int argc, char **argv)
+{
+	static struct gw gw;
+	struct gw_config *cfg = &gw.cfg;
+	const struct opt opts[] = {
+		{"listen", OPT_LIST, &cfg->listen, "127.0.0.1:5222", 0, 0,
+		 "client listener IP:PORT (0.0.0.0:PORT for all addresses; one SO_REUSEPORT socket per thread)"},
+		{"stats-listen", OPT_STR, &cfg->stats_listen, "127.0.0.1:9100", 0, 0,
+		 "HTTP stats endpoint (/metrics, /stats, /healthz); \"off\" to disable"},
+		{"auth-secret-file", OPT_STR, &cfg->secret_file, NULL, 0, 0,
+		 "file holding the HMAC secret tokens are signed with (required; >= 16 bytes)"},
+		{"threads", OPT_INT, &cfg->threads, "0", 0, GW_MAX_THREADS, "worker threads; 0 = online CPUs"},
+		{"node", OPT_INT, &cfg->node, "1", 1, MSGID_MAX_NODE, "node id, unique among gateways and backends"},
+		{"login-timeout", OPT_MS, &cfg->login_timeout_ms, "10s", 100, 3600000,
+		 "close connections that have not logged in by then"},
+		{"keepalive", OPT_MS, &cfg->keepalive_ms, "300s", 1000, 86400000,
+		 "ping a silent connection after this; close it after twice this"},
+		{"write-stall", OPT_MS, &cfg->write_stall_ms, "30s", 100, 3600000,
+		 "close a connection whose send makes no progress for this long"},
+		{"drain-timeout", OPT_MS, &cfg->drain_ms, "10s", 0, 3600000,
+		 "on SIGTERM: time between goaway and closing the rest"},
+		{"goaway-spread", OPT_MS, &cfg->goaway_spread_ms, "5s", 0, 3600000,
+		 "reconnect delays in goaway frames are spread over 0..this"},
+		{"goaway-hint", OPT_STR, &cfg->goaway_hint, "", 0, 0, "host:port clients should reconnect to"},
+		{"max-queue", OPT_SIZE, &cfg->max_queue, "256k", 1024, 1 << 30,
+		 "output bytes queued per connection before it is cut off as a slow consumer"},
+		{"rate-frames", OPT_INT, &cfg->rate_frames, "2000", 0, 100000000,
+		 "frames per second per connection before it is cut off (0 = no limit)"},
+		{"rate-bytes", OPT_SIZE, &cfg->rate_bytes, "4m", 0, 1ll << 40,
+		 "bytes per second per connection before it is cut off (0 = no limit)"},
+		{"max-body", OPT_INT, &cfg->max_body, "16384", 1, PROTO_MAX_BODY, "largest message body accepted"},
+		{"recv-buffer", OPT_SIZE, &cfg->recv_buf, "4k", 256, 1 << 20, "bytes per provided receive buffer"},
+		{"recv-pool", OPT_SIZE, &cfg->recv_pool, "32m", 64 << 10, 1ll << 34,
+		 "bytes of receive buffers for all threads together (idle connections hold none)"},
+		{"backlog", OPT_INT, &cfg->backlog, "4096", 16, 1 << 20, "listen backlog (capped by net.core.somaxconn)"},
+		{"sndbuf", OPT_SIZE, &cfg->sndbuf, "0", 0, 1 << 30, "SO_SNDBUF of client sockets; 0 = kernel autotuning"},
+		{"rcvbuf", OPT_SIZE, &cfg->rcvbuf, "0", 0, 1 << 30, "SO_RCVBUF of client sockets; 0 = kernel autotuning"},
+		{"slots", OPT_INT, &cfg->slots, "0", 0, 1048576,
+		 "direct descriptors per thread; 0 = min(RLIMIT_NOFILE, 1048576)"},
+		{"log-level", OPT_STR, &cfg->log_level, "info", 0, 0, "error, warn, info or debug"},
+	};
+	char err[512];
+	int r = opts_parse(opts, sizeof opts / sizeof opts[0], argc, argv, usage, err, sizeof err);
+	if (r == 1)
+		return 0;
+	if (r < 0) {
+		fprintf(stderr, "gateway: %s\n", err);
+		return 2;
+	}
+	int lvl = log_level_parse(cfg->log_level);
+	if (lvl < 0) {
+		fprintf(stderr, "gateway: --log-level: '%s' is not error, warn, info or debug\n", cfg->log_level);
+		return 2;
+	}
+	log_init("gateway", (enum log_level)lvl);
+	if (!cfg->secret_file) {
+		fprintf(stderr, "gateway: --auth-secret-file is required (see --help; tools/mint-token --new-secret FILE makes one)\n");
+		return 2;
+	}
+	if (token_secret_load(&gw.secret, cfg->secret_file, err, sizeof err) != 0) {
+		log_error("%s", err);
+		return 1;
+	}
+	gw.nlisten = cfg->listen.n;
+	gw.listen = calloc(gw.nlisten, sizeof *gw.listen);
+	if (!gw.listen)
+		return 1;
+	for (size_t i = 0; i < gw.nlisten; i++) {
+		if (addr_parse(cfg->listen.v[i], &gw.listen[i], err, sizeof err) != 0) {
+			fprintf(stderr, "gateway: --listen: %s\n", err);
+			return 2;
+		}
+	}
+	struct addr stats_addr;
+	int stats_on = strcmp(cfg->stats_listen, "off") != 0;
+	if (stats_on && addr_parse(cfg->stats_listen, &stats_addr, err, sizeof err) != 0) {
+		fprintf(stderr, "gateway: --stats-listen: %s\n", err);
+		return 2;
+	}
+
+	/* the fixed-file table of each ring is capped by RLIMIT_NOFILE */
+	struct rlimit rl;
+	getrlimit(RLIMIT_NOFILE, &rl);
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	uint64_t cap = rl.rlim_cur > 1048576 ? 1048576 : rl.rlim_cur;
+	if (cfg->slots) {
+		if ((uint64_t)cfg->slots > cap) {
+			log_error("--slots %lld is over RLIMIT_NOFILE (%llu): a ring's table cannot be larger",
+				  (long long)cfg->slots, (unsigned long long)cap);
+			return 2;
+		}
+		cap = (uint64_t)cfg->slots;
+	}
+	if (cap <= GW_SLOT_RESERVE + 16) {
+		log_error("RLIMIT_NOFILE (%llu) leaves no room for connections", (unsigned long long)rl.rlim_cur);
+		return 1;
+	}
+	gw.slots = (uint32_t)cap;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	gw.nthreads = cfg->threads ? (unsigned)cfg->threads : (unsigned)(cpus > 0 ? cpus : 1);
+	if (gw.nthreads > GW_MAX_THREADS)
+		gw.nthreads = GW_MAX_THREADS;
+
+	gw.w = calloc(gw.nthreads, sizeof *gw.w);
+	gw.ring_fds = calloc(gw.nthreads, sizeof *gw.ring_fds);
+	if (!gw.w || !gw.ring_fds)
+		return 1;
+	gw.started_wall_ms = clock_wall_ms();
+
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* workers inherit it; main waits for them */
+
+	pthread_barrier_init(&gw.start, NULL, gw.nthreads + 1);
+	for (unsigned i = 0; i < gw.nthreads; i++) {
+		gw.w[i].gw = &gw;
+		gw.w[i].id = i;
+		if (pthread_create(&gw.w[i].thread, NULL, worker_main, &gw.w[i]) != 0) {
+			log_error("cannot start thread %u", i);
+			return 1;
+		}
+	}
+	pthread_barrier_wait(&gw.start);
+	if (gw.start_failed) {
+		for (unsigned i = 0; i < gw.nthreads; i++)
+			pthread_join(gw.w[i].thread, NULL);
+		log_error("start-up failed (see above)");
+		return 1;
+	}
+	char a[64];
+	log_info("node %lld: %u threads x %u connections = %llu capacity (RLIMIT_NOFILE %llu per ring table)",
+		 (long long)cfg->node, gw.nthreads, gw.slots - GW_SLOT_RESERVE,
+		 (unsigned long long)gw.nthreads * (gw.slots - GW_SLOT_RESERVE), (unsigned long long)rl.rlim_cur);
+	for (size_t i = 0; i < gw.nlisten; i++)
+		log_info("listening on %s", addr_str(&gw.listen[i], a, sizeof a));
+	struct httpd *httpd = NULL;
+	if (stats_on) {
+		httpd = httpd_start(&stats_addr, gw_stats_http, &gw, err, sizeof err);
+		if (!httpd)
+			log_warn("stats endpoint not started: %s", err);
+		else
+			log_info("stats on http://%s/metrics (also /stats, /healthz)", addr_str(&stats_addr, a, sizeof a));
+	}
+
+	struct io_uring ctl;
+	if (io_uring_queue_init(64, &ctl, 0) != 0) {
+		log_error("cannot create the control ring");
+		return 1;
+	}
+	int signals = 0;
+	unsigned joined = 0;
+	while (joined < gw.nthreads) {
+		struct timespec ts = {0, 200 * 1000 * 1000};
+		int sig = sigtimedwait(&sigs, NULL, &ts);
+		if (sig == SIGINT || sig == SIGTERM) {
+			signals++;
+			if (signals == 1) {
+				log_info("%s: draining (again to stop at once)", sig == SIGINT ? "SIGINT" : "SIGTERM");
+				__atomic_store_n(&gw_draining, 1, __ATOMIC_RELAXED);
+				ctrl_all(&gw, &ctl, CTRL_DRAIN);
+			} else if (signals == 2) {
+				log_info("stopping now");
+				ctrl_all(&gw, &ctl, CTRL_STOP);
+			}
+		}
+		/* reap threads that finished (all of them finish only after a drain) */
+		while (joined < gw.nthreads && pthread_tryjoin_np(gw.w[joined].thread, NULL) == 0)
+			joined++;
+	}
+	httpd_stop(httpd);
+	io_uring_queue_exit(&ctl);
+	uint64_t accepted = 0;
+	for (unsigned i = 0; i < gw.nthreads; i++)
+		accepted += gw.w[i].cnt.accepted;
+	log_info("stopped cleanly (%llu connections accepted in %llu s)", (unsigned long long)accepted,
+		 (unsigned long long)((clock_wall_ms() - gw.started_wall_ms) / 1000));
+	free(gw.w);
+	free(gw.ring_fds);
+	free(gw.listen);
+	free(cfg->listen.v);
+	return 0;
+}

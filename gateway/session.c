@@ -1,0 +1,481 @@
+/* session.c: what the gateway does with the frames it parses: login (token,
+ * version, takeover, move to the home thread), 1:1 delivery on this thread or
+ * through the recipient's home thread, receipts, pings.
+ *
+ * Input is parsed in place from the receive buffer. Only a partial frame at
+ * the end of a buffer is copied, into a per-connection ibuf sized to that
+ * frame, freed as soon as the frame completes.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/gw.h"
+#include "runtime/log.h"
+
+void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status);
+void conn_kick(struct worker *w, uint32_t slot);
+
+static inline struct conn *conn_of(struct worker *w, uint32_t slot)
+{
+	return &w->conns[slot];
+}
+
+static const uint8_t frame_index[256] = {
+	[PROTO_LOGIN] = FI_LOGIN + 1, [PROTO_SEND] = FI_SEND + 1,   [PROTO_RECEIPT] = FI_RECEIPT + 1,
+	[PROTO_PING] = FI_PING + 1,   [PROTO_PONG] = FI_PONG + 1,   [PROTO_GROUP] = FI_GROUP + 1,
+};
+
+/* ---- delivery ---------------------------------------------------------------- */
+
+/* The live connection of a user whose home is this thread, or UINT32_MAX. */
+static uint32_t dir_find(struct worker *w, uint64_t user)
+{
+	uint64_t *v = u64map_get(&w->dir, user);
+	if (!v)
+		return UINT32_MAX;
+	uint32_t slot = (uint32_t)*v;
+	struct conn *c = conn_of(w, slot);
+	if (c->state != CS_LIVE || c->gen != (uint32_t)(*v >> 32))
+		return UINT32_MAX;
+	return slot;
+}
+
+/* Deliver to a user at home here. Returns 0 or a proto_err code. */
+static unsigned deliver_here(struct worker *w, uint64_t to, uint64_t from, uint64_t smid, uint64_t time_ms,
+			     const uint8_t *body, uint32_t len)
+{
+	uint32_t slot = dir_find(w, to);
+	if (slot == UINT32_MAX)
+		return PROTO_E_NO_ROUTE;
+	struct proto_frame f = {.type = PROTO_DELIVER};
+	f.deliver.smid = smid;
+	f.deliver.from = from;
+	f.deliver.time_ms = time_ms;
+	f.deliver.body = (struct proto_bytes){body, len};
+	if (conn_out_frame(w, slot, &f) != 0)
+		return PROTO_E_NO_ROUTE; /* cut off as a slow consumer just now */
+	return 0;
+}
+
+/* Tell the sender's connection how its message went. */
+static void answer_sender(struct worker *w, uint32_t slot, uint32_t gen, uint64_t cmid, uint64_t smid,
+			  unsigned status)
+{
+	struct conn *c = conn_of(w, slot);
+	if (slot >= w->slots || c->state != CS_LIVE || c->gen != gen)
+		return; /* the sender left meanwhile */
+	struct proto_frame f;
+	memset(&f, 0, sizeof f);
+	if (status == 0) {
+		f.type = PROTO_ACK;
+		f.ack.cmid = cmid;
+		f.ack.status = PROTO_ACK_ACCEPTED;
+		f.ack.smid = smid;
+	} else {
+		if (status == PROTO_E_NO_ROUTE)
+			CNT_ADD(w, no_route, 1);
+		f.type = PROTO_ERROR;
+		f.error.code = (uint8_t)status;
+		f.error.ref = cmid;
+		static const char txt[] = "recipient is not connected and no backend is configured";
+		if (status == PROTO_E_NO_ROUTE)
+			f.error.text = (struct proto_bytes){(const uint8_t *)txt, sizeof txt - 1};
+	}
+	conn_out_frame(w, slot, &f);
+}
+
+static void handle_send(struct worker *w, uint32_t slot, const struct proto_frame *f)
+{
+	struct conn *c = conn_of(w, slot);
+	if (f->send.body.len > (uint64_t)w->gw->cfg.max_body) {
+		conn_fail(w, slot, PROTO_E_TOO_BIG, CLOSE_PROTOCOL, "message body over this server's max_body");
+		return;
+	}
+	if (f->send.group) {
+		/* groups live in the backends */
+		answer_sender(w, slot, c->gen, f->send.cmid, 0, PROTO_E_NO_ROUTE);
+		return;
+	}
+	uint64_t to = f->send.to;
+	uint64_t smid = msgid_next(&w->ids, w->wall_ms);
+	unsigned home = gw_home(w->gw, to);
+	if (home == w->id) {
+		unsigned st = deliver_here(w, to, c->user, smid, w->wall_ms, f->send.body.p, f->send.body.len);
+		if (st == 0)
+			CNT_ADD(w, deliver_local, 1);
+		answer_sender(w, slot, c->gen, f->send.cmid, smid, st);
+		return;
+	}
+	struct xm_deliver *x = xm_reserve(w, home, XM_DELIVER, sizeof *x + f->send.body.len);
+	if (!x) {
+		answer_sender(w, slot, c->gen, f->send.cmid, 0, PROTO_E_TRY_AGAIN);
+		return;
+	}
+	x->from = c->user;
+	x->to = to;
+	x->smid = smid;
+	x->time_ms = w->wall_ms;
+	x->cmid = f->send.cmid;
+	x->oslot = slot;
+	x->ogen = c->gen;
+	x->body_len = f->send.body.len;
+	memcpy(x->body, f->send.body.p, f->send.body.len);
+}
+
+static void receipt_here(struct worker *w, uint64_t to, uint64_t from, uint8_t kind, uint64_t smid)
+{
+	uint32_t slot = dir_find(w, to);
+	if (slot == UINT32_MAX)
+		return; /* sender offline: without a backend the receipt is not kept */
+	struct proto_frame f = {.type = PROTO_RECEIPT};
+	f.receipt.kind = kind;
+	f.receipt.peer = from;
+	f.receipt.smid = smid;
+	if (conn_out_frame(w, slot, &f) == 0)
+		CNT_ADD(w, receipts_routed, 1);
+}
+
+static void handle_receipt(struct worker *w, uint32_t slot, const struct proto_frame *f)
+{
+	struct conn *c = conn_of(w, slot);
+	unsigned home = gw_home(w->gw, f->receipt.peer);
+	if (home == w->id) {
+		receipt_here(w, f->receipt.peer, c->user, f->receipt.kind, f->receipt.smid);
+		return;
+	}
+	struct xm_receipt *x = xm_reserve(w, home, XM_RECEIPT, sizeof *x);
+	if (!x)
+		return;
+	x->from = c->user;
+	x->to = f->receipt.peer;
+	x->smid = f->receipt.smid;
+	x->kind = f->receipt.kind;
+}
+
+void session_xbatch(struct worker *w, const struct xbatch *b)
+{
+	const uint8_t *p = b->data, *end = b->data + b->len;
+	while (p < end) {
+		const struct xm_hdr *h = (const struct xm_hdr *)p;
+		if (h->size < sizeof *h || h->size > (size_t)(end - p)) {
+			log_rl(LOG_ERROR, "corrupt cross-thread batch from thread %u", b->src);
+			return;
+		}
+		CNT_ADD(w, xrecords_in, 1);
+		switch (h->type) {
+		case XM_DELIVER: {
+			const struct xm_deliver *x = (const void *)p;
+			unsigned st = deliver_here(w, x->to, x->from, x->smid, x->time_ms, x->body, x->body_len);
+			if (st == 0)
+				CNT_ADD(w, deliver_cross, 1);
+			struct xm_result *r = xm_reserve(w, b->src, XM_RESULT, sizeof *r);
+			if (r) {
+				r->cmid = x->cmid;
+				r->smid = x->smid;
+				r->oslot = x->oslot;
+				r->ogen = x->ogen;
+				r->status = st;
+			}
+			break;
+		}
+		case XM_RESULT: {
+			const struct xm_result *x = (const void *)p;
+			answer_sender(w, x->oslot, x->ogen, x->cmid, x->smid, x->status);
+			break;
+		}
+		case XM_RECEIPT: {
+			const struct xm_receipt *x = (const void *)p;
+			receipt_here(w, x->to, x->from, (uint8_t)x->kind, x->smid);
+			break;
+		}
+		default:
+			break;
+		}
+		p += h->size;
+	}
+}
+
+/* ---- login ------------------------------------------------------------------- */
+
+static void login_complete(struct worker *w, uint32_t slot, uint64_t user, uint8_t version)
+{
+	struct conn *c = conn_of(w, slot);
+	if (w->live > w->capacity) {
+		conn_refuse_login(w, slot, PROTO_E_SERVER_FULL);
+		return;
+	}
+	uint32_t old = dir_find(w, user);
+	if (old != UINT32_MAX && old != slot)
+		conn_kick(w, old); /* the newest login wins; closing drops it from dir */
+	if (u64map_put(&w->dir, user, ((uint64_t)c->gen << 32) | slot) != 0) {
+		log_rl(LOG_ERROR, "out of memory in the user directory");
+		conn_refuse_login(w, slot, PROTO_E_INTERNAL);
+		return;
+	}
+	c->state = CS_LIVE;
+	c->user = user;
+	CNT_ADD(w, logins_ok, 1);
+	CNT_ADD(w, logged_in, 1);
+	struct proto_frame f = {.type = PROTO_LOGIN_RESULT};
+	f.login_result.status = PROTO_OK;
+	f.login_result.version = version;
+	f.login_result.time_ms = w->wall_ms;
+	f.login_result.keepalive_s = (uint32_t)(w->gw->cfg.keepalive_ms / 1000);
+	f.login_result.max_body = (uint32_t)w->gw->cfg.max_body;
+	conn_out_frame(w, slot, &f);
+	conn_arm_recv(w, slot);
+	conn_timer_update(w, slot);
+}
+
+/* Returns 1 when the connection moves to another thread with the rest. */
+static int handle_login(struct worker *w, uint32_t slot, const struct proto_frame *f)
+{
+	struct conn *c = conn_of(w, slot);
+	if (f->login.version < PROTO_VERSION_MIN) {
+		CNT_ADD(w, logins_version, 1);
+		conn_refuse_login(w, slot, PROTO_E_VERSION);
+		return 0;
+	}
+	switch (token_verify(&w->gw->secret, f->login.user, f->login.token.p, f->login.token.len, w->wall_ms / 1000)) {
+	case TOKEN_OK:
+		break;
+	case TOKEN_EXPIRED:
+		CNT_ADD(w, logins_expired, 1);
+		conn_refuse_login(w, slot, PROTO_E_TOKEN_EXPIRED);
+		return 0;
+	default:
+		CNT_ADD(w, logins_auth, 1);
+		conn_refuse_login(w, slot, PROTO_E_AUTH_FAILED);
+		return 0;
+	}
+	if (w->draining) {
+		conn_refuse_login(w, slot, PROTO_E_SHUTTING_DOWN);
+		return 0;
+	}
+	uint8_t version = f->login.version > PROTO_VERSION_MAX ? PROTO_VERSION_MAX : f->login.version;
+	c->user = f->login.user;
+	if (gw_home(w->gw, f->login.user) == w->id) {
+		login_complete(w, slot, f->login.user, version);
+		return 0;
+	}
+	/* remember what the home thread needs; the caller adds the rest of the input */
+	c->state = CS_HANDOFF;
+	c->reason = version;
+	(void)f->login.resume; /* used by the backend link: redelivery after this id */
+	return 1;
+}
+
+/* Send the socket and the input after LOGIN to the user's home thread. */
+static void handoff(struct worker *w, uint32_t slot, const uint8_t *rest, size_t n)
+{
+	struct conn *c = conn_of(w, slot);
+	unsigned home = gw_home(w->gw, c->user);
+	struct handoff *h = aligned_alloc(64, (sizeof *h + n + 63) & ~(size_t)63);
+	if (!h) {
+		c->state = CS_NEW;
+		conn_refuse_login(w, slot, PROTO_E_INTERNAL);
+		return;
+	}
+	h->user = c->user;
+	h->resume = 0;
+	h->version = c->reason;
+	h->len = (uint32_t)n;
+	if (n)
+		memcpy(h->data, rest, n);
+	c->handoff = h;
+	c->reason = 0;
+	wheel_del(&w->wheel, slot);
+	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
+	ring_prep_send_fd(sqe, w->gw->ring_fds[home], slot, ud_ptr(UD_HANDOFF_IN, h),
+			  ud_make(UD_HANDOFF_OUT, c->gen, slot));
+}
+
+void session_handoff_in(struct worker *w, uint32_t slot, struct handoff *h)
+{
+	struct conn *c = conn_of(w, slot);
+	c->user = h->user;
+	login_complete(w, slot, h->user, h->version);
+	if (c->state == CS_LIVE && h->len)
+		session_input(w, slot, h->data, h->len);
+}
+
+void session_gone(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	uint64_t *v = u64map_get(&w->dir, c->user);
+	if (v && (uint32_t)*v == slot && (uint32_t)(*v >> 32) == c->gen)
+		u64map_del(&w->dir, c->user);
+	CNT_SET(w, logged_in, w->cnt.logged_in - 1);
+}
+
+/* ---- input --------------------------------------------------------------- */
+
+/* Handle one parsed frame. Returns 1 when the connection is handed off. */
+static int handle_frame(struct worker *w, uint32_t slot, const struct proto_frame *f)
+{
+	struct conn *c = conn_of(w, slot);
+	if (frame_index[f->type])
+		CNT_ADD(w, frames_in[frame_index[f->type] - 1], 1);
+	if (c->state == CS_NEW) {
+		if (f->type != PROTO_LOGIN) {
+			conn_fail(w, slot, PROTO_E_NOT_LOGGED_IN, CLOSE_PROTOCOL, "log in first");
+			return 0;
+		}
+		return handle_login(w, slot, f);
+	}
+	switch (f->type) {
+	case PROTO_SEND:
+		handle_send(w, slot, f);
+		break;
+	case PROTO_RECEIPT:
+		handle_receipt(w, slot, f);
+		break;
+	case PROTO_PING: {
+		struct proto_frame p = {.type = PROTO_PONG};
+		p.ping.data = f->ping.data;
+		conn_out_frame(w, slot, &p);
+		break;
+	}
+	case PROTO_PONG:
+		break;
+	case PROTO_GROUP:
+		answer_sender(w, slot, c->gen, f->group.req, 0, PROTO_E_NO_ROUTE);
+		break;
+	case PROTO_LOGIN:
+		conn_fail(w, slot, PROTO_E_ALREADY_LOGGED_IN, CLOSE_PROTOCOL, "already logged in");
+		break;
+	default:
+		conn_fail(w, slot, PROTO_E_BAD_TYPE, CLOSE_PROTOCOL, "unexpected frame type");
+		break;
+	}
+	return 0;
+}
+
+static int rate_exceeded(struct worker *w, struct conn *c, size_t bytes, unsigned frames)
+{
+	const struct gw_config *cfg = &w->gw->cfg;
+	uint16_t window = (uint16_t)(w->tick / (1000 / GW_TICK_MS));
+	if (window != c->rl_window) {
+		c->rl_window = window;
+		c->rl_bytes = 0;
+		c->rl_frames = 0;
+	}
+	uint64_t b = (uint64_t)c->rl_bytes + bytes, fr = (uint64_t)c->rl_frames + frames;
+	c->rl_bytes = b > UINT32_MAX ? UINT32_MAX : (uint32_t)b;
+	c->rl_frames = fr > UINT16_MAX ? UINT16_MAX : (uint16_t)fr;
+	return (cfg->rate_bytes && b > (uint64_t)cfg->rate_bytes) || (cfg->rate_frames && fr > (uint64_t)cfg->rate_frames);
+}
+
+static void parse_fail(struct worker *w, uint32_t slot, long r)
+{
+	static const char *const why[] = {
+		[PROTO_E_BAD_FRAME] = "malformed length prefix",
+		[PROTO_E_TOO_BIG] = "frame over the size limit",
+		[PROTO_E_BAD_TYPE] = "unknown frame type",
+		[PROTO_E_BAD_FIELD] = "malformed frame field",
+	};
+	unsigned code = (unsigned)-r;
+	conn_fail(w, slot, code, CLOSE_PROTOCOL, code <= PROTO_E_BAD_FIELD ? why[code] : "protocol error");
+}
+
+static int live_or_new(const struct conn *c)
+{
+	return c->state == CS_NEW || c->state == CS_LIVE;
+}
+
+int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
+{
+	struct conn *c = conn_of(w, slot);
+	struct proto_frame f;
+	if (rate_exceeded(w, c, n, 0)) {
+		CNT_ADD(w, rate_limited, 1);
+		conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "bytes per second over the limit");
+		return -1;
+	}
+	/* complete a frame carried over from the last receive */
+	while (c->in && n) {
+		struct ibuf *in = c->in;
+		size_t take = in->need - in->len;
+		if (take > n)
+			take = n;
+		memcpy(in->data + in->len, p, take);
+		in->len += (uint32_t)take;
+		p += take;
+		n -= take;
+		if (in->len < in->need)
+			return 0;
+		long r = proto_parse(in->data, in->len, PROTO_FROM_CLIENT, &f);
+		if (r == PROTO_NEED_MORE) {
+			/* the prefix is complete now: size the buffer for the whole frame */
+			if (f.need > in->cap) {
+				struct ibuf *g = realloc(in, sizeof *g + f.need);
+				if (!g) {
+					conn_close(w, slot, CLOSE_ERROR);
+					return -1;
+				}
+				c->in = in = g;
+				in->cap = f.need;
+			}
+			in->need = f.need;
+			continue;
+		}
+		if (r < 0) {
+			parse_fail(w, slot, r);
+			return -1;
+		}
+		int moved = handle_frame(w, slot, &f);
+		free(c->in);
+		c->in = NULL;
+		CNT_SET(w, partial_bufs, w->cnt.partial_bufs - 1);
+		if (moved) {
+			handoff(w, slot, p, n);
+			return -1;
+		}
+		if (!live_or_new(c))
+			return -1;
+		if (rate_exceeded(w, c, 0, 1)) {
+			CNT_ADD(w, rate_limited, 1);
+			conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "frames per second over the limit");
+			return -1;
+		}
+	}
+	while (n) {
+		long r = proto_parse(p, n, PROTO_FROM_CLIENT, &f);
+		if (r > 0) {
+			p += r;
+			n -= (size_t)r;
+			if (handle_frame(w, slot, &f)) {
+				handoff(w, slot, p, n);
+				return -1;
+			}
+			if (!live_or_new(c))
+				return -1;
+			if (rate_exceeded(w, c, 0, 1)) {
+				CNT_ADD(w, rate_limited, 1);
+				conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "frames per second over the limit");
+				return -1;
+			}
+			continue;
+		}
+		if (r < 0) {
+			parse_fail(w, slot, r);
+			return -1;
+		}
+		/* a partial frame: keep just it, sized for the whole frame once known */
+		uint32_t cap = f.need > 16 ? f.need : 16;
+		struct ibuf *in = malloc(sizeof *in + cap);
+		if (!in) {
+			conn_close(w, slot, CLOSE_ERROR);
+			return -1;
+		}
+		in->cap = cap;
+		in->len = (uint32_t)n;
+		in->need = f.need;
+		memcpy(in->data, p, n);
+		c->in = in;
+		CNT_ADD(w, partial_bufs, 1);
+		return 0;
+	}
+	return 0;
+}

@@ -1,0 +1,214 @@
+/* stats.c: the gateway's numbers for /metrics, /stats and /healthz.
+ *
+ * Runs on the stats thread. Each worker's counters are written only by that
+ * worker; here they are read with relaxed atomic loads and summed, in the
+ * order of one table, rendered by runtime/metrics for both formats.
+ */
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef NO_JEMALLOC
+#include <jemalloc/jemalloc.h>
+#endif
+
+#include "gateway/gw.h"
+#include "runtime/clock.h"
+#include "runtime/metrics.h"
+
+struct gw_metric {
+	struct metric_desc d;
+	size_t off;
+};
+
+#define C_(name, labels, key, help, field) \
+	{{"gateway_" name, labels, key, METRIC_COUNTER, help}, offsetof(struct gw_counters, field)}
+#define G_(name, labels, key, help, field) \
+	{{"gateway_" name, labels, key, METRIC_GAUGE, help}, offsetof(struct gw_counters, field)}
+#define CLOSED(r, f) C_("conn_closed_total", "reason=\"" r "\"", "closed_" r, "Connections closed, by reason", closed[f])
+#define FIN(t, f) C_("frames_in_total", "type=\"" t "\"", "frames_in_" t, "Frames received, by type", frames_in[f])
+#define FOUT(t, f) C_("frames_out_total", "type=\"" t "\"", "frames_out_" t, "Frames queued for sending, by type", frames_out[f])
+#define PERR(t, f) C_("protocol_errors_total", "code=\"" t "\"", "protocol_errors_" t, "Fatal protocol errors sent, by code", parse_errors[f])
+
+static const struct gw_metric table[] = {
+	G_("connections", NULL, "conns", "Connections held now (all states)", conns),
+	G_("logged_in", NULL, "logged_in", "Logged-in sessions now", logged_in),
+	C_("conn_accepted_total", NULL, "accepted", "Connections accepted", accepted),
+	C_("conn_rejected_total", "reason=\"full\"", "rejected_full", "Connections refused", rejected_full),
+	C_("accept_errors_total", NULL, "accept_errors", "Failed accepts (table full, resources)", accept_errors),
+	CLOSED("peer", CLOSE_PEER),
+	CLOSED("error", CLOSE_ERROR),
+	CLOSED("protocol", CLOSE_PROTOCOL),
+	CLOSED("auth", CLOSE_AUTH),
+	CLOSED("login_timeout", CLOSE_LOGIN_TIMEOUT),
+	CLOSED("idle", CLOSE_IDLE),
+	CLOSED("kicked", CLOSE_KICKED),
+	CLOSED("slow_consumer", CLOSE_SLOW),
+	CLOSED("rate_limited", CLOSE_RATE),
+	CLOSED("write_stall", CLOSE_STALL),
+	CLOSED("shutdown", CLOSE_SHUTDOWN),
+	CLOSED("full", CLOSE_FULL),
+	C_("handoffs_total", NULL, "handoffs", "Logins moved to the user's home thread", handoffs_out),
+	C_("handoff_failures_total", NULL, "handoff_failures", "Logins that could not be moved", handoff_failed),
+	C_("logins_total", "result=\"ok\"", "logins_ok", "Login attempts, by result", logins_ok),
+	C_("logins_total", "result=\"auth_failed\"", "logins_auth_failed", "Login attempts, by result", logins_auth),
+	C_("logins_total", "result=\"expired\"", "logins_expired", "Login attempts, by result", logins_expired),
+	C_("logins_total", "result=\"version\"", "logins_version", "Login attempts, by result", logins_version),
+	FIN("login", FI_LOGIN),
+	FIN("send", FI_SEND),
+	FIN("receipt", FI_RECEIPT),
+	FIN("ping", FI_PING),
+	FIN("pong", FI_PONG),
+	FIN("group", FI_GROUP),
+	FOUT("login_result", FI_LOGIN_RESULT),
+	FOUT("ack", FI_ACK),
+	FOUT("deliver", FI_DELIVER),
+	FOUT("receipt", FI_RECEIPT),
+	FOUT("ping", FI_PING),
+	FOUT("pong", FI_PONG),
+	FOUT("error", FI_ERROR),
+	FOUT("goaway", FI_GOAWAY),
+	FOUT("kicked", FI_KICKED),
+	FOUT("group_result", FI_GROUP_RESULT),
+	C_("bytes_in_total", NULL, "bytes_in", "Bytes received from clients", bytes_in),
+	C_("bytes_out_total", NULL, "bytes_out", "Bytes sent to clients", bytes_out),
+	PERR("bad_frame", PROTO_E_BAD_FRAME),
+	PERR("too_big", PROTO_E_TOO_BIG),
+	PERR("bad_type", PROTO_E_BAD_TYPE),
+	PERR("bad_field", PROTO_E_BAD_FIELD),
+	PERR("not_logged_in", PROTO_E_NOT_LOGGED_IN),
+	PERR("already_logged_in", PROTO_E_ALREADY_LOGGED_IN),
+	PERR("login_timeout", PROTO_E_LOGIN_TIMEOUT),
+	PERR("server_full", PROTO_E_SERVER_FULL),
+	PERR("rate_limited", PROTO_E_RATE_LIMITED),
+	PERR("slow_consumer", PROTO_E_SLOW_CONSUMER),
+	PERR("idle_timeout", PROTO_E_IDLE_TIMEOUT),
+	C_("deliveries_total", "path=\"local\"", "deliver_local", "Messages delivered, by path", deliver_local),
+	C_("deliveries_total", "path=\"cross_thread\"", "deliver_cross", "Messages delivered, by path", deliver_cross),
+	C_("deliveries_total", "path=\"remote\"", "deliver_remote", "Messages delivered, by path", deliver_remote),
+	C_("no_route_total", NULL, "no_route", "Messages refused: recipient not here, no backend", no_route),
+	C_("receipts_routed_total", NULL, "receipts_routed", "Receipts handed to a connection", receipts_routed),
+	C_("kicks_total", NULL, "kicks", "Sessions taken over by a newer login", kicks),
+	C_("slow_consumers_total", NULL, "slow_consumers", "Connections cut off for not reading", slow_consumers),
+	C_("rate_limited_total", NULL, "rate_limited", "Connections cut off for rate abuse", rate_limited),
+	C_("recv_enobufs_total", NULL, "recv_enobufs", "Receives that found no provided buffer", enobufs),
+	G_("queue_bytes", NULL, "queue_bytes", "Output bytes queued, all connections", queue_bytes),
+	G_("queue_max_bytes", NULL, "queue_max_bytes", "Largest output queue seen on one connection", queue_max),
+	G_("partial_frames", NULL, "partial_frames", "Connections holding a partial frame buffer", partial_bufs),
+	G_("timers", NULL, "timers", "Armed timers in the timing wheels", wheel_size),
+	G_("directory_users", NULL, "directory_users", "Users in the per-thread directories", dir_size),
+	C_("xthread_batches_total", "dir=\"out\"", "xbatches_out", "Cross-thread batches", xbatches_out),
+	C_("xthread_batches_total", "dir=\"in\"", "xbatches_in", "Cross-thread batches", xbatches_in),
+	C_("xthread_records_total", "dir=\"out\"", "xrecords_out", "Cross-thread records", xrecords_out),
+	C_("xthread_records_total", "dir=\"in\"", "xrecords_in", "Cross-thread records", xrecords_in),
+	C_("loop_iterations_total", NULL, "loops", "Event loop iterations", loops),
+	C_("cqes_total", NULL, "cqes", "Completions handled", cqes),
+	C_("sends_total", NULL, "sends", "Send operations submitted", sends),
+};
+#define NTABLE (sizeof table / sizeof table[0])
+
+/* Extra figures computed at read time. */
+enum { X_CAPACITY, X_THREADS, X_UPTIME, X_RSS, X_ALLOC, X_RESIDENT, X_N };
+static const struct metric_desc extra[X_N] = {
+	{"gateway_capacity", NULL, "capacity", METRIC_GAUGE, "Connections this gateway can hold"},
+	{"gateway_threads", NULL, "threads", METRIC_GAUGE, "Worker threads (one io_uring each)"},
+	{"gateway_uptime_seconds", NULL, "uptime_s", METRIC_GAUGE, "Seconds since start"},
+	{"gateway_rss_bytes", NULL, "rss_bytes", METRIC_GAUGE, "Resident set size"},
+	{"gateway_allocated_bytes", NULL, "allocated_bytes", METRIC_GAUGE, "Bytes allocated (jemalloc stats.allocated)"},
+	{"gateway_allocator_resident_bytes", NULL, "allocator_resident_bytes", METRIC_GAUGE,
+	 "Allocator resident bytes (jemalloc stats.resident)"},
+};
+
+static uint64_t load(const struct gw_counters *c, size_t off)
+{
+	return __atomic_load_n((const uint64_t *)((const char *)c + off), __ATOMIC_RELAXED);
+}
+
+static double rss_bytes(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	unsigned long size, res = 0;
+	if (f) {
+		if (fscanf(f, "%lu %lu", &size, &res) != 2)
+			res = 0;
+		fclose(f);
+	}
+	return (double)res * (double)sysconf(_SC_PAGESIZE);
+}
+
+static void allocator(double *allocated, double *resident)
+{
+	*allocated = *resident = 0;
+#ifndef NO_JEMALLOC
+	uint64_t epoch = 1;
+	size_t sz = sizeof epoch, v = 0, vs = sizeof v;
+	mallctl("epoch", &epoch, &sz, &epoch, sz);
+	if (mallctl("stats.allocated", &v, &vs, NULL, 0) == 0)
+		*allocated = (double)v;
+	vs = sizeof v;
+	if (mallctl("stats.resident", &v, &vs, NULL, 0) == 0)
+		*resident = (double)v;
+#endif
+}
+
+int gw_draining; /* set by main on SIGTERM; read here for /healthz */
+
+int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **ctype)
+{
+	struct gw *gw = arg;
+	if (strcmp(path, "/healthz") == 0) {
+		int d = __atomic_load_n(&gw_draining, __ATOMIC_RELAXED);
+		mbuf_printf(body, d ? "draining\n" : "ok\n");
+		return d ? 503 : 200;
+	}
+	int prom = strcmp(path, "/metrics") == 0, json = strcmp(path, "/stats") == 0;
+	if (!prom && !json) {
+		mbuf_printf(body, "not found; try /metrics, /stats or /healthz\n");
+		return 404;
+	}
+	double vals[NTABLE], xv[X_N];
+	for (size_t i = 0; i < NTABLE; i++) {
+		uint64_t s = 0, mx = 0;
+		for (unsigned t = 0; t < gw->nthreads; t++) {
+			uint64_t v = load(&gw->w[t].cnt, table[i].off);
+			s += v;
+			if (v > mx)
+				mx = v;
+		}
+		/* a maximum is the maximum over threads, not their sum */
+		vals[i] = table[i].off == offsetof(struct gw_counters, queue_max) ? (double)mx : (double)s;
+	}
+	xv[X_CAPACITY] = (double)gw->nthreads * (double)(gw->slots - GW_SLOT_RESERVE);
+	xv[X_THREADS] = gw->nthreads;
+	xv[X_UPTIME] = (double)(clock_wall_ms() - gw->started_wall_ms) / 1000.0;
+	xv[X_RSS] = rss_bytes();
+	allocator(&xv[X_ALLOC], &xv[X_RESIDENT]);
+	struct metric_desc d[NTABLE];
+	for (size_t i = 0; i < NTABLE; i++)
+		d[i] = table[i].d;
+	if (prom) {
+		*ctype = "text/plain; version=0.0.4; charset=utf-8";
+		metrics_prom(body, d, NTABLE, vals);
+		metrics_prom(body, extra, X_N, xv);
+		return 200;
+	}
+	*ctype = "application/json";
+	mbuf_printf(body, "{\"role\":\"gateway\",\"node\":%lld,", (long long)gw->cfg.node);
+	metrics_json_fields(body, extra, X_N, xv);
+	mbuf_put(body, ",", 1);
+	metrics_json_fields(body, d, NTABLE, vals);
+	mbuf_printf(body, ",\"per_thread\":[");
+	for (unsigned t = 0; t < gw->nthreads; t++) {
+		const struct gw_counters *c = &gw->w[t].cnt;
+		mbuf_printf(body, "%s{\"conns\":%llu,\"logged_in\":%llu,\"queue_bytes\":%llu,\"loops\":%llu,\"cqes\":%llu}",
+			    t ? "," : "", (unsigned long long)load(c, offsetof(struct gw_counters, conns)),
+			    (unsigned long long)load(c, offsetof(struct gw_counters, logged_in)),
+			    (unsigned long long)load(c, offsetof(struct gw_counters, queue_bytes)),
+			    (unsigned long long)load(c, offsetof(struct gw_counters, loops)),
+			    (unsigned long long)load(c, offsetof(struct gw_counters, cqes)));
+	}
+	mbuf_printf(body, "]}\n");
+	return 200;
+}

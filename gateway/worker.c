@@ -1,0 +1,986 @@
+/* worker.c: one gateway thread: its ring, listeners, connections and timers.
+ *
+ * The loop is small: flush what the last iteration produced (sends, batches
+ * for other threads, returned buffers), submit and wait in one call, dispatch
+ * each completion by the kind in its user_data, advance the timing wheel.
+ *
+ * Ownership (see gw.h for the state diagram):
+ * - A connection's slot is taken by the kernel's accept (or SEND_FD) and
+ *   given back by our IORING_OP_CLOSE; its struct is reset only when that
+ *   close completes, and only after every other operation on it has
+ *   completed (conn_reap), so a stale completion never meets a reused slot
+ *   with the same generation.
+ * - A provided buffer is ours from the recv CQE that names it until
+ *   bufring_put() at the end of that CQE's handling: frames are parsed in
+ *   place and whatever must outlive the buffer is copied (output frames,
+ *   a partial frame, a handoff's tail).
+ * - struct obuf: `out` is filled during an iteration; at its end it becomes
+ *   `sending` (one send per connection in flight, never two), freed when the
+ *   send completes.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "gateway/gw.h"
+#include "runtime/clock.h"
+#include "runtime/log.h"
+
+static inline struct conn *conn_of(struct worker *w, uint32_t slot)
+{
+	return &w->conns[slot];
+}
+
+static inline int gen_ok(const struct conn *c, uint64_t ud)
+{
+	return c->state != CS_FREE && (c->gen & UD_GEN_MASK) == ud_gen(ud);
+}
+
+static inline uint32_t ms_to_ticks(int64_t ms)
+{
+	return (uint32_t)((ms + GW_TICK_MS - 1) / GW_TICK_MS);
+}
+
+static void *grow_array(void *p, size_t *cap, size_t elem)
+{
+	size_t n = *cap ? *cap * 2 : 1024;
+	void *q = realloc(p, n * elem);
+	if (q)
+		*cap = n;
+	return q;
+}
+
+/* ---- output ------------------------------------------------------------------ */
+
+static void flush_later(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	if (c->flags & CF_QUEUED)
+		return;
+	if (w->nflush == w->flush_cap) {
+		uint32_t *f = grow_array(w->flush, &w->flush_cap, sizeof *f);
+		if (!f) {
+			log_rl(LOG_ERROR, "out of memory growing the flush list");
+			return;
+		}
+		w->flush = f;
+	}
+	w->flush[w->nflush++] = slot;
+	c->flags |= CF_QUEUED;
+}
+
+static uint32_t queued_bytes(const struct conn *c)
+{
+	uint32_t n = c->out ? c->out->len : 0;
+	if ((c->flags & CF_SEND) && c->sending)
+		n += c->sending->len - c->sending->off;
+	return n;
+}
+
+static void queue_gauge(struct worker *w, int64_t delta)
+{
+	CNT_SET(w, queue_bytes, w->cnt.queue_bytes + (uint64_t)delta);
+}
+
+static void free_out(struct worker *w, struct conn *c)
+{
+	if (c->out) {
+		queue_gauge(w, -(int64_t)c->out->len);
+		free(c->out);
+		c->out = NULL;
+	}
+}
+
+int conn_out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f)
+{
+	struct conn *c = conn_of(w, slot);
+	if (c->state == CS_FREE || c->state == CS_HANDOFF || (c->flags & CF_CLOSE))
+		return -1;
+	if (c->state == CS_CLOSING && f->type != PROTO_ERROR && f->type != PROTO_LOGIN_RESULT &&
+	    f->type != PROTO_KICKED)
+		return -1;
+	struct obuf *o = c->out;
+	size_t room = o ? o->cap - o->len : 0;
+	size_t n = proto_encode(f, o ? o->data + o->len : NULL, room);
+	if (n == 0) {
+		log_rl(LOG_ERROR, "refusing to send an invalid %s frame", proto_type_name(f->type));
+		return -1;
+	}
+	if (n > room) {
+		/* fatal frames (errors) may pass the bound: they end the connection */
+		int fatal = f->type == PROTO_ERROR || f->type == PROTO_LOGIN_RESULT || f->type == PROTO_KICKED;
+		uint32_t q = queued_bytes(c);
+		if (!fatal && q + n > (uint64_t)w->gw->cfg.max_queue) {
+			CNT_ADD(w, slow_consumers, 1);
+			free_out(w, c);
+			conn_fail(w, slot, PROTO_E_SLOW_CONSUMER, CLOSE_SLOW, "output queue over its limit");
+			return -1;
+		}
+		size_t need = (o ? o->len : 0) + n, cap = 256;
+		while (cap < need + sizeof *o)
+			cap *= 2;
+		struct obuf *g = realloc(o, cap);
+		if (!g) {
+			log_rl(LOG_ERROR, "out of memory for an output buffer");
+			return -1;
+		}
+		if (!o)
+			g->len = g->off = g->since = 0;
+		g->cap = (uint32_t)(cap - sizeof *g);
+		c->out = o = g;
+		proto_encode(f, o->data + o->len, o->cap - o->len);
+	}
+	o->len += (uint32_t)n;
+	queue_gauge(w, (int64_t)n);
+	if (o->len > w->cnt.queue_max)
+		CNT_SET(w, queue_max, o->len);
+	static const uint8_t fi[256] = {
+		[PROTO_LOGIN_RESULT] = FI_LOGIN_RESULT + 1, [PROTO_ACK] = FI_ACK + 1,
+		[PROTO_DELIVER] = FI_DELIVER + 1,           [PROTO_ERROR] = FI_ERROR + 1,
+		[PROTO_GOAWAY] = FI_GOAWAY + 1,             [PROTO_KICKED] = FI_KICKED + 1,
+		[PROTO_GROUP_RESULT] = FI_GROUP_RESULT + 1, [PROTO_RECEIPT] = FI_RECEIPT + 1,
+		[PROTO_PING] = FI_PING + 1,                 [PROTO_PONG] = FI_PONG + 1,
+	};
+	if (fi[f->type])
+		CNT_ADD(w, frames_out[fi[f->type] - 1], 1);
+	flush_later(w, slot);
+	return 0;
+}
+
+static void submit_send(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	struct obuf *s = c->sending;
+	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
+	io_uring_prep_send(sqe, (int)slot, s->data + s->off, s->len - s->off, MSG_NOSIGNAL | MSG_WAITALL);
+	sqe->flags |= IOSQE_FIXED_FILE;
+	sqe->user_data = ud_make(UD_SEND, c->gen, slot);
+	c->flags |= CF_SEND;
+	CNT_ADD(w, sends, 1);
+	/* make sure the write-stall check comes in time */
+	uint32_t stall = w->tick + ms_to_ticks(w->gw->cfg.write_stall_ms);
+	uint32_t d = wheel_deadline(&w->wheel, slot);
+	if (d == 0 || d > stall)
+		wheel_add(&w->wheel, slot, stall);
+}
+
+static void submit_shutdown(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
+	io_uring_prep_shutdown(sqe, (int)slot, SHUT_WR);
+	sqe->flags |= IOSQE_FIXED_FILE;
+	sqe->user_data = ud_make(UD_SHUT, c->gen, slot);
+	c->flags |= CF_SHUT;
+}
+
+static void submit_cancel(struct worker *w, uint64_t target)
+{
+	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
+	io_uring_prep_cancel64(sqe, target, 0);
+	sqe->user_data = ud_make(UD_CANCEL, 0, 0);
+}
+
+/* Close the slot once nothing else is in flight on it. */
+static void conn_reap(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	if (c->state != CS_CLOSING || (c->flags & (CF_RECV | CF_SEND | CF_SHUT | CF_CLOSE)))
+		return;
+	if ((c->flags & CF_LINGER) && c->out && c->out->len)
+		return; /* the error frame is still to be flushed */
+	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
+	io_uring_prep_close_direct(sqe, slot);
+	sqe->user_data = ud_make(UD_CLOSE, c->gen, slot);
+	c->flags |= CF_CLOSE;
+}
+
+static void flush_conn(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	c->flags &= (uint16_t)~CF_QUEUED;
+	if (c->state == CS_FREE || c->state == CS_HANDOFF || (c->flags & (CF_SEND | CF_CLOSE)))
+		return;
+	if (c->out && c->out->len) {
+		c->sending = c->out;
+		c->out = NULL;
+		c->sending->off = 0;
+		c->sending->since = w->tick;
+		submit_send(w, slot);
+	} else if ((c->flags & CF_LINGER) && !(c->flags & (CF_SHUT | CF_SHUT_DONE))) {
+		submit_shutdown(w, slot);
+	}
+	conn_reap(w, slot);
+}
+
+/* ---- closing ------------------------------------------------------------------ */
+
+static void closing_common(struct worker *w, uint32_t slot, enum gw_close_reason why)
+{
+	struct conn *c = conn_of(w, slot);
+	if (c->state == CS_LIVE)
+		session_gone(w, slot);
+	c->state = CS_CLOSING;
+	c->reason = (uint8_t)why;
+	CNT_ADD(w, closed[why], 1);
+	if (c->in) {
+		free(c->in);
+		c->in = NULL;
+		CNT_SET(w, partial_bufs, w->cnt.partial_bufs - 1);
+	}
+	/* backstop: whatever happens, the slot is closed within the linger time */
+	wheel_add(&w->wheel, slot, w->tick + GW_LINGER_TICKS);
+}
+
+void conn_close(struct worker *w, uint32_t slot, enum gw_close_reason why)
+{
+	struct conn *c = conn_of(w, slot);
+	if (c->state == CS_FREE || (c->flags & CF_CLOSE))
+		return;
+	if (c->state == CS_HANDOFF)
+		return; /* the SEND_FD completion decides */
+	if (c->state != CS_CLOSING)
+		closing_common(w, slot, why);
+	c->flags &= (uint16_t)~CF_LINGER;
+	free_out(w, c);
+	if (c->flags & CF_RECV)
+		submit_cancel(w, ud_make(UD_RECV, c->gen, slot));
+	if (c->flags & CF_SEND)
+		submit_cancel(w, ud_make(UD_SEND, c->gen, slot));
+	conn_reap(w, slot);
+}
+
+/* Queue a fatal frame, stop taking input, flush, shut down, drain, close. */
+static void conn_fail_frame(struct worker *w, uint32_t slot, const struct proto_frame *f, enum gw_close_reason why)
+{
+	struct conn *c = conn_of(w, slot);
+	if (c->state == CS_FREE || c->state == CS_CLOSING || c->state == CS_HANDOFF)
+		return;
+	conn_out_frame(w, slot, f);
+	closing_common(w, slot, why);
+	c->flags |= CF_LINGER;
+	if (!(c->flags & CF_RECV))
+		conn_arm_recv(w, slot); /* read and drop until the peer closes: no RST over our last frame */
+	flush_later(w, slot);
+}
+
+void conn_fail(struct worker *w, uint32_t slot, unsigned code, enum gw_close_reason why, const char *text)
+{
+	struct proto_frame f = {.type = PROTO_ERROR};
+	f.error.code = (uint8_t)code;
+	size_t n = text ? strlen(text) : 0;
+	f.error.text = (struct proto_bytes){(const uint8_t *)text, (uint32_t)(n > PROTO_MAX_TEXT ? PROTO_MAX_TEXT : n)};
+	if (code < sizeof w->cnt.parse_errors / sizeof w->cnt.parse_errors[0])
+		CNT_ADD(w, parse_errors[code], 1);
+	conn_fail_frame(w, slot, &f, why);
+}
+
+void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status);
+void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status)
+{
+	struct proto_frame f = {.type = PROTO_LOGIN_RESULT};
+	f.login_result.status = (uint8_t)status;
+	f.login_result.version = PROTO_VERSION_MAX;
+	f.login_result.time_ms = w->wall_ms;
+	f.login_result.keepalive_s = (uint32_t)(w->gw->cfg.keepalive_ms / 1000);
+	f.login_result.max_body = (uint32_t)w->gw->cfg.max_body;
+	conn_fail_frame(w, slot, &f, status == PROTO_E_SERVER_FULL ? CLOSE_FULL
+				       : status == PROTO_E_SHUTTING_DOWN ? CLOSE_SHUTDOWN
+				       : CLOSE_AUTH);
+}
+
+void conn_kick(struct worker *w, uint32_t slot);
+void conn_kick(struct worker *w, uint32_t slot)
+{
+	struct proto_frame f = {.type = PROTO_KICKED};
+	f.kicked.reason = PROTO_KICK_ELSEWHERE;
+	CNT_ADD(w, kicks, 1);
+	conn_fail_frame(w, slot, &f, CLOSE_KICKED);
+}
+
+/* ---- receive --------------------------------------------------------------- */
+
+void conn_arm_recv(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	if (c->flags & (CF_RECV | CF_CLOSE))
+		return;
+	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
+	if (c->state == CS_NEW) {
+		/* one shot: LOGIN may move the socket to another ring, and nothing may
+		 * be armed on it then */
+		io_uring_prep_recv(sqe, (int)slot, NULL, w->br.size, 0);
+		c->flags |= CF_RECV;
+	} else {
+		io_uring_prep_recv_multishot(sqe, (int)slot, NULL, 0, 0);
+		c->flags |= CF_RECV | CF_MULTI;
+	}
+	sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
+	sqe->buf_group = w->br.bgid;
+	sqe->user_data = ud_make(UD_RECV, c->gen, slot);
+}
+
+static void rearm_later(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	if (c->flags & CF_REARM)
+		return;
+	if (w->nrearm == w->rearm_cap) {
+		uint32_t *r = grow_array(w->rearm, &w->rearm_cap, sizeof *r);
+		if (!r) {
+			conn_close(w, slot, CLOSE_ERROR);
+			return;
+		}
+		w->rearm = r;
+	}
+	w->rearm[w->nrearm++] = slot;
+	c->flags |= CF_REARM;
+}
+
+static void on_recv(struct worker *w, const struct io_uring_cqe *cqe)
+{
+	uint32_t slot = ud_slot(cqe->user_data);
+	struct conn *c = conn_of(w, slot);
+	int has_buf = (cqe->flags & IORING_CQE_F_BUFFER) != 0;
+	unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+	if (!gen_ok(c, cqe->user_data)) {
+		if (has_buf)
+			bufring_put(&w->br, bid);
+		return;
+	}
+	int more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+	if (!more)
+		c->flags &= (uint16_t)~(CF_RECV | CF_MULTI);
+	int res = cqe->res;
+	if (res > 0 && has_buf) {
+		CNT_ADD(w, bytes_in, (uint64_t)res);
+		c->last_rx = w->tick;
+		c->flags &= (uint16_t)~CF_PING;
+		if (c->state == CS_NEW || c->state == CS_LIVE)
+			session_input(w, slot, bufring_buf(&w->br, bid), (size_t)res);
+		bufring_put(&w->br, bid);
+		if (!more && !(c->flags & CF_RECV) && c->state != CS_HANDOFF && c->state != CS_FREE &&
+		    !(c->flags & CF_CLOSE) && (c->state != CS_CLOSING || (c->flags & CF_LINGER)))
+			conn_arm_recv(w, slot);
+	} else if (res == -ENOBUFS) {
+		CNT_ADD(w, enobufs, 1);
+		if (c->state == CS_CLOSING && !(c->flags & CF_LINGER))
+			conn_reap(w, slot);
+		else
+			rearm_later(w, slot);
+		return;
+	} else if (res == 0 || res == -ECONNRESET || res == -EPIPE) {
+		if (c->state == CS_CLOSING)
+			c->flags &= (uint16_t)~CF_LINGER;
+		conn_close(w, slot, CLOSE_PEER);
+	} else if (res < 0 && res != -ECANCELED) {
+		log_debug("recv on slot %u: %s", slot, strerror(-res));
+		conn_close(w, slot, CLOSE_ERROR);
+	} else if (has_buf) {
+		bufring_put(&w->br, bid);
+	}
+	if (c->state == CS_CLOSING)
+		conn_reap(w, slot);
+}
+
+/* ---- other completions ----------------------------------------------------- */
+
+static void on_send(struct worker *w, const struct io_uring_cqe *cqe)
+{
+	uint32_t slot = ud_slot(cqe->user_data);
+	struct conn *c = conn_of(w, slot);
+	if (!gen_ok(c, cqe->user_data))
+		return;
+	c->flags &= (uint16_t)~CF_SEND;
+	struct obuf *s = c->sending;
+	if (cqe->res < 0 || (cqe->res == 0 && s->off < s->len)) {
+		queue_gauge(w, -(int64_t)s->len);
+		free(s);
+		c->sending = NULL;
+		if (cqe->res != -ECANCELED)
+			conn_close(w, slot, cqe->res == -EPIPE || cqe->res == -ECONNRESET || cqe->res == 0 ? CLOSE_PEER
+															   : CLOSE_ERROR);
+		conn_reap(w, slot);
+		return;
+	}
+	CNT_ADD(w, bytes_out, (uint64_t)cqe->res);
+	s->off += (uint32_t)cqe->res;
+	if (s->off < s->len && cqe->res > 0) {
+		submit_send(w, slot); /* short send: the rest, still one in flight */
+		return;
+	}
+	queue_gauge(w, -(int64_t)s->len);
+	free(s);
+	c->sending = NULL;
+	flush_conn(w, slot);
+}
+
+static void on_shutdown(struct worker *w, const struct io_uring_cqe *cqe)
+{
+	uint32_t slot = ud_slot(cqe->user_data);
+	struct conn *c = conn_of(w, slot);
+	if (!gen_ok(c, cqe->user_data))
+		return;
+	c->flags &= (uint16_t)~CF_SHUT;
+	c->flags |= CF_SHUT_DONE;
+	if (cqe->res < 0)
+		conn_close(w, slot, (enum gw_close_reason)c->reason);
+	conn_reap(w, slot);
+}
+
+static void conn_free(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	wheel_del(&w->wheel, slot);
+	free_out(w, c);
+	if (c->in) {
+		free(c->in);
+		CNT_SET(w, partial_bufs, w->cnt.partial_bufs - 1);
+	}
+	uint32_t gen = c->gen + 1;
+	memset(c, 0, sizeof *c);
+	c->gen = gen;
+	w->live--;
+	CNT_SET(w, conns, w->live);
+}
+
+static void on_close(struct worker *w, const struct io_uring_cqe *cqe)
+{
+	uint32_t slot = ud_slot(cqe->user_data);
+	struct conn *c = conn_of(w, slot);
+	if (!gen_ok(c, cqe->user_data))
+		return;
+	if (cqe->res < 0)
+		log_rl(LOG_WARN, "close of slot %u: %s", slot, strerror(-cqe->res));
+	conn_free(w, slot);
+}
+
+/* A new socket in `slot` (accepted, or moved here): a fresh connection. */
+static struct conn *conn_new(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	if (c->state != CS_FREE) {
+		/* cannot happen: the slot is ours until our close completes */
+		log_error("kernel reused slot %u still in state %u", slot, c->state);
+		return NULL;
+	}
+	uint32_t gen = c->gen;
+	memset(c, 0, sizeof *c);
+	c->gen = gen;
+	c->state = CS_NEW;
+	c->last_rx = w->tick;
+	w->live++;
+	CNT_SET(w, conns, w->live);
+	return c;
+}
+
+static void arm_accept(struct worker *w, unsigned li)
+{
+	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
+	io_uring_prep_multishot_accept_direct(sqe, w->lfd[li], NULL, NULL, 0);
+	sqe->user_data = ud_make(UD_ACCEPT, 0, li);
+	w->lactive[li] = 1;
+}
+
+static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
+{
+	unsigned li = ud_slot(cqe->user_data);
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		w->lactive[li] = 0; /* re-armed by the loop (after a tick if it failed) */
+	if (cqe->res < 0) {
+		if (cqe->res == -ECANCELED)
+			return;
+		CNT_ADD(w, accept_errors, 1);
+		if (cqe->res == -ENFILE || cqe->res == -EMFILE)
+			log_rl(LOG_WARN, "accept: the fixed-file table (%u slots) is full; connections are refused",
+			       w->slots);
+		else
+			log_rl(LOG_WARN, "accept: %s", strerror(-cqe->res));
+		return;
+	}
+	uint32_t slot = (uint32_t)cqe->res;
+	if (slot >= w->slots || !conn_new(w, slot))
+		return;
+	CNT_ADD(w, accepted, 1);
+	if (w->draining) {
+		conn_refuse_login(w, slot, PROTO_E_SHUTTING_DOWN);
+		return;
+	}
+	if (w->live > w->capacity) {
+		CNT_ADD(w, rejected_full, 1);
+		log_rl(LOG_WARN, "server full: %u connections on this thread (capacity %u); refusing new ones",
+		       w->live - 1, w->capacity);
+		conn_fail(w, slot, PROTO_E_SERVER_FULL, CLOSE_FULL, "server full");
+		return;
+	}
+	conn_arm_recv(w, slot);
+	wheel_add(&w->wheel, slot, w->tick + ms_to_ticks(w->gw->cfg.login_timeout_ms));
+}
+
+static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
+{
+	uint32_t slot = ud_slot(cqe->user_data);
+	struct conn *c = conn_of(w, slot);
+	if (!gen_ok(c, cqe->user_data) || c->state != CS_HANDOFF)
+		return;
+	struct handoff *h = c->handoff;
+	c->handoff = NULL;
+	if (cqe->res >= 0) {
+		/* the home thread owns the socket (and h) now; drop our table entry */
+		CNT_ADD(w, handoffs_out, 1);
+		c->state = CS_CLOSING;
+		c->flags = CF_CLOSE;
+		wheel_del(&w->wheel, slot);
+		struct io_uring_sqe *sqe = ring_sqe(&w->ring);
+		io_uring_prep_close_direct(sqe, slot);
+		sqe->user_data = ud_make(UD_CLOSE, c->gen, slot);
+		return;
+	}
+	CNT_ADD(w, handoff_failed, 1);
+	log_rl(LOG_WARN, "moving a login to its home thread failed: %s", strerror(-cqe->res));
+	free(h);
+	c->state = CS_NEW;
+	conn_refuse_login(w, slot, cqe->res == -ENFILE ? PROTO_E_SERVER_FULL : PROTO_E_INTERNAL);
+}
+
+static void on_handoff_in(struct worker *w, const struct io_uring_cqe *cqe)
+{
+	struct handoff *h = ud_pointer(cqe->user_data);
+	if (cqe->res < 0) {
+		log_rl(LOG_WARN, "a moved login arrived with error %s", strerror(-cqe->res));
+		free(h);
+		return;
+	}
+	uint32_t slot = (uint32_t)cqe->res;
+	if (slot >= w->slots || !conn_new(w, slot)) {
+		free(h);
+		return;
+	}
+	CNT_ADD(w, handoffs_in, 1);
+	session_handoff_in(w, slot, h);
+	free(h);
+}
+
+/* ---- cross-thread batches ------------------------------------------------ */
+
+void *xm_reserve(struct worker *w, unsigned dst, unsigned type, size_t size)
+{
+	size = (size + 7) & ~(size_t)7;
+	struct xbatch *b = w->xout[dst];
+	if (!b || b->len + size > b->cap) {
+		size_t used = b ? b->len : 0, cap = b ? (size_t)b->cap * 2 : 16384;
+		while (cap < used + size)
+			cap *= 2;
+		struct xbatch *nb = aligned_alloc(64, (sizeof *nb + cap + 63) & ~(size_t)63);
+		if (!nb) {
+			log_rl(LOG_ERROR, "out of memory for a cross-thread batch");
+			return NULL;
+		}
+		if (b) {
+			memcpy(nb, b, sizeof *b + b->len);
+			free(b);
+		} else {
+			nb->len = 0;
+			nb->src = (uint16_t)w->id;
+			nb->dst = (uint16_t)dst;
+		}
+		nb->cap = (uint32_t)cap;
+		w->xout[dst] = b = nb;
+	}
+	struct xm_hdr *h = (struct xm_hdr *)(b->data + b->len);
+	h->type = (uint16_t)type;
+	h->size = (uint32_t)size;
+	b->len += (uint32_t)size;
+	CNT_ADD(w, xrecords_out, 1);
+	return h;
+}
+
+static void post_batches(struct worker *w)
+{
+	for (unsigned d = 0; d < w->gw->nthreads; d++) {
+		struct xbatch *b = w->xout[d];
+		if (!b)
+			continue;
+		w->xout[d] = NULL;
+		struct io_uring_sqe *sqe = ring_sqe(&w->ring);
+		ring_prep_msg_ptr(sqe, w->gw->ring_fds[d], UD_XIN, b, 0, UD_XFAIL);
+		CNT_ADD(w, xbatches_out, 1);
+	}
+}
+
+static void on_xfail(struct worker *w, const struct io_uring_cqe *cqe)
+{
+	struct xbatch *b = ud_pointer(cqe->user_data);
+	log_rl(LOG_WARN, "posting a batch to thread %u failed (%s); retrying", b->dst, strerror(-cqe->res));
+	/* put its records back in front of whatever is queued for that thread */
+	struct xbatch *cur = w->xout[b->dst];
+	if (cur) {
+		uint8_t *p = xm_reserve(w, b->dst, 0, b->len);
+		if (p) {
+			cur = w->xout[b->dst];
+			memmove(cur->data + b->len, cur->data, cur->len - b->len);
+			memcpy(cur->data, b->data, b->len);
+		}
+		free(b);
+	} else {
+		w->xout[b->dst] = b;
+	}
+}
+
+/* ---- timers ------------------------------------------------------------------ */
+
+void conn_timer_update(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	const struct gw_config *cfg = &w->gw->cfg;
+	if (c->state != CS_LIVE)
+		return;
+	uint32_t ka = ms_to_ticks(cfg->keepalive_ms);
+	uint32_t d = c->last_rx + ka * ((c->flags & CF_PING) ? 2 : 1);
+	if ((c->flags & CF_SEND) && c->sending) {
+		uint32_t s = c->sending->since + ms_to_ticks(cfg->write_stall_ms);
+		if (s < d)
+			d = s;
+	}
+	wheel_add(&w->wheel, slot, d);
+}
+
+static void on_timer(void *arg, uint32_t slot)
+{
+	struct worker *w = arg;
+	struct conn *c = conn_of(w, slot);
+	const struct gw_config *cfg = &w->gw->cfg;
+	switch (c->state) {
+	case CS_NEW:
+		if (w->tick - c->last_rx >= ms_to_ticks(cfg->login_timeout_ms))
+			conn_fail(w, slot, PROTO_E_LOGIN_TIMEOUT, CLOSE_LOGIN_TIMEOUT, "no login in time");
+		else
+			wheel_add(&w->wheel, slot, c->last_rx + ms_to_ticks(cfg->login_timeout_ms));
+		return;
+	case CS_LIVE: {
+		if ((c->flags & CF_SEND) && c->sending &&
+		    w->tick - c->sending->since >= ms_to_ticks(cfg->write_stall_ms)) {
+			conn_close(w, slot, CLOSE_STALL);
+			return;
+		}
+		uint32_t ka = ms_to_ticks(cfg->keepalive_ms), idle = w->tick - c->last_rx;
+		if (idle >= 2 * ka && (c->flags & CF_PING)) {
+			conn_fail(w, slot, PROTO_E_IDLE_TIMEOUT, CLOSE_IDLE, "no answer to keepalive ping");
+			return;
+		}
+		if (idle >= ka && !(c->flags & CF_PING)) {
+			struct proto_frame f = {.type = PROTO_PING};
+			if (conn_out_frame(w, slot, &f) != 0)
+				return;
+			c->flags |= CF_PING;
+		}
+		conn_timer_update(w, slot);
+		return;
+	}
+	case CS_CLOSING:
+		conn_close(w, slot, (enum gw_close_reason)c->reason);
+		return;
+	default:
+		return;
+	}
+}
+
+/* ---- drain ------------------------------------------------------------------ */
+
+static void start_drain(struct worker *w)
+{
+	if (w->draining)
+		return;
+	w->draining = 1;
+	w->drain_deadline = w->tick + ms_to_ticks(w->gw->cfg.drain_ms);
+	for (size_t i = 0; i < w->gw->nlisten; i++) {
+		if (w->lactive[i])
+			submit_cancel(w, ud_make(UD_ACCEPT, 0, (uint32_t)i));
+		close(w->lfd[i]);
+		w->lfd[i] = -1;
+	}
+	const struct gw_config *cfg = &w->gw->cfg;
+	size_t hint = cfg->goaway_hint ? strlen(cfg->goaway_hint) : 0;
+	for (uint32_t s = 0; s < w->slots; s++) {
+		struct conn *c = conn_of(w, s);
+		if (c->state == CS_NEW) {
+			conn_refuse_login(w, s, PROTO_E_SHUTTING_DOWN);
+		} else if (c->state == CS_LIVE && !(c->flags & CF_GOAWAY)) {
+			struct proto_frame f = {.type = PROTO_GOAWAY};
+			w->rng = w->rng * 6364136223846793005ull + 1442695040888963407ull;
+			f.goaway.reconnect_ms =
+				cfg->goaway_spread_ms ? (uint32_t)((w->rng >> 33) % (uint64_t)cfg->goaway_spread_ms) : 0;
+			f.goaway.hint = (struct proto_bytes){(const uint8_t *)cfg->goaway_hint,
+							     (uint32_t)(hint > PROTO_MAX_TEXT ? PROTO_MAX_TEXT : hint)};
+			conn_out_frame(w, s, &f);
+			c->flags |= CF_GOAWAY;
+		}
+	}
+	log_info("draining: %u connections told to go away; closing them in %lld ms", w->live,
+		 (long long)cfg->drain_ms);
+}
+
+static void close_all(struct worker *w)
+{
+	for (uint32_t s = 0; s < w->slots; s++) {
+		struct conn *c = conn_of(w, s);
+		if (c->state == CS_NEW || c->state == CS_LIVE || c->state == CS_CLOSING)
+			conn_close(w, s, CLOSE_SHUTDOWN);
+	}
+}
+
+/* ---- set-up ------------------------------------------------------------------ */
+
+static int open_listener(struct worker *w, const struct addr *a, char *err, size_t errlen)
+{
+	const struct gw_config *cfg = &w->gw->cfg;
+	int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int one = 1;
+	char s[64];
+	if (fd < 0) {
+		snprintf(err, errlen, "socket: %s", strerror(errno));
+		return -1;
+	}
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
+		snprintf(err, errlen, "setsockopt on listener %s: %s", addr_str(a, s, sizeof s), strerror(errno));
+		close(fd);
+		return -1;
+	}
+	/* accepted sockets inherit these (direct sockets cannot be set after) */
+	if (cfg->sndbuf > 0) {
+		int v = (int)cfg->sndbuf;
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
+	}
+	if (cfg->rcvbuf > 0) {
+		int v = (int)cfg->rcvbuf;
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
+	}
+	if (bind(fd, (const struct sockaddr *)&a->ss, a->len) != 0 || listen(fd, (int)cfg->backlog) != 0) {
+		snprintf(err, errlen, "listen on %s: %s", addr_str(a, s, sizeof s), strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static int worker_setup(struct worker *w, char *err, size_t errlen)
+{
+	struct gw *gw = w->gw;
+	const struct gw_config *cfg = &gw->cfg;
+	w->slots = gw->slots;
+	w->capacity = gw->slots - GW_SLOT_RESERVE;
+	unsigned cq = pow2_clamp(w->slots, 4096, 65536);
+	int ret = ring_init(&w->ring, 2048, cq, &w->ring_mode);
+	if (ret) {
+		snprintf(err, errlen, "io_uring_queue_init: %s", strerror(-ret));
+		return -1;
+	}
+	ret = io_uring_register_files_sparse(&w->ring, w->slots);
+	if (ret) {
+		snprintf(err, errlen, "registering %u direct descriptors: %s (RLIMIT_NOFILE caps each ring's table)",
+			 w->slots, strerror(-ret));
+		return -1;
+	}
+	unsigned per = (unsigned)((uint64_t)cfg->recv_pool / gw->nthreads / (uint64_t)cfg->recv_buf);
+	unsigned entries = pow2_clamp(per, 64, 32768);
+	while (entries > 64 && (uint64_t)entries * (uint64_t)cfg->recv_buf * gw->nthreads > (uint64_t)cfg->recv_pool)
+		entries /= 2;
+	ret = bufring_setup(&w->ring, &w->br, entries, (unsigned)cfg->recv_buf, 1);
+	if (ret) {
+		snprintf(err, errlen, "provided buffer ring: %s", strerror(-ret));
+		return -1;
+	}
+	size_t bytes = (size_t)w->slots * sizeof(struct conn);
+	w->conns = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (w->conns == MAP_FAILED) {
+		w->conns = NULL;
+		snprintf(err, errlen, "connection table: %s", strerror(errno));
+		return -1;
+	}
+	if (u64map_init(&w->dir, 1024) != 0 || wheel_init(&w->wheel, GW_WHEEL_BITS, w->conns, sizeof(struct conn),
+							     offsetof(struct conn, tn), 1) != 0) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	w->lfd = calloc(gw->nlisten, sizeof *w->lfd);
+	w->lactive = calloc(gw->nlisten, 1);
+	w->xout = calloc(gw->nthreads, sizeof *w->xout);
+	if (!w->lfd || !w->lactive || !w->xout) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	for (size_t i = 0; i < gw->nlisten; i++) {
+		w->lfd[i] = open_listener(w, &gw->listen[i], err, errlen);
+		if (w->lfd[i] < 0)
+			return -1;
+	}
+	msgid_init(&w->ids, (unsigned)cfg->node, w->id);
+	w->rng = clock_mono_ns() ^ ((uint64_t)w->id << 32);
+	return 0;
+}
+
+static void worker_teardown(struct worker *w)
+{
+	for (size_t i = 0; w->lfd && i < w->gw->nlisten; i++)
+		if (w->lfd[i] >= 0)
+			close(w->lfd[i]);
+	for (unsigned d = 0; w->xout && d < w->gw->nthreads; d++)
+		free(w->xout[d]);
+	if (w->conns) {
+		for (uint32_t s = 0; s < w->slots; s++) {
+			struct conn *c = &w->conns[s];
+			if (c->state == CS_FREE)
+				continue;
+			free(c->out);
+			if (c->state == CS_HANDOFF)
+				free(c->handoff);
+			else
+				free(c->sending);
+			free(c->in);
+		}
+		munmap(w->conns, (size_t)w->slots * sizeof(struct conn));
+	}
+	bufring_free(&w->ring, &w->br);
+	io_uring_queue_exit(&w->ring);
+	free(w->lfd);
+	free(w->lactive);
+	free(w->xout);
+	free(w->flush);
+	free(w->rearm);
+	u64map_free(&w->dir);
+	wheel_free(&w->wheel);
+}
+
+static void dispatch(struct worker *w, const struct io_uring_cqe *cqe)
+{
+	switch (ud_kind(cqe->user_data)) {
+	case UD_RECV: on_recv(w, cqe); break;
+	case UD_SEND: on_send(w, cqe); break;
+	case UD_ACCEPT: on_accept(w, cqe); break;
+	case UD_CLOSE: on_close(w, cqe); break;
+	case UD_SHUT: on_shutdown(w, cqe); break;
+	case UD_XIN: {
+		struct xbatch *b = ud_pointer(cqe->user_data);
+		CNT_ADD(w, xbatches_in, 1);
+		session_xbatch(w, b);
+		free(b);
+		break;
+	}
+	case UD_XFAIL: on_xfail(w, cqe); break;
+	case UD_HANDOFF_IN: on_handoff_in(w, cqe); break;
+	case UD_HANDOFF_OUT: on_handoff_out(w, cqe); break;
+	case UD_CTRL:
+		if (cqe->res == CTRL_DRAIN) {
+			start_drain(w);
+		} else if (cqe->res == CTRL_STOP) {
+			start_drain(w);
+			w->stopping = 1;
+			close_all(w);
+		}
+		break;
+	case UD_CANCEL: break;
+	default:
+		log_rl(LOG_ERROR, "completion of unknown kind %u", ud_kind(cqe->user_data));
+		break;
+	}
+}
+
+static void update_clock(struct worker *w)
+{
+	w->now_ns = clock_mono_ns();
+	w->wall_ms = clock_wall_ms();
+	w->tick = (uint32_t)((w->now_ns - w->start_ns) / (GW_TICK_MS * 1000000ull)) + 1;
+}
+
+void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct gw *gw = w->gw;
+	char name[16], err[256];
+	snprintf(name, sizeof name, "w%u", w->id);
+	log_thread(name);
+	w->start_ns = clock_mono_ns();
+	update_clock(w);
+	int ok = worker_setup(w, err, sizeof err) == 0;
+	if (!ok) {
+		log_error("thread %u: %s", w->id, err);
+		__atomic_store_n(&gw->start_failed, 1, __ATOMIC_RELAXED);
+	} else {
+		gw->ring_fds[w->id] = w->ring.ring_fd;
+	}
+	pthread_barrier_wait(&gw->start);
+	if (__atomic_load_n(&gw->start_failed, __ATOMIC_RELAXED)) {
+		worker_teardown(w);
+		return NULL;
+	}
+	if (w->id == 0)
+		log_info("ring mode %s, %u provided buffers of %u bytes per thread", w->ring_mode, w->br.entries,
+			 w->br.size);
+	for (unsigned i = 0; i < gw->nlisten; i++)
+		arm_accept(w, i);
+	uint32_t hard_stop = 0;
+	for (;;) {
+		/* 1. flush what the last iteration produced */
+		bufring_publish(&w->br);
+		for (size_t i = 0; i < w->nrearm; i++) {
+			uint32_t s = w->rearm[i];
+			struct conn *c = conn_of(w, s);
+			c->flags &= (uint16_t)~CF_REARM;
+			if (c->state == CS_NEW || c->state == CS_LIVE || (c->state == CS_CLOSING && (c->flags & CF_LINGER)))
+				conn_arm_recv(w, s);
+		}
+		w->nrearm = 0;
+		post_batches(w);
+		for (size_t i = 0; i < w->nflush; i++)
+			flush_conn(w, w->flush[i]);
+		w->nflush = 0;
+		if (w->draining && (w->live == 0 || (hard_stop && w->tick >= hard_stop)))
+			break;
+		for (unsigned i = 0; !w->draining && i < gw->nlisten; i++)
+			if (!w->lactive[i] && w->lfd[i] >= 0)
+				arm_accept(w, i);
+
+		/* 2. submit and wait, once */
+		uint64_t next_tick_ns = w->start_ns + (uint64_t)w->tick * GW_TICK_MS * 1000000ull;
+		uint64_t wait = next_tick_ns > w->now_ns ? next_tick_ns - w->now_ns : 1000;
+		struct __kernel_timespec ts = {.tv_sec = (long long)(wait / 1000000000ull),
+					       .tv_nsec = (long long)(wait % 1000000000ull)};
+		struct io_uring_cqe *cqe;
+		int ret = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
+		if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+			log_rl(LOG_ERROR, "io_uring_submit_and_wait: %s", strerror(-ret));
+		update_clock(w);
+
+		/* 3. dispatch */
+		unsigned head, n = 0;
+		io_uring_for_each_cqe(&w->ring, head, cqe)
+		{
+			dispatch(w, cqe);
+			n++;
+		}
+		io_uring_cq_advance(&w->ring, n);
+		CNT_ADD(w, loops, 1);
+		CNT_ADD(w, cqes, n);
+
+		/* 4. timers */
+		wheel_advance(&w->wheel, w->tick, on_timer, w);
+		CNT_SET(w, wheel_size, w->wheel.count);
+		CNT_SET(w, dir_size, w->dir.count);
+		if (w->draining && !w->stopping && w->tick >= w->drain_deadline) {
+			w->stopping = 1;
+			close_all(w);
+			hard_stop = w->tick + 2 * GW_LINGER_TICKS;
+		}
+	}
+	if (w->live)
+		log_warn("thread %u exits with %u connections still closing", w->id, w->live);
+	worker_teardown(w);
+	return NULL;
+}

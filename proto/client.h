@@ -1,0 +1,227 @@
+/* client.h: the client protocol (mobile client <-> gateway), parsed in place.
+ *
+ * The byte-level spec is proto/PROTOCOL.md; this header is the C contract.
+ *
+ * Parsing is picohttpparser-shaped: proto_parse() takes (buf, len) and either
+ * fills a view whose byte fields point into buf (no allocation, no copy), or
+ * says it needs more bytes (and how many in all), or returns a specific error.
+ * It never reads outside [buf, buf+len). The views stay valid as long as buf.
+ *
+ * Encoding: proto_encode() writes one frame into a caller-provided buffer and
+ * returns the size it needs; it writes nothing when the buffer is too small,
+ * and refuses (returns 0) a frame that proto_parse() would reject, so the
+ * gateway never emits what it would itself call malformed.
+ *
+ * Thread safety: every function is pure (no global state); call from any thread.
+ */
+#ifndef PROTO_CLIENT_H
+#define PROTO_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Protocol versions this library speaks (LOGIN carries the client's). */
+#define PROTO_VERSION_MIN 1
+#define PROTO_VERSION_MAX 1
+
+/* Limits (see PROTOCOL.md, "Limits"). */
+#define PROTO_MAX_BODY 16384u                       /* message body bytes */
+#define PROTO_MAX_FRAME (PROTO_MAX_BODY + 64u)      /* length-prefix value L */
+#define PROTO_MAX_FRAME_BYTES (PROTO_MAX_FRAME + 3u) /* a whole frame, prefix included */
+#define PROTO_MAX_TOKEN 64u                         /* auth token bytes */
+#define PROTO_MAX_PING 8u                           /* ping/pong data bytes */
+#define PROTO_MAX_TEXT 256u                         /* error text, goaway hint */
+#define PROTO_MAX_GROUP_OP 256u                     /* members in one GROUP frame */
+
+/* Frame types. 0x01..0x7f are sent by clients (RECEIPT, PING and PONG go both
+ * ways); 0x81..0xff by the server. */
+enum proto_type {
+	PROTO_LOGIN = 0x01,
+	PROTO_SEND = 0x02,
+	PROTO_RECEIPT = 0x03,
+	PROTO_PING = 0x04,
+	PROTO_PONG = 0x05,
+	PROTO_GROUP = 0x06,
+	PROTO_LOGIN_RESULT = 0x81,
+	PROTO_ACK = 0x82,
+	PROTO_DELIVER = 0x83,
+	PROTO_ERROR = 0x84,
+	PROTO_GOAWAY = 0x85,
+	PROTO_KICKED = 0x86,
+	PROTO_GROUP_RESULT = 0x87,
+};
+
+/* Who sent the bytes being parsed: decides which types are allowed. */
+enum proto_dir {
+	PROTO_FROM_CLIENT = 1, /* the gateway parses these */
+	PROTO_FROM_SERVER = 2, /* clients (loadgen, tests) parse these */
+	PROTO_FROM_ANY = 3,    /* tests and tools */
+};
+
+/* Error codes: on the wire in ERROR frames and LOGIN_RESULT/GROUP_RESULT
+ * status; proto_parse() returns the negated code of the first four.
+ * Codes below 32 are fatal (the server closes after sending them); codes of
+ * 32 and above refer to one request (ERROR.ref) and the connection stays. */
+enum proto_err {
+	PROTO_OK = 0,
+	PROTO_E_BAD_FRAME = 1,   /* length prefix not minimal, or zero */
+	PROTO_E_TOO_BIG = 2,     /* length prefix over PROTO_MAX_FRAME */
+	PROTO_E_BAD_TYPE = 3,    /* unknown type, or not allowed in this direction */
+	PROTO_E_BAD_FIELD = 4,   /* a field overruns the frame, bad varint, value out of range, trailing bytes */
+	PROTO_E_NOT_LOGGED_IN = 5,
+	PROTO_E_ALREADY_LOGGED_IN = 6,
+	PROTO_E_LOGIN_TIMEOUT = 7,
+	PROTO_E_AUTH_FAILED = 8,
+	PROTO_E_TOKEN_EXPIRED = 9,
+	PROTO_E_VERSION = 10,
+	PROTO_E_SERVER_FULL = 11,
+	PROTO_E_RATE_LIMITED = 12,
+	PROTO_E_SLOW_CONSUMER = 13,
+	PROTO_E_IDLE_TIMEOUT = 14,
+	PROTO_E_SHUTTING_DOWN = 15,
+	PROTO_E_INTERNAL = 16,
+	PROTO_E_WRITE_STALL = 17,
+	PROTO_E_FATAL_LIMIT = 32, /* first non-fatal code */
+	PROTO_E_NO_ROUTE = 32,    /* recipient not here and no backend configured */
+	PROTO_E_TRY_AGAIN = 33,   /* backend unreachable or its queue full */
+	PROTO_E_MAILBOX_FULL = 34,
+	PROTO_E_BAD_RECIPIENT = 35,
+	PROTO_E_NOT_MEMBER = 36,
+	PROTO_E_NO_SUCH_GROUP = 37,
+	PROTO_E_GROUP_FULL = 38,
+	PROTO_E_NOT_ALLOWED = 39,
+};
+
+/* Name of an error code ("bad_field"), for logs and metrics labels; "unknown"
+ * for codes outside the enum. Never NULL. */
+const char *proto_err_name(unsigned code);
+
+/* Name of a frame type ("send"), or "unknown". Never NULL. */
+const char *proto_type_name(unsigned type);
+
+/* Receipt kinds. */
+enum proto_receipt_kind { PROTO_RCPT_DELIVERED = 1, PROTO_RCPT_READ = 2 };
+
+/* ACK status. */
+enum proto_ack_status {
+	PROTO_ACK_ACCEPTED = 0, /* handed to the recipient's connection on this gateway (not durable) */
+	PROTO_ACK_STORED = 1,   /* durable in the recipient's backend */
+};
+
+/* GROUP operations. */
+enum proto_group_op { PROTO_GROUP_CREATE = 1, PROTO_GROUP_ADD = 2, PROTO_GROUP_REMOVE = 3, PROTO_GROUP_LEAVE = 4 };
+
+/* DELIVER flags. */
+#define PROTO_DELIVER_GROUP 0x01u /* group field present: a group message */
+
+/* KICKED reasons. */
+enum proto_kick_reason { PROTO_KICK_ELSEWHERE = 1, PROTO_KICK_ADMIN = 2 };
+
+/* A view into the parsed buffer. */
+struct proto_bytes {
+	const uint8_t *p;
+	uint32_t len;
+};
+
+/* One parsed frame. Which union member is valid follows `type`; PING and PONG
+ * both use `ping`. Byte fields point into the parsed buffer. */
+struct proto_frame {
+	uint8_t type;
+	uint32_t size; /* bytes the whole frame takes, prefix included */
+	uint32_t need; /* after PROTO_NEED_MORE: bytes needed in all (>= len + 1) */
+	union {
+		struct {
+			uint8_t version, flags;
+			uint64_t user;
+			struct proto_bytes token;
+			uint64_t resume; /* last server message id the client saw; 0 none */
+		} login;
+		struct {
+			uint64_t cmid;  /* client message id, echoed in ACK/ERROR */
+			uint64_t to;    /* user id, or group id when group = 1 */
+			uint8_t group;
+			struct proto_bytes body;
+		} send;
+		struct {
+			uint8_t kind;  /* enum proto_receipt_kind */
+			uint64_t peer; /* client->server: the original sender; server->client: who received/read */
+			uint64_t smid;
+		} receipt;
+		struct {
+			struct proto_bytes data;
+		} ping; /* PING and PONG */
+		struct {
+			uint8_t op; /* enum proto_group_op */
+			uint64_t req;
+			uint64_t group;
+			uint32_t count;              /* members listed */
+			struct proto_bytes members;  /* count varints; walk with proto_members_next() */
+		} group;
+		struct {
+			uint8_t status; /* PROTO_OK or an error code */
+			uint8_t version;
+			uint64_t time_ms;
+			uint32_t keepalive_s;
+			uint32_t max_body;
+		} login_result;
+		struct {
+			uint64_t cmid;
+			uint8_t status; /* enum proto_ack_status */
+			uint64_t smid;
+		} ack;
+		struct {
+			uint8_t flags; /* PROTO_DELIVER_GROUP */
+			uint64_t smid, from, group, time_ms;
+			struct proto_bytes body;
+		} deliver;
+		struct {
+			uint8_t code; /* enum proto_err */
+			uint64_t ref; /* cmid or group request id this is about; 0 none */
+			struct proto_bytes text;
+		} error;
+		struct {
+			uint32_t reconnect_ms;
+			struct proto_bytes hint; /* "host:port" to reconnect to, or empty */
+		} goaway;
+		struct {
+			uint8_t reason; /* enum proto_kick_reason */
+		} kicked;
+		struct {
+			uint64_t req;
+			uint8_t status;
+			uint64_t group;
+		} group_result;
+	};
+};
+
+/* proto_parse() result when the buffer holds no whole frame yet. */
+#define PROTO_NEED_MORE 0
+
+/* Parse one frame at buf[0..len).
+ * Returns the bytes consumed (> 0) with *f filled; PROTO_NEED_MORE with
+ * f->need = total bytes needed (the prefix's full length once known, else
+ * len + 1); or -code (enum proto_err: BAD_FRAME, TOO_BIG, BAD_TYPE, BAD_FIELD).
+ * TOO_BIG is reported as soon as the length prefix is complete. */
+long proto_parse(const uint8_t *buf, size_t len, enum proto_dir dir, struct proto_frame *f);
+
+/* Encode *f (type and the matching union member; size and need are ignored)
+ * into buf. Returns the bytes the frame takes; writes them only when cap is
+ * at least that. Returns 0 when *f is not a valid frame (what proto_parse()
+ * would reject: bad type, zero ids, over-long fields, bad enums). */
+size_t proto_encode(const struct proto_frame *f, uint8_t *buf, size_t cap);
+
+/* Walk the member list of a parsed GROUP frame: *pos starts at
+ * f->group.members.p; each call stores one user id and returns 1, or returns 0
+ * at the end. The list was validated by proto_parse(). */
+int proto_members_next(const struct proto_bytes *members, const uint8_t **pos, uint64_t *user);
+
+/* Hot-path encoders, same contract as proto_encode() but without building a
+ * struct: they return the size and write only when it fits. */
+size_t proto_enc_deliver(uint8_t *buf, size_t cap, uint64_t smid, uint64_t from, uint64_t group,
+			 uint64_t time_ms, const uint8_t *body, uint32_t body_len);
+size_t proto_enc_ack(uint8_t *buf, size_t cap, uint64_t cmid, uint8_t status, uint64_t smid);
+size_t proto_enc_error(uint8_t *buf, size_t cap, uint8_t code, uint64_t ref, const char *text);
+size_t proto_enc_send(uint8_t *buf, size_t cap, uint64_t cmid, uint64_t to, int group, const uint8_t *body,
+		      uint32_t body_len);
+
+#endif

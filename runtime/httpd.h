@@ -1,0 +1,29 @@
+/* httpd.h: the small HTTP/1.0 server behind --stats-listen.
+ *
+ * One thread of its own, blocking sockets, one request per connection, GET
+ * only, request head <= 4 KiB, 2 s read timeout: it serves operators and
+ * scrapers, never the message path. The handler runs on the httpd thread and
+ * must only read what other threads publish (relaxed atomics).
+ */
+#ifndef RUNTIME_HTTPD_H
+#define RUNTIME_HTTPD_H
+
+#include "runtime/addr.h"
+#include "runtime/mbuf.h"
+
+/* Fill body for path (e.g. "/metrics"); return the HTTP status (200, 404) and
+ * set *ctype. */
+typedef int (*httpd_handler)(void *arg, const char *path, struct mbuf *body, const char **ctype);
+
+struct httpd;
+
+/* Bind, listen and start the thread. Returns NULL with a reason in err. */
+struct httpd *httpd_start(const struct addr *a, httpd_handler h, void *arg, char *err, size_t errlen);
+
+/* The port actually bound (useful with port 0). */
+unsigned httpd_port(const struct httpd *h);
+
+/* Stop the thread and free everything. */
+void httpd_stop(struct httpd *h);
+
+#endif

@@ -1,0 +1,282 @@
+/* opts.c: see opts.h. */
+#include "runtime/opts.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+int opts_parse_ms(const char *s, int64_t *ms)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (end == s || errno || v < 0)
+		return -1;
+	double mul;
+	if (!*end || strcmp(end, "s") == 0)
+		mul = 1000;
+	else if (strcmp(end, "ms") == 0)
+		mul = 1;
+	else if (strcmp(end, "us") == 0)
+		mul = 0.001;
+	else if (strcmp(end, "m") == 0 || strcmp(end, "min") == 0)
+		mul = 60000;
+	else if (strcmp(end, "h") == 0)
+		mul = 3600000;
+	else
+		return -1;
+	double r = v * mul;
+	if (r > 9e15)
+		return -1;
+	*ms = (int64_t)(r + 0.5);
+	return 0;
+}
+
+int opts_parse_size(const char *s, int64_t *bytes)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (end == s || errno || v < 0)
+		return -1;
+	double mul = 1;
+	switch (tolower((unsigned char)*end)) {
+	case 0: break;
+	case 'b': mul = 1; end++; break;
+	case 'k': mul = 1024.0; end++; break;
+	case 'm': mul = 1024.0 * 1024; end++; break;
+	case 'g': mul = 1024.0 * 1024 * 1024; end++; break;
+	default: return -1;
+	}
+	if (*end && strcasecmp(end, "b") && strcasecmp(end, "ib"))
+		return -1;
+	double r = v * mul;
+	if (r > 9e15)
+		return -1;
+	*bytes = (int64_t)r;
+	return 0;
+}
+
+static const struct opt *find(const struct opt *opts, size_t n, const char *name, size_t len)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strlen(opts[i].name) == len && strncmp(opts[i].name, name, len) == 0)
+			return &opts[i];
+	return NULL;
+}
+
+/* Store one value. `given` tracks lists replaced from their default. */
+static int set(const struct opt *o, const char *val, unsigned char *given, char *err, size_t errlen)
+{
+	int64_t v = 0;
+	switch (o->type) {
+	case OPT_FLAG:
+		*(int *)o->ptr = val ? (strcmp(val, "0") != 0 && strcasecmp(val, "false") != 0 && strcasecmp(val, "no") != 0) : 1;
+		return 0;
+	case OPT_STR:
+		*(const char **)o->ptr = val;
+		return 0;
+	case OPT_LIST: {
+		struct opt_list *l = o->ptr;
+		if (!*given) {
+			l->n = 0;
+			*given = 1;
+		}
+		const char **nv = realloc(l->v, (l->n + 1) * sizeof *nv);
+		if (!nv) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		l->v = nv;
+		l->v[l->n++] = val;
+		return 0;
+	}
+	case OPT_INT: {
+		char *end;
+		errno = 0;
+		long long x = strtoll(val, &end, 0);
+		if (end == val || *end || errno) {
+			snprintf(err, errlen, "--%s: '%s' is not an integer", o->name, val);
+			return -1;
+		}
+		v = x;
+		break;
+	}
+	case OPT_MS:
+		if (opts_parse_ms(val, &v) != 0) {
+			snprintf(err, errlen, "--%s: '%s' is not a duration (e.g. 250ms, 10s, 5m)", o->name, val);
+			return -1;
+		}
+		break;
+	case OPT_SIZE:
+		if (opts_parse_size(val, &v) != 0) {
+			snprintf(err, errlen, "--%s: '%s' is not a size (e.g. 4096, 64k, 1m)", o->name, val);
+			return -1;
+		}
+		break;
+	}
+	if (v < o->min || v > o->max) {
+		snprintf(err, errlen, "--%s: %s is out of range [%lld, %lld]%s", o->name, val, (long long)o->min,
+			 (long long)o->max, o->type == OPT_MS ? " ms" : o->type == OPT_SIZE ? " bytes" : "");
+		return -1;
+	}
+	*(int64_t *)o->ptr = v;
+	return 0;
+}
+
+static void help(const struct opt *opts, size_t n, const char *usage)
+{
+	printf("%s\noptions (also settable in --config FILE as \"name = value\"):\n", usage);
+	for (size_t i = 0; i < n; i++) {
+		const struct opt *o = &opts[i];
+		const char *arg = o->type == OPT_FLAG ? "" : o->type == OPT_MS ? "=DURATION" : o->type == OPT_SIZE ? "=SIZE"
+			       : o->type == OPT_INT ? "=N" : "=VALUE";
+		char left[64];
+		snprintf(left, sizeof left, "--%s%s", o->name, arg);
+		printf("  %-30s %s", left, o->help);
+		if (o->def && *o->def)
+			printf(" [default: %s]", o->def);
+		if (o->type == OPT_LIST)
+			printf(" (repeatable)");
+		printf("\n");
+	}
+	printf("  %-30s %s\n  %-30s %s\n", "--config=FILE", "read options from FILE first", "--help", "this text");
+}
+
+/* Read a config file into (name, value) pairs and apply those not given on
+ * the command line. The file's text is kept (values point into it). */
+static int load_config(const struct opt *opts, size_t n, const char *path, unsigned char *from_cli,
+		       unsigned char *given, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		snprintf(err, errlen, "--config: cannot open %s: %s", path, strerror(errno));
+		return -1;
+	}
+	char line[1024];
+	int lineno = 0;
+	while (fgets(line, sizeof line, f)) {
+		lineno++;
+		char *s = line;
+		while (isspace((unsigned char)*s))
+			s++;
+		if (!*s || *s == '#')
+			continue;
+		char *eq = strchr(s, '=');
+		char *nameend = eq ? eq : s + strlen(s);
+		while (nameend > s && isspace((unsigned char)nameend[-1]))
+			nameend--;
+		const struct opt *o = find(opts, n, s, (size_t)(nameend - s));
+		if (!o) {
+			snprintf(err, errlen, "%s:%d: unknown option '%.*s'", path, lineno, (int)(nameend - s), s);
+			fclose(f);
+			return -1;
+		}
+		char *val = NULL;
+		if (eq) {
+			val = eq + 1;
+			while (isspace((unsigned char)*val))
+				val++;
+			char *e = val + strlen(val);
+			while (e > val && isspace((unsigned char)e[-1]))
+				*--e = 0;
+		} else if (o->type != OPT_FLAG) {
+			snprintf(err, errlen, "%s:%d: '%s' needs a value", path, lineno, o->name);
+			fclose(f);
+			return -1;
+		}
+		size_t idx = (size_t)(o - opts);
+		if (from_cli[idx])
+			continue;
+		char *copy = val ? strdup(val) : NULL;
+		if (val && !copy) {
+			fclose(f);
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		char e2[256];
+		if (set(o, copy, &given[idx], e2, sizeof e2) != 0) {
+			snprintf(err, errlen, "%s:%d: %s", path, lineno, e2);
+			fclose(f);
+			return -1;
+		}
+	}
+	fclose(f);
+	return 0;
+}
+
+int opts_parse(const struct opt *opts, size_t n, int argc, char **argv, const char *usage, char *err, size_t errlen)
+{
+	unsigned char *given = calloc(n + 1, 2);
+	if (!given) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	unsigned char *from_cli = given + n + 1;
+	int rc = -1;
+	const char *config = NULL;
+	/* defaults first */
+	for (size_t i = 0; i < n; i++) {
+		if (opts[i].type == OPT_LIST) {
+			struct opt_list *l = opts[i].ptr;
+			l->n = 0;
+			if (opts[i].def && *opts[i].def) {
+				unsigned char g = 1;
+				if (set(&opts[i], opts[i].def, &g, err, errlen) != 0)
+					goto out;
+			}
+		} else if (opts[i].def && set(&opts[i], opts[i].def, &given[i], err, errlen) != 0) {
+			goto out;
+		}
+	}
+	for (int a = 1; a < argc; a++) {
+		const char *arg = argv[a];
+		if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+			help(opts, n, usage);
+			rc = 1;
+			goto out;
+		}
+		if (strncmp(arg, "--", 2) != 0) {
+			snprintf(err, errlen, "unexpected argument '%s' (see --help)", arg);
+			goto out;
+		}
+		const char *name = arg + 2, *eq = strchr(name, '=');
+		size_t len = eq ? (size_t)(eq - name) : strlen(name);
+		const char *val = eq ? eq + 1 : NULL;
+		if (len == 6 && strncmp(name, "config", 6) == 0) {
+			if (!val && a + 1 < argc)
+				val = argv[++a];
+			if (!val) {
+				snprintf(err, errlen, "--config needs a file");
+				goto out;
+			}
+			config = val;
+			continue;
+		}
+		const struct opt *o = find(opts, n, name, len);
+		if (!o) {
+			snprintf(err, errlen, "unknown option '--%.*s' (see --help)", (int)len, name);
+			goto out;
+		}
+		if (o->type != OPT_FLAG && !val) {
+			if (a + 1 >= argc) {
+				snprintf(err, errlen, "--%s needs a value", o->name);
+				goto out;
+			}
+			val = argv[++a];
+		}
+		size_t idx = (size_t)(o - opts);
+		from_cli[idx] = 1;
+		if (set(o, val, &given[idx], err, errlen) != 0)
+			goto out;
+	}
+	if (config && load_config(opts, n, config, from_cli, given, err, errlen) != 0)
+		goto out;
+	rc = 0;
+out:
+	free(given);
+	return rc;
+}

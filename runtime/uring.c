@@ -1,0 +1,126 @@
+/* uring.c: see uring.h. */
+#include "runtime/uring.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#ifndef IORING_SETUP_SINGLE_ISSUER
+#define IORING_SETUP_SINGLE_ISSUER (1U << 12)
+#endif
+#ifndef IORING_SETUP_DEFER_TASKRUN
+#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
+#endif
+
+int ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_entries, const char **mode)
+{
+	static const struct {
+		unsigned flags;
+		const char *name;
+	} tries[] = {
+		{IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, "single_issuer+defer_taskrun"},
+		{IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG, "coop_taskrun"},
+		{0, "plain"},
+	};
+	int ret = -EINVAL;
+	for (size_t i = 0; i < sizeof tries / sizeof tries[0]; i++) {
+		struct io_uring_params p;
+		memset(&p, 0, sizeof p);
+		p.flags = tries[i].flags | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
+		p.cq_entries = cq_entries;
+		ret = io_uring_queue_init_params(sq_entries, ring, &p);
+		if (ret == 0) {
+			if (mode)
+				*mode = tries[i].name;
+			return 0;
+		}
+		if (ret != -EINVAL)
+			return ret;
+	}
+	return ret;
+}
+
+struct io_uring_sqe *ring_sqe(struct io_uring *ring)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+	if (!sqe) {
+		io_uring_submit(ring);
+		sqe = io_uring_get_sqe(ring);
+	}
+	return sqe;
+}
+
+void ring_prep_msg_ptr(struct io_uring_sqe *sqe, int target_fd, unsigned kind, const void *p, int32_t val,
+		       unsigned fail_kind)
+{
+	io_uring_prep_msg_ring(sqe, target_fd, (unsigned)val, ud_ptr(kind, p), 0);
+	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+	sqe->user_data = ud_ptr(fail_kind, p);
+}
+
+void ring_prep_send_fd(struct io_uring_sqe *sqe, int target_fd, uint32_t src_slot, uint64_t target_ud, uint64_t ud)
+{
+	/* liburing 2.3 has no helper for IORING_MSG_SEND_FD (added in 2.4) */
+	io_uring_prep_rw(IORING_OP_MSG_RING, sqe, target_fd, NULL, 0, target_ud);
+	sqe->addr = IORING_MSG_SEND_FD;
+	sqe->addr3 = src_slot;
+	sqe->file_index = IORING_FILE_INDEX_ALLOC; /* raw value: the kernel picks a free slot */
+	sqe->user_data = ud;
+}
+
+int bufring_setup(struct io_uring *ring, struct bufring *b, unsigned entries, unsigned size, uint16_t bgid)
+{
+	memset(b, 0, sizeof *b);
+	if (entries == 0 || (entries & (entries - 1)) || entries > 32768)
+		return -EINVAL;
+	b->ring_bytes = (size_t)entries * sizeof(struct io_uring_buf);
+	void *r = mmap(NULL, b->ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (r == MAP_FAILED)
+		return -errno;
+	void *base = mmap(NULL, (size_t)entries * size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (base == MAP_FAILED) {
+		int e = -errno;
+		munmap(r, b->ring_bytes);
+		return e;
+	}
+	b->br = r;
+	b->base = base;
+	b->entries = entries;
+	b->size = size;
+	b->bgid = bgid;
+	io_uring_buf_ring_init(b->br);
+	struct io_uring_buf_reg reg;
+	memset(&reg, 0, sizeof reg);
+	reg.ring_addr = (unsigned long)r;
+	reg.ring_entries = entries;
+	reg.bgid = bgid;
+	int ret = io_uring_register_buf_ring(ring, &reg, 0);
+	if (ret) {
+		munmap(base, (size_t)entries * size);
+		munmap(r, b->ring_bytes);
+		memset(b, 0, sizeof *b);
+		return ret;
+	}
+	for (unsigned i = 0; i < entries; i++)
+		bufring_put(b, i);
+	bufring_publish(b);
+	return 0;
+}
+
+void bufring_free(struct io_uring *ring, struct bufring *b)
+{
+	if (!b->br)
+		return;
+	io_uring_unregister_buf_ring(ring, b->bgid);
+	munmap(b->base, (size_t)b->entries * b->size);
+	munmap(b->br, b->ring_bytes);
+	memset(b, 0, sizeof *b);
+}
+
+unsigned pow2_clamp(unsigned long n, unsigned lo, unsigned hi)
+{
+	unsigned v = lo;
+	while (v < n && v < hi)
+		v <<= 1;
+	return v > hi ? hi : v;
+}
