@@ -274,16 +274,27 @@ enum gw_ud {
 	UD_CTRL,       /* res = enum gw_ctrl */
 };
 
-/* Append one encoded frame to a connection's output; the enc callback writes
- * the frame into (buf, cap) and returns its size (proto_enc_* contract).
- * Returns 0, or -1 when the connection was cut off as a slow consumer. */
-struct conn;
+/* Append one frame to a connection's output (sent at the end of the
+ * iteration, together with everything else queued for it). Returns 0, or -1
+ * when the connection takes no more output (closing) or was just cut off as a
+ * slow consumer (over --max-queue). */
 int conn_out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f);
 
 /* Close paths. conn_fail: queue ERROR code (fatal), stop reading, flush,
  * shut down, linger, close. conn_close: close now, no frame. */
 void conn_fail(struct worker *w, uint32_t slot, unsigned code, enum gw_close_reason why, const char *text);
 void conn_close(struct worker *w, uint32_t slot, enum gw_close_reason why);
+
+/* Refuse a login with LOGIN_RESULT status, then close (linger). */
+void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status);
+
+/* Tell the connection it was replaced by a newer login (KICKED), then close. */
+void conn_kick(struct worker *w, uint32_t slot);
+
+static inline struct conn *conn_of(struct worker *w, uint32_t slot)
+{
+	return &w->conns[slot];
+}
 
 /* Arm the connection's recv (multishot when logged in). */
 void conn_arm_recv(struct worker *w, uint32_t slot);
@@ -318,5 +329,8 @@ static inline unsigned gw_home(const struct gw *gw, uint64_t user)
 /* ---- stats.c -------------------------------------------------------------- */
 struct mbuf;
 int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **ctype);
+
+/* Set by main when draining (for /healthz). */
+extern int gw_draining;
 
 #endif

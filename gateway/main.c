@@ -21,8 +21,6 @@
 #include "runtime/httpd.h"
 #include "runtime/log.h"
 
-extern int gw_draining;
-
 static const char usage[] =
 	"usage: gateway --auth-secret-file FILE [options]\n"
 	"\n"

@@ -13,14 +13,6 @@
 #include "gateway/gw.h"
 #include "runtime/log.h"
 
-void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status);
-void conn_kick(struct worker *w, uint32_t slot);
-
-static inline struct conn *conn_of(struct worker *w, uint32_t slot)
-{
-	return &w->conns[slot];
-}
-
 static const uint8_t frame_index[256] = {
 	[PROTO_LOGIN] = FI_LOGIN + 1, [PROTO_SEND] = FI_SEND + 1,   [PROTO_RECEIPT] = FI_RECEIPT + 1,
 	[PROTO_PING] = FI_PING + 1,   [PROTO_PONG] = FI_PONG + 1,   [PROTO_GROUP] = FI_GROUP + 1,

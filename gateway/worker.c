@@ -31,11 +31,6 @@
 #include "runtime/clock.h"
 #include "runtime/log.h"
 
-static inline struct conn *conn_of(struct worker *w, uint32_t slot)
-{
-	return &w->conns[slot];
-}
-
 static inline int gen_ok(const struct conn *c, uint64_t ud)
 {
 	return c->state != CS_FREE && (c->gen & UD_GEN_MASK) == ud_gen(ud);
@@ -280,7 +275,6 @@ void conn_fail(struct worker *w, uint32_t slot, unsigned code, enum gw_close_rea
 	conn_fail_frame(w, slot, &f, why);
 }
 
-void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status);
 void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status)
 {
 	struct proto_frame f = {.type = PROTO_LOGIN_RESULT};
@@ -294,7 +288,6 @@ void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status)
 				       : CLOSE_AUTH);
 }
 
-void conn_kick(struct worker *w, uint32_t slot);
 void conn_kick(struct worker *w, uint32_t slot)
 {
 	struct proto_frame f = {.type = PROTO_KICKED};
