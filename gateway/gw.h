@@ -38,6 +38,7 @@
 #define GW_WHEEL_BITS 13u        /* 8192 buckets x 100 ms = 819 s per turn */
 #define GW_SLOT_RESERVE 64u      /* table slots kept free to answer "server full" */
 #define GW_MAX_THREADS 256u      /* msgid thread field */
+#define GW_BATCH_MAX 4096u       /* completions handled per iteration before flushing */
 #define GW_LINGER_TICKS 20u      /* after a fatal error frame: read and drop for 2 s, then close */
 
 /* ---- configuration (read-only after start) -------------------------------- */

@@ -951,16 +951,23 @@ void *worker_main(void *arg)
 			log_rl(LOG_ERROR, "io_uring_submit_and_wait: %s", strerror(-ret));
 		update_clock(w);
 
-		/* 3. dispatch */
-		unsigned head, n = 0;
-		io_uring_for_each_cqe(&w->ring, head, cqe)
-		{
-			dispatch(w, cqe);
-			n++;
+		/* 3. dispatch: everything ready, up to a bound, before flushing */
+		unsigned total = 0;
+		for (int pass = 0; pass < 64; pass++) {
+			unsigned head, n = 0;
+			io_uring_for_each_cqe(&w->ring, head, cqe)
+			{
+				dispatch(w, cqe);
+				n++;
+			}
+			io_uring_cq_advance(&w->ring, n);
+			total += n;
+			if (total >= GW_BATCH_MAX || !ring_work_pending(&w->ring))
+				break;
+			io_uring_get_events(&w->ring);
 		}
-		io_uring_cq_advance(&w->ring, n);
 		CNT_ADD(w, loops, 1);
-		CNT_ADD(w, cqes, n);
+		CNT_ADD(w, cqes, total);
 
 		/* 4. timers */
 		wheel_advance(&w->wheel, w->tick, on_timer, w);

@@ -94,6 +94,18 @@ static int set(const struct opt *o, const char *val, unsigned char *given, char 
 		l->v[l->n++] = val;
 		return 0;
 	}
+	case OPT_DOUBLE: {
+		char *end;
+		errno = 0;
+		double d = strtod(val, &end);
+		if (end == val || *end || errno || d < (double)o->min || d > (double)o->max) {
+			snprintf(err, errlen, "--%s: '%s' is not a number in [%lld, %lld]", o->name, val, (long long)o->min,
+				 (long long)o->max);
+			return -1;
+		}
+		*(double *)o->ptr = d;
+		return 0;
+	}
 	case OPT_INT: {
 		char *end;
 		errno = 0;
@@ -133,7 +145,7 @@ static void help(const struct opt *opts, size_t n, const char *usage)
 	for (size_t i = 0; i < n; i++) {
 		const struct opt *o = &opts[i];
 		const char *arg = o->type == OPT_FLAG ? "" : o->type == OPT_MS ? "=DURATION" : o->type == OPT_SIZE ? "=SIZE"
-			       : o->type == OPT_INT ? "=N" : "=VALUE";
+			       : o->type == OPT_INT || o->type == OPT_DOUBLE ? "=N" : "=VALUE";
 		char left[64];
 		snprintf(left, sizeof left, "--%s%s", o->name, arg);
 		printf("  %-30s %s", left, o->help);

@@ -11,6 +11,7 @@
  *   OPT_STR       string (pointer into argv or the file, kept for the process lifetime)
  *   OPT_FLAG      no value; sets 1
  *   OPT_LIST      repeatable string; the default is dropped once one is given
+ *   OPT_DOUBLE    floating point number in [min, max]
  */
 #ifndef RUNTIME_OPTS_H
 #define RUNTIME_OPTS_H
@@ -18,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum opt_type { OPT_INT, OPT_MS, OPT_SIZE, OPT_STR, OPT_FLAG, OPT_LIST };
+enum opt_type { OPT_INT, OPT_MS, OPT_SIZE, OPT_STR, OPT_FLAG, OPT_LIST, OPT_DOUBLE };
 
 struct opt_list {
 	const char **v;
@@ -28,7 +29,7 @@ struct opt_list {
 struct opt {
 	const char *name; /* long name without "--" */
 	enum opt_type type;
-	void *ptr;        /* int64_t* for INT/MS/SIZE, const char** for STR, int* for FLAG, struct opt_list* for LIST */
+	void *ptr;        /* int64_t* for INT/MS/SIZE, double* for DOUBLE, const char** for STR, int* for FLAG, struct opt_list* for LIST */
 	const char *def;  /* default as text (NULL: none / empty) */
 	int64_t min, max; /* bounds for INT/MS/SIZE (after unit conversion) */
 	const char *help;

@@ -18,7 +18,8 @@ int ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_entries, c
 		unsigned flags;
 		const char *name;
 	} tries[] = {
-		{IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, "single_issuer+defer_taskrun"},
+		{IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+		 "single_issuer+defer_taskrun"},
 		{IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG, "coop_taskrun"},
 		{0, "plain"},
 	};
@@ -38,6 +39,11 @@ int ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_entries, c
 			return ret;
 	}
 	return ret;
+}
+
+int ring_work_pending(const struct io_uring *ring)
+{
+	return (IO_URING_READ_ONCE(*ring->sq.kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
 }
 
 struct io_uring_sqe *ring_sqe(struct io_uring *ring)

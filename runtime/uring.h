@@ -59,6 +59,13 @@ static inline void *ud_pointer(uint64_t ud)
  * -errno. */
 int ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_entries, const char **mode);
 
+/* Whether completions are waiting in the kernel that no CQE shows yet:
+ * deferred task work (IORING_SQ_TASKRUN) or CQ overflow. Since Linux 6.13 an
+ * io_uring_enter runs at most ~20 deferred completions per pass on a
+ * DEFER_TASKRUN ring, so a busy loop calls io_uring_get_events() while this
+ * says so (bounded), to handle a large batch per iteration before flushing. */
+int ring_work_pending(const struct io_uring *ring);
+
 /* An SQE, submitting queued ones first if the SQ is full. Never NULL unless
  * the kernel refuses submissions (then NULL). */
 struct io_uring_sqe *ring_sqe(struct io_uring *ring);

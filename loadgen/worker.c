@@ -1,0 +1,837 @@
+/* worker.c: one load generator thread: connects, logs in, holds, sends on an
+ * open-loop schedule, checks every delivery. See lg.h for the shape.
+ *
+ * Sockets are created as ordinary fds only long enough to set options and
+ * bind a source address (IP_BIND_ADDRESS_NO_PORT, so ports are picked per
+ * destination at connect time), then registered in the ring's fixed-file
+ * table at the connection's slot and closed: the process fd table stays tiny.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "loadgen/lg.h"
+#include "runtime/clock.h"
+#include "runtime/log.h"
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+static inline int gen_ok(const struct lconn *c, uint64_t ud)
+{
+	return (c->gen & UD_GEN_MASK) == ud_gen(ud);
+}
+
+static inline uint64_t user_of(const struct lthread *t, uint32_t slot)
+{
+	return (uint64_t)t->lg->cfg.user_base + t->first + slot;
+}
+
+static inline uint64_t peer_of(const struct lthread *t, uint32_t slot)
+{
+	uint64_t idx = (uint64_t)t->first + slot, p = idx ^ 1;
+	if (p >= (uint64_t)t->lg->cfg.connections)
+		p = idx; /* odd count: the last user talks to itself */
+	return (uint64_t)t->lg->cfg.user_base + p;
+}
+
+static uint64_t rnd(struct lthread *t)
+{
+	t->rng ^= t->rng << 13;
+	t->rng ^= t->rng >> 7;
+	t->rng ^= t->rng << 17;
+	return t->rng;
+}
+
+static inline void put_le32(uint8_t *p, uint32_t v)
+{
+	memcpy(p, &v, 4); /* x86-64 and arm64 are little-endian; the body is ours alone */
+}
+
+/* ---- output ------------------------------------------------------------------ */
+
+static void flush_later(struct lthread *t, uint32_t slot)
+{
+	struct lconn *c = &t->c[slot];
+	if (c->flags & LF_QUEUED)
+		return;
+	if (t->nflush == t->flush_cap) {
+		size_t cap = t->flush_cap ? t->flush_cap * 2 : 4096;
+		uint32_t *f = realloc(t->flush, cap * sizeof *f);
+		if (!f)
+			return;
+		t->flush = f;
+		t->flush_cap = cap;
+	}
+	t->flush[t->nflush++] = slot;
+	c->flags |= LF_QUEUED;
+}
+
+/* Queue a frame; returns 0, or -1 when the connection's queue is over --max-queue. */
+static int out_frame(struct lthread *t, uint32_t slot, const struct proto_frame *f)
+{
+	struct lconn *c = &t->c[slot];
+	struct lbuf *o = c->out;
+	size_t room = o ? o->cap - o->len : 0;
+	size_t n = proto_encode(f, o ? o->data + o->len : NULL, room);
+	if (n == 0)
+		return -1;
+	if (n > room) {
+		uint32_t q = (o ? o->len : 0) + (c->sending ? c->sending->len - c->sending->off : 0);
+		if (q + n > (uint64_t)t->lg->cfg.max_queue)
+			return -1;
+		size_t cap = 512;
+		while (cap < sizeof *o + (o ? o->len : 0) + n)
+			cap *= 2;
+		struct lbuf *g = realloc(o, cap);
+		if (!g)
+			return -1;
+		if (!o)
+			g->len = g->off = g->need = 0;
+		g->cap = (uint32_t)(cap - sizeof *g);
+		c->out = o = g;
+		proto_encode(f, o->data + o->len, o->cap - o->len);
+	}
+	o->len += (uint32_t)n;
+	flush_later(t, slot);
+	return 0;
+}
+
+static void submit_send(struct lthread *t, uint32_t slot)
+{
+	struct lconn *c = &t->c[slot];
+	struct io_uring_sqe *sqe = ring_sqe(&t->ring);
+	io_uring_prep_send(sqe, (int)slot, c->sending->data + c->sending->off, c->sending->len - c->sending->off,
+			   MSG_NOSIGNAL | MSG_WAITALL);
+	sqe->flags |= IOSQE_FIXED_FILE;
+	sqe->user_data = ud_make(LU_SEND, c->gen, slot);
+	c->flags |= LF_SEND;
+}
+
+static void reap(struct lthread *t, uint32_t slot);
+
+static void flush_conn(struct lthread *t, uint32_t slot)
+{
+	struct lconn *c = &t->c[slot];
+	c->flags &= (uint8_t)~LF_QUEUED;
+	if ((c->state != LS_LOGIN && c->state != LS_LIVE) || (c->flags & LF_SEND) || !c->out || !c->out->len)
+		return;
+	c->sending = c->out;
+	c->out = NULL;
+	c->sending->off = 0;
+	submit_send(t, slot);
+}
+
+/* ---- connection life ---------------------------------------------------------- */
+
+static void enqueue_connect(struct lthread *t, uint32_t slot)
+{
+	struct lconn *c = &t->c[slot];
+	if (c->flags & LF_INQ)
+		return;
+	t->queue[(t->qhead + t->qlen) % t->n] = slot;
+	t->qlen++;
+	c->flags |= LF_INQ;
+}
+
+static void free_bufs(struct lconn *c)
+{
+	free(c->out);
+	free(c->sending);
+	free(c->in);
+	c->out = c->sending = c->in = NULL;
+}
+
+static void reap(struct lthread *t, uint32_t slot)
+{
+	struct lconn *c = &t->c[slot];
+	if (c->state != LS_CLOSING || (c->flags & (LF_RECV | LF_SEND | LF_CLOSE)))
+		return;
+	struct io_uring_sqe *sqe = ring_sqe(&t->ring);
+	io_uring_prep_close_direct(sqe, slot);
+	sqe->user_data = ud_make(LU_CLOSE, c->gen, slot);
+	c->flags |= LF_CLOSE;
+}
+
+static void lc_close(struct lthread *t, uint32_t slot, int reconnect)
+{
+	struct lconn *c = &t->c[slot];
+	if (c->state == LS_IDLE || c->state == LS_CLOSING)
+		return;
+	if (c->state == LS_LIVE) {
+		LCNT_SET(t, logged_in, t->cnt.logged_in - 1);
+		c->flags |= LF_WAS_LIVE;
+	}
+	if (c->state == LS_CONNECTING)
+		t->inflight--;
+	c->state = LS_CLOSING;
+	if (reconnect)
+		c->flags |= LF_RECONNECT;
+	wheel_del(&t->wheel, slot);
+	struct io_uring_sqe *sqe;
+	if (c->flags & LF_RECV) {
+		sqe = ring_sqe(&t->ring);
+		io_uring_prep_cancel64(sqe, ud_make(LU_RECV, c->gen, slot), 0);
+		sqe->user_data = ud_make(LU_CANCEL, 0, 0);
+	}
+	if (c->flags & LF_SEND) {
+		sqe = ring_sqe(&t->ring);
+		io_uring_prep_cancel64(sqe, ud_make(LU_SEND, c->gen, slot), 0);
+		sqe->user_data = ud_make(LU_CANCEL, 0, 0);
+	}
+	reap(t, slot);
+}
+
+static int start_connect(struct lthread *t, uint32_t slot)
+{
+	struct lg *lg = t->lg;
+	struct lconn *c = &t->c[slot];
+	uint32_t idx = t->first + slot;
+	const struct addr *dst = &lg->targets[idx % lg->ntargets];
+	int fd = socket(dst->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		log_rl(LOG_WARN, "socket: %s", strerror(errno));
+		return -1;
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	if (lg->cfg.rcvbuf > 0) {
+		int v = (int)lg->cfg.rcvbuf;
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
+	}
+	if (lg->src_count && dst->ss.ss_family == AF_INET) {
+		/* spread over source addresses; the port is chosen at connect time per
+		 * destination, so each (source, destination) pair has its own port range */
+		struct sockaddr_in src = {.sin_family = AF_INET};
+		src.sin_addr.s_addr = htonl(lg->src_first + (idx / (uint32_t)lg->ntargets) % lg->src_count);
+		setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+		if (bind(fd, (struct sockaddr *)&src, sizeof src) != 0) {
+			log_rl(LOG_WARN, "bind to source address: %s", strerror(errno));
+			close(fd);
+			return -1;
+		}
+	}
+	int ret = io_uring_register_files_update(&t->ring, slot, &fd, 1);
+	close(fd);
+	if (ret < 0) {
+		log_rl(LOG_WARN, "registering a socket: %s", strerror(-ret));
+		return -1;
+	}
+	uint32_t gen = c->gen;
+	uint32_t connects = c->connects;
+	uint32_t seq = c->seq_out, expect = c->expect;
+	uint64_t window = c->window;
+	memset(c, 0, sizeof *c);
+	c->gen = gen;
+	c->connects = connects + 1;
+	c->seq_out = seq; /* sequence numbers continue across reconnects */
+	c->expect = expect;
+	c->window = window;
+	c->state = LS_CONNECTING;
+	struct io_uring_sqe *sqe = ring_sqe(&t->ring);
+	io_uring_prep_connect(sqe, (int)slot, (const struct sockaddr *)&dst->ss, dst->len);
+	sqe->flags |= IOSQE_FIXED_FILE;
+	sqe->user_data = ud_make(LU_CONNECT, c->gen, slot);
+	t->inflight++;
+	LCNT_ADD(t, connects, 1);
+	if (connects)
+		LCNT_ADD(t, reconnects, 1);
+	return 0;
+}
+
+static void arm_recv(struct lthread *t, uint32_t slot)
+{
+	struct lconn *c = &t->c[slot];
+	struct io_uring_sqe *sqe = ring_sqe(&t->ring);
+	io_uring_prep_recv_multishot(sqe, (int)slot, NULL, 0, 0);
+	sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
+	sqe->buf_group = t->br.bgid;
+	sqe->user_data = ud_make(LU_RECV, c->gen, slot);
+	c->flags |= LF_RECV;
+}
+
+static void on_connect(struct lthread *t, const struct io_uring_cqe *cqe)
+{
+	uint32_t slot = ud_slot(cqe->user_data);
+	struct lconn *c = &t->c[slot];
+	if (!gen_ok(c, cqe->user_data) || c->state != LS_CONNECTING)
+		return;
+	t->inflight--;
+	if (cqe->res < 0) {
+		int e = -cqe->res, k = e == ECONNREFUSED ? 0 : e == ETIMEDOUT ? 1 : e == EADDRNOTAVAIL ? 2 : 3;
+		LCNT_ADD(t, connect_errors[k], 1);
+		log_rl(LOG_WARN, "connect: %s", strerror(e));
+		c->state = LS_CLOSING;
+		c->flags |= LF_RECONNECT;
+		reap(t, slot);
+		return;
+	}
+	LCNT_ADD(t, connected, 1);
+	LCNT_SET(t, open, t->cnt.open + 1);
+	c->state = LS_LOGIN;
+	struct lg *lg = t->lg;
+	uint8_t tok[TOKEN_LEN];
+	token_mint(&lg->secret, user_of(t, slot), (uint64_t)(clock_wall_ms() / 1000) + (uint64_t)(lg->cfg.ttl_ms / 1000),
+		   tok);
+	struct proto_frame f = {.type = PROTO_LOGIN};
+	f.login.version = PROTO_VERSION_MAX;
+	f.login.user = user_of(t, slot);
+	f.login.token = (struct proto_bytes){tok, TOKEN_LEN};
+	out_frame(t, slot, &f);
+	arm_recv(t, slot);
+}
+
+/* ---- receiving ----------------------------------------------------------------- */
+
+/* Order and duplicate check of one delivery from this connection's sender. */
+static void on_seq(struct lthread *t, struct lconn *c, uint32_t seq)
+{
+	if (seq == c->expect) {
+		c->window = (c->window << 1) | 1;
+		c->expect++;
+	} else if ((int32_t)(seq - c->expect) > 0) {
+		uint32_t shift = seq - c->expect + 1;
+		c->window = shift >= 64 ? 1 : (c->window << shift) | 1;
+		c->expect = seq + 1;
+	} else {
+		uint32_t back = c->expect - 1 - seq;
+		if (back >= 64 || ((c->window >> back) & 1)) {
+			LCNT_ADD(t, dup, 1);
+			return;
+		}
+		c->window |= 1ull << back;
+		LCNT_ADD(t, reordered, 1);
+	}
+	LCNT_ADD(t, delivered, 1);
+}
+
+static void on_deliver(struct lthread *t, uint32_t slot, const struct proto_frame *f)
+{
+	struct lconn *c = &t->c[slot];
+	const struct lg_config *cfg = &t->lg->cfg;
+	uint64_t n = t->cnt.delivered + t->cnt.dup + t->cnt.injected_drop + 1;
+	if (cfg->inject_drop && n % (uint64_t)cfg->inject_drop == 0) {
+		LCNT_ADD(t, injected_drop, 1); /* test hook: behave as if this delivery never came */
+		return;
+	}
+	if (f->deliver.body.len >= LG_BODY_MIN) {
+		uint32_t seq;
+		uint64_t sched;
+		memcpy(&seq, f->deliver.body.p, 4);
+		memcpy(&sched, f->deliver.body.p + 4, 8);
+		uint64_t now = clock_mono_ns();
+		if (sched && sched <= now)
+			hist_add(&t->lat_interval, now - sched);
+		on_seq(t, c, seq);
+		if (cfg->inject_dup && n % (uint64_t)cfg->inject_dup == 0) {
+			LCNT_ADD(t, injected_dup, 1);
+			on_seq(t, c, seq); /* test hook: the same delivery twice */
+		}
+	} else {
+		LCNT_ADD(t, delivered, 1);
+	}
+	if (cfg->receipts) {
+		struct proto_frame r = {.type = PROTO_RECEIPT};
+		r.receipt.kind = PROTO_RCPT_DELIVERED;
+		r.receipt.peer = f->deliver.from;
+		r.receipt.smid = f->deliver.smid;
+		out_frame(t, slot, &r);
+	}
+}
+
+static void schedule_ping(struct lthread *t, uint32_t slot)
+{
+	int64_t ms = t->lg->cfg.ping_ms;
+	if (ms > 0) /* spread the first pings so a ramp does not become a ping storm */
+		wheel_add(&t->wheel, slot, t->tick + 1 + (uint32_t)(rnd(t) % (uint64_t)(ms / LG_TICK_MS + 1)));
+}
+
+static void on_frame(struct lthread *t, uint32_t slot, const struct proto_frame *f)
+{
+	struct lconn *c = &t->c[slot];
+	switch (f->type) {
+	case PROTO_DELIVER:
+		on_deliver(t, slot, f);
+		break;
+	case PROTO_ACK:
+		LCNT_ADD(t, acked, 1);
+		break;
+	case PROTO_LOGIN_RESULT:
+		if (f->login_result.status == PROTO_OK && c->state == LS_LOGIN) {
+			c->state = LS_LIVE;
+			LCNT_ADD(t, logins_ok, 1);
+			LCNT_SET(t, logged_in, t->cnt.logged_in + 1);
+			schedule_ping(t, slot);
+		} else {
+			LCNT_ADD(t, logins_failed, 1);
+			log_rl(LOG_WARN, "login of user %llu refused: %s", (unsigned long long)user_of(t, slot),
+			       proto_err_name(f->login_result.status));
+		}
+		break;
+	case PROTO_ERROR:
+		LCNT_ADD(t, errors[f->error.code & 63], 1);
+		if (f->error.code < PROTO_E_FATAL_LIMIT)
+			log_rl(LOG_WARN, "server error on user %llu: %s %.*s", (unsigned long long)user_of(t, slot),
+			       proto_err_name(f->error.code), (int)f->error.text.len, (const char *)f->error.text.p);
+		break;
+	case PROTO_PING: {
+		struct proto_frame p = {.type = PROTO_PONG};
+		p.ping.data = f->ping.data;
+		out_frame(t, slot, &p);
+		break;
+	}
+	case PROTO_PONG:
+		LCNT_ADD(t, pongs, 1);
+		break;
+	case PROTO_RECEIPT:
+		LCNT_ADD(t, receipts_in, 1);
+		break;
+	case PROTO_GOAWAY:
+		LCNT_ADD(t, goaway, 1);
+		lc_close(t, slot, 1);
+		break;
+	case PROTO_KICKED:
+		LCNT_ADD(t, kicked, 1);
+		break;
+	default:
+		break;
+	}
+}
+
+static void input(struct lthread *t, uint32_t slot, const uint8_t *p, size_t n)
+{
+	struct lconn *c = &t->c[slot];
+	struct proto_frame f;
+	while (c->in && n && c->state != LS_CLOSING) {
+		struct lbuf *in = c->in;
+		size_t take = in->need - in->len;
+		if (take > n)
+			take = n;
+		memcpy(in->data + in->len, p, take);
+		in->len += (uint32_t)take;
+		p += take;
+		n -= take;
+		if (in->len < in->need)
+			return;
+		long r = proto_parse(in->data, in->len, PROTO_FROM_SERVER, &f);
+		if (r == PROTO_NEED_MORE) {
+			if (f.need > in->cap) {
+				struct lbuf *g = realloc(in, sizeof *g + f.need);
+				if (!g) {
+					lc_close(t, slot, 1);
+					return;
+				}
+				c->in = in = g;
+				in->cap = f.need;
+			}
+			in->need = f.need;
+			continue;
+		}
+		if (r < 0) {
+			log_rl(LOG_ERROR, "malformed frame from the server: %s", proto_err_name((unsigned)-r));
+			lc_close(t, slot, 1);
+			return;
+		}
+		on_frame(t, slot, &f);
+		free(c->in);
+		c->in = NULL;
+	}
+	while (n && c->state != LS_CLOSING) {
+		long r = proto_parse(p, n, PROTO_FROM_SERVER, &f);
+		if (r > 0) {
+			on_frame(t, slot, &f);
+			p += r;
+			n -= (size_t)r;
+			continue;
+		}
+		if (r < 0) {
+			log_rl(LOG_ERROR, "malformed frame from the server: %s", proto_err_name((unsigned)-r));
+			lc_close(t, slot, 1);
+			return;
+		}
+		uint32_t cap = f.need > 16 ? f.need : 16;
+		struct lbuf *in = malloc(sizeof *in + cap);
+		if (!in) {
+			lc_close(t, slot, 1);
+			return;
+		}
+		in->cap = cap;
+		in->len = (uint32_t)n;
+		in->need = f.need;
+		in->off = 0;
+		memcpy(in->data, p, n);
+		c->in = in;
+		return;
+	}
+}
+
+static void on_recv(struct lthread *t, const struct io_uring_cqe *cqe)
+{
+	uint32_t slot = ud_slot(cqe->user_data);
+	struct lconn *c = &t->c[slot];
+	int has_buf = (cqe->flags & IORING_CQE_F_BUFFER) != 0;
+	unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+	if (!gen_ok(c, cqe->user_data)) {
+		if (has_buf)
+			bufring_put(&t->br, bid);
+		return;
+	}
+	int more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+	if (!more)
+		c->flags &= (uint8_t)~LF_RECV;
+	if (cqe->res > 0 && has_buf) {
+		LCNT_ADD(t, bytes_in, (uint64_t)cqe->res);
+		if (c->state == LS_LOGIN || c->state == LS_LIVE)
+			input(t, slot, bufring_buf(&t->br, bid), (size_t)cqe->res);
+		bufring_put(&t->br, bid);
+		if (!more && (c->state == LS_LOGIN || c->state == LS_LIVE))
+			arm_recv(t, slot);
+	} else if (cqe->res == -ENOBUFS) {
+		if (c->state == LS_LOGIN || c->state == LS_LIVE)
+			arm_recv(t, slot); /* buffers come back at the end of this iteration */
+	} else if (cqe->res != -ECANCELED) {
+		if (c->state == LS_LOGIN || c->state == LS_LIVE) {
+			LCNT_ADD(t, closed_by_server, 1);
+			lc_close(t, slot, t->lg->phase < PH_DRAIN || t->lg->cfg.scenario == SC_IDLE);
+		}
+	}
+	if (c->state == LS_CLOSING)
+		reap(t, slot);
+}
+
+static void on_send(struct lthread *t, const struct io_uring_cqe *cqe)
+{
+	uint32_t slot = ud_slot(cqe->user_data);
+	struct lconn *c = &t->c[slot];
+	if (!gen_ok(c, cqe->user_data))
+		return;
+	c->flags &= (uint8_t)~LF_SEND;
+	struct lbuf *s = c->sending;
+	if (cqe->res <= 0) {
+		free(s);
+		c->sending = NULL;
+		if (c->state == LS_LOGIN || c->state == LS_LIVE)
+			lc_close(t, slot, 1);
+		reap(t, slot);
+		return;
+	}
+	LCNT_ADD(t, bytes_out, (uint64_t)cqe->res);
+	s->off += (uint32_t)cqe->res;
+	if (s->off < s->len) {
+		submit_send(t, slot);
+		return;
+	}
+	free(s);
+	c->sending = NULL;
+	flush_conn(t, slot);
+	reap(t, slot);
+}
+
+static void on_close(struct lthread *t, const struct io_uring_cqe *cqe)
+{
+	uint32_t slot = ud_slot(cqe->user_data);
+	struct lconn *c = &t->c[slot];
+	if (!gen_ok(c, cqe->user_data))
+		return;
+	int reconnect = (c->flags & LF_RECONNECT) != 0, was_open = c->flags & LF_WAS_LIVE;
+	(void)was_open;
+	free_bufs(c);
+	uint32_t gen = c->gen + 1, connects = c->connects, seq = c->seq_out, expect = c->expect;
+	uint64_t window = c->window;
+	memset(c, 0, sizeof *c);
+	c->gen = gen;
+	c->connects = connects;
+	c->seq_out = seq;
+	c->expect = expect;
+	c->window = window;
+	if (t->cnt.open)
+		LCNT_SET(t, open, t->cnt.open - 1);
+	if (reconnect && t->lg->phase < PH_STOP) {
+		/* back off a little, jittered, so failures do not spin */
+		c->state = LS_IDLE;
+		wheel_add(&t->wheel, slot, t->tick + 5 + (uint32_t)(rnd(t) % 50));
+	}
+}
+
+/* ---- timers, sending, pacing --------------------------------------------------- */
+
+static void on_timer(void *arg, uint32_t slot)
+{
+	struct lthread *t = arg;
+	struct lconn *c = &t->c[slot];
+	if (c->state == LS_IDLE) {
+		enqueue_connect(t, slot); /* reconnect after backoff */
+	} else if (c->state == LS_LIVE && t->lg->cfg.ping_ms > 0) {
+		struct proto_frame f = {.type = PROTO_PING};
+		if (out_frame(t, slot, &f) == 0)
+			LCNT_ADD(t, pings, 1);
+		wheel_add(&t->wheel, slot, t->tick + (uint32_t)(t->lg->cfg.ping_ms / LG_TICK_MS));
+	}
+}
+
+static void pace_connects(struct lthread *t)
+{
+	const struct lg_config *cfg = &t->lg->cfg;
+	uint64_t per_ns = cfg->connect_rate > 0 ? 1000000000ull * t->lg->nthreads / (uint64_t)cfg->connect_rate : 0;
+	while (t->qlen && t->inflight < (uint32_t)cfg->inflight) {
+		if (per_ns) {
+			if (t->connect_credit_ns > t->now_ns)
+				break;
+			if (t->now_ns - t->connect_credit_ns > 100 * per_ns)
+				t->connect_credit_ns = t->now_ns - 100 * per_ns; /* bounded burst after idling */
+			t->connect_credit_ns += per_ns;
+		}
+		uint32_t slot = t->queue[t->qhead];
+		t->qhead = (t->qhead + 1) % t->n;
+		t->qlen--;
+		t->c[slot].flags &= (uint8_t)~LF_INQ;
+		if (t->c[slot].state != LS_IDLE)
+			continue;
+		if (start_connect(t, slot) != 0) {
+			t->c[slot].state = LS_IDLE;
+			wheel_add(&t->wheel, slot, t->tick + 50); /* retry in 0.5 s */
+		}
+	}
+}
+
+/* Open loop: the thread's users together send rate * n messages per second,
+ * in round-robin order, each stamped with its scheduled time. */
+static void pace_sends(struct lthread *t)
+{
+	const struct lg_config *cfg = &t->lg->cfg;
+	if (cfg->rate <= 0 || !t->n)
+		return;
+	double per_s = cfg->rate * (double)t->n;
+	uint64_t due = (uint64_t)((double)(t->now_ns - t->t0_send) * per_s / 1e9);
+	uint32_t body_len = (uint32_t)cfg->size;
+	uint8_t body[PROTO_MAX_BODY];
+	memset(body + LG_BODY_MIN, 'x', body_len - LG_BODY_MIN);
+	unsigned budget = 65536;
+	while (t->sched_done < due && budget--) {
+		uint64_t sched = t->t0_send + (uint64_t)((double)t->sched_done * 1e9 / per_s);
+		uint32_t slot = (uint32_t)(t->sender_rr++ % t->n);
+		t->sched_done++;
+		struct lconn *c = &t->c[slot];
+		if (c->state != LS_LIVE) {
+			LCNT_ADD(t, skipped, 1);
+			continue;
+		}
+		put_le32(body, c->seq_out);
+		memcpy(body + 4, &sched, 8);
+		struct proto_frame f = {.type = PROTO_SEND};
+		f.send.cmid = c->seq_out;
+		f.send.to = peer_of(t, slot);
+		f.send.body = (struct proto_bytes){body, body_len};
+		if (out_frame(t, slot, &f) != 0) {
+			LCNT_ADD(t, blocked, 1);
+			continue;
+		}
+		c->seq_out++;
+		LCNT_ADD(t, sent, 1);
+	}
+}
+
+static void pace_churn(struct lthread *t, uint64_t *credit_ns)
+{
+	const struct lg_config *cfg = &t->lg->cfg;
+	if (cfg->churn_rate <= 0)
+		return;
+	uint64_t per_ns = 1000000000ull * t->lg->nthreads / (uint64_t)cfg->churn_rate;
+	if (*credit_ns == 0)
+		*credit_ns = t->now_ns;
+	for (unsigned tries = 0; *credit_ns <= t->now_ns && tries < 1024; tries++) {
+		uint32_t slot = (uint32_t)(rnd(t) % t->n);
+		if (t->c[slot].state != LS_LIVE)
+			continue;
+		*credit_ns += per_ns;
+		lc_close(t, slot, 1);
+	}
+}
+
+static void storm(struct lthread *t)
+{
+	for (uint32_t s = 0; s < t->n; s++)
+		if (t->c[s].state == LS_LIVE || t->c[s].state == LS_LOGIN)
+			lc_close(t, s, 1);
+}
+
+static void publish_interval(struct lthread *t)
+{
+	LCNT_SET(t, p50_ns, hist_percentile(&t->lat_interval, 50));
+	LCNT_SET(t, p99_ns, hist_percentile(&t->lat_interval, 99));
+	LCNT_SET(t, lat_count, t->lat_interval.count);
+	hist_merge(&t->lat, &t->lat_interval);
+	memset(&t->lat_interval, 0, sizeof t->lat_interval);
+}
+
+/* ---- thread --------------------------------------------------------------------- */
+
+static int setup(struct lthread *t, char *err, size_t errlen)
+{
+	struct lg *lg = t->lg;
+	unsigned cq = pow2_clamp((unsigned long)t->n * 2, 4096, 65536);
+	int ret = ring_init(&t->ring, 4096, cq, &t->ring_mode);
+	if (ret) {
+		snprintf(err, errlen, "io_uring_queue_init: %s", strerror(-ret));
+		return -1;
+	}
+	uint32_t slots = t->n ? t->n : 1;
+	ret = io_uring_register_files_sparse(&t->ring, slots);
+	if (ret) {
+		snprintf(err, errlen, "registering %u direct descriptors: %s (RLIMIT_NOFILE caps each ring; use more --threads)",
+			 slots, strerror(-ret));
+		return -1;
+	}
+	unsigned per = (unsigned)((uint64_t)lg->cfg.recv_pool / lg->nthreads / (uint64_t)lg->cfg.recv_buf);
+	unsigned entries = pow2_clamp(per, 64, 32768);
+	while (entries > 64 && (uint64_t)entries * (uint64_t)lg->cfg.recv_buf * lg->nthreads > (uint64_t)lg->cfg.recv_pool)
+		entries /= 2;
+	ret = bufring_setup(&t->ring, &t->br, entries, (unsigned)lg->cfg.recv_buf, 1);
+	if (ret) {
+		snprintf(err, errlen, "provided buffer ring: %s", strerror(-ret));
+		return -1;
+	}
+	t->c = mmap(NULL, (size_t)slots * sizeof *t->c, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		    -1, 0);
+	t->queue = calloc(slots, sizeof *t->queue);
+	if (t->c == MAP_FAILED || !t->queue ||
+	    wheel_init(&t->wheel, LG_WHEEL_BITS, t->c, sizeof *t->c, offsetof(struct lconn, tn), 1) != 0) {
+		if (t->c == MAP_FAILED)
+			t->c = NULL;
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	for (uint32_t s = 0; s < t->n; s++)
+		enqueue_connect(t, s);
+	t->rng = clock_mono_ns() ^ ((uint64_t)t->id << 40) ^ 0x9e3779b97f4a7c15ull;
+	if (!t->rng)
+		t->rng = 1;
+	return 0;
+}
+
+static void teardown(struct lthread *t)
+{
+	if (t->c) {
+		for (uint32_t s = 0; s < t->n; s++)
+			free_bufs(&t->c[s]);
+		munmap(t->c, (size_t)(t->n ? t->n : 1) * sizeof *t->c);
+	}
+	bufring_free(&t->ring, &t->br);
+	io_uring_queue_exit(&t->ring);
+	free(t->queue);
+	free(t->flush);
+	wheel_free(&t->wheel);
+}
+
+void *lg_worker_main(void *arg)
+{
+	struct lthread *t = arg;
+	struct lg *lg = t->lg;
+	char name[16], err[256];
+	snprintf(name, sizeof name, "l%u", t->id);
+	log_thread(name);
+	t->start_ns = clock_mono_ns();
+	t->now_ns = t->start_ns;
+	int ok = setup(t, err, sizeof err) == 0;
+	if (!ok) {
+		log_error("thread %u: %s", t->id, err);
+		__atomic_store_n(&lg->start_failed, 1, __ATOMIC_RELAXED);
+	}
+	pthread_barrier_wait(&lg->start);
+	if (__atomic_load_n(&lg->start_failed, __ATOMIC_RELAXED)) {
+		teardown(t);
+		return NULL;
+	}
+	t->interval_end_ns = t->now_ns + 1000000000ull;
+	uint64_t churn_credit = 0;
+	int sending = 0;
+	for (;;) {
+		int phase = __atomic_load_n(&lg->phase, __ATOMIC_RELAXED);
+		if (phase == PH_STOP)
+			break;
+		if (phase == PH_RUN && !sending && lg->cfg.scenario != SC_IDLE) {
+			sending = 1;
+			t->t0_send = __atomic_load_n(&lg->run_start_ns, __ATOMIC_RELAXED);
+			t->sched_done = 0;
+		}
+		if (phase != PH_RUN)
+			sending = 0;
+		if (phase >= PH_RAMP && phase <= PH_RUN)
+			pace_connects(t);
+		if (sending) {
+			if (lg->cfg.scenario == SC_CHAT || lg->cfg.scenario == SC_CHURN || lg->cfg.scenario == SC_STORM)
+				pace_sends(t);
+			if (lg->cfg.scenario == SC_CHURN)
+				pace_churn(t, &churn_credit);
+			if (lg->cfg.scenario == SC_STORM && !t->storm_done &&
+			    t->now_ns >= t->t0_send + (uint64_t)lg->cfg.storm_at_ms * 1000000ull) {
+				t->storm_done = 1;
+				storm(t);
+			}
+		}
+		bufring_publish(&t->br);
+		for (size_t i = 0; i < t->nflush; i++)
+			flush_conn(t, t->flush[i]);
+		t->nflush = 0;
+
+		uint64_t wait = LG_TICK_MS * 1000000ull;
+		if (sending && lg->cfg.rate > 0) {
+			double per_s = lg->cfg.rate * (double)t->n;
+			uint64_t next = t->t0_send + (uint64_t)((double)t->sched_done * 1e9 / per_s);
+			wait = next > t->now_ns ? next - t->now_ns : 0;
+			if (wait > LG_TICK_MS * 1000000ull)
+				wait = LG_TICK_MS * 1000000ull;
+		}
+		if (t->qlen && lg->cfg.connect_rate > 0 && t->connect_credit_ns > t->now_ns &&
+		    t->connect_credit_ns - t->now_ns < wait)
+			wait = t->connect_credit_ns - t->now_ns;
+		struct io_uring_cqe *cqe;
+		int ret;
+		if (wait < 20000) {
+			ret = io_uring_submit_and_get_events(&t->ring); /* due now: do not sleep */
+		} else {
+			struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = (long long)wait};
+			ret = io_uring_submit_and_wait_timeout(&t->ring, &cqe, 1, &ts, NULL);
+		}
+		if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+			log_rl(LOG_ERROR, "io_uring: %s", strerror(-ret));
+		t->now_ns = clock_mono_ns();
+		t->tick = (uint32_t)((t->now_ns - t->start_ns) / (LG_TICK_MS * 1000000ull)) + 1;
+		unsigned total = 0;
+		for (int pass = 0; pass < 64; pass++) {
+			unsigned head, n = 0;
+			io_uring_for_each_cqe(&t->ring, head, cqe)
+			{
+				switch (ud_kind(cqe->user_data)) {
+				case LU_RECV: on_recv(t, cqe); break;
+				case LU_SEND: on_send(t, cqe); break;
+				case LU_CONNECT: on_connect(t, cqe); break;
+				case LU_CLOSE: on_close(t, cqe); break;
+				default: break;
+				}
+				n++;
+			}
+			io_uring_cq_advance(&t->ring, n);
+			total += n;
+			if (total >= 4096 || !ring_work_pending(&t->ring))
+				break;
+			io_uring_get_events(&t->ring);
+		}
+		LCNT_ADD(t, loops, 1);
+		LCNT_ADD(t, cqes, total);
+		wheel_advance(&t->wheel, t->tick, on_timer, t);
+		if (t->now_ns >= t->interval_end_ns) {
+			publish_interval(t);
+			t->interval_end_ns += 1000000000ull;
+		}
+	}
+	publish_interval(t);
+	teardown(t);
+	return NULL;
+}
