@@ -27,6 +27,8 @@
 
 #include "proto/client.h"
 #include "runtime/addr.h"
+#include "runtime/cluster.h"
+#include "runtime/link.h"
 #include "runtime/msgid.h"
 #include "runtime/opts.h"
 #include "runtime/token.h"
@@ -64,7 +66,8 @@ struct gw_config {
 	int64_t sndbuf, rcvbuf;
 	int64_t slots;         /* fixed-file table per thread (0 = from RLIMIT_NOFILE) */
 	const char *log_level;
-	struct opt_list backends; /* dist link (backend issue); empty: local delivery only */
+	const char *cluster_file; /* backends; NULL: local delivery only */
+	int64_t link_queue, link_batch, link_sockbuf, store_timeout_ms;
 };
 
 /* ---- counters: per thread, written by the owner only ---------------------- */
@@ -98,9 +101,19 @@ struct gw_counters {
 	uint64_t receipts_routed, kicks, slow_consumers, rate_limited, enobufs;
 	uint64_t xbatches_out, xbatches_in, xrecords_out, xrecords_in;
 	uint64_t loops, cqes, sends;
+	uint64_t routed_remote, stored_acks, store_refused, store_timeouts, link_try_again, sessions_out;
+	uint64_t link_frames_out, link_frames_in, link_batches_out, link_batches_in, link_bytes_out, link_bytes_in;
+	uint64_t link_reconnects, link_credit_stalls;
 	/* gauges */
 	uint64_t conns, logged_in, queue_bytes, queue_max, wheel_size, dir_size, partial_bufs;
+	uint64_t links_up, link_queue_bytes, link_rtt_us_max, pending_stores;
 } __attribute__((aligned(64)));
+
+/* One link's figures, published by its thread each tick for /stats. */
+struct gw_link_pub {
+	uint64_t state, node, frames_out, frames_in, batches_out, batches_in, bytes_out, bytes_in;
+	uint64_t queue_bytes, reconnects, rtt_us, pending;
+};
 
 /* Owner-thread increment, readable by the stats thread without tearing. */
 #define CNT_ADD(w, field, n) __atomic_store_n(&(w)->cnt.field, (w)->cnt.field + (n), __ATOMIC_RELAXED)
@@ -171,6 +184,7 @@ static_assert(sizeof(struct conn) == 64, "struct conn is one cache line");
  * Batched per destination thread during an iteration and posted as one
  * pointer with MSG_RING at its end; the receiver frees the batch. */
 enum xm_type { XM_DELIVER = 1, XM_RESULT, XM_RECEIPT };
+enum xr_what { XR_SEND = 0, XR_GROUP = 1 };
 
 struct xm_hdr {
 	uint16_t type;
@@ -187,12 +201,14 @@ struct xm_deliver { /* deliver to `to` (on the receiving thread) and answer with
 	uint8_t body[];
 };
 
-struct xm_result { /* outcome of an XM_DELIVER for the sender's connection */
+struct xm_result { /* outcome of a send or group request, for the sender's connection */
 	struct xm_hdr h;
-	uint64_t cmid, smid;
+	uint64_t cmid, smid; /* XR_GROUP: request id, group id */
 	uint32_t oslot, ogen;
-	uint32_t status; /* 0 delivered, else a proto_err code */
-	uint32_t pad;
+	uint32_t status;     /* 0 done, else a proto_err code */
+	uint8_t what;        /* enum xr_what */
+	uint8_t ack;         /* XR_SEND done: PROTO_ACK_ACCEPTED or PROTO_ACK_STORED */
+	uint16_t pad;
 };
 
 struct xm_receipt { /* tell `to` that `from` received/read `smid` */
@@ -238,6 +254,10 @@ struct worker {
 	int draining, stopping;
 	uint32_t drain_deadline;
 	const char *ring_mode;
+	/* dist link: one per backend */
+	struct link *links;
+	struct gw_pendq *pend; /* per link: requests waiting for the backend's answer */
+	struct gw_link_pub *pub;
 };
 
 struct gw {
@@ -252,6 +272,7 @@ struct gw {
 	pthread_barrier_t start;
 	int start_failed;
 	uint64_t started_wall_ms;
+	struct cluster cluster; /* n == 0: no backends */
 };
 
 /* ---- worker.c ------------------------------------------------------------ */
@@ -273,6 +294,7 @@ enum gw_ud {
 	UD_HANDOFF_IN, /* pointer: a handoff; res = the new slot */
 	UD_HANDOFF_OUT,/* slot/gen: result of our SEND_FD */
 	UD_CTRL,       /* res = enum gw_ctrl */
+	UD_LINK,       /* slot = link index (runtime/link.c encodes its own op) */
 };
 
 /* Append one frame to a connection's output (sent at the end of the
@@ -320,6 +342,56 @@ void session_xbatch(struct worker *w, const struct xbatch *b);
 
 /* A LIVE connection is going away: drop it from the directory. */
 void session_gone(struct worker *w, uint32_t slot);
+
+/* A connection reference that fits a dist frame's conn field: gen (28 bits)
+ * and slot (< 2^20, the kernel's fixed-file maximum). */
+static inline uint64_t gw_oconn(uint32_t slot, uint32_t gen)
+{
+	return ((uint64_t)(gen & 0x0fffffffu) << 20) | slot;
+}
+static inline uint32_t gw_oconn_slot(uint64_t oconn)
+{
+	return (uint32_t)(oconn & 0xfffffu);
+}
+static inline uint32_t gw_oconn_gen(uint64_t oconn)
+{
+	return (uint32_t)(oconn >> 20) & 0x0fffffffu;
+}
+
+/* ---- dist.c: the links to the backends ------------------------------------ */
+int gw_dist_setup(struct worker *w, char *err, size_t errlen);
+void gw_dist_teardown(struct worker *w);
+void gw_dist_complete(struct worker *w, const struct io_uring_cqe *cqe);
+void gw_dist_tick(struct worker *w);  /* every iteration */
+void gw_dist_flush(struct worker *w); /* end of iteration */
+int gw_dist_on(const struct worker *w); /* backends configured */
+
+/* Send a message to the backend that owns its recipient (to) or group.
+ * The answer comes later as a STORE_ACK (to thread othread, connection
+ * oconn). Returns 0 when queued, else the proto_err code to answer now. */
+unsigned gw_dist_route(struct worker *w, uint32_t othread, uint64_t oconn, uint64_t cmid, uint64_t from, uint64_t to,
+		       uint64_t group, const uint8_t *body, uint32_t len);
+
+/* A receipt: DELETE goes to the backend that stored smid (if any), NOTIFY to
+ * the owner of `to` (the original sender). */
+void gw_dist_receipt(struct worker *w, uint8_t flags, uint8_t kind, uint64_t from, uint64_t to, uint64_t smid);
+
+/* Session up/down to every backend. */
+void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, uint64_t resume);
+
+/* A client GROUP request. Returns 0 when queued, else an error code. */
+unsigned gw_dist_group(struct worker *w, uint32_t slot, const struct proto_frame *f);
+
+/* ---- session.c hooks used by dist.c ---------------------------------------- */
+/* Answer the sender of a message or group request living on this thread. */
+void session_answer(struct worker *w, uint32_t slot, uint32_t gen, uint8_t what, uint64_t ref, uint64_t id,
+		    unsigned status, uint8_t ack);
+/* Deliver a message from a backend to a user at home here. */
+void session_deliver_remote(struct worker *w, const struct dist_frame *f);
+/* A receipt for a user at home here. */
+void session_receipt_remote(struct worker *w, const struct dist_frame *f);
+/* The backend saw this session log in elsewhere. */
+void session_kick_remote(struct worker *w, const struct dist_frame *f);
 
 /* Home thread of a user. */
 static inline unsigned gw_home(const struct gw *gw, uint64_t user)

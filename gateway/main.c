@@ -95,6 +95,16 @@ int main(int argc, char **argv)
 		{"slots", OPT_INT, &cfg->slots, "0", 0, 1048576,
 		 "direct descriptors per thread; 0 = min(RLIMIT_NOFILE, 1048576)"},
 		{"log-level", OPT_STR, &cfg->log_level, "info", 0, 0, "error, warn, info or debug"},
+		{"cluster", OPT_STR, &cfg->cluster_file, NULL, 0, 0,
+		 "cluster file listing the backends (\"backend ID IP:PORT\" lines); without it messages for users "
+		 "not connected here get ERROR no_route"},
+		{"link-queue", OPT_SIZE, &cfg->link_queue, "16m", 64 << 10, 1ll << 34,
+		 "bytes queued per backend link (per thread) before senders get ERROR try_again"},
+		{"link-batch", OPT_SIZE, &cfg->link_batch, "256k", 4096, DIST_MAX_FRAME - 64,
+		 "largest batch on a backend link; bigger iterations are split"},
+		{"link-sockbuf", OPT_SIZE, &cfg->link_sockbuf, "1m", 0, 1 << 30, "SO_SNDBUF/SO_RCVBUF of backend links"},
+		{"store-timeout", OPT_MS, &cfg->store_timeout_ms, "10s", 100, 3600000,
+		 "a message not acknowledged by its backend by then gets ERROR try_again"},
 	};
 	char err[512];
 	int r = opts_parse(opts, sizeof opts / sizeof opts[0], argc, argv, usage, err, sizeof err);
@@ -127,6 +137,15 @@ int main(int argc, char **argv)
 			fprintf(stderr, "gateway: --listen: %s\n", err);
 			return 2;
 		}
+	}
+	if (cfg->cluster_file && cluster_load(&gw.cluster, cfg->cluster_file, err, sizeof err) != 0) {
+		fprintf(stderr, "gateway: --cluster: %s\n", err);
+		return 2;
+	}
+	if (cluster_find(&gw.cluster, (uint32_t)cfg->node) >= 0) {
+		fprintf(stderr, "gateway: --node %lld is a backend's id in the cluster file; node ids must be unique\n",
+			(long long)cfg->node);
+		return 2;
 	}
 	struct addr stats_addr;
 	int stats_on = strcmp(cfg->stats_listen, "off") != 0;
@@ -197,6 +216,10 @@ int main(int argc, char **argv)
 		 (unsigned long long)gw.nthreads * (gw.slots - GW_SLOT_RESERVE), (unsigned long long)rl.rlim_cur);
 	for (size_t i = 0; i < gw.nlisten; i++)
 		log_info("listening on %s", addr_str(&gw.listen[i], a, sizeof a));
+	if (gw.cluster.n)
+		log_info("%zu backend(s) from %s; every thread links to each", gw.cluster.n, cfg->cluster_file);
+	else
+		log_info("no --cluster: local delivery only (no_route for users not connected here)");
 	struct httpd *httpd = NULL;
 	if (stats_on) {
 		httpd = httpd_start(&stats_addr, gw_stats_http, &gw, err, sizeof err);

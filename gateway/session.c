@@ -34,13 +34,15 @@ static uint32_t dir_find(struct worker *w, uint64_t user)
 }
 
 /* Deliver to a user at home here. Returns 0 or a proto_err code. */
-static unsigned deliver_here(struct worker *w, uint64_t to, uint64_t from, uint64_t smid, uint64_t time_ms,
-			     const uint8_t *body, uint32_t len)
+static unsigned deliver_here(struct worker *w, uint64_t to, uint64_t from, uint64_t group, uint64_t smid,
+			     uint64_t time_ms, const uint8_t *body, uint32_t len)
 {
 	uint32_t slot = dir_find(w, to);
 	if (slot == UINT32_MAX)
 		return PROTO_E_NO_ROUTE;
 	struct proto_frame f = {.type = PROTO_DELIVER};
+	f.deliver.flags = group ? PROTO_DELIVER_GROUP : 0;
+	f.deliver.group = group;
 	f.deliver.smid = smid;
 	f.deliver.from = from;
 	f.deliver.time_ms = time_ms;
@@ -50,31 +52,43 @@ static unsigned deliver_here(struct worker *w, uint64_t to, uint64_t from, uint6
 	return 0;
 }
 
-/* Tell the sender's connection how its message went. */
-static void answer_sender(struct worker *w, uint32_t slot, uint32_t gen, uint64_t cmid, uint64_t smid,
-			  unsigned status)
+void session_answer(struct worker *w, uint32_t slot, uint32_t gen, uint8_t what, uint64_t ref, uint64_t id,
+		    unsigned status, uint8_t ack)
 {
 	struct conn *c = conn_of(w, slot);
 	if (slot >= w->slots || c->state != CS_LIVE || c->gen != gen)
 		return; /* the sender left meanwhile */
 	struct proto_frame f;
 	memset(&f, 0, sizeof f);
-	if (status == 0) {
+	if (what == XR_GROUP) {
+		f.type = PROTO_GROUP_RESULT;
+		f.group_result.req = ref;
+		f.group_result.status = (uint8_t)status;
+		f.group_result.group = status ? 0 : id;
+	} else if (status == 0) {
 		f.type = PROTO_ACK;
-		f.ack.cmid = cmid;
-		f.ack.status = PROTO_ACK_ACCEPTED;
-		f.ack.smid = smid;
+		f.ack.cmid = ref;
+		f.ack.status = ack;
+		f.ack.smid = id;
 	} else {
+		static const char no_route[] = "recipient is not connected and no backend is configured";
+		static const char again[] = "the recipient's backend is unreachable or busy; send again";
 		if (status == PROTO_E_NO_ROUTE)
 			CNT_ADD(w, no_route, 1);
 		f.type = PROTO_ERROR;
 		f.error.code = (uint8_t)status;
-		f.error.ref = cmid;
-		static const char txt[] = "recipient is not connected and no backend is configured";
+		f.error.ref = ref;
 		if (status == PROTO_E_NO_ROUTE)
-			f.error.text = (struct proto_bytes){(const uint8_t *)txt, sizeof txt - 1};
+			f.error.text = (struct proto_bytes){(const uint8_t *)no_route, sizeof no_route - 1};
+		else if (status == PROTO_E_TRY_AGAIN)
+			f.error.text = (struct proto_bytes){(const uint8_t *)again, sizeof again - 1};
 	}
 	conn_out_frame(w, slot, &f);
+}
+
+static void answer_send(struct worker *w, uint32_t slot, uint64_t cmid, uint64_t smid, unsigned status)
+{
+	session_answer(w, slot, conn_of(w, slot)->gen, XR_SEND, cmid, smid, status, PROTO_ACK_ACCEPTED);
 }
 
 static void handle_send(struct worker *w, uint32_t slot, const struct proto_frame *f)
@@ -86,27 +100,37 @@ static void handle_send(struct worker *w, uint32_t slot, const struct proto_fram
 	}
 	if (f->send.group) {
 		/* groups live in the backends */
-		answer_sender(w, slot, c->gen, f->send.cmid, 0, PROTO_E_NO_ROUTE);
+		unsigned st = gw_dist_route(w, w->id, gw_oconn(slot, c->gen), f->send.cmid, c->user, 0, f->send.to,
+					    f->send.body.p, f->send.body.len);
+		if (st)
+			answer_send(w, slot, f->send.cmid, 0, st);
 		return;
 	}
 	uint64_t to = f->send.to;
-	uint64_t smid = msgid_next(&w->ids, w->wall_ms);
 	unsigned home = gw_home(w->gw, to);
 	if (home == w->id) {
-		unsigned st = deliver_here(w, to, c->user, smid, w->wall_ms, f->send.body.p, f->send.body.len);
-		if (st == 0)
+		uint64_t smid = msgid_next(&w->ids, w->wall_ms);
+		unsigned st = deliver_here(w, to, c->user, 0, smid, w->wall_ms, f->send.body.p, f->send.body.len);
+		if (st == 0) {
 			CNT_ADD(w, deliver_local, 1);
-		answer_sender(w, slot, c->gen, f->send.cmid, smid, st);
+			answer_send(w, slot, f->send.cmid, smid, 0);
+			return;
+		}
+		/* not connected here: its backend stores it (and delivers it if the user is elsewhere) */
+		st = gw_dist_route(w, w->id, gw_oconn(slot, c->gen), f->send.cmid, c->user, to, 0, f->send.body.p,
+				   f->send.body.len);
+		if (st)
+			answer_send(w, slot, f->send.cmid, 0, st);
 		return;
 	}
 	struct xm_deliver *x = xm_reserve(w, home, XM_DELIVER, sizeof *x + f->send.body.len);
 	if (!x) {
-		answer_sender(w, slot, c->gen, f->send.cmid, 0, PROTO_E_TRY_AGAIN);
+		answer_send(w, slot, f->send.cmid, 0, PROTO_E_TRY_AGAIN);
 		return;
 	}
 	x->from = c->user;
 	x->to = to;
-	x->smid = smid;
+	x->smid = msgid_next(&w->ids, w->wall_ms);
 	x->time_ms = w->wall_ms;
 	x->cmid = f->send.cmid;
 	x->oslot = slot;
@@ -115,25 +139,38 @@ static void handle_send(struct worker *w, uint32_t slot, const struct proto_fram
 	memcpy(x->body, f->send.body.p, f->send.body.len);
 }
 
-static void receipt_here(struct worker *w, uint64_t to, uint64_t from, uint8_t kind, uint64_t smid)
+/* Give a receipt to `to` if connected here; returns 0, or -1 if not here. */
+static int receipt_here(struct worker *w, uint64_t to, uint64_t from, uint8_t kind, uint64_t smid)
 {
 	uint32_t slot = dir_find(w, to);
 	if (slot == UINT32_MAX)
-		return; /* sender offline: without a backend the receipt is not kept */
+		return -1;
 	struct proto_frame f = {.type = PROTO_RECEIPT};
 	f.receipt.kind = kind;
 	f.receipt.peer = from;
 	f.receipt.smid = smid;
 	if (conn_out_frame(w, slot, &f) == 0)
 		CNT_ADD(w, receipts_routed, 1);
+	return 0;
+}
+
+/* Notify `to` (at home here) of a receipt: directly, or via its backend. */
+static void receipt_notify_here(struct worker *w, uint64_t to, uint64_t from, uint8_t kind, uint64_t smid)
+{
+	if (receipt_here(w, to, from, kind, smid) != 0)
+		gw_dist_receipt(w, DIST_RCPT_NOTIFY, kind, from, to, smid);
 }
 
 static void handle_receipt(struct worker *w, uint32_t slot, const struct proto_frame *f)
 {
 	struct conn *c = conn_of(w, slot);
+	/* a delivered receipt for a stored message lets its backend delete it */
+	if (f->receipt.kind == PROTO_RCPT_DELIVERED && gw_dist_on(w) &&
+	    cluster_find(&w->gw->cluster, msgid_node(f->receipt.smid)) >= 0)
+		gw_dist_receipt(w, DIST_RCPT_DELETE, f->receipt.kind, c->user, f->receipt.peer, f->receipt.smid);
 	unsigned home = gw_home(w->gw, f->receipt.peer);
 	if (home == w->id) {
-		receipt_here(w, f->receipt.peer, c->user, f->receipt.kind, f->receipt.smid);
+		receipt_notify_here(w, f->receipt.peer, c->user, f->receipt.kind, f->receipt.smid);
 		return;
 	}
 	struct xm_receipt *x = xm_reserve(w, home, XM_RECEIPT, sizeof *x);
@@ -158,9 +195,17 @@ void session_xbatch(struct worker *w, const struct xbatch *b)
 		switch (h->type) {
 		case XM_DELIVER: {
 			const struct xm_deliver *x = (const void *)p;
-			unsigned st = deliver_here(w, x->to, x->from, x->smid, x->time_ms, x->body, x->body_len);
-			if (st == 0)
+			unsigned st = deliver_here(w, x->to, x->from, 0, x->smid, x->time_ms, x->body, x->body_len);
+			if (st == 0) {
 				CNT_ADD(w, deliver_cross, 1);
+			} else {
+				/* not connected here: to its backend; the STORE_ACK goes straight
+				 * to the sender's thread */
+				st = gw_dist_route(w, b->src, gw_oconn(x->oslot, x->ogen), x->cmid, x->from, x->to, 0,
+						   x->body, x->body_len);
+				if (st == 0)
+					break;
+			}
 			struct xm_result *r = xm_reserve(w, b->src, XM_RESULT, sizeof *r);
 			if (r) {
 				r->cmid = x->cmid;
@@ -168,17 +213,19 @@ void session_xbatch(struct worker *w, const struct xbatch *b)
 				r->oslot = x->oslot;
 				r->ogen = x->ogen;
 				r->status = st;
+				r->what = XR_SEND;
+				r->ack = PROTO_ACK_ACCEPTED;
 			}
 			break;
 		}
 		case XM_RESULT: {
 			const struct xm_result *x = (const void *)p;
-			answer_sender(w, x->oslot, x->ogen, x->cmid, x->smid, x->status);
+			session_answer(w, x->oslot, x->ogen, x->what, x->cmid, x->smid, x->status, x->ack);
 			break;
 		}
 		case XM_RECEIPT: {
 			const struct xm_receipt *x = (const void *)p;
-			receipt_here(w, x->to, x->from, (uint8_t)x->kind, x->smid);
+			receipt_notify_here(w, x->to, x->from, (uint8_t)x->kind, x->smid);
 			break;
 		}
 		default:
@@ -190,7 +237,7 @@ void session_xbatch(struct worker *w, const struct xbatch *b)
 
 /* ---- login ------------------------------------------------------------------- */
 
-static void login_complete(struct worker *w, uint32_t slot, uint64_t user, uint8_t version)
+static void login_complete(struct worker *w, uint32_t slot, uint64_t user, uint8_t version, uint64_t resume)
 {
 	struct conn *c = conn_of(w, slot);
 	if (w->live > w->capacity) {
@@ -218,6 +265,8 @@ static void login_complete(struct worker *w, uint32_t slot, uint64_t user, uint8
 	conn_out_frame(w, slot, &f);
 	conn_arm_recv(w, slot);
 	conn_timer_update(w, slot);
+	if (gw_dist_on(w))
+		gw_dist_session(w, 1, user, gw_oconn(slot, c->gen), resume);
 }
 
 /* Returns 1 when the connection moves to another thread with the rest. */
@@ -248,18 +297,15 @@ static int handle_login(struct worker *w, uint32_t slot, const struct proto_fram
 	uint8_t version = f->login.version > PROTO_VERSION_MAX ? PROTO_VERSION_MAX : f->login.version;
 	c->user = f->login.user;
 	if (gw_home(w->gw, f->login.user) == w->id) {
-		login_complete(w, slot, f->login.user, version);
+		login_complete(w, slot, f->login.user, version, f->login.resume);
 		return 0;
 	}
-	/* remember what the home thread needs; the caller adds the rest of the input */
-	c->state = CS_HANDOFF;
-	c->reason = version;
-	(void)f->login.resume; /* used by the backend link: redelivery after this id */
+	c->state = CS_HANDOFF; /* the caller moves it, with the rest of the input */
 	return 1;
 }
 
 /* Send the socket and the input after LOGIN to the user's home thread. */
-static void handoff(struct worker *w, uint32_t slot, const uint8_t *rest, size_t n)
+static void handoff(struct worker *w, uint32_t slot, const struct proto_frame *login, const uint8_t *rest, size_t n)
 {
 	struct conn *c = conn_of(w, slot);
 	unsigned home = gw_home(w->gw, c->user);
@@ -270,13 +316,12 @@ static void handoff(struct worker *w, uint32_t slot, const uint8_t *rest, size_t
 		return;
 	}
 	h->user = c->user;
-	h->resume = 0;
-	h->version = c->reason;
+	h->resume = login->login.resume;
+	h->version = login->login.version > PROTO_VERSION_MAX ? PROTO_VERSION_MAX : login->login.version;
 	h->len = (uint32_t)n;
 	if (n)
 		memcpy(h->data, rest, n);
 	c->handoff = h;
-	c->reason = 0;
 	wheel_del(&w->wheel, slot);
 	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
 	ring_prep_send_fd(sqe, w->gw->ring_fds[home], slot, ud_ptr(UD_HANDOFF_IN, h),
@@ -287,7 +332,7 @@ void session_handoff_in(struct worker *w, uint32_t slot, struct handoff *h)
 {
 	struct conn *c = conn_of(w, slot);
 	c->user = h->user;
-	login_complete(w, slot, h->user, h->version);
+	login_complete(w, slot, h->user, h->version, h->resume);
 	if (c->state == CS_LIVE && h->len)
 		session_input(w, slot, h->data, h->len);
 }
@@ -299,6 +344,34 @@ void session_gone(struct worker *w, uint32_t slot)
 	if (v && (uint32_t)*v == slot && (uint32_t)(*v >> 32) == c->gen)
 		u64map_del(&w->dir, c->user);
 	CNT_SET(w, logged_in, w->cnt.logged_in - 1);
+	if (gw_dist_on(w))
+		gw_dist_session(w, 0, c->user, gw_oconn(slot, c->gen), 0);
+}
+
+void session_deliver_remote(struct worker *w, const struct dist_frame *f)
+{
+	if (!f->route.to || !f->route.smid)
+		return;
+	if (deliver_here(w, f->route.to, f->route.from, f->route.group, f->route.smid, f->route.time_ms,
+			 f->route.body.p, f->route.body.len) == 0)
+		CNT_ADD(w, deliver_remote, 1);
+	else
+		CNT_ADD(w, deliver_offline, 1); /* stays stored; delivered at the next login */
+}
+
+void session_receipt_remote(struct worker *w, const struct dist_frame *f)
+{
+	receipt_here(w, f->receipt.to, f->receipt.from, f->receipt.kind, f->receipt.smid);
+}
+
+void session_kick_remote(struct worker *w, const struct dist_frame *f)
+{
+	uint32_t slot = gw_oconn_slot(f->kick.conn), gen = gw_oconn_gen(f->kick.conn);
+	if (slot >= w->slots)
+		return;
+	struct conn *c = conn_of(w, slot);
+	if (c->state == CS_LIVE && (c->gen & 0x0fffffffu) == gen && c->user == f->kick.user)
+		conn_kick(w, slot);
 }
 
 /* ---- input --------------------------------------------------------------- */
@@ -331,9 +404,12 @@ static int handle_frame(struct worker *w, uint32_t slot, const struct proto_fram
 	}
 	case PROTO_PONG:
 		break;
-	case PROTO_GROUP:
-		answer_sender(w, slot, c->gen, f->group.req, 0, PROTO_E_NO_ROUTE);
+	case PROTO_GROUP: {
+		unsigned st = gw_dist_group(w, slot, f);
+		if (st)
+			session_answer(w, slot, c->gen, XR_GROUP, f->group.req, 0, st, 0);
 		break;
+	}
 	case PROTO_LOGIN:
 		conn_fail(w, slot, PROTO_E_ALREADY_LOGGED_IN, CLOSE_PROTOCOL, "already logged in");
 		break;
@@ -417,11 +493,11 @@ int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 			return -1;
 		}
 		int moved = handle_frame(w, slot, &f);
-		free(c->in);
+		free(c->in); /* f's byte views die here; handoff() reads only its numbers */
 		c->in = NULL;
 		CNT_SET(w, partial_bufs, w->cnt.partial_bufs - 1);
 		if (moved) {
-			handoff(w, slot, p, n);
+			handoff(w, slot, &f, p, n);
 			return -1;
 		}
 		if (!live_or_new(c))
@@ -438,7 +514,7 @@ int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 			p += r;
 			n -= (size_t)r;
 			if (handle_frame(w, slot, &f)) {
-				handoff(w, slot, p, n);
+				handoff(w, slot, &f, p, n);
 				return -1;
 			}
 			if (!live_or_new(c))

@@ -103,6 +103,24 @@ static const struct gw_metric table[] = {
 	C_("xthread_batches_total", "dir=\"in\"", "xbatches_in", "Cross-thread batches", xbatches_in),
 	C_("xthread_records_total", "dir=\"out\"", "xrecords_out", "Cross-thread records", xrecords_out),
 	C_("xthread_records_total", "dir=\"in\"", "xrecords_in", "Cross-thread records", xrecords_in),
+	C_("routed_remote_total", NULL, "routed_remote", "Messages sent to a backend", routed_remote),
+	C_("store_acks_total", "result=\"stored\"", "store_acks", "Backend answers to messages", stored_acks),
+	C_("store_acks_total", "result=\"refused\"", "store_refused", "Backend answers to messages", store_refused),
+	C_("store_timeouts_total", NULL, "store_timeouts", "Requests answered try_again (link lost or timeout)", store_timeouts),
+	C_("link_try_again_total", NULL, "link_try_again", "Requests refused: backend link queue full", link_try_again),
+	C_("sessions_announced_total", NULL, "sessions_announced", "Session up/down frames to backends", sessions_out),
+	C_("link_frames_total", "dir=\"out\"", "link_frames_out", "Dist link frames", link_frames_out),
+	C_("link_frames_total", "dir=\"in\"", "link_frames_in", "Dist link frames", link_frames_in),
+	C_("link_batches_total", "dir=\"out\"", "link_batches_out", "Dist link batches", link_batches_out),
+	C_("link_batches_total", "dir=\"in\"", "link_batches_in", "Dist link batches", link_batches_in),
+	C_("link_bytes_total", "dir=\"out\"", "link_bytes_out", "Dist link bytes", link_bytes_out),
+	C_("link_bytes_total", "dir=\"in\"", "link_bytes_in", "Dist link bytes", link_bytes_in),
+	C_("link_reconnects_total", NULL, "link_reconnects", "Dist link reconnects", link_reconnects),
+	C_("link_credit_stalls_total", NULL, "link_credit_stalls", "Batches held for flow-control credit", link_credit_stalls),
+	G_("links_up", NULL, "links_up", "Dist links up (threads x backends)", links_up),
+	G_("link_queue_bytes", NULL, "link_queue_bytes", "Bytes queued on dist links", link_queue_bytes),
+	G_("link_rtt_max_microseconds", NULL, "link_rtt_us_max", "Largest dist link round-trip time", link_rtt_us_max),
+	G_("pending_stores", NULL, "pending_stores", "Requests waiting for a backend's answer", pending_stores),
 	C_("loop_iterations_total", NULL, "loops", "Event loop iterations", loops),
 	C_("cqes_total", NULL, "cqes", "Completions handled", cqes),
 	C_("sends_total", NULL, "sends", "Send operations submitted", sends),
@@ -178,7 +196,9 @@ int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 				mx = v;
 		}
 		/* a maximum is the maximum over threads, not their sum */
-		vals[i] = table[i].off == offsetof(struct gw_counters, queue_max) ? (double)mx : (double)s;
+		int is_max = table[i].off == offsetof(struct gw_counters, queue_max) ||
+			     table[i].off == offsetof(struct gw_counters, link_rtt_us_max);
+		vals[i] = is_max ? (double)mx : (double)s;
 	}
 	xv[X_CAPACITY] = (double)gw->nthreads * (double)(gw->slots - GW_SLOT_RESERVE);
 	xv[X_THREADS] = gw->nthreads;
@@ -208,6 +228,24 @@ int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 			    (unsigned long long)load(c, offsetof(struct gw_counters, queue_bytes)),
 			    (unsigned long long)load(c, offsetof(struct gw_counters, loops)),
 			    (unsigned long long)load(c, offsetof(struct gw_counters, cqes)));
+	}
+	mbuf_printf(body, "],\"links\":[");
+	static const char *const states[] = {"idle", "connecting", "hello", "up", "backoff", "closing"};
+	for (unsigned t = 0, first = 1; t < gw->nthreads; t++) {
+		const struct gw_link_pub *pub = gw->w[t].pub;
+		for (size_t i = 0; pub && i < gw->cluster.n; i++, first = 0) {
+			const struct gw_link_pub *p = &pub[i];
+			uint64_t st = load((const void *)p, offsetof(struct gw_link_pub, state));
+#define LP(f) (unsigned long long)load((const void *)p, offsetof(struct gw_link_pub, f))
+			mbuf_printf(body,
+				    "%s{\"thread\":%u,\"backend\":%llu,\"state\":\"%s\",\"frames_out\":%llu,\"frames_in\":%llu,"
+				    "\"batches_out\":%llu,\"batches_in\":%llu,\"bytes_out\":%llu,\"bytes_in\":%llu,"
+				    "\"queue_bytes\":%llu,\"reconnects\":%llu,\"rtt_us\":%llu,\"pending\":%llu}",
+				    first ? "" : ",", t, LP(node), st < 6 ? states[st] : "?", LP(frames_out), LP(frames_in),
+				    LP(batches_out), LP(batches_in), LP(bytes_out), LP(bytes_in), LP(queue_bytes),
+				    LP(reconnects), LP(rtt_us), LP(pending));
+#undef LP
+		}
 	}
 	mbuf_printf(body, "]}\n");
 	return 200;

@@ -816,7 +816,7 @@ static int worker_setup(struct worker *w, char *err, size_t errlen)
 	}
 	msgid_init(&w->ids, (unsigned)cfg->node, w->id);
 	w->rng = clock_mono_ns() ^ ((uint64_t)w->id << 32);
-	return 0;
+	return gw_dist_setup(w, err, errlen);
 }
 
 static void worker_teardown(struct worker *w)
@@ -840,6 +840,7 @@ static void worker_teardown(struct worker *w)
 		}
 		munmap(w->conns, (size_t)w->slots * sizeof(struct conn));
 	}
+	gw_dist_teardown(w);
 	bufring_free(&w->ring, &w->br);
 	io_uring_queue_exit(&w->ring);
 	free(w->lfd);
@@ -878,6 +879,7 @@ static void dispatch(struct worker *w, const struct io_uring_cqe *cqe)
 			close_all(w);
 		}
 		break;
+	case UD_LINK: gw_dist_complete(w, cqe); break;
 	case UD_CANCEL: break;
 	default:
 		log_rl(LOG_ERROR, "completion of unknown kind %u", ud_kind(cqe->user_data));
@@ -934,6 +936,7 @@ void *worker_main(void *arg)
 		for (size_t i = 0; i < w->nflush; i++)
 			flush_conn(w, w->flush[i]);
 		w->nflush = 0;
+		gw_dist_flush(w);
 		if (w->draining && (w->live == 0 || (hard_stop && w->tick >= hard_stop)))
 			break;
 		for (unsigned i = 0; !w->draining && i < gw->nlisten; i++)
@@ -971,6 +974,7 @@ void *worker_main(void *arg)
 
 		/* 4. timers */
 		wheel_advance(&w->wheel, w->tick, on_timer, w);
+		gw_dist_tick(w);
 		CNT_SET(w, wheel_size, w->wheel.count);
 		CNT_SET(w, dir_size, w->dir.count);
 		if (w->draining && !w->stopping && w->tick >= w->drain_deadline) {

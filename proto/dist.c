@@ -101,6 +101,9 @@ static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
 		f->receipt.kind = rd_u8(r);
 		if (f->receipt.kind != PROTO_RCPT_DELIVERED && f->receipt.kind != PROTO_RCPT_READ)
 			rd_fail(r);
+		f->receipt.flags = rd_u8(r);
+		if (!f->receipt.flags || (f->receipt.flags & ~(DIST_RCPT_DELETE | DIST_RCPT_NOTIFY)))
+			rd_fail(r);
 		f->receipt.from = rd_uv(r);
 		rd_nonzero(r, f->receipt.from);
 		f->receipt.to = rd_uv(r);
@@ -266,8 +269,10 @@ static void enc_payload(struct wr *w, const struct dist_frame *f)
 		break;
 	case DIST_RECEIPT:
 		wr_check(w, (f->receipt.kind == PROTO_RCPT_DELIVERED || f->receipt.kind == PROTO_RCPT_READ) &&
+				    f->receipt.flags && !(f->receipt.flags & ~(DIST_RCPT_DELETE | DIST_RCPT_NOTIFY)) &&
 				    f->receipt.from != 0 && f->receipt.to != 0 && f->receipt.smid != 0);
 		wr_u8(w, f->receipt.kind);
+		wr_u8(w, f->receipt.flags);
 		wr_uv(w, f->receipt.from);
 		wr_uv(w, f->receipt.to);
 		wr_uv(w, f->receipt.smid);

@@ -43,6 +43,10 @@ enum dist_type {
 
 enum dist_role { DIST_ROLE_GATEWAY = 1, DIST_ROLE_BACKEND = 2 };
 
+/* RECEIPT flags: what the receiving backend is asked to do. */
+#define DIST_RCPT_DELETE 0x01u /* `from` has message smid: drop it from from's mailbox */
+#define DIST_RCPT_NOTIFY 0x02u /* tell `to` (forward to its gateway, or store it) */
+
 /* Name of a dist frame type ("route"), or "unknown". Never NULL. */
 const char *dist_type_name(unsigned type);
 
@@ -86,7 +90,8 @@ struct dist_frame {
 			uint8_t status; /* PROTO_OK (stored) or a proto_err code */
 		} store_ack;
 		struct {
-			uint8_t kind; /* enum proto_receipt_kind */
+			uint8_t kind;  /* enum proto_receipt_kind */
+			uint8_t flags; /* DIST_RCPT_DELETE | DIST_RCPT_NOTIFY (at least one) */
 			uint64_t from, to, smid;
 		} receipt;
 		struct {

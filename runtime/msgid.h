@@ -44,6 +44,12 @@ static inline uint64_t msgid_next(struct msgid_gen *g, uint64_t wall_ms)
 	return (g->last_ms << 24) | ((uint64_t)g->gen << 10) | g->seq;
 }
 
+/* Node id of the generator that made an id. */
+static inline uint32_t msgid_node(uint64_t id)
+{
+	return (uint32_t)((id >> 18) & 0x3f);
+}
+
 /* Wall-clock milliseconds encoded in an id. */
 static inline uint64_t msgid_time_ms(uint64_t id)
 {

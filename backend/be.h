@@ -1,0 +1,92 @@
+/* be.h: the backend node's types, shared by its modules. Not a public API.
+ *
+ * A backend is one event-loop thread (io_uring) with the durable store
+ * (store.h, LMDB) and one link per gateway thread (runtime/link.h). It
+ * - keeps the session directory: which gateway node, thread and connection
+ *   each online user is on, from SESSION_UP/DOWN (every gateway thread tells
+ *   every backend), dropped for a gateway thread whose link is lost;
+ * - stores every message routed to it durably before acknowledging it (one
+ *   write transaction per loop iteration: group commit; links are held until
+ *   the commit returns), then routes it to the recipient's gateway thread if
+ *   the recipient is online, else keeps it until the recipient logs in;
+ * - deletes a stored message when its recipient's client acknowledges it
+ *   (delivered receipt), and routes receipts to the original sender;
+ * - owns groups: member lists denormalised in one record, a group message
+ *   stored once and referenced from every member's mailbox.
+ * Scaling out is by adding backends (rendezvous hashing moves ~1/n users).
+ */
+#ifndef BACKEND_BE_H
+#define BACKEND_BE_H
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "backend/store.h"
+#include "runtime/addr.h"
+#include "runtime/cluster.h"
+#include "runtime/link.h"
+#include "runtime/msgid.h"
+#include "runtime/opts.h"
+#include "runtime/u64map.h"
+
+#define BE_MAX_LINKS 4096u
+#define BE_FLUSH_PER_USER 256u /* stored messages sent per user per iteration at login */
+
+struct be_config {
+	const char *listen, *stats_listen, *cluster_file, *data_dir, *log_level;
+	int64_t node, store_size, mailbox_max, max_group, link_queue, link_batch, link_sockbuf, dedup_window_ms;
+};
+
+struct be_counters {
+	uint64_t links_accepted, links_up, links_lost, sessions, sessions_up, sessions_down, kicks;
+	uint64_t routed_in, stored, dedup_hits, mailbox_full, store_errors, delivered_online, delivered_login;
+	uint64_t group_msgs, group_fanout, group_ops, receipts_in, receipts_deleted, receipts_forwarded, receipts_stored;
+	uint64_t commits, commit_ns_total, commit_ns_max, loops, cqes, malformed;
+	uint64_t frames_in, frames_out, batches_in, batches_out, bytes_in, bytes_out, link_queue_bytes, backlog;
+	uint64_t store_messages, store_mailbox, store_groups, store_used_bytes;
+} __attribute__((aligned(64)));
+
+#define BCNT_ADD(b, f, n) __atomic_store_n(&(b)->cnt.f, (b)->cnt.f + (n), __ATOMIC_RELAXED)
+#define BCNT_SET(b, f, v) __atomic_store_n(&(b)->cnt.f, (v), __ATOMIC_RELAXED)
+
+/* A user whose stored messages are still being sent after login. */
+struct be_backlog {
+	uint64_t user, after;
+};
+
+struct be {
+	struct be_counters cnt;
+	struct be_config cfg;
+	struct cluster cluster;
+	int self; /* this node's index in the cluster */
+	struct store *store;
+	struct io_uring ring;
+	int lfd;
+	int accepting;
+	struct link *links; /* BE_MAX_LINKS slots */
+	uint32_t nlinks;    /* slots in use (high-water) */
+	struct u64map peers; /* (gateway node << 16 | thread) + 1 -> link index */
+	struct u64map dir;   /* user -> link index << 48 | conn (48 bits) */
+	struct be_backlog *backlog;
+	size_t nbacklog, backlog_cap;
+	struct msgid_gen ids;
+	uint64_t now_ns, wall_ms;
+	int in_txn, draining, stop;
+	pthread_t thread;
+	int ring_fd; /* for the main thread's control messages */
+	pthread_barrier_t start;
+	int start_failed;
+	uint64_t started_wall_ms;
+	const char *ring_mode;
+};
+
+enum be_ud { BU_ACCEPT = 1, BU_LINK, BU_CTRL };
+
+struct mbuf;
+
+void *be_main(void *arg);
+int be_stats_http(void *arg, const char *path, struct mbuf *body, const char **ctype);
+extern int be_draining;
+
+#endif

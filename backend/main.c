@@ -1,0 +1,163 @@
+/* main.c: the backend binary: options, start-up, signals, shutdown.
+ *
+ * One node thread runs the loop (node.c); the main thread waits for signals
+ * and serves nothing else; the stats endpoint has its own thread. SIGTERM or
+ * SIGINT: stop accepting, finish the iteration (commit), close the links,
+ * exit 0. Gateways queue for it meanwhile and reconnect when it is back.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "backend/be.h"
+#include "runtime/clock.h"
+#include "runtime/httpd.h"
+#include "runtime/log.h"
+#include "runtime/uring.h"
+
+static const char usage[] =
+	"usage: backend --node ID --cluster FILE --data-dir DIR [options]\n"
+	"\n"
+	"A backend node of the chat service: gateways link to it; it keeps the\n"
+	"session directory, stores messages durably (LMDB in --data-dir) before\n"
+	"acknowledging them, delivers them to online users or at their next login,\n"
+	"routes receipts and owns groups. The cluster file lists every backend\n"
+	"(\"backend ID IP:PORT\" lines) and must list this node.\n"
+	"Signals: SIGTERM/SIGINT stop cleanly (commit, close links, exit 0).\n";
+
+static void ctrl(struct be *b, int cmd)
+{
+	struct io_uring r;
+	if (io_uring_queue_init(4, &r, 0) != 0)
+		return;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&r);
+	io_uring_prep_msg_ring(sqe, b->ring_fd, (unsigned)cmd, ud_make(BU_CTRL, 0, 0), 0);
+	io_uring_submit_and_wait(&r, 1);
+	io_uring_queue_exit(&r);
+}
+
+int main(int argc, char **argv)
+{
+	static struct be b;
+	struct be_config *cfg = &b.cfg;
+	const struct opt opts[] = {
+		{"listen", OPT_STR, &cfg->listen, NULL, 0, 0,
+		 "address gateways link to (default: this node's address in the cluster file)"},
+		{"node", OPT_INT, &cfg->node, "0", 0, MSGID_MAX_NODE, "this node's id (required; listed in the cluster file)"},
+		{"cluster", OPT_STR, &cfg->cluster_file, NULL, 0, 0, "cluster file (required)"},
+		{"data-dir", OPT_STR, &cfg->data_dir, NULL, 0, 0, "directory of the durable store (required; created if missing)"},
+		{"stats-listen", OPT_STR, &cfg->stats_listen, "127.0.0.1:9101", 0, 0,
+		 "HTTP stats endpoint (/metrics, /stats, /healthz); \"off\" to disable"},
+		{"store-size", OPT_SIZE, &cfg->store_size, "4g", 1 << 20, 1ll << 44, "largest the store may grow (LMDB map size)"},
+		{"mailbox-max", OPT_INT, &cfg->mailbox_max, "10000", 1, 100000000,
+		 "stored messages per user before senders get ERROR mailbox_full"},
+		{"max-group", OPT_INT, &cfg->max_group, "1024", 2, 1000000, "members per group"},
+		{"link-queue", OPT_SIZE, &cfg->link_queue, "64m", 64 << 10, 1ll << 34, "bytes queued per gateway link"},
+		{"link-batch", OPT_SIZE, &cfg->link_batch, "256k", 4096, DIST_MAX_FRAME - 64, "largest batch on a link"},
+		{"link-sockbuf", OPT_SIZE, &cfg->link_sockbuf, "1m", 0, 1 << 30, "SO_SNDBUF/SO_RCVBUF of gateway links"},
+		{"dedup-window", OPT_MS, &cfg->dedup_window_ms, "10m", 0, 86400000ll * 7,
+		 "remember (sender, cmid) this long so a resent message is not stored twice"},
+		{"log-level", OPT_STR, &cfg->log_level, "info", 0, 0, "error, warn, info or debug"},
+	};
+	char err[512];
+	int r = opts_parse(opts, sizeof opts / sizeof opts[0], argc, argv, usage, err, sizeof err);
+	if (r == 1)
+		return 0;
+	if (r < 0) {
+		fprintf(stderr, "backend: %s\n", err);
+		return 2;
+	}
+	int lvl = log_level_parse(cfg->log_level);
+	if (lvl < 0) {
+		fprintf(stderr, "backend: --log-level: '%s' is not error, warn, info or debug\n", cfg->log_level);
+		return 2;
+	}
+	log_init("backend", (enum log_level)lvl);
+	if (!cfg->node || !cfg->cluster_file || !cfg->data_dir) {
+		fprintf(stderr, "backend: --node, --cluster and --data-dir are required (see --help)\n");
+		return 2;
+	}
+	if (cluster_load(&b.cluster, cfg->cluster_file, err, sizeof err) != 0) {
+		fprintf(stderr, "backend: --cluster: %s\n", err);
+		return 2;
+	}
+	b.self = cluster_find(&b.cluster, (uint32_t)cfg->node);
+	if (b.self < 0) {
+		fprintf(stderr, "backend: node %lld is not in %s\n", (long long)cfg->node, cfg->cluster_file);
+		return 2;
+	}
+	struct addr la = b.cluster.nodes[b.self].addr, sa;
+	if (cfg->listen && addr_parse(cfg->listen, &la, err, sizeof err) != 0) {
+		fprintf(stderr, "backend: --listen: %s\n", err);
+		return 2;
+	}
+	int stats_on = strcmp(cfg->stats_listen, "off") != 0;
+	if (stats_on && addr_parse(cfg->stats_listen, &sa, err, sizeof err) != 0) {
+		fprintf(stderr, "backend: --stats-listen: %s\n", err);
+		return 2;
+	}
+	b.store = store_open(cfg->data_dir, (size_t)cfg->store_size, err, sizeof err);
+	if (!b.store) {
+		log_error("store: %s", err);
+		return 1;
+	}
+	b.lfd = socket(la.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int one = 1;
+	char a[64];
+	if (b.lfd < 0 || setsockopt(b.lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+	    bind(b.lfd, (struct sockaddr *)&la.ss, la.len) != 0 || listen(b.lfd, 1024) != 0) {
+		log_error("listen on %s: %s", addr_str(&la, a, sizeof a), strerror(errno));
+		store_close(b.store);
+		return 1;
+	}
+	b.started_wall_ms = clock_wall_ms();
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	pthread_barrier_init(&b.start, NULL, 2);
+	if (pthread_create(&b.thread, NULL, be_main, &b) != 0) {
+		log_error("cannot start the node thread");
+		return 1;
+	}
+	pthread_barrier_wait(&b.start);
+	if (b.start_failed) {
+		pthread_join(b.thread, NULL);
+		store_close(b.store);
+		return 1;
+	}
+	log_info("node %lld: gateways link to %s; store in %s; %zu backend(s) in the cluster", (long long)cfg->node,
+		 addr_str(&la, a, sizeof a), cfg->data_dir, b.cluster.n);
+	struct httpd *httpd = NULL;
+	if (stats_on) {
+		httpd = httpd_start(&sa, be_stats_http, &b, err, sizeof err);
+		if (!httpd)
+			log_warn("stats endpoint not started: %s", err);
+		else
+			log_info("stats on http://%s/metrics (also /stats, /healthz)", addr_str(&sa, a, sizeof a));
+	}
+	int signals = 0;
+	for (;;) {
+		struct timespec ts = {0, 200 * 1000 * 1000};
+		int sig = sigtimedwait(&sigs, NULL, &ts);
+		if (sig == SIGINT || sig == SIGTERM) {
+			signals++;
+			log_info("%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+			__atomic_store_n(&be_draining, 1, __ATOMIC_RELAXED);
+			ctrl(&b, signals == 1 ? 1 : 2);
+		}
+		if (pthread_tryjoin_np(b.thread, NULL) == 0)
+			break;
+	}
+	httpd_stop(httpd);
+	close(b.lfd);
+	store_close(b.store);
+	log_info("stopped cleanly");
+	return 0;
+}

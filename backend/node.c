@@ -1,0 +1,753 @@
+/* node.c: the backend's loop and what it does with each dist frame.
+ *
+ * One iteration: wait for completions; handle them (every store write goes
+ * into the iteration's one write transaction, every answer into a link's
+ * batch, and links are held); commit; release the links and flush. So an
+ * acknowledgement never leaves before the write it acknowledges is on disk.
+ * If a commit fails, every link is closed with its unsent batches dropped:
+ * gateways answer try_again and clients resend (dedup makes that safe).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "backend/be.h"
+#include "proto/wire.h"
+#include "runtime/clock.h"
+#include "runtime/log.h"
+#include "runtime/uring.h"
+
+static inline uint64_t dir_val(uint32_t li, uint64_t conn)
+{
+	return ((uint64_t)li << 48) | (conn & 0xffffffffffffull);
+}
+static inline uint32_t dir_link(uint64_t v)
+{
+	return (uint32_t)(v >> 48);
+}
+static inline uint64_t dir_conn(uint64_t v)
+{
+	return v & 0xffffffffffffull;
+}
+
+static int txn(struct be *b)
+{
+	if (b->in_txn)
+		return 0;
+	int r = store_begin(b->store);
+	if (r == 0)
+		b->in_txn = 1;
+	else
+		log_rl(LOG_ERROR, "store: cannot begin a transaction: %s", strerror(-r));
+	return r;
+}
+
+static struct link *user_link(struct be *b, uint64_t user, uint64_t *conn)
+{
+	uint64_t *v = u64map_get(&b->dir, user);
+	if (!v)
+		return NULL;
+	struct link *l = &b->links[dir_link(*v)];
+	if (l->state != LINK_UP)
+		return NULL;
+	if (conn)
+		*conn = dir_conn(*v);
+	return l;
+}
+
+static void reply(struct be *b, struct link *l, const struct dist_frame *f)
+{
+	if (link_add(l, f) != 0) {
+		/* the gateway will time the request out and the client will resend */
+		log_rl(LOG_WARN, "link %s: queue full, dropping a %s frame", l->name, dist_type_name(f->type));
+	} else {
+		BCNT_ADD(b, frames_out, 1);
+	}
+}
+
+static void answer_route(struct be *b, struct link *l, const struct dist_frame *r, uint64_t smid, unsigned status)
+{
+	struct dist_frame a = {.type = DIST_STORE_ACK};
+	a.store_ack.thread = r->route.othread;
+	a.store_ack.conn = r->route.oconn;
+	a.store_ack.cmid = r->route.cmid;
+	a.store_ack.smid = status ? 0 : smid;
+	a.store_ack.status = (uint8_t)status;
+	reply(b, l, &a);
+}
+
+/* Send a stored item to a user's gateway thread. */
+static int send_item(struct be *b, struct link *l, uint64_t user, const struct store_msg *m)
+{
+	struct dist_frame f;
+	memset(&f, 0, sizeof f);
+	if (m->kind == STORE_RECEIPT) {
+		f.type = DIST_RECEIPT;
+		f.receipt.kind = m->rkind;
+		f.receipt.flags = DIST_RCPT_NOTIFY;
+		f.receipt.from = m->from;
+		f.receipt.to = user;
+		f.receipt.smid = m->ref;
+	} else {
+		f.type = DIST_ROUTE;
+		f.route.smid = m->smid;
+		f.route.from = m->from;
+		f.route.to = user;
+		f.route.group = m->group;
+		f.route.time_ms = m->time_ms;
+		f.route.body = (struct proto_bytes){m->body, m->len};
+	}
+	int r = link_add(l, &f);
+	if (r == 0)
+		BCNT_ADD(b, frames_out, 1);
+	return r;
+}
+
+/* ---- login: stored messages, in order ------------------------------------------- */
+
+struct flush_ctx {
+	struct be *b;
+	struct link *l;
+	uint64_t user, last;
+	size_t sent, receipts_done;
+	uint64_t receipts[BE_FLUSH_PER_USER];
+	int full;
+};
+
+static int flush_one(void *arg, const struct store_msg *m)
+{
+	struct flush_ctx *x = arg;
+	if (!link_has_room(x->l, (size_t)m->len + 128) || send_item(x->b, x->l, x->user, m) != 0) {
+		x->full = 1;
+		return 1;
+	}
+	x->last = m->smid;
+	x->sent++;
+	if (m->kind == STORE_RECEIPT && x->receipts_done < BE_FLUSH_PER_USER)
+		x->receipts[x->receipts_done++] = m->smid; /* receipts are not acknowledged: done once sent */
+	return 0;
+}
+
+/* Send up to BE_FLUSH_PER_USER stored items after `after`; returns 1 when
+ * more remain (or the link had no room), 0 when the mailbox is drained. */
+static int flush_mailbox(struct be *b, uint64_t user, uint64_t *after)
+{
+	uint64_t conn;
+	struct link *l = user_link(b, user, &conn);
+	if (!l || txn(b) != 0)
+		return 0;
+	struct flush_ctx x = {b, l, user, *after, 0, 0, {0}, 0};
+	long n = store_scan(b->store, user, *after, BE_FLUSH_PER_USER, flush_one, &x);
+	for (size_t i = 0; i < x.receipts_done; i++)
+		store_ack(b->store, user, x.receipts[i]);
+	BCNT_ADD(b, delivered_login, x.sent - x.receipts_done);
+	*after = x.last;
+	return x.full || n == (long)BE_FLUSH_PER_USER;
+}
+
+static void backlog_add(struct be *b, uint64_t user, uint64_t after)
+{
+	if (b->nbacklog == b->backlog_cap) {
+		size_t cap = b->backlog_cap ? b->backlog_cap * 2 : 256;
+		struct be_backlog *v = realloc(b->backlog, cap * sizeof *v);
+		if (!v)
+			return; /* the rest is delivered at the next login */
+		b->backlog = v;
+		b->backlog_cap = cap;
+	}
+	b->backlog[b->nbacklog++] = (struct be_backlog){user, after};
+}
+
+static void run_backlog(struct be *b)
+{
+	size_t n = b->nbacklog, keep = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct be_backlog e = b->backlog[i];
+		if (flush_mailbox(b, e.user, &e.after))
+			b->backlog[keep++] = e;
+	}
+	b->nbacklog = keep;
+	BCNT_SET(b, backlog, keep);
+}
+
+/* ---- frames from gateways ---------------------------------------------------------- */
+
+static void on_session_up(struct be *b, struct link *l, const struct dist_frame *f)
+{
+	uint64_t user = f->session.user;
+	uint64_t *old = u64map_get(&b->dir, user);
+	if (old) {
+		struct link *ol = &b->links[dir_link(*old)];
+		/* a login on another gateway node replaces this one: the user's owner
+		 * tells the old gateway (the same node kicks by itself) */
+		if (ol->peer_node != l->peer_node && (int)cluster_user_owner(&b->cluster, user) == b->self &&
+		    ol->state == LINK_UP) {
+			struct dist_frame k = {.type = DIST_KICK};
+			k.kick.user = user;
+			k.kick.thread = ol->peer_thread;
+			k.kick.conn = dir_conn(*old);
+			k.kick.reason = PROTO_KICK_ELSEWHERE;
+			reply(b, ol, &k);
+			BCNT_ADD(b, kicks, 1);
+		}
+	} else {
+		BCNT_SET(b, sessions, b->cnt.sessions + 1);
+	}
+	if (u64map_put(&b->dir, user, dir_val(l->idx, f->session.conn)) != 0) {
+		log_rl(LOG_ERROR, "out of memory in the session directory");
+		return;
+	}
+	BCNT_ADD(b, sessions_up, 1);
+	/* Everything not yet acknowledged by a delivered receipt goes out again, in
+	 * order. The login's resume id is not used to drop anything: ids from
+	 * different backends are not ordered against each other, so "below the
+	 * highest id seen" does not mean "seen". Clients drop duplicates by smid. */
+	uint64_t after = 0;
+	if (flush_mailbox(b, user, &after))
+		backlog_add(b, user, after);
+}
+
+static void on_session_down(struct be *b, struct link *l, const struct dist_frame *f)
+{
+	uint64_t *v = u64map_get(&b->dir, f->session.user);
+	if (v && dir_link(*v) == l->idx && dir_conn(*v) == (f->session.conn & 0xffffffffffffull)) {
+		u64map_del(&b->dir, f->session.user);
+		BCNT_SET(b, sessions, b->cnt.sessions - 1);
+	}
+	BCNT_ADD(b, sessions_down, 1);
+}
+
+static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
+{
+	BCNT_ADD(b, routed_in, 1);
+	if (txn(b) != 0) {
+		answer_route(b, l, f, 0, PROTO_E_TRY_AGAIN);
+		return;
+	}
+	uint64_t smid = 0;
+	if (f->route.cmid && store_dedup_get(b->store, f->route.from, f->route.cmid, &smid) == 0 && smid) {
+		BCNT_ADD(b, dedup_hits, 1); /* a resend: the first copy is stored (and routed) already */
+		answer_route(b, l, f, smid, 0);
+		return;
+	}
+	struct store_msg m = {0};
+	m.smid = msgid_next(&b->ids, b->wall_ms);
+	m.from = f->route.from;
+	m.to = f->route.to;
+	m.group = f->route.group;
+	m.time_ms = f->route.time_ms ? f->route.time_ms : b->wall_ms;
+	m.kind = STORE_MSG;
+	m.body = f->route.body.p;
+	m.len = f->route.body.len;
+	const uint64_t *rcpt = &m.to;
+	size_t n = 1;
+	uint64_t *members_copy = NULL;
+	if (f->route.group) {
+		uint64_t owner;
+		const uint64_t *members;
+		size_t nm;
+		if (store_group_get(b->store, f->route.group, &owner, &members, &nm) != 0) {
+			answer_route(b, l, f, 0, PROTO_E_NO_SUCH_GROUP);
+			return;
+		}
+		members_copy = malloc((nm ? nm : 1) * sizeof *members_copy);
+		if (!members_copy) {
+			answer_route(b, l, f, 0, PROTO_E_TRY_AGAIN);
+			return;
+		}
+		int member = 0;
+		n = 0;
+		for (size_t i = 0; i < nm; i++) {
+			uint64_t u;
+			memcpy(&u, members + i, sizeof u);
+			if (u == m.from)
+				member = 1;
+			else
+				members_copy[n++] = u;
+		}
+		if (!member) {
+			free(members_copy);
+			answer_route(b, l, f, 0, PROTO_E_NOT_MEMBER);
+			return;
+		}
+		rcpt = members_copy;
+		m.to = 0;
+		BCNT_ADD(b, group_msgs, 1);
+	}
+	size_t added = 0;
+	int r = n ? store_put(b->store, &m, rcpt, n, (uint32_t)b->cfg.mailbox_max, &added) : 0;
+	if (r == STORE_E_FULL) {
+		BCNT_ADD(b, mailbox_full, 1);
+		answer_route(b, l, f, 0, PROTO_E_MAILBOX_FULL);
+	} else if (r != 0) {
+		BCNT_ADD(b, store_errors, 1);
+		log_rl(LOG_ERROR, "store: cannot store a message: %s", r < 0 ? strerror(-r) : "refused");
+		answer_route(b, l, f, 0, PROTO_E_TRY_AGAIN);
+	} else {
+		BCNT_ADD(b, stored, 1);
+		if (f->route.cmid)
+			store_dedup_put(b->store, m.from, f->route.cmid, m.smid);
+		answer_route(b, l, f, m.smid, 0);
+		for (size_t i = 0; i < n; i++) {
+			struct link *dl = user_link(b, rcpt[i], NULL);
+			if (!dl)
+				continue;
+			m.to = rcpt[i];
+			if (send_item(b, dl, rcpt[i], &m) == 0) {
+				BCNT_ADD(b, delivered_online, 1);
+				if (f->route.group)
+					BCNT_ADD(b, group_fanout, 1);
+			}
+		}
+	}
+	free(members_copy);
+}
+
+static void on_receipt(struct be *b, const struct dist_frame *f)
+{
+	BCNT_ADD(b, receipts_in, 1);
+	if (txn(b) != 0)
+		return;
+	if ((f->receipt.flags & DIST_RCPT_DELETE) && f->receipt.kind == PROTO_RCPT_DELIVERED) {
+		if (store_ack(b->store, f->receipt.from, f->receipt.smid) == 0)
+			BCNT_ADD(b, receipts_deleted, 1);
+	}
+	if (!(f->receipt.flags & DIST_RCPT_NOTIFY))
+		return;
+	struct link *dl = user_link(b, f->receipt.to, NULL);
+	if (dl) {
+		struct dist_frame r = *f;
+		r.receipt.flags = DIST_RCPT_NOTIFY;
+		reply(b, dl, &r);
+		BCNT_ADD(b, receipts_forwarded, 1);
+		return;
+	}
+	/* the sender is offline: keep the receipt in its mailbox */
+	struct store_msg m = {0};
+	m.smid = msgid_next(&b->ids, b->wall_ms);
+	m.kind = STORE_RECEIPT;
+	m.rkind = f->receipt.kind;
+	m.from = f->receipt.from;
+	m.to = f->receipt.to;
+	m.ref = f->receipt.smid;
+	m.time_ms = b->wall_ms;
+	if (store_put(b->store, &m, &f->receipt.to, 1, (uint32_t)b->cfg.mailbox_max, NULL) == 0)
+		BCNT_ADD(b, receipts_stored, 1);
+}
+
+/* Group membership changes. Returns a proto_err status. */
+static unsigned group_op(struct be *b, const struct dist_frame *f, uint64_t *gid_out)
+{
+	const size_t max = (size_t)b->cfg.max_group;
+	uint64_t gid = f->group_op.group, owner = 0, user = f->group_op.user;
+	const uint64_t *cur = NULL;
+	size_t ncur = 0;
+	*gid_out = gid;
+	if (f->group_op.op != PROTO_GROUP_CREATE && store_group_get(b->store, gid, &owner, &cur, &ncur) != 0)
+		return PROTO_E_NO_SUCH_GROUP;
+	uint64_t *v = malloc((ncur + f->group_op.count + 1) * sizeof *v);
+	if (!v)
+		return PROTO_E_TRY_AGAIN;
+	size_t n = 0;
+	int is_member = 0;
+	for (size_t i = 0; i < ncur; i++) {
+		uint64_t u;
+		memcpy(&u, cur + i, sizeof u);
+		v[n++] = u;
+		if (u == user)
+			is_member = 1;
+	}
+	unsigned st = 0;
+	const uint8_t *pos = f->group_op.members.p;
+	uint64_t u;
+	switch (f->group_op.op) {
+	case PROTO_GROUP_CREATE:
+		v[n++] = user;
+		owner = user;
+		/* fall through: the listed members join */
+		__attribute__((fallthrough));
+	case PROTO_GROUP_ADD:
+		if (f->group_op.op == PROTO_GROUP_ADD && !is_member) {
+			st = PROTO_E_NOT_MEMBER;
+			break;
+		}
+		while (proto_members_next(&f->group_op.members, &pos, &u)) {
+			int dup = 0;
+			for (size_t i = 0; i < n && !dup; i++)
+				dup = v[i] == u;
+			if (dup)
+				continue;
+			if (n >= max) {
+				st = PROTO_E_GROUP_FULL;
+				break;
+			}
+			v[n++] = u;
+		}
+		break;
+	case PROTO_GROUP_REMOVE:
+		if (!is_member) {
+			st = PROTO_E_NOT_MEMBER;
+			break;
+		}
+		while (proto_members_next(&f->group_op.members, &pos, &u)) {
+			if (u != user && user != owner) {
+				st = PROTO_E_NOT_ALLOWED; /* only the owner removes others */
+				break;
+			}
+			for (size_t i = 0; i < n; i++)
+				if (v[i] == u) {
+					v[i] = v[--n];
+					break;
+				}
+		}
+		break;
+	case PROTO_GROUP_LEAVE:
+		if (!is_member) {
+			st = PROTO_E_NOT_MEMBER;
+			break;
+		}
+		for (size_t i = 0; i < n; i++)
+			if (v[i] == user) {
+				v[i] = v[--n];
+				break;
+			}
+		if (owner == user && n)
+			owner = v[0];
+		break;
+	default:
+		st = PROTO_E_BAD_FIELD;
+	}
+	int r = 0;
+	if (st == 0) {
+		if (f->group_op.op == PROTO_GROUP_CREATE) {
+			r = store_group_next_id(b->store, (uint32_t)b->cfg.node, &gid);
+			if (r == 0)
+				r = store_group_create(b->store, gid, owner, v, n);
+		} else if (n == 0) {
+			r = store_group_delete(b->store, gid);
+		} else {
+			r = store_group_set(b->store, gid, owner, v, n);
+		}
+		if (r != 0) {
+			log_rl(LOG_ERROR, "store: group update failed (%d)", r);
+			st = PROTO_E_TRY_AGAIN;
+		}
+	}
+	free(v);
+	*gid_out = gid;
+	return st;
+}
+
+static void on_group_op(struct be *b, struct link *l, const struct dist_frame *f)
+{
+	BCNT_ADD(b, group_ops, 1);
+	uint64_t gid = 0;
+	unsigned st = txn(b) == 0 ? group_op(b, f, &gid) : PROTO_E_TRY_AGAIN;
+	struct dist_frame r = {.type = DIST_GROUP_RESULT};
+	r.group_result.thread = f->group_op.thread;
+	r.group_result.conn = f->group_op.conn;
+	r.group_result.req = f->group_op.req;
+	r.group_result.status = (uint8_t)st;
+	r.group_result.group = st ? 0 : gid;
+	reply(b, l, &r);
+}
+
+/* ---- link callbacks ----------------------------------------------------------------- */
+
+static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
+{
+	struct be *b = arg;
+	BCNT_ADD(b, frames_in, 1);
+	switch (f->type) {
+	case DIST_ROUTE:
+		on_route(b, l, f);
+		break;
+	case DIST_SESSION_UP:
+		on_session_up(b, l, f);
+		break;
+	case DIST_SESSION_DOWN:
+		on_session_down(b, l, f);
+		break;
+	case DIST_RECEIPT:
+		on_receipt(b, f);
+		break;
+	case DIST_GROUP_OP:
+		on_group_op(b, l, f);
+		break;
+	default:
+		log_rl(LOG_WARN, "link %s: unexpected %s frame", l->name, dist_type_name(f->type));
+		break;
+	}
+}
+
+static void on_up(void *arg, struct link *l)
+{
+	struct be *b = arg;
+	uint64_t key = (((uint64_t)l->peer_node << 16) | l->peer_thread) + 1;
+	uint64_t *prev = u64map_get(&b->peers, key);
+	if (prev && *prev != l->idx && b->links[*prev].state == LINK_UP)
+		link_close(&b->links[*prev], &b->ring, "replaced by a new link from the same gateway thread", b->now_ns);
+	u64map_put(&b->peers, key, l->idx);
+	l->hold = 1; /* released after each commit */
+	BCNT_ADD(b, links_up, 1);
+	log_info("gateway %u thread %u linked (%s)", l->peer_node, l->peer_thread, l->name);
+}
+
+static void on_down(void *arg, struct link *l, const char *why)
+{
+	struct be *b = arg;
+	(void)why;
+	BCNT_ADD(b, links_lost, 1);
+	if (l->peer_node) {
+		uint64_t key = (((uint64_t)l->peer_node << 16) | l->peer_thread) + 1;
+		uint64_t *v = u64map_get(&b->peers, key);
+		if (v && *v == l->idx)
+			u64map_del(&b->peers, key);
+	}
+	/* its sessions are gone: the gateway announces them again when it relinks */
+	size_t pos = 0, removed = 0;
+	const struct u64map_ent *e;
+	uint64_t *gone = NULL;
+	size_t ngone = 0, cap = 0;
+	while ((e = u64map_next(&b->dir, &pos))) {
+		if (dir_link(e->val) != l->idx)
+			continue;
+		if (ngone == cap) {
+			cap = cap ? cap * 2 : 1024;
+			uint64_t *g = realloc(gone, cap * sizeof *g);
+			if (!g)
+				break;
+			gone = g;
+		}
+		gone[ngone++] = e->key;
+	}
+	for (size_t i = 0; i < ngone; i++)
+		removed += (size_t)u64map_del(&b->dir, gone[i]);
+	free(gone);
+	BCNT_SET(b, sessions, b->cnt.sessions - removed);
+}
+
+static const struct link_ops ops = {on_frame, on_up, on_down};
+
+/* ---- loop -------------------------------------------------------------------- */
+
+static void arm_accept(struct be *b)
+{
+	struct io_uring_sqe *sqe = ring_sqe(&b->ring);
+	io_uring_prep_multishot_accept(sqe, b->lfd, NULL, NULL, SOCK_CLOEXEC);
+	sqe->user_data = ud_make(BU_ACCEPT, 0, 0);
+	b->accepting = 1;
+}
+
+static void on_accept(struct be *b, const struct io_uring_cqe *cqe)
+{
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		b->accepting = 0;
+	if (cqe->res < 0) {
+		if (cqe->res != -ECANCELED)
+			log_rl(LOG_WARN, "accept: %s", strerror(-cqe->res));
+		return;
+	}
+	int fd = cqe->res;
+	if (b->draining) {
+		close(fd);
+		return;
+	}
+	uint32_t i;
+	for (i = 0; i < b->nlinks; i++)
+		if (b->links[i].state == LINK_IDLE && link_quiet(&b->links[i]))
+			break;
+	if (i == BE_MAX_LINKS) {
+		log_rl(LOG_ERROR, "more than %u gateway links: refusing one", BE_MAX_LINKS);
+		close(fd);
+		return;
+	}
+	if (i == b->nlinks)
+		b->nlinks++;
+	struct link *l = &b->links[i];
+	link_free(l);
+	link_init(l, i, BU_LINK, &ops, b, DIST_ROLE_BACKEND, (uint32_t)b->cfg.node, 0, 1, (size_t)b->cfg.link_batch,
+		  (size_t)b->cfg.link_queue, (int)b->cfg.link_sockbuf);
+	l->expect_role = DIST_ROLE_GATEWAY;
+	link_attach(l, &b->ring, fd, b->now_ns);
+	BCNT_ADD(b, links_accepted, 1);
+}
+
+static void publish(struct be *b)
+{
+	uint64_t bo = 0, bi = 0, yo = 0, yi = 0, q = 0, up = 0;
+	for (uint32_t i = 0; i < b->nlinks; i++) {
+		struct link *l = &b->links[i];
+		bo += l->st.batches_out;
+		bi += l->st.batches_in;
+		yo += l->st.bytes_out;
+		yi += l->st.bytes_in;
+		q += link_queued(l);
+		up += l->state == LINK_UP;
+	}
+	BCNT_SET(b, batches_out, bo);
+	BCNT_SET(b, batches_in, bi);
+	BCNT_SET(b, bytes_out, yo);
+	BCNT_SET(b, bytes_in, yi);
+	BCNT_SET(b, link_queue_bytes, q);
+	BCNT_SET(b, links_up, up);
+	struct store_stats st;
+	store_get_stats(b->store, &st);
+	BCNT_SET(b, store_messages, st.messages);
+	BCNT_SET(b, store_mailbox, st.mailbox_entries);
+	BCNT_SET(b, store_groups, st.groups);
+	BCNT_SET(b, store_used_bytes, st.map_used_bytes);
+}
+
+static void commit(struct be *b)
+{
+	if (!b->in_txn)
+		return;
+	uint64_t t0 = clock_mono_ns();
+	int r = store_commit(b->store);
+	uint64_t dt = clock_mono_ns() - t0;
+	b->in_txn = 0;
+	BCNT_ADD(b, commits, 1);
+	BCNT_ADD(b, commit_ns_total, dt);
+	if (dt > b->cnt.commit_ns_max)
+		BCNT_SET(b, commit_ns_max, dt);
+	if (r != 0) {
+		/* nothing acknowledged in this iteration may leave: drop the links */
+		log_error("store: commit failed: %s; closing every link (gateways will answer try_again)", strerror(-r));
+		store_abort(b->store);
+		for (uint32_t i = 0; i < b->nlinks; i++) {
+			struct link *l = &b->links[i];
+			link_close(l, &b->ring, "store commit failed", b->now_ns);
+			free(l->cur);
+			l->cur = NULL;
+		}
+	}
+}
+
+static int setup(struct be *b, char *err, size_t errlen)
+{
+	int ret = ring_init(&b->ring, 1024, 8192, &b->ring_mode);
+	if (ret) {
+		snprintf(err, errlen, "io_uring: %s", strerror(-ret));
+		return -1;
+	}
+	b->links = calloc(BE_MAX_LINKS, sizeof *b->links);
+	if (!b->links || u64map_init(&b->peers, 64) != 0 || u64map_init(&b->dir, 4096) != 0) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	for (uint32_t i = 0; i < BE_MAX_LINKS; i++)
+		b->links[i].fd = -1;
+	b->ring_fd = b->ring.ring_fd;
+	msgid_init(&b->ids, (unsigned)b->cfg.node, 0);
+	arm_accept(b);
+	return 0;
+}
+
+static void teardown(struct be *b)
+{
+	if (b->in_txn)
+		commit(b);
+	for (uint32_t i = 0; b->links && i < b->nlinks; i++)
+		link_free(&b->links[i]);
+	free(b->links);
+	free(b->backlog);
+	u64map_free(&b->peers);
+	u64map_free(&b->dir);
+	io_uring_queue_exit(&b->ring);
+}
+
+void *be_main(void *arg)
+{
+	struct be *b = arg;
+	char err[256];
+	log_thread("node");
+	b->now_ns = clock_mono_ns();
+	b->wall_ms = clock_wall_ms();
+	if (setup(b, err, sizeof err) != 0) {
+		log_error("%s", err);
+		b->start_failed = 1;
+	}
+	pthread_barrier_wait(&b->start);
+	if (b->start_failed) {
+		teardown(b);
+		return NULL;
+	}
+	uint64_t next_publish = 0, drain_until = 0;
+	for (;;) {
+		if (b->draining && !drain_until) {
+			drain_until = b->now_ns + 2000000000ull;
+			if (b->accepting) {
+				struct io_uring_sqe *sqe = ring_sqe(&b->ring);
+				io_uring_prep_cancel64(sqe, ud_make(BU_ACCEPT, 0, 0), 0);
+				sqe->user_data = 0;
+			}
+		}
+		if (b->stop || (drain_until && b->now_ns >= drain_until))
+			break;
+		struct __kernel_timespec ts = {0, 100 * 1000 * 1000};
+		struct io_uring_cqe *cqe;
+		io_uring_submit_and_wait_timeout(&b->ring, &cqe, 1, &ts, NULL);
+		b->now_ns = clock_mono_ns();
+		b->wall_ms = clock_wall_ms();
+		unsigned total = 0;
+		for (int pass = 0; pass < 64; pass++) {
+			unsigned head, n = 0;
+			io_uring_for_each_cqe(&b->ring, head, cqe)
+			{
+				switch (ud_kind(cqe->user_data)) {
+				case BU_ACCEPT: on_accept(b, cqe); break;
+				case BU_LINK: {
+					uint32_t i = ud_slot(cqe->user_data);
+					if (i < b->nlinks)
+						link_complete(&b->links[i], &b->ring, cqe, b->now_ns);
+					break;
+				}
+				case BU_CTRL:
+					if (cqe->res == 1)
+						b->draining = 1;
+					else
+						b->stop = 1;
+					break;
+				default: break;
+				}
+				n++;
+			}
+			io_uring_cq_advance(&b->ring, n);
+			total += n;
+			if (total >= 4096 || !ring_work_pending(&b->ring))
+				break;
+			io_uring_get_events(&b->ring);
+		}
+		BCNT_ADD(b, loops, 1);
+		BCNT_ADD(b, cqes, total);
+		run_backlog(b);
+		if (b->cfg.dedup_window_ms > 0 && b->in_txn) {
+			uint64_t now = b->wall_ms - MSGID_EPOCH_MS, win = (uint64_t)b->cfg.dedup_window_ms;
+			if (now > win)
+				store_dedup_prune(b->store, (now - win) << 24, 256);
+		}
+		/* durable first, then everything that depends on it leaves */
+		commit(b);
+		for (uint32_t i = 0; i < b->nlinks; i++) {
+			struct link *l = &b->links[i];
+			l->hold = 0;
+			link_tick(l, &b->ring, b->now_ns);
+			link_flush(l, &b->ring, b->now_ns);
+			if (l->state == LINK_UP)
+				l->hold = 1;
+		}
+		if (!b->accepting && !b->draining)
+			arm_accept(b);
+		if (b->now_ns >= next_publish) {
+			publish(b);
+			next_publish = b->now_ns + 100000000ull;
+		}
+	}
+	publish(b);
+	teardown(b);
+	return NULL;
+}

@@ -1,0 +1,115 @@
+/* stats.c: the backend's numbers for /metrics, /stats and /healthz (read on
+ * the stats thread with relaxed loads of the node thread's counters). */
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend/be.h"
+#include "runtime/clock.h"
+#include "runtime/metrics.h"
+
+int be_draining;
+
+struct be_metric {
+	struct metric_desc d;
+	size_t off;
+};
+
+#define C_(name, labels, key, help, f) {{"backend_" name, labels, key, METRIC_COUNTER, help}, offsetof(struct be_counters, f)}
+#define G_(name, labels, key, help, f) {{"backend_" name, labels, key, METRIC_GAUGE, help}, offsetof(struct be_counters, f)}
+
+static const struct be_metric table[] = {
+	G_("links_up", NULL, "links_up", "Gateway links up", links_up),
+	C_("links_accepted_total", NULL, "links_accepted", "Gateway links accepted", links_accepted),
+	C_("links_lost_total", NULL, "links_lost", "Gateway links lost", links_lost),
+	G_("sessions", NULL, "sessions", "Users online (session directory)", sessions),
+	C_("session_events_total", "kind=\"up\"", "sessions_up", "Session announcements", sessions_up),
+	C_("session_events_total", "kind=\"down\"", "sessions_down", "Session announcements", sessions_down),
+	C_("kicks_total", NULL, "kicks", "Sessions replaced by a login on another gateway", kicks),
+	C_("messages_routed_total", NULL, "routed_in", "Messages received from gateways", routed_in),
+	C_("messages_stored_total", NULL, "stored", "Messages stored durably", stored),
+	C_("dedup_hits_total", NULL, "dedup_hits", "Resent messages recognised (not stored twice)", dedup_hits),
+	C_("mailbox_full_total", NULL, "mailbox_full", "Messages refused: mailbox full", mailbox_full),
+	C_("store_errors_total", NULL, "store_errors", "Store failures", store_errors),
+	C_("deliveries_total", "when=\"online\"", "delivered_online", "Stored messages sent to gateways", delivered_online),
+	C_("deliveries_total", "when=\"login\"", "delivered_login", "Stored messages sent to gateways", delivered_login),
+	C_("group_messages_total", NULL, "group_msgs", "Group messages stored (once each)", group_msgs),
+	C_("group_fanout_total", NULL, "group_fanout", "Group message copies sent to online members", group_fanout),
+	C_("group_ops_total", NULL, "group_ops", "Group create/add/remove/leave requests", group_ops),
+	C_("receipts_total", "action=\"received\"", "receipts_in", "Receipts", receipts_in),
+	C_("receipts_total", "action=\"deleted\"", "receipts_deleted", "Receipts", receipts_deleted),
+	C_("receipts_total", "action=\"forwarded\"", "receipts_forwarded", "Receipts", receipts_forwarded),
+	C_("receipts_total", "action=\"stored\"", "receipts_stored", "Receipts", receipts_stored),
+	C_("commits_total", NULL, "commits", "Store commits (one per busy loop iteration)", commits),
+	C_("commit_seconds_total", NULL, "commit_ns_total", "Time in commits (ns in /stats)", commit_ns_total),
+	G_("commit_max_nanoseconds", NULL, "commit_ns_max", "Slowest commit", commit_ns_max),
+	C_("link_frames_total", "dir=\"in\"", "frames_in", "Dist frames", frames_in),
+	C_("link_frames_total", "dir=\"out\"", "frames_out", "Dist frames", frames_out),
+	C_("link_batches_total", "dir=\"in\"", "batches_in", "Dist batches", batches_in),
+	C_("link_batches_total", "dir=\"out\"", "batches_out", "Dist batches", batches_out),
+	C_("link_bytes_total", "dir=\"in\"", "bytes_in", "Dist bytes", bytes_in),
+	C_("link_bytes_total", "dir=\"out\"", "bytes_out", "Dist bytes", bytes_out),
+	G_("link_queue_bytes", NULL, "link_queue_bytes", "Bytes queued on links", link_queue_bytes),
+	G_("login_backlog", NULL, "login_backlog", "Users whose stored messages are still being sent", backlog),
+	G_("store_messages", NULL, "store_messages", "Messages in the store", store_messages),
+	G_("store_mailbox_entries", NULL, "store_mailbox_entries", "Mailbox entries in the store", store_mailbox),
+	G_("store_groups", NULL, "store_groups", "Groups in the store", store_groups),
+	G_("store_used_bytes", NULL, "store_used_bytes", "Store file bytes in use", store_used_bytes),
+	C_("loop_iterations_total", NULL, "loops", "Event loop iterations", loops),
+	C_("cqes_total", NULL, "cqes", "Completions handled", cqes),
+};
+#define NTABLE (sizeof table / sizeof table[0])
+
+static double rss_bytes(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	unsigned long size, res = 0;
+	if (f) {
+		if (fscanf(f, "%lu %lu", &size, &res) != 2)
+			res = 0;
+		fclose(f);
+	}
+	return (double)res * (double)sysconf(_SC_PAGESIZE);
+}
+
+int be_stats_http(void *arg, const char *path, struct mbuf *body, const char **ctype)
+{
+	struct be *b = arg;
+	if (strcmp(path, "/healthz") == 0) {
+		int d = __atomic_load_n(&be_draining, __ATOMIC_RELAXED);
+		mbuf_printf(body, d ? "stopping\n" : "ok\n");
+		return d ? 503 : 200;
+	}
+	int prom = strcmp(path, "/metrics") == 0, json = strcmp(path, "/stats") == 0;
+	if (!prom && !json) {
+		mbuf_printf(body, "not found; try /metrics, /stats or /healthz\n");
+		return 404;
+	}
+	double vals[NTABLE];
+	struct metric_desc d[NTABLE];
+	for (size_t i = 0; i < NTABLE; i++) {
+		d[i] = table[i].d;
+		vals[i] = (double)__atomic_load_n((const uint64_t *)((const char *)&b->cnt + table[i].off), __ATOMIC_RELAXED);
+		if (prom && table[i].off == offsetof(struct be_counters, commit_ns_total))
+			vals[i] /= 1e9;
+	}
+	const struct metric_desc extra[] = {
+		{"backend_uptime_seconds", NULL, "uptime_s", METRIC_GAUGE, "Seconds since start"},
+		{"backend_rss_bytes", NULL, "rss_bytes", METRIC_GAUGE, "Resident set size"},
+	};
+	double xv[2] = {(double)(clock_wall_ms() - b->started_wall_ms) / 1000.0, rss_bytes()};
+	if (prom) {
+		*ctype = "text/plain; version=0.0.4; charset=utf-8";
+		metrics_prom(body, d, NTABLE, vals);
+		metrics_prom(body, extra, 2, xv);
+		return 200;
+	}
+	*ctype = "application/json";
+	mbuf_printf(body, "{\"role\":\"backend\",\"node\":%lld,", (long long)b->cfg.node);
+	metrics_json_fields(body, extra, 2, xv);
+	mbuf_put(body, ",", 1);
+	metrics_json_fields(body, d, NTABLE, vals);
+	mbuf_printf(body, "}\n");
+	return 200;
+}

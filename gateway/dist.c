@@ -1,0 +1,410 @@
+/* dist.c: a gateway thread's links to the backends (runtime/link.c), and the
+ * requests waiting for a backend's answer.
+ *
+ * Every worker thread holds one link to each backend in the cluster file.
+ * What goes where (runtime/cluster.h):
+ *   message to an offline user       -> the user's owner (rendezvous hash)
+ *   message to a group, group ops    -> the node inside the group id
+ *                                       (create: the creator's owner)
+ *   receipt DELETE                   -> the node inside the message id
+ *   receipt NOTIFY                   -> the original sender's owner
+ *   session up/down                  -> every backend (each keeps a full
+ *                                       directory, so the backend holding a
+ *                                       group's mailboxes can deliver too)
+ *
+ * Requests waiting for an answer (STORE_ACK, GROUP_RESULT) are remembered per
+ * link in arrival order. If the link is lost, or no answer comes within
+ * --store-timeout, their senders get ERROR try_again: they resend with the
+ * same cmid, and the backend's dedup gives the first smid back, so a resend
+ * never stores a message twice.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/gw.h"
+#include "runtime/log.h"
+
+struct gw_pend {
+	uint64_t oconn, ref;
+	uint32_t othread, tick;
+	uint8_t what; /* enum xr_what */
+};
+
+struct gw_pendq {
+	struct gw_pend *v;
+	size_t head, len, cap; /* ring */
+};
+
+static int pend_push(struct gw_pendq *q, const struct gw_pend *p)
+{
+	if (q->len == q->cap) {
+		size_t cap = q->cap ? q->cap * 2 : 256;
+		struct gw_pend *v = malloc(cap * sizeof *v);
+		if (!v)
+			return -1;
+		for (size_t i = 0; i < q->len; i++)
+			v[i] = q->v[(q->head + i) % q->cap];
+		free(q->v);
+		q->v = v;
+		q->head = 0;
+		q->cap = cap;
+	}
+	q->v[(q->head + q->len) % q->cap] = *p;
+	q->len++;
+	return 0;
+}
+
+static void pend_pop(struct gw_pendq *q)
+{
+	q->head = (q->head + 1) % q->cap;
+	q->len--;
+}
+
+/* Remove the entry answering (othread, oconn, ref): normally the oldest. */
+static void pend_answered(struct gw_pendq *q, uint32_t othread, uint64_t oconn, uint64_t ref)
+{
+	for (size_t i = 0; i < q->len && i < 64; i++) {
+		struct gw_pend *p = &q->v[(q->head + i) % q->cap];
+		if (p->othread == othread && p->oconn == oconn && p->ref == ref) {
+			if (i == 0) {
+				pend_pop(q);
+			} else {
+				/* out of order (should not happen): close the gap */
+				for (size_t j = i; j > 0; j--)
+					q->v[(q->head + j) % q->cap] = q->v[(q->head + j - 1) % q->cap];
+				pend_pop(q);
+			}
+			return;
+		}
+	}
+}
+
+int gw_dist_on(const struct worker *w)
+{
+	return w->gw->cluster.n > 0;
+}
+
+/* Deliver an answer to a connection on this or another thread. */
+static void answer(struct worker *w, uint32_t othread, uint64_t oconn, uint8_t what, uint64_t ref, uint64_t id,
+		   unsigned status, uint8_t ack)
+{
+	uint32_t slot = gw_oconn_slot(oconn), gen = gw_oconn_gen(oconn);
+	if (othread == w->id) {
+		session_answer(w, slot, gen, what, ref, id, status, ack);
+		return;
+	}
+	if (othread >= w->gw->nthreads)
+		return;
+	struct xm_result *r = xm_reserve(w, othread, XM_RESULT, sizeof *r);
+	if (!r)
+		return;
+	r->cmid = ref;
+	r->smid = id;
+	r->oslot = slot;
+	r->ogen = gen;
+	r->status = status;
+	r->what = what;
+	r->ack = ack;
+}
+
+static void fail_pending(struct worker *w, unsigned li, uint32_t older_than_tick, unsigned status)
+{
+	struct gw_pendq *q = &w->pend[li];
+	while (q->len) {
+		struct gw_pend *p = &q->v[q->head];
+		if (older_than_tick && p->tick >= older_than_tick)
+			break;
+		answer(w, p->othread, p->oconn, p->what, p->ref, 0, status, 0);
+		CNT_ADD(w, store_timeouts, 1);
+		pend_pop(q);
+	}
+}
+
+/* ---- link callbacks ---------------------------------------------------------- */
+
+static void on_up(void *arg, struct link *l)
+{
+	struct worker *w = arg;
+	log_info("link to backend %u (%s) up", l->peer_node, l->name);
+	if ((int)l->peer_node != (int)w->gw->cluster.nodes[l->idx].node)
+		log_warn("backend at %s says it is node %u, the cluster file says %u", l->name, l->peer_node,
+			 w->gw->cluster.nodes[l->idx].node);
+	/* a (re)connected backend learns every session of this thread */
+	size_t pos = 0;
+	const struct u64map_ent *e;
+	while ((e = u64map_next(&w->dir, &pos))) {
+		uint32_t slot = (uint32_t)e->val, gen = (uint32_t)(e->val >> 32);
+		struct conn *c = conn_of(w, slot);
+		if (c->state != CS_LIVE || c->gen != gen)
+			continue;
+		struct dist_frame f = {.type = DIST_SESSION_UP};
+		f.session.user = e->key;
+		f.session.node = (uint32_t)w->gw->cfg.node;
+		f.session.thread = w->id;
+		f.session.conn = gw_oconn(slot, gen);
+		if (link_add(l, &f) != 0) {
+			log_warn("link %s: queue full while announcing sessions", l->name);
+			break;
+		}
+		CNT_ADD(w, sessions_out, 1);
+	}
+}
+
+static void on_down(void *arg, struct link *l, const char *why)
+{
+	struct worker *w = arg;
+	(void)why;
+	fail_pending(w, l->idx, 0, PROTO_E_TRY_AGAIN);
+}
+
+static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
+{
+	struct worker *w = arg;
+	switch (f->type) {
+	case DIST_STORE_ACK: {
+		pend_answered(&w->pend[l->idx], f->store_ack.thread, f->store_ack.conn, f->store_ack.cmid);
+		if (f->store_ack.status == PROTO_OK)
+			CNT_ADD(w, stored_acks, 1);
+		else
+			CNT_ADD(w, store_refused, 1);
+		answer(w, f->store_ack.thread, f->store_ack.conn, XR_SEND, f->store_ack.cmid, f->store_ack.smid,
+		       f->store_ack.status, PROTO_ACK_STORED);
+		break;
+	}
+	case DIST_GROUP_RESULT:
+		pend_answered(&w->pend[l->idx], f->group_result.thread, f->group_result.conn, f->group_result.req);
+		answer(w, f->group_result.thread, f->group_result.conn, XR_GROUP, f->group_result.req,
+		       f->group_result.group, f->group_result.status, 0);
+		break;
+	case DIST_ROUTE:
+		session_deliver_remote(w, f);
+		break;
+	case DIST_RECEIPT:
+		session_receipt_remote(w, f);
+		break;
+	case DIST_KICK:
+		session_kick_remote(w, f);
+		break;
+	default:
+		log_rl(LOG_WARN, "link %s: unexpected %s frame", l->name, dist_type_name(f->type));
+		break;
+	}
+}
+
+static const struct link_ops ops = {on_frame, on_up, on_down};
+
+/* ---- set-up and loop hooks ----------------------------------------------- */
+
+int gw_dist_setup(struct worker *w, char *err, size_t errlen)
+{
+	const struct cluster *cl = &w->gw->cluster;
+	if (!cl->n)
+		return 0;
+	const struct gw_config *cfg = &w->gw->cfg;
+	w->links = calloc(cl->n, sizeof *w->links);
+	w->pend = calloc(cl->n, sizeof *w->pend);
+	w->pub = calloc(cl->n, sizeof *w->pub);
+	if (!w->links || !w->pend || !w->pub) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	for (size_t i = 0; i < cl->n; i++) {
+		struct link *l = &w->links[i];
+		link_init(l, (unsigned)i, UD_LINK, &ops, w, DIST_ROLE_GATEWAY, (uint32_t)cfg->node, w->id, w->gw->nthreads,
+			  (size_t)cfg->link_batch, (size_t)cfg->link_queue, (int)cfg->link_sockbuf);
+		l->expect_role = DIST_ROLE_BACKEND;
+		link_connect(l, &w->ring, &cl->nodes[i].addr, w->now_ns);
+	}
+	return 0;
+}
+
+void gw_dist_teardown(struct worker *w)
+{
+	if (!w->links)
+		return;
+	for (size_t i = 0; i < w->gw->cluster.n; i++) {
+		link_free(&w->links[i]);
+		free(w->pend[i].v);
+	}
+	free(w->links);
+	free(w->pend);
+	free(w->pub);
+	w->links = NULL;
+}
+
+void gw_dist_complete(struct worker *w, const struct io_uring_cqe *cqe)
+{
+	uint32_t i = ud_slot(cqe->user_data);
+	if (w->links && i < w->gw->cluster.n)
+		link_complete(&w->links[i], &w->ring, cqe, w->now_ns);
+}
+
+void gw_dist_tick(struct worker *w)
+{
+	if (!w->links)
+		return;
+	uint32_t timeout = (uint32_t)(w->gw->cfg.store_timeout_ms / GW_TICK_MS);
+	uint64_t up = 0, q = 0, rtt = 0, pending = 0;
+	struct link_stats sum = {0};
+	for (size_t i = 0; i < w->gw->cluster.n; i++) {
+		struct link *l = &w->links[i];
+		link_tick(l, &w->ring, w->now_ns);
+		if (w->tick > timeout)
+			fail_pending(w, (unsigned)i, w->tick - timeout, PROTO_E_TRY_AGAIN);
+		up += l->state == LINK_UP;
+		q += link_queued(l);
+		pending += w->pend[i].len;
+		if (l->st.rtt_us > rtt)
+			rtt = l->st.rtt_us;
+		sum.frames_out += l->st.frames_out;
+		sum.frames_in += l->st.frames_in;
+		sum.batches_out += l->st.batches_out;
+		sum.batches_in += l->st.batches_in;
+		sum.bytes_out += l->st.bytes_out;
+		sum.bytes_in += l->st.bytes_in;
+		sum.reconnects += l->st.reconnects;
+		sum.credit_stalls += l->st.credit_stalls;
+		struct gw_link_pub *p = &w->pub[i];
+		__atomic_store_n(&p->state, (uint64_t)l->state, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->node, w->gw->cluster.nodes[i].node, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->frames_out, l->st.frames_out, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->frames_in, l->st.frames_in, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->batches_out, l->st.batches_out, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->batches_in, l->st.batches_in, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->bytes_out, l->st.bytes_out, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->bytes_in, l->st.bytes_in, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->queue_bytes, (uint64_t)link_queued(l), __ATOMIC_RELAXED);
+		__atomic_store_n(&p->reconnects, l->st.reconnects, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->rtt_us, l->st.rtt_us, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->pending, (uint64_t)w->pend[i].len, __ATOMIC_RELAXED);
+	}
+	CNT_SET(w, links_up, up);
+	CNT_SET(w, link_queue_bytes, q);
+	CNT_SET(w, link_rtt_us_max, rtt);
+	CNT_SET(w, pending_stores, pending);
+	CNT_SET(w, link_frames_out, sum.frames_out);
+	CNT_SET(w, link_frames_in, sum.frames_in);
+	CNT_SET(w, link_batches_out, sum.batches_out);
+	CNT_SET(w, link_batches_in, sum.batches_in);
+	CNT_SET(w, link_bytes_out, sum.bytes_out);
+	CNT_SET(w, link_bytes_in, sum.bytes_in);
+	CNT_SET(w, link_reconnects, sum.reconnects);
+	CNT_SET(w, link_credit_stalls, sum.credit_stalls);
+}
+
+void gw_dist_flush(struct worker *w)
+{
+	for (size_t i = 0; w->links && i < w->gw->cluster.n; i++)
+		link_flush(&w->links[i], &w->ring, w->now_ns);
+}
+
+/* ---- requests ---------------------------------------------------------------- */
+
+static unsigned add_request(struct worker *w, size_t li, const struct dist_frame *f, uint32_t othread, uint64_t oconn,
+			    uint64_t ref, uint8_t what)
+{
+	struct link *l = &w->links[li];
+	struct gw_pend p = {oconn, ref, othread, w->tick, what};
+	if (link_add(l, f) != 0) {
+		CNT_ADD(w, link_try_again, 1);
+		return PROTO_E_TRY_AGAIN;
+	}
+	if (pend_push(&w->pend[li], &p) != 0)
+		log_rl(LOG_ERROR, "out of memory tracking a request to backend %u", l->peer_node);
+	return 0;
+}
+
+unsigned gw_dist_route(struct worker *w, uint32_t othread, uint64_t oconn, uint64_t cmid, uint64_t from, uint64_t to,
+		       uint64_t group, const uint8_t *body, uint32_t len)
+{
+	const struct cluster *cl = &w->gw->cluster;
+	if (!cl->n)
+		return PROTO_E_NO_ROUTE;
+	int li = group ? cluster_find(cl, cluster_group_node(group)) : (int)cluster_user_owner(cl, to);
+	if (li < 0)
+		return PROTO_E_NO_SUCH_GROUP;
+	struct dist_frame f = {.type = DIST_ROUTE};
+	f.route.from = from;
+	f.route.to = group ? 0 : to;
+	f.route.group = group;
+	f.route.time_ms = w->wall_ms;
+	f.route.onode = (uint32_t)w->gw->cfg.node;
+	f.route.othread = othread;
+	f.route.oconn = oconn;
+	f.route.cmid = cmid;
+	f.route.body = (struct proto_bytes){body, len};
+	unsigned st = add_request(w, (size_t)li, &f, othread, oconn, cmid, XR_SEND);
+	if (st == 0)
+		CNT_ADD(w, routed_remote, 1);
+	return st;
+}
+
+void gw_dist_receipt(struct worker *w, uint8_t flags, uint8_t kind, uint64_t from, uint64_t to, uint64_t smid)
+{
+	const struct cluster *cl = &w->gw->cluster;
+	if (!cl->n)
+		return;
+	struct dist_frame f = {.type = DIST_RECEIPT};
+	f.receipt.kind = kind;
+	f.receipt.from = from;
+	f.receipt.to = to;
+	f.receipt.smid = smid;
+	int del = -1, note = -1;
+	if (flags & DIST_RCPT_DELETE)
+		del = cluster_find(cl, msgid_node(smid));
+	if (flags & DIST_RCPT_NOTIFY)
+		note = (int)cluster_user_owner(cl, to);
+	if (del >= 0 && del == note) {
+		f.receipt.flags = DIST_RCPT_DELETE | DIST_RCPT_NOTIFY;
+		link_add(&w->links[del], &f);
+		return;
+	}
+	if (del >= 0) {
+		f.receipt.flags = DIST_RCPT_DELETE;
+		link_add(&w->links[del], &f);
+	}
+	if (note >= 0) {
+		f.receipt.flags = DIST_RCPT_NOTIFY;
+		link_add(&w->links[note], &f);
+	}
+}
+
+void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, uint64_t resume)
+{
+	struct dist_frame f = {.type = up ? DIST_SESSION_UP : DIST_SESSION_DOWN};
+	f.session.user = user;
+	f.session.node = (uint32_t)w->gw->cfg.node;
+	f.session.thread = w->id;
+	f.session.conn = oconn;
+	f.session.resume = up ? resume : 0;
+	for (size_t i = 0; w->links && i < w->gw->cluster.n; i++) {
+		if (link_add(&w->links[i], &f) == 0)
+			CNT_ADD(w, sessions_out, 1);
+		else
+			log_rl(LOG_WARN, "link to backend %u is full: a session %s was not announced (resent on reconnect)",
+			       w->gw->cluster.nodes[i].node, up ? "up" : "down");
+	}
+}
+
+unsigned gw_dist_group(struct worker *w, uint32_t slot, const struct proto_frame *f)
+{
+	const struct cluster *cl = &w->gw->cluster;
+	if (!cl->n)
+		return PROTO_E_NO_ROUTE;
+	struct conn *c = conn_of(w, slot);
+	int li = f->group.op == PROTO_GROUP_CREATE ? (int)cluster_user_owner(cl, c->user)
+						   : cluster_find(cl, cluster_group_node(f->group.group));
+	if (li < 0)
+		return PROTO_E_NO_SUCH_GROUP;
+	struct dist_frame d = {.type = DIST_GROUP_OP};
+	d.group_op.op = f->group.op;
+	d.group_op.req = f->group.req;
+	d.group_op.group = f->group.group;
+	d.group_op.user = c->user;
+	d.group_op.thread = w->id;
+	d.group_op.conn = gw_oconn(slot, c->gen);
+	d.group_op.count = f->group.count;
+	d.group_op.members = f->group.members; /* already encoded varints: copied as they are */
+	return add_request(w, (size_t)li, &d, w->id, d.group_op.conn, f->group.req, XR_GROUP);
+}

@@ -1,0 +1,88 @@
+/* cluster.c: see cluster.h. */
+#include "runtime/cluster.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/msgid.h"
+#include "runtime/u64map.h"
+
+int cluster_load(struct cluster *c, const char *path, char *err, size_t errlen)
+{
+	memset(c, 0, sizeof *c);
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		snprintf(err, errlen, "cannot open cluster file %s: %s", path, strerror(errno));
+		return -1;
+	}
+	char line[512];
+	int lineno = 0;
+	while (fgets(line, sizeof line, f)) {
+		lineno++;
+		char *hash = strchr(line, '#');
+		if (hash)
+			*hash = 0;
+		char kind[32], node[32], addr[128], extra[8];
+		int k = sscanf(line, "%31s %31s %127s %7s", kind, node, addr, extra);
+		if (k <= 0)
+			continue;
+		char *end;
+		unsigned long id = k >= 2 ? strtoul(node, &end, 10) : 0;
+		if (k != 3 || strcmp(kind, "backend") != 0 || *end || id < 1 || id > MSGID_MAX_NODE) {
+			snprintf(err, errlen, "%s:%d: want \"backend NODE_ID IP:PORT\" with NODE_ID 1..%u", path, lineno,
+				 MSGID_MAX_NODE);
+			fclose(f);
+			return -1;
+		}
+		if (c->n == CLUSTER_MAX) {
+			snprintf(err, errlen, "%s:%d: more than %d backends", path, lineno, CLUSTER_MAX);
+			fclose(f);
+			return -1;
+		}
+		if (cluster_find(c, (uint32_t)id) >= 0) {
+			snprintf(err, errlen, "%s:%d: backend %lu listed twice", path, lineno, id);
+			fclose(f);
+			return -1;
+		}
+		struct cluster_node *n = &c->nodes[c->n];
+		char e2[160];
+		if (addr_parse(addr, &n->addr, e2, sizeof e2) != 0) {
+			snprintf(err, errlen, "%s:%d: %s", path, lineno, e2);
+			fclose(f);
+			return -1;
+		}
+		n->node = (uint32_t)id;
+		n->seed = hash64(0x6261636b656e64ull ^ id); /* depends on the node id only, not on order */
+		c->n++;
+	}
+	fclose(f);
+	if (c->n == 0) {
+		snprintf(err, errlen, "%s: no backends listed", path);
+		return -1;
+	}
+	return 0;
+}
+
+size_t cluster_user_owner(const struct cluster *c, uint64_t user)
+{
+	size_t best = 0;
+	uint64_t best_h = 0;
+	for (size_t i = 0; i < c->n; i++) {
+		uint64_t h = hash64(user ^ c->nodes[i].seed);
+		if (i == 0 || h > best_h) {
+			best_h = h;
+			best = i;
+		}
+	}
+	return best;
+}
+
+int cluster_find(const struct cluster *c, uint32_t node)
+{
+	for (size_t i = 0; i < c->n; i++)
+		if (c->nodes[i].node == node)
+			return (int)i;
+	return -1;
+}

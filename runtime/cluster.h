@@ -1,0 +1,53 @@
+/* cluster.h: the cluster file every node reads, and who owns what.
+ *
+ *   # cluster.conf: one line per backend node
+ *   backend 11 127.0.0.1:7001
+ *   backend 12 127.0.0.1:7002
+ *
+ * Ownership:
+ * - a user belongs to the backend with the highest hash64(user, node seed)
+ *   (rendezvous hashing): adding or removing a backend moves only the users
+ *   of that backend (about 1/n of them);
+ * - a group id carries its backend's node id in bits 48..55 (assigned at
+ *   creation), so groups never move;
+ * - a server message id carries its generator's node id (runtime/msgid.h),
+ *   so a receipt finds the backend that stored the message.
+ * Read-only after loading: any thread may query.
+ */
+#ifndef RUNTIME_CLUSTER_H
+#define RUNTIME_CLUSTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/addr.h"
+
+#define CLUSTER_MAX 64
+
+struct cluster_node {
+	uint32_t node;
+	struct addr addr;
+	uint64_t seed;
+};
+
+struct cluster {
+	size_t n;
+	struct cluster_node nodes[CLUSTER_MAX];
+};
+
+/* Parse the file. Returns 0, or -1 with a reason (file:line) in err. */
+int cluster_load(struct cluster *c, const char *path, char *err, size_t errlen);
+
+/* Index (in nodes[]) of the backend owning a user; c->n must be > 0. */
+size_t cluster_user_owner(const struct cluster *c, uint64_t user);
+
+/* Index of the backend with node id `node`, or -1. */
+int cluster_find(const struct cluster *c, uint32_t node);
+
+/* Node id encoded in a group id / in a server message id. */
+static inline uint32_t cluster_group_node(uint64_t gid)
+{
+	return (uint32_t)((gid >> 48) & 0xff);
+}
+
+#endif

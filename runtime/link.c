@@ -1,0 +1,623 @@
+/* link.c: see link.h.
+ *
+ * States:
+ *
+ *   IDLE --connect--> CONNECTING --ok--> HELLO --peer HELLO--> UP
+ *     ^  (outbound)        |               |                    |
+ *     |                    +-----error-----+------lost----------+--> CLOSING
+ *     |                                                                 |
+ *     +--(inbound)-- all operations done <------------------------------+
+ *                    BACKOFF --retry time--> CONNECTING   (outbound)
+ *
+ * CLOSING shuts the socket down so that the recv/send/connect in flight
+ * complete, and closes the fd once none is left (never under an operation).
+ */
+#include "runtime/link.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "runtime/log.h"
+#include "runtime/uring.h"
+
+enum { OP_CONNECT = 0, OP_RECV = 1, OP_SEND = 2 };
+
+struct link_out {
+	struct link_out *next;
+	uint8_t *start;
+	size_t len, off;
+	int ctrl; /* HELLO/CREDIT/HEARTBEAT/ERROR: first in line, no credit needed */
+	uint8_t buf[];
+};
+
+static inline uint64_t link_ud(const struct link *l, unsigned op)
+{
+	return ud_make(l->ud_kind, ((l->gen << 2) | op) & UD_GEN_MASK, l->idx);
+}
+
+const char *link_state_name(enum link_state s)
+{
+	static const char *const n[] = {"idle", "connecting", "hello", "up", "backoff", "closing"};
+	return (unsigned)s < sizeof n / sizeof n[0] ? n[s] : "?";
+}
+
+static struct link_out *out_new(size_t cap)
+{
+	struct link_out *o = malloc(sizeof *o + cap);
+	if (o) {
+		o->next = NULL;
+		o->start = o->buf;
+		o->len = o->off = 0;
+		o->ctrl = 0;
+	}
+	return o;
+}
+
+static void q_push(struct link *l, struct link_out *o)
+{
+	if (o->ctrl) {
+		/* control frames go before every batch, after earlier control frames */
+		struct link_out **pp = &l->q_head;
+		while (*pp && (*pp)->ctrl)
+			pp = &(*pp)->next;
+		o->next = *pp;
+		*pp = o;
+		if (!o->next)
+			l->q_tail = o;
+	} else {
+		if (l->q_tail)
+			l->q_tail->next = o;
+		else
+			l->q_head = o;
+		l->q_tail = o;
+		l->q_bytes += o->len;
+	}
+}
+
+static void q_drop_ctrl(struct link *l)
+{
+	struct link_out **pp = &l->q_head, *last = NULL;
+	while (*pp) {
+		if ((*pp)->ctrl) {
+			struct link_out *o = *pp;
+			*pp = o->next;
+			free(o);
+		} else {
+			last = *pp;
+			pp = &(*pp)->next;
+		}
+	}
+	l->q_tail = last;
+}
+
+static void push_ctrl(struct link *l, const struct dist_frame *f)
+{
+	size_t n = dist_encode(f, NULL, 0);
+	struct link_out *o = n ? out_new(n) : NULL;
+	if (!o) {
+		log_rl(LOG_ERROR, "link %s: cannot queue a %s frame", l->name, dist_type_name(f->type));
+		return;
+	}
+	o->len = dist_encode(f, o->buf, n);
+	o->ctrl = 1;
+	q_push(l, o);
+}
+
+static void begin_batch(struct link *l)
+{
+	if (l->cur)
+		return;
+	l->cur = malloc(sizeof(struct link_out) + DIST_BATCH_HEADROOM + l->batch_cap);
+	if (l->cur)
+		dist_batch_init(&l->batch, l->cur + sizeof(struct link_out), DIST_BATCH_HEADROOM + l->batch_cap);
+}
+
+/* Close the batch under construction into the queue. */
+static void end_batch(struct link *l)
+{
+	if (!l->cur || l->batch.count == 0)
+		return;
+	struct link_out *o = (struct link_out *)l->cur;
+	size_t size;
+	o->next = NULL;
+	o->start = dist_batch_finish(&l->batch, ++l->seq_out, &size);
+	o->len = size;
+	o->off = 0;
+	o->ctrl = 0;
+	l->st.frames_out += l->batch.count;
+	l->cur = NULL;
+	q_push(l, o);
+}
+
+void link_init(struct link *l, unsigned idx, unsigned ud_kind, const struct link_ops *ops, void *arg,
+	       uint8_t my_role, uint32_t my_node, uint32_t my_thread, uint32_t my_threads, size_t batch_cap,
+	       size_t queue_max, int sockbuf)
+{
+	memset(l, 0, sizeof *l);
+	l->idx = idx;
+	l->ud_kind = ud_kind;
+	l->fd = -1;
+	l->ops = ops;
+	l->arg = arg;
+	l->my_role = my_role;
+	l->my_node = my_node;
+	l->my_thread = my_thread;
+	l->my_threads = my_threads;
+	l->batch_cap = batch_cap > DIST_MAX_FRAME - 64 ? DIST_MAX_FRAME - 64 : batch_cap;
+	l->queue_max = queue_max;
+	l->sockbuf = sockbuf;
+	l->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)my_node << 32) ^ ((uint64_t)my_thread << 16) ^ idx;
+	snprintf(l->name, sizeof l->name, "#%u", idx);
+}
+
+static void set_opts(struct link *l, int fd)
+{
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	if (l->sockbuf > 0) {
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &l->sockbuf, sizeof l->sockbuf);
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &l->sockbuf, sizeof l->sockbuf);
+	}
+}
+
+static void arm_recv(struct link *l, struct io_uring *ring)
+{
+	struct io_uring_sqe *sqe = ring_sqe(ring);
+	io_uring_prep_recv(sqe, l->fd, l->rx + l->rx_len, LINK_RX_CAP - l->rx_len, 0);
+	sqe->user_data = link_ud(l, OP_RECV);
+	l->recv_inflight = 1;
+}
+
+static void send_hello(struct link *l)
+{
+	struct dist_frame f = {.type = DIST_HELLO};
+	f.hello.version = DIST_VERSION;
+	f.hello.role = l->my_role;
+	f.hello.node = l->my_node;
+	f.hello.thread = l->my_thread;
+	f.hello.threads = l->my_threads;
+	push_ctrl(l, &f);
+}
+
+/* The socket is connected (or accepted): say hello and start reading. */
+static void start_session(struct link *l, struct io_uring *ring, uint64_t now)
+{
+	if (!l->rx)
+		l->rx = malloc(LINK_RX_CAP);
+	if (!l->rx) {
+		link_close(l, ring, "out of memory", now);
+		return;
+	}
+	l->rx_len = 0;
+	l->state = LINK_HELLO;
+	l->since_ns = l->last_rx_ns = l->last_tx_ns = l->last_hb_ns = now;
+	l->credit = 0;
+	l->consumed = 0;
+	send_hello(l);
+	arm_recv(l, ring);
+	link_flush(l, ring, now);
+}
+
+static void start_connect(struct link *l, struct io_uring *ring, uint64_t now)
+{
+	int fd = socket(l->peer.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		log_rl(LOG_ERROR, "link %s: socket: %s", l->name, strerror(errno));
+		l->state = LINK_BACKOFF;
+		l->retry_at_ns = now + LINK_BACKOFF_MAX_NS;
+		return;
+	}
+	set_opts(l, fd);
+	l->fd = fd;
+	l->gen++;
+	l->state = LINK_CONNECTING;
+	l->since_ns = now;
+	struct io_uring_sqe *sqe = ring_sqe(ring);
+	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&l->peer.ss, l->peer.len);
+	sqe->user_data = link_ud(l, OP_CONNECT);
+	l->connect_inflight = 1;
+}
+
+void link_connect(struct link *l, struct io_uring *ring, const struct addr *peer, uint64_t now_ns)
+{
+	l->peer = *peer;
+	l->outbound = 1;
+	l->backoff_ns = LINK_BACKOFF_MIN_NS;
+	char a[64];
+	snprintf(l->name, sizeof l->name, "%s", addr_str(peer, a, sizeof a));
+	start_connect(l, ring, now_ns);
+}
+
+void link_attach(struct link *l, struct io_uring *ring, int fd, uint64_t now_ns)
+{
+	set_opts(l, fd);
+	l->fd = fd;
+	l->gen++;
+	l->outbound = 0;
+	start_session(l, ring, now_ns);
+}
+
+int link_has_room(const struct link *l, size_t bytes)
+{
+	return link_queued(l) + bytes <= l->queue_max;
+}
+
+size_t link_queued(const struct link *l)
+{
+	return l->q_bytes + (l->cur ? l->batch.len : 0);
+}
+
+int link_add(struct link *l, const struct dist_frame *f)
+{
+	if (link_queued(l) >= l->queue_max) {
+		l->st.refused++;
+		return -EAGAIN;
+	}
+	for (int tries = 0; tries < 2; tries++) {
+		begin_batch(l);
+		if (!l->cur)
+			return -EAGAIN;
+		/* keep a batch within batch_cap, not just within the buffer */
+		int r = dist_batch_add(&l->batch, f);
+		if (r == 0)
+			return 0;
+		if (r == -2)
+			return -EINVAL;
+		if (l->batch.count == 0)
+			return -EINVAL; /* does not fit an empty batch: cannot happen below DIST_MAX_INNER */
+		end_batch(l);
+	}
+	return -EAGAIN;
+}
+
+static void send_next(struct link *l, struct io_uring *ring, uint64_t now)
+{
+	if (l->send_inflight || l->fd < 0 || (l->state != LINK_HELLO && l->state != LINK_UP))
+		return;
+	struct link_out *o = l->q_head;
+	if (!o)
+		return;
+	if (!o->ctrl) {
+		if (l->state != LINK_UP || l->hold)
+			return; /* batches only after the peer's HELLO, and not while held */
+		if ((int64_t)o->len > l->credit) {
+			l->st.credit_stalls++;
+			return;
+		}
+		l->credit -= (int64_t)o->len;
+		l->q_bytes -= o->len;
+		l->st.batches_out++;
+	}
+	l->q_head = o->next;
+	if (!l->q_head)
+		l->q_tail = NULL;
+	o->next = NULL;
+	l->sending = o;
+	struct io_uring_sqe *sqe = ring_sqe(ring);
+	io_uring_prep_send(sqe, l->fd, o->start + o->off, o->len - o->off, MSG_NOSIGNAL);
+	sqe->user_data = link_ud(l, OP_SEND);
+	l->send_inflight = 1;
+	l->last_tx_ns = now;
+}
+
+void link_flush(struct link *l, struct io_uring *ring, uint64_t now_ns)
+{
+	end_batch(l);
+	if (l->state == LINK_UP && l->consumed >= LINK_GRANT_EVERY) {
+		struct dist_frame f = {.type = DIST_CREDIT};
+		f.credit.bytes = l->consumed;
+		l->consumed = 0;
+		push_ctrl(l, &f);
+	}
+	send_next(l, ring, now_ns);
+}
+
+static void finish_close(struct link *l, uint64_t now)
+{
+	if (l->recv_inflight || l->send_inflight || l->connect_inflight)
+		return;
+	if (l->fd >= 0) {
+		close(l->fd);
+		l->fd = -1;
+	}
+	free(l->sending);
+	l->sending = NULL;
+	free(l->rx);
+	l->rx = NULL;
+	l->rx_len = 0;
+	q_drop_ctrl(l);
+	if (l->outbound) {
+		/* exponential backoff with +-25% jitter */
+		l->rng ^= l->rng << 13;
+		l->rng ^= l->rng >> 7;
+		l->rng ^= l->rng << 17;
+		uint64_t j = l->backoff_ns / 2;
+		l->retry_at_ns = now + l->backoff_ns - l->backoff_ns / 4 + (j ? l->rng % j : 0);
+		l->backoff_ns *= 2;
+		if (l->backoff_ns > LINK_BACKOFF_MAX_NS)
+			l->backoff_ns = LINK_BACKOFF_MAX_NS;
+		l->state = LINK_BACKOFF;
+	} else {
+		l->state = LINK_IDLE;
+	}
+}
+
+void link_close(struct link *l, struct io_uring *ring, const char *why, uint64_t now_ns)
+{
+	(void)ring;
+	if (l->state == LINK_CLOSING || l->state == LINK_IDLE || l->state == LINK_BACKOFF)
+		return;
+	int was_up = l->state == LINK_UP;
+	if (l->state == LINK_CONNECTING)
+		l->st.connect_failures++;
+	l->state = LINK_CLOSING;
+	if (l->fd >= 0)
+		shutdown(l->fd, SHUT_RDWR); /* completes what is in flight */
+	if (was_up)
+		log_warn("link %s (node %u) down: %s", l->name, l->peer_node, why);
+	else
+		log_rl(LOG_WARN, "link %s: %s", l->name, why);
+	if (l->ops->on_down)
+		l->ops->on_down(l->arg, l, why);
+	finish_close(l, now_ns);
+}
+
+int link_quiet(const struct link *l)
+{
+	return !l->recv_inflight && !l->send_inflight && !l->connect_inflight;
+}
+
+void link_free(struct link *l)
+{
+	if (l->fd >= 0)
+		close(l->fd);
+	l->fd = -1;
+	free(l->rx);
+	free(l->sending);
+	free(l->cur);
+	struct link_out *o = l->q_head;
+	while (o) {
+		struct link_out *n = o->next;
+		free(o);
+		o = n;
+	}
+	l->rx = NULL;
+	l->sending = NULL;
+	l->cur = NULL;
+	l->q_head = l->q_tail = NULL;
+	l->q_bytes = 0;
+}
+
+static void on_hello(struct link *l, struct io_uring *ring, const struct dist_frame *f, uint64_t now)
+{
+	if (l->state != LINK_HELLO) {
+		link_close(l, ring, "second HELLO", now);
+		return;
+	}
+	const char *bad = f->hello.version != DIST_VERSION ? "protocol version mismatch"
+			  : (l->expect_role && f->hello.role != l->expect_role) ? "peer has the wrong role"
+										 : NULL;
+	if (bad) {
+		struct dist_frame e = {.type = DIST_ERROR};
+		e.error.code = PROTO_E_VERSION;
+		e.error.text = (struct proto_bytes){(const uint8_t *)bad, (uint32_t)strlen(bad)};
+		push_ctrl(l, &e);
+		link_flush(l, ring, now);
+		link_close(l, ring, bad, now);
+		return;
+	}
+	l->peer_role = f->hello.role;
+	l->peer_node = f->hello.node;
+	l->peer_thread = f->hello.thread;
+	l->peer_threads = f->hello.threads;
+	l->state = LINK_UP;
+	l->credit = LINK_INITIAL_CREDIT;
+	l->backoff_ns = LINK_BACKOFF_MIN_NS;
+	if (!l->outbound) {
+		char a[48];
+		snprintf(a, sizeof a, "%s %u/%u", f->hello.role == DIST_ROLE_GATEWAY ? "gateway" : "backend",
+			 f->hello.node, f->hello.thread);
+		snprintf(l->name, sizeof l->name, "%s", a);
+	}
+	if (l->ops->on_up)
+		l->ops->on_up(l->arg, l);
+}
+
+/* Handle every complete frame in rx; returns -1 after closing the link. */
+static int process_rx(struct link *l, struct io_uring *ring, uint64_t now)
+{
+	size_t off = 0;
+	while (off < l->rx_len) {
+		struct dist_frame f;
+		long n = dist_parse(l->rx + off, l->rx_len - off, &f);
+		if (n == PROTO_NEED_MORE)
+			break;
+		if (n < 0) {
+			char why[96];
+			snprintf(why, sizeof why, "malformed frame (%s, type 0x%02x): closing", proto_err_name((unsigned)-n),
+				 l->rx_len - off > 1 ? l->rx[off + 1] : 0);
+			link_close(l, ring, why, now);
+			return -1;
+		}
+		switch (f.type) {
+		case DIST_HELLO:
+			on_hello(l, ring, &f, now);
+			break;
+		case DIST_BATCH: {
+			if (l->state != LINK_UP) {
+				link_close(l, ring, "batch before HELLO", now);
+				return -1;
+			}
+			l->st.batches_in++;
+			l->consumed += (uint64_t)n;
+			struct dist_iter it;
+			struct dist_frame in;
+			int r;
+			dist_batch_iter(&f, &it);
+			while ((r = dist_batch_next(&it, &in)) == 1) {
+				l->st.frames_in++;
+				if (in.type == DIST_CREDIT)
+					l->credit += (int64_t)in.credit.bytes;
+				else
+					l->ops->on_frame(l->arg, l, &in);
+				if (l->state != LINK_UP)
+					return -1; /* the owner closed it */
+			}
+			if (r < 0) {
+				char why[96];
+				snprintf(why, sizeof why, "malformed frame in batch %llu (%s): closing",
+					 (unsigned long long)f.batch.seq, proto_err_name((unsigned)-r));
+				link_close(l, ring, why, now);
+				return -1;
+			}
+			break;
+		}
+		case DIST_CREDIT:
+			l->credit += (int64_t)f.credit.bytes;
+			break;
+		case DIST_HEARTBEAT:
+			if (f.heartbeat.reply) {
+				uint64_t us = now / 1000;
+				l->st.rtt_us = us > f.heartbeat.t_us ? us - f.heartbeat.t_us : 0;
+			} else {
+				struct dist_frame e = f;
+				e.heartbeat.reply = 1;
+				push_ctrl(l, &e);
+			}
+			break;
+		case DIST_ERROR: {
+			char why[320];
+			snprintf(why, sizeof why, "peer sent error %s: %.*s", proto_err_name(f.error.code),
+				 (int)f.error.text.len, (const char *)f.error.text.p);
+			link_close(l, ring, why, now);
+			return -1;
+		}
+		default:
+			break;
+		}
+		if (l->state == LINK_CLOSING || l->state == LINK_BACKOFF || l->state == LINK_IDLE)
+			return -1;
+		off += (size_t)n;
+	}
+	if (off) {
+		memmove(l->rx, l->rx + off, l->rx_len - off);
+		l->rx_len -= off;
+	}
+	return 0;
+}
+
+void link_complete(struct link *l, struct io_uring *ring, const struct io_uring_cqe *cqe, uint64_t now_ns)
+{
+	uint32_t g = ud_gen(cqe->user_data);
+	unsigned op = g & 3;
+	if ((g >> 2) != (l->gen & (UD_GEN_MASK >> 2)))
+		return; /* from an earlier connection */
+	int res = cqe->res;
+	switch (op) {
+	case OP_CONNECT:
+		l->connect_inflight = 0;
+		if (l->state != LINK_CONNECTING) {
+			finish_close(l, now_ns);
+			return;
+		}
+		if (res < 0) {
+			char why[96];
+			snprintf(why, sizeof why, "connect failed: %s", strerror(-res));
+			link_close(l, ring, why, now_ns);
+			return;
+		}
+		start_session(l, ring, now_ns);
+		return;
+	case OP_RECV:
+		l->recv_inflight = 0;
+		if (l->state == LINK_CLOSING) {
+			finish_close(l, now_ns);
+			return;
+		}
+		if (res <= 0) {
+			link_close(l, ring, res == 0 ? "peer closed the link" : strerror(-res), now_ns);
+			return;
+		}
+		l->rx_len += (size_t)res;
+		l->st.bytes_in += (uint64_t)res;
+		l->last_rx_ns = now_ns;
+		if (process_rx(l, ring, now_ns) != 0) {
+			finish_close(l, now_ns);
+			return;
+		}
+		if (l->rx_len == LINK_RX_CAP) {
+			link_close(l, ring, "frame larger than the receive buffer", now_ns);
+			return;
+		}
+		arm_recv(l, ring);
+		return;
+	case OP_SEND: {
+		l->send_inflight = 0;
+		struct link_out *o = l->sending;
+		if (l->state == LINK_CLOSING || res <= 0) {
+			if (l->state != LINK_CLOSING)
+				link_close(l, ring, res == 0 ? "send made no progress" : strerror(-res), now_ns);
+			else
+				finish_close(l, now_ns);
+			return;
+		}
+		l->st.bytes_out += (uint64_t)res;
+		o->off += (size_t)res;
+		if (o->off < o->len) {
+			struct io_uring_sqe *sqe = ring_sqe(ring);
+			io_uring_prep_send(sqe, l->fd, o->start + o->off, o->len - o->off, MSG_NOSIGNAL);
+			sqe->user_data = link_ud(l, OP_SEND);
+			l->send_inflight = 1;
+			return;
+		}
+		free(o);
+		l->sending = NULL;
+		send_next(l, ring, now_ns);
+		return;
+	}
+	default:
+		return;
+	}
+}
+
+void link_tick(struct link *l, struct io_uring *ring, uint64_t now_ns)
+{
+	switch (l->state) {
+	case LINK_BACKOFF:
+		if (now_ns >= l->retry_at_ns) {
+			l->st.reconnects++;
+			start_connect(l, ring, now_ns);
+		}
+		return;
+	case LINK_CONNECTING:
+		if (now_ns - l->since_ns > LINK_DEAD_NS)
+			link_close(l, ring, "connect timed out", now_ns);
+		return;
+	case LINK_HELLO:
+		if (now_ns - l->since_ns > LINK_DEAD_NS)
+			link_close(l, ring, "no HELLO from the peer", now_ns);
+		return;
+	case LINK_UP:
+		if (now_ns - l->last_rx_ns > LINK_DEAD_NS) {
+			link_close(l, ring, "nothing received for 3 s", now_ns);
+			return;
+		}
+		if (now_ns - l->last_hb_ns >= LINK_HEARTBEAT_NS) {
+			struct dist_frame f = {.type = DIST_HEARTBEAT};
+			f.heartbeat.seq = ++l->hb_seq;
+			f.heartbeat.t_us = now_ns / 1000;
+			push_ctrl(l, &f);
+			l->last_hb_ns = now_ns;
+			send_next(l, ring, now_ns);
+		}
+		return;
+	default:
+		return;
+	}
+}

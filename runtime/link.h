@@ -1,0 +1,148 @@
+/* link.h: one end of a distribution link (gateway thread <-> backend node),
+ * driven by its owner's io_uring loop. Wire format: proto/dist.h and
+ * PROTOCOL.md part 4.
+ *
+ * Sending: the owner adds frames with link_add() during a loop iteration;
+ * they are encoded straight into the batch under construction, and
+ * link_flush() at the end of the iteration closes the batch (a size cap
+ * closes it earlier) and sends. One send is in flight at a time; finished
+ * batches wait in a queue bounded by queue_max bytes, which survives a
+ * reconnect: while the peer is unreachable frames wait, and link_add()
+ * refuses (-EAGAIN) once the bound is reached, so the owner can answer
+ * "try again" instead of growing memory.
+ *
+ * Flow control: after HELLO each side may send LINK_INITIAL_CREDIT bytes of
+ * batches; the receiver grants more (CREDIT) as it consumes them. A sender out
+ * of credit keeps batches queued, so a slow peer slows its senders.
+ * CREDIT and HEARTBEAT travel outside batches and never wait for credit.
+ *
+ * Liveness: a HEARTBEAT every second asks for an echo (round-trip time); a
+ * link with nothing received for LINK_DEAD_NS is closed. An outbound link
+ * then reconnects with exponential backoff (100 ms doubling to 5 s, +-25%
+ * jitter). Received frames: HELLO, CREDIT and HEARTBEAT are handled here;
+ * everything inside batches goes to ops->on_frame.
+ *
+ * Memory: a receive buffer of LINK_RX_CAP while connected, the batch under
+ * construction, and the queue. Owned by the link; freed by link_free().
+ * Thread: the owner's thread only.
+ */
+#ifndef RUNTIME_LINK_H
+#define RUNTIME_LINK_H
+
+#include <liburing.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto/dist.h"
+#include "runtime/addr.h"
+
+#define LINK_INITIAL_CREDIT (4u << 20)
+#define LINK_GRANT_EVERY (1u << 20) /* grant credit once this much was consumed */
+#define LINK_RX_CAP (DIST_MAX_FRAME + 4096u)
+#define LINK_HEARTBEAT_NS 1000000000ull
+#define LINK_DEAD_NS 3000000000ull
+#define LINK_BACKOFF_MIN_NS 100000000ull
+#define LINK_BACKOFF_MAX_NS 5000000000ull
+
+enum link_state { LINK_IDLE, LINK_CONNECTING, LINK_HELLO, LINK_UP, LINK_BACKOFF, LINK_CLOSING };
+
+struct link;
+
+struct link_ops {
+	/* an inner frame of a received batch (views valid during the call) */
+	void (*on_frame)(void *arg, struct link *l, const struct dist_frame *f);
+	/* HELLO exchanged: the peer's identity is in l->peer_* */
+	void (*on_up)(void *arg, struct link *l);
+	/* the connection was lost (why: a short reason); queued frames stay */
+	void (*on_down)(void *arg, struct link *l, const char *why);
+};
+
+struct link_stats {
+	uint64_t frames_out, frames_in, batches_out, batches_in, bytes_out, bytes_in;
+	uint64_t reconnects, connect_failures, credit_stalls, refused, rtt_us;
+};
+
+struct link_out; /* a queued batch or control frame */
+
+struct link {
+	/* identity */
+	unsigned idx;      /* owner's index, in user_data */
+	unsigned ud_kind;  /* owner's user_data kind for link operations */
+	uint32_t gen;      /* per connection; stale completions are dropped */
+	int fd;
+	enum link_state state;
+	int outbound;      /* we connect (gateway side) and reconnect */
+	struct addr peer;  /* outbound: where to */
+	uint8_t my_role, peer_role;
+	uint32_t my_node, my_thread, my_threads;
+	uint32_t peer_node, peer_thread, peer_threads;
+	uint8_t expect_role; /* 0 = any */
+	int hold;            /* while set, no batch leaves (control frames do): the
+			      * backend holds until its writes are committed */
+	/* receive */
+	uint8_t *rx;
+	size_t rx_len;
+	int recv_inflight, send_inflight, connect_inflight;
+	/* send */
+	uint8_t *cur; /* batch under construction (DIST_BATCH_HEADROOM + batch_cap) */
+	struct dist_batch batch;
+	struct link_out *q_head, *q_tail, *sending;
+	size_t q_bytes;
+	uint64_t seq_out;
+	int64_t credit;
+	uint64_t consumed;
+	/* time (monotonic ns) */
+	uint64_t last_rx_ns, last_tx_ns, last_hb_ns, since_ns, backoff_ns, retry_at_ns, hb_seq, rng;
+	/* settings */
+	size_t queue_max, batch_cap;
+	int sockbuf;
+	struct link_stats st;
+	const struct link_ops *ops;
+	void *arg;
+	char name[48]; /* for logs: "backend 2 (127.0.0.1:7000)" */
+};
+
+/* Set up an idle link. batch_cap: bytes per batch before it is closed early
+ * (<= DIST_MAX_FRAME); queue_max: bound on queued bytes; sockbuf: SO_SNDBUF
+ * and SO_RCVBUF (0 = kernel default). */
+void link_init(struct link *l, unsigned idx, unsigned ud_kind, const struct link_ops *ops, void *arg,
+	       uint8_t my_role, uint32_t my_node, uint32_t my_thread, uint32_t my_threads, size_t batch_cap,
+	       size_t queue_max, int sockbuf);
+
+/* Outbound: connect to peer now, and reconnect whenever the link is lost. */
+void link_connect(struct link *l, struct io_uring *ring, const struct addr *peer, uint64_t now_ns);
+
+/* Inbound: take an accepted socket fd (ownership passes to the link). */
+void link_attach(struct link *l, struct io_uring *ring, int fd, uint64_t now_ns);
+
+/* Queue one inner frame into the current batch. Returns 0, -EAGAIN when the
+ * queue is at its bound (answer "try again"), or -EINVAL for an invalid frame. */
+int link_add(struct link *l, const struct dist_frame *f);
+
+/* Whether link_add() would take `bytes` more now. */
+int link_has_room(const struct link *l, size_t bytes);
+
+/* End of iteration: close the batch, grant credit, start a send. */
+void link_flush(struct link *l, struct io_uring *ring, uint64_t now_ns);
+
+/* Heartbeats, dead-peer detection, reconnects. Call every iteration (cheap). */
+void link_tick(struct link *l, struct io_uring *ring, uint64_t now_ns);
+
+/* A completion whose user_data kind is l->ud_kind and slot l->idx. */
+void link_complete(struct link *l, struct io_uring *ring, const struct io_uring_cqe *cqe, uint64_t now_ns);
+
+/* Close the connection (the link reconnects if outbound). */
+void link_close(struct link *l, struct io_uring *ring, const char *why, uint64_t now_ns);
+
+/* Whether nothing is in flight in the kernel (safe to free). */
+int link_quiet(const struct link *l);
+
+/* Free buffers and close the fd (after link_quiet(), or at exit). */
+void link_free(struct link *l);
+
+/* Queued bytes, including the batch under construction. */
+size_t link_queued(const struct link *l);
+
+const char *link_state_name(enum link_state s);
+
+#endif
