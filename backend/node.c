@@ -679,14 +679,20 @@ void *be_main(void *arg)
 	uint64_t next_publish = 0, drain_until = 0;
 	for (;;) {
 		if (b->draining && !drain_until) {
+			/* what is committed is acknowledged; close the links and go */
 			drain_until = b->now_ns + 2000000000ull;
 			if (b->accepting) {
 				struct io_uring_sqe *sqe = ring_sqe(&b->ring);
 				io_uring_prep_cancel64(sqe, ud_make(BU_ACCEPT, 0, 0), 0);
 				sqe->user_data = 0;
 			}
+			for (uint32_t i = 0; i < b->nlinks; i++)
+				link_close(&b->links[i], &b->ring, "backend stopping", b->now_ns);
 		}
-		if (b->stop || (drain_until && b->now_ns >= drain_until))
+		int quiet = 1;
+		for (uint32_t i = 0; drain_until && i < b->nlinks; i++)
+			quiet &= link_quiet(&b->links[i]);
+		if (b->stop || (drain_until && (quiet || b->now_ns >= drain_until)))
 			break;
 		struct __kernel_timespec ts = {0, 100 * 1000 * 1000};
 		struct io_uring_cqe *cqe;

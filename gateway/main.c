@@ -31,9 +31,11 @@ static const char usage[] =
 	"use --threads above the core count to hold more under a low RLIMIT_NOFILE.\n"
 	"Signals: SIGTERM/SIGINT drain (goaway, close after --drain-timeout); twice: stop now.\n";
 
-static void ctrl_all(struct gw *gw, struct io_uring *ctl, int cmd)
+static void ctrl_all(struct gw *gw, struct io_uring *ctl, int cmd, unsigned from)
 {
-	for (unsigned i = 0; i < gw->nthreads; i++) {
+	if (from >= gw->nthreads)
+		return;
+	for (unsigned i = from; i < gw->nthreads; i++) {
 		struct io_uring_sqe *sqe = io_uring_get_sqe(ctl);
 		if (!sqe) {
 			io_uring_submit(ctl);
@@ -42,12 +44,12 @@ static void ctrl_all(struct gw *gw, struct io_uring *ctl, int cmd)
 		io_uring_prep_msg_ring(sqe, gw->ring_fds[i], (unsigned)cmd, ud_ptr(UD_CTRL, NULL), 0);
 		sqe->user_data = i;
 	}
-	io_uring_submit_and_wait(ctl, gw->nthreads);
+	io_uring_submit_and_wait(ctl, gw->nthreads - from);
 	struct io_uring_cqe *cqe;
 	unsigned head, n = 0;
 	io_uring_for_each_cqe(ctl, head, cqe)
 	{
-		if (cqe->res < 0)
+		if (cqe->res < 0 && cqe->res != -EBADF) /* EBADF: that thread has finished already */
 			log_error("could not signal thread %llu: %s", (unsigned long long)cqe->user_data,
 				  strerror(-cqe->res));
 		n++;
@@ -244,10 +246,10 @@ int main(int argc, char **argv)
 			if (signals == 1) {
 				log_info("%s: draining (again to stop at once)", sig == SIGINT ? "SIGINT" : "SIGTERM");
 				__atomic_store_n(&gw_draining, 1, __ATOMIC_RELAXED);
-				ctrl_all(&gw, &ctl, CTRL_DRAIN);
+				ctrl_all(&gw, &ctl, CTRL_DRAIN, joined);
 			} else if (signals == 2) {
 				log_info("stopping now");
-				ctrl_all(&gw, &ctl, CTRL_STOP);
+				ctrl_all(&gw, &ctl, CTRL_STOP, joined);
 			}
 		}
 		/* reap threads that finished (all of them finish only after a drain) */
