@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "backend/be.h"
@@ -61,6 +62,14 @@ static const struct be_metric table[] = {
 };
 #define NTABLE (sizeof table / sizeof table[0])
 
+static double cpu_seconds(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+	       (double)ru.ru_stime.tv_usec / 1e6;
+}
+
 static double rss_bytes(void)
 {
 	FILE *f = fopen("/proc/self/statm", "r");
@@ -97,17 +106,18 @@ int be_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 	const struct metric_desc extra[] = {
 		{"backend_uptime_seconds", NULL, "uptime_s", METRIC_GAUGE, "Seconds since start"},
 		{"backend_rss_bytes", NULL, "rss_bytes", METRIC_GAUGE, "Resident set size"},
+		{"backend_cpu_seconds_total", NULL, "cpu_s", METRIC_COUNTER, "CPU time of the process (user + system)"},
 	};
-	double xv[2] = {(double)(clock_wall_ms() - b->started_wall_ms) / 1000.0, rss_bytes()};
+	double xv[3] = {(double)(clock_wall_ms() - b->started_wall_ms) / 1000.0, rss_bytes(), cpu_seconds()};
 	if (prom) {
 		*ctype = "text/plain; version=0.0.4; charset=utf-8";
 		metrics_prom(body, d, NTABLE, vals);
-		metrics_prom(body, extra, 2, xv);
+		metrics_prom(body, extra, 3, xv);
 		return 200;
 	}
 	*ctype = "application/json";
 	mbuf_printf(body, "{\"role\":\"backend\",\"node\":%lld,", (long long)b->cfg.node);
-	metrics_json_fields(body, extra, 2, xv);
+	metrics_json_fields(body, extra, 3, xv);
 	mbuf_put(body, ",", 1);
 	metrics_json_fields(body, d, NTABLE, vals);
 	mbuf_printf(body, "}\n");

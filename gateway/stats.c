@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #ifndef NO_JEMALLOC
@@ -128,7 +129,7 @@ static const struct gw_metric table[] = {
 #define NTABLE (sizeof table / sizeof table[0])
 
 /* Extra figures computed at read time. */
-enum { X_CAPACITY, X_THREADS, X_UPTIME, X_RSS, X_ALLOC, X_RESIDENT, X_N };
+enum { X_CAPACITY, X_THREADS, X_UPTIME, X_RSS, X_ALLOC, X_RESIDENT, X_CPU, X_N };
 static const struct metric_desc extra[X_N] = {
 	{"gateway_capacity", NULL, "capacity", METRIC_GAUGE, "Connections this gateway can hold"},
 	{"gateway_threads", NULL, "threads", METRIC_GAUGE, "Worker threads (one io_uring each)"},
@@ -137,11 +138,20 @@ static const struct metric_desc extra[X_N] = {
 	{"gateway_allocated_bytes", NULL, "allocated_bytes", METRIC_GAUGE, "Bytes allocated (jemalloc stats.allocated)"},
 	{"gateway_allocator_resident_bytes", NULL, "allocator_resident_bytes", METRIC_GAUGE,
 	 "Allocator resident bytes (jemalloc stats.resident)"},
+	{"gateway_cpu_seconds_total", NULL, "cpu_s", METRIC_COUNTER, "CPU time of the process (user + system)"},
 };
 
 static uint64_t load(const struct gw_counters *c, size_t off)
 {
 	return __atomic_load_n((const uint64_t *)((const char *)c + off), __ATOMIC_RELAXED);
+}
+
+static double cpu_seconds(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+	       (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 static double rss_bytes(void)
@@ -205,6 +215,7 @@ int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 	xv[X_UPTIME] = (double)(clock_wall_ms() - gw->started_wall_ms) / 1000.0;
 	xv[X_RSS] = rss_bytes();
 	allocator(&xv[X_ALLOC], &xv[X_RESIDENT]);
+	xv[X_CPU] = cpu_seconds();
 	struct metric_desc d[NTABLE];
 	for (size_t i = 0; i < NTABLE; i++)
 		d[i] = table[i].d;

@@ -1,0 +1,268 @@
+/* gwstat: a console view of running gateways and backends, one row per node
+ * per interval (like the talk's wsar). Polls each HOST:PORT's /stats (JSON)
+ * and prints rates computed from the counters between two polls.
+ *
+ *   gwstat [--interval 2s] [--count N] 127.0.0.1:9100 127.0.0.1:9101 ...
+ *
+ * Gateway columns: connections, logged in, accepts/s, messages in/out per
+ * second, KB/s in/out, dist link queue and frames per batch, slow consumers,
+ * errors/s, CPU %, RSS MB and bytes per connection. Backend columns: sessions,
+ * stored/s, delivered/s, receipts/s, commits/s and mean commit ms, link
+ * queue, frames per batch, store size, CPU %, RSS MB.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runtime/addr.h"
+#include "runtime/clock.h"
+#include "runtime/opts.h"
+
+#define MAXN 64
+
+struct node {
+	const char *name;
+	struct addr a;
+	char *prev, *cur; /* last two /stats bodies */
+	double prev_t, cur_t;
+	int ok;
+};
+
+/* GET /stats; returns a malloc'ed body or NULL. Bounded by a 2 s timeout. */
+static char *get_stats(const struct addr *a)
+{
+	int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return NULL;
+	struct timeval tv = {2, 0};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	if (connect(fd, (const struct sockaddr *)&a->ss, a->len) != 0) {
+		close(fd);
+		return NULL;
+	}
+	const char req[] = "GET /stats HTTP/1.0\r\n\r\n";
+	if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof req - 1)) {
+		close(fd);
+		return NULL;
+	}
+	size_t cap = 65536, len = 0;
+	char *buf = malloc(cap);
+	for (; buf;) {
+		if (len + 1 >= cap) {
+			if (cap >= (16u << 20))
+				break;
+			char *nb = realloc(buf, cap *= 2);
+			if (!nb) {
+				free(buf);
+				buf = NULL;
+				break;
+			}
+			buf = nb;
+		}
+		ssize_t n = recv(fd, buf + len, cap - 1 - len, 0);
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	if (!buf)
+		return NULL;
+	buf[len] = 0;
+	char *body = strstr(buf, "\r\n\r\n");
+	if (!body || strncmp(buf, "HTTP/1.0 200", 12) != 0) {
+		free(buf);
+		return NULL;
+	}
+	memmove(buf, body + 4, strlen(body + 4) + 1);
+	return buf;
+}
+
+/* Numeric value of "key": in a flat JSON object (first occurrence). */
+static double jnum(const char *json, const char *key)
+{
+	if (!json)
+		return 0;
+	char pat[96];
+	snprintf(pat, sizeof pat, "\"%s\":", key);
+	const char *p = strstr(json, pat);
+	return p ? strtod(p + strlen(pat), NULL) : 0;
+}
+
+static int is_backend(const char *json)
+{
+	return json && strstr(json, "\"role\":\"backend\"") != NULL;
+}
+
+/* Rate of a counter between the two polls. */
+static double rate(const struct node *n, const char *key)
+{
+	double dt = n->cur_t - n->prev_t;
+	if (!n->prev || dt <= 0)
+		return 0;
+	double d = jnum(n->cur, key) - jnum(n->prev, key);
+	return d > 0 ? d / dt : 0;
+}
+
+static double delta(const struct node *n, const char *key)
+{
+	if (!n->prev)
+		return 0;
+	double d = jnum(n->cur, key) - jnum(n->prev, key);
+	return d > 0 ? d : 0;
+}
+
+static const char *human(double v, char *buf, size_t len)
+{
+	if (v >= 1e9)
+		snprintf(buf, len, "%.1fG", v / 1e9);
+	else if (v >= 1e6)
+		snprintf(buf, len, "%.1fM", v / 1e6);
+	else if (v >= 1e4)
+		snprintf(buf, len, "%.0fk", v / 1e3);
+	else
+		snprintf(buf, len, "%.0f", v);
+	return buf;
+}
+
+static void row_gateway(const struct node *n, const char *ts)
+{
+	char a[6][16];
+	const char *j = n->cur;
+	double conns = jnum(j, "conns");
+	double in = rate(n, "frames_in_send") + rate(n, "frames_in_receipt") + rate(n, "frames_in_group");
+	double out = rate(n, "frames_out_deliver") + rate(n, "frames_out_receipt");
+	double errs = rate(n, "closed_protocol") + rate(n, "closed_error") + rate(n, "no_route") + rate(n, "store_timeouts") +
+		      rate(n, "link_try_again");
+	double batches = delta(n, "link_batches_out");
+	double fpb = batches > 0 ? delta(n, "link_frames_out") / batches : 0;
+	double rss = jnum(j, "rss_bytes");
+	printf("%s %-21s gw %7s %7s %7.0f %8s %8s %7.0f %7.0f %6.0fk %5.1f %5.0f %6.0f %5.0f%% %6.0f %5.0f\n", ts, n->name,
+	       human(conns, a[0], 16), human(jnum(j, "logged_in"), a[1], 16), rate(n, "accepted"), human(in, a[2], 16),
+	       human(out, a[3], 16), rate(n, "bytes_in") / 1024, rate(n, "bytes_out") / 1024,
+	       jnum(j, "link_queue_bytes") / 1024, fpb, delta(n, "slow_consumers"), errs, rate(n, "cpu_s") * 100,
+	       rss / 1048576, conns > 0 ? rss / conns : 0);
+}
+
+static void row_backend(const struct node *n, const char *ts)
+{
+	char a[4][16];
+	const char *j = n->cur;
+	double commits = delta(n, "commits");
+	double cms = commits > 0 ? delta(n, "commit_ns_total") / commits / 1e6 : 0;
+	double batches = delta(n, "link_batches_out");
+	double fpb = batches > 0 ? delta(n, "link_frames_out") / batches : 0;
+	printf("%s %-21s be %7s %7s %8s %8s %7.0f %7.0f %6.2f %6.0fk %5.1f %7s %5.0f%% %6.0f\n", ts, n->name,
+	       human(jnum(j, "sessions"), a[0], 16), human(jnum(j, "links_up"), a[1], 16),
+	       human(rate(n, "stored"), a[2], 16),
+	       human(rate(n, "delivered_online") + rate(n, "delivered_login"), a[3], 16), rate(n, "receipts_in"),
+	       commits / (n->cur_t - n->prev_t > 0 ? n->cur_t - n->prev_t : 1), cms, jnum(j, "link_queue_bytes") / 1024, fpb,
+	       human(jnum(j, "store_mailbox_entries"), a[0], 16), rate(n, "cpu_s") * 100, jnum(j, "rss_bytes") / 1048576);
+}
+
+int main(int argc, char **argv)
+{
+	int64_t interval_ms = 2000, count = 0;
+	struct opt_list targets = {0};
+	const struct opt opts[] = {
+		{"interval", OPT_MS, &interval_ms, "2s", 100, 3600000, "time between rows"},
+		{"count", OPT_INT, &count, "0", 0, 1000000000, "stop after this many rows per node (0 = until Ctrl-C)"},
+		{"node", OPT_LIST, &targets, NULL, 0, 0, "stats endpoint HOST:PORT (or give them as arguments)"},
+	};
+	/* bare HOST:PORT arguments are --node values */
+	char **av = calloc((size_t)argc * 2 + 1, sizeof *av);
+	int ac = 0;
+	if (!av)
+		return 1;
+	av[ac++] = argv[0];
+	for (int i = 1; i < argc; i++) {
+		if (argv[i][0] != '-' && (i == 1 || argv[i - 1][0] != '-' || strchr(argv[i - 1], '=') ||
+					  strcmp(argv[i - 1], "--help") == 0)) {
+			av[ac++] = "--node";
+		}
+		av[ac++] = argv[i];
+	}
+	char err[256];
+	int r = opts_parse(opts, sizeof opts / sizeof opts[0], ac, av,
+			   "usage: gwstat [--interval 2s] [--count N] HOST:PORT [HOST:PORT...]\n"
+			   "Polls the /stats endpoints of gateways and backends and prints one row per node per interval.",
+			   err, sizeof err);
+	if (r == 1)
+		return 0;
+	if (r < 0) {
+		fprintf(stderr, "gwstat: %s\n", err);
+		return 2;
+	}
+	if (targets.n == 0) {
+		targets.n = 1;
+		static const char *def[] = {"127.0.0.1:9100"};
+		targets.v = def;
+	}
+	if (targets.n > MAXN) {
+		fprintf(stderr, "gwstat: at most %d nodes\n", MAXN);
+		return 2;
+	}
+	struct node nodes[MAXN];
+	memset(nodes, 0, sizeof nodes);
+	for (size_t i = 0; i < targets.n; i++) {
+		nodes[i].name = targets.v[i];
+		if (addr_parse(targets.v[i], &nodes[i].a, err, sizeof err) != 0) {
+			fprintf(stderr, "gwstat: %s\n", err);
+			return 2;
+		}
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	for (int64_t row = 0; count == 0 || row <= count; row++) {
+		double now = (double)clock_mono_ns() / 1e9;
+		for (size_t i = 0; i < targets.n; i++) {
+			struct node *n = &nodes[i];
+			char *s = get_stats(&n->a);
+			free(n->prev);
+			n->prev = n->cur;
+			n->prev_t = n->cur_t;
+			n->cur = s;
+			n->cur_t = now;
+			if (!s) {
+				free(n->prev);
+				n->prev = NULL;
+			}
+		}
+		if (row > 0) {
+			if (row % 20 == 1) {
+				printf("time     node                  gw   conns  login  acc/s    msgin   msgout   KBin/s  KBout/s  linkq   f/b  slow  err/s  cpu%%  rssMB B/conn\n");
+				printf("time     node                  be sessions  links  stored/s deliver/s rcpt/s commit/s  c_ms  linkq   f/b mailbox  cpu%%  rssMB\n");
+			}
+			time_t t = time(NULL);
+			struct tm tm;
+			char ts[16];
+			localtime_r(&t, &tm);
+			strftime(ts, sizeof ts, "%H:%M:%S", &tm);
+			for (size_t i = 0; i < targets.n; i++) {
+				struct node *n = &nodes[i];
+				if (!n->cur)
+					printf("%s %-21s -- no answer from /stats\n", ts, n->name);
+				else if (is_backend(n->cur))
+					row_backend(n, ts);
+				else
+					row_gateway(n, ts);
+			}
+		}
+		if (count && row == count)
+			break;
+		struct timespec ts = {(time_t)(interval_ms / 1000), (long)(interval_ms % 1000) * 1000000};
+		nanosleep(&ts, NULL);
+	}
+	for (size_t i = 0; i < targets.n; i++) {
+		free(nodes[i].prev);
+		free(nodes[i].cur);
+	}
+	free(av);
+	free(targets.v);
+	return 0;
+}
