@@ -66,6 +66,8 @@ static void parse_payload(struct rd *r, uint8_t type, struct proto_frame *f)
 		if ((f->group.op == PROTO_GROUP_CREATE) != (f->group.group == 0))
 			rd_fail(r);
 		rd_members(r, PROTO_MAX_GROUP_OP, &f->group.count, &f->group.members);
+		if (f->group.op == PROTO_GROUP_LEAVE && f->group.count)
+			rd_fail(r); /* leave names nobody: it is the sender who leaves */
 		break;
 	case PROTO_LOGIN_RESULT:
 		f->login_result.status = rd_u8(r);
@@ -129,6 +131,10 @@ long proto_parse(const uint8_t *buf, size_t len, enum proto_dir dir, struct prot
 {
 	uint32_t flen;
 	unsigned hdr;
+	if (len == 0) { /* before any pointer arithmetic: buf may be NULL */
+		f->need = 1;
+		return PROTO_NEED_MORE;
+	}
 	switch (wire_frame_head(buf, buf + len, PROTO_MAX_FRAME, &flen, &hdr)) {
 	case WIRE_HEAD_OK:
 		break;
@@ -160,6 +166,8 @@ long proto_parse(const uint8_t *buf, size_t len, enum proto_dir dir, struct prot
 
 int proto_members_next(const struct proto_bytes *members, const uint8_t **pos, uint64_t *user)
 {
+	if (!members->p || !*pos)
+		return 0;
 	const uint8_t *end = members->p + members->len;
 	if (*pos >= end)
 		return 0;
@@ -196,7 +204,8 @@ static void enc_payload(struct wr *w, const struct proto_frame *f)
 		break;
 	case PROTO_GROUP: {
 		wr_check(w, f->group.op >= PROTO_GROUP_CREATE && f->group.op <= PROTO_GROUP_LEAVE &&
-				    (f->group.op == PROTO_GROUP_CREATE) == (f->group.group == 0));
+				    (f->group.op == PROTO_GROUP_CREATE) == (f->group.group == 0) &&
+				    (f->group.op != PROTO_GROUP_LEAVE || f->group.count == 0));
 		wr_u8(w, f->group.op);
 		wr_uv(w, f->group.req);
 		wr_uv(w, f->group.group);
@@ -299,8 +308,11 @@ size_t proto_enc_error(uint8_t *buf, size_t cap, uint8_t code, uint64_t ref, con
 	f.error.code = code;
 	f.error.ref = ref;
 	size_t n = text ? strlen(text) : 0;
-	if (n > PROTO_MAX_TEXT)
+	if (n > PROTO_MAX_TEXT) {
 		n = PROTO_MAX_TEXT;
+		while (n > 0 && ((unsigned char)text[n] & 0xc0) == 0x80)
+			n--; /* do not cut a UTF-8 sequence in half */
+	}
 	f.error.text = (struct proto_bytes){(const uint8_t *)text, (uint32_t)n};
 	return proto_encode(&f, buf, cap);
 }

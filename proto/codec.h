@@ -155,7 +155,8 @@ static inline void wr_members(struct wr *w, uint32_t count, struct proto_bytes l
 		wr_check(w, u != 0);
 		n++;
 	}
-	wr_check(w, count <= max && n == count && pos == list.p + list.len);
+	/* a NULL list must be empty (and NULL + 0 is not computed: it is UB) */
+	wr_check(w, count <= max && n == count && (list.p ? pos == list.p + list.len : list.len == 0));
 	wr_uv(w, count);
 	wr_raw(w, list.p, list.len);
 }

@@ -134,6 +134,8 @@ static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
 		f->group_op.thread = rd_uv32(r);
 		f->group_op.conn = rd_uv(r);
 		rd_members(r, PROTO_MAX_GROUP_OP, &f->group_op.count, &f->group_op.members);
+		if (f->group_op.op == PROTO_GROUP_LEAVE && f->group_op.count)
+			rd_fail(r);
 		break;
 	case DIST_GROUP_RESULT:
 		f->group_result.thread = rd_uv32(r);
@@ -198,6 +200,10 @@ static long parse_one(const uint8_t *buf, size_t len, uint32_t max, int where, s
 
 long dist_parse(const uint8_t *buf, size_t len, struct dist_frame *f)
 {
+	if (len == 0) { /* buf may be NULL: no arithmetic on it */
+		f->need = 1;
+		return PROTO_NEED_MORE;
+	}
 	return parse_one(buf, len, DIST_MAX_FRAME, AT_TOP, f);
 }
 
@@ -289,7 +295,7 @@ static void enc_payload(struct wr *w, const struct dist_frame *f)
 	case DIST_GROUP_OP:
 		wr_check(w, f->group_op.op >= PROTO_GROUP_CREATE && f->group_op.op <= PROTO_GROUP_LEAVE &&
 				    (f->group_op.op == PROTO_GROUP_CREATE) == (f->group_op.group == 0) &&
-				    f->group_op.user != 0);
+				    (f->group_op.op != PROTO_GROUP_LEAVE || f->group_op.count == 0) && f->group_op.user != 0);
 		wr_u8(w, f->group_op.op);
 		wr_uv(w, f->group_op.req);
 		wr_uv(w, f->group_op.group);
