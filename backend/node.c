@@ -279,6 +279,8 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 	}
 	size_t added = 0;
 	int r = n ? store_put(b->store, &m, rcpt, n, (uint32_t)b->cfg.mailbox_max, &added) : 0;
+	if (r == 0 && n > 0 && added == 0)
+		r = STORE_E_FULL; /* every member's mailbox is full: stored nowhere */
 	if (r == STORE_E_FULL) {
 		BCNT_ADD(b, mailbox_full, 1);
 		answer_route(b, l, f, 0, PROTO_E_MAILBOX_FULL);

@@ -42,7 +42,8 @@ enum store_kind { STORE_MSG = 1, STORE_RECEIPT = 2 };
 struct store_msg {
 	uint64_t smid, from, to, group, time_ms, ref;
 	uint8_t kind, rkind;
-	const uint8_t *body; /* into LMDB memory when read: valid until the txn ends */
+	const uint8_t *body; /* into LMDB memory when read: valid until the next
+			      * write in the txn or its end, whichever is first */
 	uint32_t len;
 };
 
@@ -75,12 +76,13 @@ int store_ack(struct store *s, uint64_t user, uint64_t smid);
 
 /* Call fn for the user's mailbox entries with smid > after, in smid order,
  * at most max of them; fn returns 0 to go on, non-zero to stop. The struct
- * and body are valid during the call only. Returns the number visited or
- * -errno. */
+ * and body are valid during the call only, and fn must not write to the
+ * store. Returns the number of calls of fn (the one that returned non-zero
+ * included) or -errno. */
 long store_scan(struct store *s, uint64_t user, uint64_t after, size_t max,
 		int (*fn)(void *arg, const struct store_msg *m), void *arg);
 
-/* Mailbox entries of a user. */
+/* Mailbox entries of a user (0 also when the store fails). */
 uint32_t store_count(struct store *s, uint64_t user);
 
 /* Dedup of resent messages: look up / record (from, cmid) -> smid. */

@@ -139,6 +139,8 @@ struct ibuf {
 struct handoff {
 	uint64_t user, resume;
 	uint32_t len; /* bytes received after LOGIN, to be processed there */
+	uint32_t rl_bytes; /* the rate limit window moves along */
+	uint16_t rl_frames, rl_window;
 	uint8_t version;
 	uint8_t data[];
 } __attribute__((aligned(16)));
@@ -170,7 +172,7 @@ struct conn {
 	struct ibuf *in;
 	struct wheel_node tn;
 	uint32_t gen;
-	uint32_t last_rx; /* tick of the last receive */
+	uint32_t last_rx; /* tick of the last receive (NEW: of the accept, for the login timeout) */
 	uint32_t rl_bytes;
 	uint16_t rl_frames;
 	uint16_t rl_window;
@@ -238,6 +240,7 @@ struct worker {
 	uint32_t slots;    /* fixed-file table size */
 	uint32_t capacity; /* connections accepted before "server full" */
 	uint32_t live;     /* slots in use */
+	uint32_t closing;  /* ...of which closing (they do not count against capacity) */
 	int *lfd;          /* listener fds, one per --listen */
 	uint8_t *lactive;  /* multishot accept armed per listener */
 	struct u64map dir; /* user -> gen << 32 | slot, for users whose home is here */

@@ -240,10 +240,7 @@ void session_xbatch(struct worker *w, const struct xbatch *b)
 static void login_complete(struct worker *w, uint32_t slot, uint64_t user, uint8_t version, uint64_t resume)
 {
 	struct conn *c = conn_of(w, slot);
-	if (w->live > w->capacity) {
-		conn_refuse_login(w, slot, PROTO_E_SERVER_FULL);
-		return;
-	}
+	c->last_rx = w->tick; /* from now on: the keepalive clock */
 	uint32_t old = dir_find(w, user);
 	if (old != UINT32_MAX && old != slot)
 		conn_kick(w, old); /* the newest login wins; closing drops it from dir */
@@ -316,6 +313,9 @@ static void handoff(struct worker *w, uint32_t slot, const struct proto_frame *l
 		return;
 	}
 	h->user = c->user;
+	h->rl_bytes = c->rl_bytes;
+	h->rl_frames = c->rl_frames;
+	h->rl_window = c->rl_window;
 	h->resume = login->login.resume;
 	h->version = login->login.version > PROTO_VERSION_MAX ? PROTO_VERSION_MAX : login->login.version;
 	h->len = (uint32_t)n;
@@ -332,6 +332,13 @@ void session_handoff_in(struct worker *w, uint32_t slot, struct handoff *h)
 {
 	struct conn *c = conn_of(w, slot);
 	c->user = h->user;
+	c->rl_bytes = h->rl_bytes;
+	c->rl_frames = h->rl_frames;
+	c->rl_window = h->rl_window;
+	if (w->live - w->closing > w->capacity) { /* it took a slot here: the capacity counts */
+		conn_refuse_login(w, slot, PROTO_E_SERVER_FULL);
+		return;
+	}
 	login_complete(w, slot, h->user, h->version, h->resume);
 	if (c->state == CS_LIVE && h->len)
 		session_input(w, slot, h->data, h->len);
@@ -492,6 +499,11 @@ int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 			parse_fail(w, slot, r);
 			return -1;
 		}
+		if (rate_exceeded(w, c, 0, 1)) {
+			CNT_ADD(w, rate_limited, 1);
+			conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "frames per second over the limit");
+			return -1;
+		}
 		int moved = handle_frame(w, slot, &f);
 		free(c->in); /* f's byte views die here; handoff() reads only its numbers */
 		c->in = NULL;
@@ -502,28 +514,23 @@ int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 		}
 		if (!live_or_new(c))
 			return -1;
-		if (rate_exceeded(w, c, 0, 1)) {
-			CNT_ADD(w, rate_limited, 1);
-			conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "frames per second over the limit");
-			return -1;
-		}
 	}
 	while (n) {
 		long r = proto_parse(p, n, PROTO_FROM_CLIENT, &f);
 		if (r > 0) {
 			p += r;
 			n -= (size_t)r;
+			if (rate_exceeded(w, c, 0, 1)) { /* counted before it is handled: the frame over the limit is not */
+				CNT_ADD(w, rate_limited, 1);
+				conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "frames per second over the limit");
+				return -1;
+			}
 			if (handle_frame(w, slot, &f)) {
 				handoff(w, slot, &f, p, n);
 				return -1;
 			}
 			if (!live_or_new(c))
 				return -1;
-			if (rate_exceeded(w, c, 0, 1)) {
-				CNT_ADD(w, rate_limited, 1);
-				conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "frames per second over the limit");
-				return -1;
-			}
 			continue;
 		}
 		if (r < 0) {

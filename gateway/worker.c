@@ -110,7 +110,11 @@ int conn_out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f)
 		/* fatal frames (errors) may pass the bound: they end the connection */
 		int fatal = f->type == PROTO_ERROR || f->type == PROTO_LOGIN_RESULT || f->type == PROTO_KICKED;
 		uint32_t q = queued_bytes(c);
-		if (!fatal && q + n > (uint64_t)w->gw->cfg.max_queue) {
+		/* A consumer is slow when output piles up behind a send it does not
+		 * take. Without a send in flight, this iteration's output is offered
+		 * to the socket at its end: allow a burst of up to 4x the bound. */
+		uint64_t bound = (uint64_t)w->gw->cfg.max_queue * ((c->flags & CF_SEND) ? 1 : 4);
+		if (!fatal && q + n > bound) {
 			CNT_ADD(w, slow_consumers, 1);
 			free_out(w, c);
 			conn_fail(w, slot, PROTO_E_SLOW_CONSUMER, CLOSE_SLOW, "output queue over its limit");
@@ -222,6 +226,7 @@ static void closing_common(struct worker *w, uint32_t slot, enum gw_close_reason
 		session_gone(w, slot);
 	c->state = CS_CLOSING;
 	c->reason = (uint8_t)why;
+	w->closing++;
 	CNT_ADD(w, closed[why], 1);
 	if (c->in) {
 		free(c->in);
@@ -352,7 +357,8 @@ static void on_recv(struct worker *w, const struct io_uring_cqe *cqe)
 	int res = cqe->res;
 	if (res > 0 && has_buf) {
 		CNT_ADD(w, bytes_in, (uint64_t)res);
-		c->last_rx = w->tick;
+		if (c->state != CS_NEW) /* NEW: last_rx is the accept tick, the login deadline counts from it */
+			c->last_rx = w->tick;
 		c->flags &= (uint16_t)~CF_PING;
 		if (c->state == CS_NEW || c->state == CS_LIVE)
 			session_input(w, slot, bufring_buf(&w->br, bid), (size_t)res);
@@ -403,7 +409,7 @@ static void on_send(struct worker *w, const struct io_uring_cqe *cqe)
 	}
 	CNT_ADD(w, bytes_out, (uint64_t)cqe->res);
 	s->off += (uint32_t)cqe->res;
-	if (s->off < s->len && cqe->res > 0) {
+	if (s->off < s->len && cqe->res > 0 && (c->state != CS_CLOSING || (c->flags & CF_LINGER))) {
 		submit_send(w, slot); /* short send: the rest, still one in flight */
 		return;
 	}
@@ -436,6 +442,8 @@ static void conn_free(struct worker *w, uint32_t slot)
 		CNT_SET(w, partial_bufs, w->cnt.partial_bufs - 1);
 	}
 	uint32_t gen = c->gen + 1;
+	if (c->state == CS_CLOSING)
+		w->closing--;
 	memset(c, 0, sizeof *c);
 	c->gen = gen;
 	w->live--;
@@ -504,10 +512,10 @@ static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 		conn_refuse_login(w, slot, PROTO_E_SHUTTING_DOWN);
 		return;
 	}
-	if (w->live > w->capacity) {
+	if (w->live - w->closing > w->capacity) {
 		CNT_ADD(w, rejected_full, 1);
 		log_rl(LOG_WARN, "server full: %u connections on this thread (capacity %u); refusing new ones",
-		       w->live - 1, w->capacity);
+		       w->live - w->closing - 1, w->capacity);
 		conn_fail(w, slot, PROTO_E_SERVER_FULL, CLOSE_FULL, "server full");
 		return;
 	}
@@ -527,6 +535,7 @@ static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
 		/* the home thread owns the socket (and h) now; drop our table entry */
 		CNT_ADD(w, handoffs_out, 1);
 		c->state = CS_CLOSING;
+		w->closing++;
 		c->flags = CF_CLOSE;
 		wheel_del(&w->wheel, slot);
 		struct io_uring_sqe *sqe = ring_sqe(&w->ring);

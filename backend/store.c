@@ -1,0 +1,849 @@
+/* store.c: see store.h. One LMDB environment, six named databases.
+ *
+ * Keys are big-endian so that LMDB's default memcmp order is numeric order:
+ *   msgs    be64(smid)                -> header (MSG_OFF_*), then the body
+ *   mbox    be64(user) be64(smid)     -> one zero byte (LMDB allows empty
+ *                                        values, but a byte costs nothing and
+ *                                        keeps tools such as mdb_dump happy)
+ *   counts  be64(user)                -> u32 entries in that user's mailbox
+ *   dedup   be64(from) be64(cmid)     -> u64 smid
+ *   groups  be64(gid)                 -> u64 owner, u64 members[n]
+ *   meta    "next_gid"                -> u64 next group counter (from 1)
+ *           "format"                  -> u32 layout version (STORE_FORMAT)
+ * Values are in host order (the file is not portable across endianness, as
+ * LMDB's own is not) and always encoded and decoded with memcpy: LMDB puts
+ * values at 2-byte boundaries only, so no pointer into a value is ever cast
+ * to a wider type.
+ *
+ * Transactions: every function but store_get_stats needs the iteration's
+ * write transaction and opens it implicitly (store_begin) when none is open,
+ * so a read before the first write of an iteration still sees, and is seen
+ * by, that iteration's writes; the caller commits or aborts as usual. A
+ * failure to open it is returned like any other failure (store_count, which
+ * cannot return one, answers 0). store_get_stats uses the open transaction if
+ * there is one and otherwise a short read-only one, so that a metrics scrape
+ * never leaves a write transaction open behind the loop's back.
+ *
+ * Errors: MDB_MAP_FULL becomes -ENOSPC (the map, the store's size limit, is
+ * full; the file system's own ENOSPC reads the same); other LMDB codes (in
+ * LMDB's negative range) become -EIO; system errors, which LMDB returns as
+ * positive errno values, become -errno. A failed write leaves LMDB's
+ * transaction unusable (every later call on it fails, the commit too): the
+ * caller must abort, as store.h says; calls on it and store_commit answer
+ * with the first failure's code rather than LMDB's generic MDB_BAD_TXN.
+ * Nothing is logged here: the caller logs.
+ */
+#include "backend/store.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "proto/wire.h"
+
+/* Bumped whenever a value layout changes; store_open refuses other values. */
+#define STORE_FORMAT 1u
+
+/* Message value header: offsets of its fields, then the body at MSG_HDR. */
+enum {
+	MSG_OFF_REFS = 0,   /* u32: mailboxes that still reference it */
+	MSG_OFF_KIND = 4,   /* u8: enum store_kind */
+	MSG_OFF_RKIND = 5,  /* u8: receipt kind */
+	MSG_OFF_FROM = 8,   /* bytes 6-7: zero padding */
+	MSG_OFF_TO = 16,
+	MSG_OFF_GROUP = 24,
+	MSG_OFF_TIME = 32,
+	MSG_OFF_REF = 40,
+	MSG_OFF_LEN = 48,   /* u32: body length */
+	MSG_HDR = 52,
+};
+
+/* A group member list copied out of LMDB by store_group_get; freed when the
+ * transaction ends (see there why a copy). */
+struct keep {
+	struct keep *next;
+	uint64_t v[];
+};
+
+struct store {
+	MDB_env *env;
+	MDB_dbi msgs, mbox, counts, dedup, groups, meta;
+	MDB_txn *txn;         /* the open write transaction, or NULL */
+	int first_err;        /* its first failure, mapped (see txn_err) */
+	struct keep *keep;    /* store_group_get copies, valid until txn ends */
+	uint8_t *tmp;         /* scratch for rewriting a message value */
+	size_t tmp_cap;
+	uint8_t prune_key[16]; /* where store_dedup_prune goes on */
+	bool prune_have;       /* false: start at the first entry */
+	uint64_t commits, commit_ns_total, commit_ns_max;
+};
+
+/* ---- small helpers ----------------------------------------------------------- */
+
+static int map_err(int rc)
+{
+	if (rc == MDB_MAP_FULL)
+		return -ENOSPC;
+	if (rc < 0)
+		return -EIO; /* MDB_* codes, all negative */
+	return -rc;          /* a system errno */
+}
+
+/* A failed write marks an LMDB transaction failed, and every later call on
+ * it, commit included, answers MDB_BAD_TXN; answer with the first failure
+ * instead (usually -ENOSPC), so that what the caller logs names the cause. */
+static int txn_err(struct store *s, int rc)
+{
+	if (rc == MDB_BAD_TXN && s->first_err)
+		return s->first_err;
+	int e = map_err(rc);
+	if (!s->first_err)
+		s->first_err = e;
+	return e;
+}
+
+static inline void put_u32(uint8_t *p, uint32_t v)
+{
+	memcpy(p, &v, sizeof v);
+}
+
+static inline uint32_t get_u32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, sizeof v);
+	return v;
+}
+
+static inline void put_u64(uint8_t *p, uint64_t v)
+{
+	memcpy(p, &v, sizeof v);
+}
+
+static inline uint64_t get_u64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, sizeof v);
+	return v;
+}
+
+static inline MDB_val mval(void *p, size_t n)
+{
+	return (MDB_val){ .mv_size = n, .mv_data = p };
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void keep_free(struct store *s)
+{
+	while (s->keep) {
+		struct keep *k = s->keep;
+		s->keep = k->next;
+		free(k);
+	}
+}
+
+/* Grow the scratch buffer to at least n bytes. */
+static int tmp_reserve(struct store *s, size_t n)
+{
+	if (n <= s->tmp_cap)
+		return 0;
+	size_t cap = s->tmp_cap ? s->tmp_cap : 4096;
+	while (cap < n)
+		cap = cap > SIZE_MAX / 2 ? n : cap * 2;
+	uint8_t *p = realloc(s->tmp, cap);
+	if (!p)
+		return -ENOMEM;
+	s->tmp = p;
+	s->tmp_cap = cap;
+	return 0;
+}
+
+/* Decode a msgs value; -EIO when it is not one we wrote (corruption). */
+static int msg_decode(const MDB_val *v, uint64_t smid, struct store_msg *m, uint32_t *refs)
+{
+	if (v->mv_size < MSG_HDR)
+		return -EIO;
+	const uint8_t *p = v->mv_data;
+	uint32_t len = get_u32(p + MSG_OFF_LEN);
+	if (v->mv_size - MSG_HDR != len)
+		return -EIO;
+	if (refs)
+		*refs = get_u32(p + MSG_OFF_REFS);
+	if (m) {
+		m->smid = smid;
+		m->kind = p[MSG_OFF_KIND];
+		m->rkind = p[MSG_OFF_RKIND];
+		m->from = get_u64(p + MSG_OFF_FROM);
+		m->to = get_u64(p + MSG_OFF_TO);
+		m->group = get_u64(p + MSG_OFF_GROUP);
+		m->time_ms = get_u64(p + MSG_OFF_TIME);
+		m->ref = get_u64(p + MSG_OFF_REF);
+		m->len = len;
+		m->body = p + MSG_HDR;
+	}
+	return 0;
+}
+
+static void msg_encode(uint8_t *p, const struct store_msg *m, uint32_t refs)
+{
+	memset(p, 0, MSG_HDR);
+	put_u32(p + MSG_OFF_REFS, refs);
+	p[MSG_OFF_KIND] = m->kind;
+	p[MSG_OFF_RKIND] = m->rkind;
+	put_u64(p + MSG_OFF_FROM, m->from);
+	put_u64(p + MSG_OFF_TO, m->to);
+	put_u64(p + MSG_OFF_GROUP, m->group);
+	put_u64(p + MSG_OFF_TIME, m->time_ms);
+	put_u64(p + MSG_OFF_REF, m->ref);
+	put_u32(p + MSG_OFF_LEN, m->len);
+	if (m->len)
+		memcpy(p + MSG_HDR, m->body, m->len);
+}
+
+/* The write transaction, opened on first use (see the file comment). */
+static int need_txn(struct store *s)
+{
+	return s->txn ? 0 : store_begin(s);
+}
+
+/* ---- open / close -------------------------------------------------------------- */
+
+/* Open the named databases and check (or, when new, write) the format, in
+ * the first transaction. */
+static int open_dbs(struct store *s, char *err, size_t errlen)
+{
+	MDB_txn *txn;
+	int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+	if (rc) {
+		snprintf(err, errlen, "store: begin: %s", mdb_strerror(rc));
+		return -1;
+	}
+	static const char *const names[] = { "msgs", "mbox", "counts", "dedup", "groups", "meta" };
+	MDB_dbi *dbis[] = { &s->msgs, &s->mbox, &s->counts, &s->dedup, &s->groups, &s->meta };
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+		rc = mdb_dbi_open(txn, names[i], MDB_CREATE, dbis[i]);
+		if (rc) {
+			snprintf(err, errlen, "store: open database %s: %s", names[i], mdb_strerror(rc));
+			goto fail;
+		}
+	}
+	MDB_val k = mval("format", 6), v;
+	rc = mdb_get(txn, s->meta, &k, &v);
+	if (rc == MDB_NOTFOUND) {
+		uint8_t b[4];
+		put_u32(b, STORE_FORMAT);
+		v = mval(b, sizeof b);
+		rc = mdb_put(txn, s->meta, &k, &v, 0);
+	} else if (rc == 0 && (v.mv_size != 4 || get_u32(v.mv_data) != STORE_FORMAT)) {
+		snprintf(err, errlen, "store: unsupported data format (want version %u)", STORE_FORMAT);
+		goto fail;
+	}
+	if (rc) {
+		snprintf(err, errlen, "store: format record: %s", mdb_strerror(rc));
+		goto fail;
+	}
+	rc = mdb_txn_commit(txn); /* frees txn, failed or not */
+	if (rc) {
+		snprintf(err, errlen, "store: commit: %s", mdb_strerror(rc));
+		return -1;
+	}
+	return 0;
+fail:
+	mdb_txn_abort(txn);
+	return -1;
+}
+
+struct store *store_open(const char *dir, size_t map_bytes, char *err, size_t errlen)
+{
+	if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+		snprintf(err, errlen, "store: mkdir %s: %s", dir, strerror(errno));
+		return NULL;
+	}
+	struct store *s = calloc(1, sizeof *s);
+	if (!s) {
+		snprintf(err, errlen, "store: out of memory");
+		return NULL;
+	}
+	int rc = mdb_env_create(&s->env);
+	if (rc) {
+		snprintf(err, errlen, "store: mdb_env_create: %s", mdb_strerror(rc));
+		free(s);
+		return NULL;
+	}
+	if ((rc = mdb_env_set_maxdbs(s->env, 8)) != 0 ||
+	    (map_bytes && (rc = mdb_env_set_mapsize(s->env, map_bytes)) != 0)) {
+		snprintf(err, errlen, "store: configure: %s", mdb_strerror(rc));
+		goto fail;
+	}
+	/* No MDB_NOSYNC / MDB_NOMETASYNC: mdb_txn_commit fsyncs data and meta
+	 * page before it returns, which is what lets the caller ack after it. */
+	rc = mdb_env_open(s->env, dir, 0, 0600);
+	if (rc) {
+		snprintf(err, errlen, "store: open %s: %s", dir, mdb_strerror(rc));
+		goto fail;
+	}
+	/* A reader slot left by a process that died inside a read transaction
+	 * pins old pages forever (the map fills); clear such slots now. */
+	int dead;
+	rc = mdb_reader_check(s->env, &dead);
+	if (rc) {
+		snprintf(err, errlen, "store: reader check %s: %s", dir, mdb_strerror(rc));
+		goto fail;
+	}
+	if (open_dbs(s, err, errlen) != 0)
+		goto fail;
+	return s;
+fail:
+	mdb_env_close(s->env);
+	free(s);
+	return NULL;
+}
+
+void store_close(struct store *s)
+{
+	if (!s)
+		return;
+	store_abort(s); /* uncommitted writes are dropped, as on a crash */
+	mdb_env_close(s->env);
+	free(s->tmp);
+	free(s);
+}
+
+/* ---- transactions ---------------------------------------------------------------- */
+
+int store_begin(struct store *s)
+{
+	if (s->txn)
+		return 0;
+	int rc = mdb_txn_begin(s->env, NULL, 0, &s->txn);
+	if (rc) {
+		s->txn = NULL;
+		return map_err(rc);
+	}
+	s->first_err = 0;
+	return 0;
+}
+
+int store_commit(struct store *s)
+{
+	if (!s->txn)
+		return 0;
+	uint64_t t0 = now_ns();
+	int rc = mdb_txn_commit(s->txn);
+	uint64_t dt = now_ns() - t0;
+	/* LMDB frees the transaction whether or not the commit succeeded. */
+	s->txn = NULL;
+	keep_free(s);
+	if (rc)
+		return txn_err(s, rc);
+	s->commits++;
+	s->commit_ns_total += dt;
+	if (dt > s->commit_ns_max)
+		s->commit_ns_max = dt;
+	return 0;
+}
+
+void store_abort(struct store *s)
+{
+	if (s->txn) {
+		mdb_txn_abort(s->txn);
+		s->txn = NULL;
+	}
+	keep_free(s);
+}
+
+/* ---- mailboxes --------------------------------------------------------------------- */
+
+static int count_get(struct store *s, uint64_t user, uint32_t *n)
+{
+	uint8_t kb[8];
+	wire_be64_put(kb, user);
+	MDB_val k = mval(kb, 8), v;
+	int rc = mdb_get(s->txn, s->counts, &k, &v);
+	if (rc == MDB_NOTFOUND) {
+		*n = 0;
+		return 0;
+	}
+	if (rc)
+		return txn_err(s, rc);
+	if (v.mv_size != 4)
+		return -EIO;
+	*n = get_u32(v.mv_data);
+	return 0;
+}
+
+/* Store a user's count; 0 deletes the key so that counts holds only users
+ * with mail waiting. */
+static int count_set(struct store *s, uint64_t user, uint32_t n)
+{
+	uint8_t kb[8], vb[4];
+	wire_be64_put(kb, user);
+	MDB_val k = mval(kb, 8);
+	int rc;
+	if (n == 0) {
+		rc = mdb_del(s->txn, s->counts, &k, NULL);
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+	} else {
+		put_u32(vb, n);
+		MDB_val v = mval(vb, 4);
+		rc = mdb_put(s->txn, s->counts, &k, &v, 0);
+	}
+	return rc ? txn_err(s, rc) : 0;
+}
+
+int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, size_t n, uint32_t mailbox_max,
+	      size_t *added)
+{
+	if (added)
+		*added = 0;
+	if ((m->kind != STORE_MSG && m->kind != STORE_RECEIPT) || (m->len && !m->body) || (n && !rcpt))
+		return -EINVAL;
+	int rc = need_txn(s);
+	if (rc)
+		return rc;
+
+	uint8_t mk[8];
+	wire_be64_put(mk, m->smid);
+	MDB_val k = mval(mk, 8), v;
+	/* An smid stored twice would share one refcount between two messages:
+	 * refuse before writing anything. */
+	rc = mdb_get(s->txn, s->msgs, &k, &v);
+	if (rc == 0)
+		return -EEXIST;
+	if (rc != MDB_NOTFOUND)
+		return txn_err(s, rc);
+
+	/* Mailbox entries first: the refcount is known only once the full
+	 * mailboxes have been skipped. All of it is one transaction, so the
+	 * order is invisible to readers. */
+	uint32_t refs = 0;
+	for (size_t i = 0; i < n; i++) {
+		uint32_t c;
+		if ((rc = count_get(s, rcpt[i], &c)) != 0)
+			return rc;
+		if (c >= mailbox_max)
+			continue;
+		uint8_t bk[16], one = 0;
+		wire_be64_put(bk, rcpt[i]);
+		memcpy(bk + 8, mk, 8);
+		MDB_val ek = mval(bk, 16), ev = mval(&one, 1);
+		rc = mdb_put(s->txn, s->mbox, &ek, &ev, MDB_NOOVERWRITE);
+		if (rc == MDB_KEYEXIST)
+			continue; /* the same user twice in rcpt: one entry */
+		if (rc)
+			return txn_err(s, rc);
+		if ((rc = count_set(s, rcpt[i], c + 1)) != 0)
+			return rc;
+		refs++;
+	}
+	if (added)
+		*added = refs;
+	if (refs == 0)
+		return n == 1 ? STORE_E_FULL : 0;
+
+	v = mval(NULL, (size_t)MSG_HDR + m->len);
+	rc = mdb_put(s->txn, s->msgs, &k, &v, MDB_NOOVERWRITE | MDB_RESERVE);
+	if (rc)
+		return txn_err(s, rc);
+	msg_encode(v.mv_data, m, refs);
+	return 0;
+}
+
+/* Drop one reference to message smid, deleting it at zero. */
+static int msg_unref(struct store *s, uint64_t smid)
+{
+	uint8_t mk[8];
+	wire_be64_put(mk, smid);
+	MDB_val k = mval(mk, 8), v;
+	int rc = mdb_get(s->txn, s->msgs, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return 0; /* a dangling entry: dropping it is all there is to do */
+	if (rc)
+		return txn_err(s, rc);
+	uint32_t refs;
+	if ((rc = msg_decode(&v, smid, NULL, &refs)) != 0)
+		return rc;
+	if (refs <= 1) {
+		rc = mdb_del(s->txn, s->msgs, &k, NULL);
+		return rc ? txn_err(s, rc) : 0;
+	}
+	/* v points into the map, and the put below may overwrite that very
+	 * page: rewrite from a copy. */
+	if ((rc = tmp_reserve(s, v.mv_size)) != 0)
+		return rc;
+	memcpy(s->tmp, v.mv_data, v.mv_size);
+	put_u32(s->tmp + MSG_OFF_REFS, refs - 1);
+	MDB_val nv = mval(s->tmp, v.mv_size);
+	rc = mdb_put(s->txn, s->msgs, &k, &nv, 0);
+	return rc ? txn_err(s, rc) : 0;
+}
+
+int store_ack(struct store *s, uint64_t user, uint64_t smid)
+{
+	int rc = need_txn(s);
+	if (rc)
+		return rc;
+	uint8_t bk[16];
+	wire_be64_put(bk, user);
+	wire_be64_put(bk + 8, smid);
+	MDB_val k = mval(bk, 16);
+	rc = mdb_del(s->txn, s->mbox, &k, NULL);
+	if (rc == MDB_NOTFOUND)
+		return STORE_E_NOTFOUND;
+	if (rc)
+		return txn_err(s, rc);
+	uint32_t c;
+	if ((rc = count_get(s, user, &c)) != 0)
+		return rc;
+	/* c == 0 would mean the count drifted below the entries; leave it at 0
+	 * rather than wrap around and lock the mailbox as full. */
+	if (c > 0 && (rc = count_set(s, user, c - 1)) != 0)
+		return rc;
+	return msg_unref(s, smid);
+}
+
+/* The callback must not write to the store: the cursor walks pages that a
+ * write could change under it. Entries whose message is missing (they cannot
+ * be made by this file; only by damage) are skipped rather than failing the
+ * whole mailbox forever. */
+long store_scan(struct store *s, uint64_t user, uint64_t after, size_t max,
+		int (*fn)(void *arg, const struct store_msg *m), void *arg)
+{
+	int rc = need_txn(s);
+	if (rc)
+		return rc;
+	if (max == 0 || after == UINT64_MAX)
+		return 0;
+	MDB_cursor *c;
+	rc = mdb_cursor_open(s->txn, s->mbox, &c);
+	if (rc)
+		return txn_err(s, rc);
+	uint8_t bk[16];
+	wire_be64_put(bk, user);
+	wire_be64_put(bk + 8, after + 1);
+	MDB_val k = mval(bk, 16), v;
+	long visited = 0;
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0 && (size_t)visited < max;
+	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		if (k.mv_size != 16 || wire_be64_get(k.mv_data) != user)
+			break; /* past this user's entries */
+		uint64_t smid = wire_be64_get((const uint8_t *)k.mv_data + 8);
+		uint8_t mk[8];
+		memcpy(mk, (const uint8_t *)k.mv_data + 8, 8);
+		MDB_val km = mval(mk, 8), vm;
+		int r = mdb_get(s->txn, s->msgs, &km, &vm);
+		if (r == MDB_NOTFOUND)
+			continue;
+		if (r) {
+			rc = r;
+			break;
+		}
+		struct store_msg m;
+		if (msg_decode(&vm, smid, &m, NULL) != 0) {
+			mdb_cursor_close(c);
+			return -EIO;
+		}
+		visited++;
+		if (fn(arg, &m) != 0) {
+			rc = MDB_NOTFOUND; /* stopped by the caller: not an error */
+			break;
+		}
+	}
+	mdb_cursor_close(c);
+	if (rc && rc != MDB_NOTFOUND)
+		return txn_err(s, rc);
+	return visited;
+}
+
+uint32_t store_count(struct store *s, uint64_t user)
+{
+	uint32_t c;
+	if (need_txn(s) != 0 || count_get(s, user, &c) != 0)
+		return 0;
+	return c;
+}
+
+/* ---- dedup ------------------------------------------------------------------------- */
+
+static void dedup_key(uint8_t k[16], uint64_t from, uint64_t cmid)
+{
+	wire_be64_put(k, from);
+	wire_be64_put(k + 8, cmid);
+}
+
+int store_dedup_get(struct store *s, uint64_t from, uint64_t cmid, uint64_t *smid)
+{
+	int rc = need_txn(s);
+	if (rc)
+		return rc;
+	uint8_t kb[16];
+	dedup_key(kb, from, cmid);
+	MDB_val k = mval(kb, 16), v;
+	rc = mdb_get(s->txn, s->dedup, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return STORE_E_NOTFOUND;
+	if (rc)
+		return txn_err(s, rc);
+	if (v.mv_size != 8)
+		return -EIO;
+	*smid = get_u64(v.mv_data);
+	return 0;
+}
+
+/* Overwrites an existing entry: the caller looks up first and records only
+ * for a message it has just stored. */
+int store_dedup_put(struct store *s, uint64_t from, uint64_t cmid, uint64_t smid)
+{
+	int rc = need_txn(s);
+	if (rc)
+		return rc;
+	uint8_t kb[16], vb[8];
+	dedup_key(kb, from, cmid);
+	put_u64(vb, smid);
+	MDB_val k = mval(kb, 16), v = mval(vb, 8);
+	rc = mdb_put(s->txn, s->dedup, &k, &v, 0);
+	return rc ? txn_err(s, rc) : 0;
+}
+
+/* Walks on from where the previous call stopped (s->prune_key), wraps to the
+ * first entry at the end and stops at the latest where this call started, so
+ * no entry is visited twice by one call. The position is only a hint: after
+ * an aborted transaction it may name a key that no longer exists, and
+ * MDB_SET_RANGE then starts at the next one. */
+long store_dedup_prune(struct store *s, uint64_t before, size_t max)
+{
+	int rc = need_txn(s);
+	if (rc)
+		return rc;
+	if (max == 0)
+		return 0;
+	MDB_cursor *c;
+	rc = mdb_cursor_open(s->txn, s->dedup, &c);
+	if (rc)
+		return txn_err(s, rc);
+	uint8_t start[16];
+	bool from_middle = s->prune_have, wrapped = false;
+	memcpy(start, s->prune_key, sizeof start);
+	MDB_val k = mval(start, 16), v;
+	rc = from_middle ? mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) : mdb_cursor_get(c, &k, &v, MDB_FIRST);
+	size_t visited = 0;
+	long deleted = 0;
+	for (;;) {
+		if (rc == MDB_NOTFOUND) {
+			if (from_middle && !wrapped) {
+				wrapped = true;
+				rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+				continue;
+			}
+			s->prune_have = false; /* next call starts at the first */
+			rc = 0;
+			break;
+		}
+		if (rc)
+			break;
+		bool full_circle = wrapped && k.mv_size == 16 && memcmp(k.mv_data, start, 16) >= 0;
+		if (visited == max || full_circle) {
+			/* Resume here next time. */
+			if (k.mv_size == 16) {
+				memcpy(s->prune_key, k.mv_data, 16);
+				s->prune_have = true;
+			} else {
+				s->prune_have = false;
+			}
+			break;
+		}
+		visited++;
+		if (v.mv_size == 8 && get_u64(v.mv_data) < before) {
+			/* After a delete the cursor stands on the next entry and
+			 * MDB_NEXT returns that one (LMDB's C_DEL). */
+			rc = mdb_cursor_del(c, 0);
+			if (rc)
+				break;
+			deleted++;
+		}
+		rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+	}
+	mdb_cursor_close(c);
+	return rc ? txn_err(s, rc) : deleted;
+}
+
+/* ---- groups ------------------------------------------------------------------------ */
+
+static int group_write(struct store *s, uint64_t gid, uint64_t owner, const uint64_t *members, size_t n,
+		       unsigned flags)
+{
+	if (n && !members)
+		return -EINVAL;
+	if (n > (UINT32_MAX - 8) / 8)
+		return -E2BIG; /* LMDB values are at most 4 GiB */
+	uint8_t kb[8];
+	wire_be64_put(kb, gid);
+	MDB_val k = mval(kb, 8), v = mval(NULL, 8 + n * 8);
+	int rc = mdb_put(s->txn, s->groups, &k, &v, flags | MDB_RESERVE);
+	if (rc == MDB_KEYEXIST)
+		return STORE_E_EXISTS;
+	if (rc)
+		return txn_err(s, rc);
+	uint8_t *p = v.mv_data;
+	put_u64(p, owner);
+	if (n)
+		memcpy(p + 8, members, n * 8);
+	return 0;
+}
+
+int store_group_create(struct store *s, uint64_t gid, uint64_t owner, const uint64_t *members, size_t n)
+{
+	int rc = need_txn(s);
+	return rc ? rc : group_write(s, gid, owner, members, n, MDB_NOOVERWRITE);
+}
+
+/* The member list is copied out of LMDB into memory freed when the
+ * transaction ends: LMDB values are only 2-byte aligned, so the array cannot
+ * be handed out in place, and a pointer into the map would in any case go
+ * stale at the next write of the same transaction (LMDB's rule), while the
+ * contract promises it until the transaction ends. *members is NULL when the
+ * list is empty. */
+int store_group_get(struct store *s, uint64_t gid, uint64_t *owner, const uint64_t **members, size_t *n)
+{
+	int rc = need_txn(s);
+	if (rc)
+		return rc;
+	uint8_t kb[8];
+	wire_be64_put(kb, gid);
+	MDB_val k = mval(kb, 8), v;
+	rc = mdb_get(s->txn, s->groups, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return STORE_E_NOTFOUND;
+	if (rc)
+		return txn_err(s, rc);
+	if (v.mv_size < 8 || (v.mv_size - 8) % 8)
+		return -EIO;
+	size_t cnt = (v.mv_size - 8) / 8;
+	const uint64_t *list = NULL;
+	if (cnt) {
+		struct keep *kp = malloc(sizeof *kp + cnt * 8);
+		if (!kp)
+			return -ENOMEM;
+		memcpy(kp->v, (const uint8_t *)v.mv_data + 8, cnt * 8);
+		kp->next = s->keep;
+		s->keep = kp;
+		list = kp->v;
+	}
+	*owner = get_u64(v.mv_data);
+	*members = list;
+	*n = cnt;
+	return 0;
+}
+
+int store_group_set(struct store *s, uint64_t gid, uint64_t owner, const uint64_t *members, size_t n)
+{
+	int rc = need_txn(s);
+	if (rc)
+		return rc;
+	/* Replace only: a set of a deleted group must not bring it back. */
+	uint8_t kb[8];
+	wire_be64_put(kb, gid);
+	MDB_val k = mval(kb, 8), v;
+	rc = mdb_get(s->txn, s->groups, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return STORE_E_NOTFOUND;
+	if (rc)
+		return txn_err(s, rc);
+	return group_write(s, gid, owner, members, n, 0);
+}
+
+int store_group_delete(struct store *s, uint64_t gid)
+{
+	int rc = need_txn(s);
+	if (rc)
+		return rc;
+	uint8_t kb[8];
+	wire_be64_put(kb, gid);
+	MDB_val k = mval(kb, 8);
+	rc = mdb_del(s->txn, s->groups, &k, NULL);
+	if (rc == MDB_NOTFOUND)
+		return STORE_E_NOTFOUND;
+	return rc ? txn_err(s, rc) : 0;
+}
+
+/* The counter is written in the caller's transaction: an id handed out in a
+ * transaction that is then aborted may be handed out again, which is safe
+ * because nothing that used it was committed either. */
+int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid)
+{
+	if (node > 0xffff)
+		return -EINVAL; /* 16 bits above the 48-bit counter */
+	int rc = need_txn(s);
+	if (rc)
+		return rc;
+	MDB_val k = mval("next_gid", 8), v;
+	uint64_t next = 1;
+	rc = mdb_get(s->txn, s->meta, &k, &v);
+	if (rc == 0) {
+		if (v.mv_size != 8)
+			return -EIO;
+		next = get_u64(v.mv_data);
+	} else if (rc != MDB_NOTFOUND) {
+		return txn_err(s, rc);
+	}
+	if (next == 0 || next >= (UINT64_C(1) << 48))
+		return -EOVERFLOW;
+	uint8_t vb[8];
+	put_u64(vb, next + 1);
+	v = mval(vb, 8);
+	rc = mdb_put(s->txn, s->meta, &k, &v, 0);
+	if (rc)
+		return txn_err(s, rc);
+	*gid = ((uint64_t)node << 48) | next;
+	return 0;
+}
+
+/* ---- stats ------------------------------------------------------------------------- */
+
+static uint64_t entries(MDB_txn *txn, MDB_dbi dbi)
+{
+	MDB_stat st;
+	return mdb_stat(txn, dbi, &st) == 0 ? st.ms_entries : 0;
+}
+
+/* Counts come from the open write transaction when there is one (so they
+ * include its writes), else from a short read-only one; on failure the
+ * database counts stay 0. map_used_bytes is as of the last commit. */
+void store_get_stats(struct store *s, struct store_stats *st)
+{
+	memset(st, 0, sizeof *st);
+	st->commits = s->commits;
+	st->commit_ns_total = s->commit_ns_total;
+	st->commit_ns_max = s->commit_ns_max;
+
+	MDB_envinfo info;
+	MDB_stat es;
+	if (mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &es) == 0) {
+		st->map_used_bytes = ((uint64_t)info.me_last_pgno + 1) * es.ms_psize;
+		st->map_bytes = info.me_mapsize;
+	}
+
+	MDB_txn *txn = s->txn, *ro = NULL;
+	if (!txn) {
+		if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &ro) != 0)
+			return;
+		txn = ro;
+	}
+	st->messages = entries(txn, s->msgs);
+	st->mailbox_entries = entries(txn, s->mbox);
+	st->dedup_entries = entries(txn, s->dedup);
+	st->groups = entries(txn, s->groups);
+	if (ro)
+		mdb_txn_abort(ro);
+}

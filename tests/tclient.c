@@ -1,0 +1,728 @@
+/* tclient.c: blocking test client library (see tclient.h). */
+#include "tests/tclient.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define TC_SEND_TIMEOUT_MS 5000
+#define TC_KILL_WAIT_MS 5000
+
+const char *tc_status_name(long st)
+{
+	switch (st) {
+	case TC_TIMEOUT: return "timeout";
+	case TC_EOF: return "eof";
+	case TC_TRUNCATED: return "eof inside a frame";
+	case TC_RESET: return "connection reset";
+	case TC_IOERR: return "i/o error";
+	case TC_EXITED: return "server exited";
+	default: break;
+	}
+	if (st < 0 && st >= -PROTO_E_BAD_FIELD)
+		return proto_err_name((unsigned)-st);
+	return st > 0 ? "ok" : "unknown";
+}
+
+int64_t tc_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint64_t tc_wall_s(void)
+{
+	return (uint64_t)time(NULL);
+}
+
+void tc_sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+static int remaining(int64_t deadline)
+{
+	int64_t r = deadline - tc_now_ms();
+	return r < 0 ? 0 : r > INT32_MAX ? INT32_MAX : (int)r;
+}
+
+/* ---- ports ------------------------------------------------------------------- */
+
+/* Bind a TCP socket to 127.0.0.1:port (0: any free port); with `reuse`,
+ * SO_REUSEADDR and SO_REUSEPORT first. Returns the fd (port in *got) or -1. */
+static int bind_loopback(unsigned port, int reuse, unsigned *got)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	int one = 1;
+	if (reuse) {
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+	}
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof a;
+	if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	*got = ntohs(a.sin_port);
+	return fd;
+}
+
+/* When the kernel has no port left to give (the ephemeral range is taken,
+ * e.g. by a load test on the same host), try ports below (or above) the
+ * ephemeral range, which nothing gets without asking for it. Other processes
+ * of this library are kept off a port by an flock on a per-port lock file,
+ * held as long as the reservation; a port some other program uses fails the
+ * exclusive bind. Returns the lock file's fd (port in *got) or -1. */
+static int reserve_outside_ephemeral(unsigned *got)
+{
+	unsigned lo = 32768, hi = 60999;
+	FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+	if (f) {
+		if (fscanf(f, "%u %u", &lo, &hi) != 2)
+			lo = 32768, hi = 60999;
+		fclose(f);
+	}
+	unsigned first = 10000, last = lo > 11000 ? lo - 1 : 0;
+	if (!last) {
+		first = hi + 1;
+		last = 65535;
+	}
+	if (first >= last)
+		return -1;
+	char dir[64], path[96];
+	snprintf(dir, sizeof dir, "/tmp/tclient-ports-%u", (unsigned)getuid());
+	mkdir(dir, 0700);
+	unsigned span = last - first + 1;
+	unsigned start = (unsigned)((uint64_t)getpid() * 7919u + (uint64_t)tc_now_ms()) % span;
+	for (unsigned i = 0; i < span && i < 4000; i++) {
+		unsigned port = first + (start + i) % span;
+		snprintf(path, sizeof path, "%s/%u.lock", dir, port);
+		int lk = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		if (lk < 0)
+			return -1;
+		if (flock(lk, LOCK_EX | LOCK_NB) != 0) {
+			close(lk);
+			continue;
+		}
+		unsigned p;
+		int fd = bind_loopback(port, 0, &p); /* exclusive: fails on any user of the port */
+		if (fd < 0) {
+			close(lk);
+			continue;
+		}
+		close(fd);
+		*got = port;
+		return lk;
+	}
+	errno = EADDRINUSE;
+	return -1;
+}
+
+unsigned tc_port_reserve(int *fd_out)
+{
+	unsigned port = 0;
+	int fd = bind_loopback(0, 1, &port);
+	if (fd < 0 && errno == EADDRINUSE)
+		fd = reserve_outside_ephemeral(&port);
+	if (fd < 0)
+		return 0;
+	if (fd_out)
+		*fd_out = fd;
+	else
+		close(fd);
+	return port;
+}
+
+void tc_port_release(int fd)
+{
+	if (fd >= 0)
+		close(fd);
+}
+
+/* ---- server process --------------------------------------------------------------- */
+
+/* The watchdog: a forked child that blocks reading a pipe whose write end
+ * only this process holds. A byte means "stopped in order"; EOF without one
+ * means this process died, and the server is killed. Only async-signal-safe
+ * calls after fork. */
+static pid_t start_watchdog(pid_t server, int *wfd)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) != 0)
+		return -1;
+	pid_t w = fork();
+	if (w < 0) {
+		close(p[0]);
+		close(p[1]);
+		return -1;
+	}
+	if (w == 0) {
+		struct sigaction sa;
+		memset(&sa, 0, sizeof sa);
+		sa.sa_handler = SIG_DFL;
+		for (int sig = 1; sig < 32; sig++)
+			if (sig != SIGKILL && sig != SIGSTOP)
+				sigaction(sig, &sa, NULL);
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		/* hold no other descriptor: a test's sockets must close when it closes them */
+		int keep = p[0];
+		if (keep > 3)
+			close_range(3, (unsigned)keep - 1, 0);
+		if (close_range((unsigned)keep + 1, ~0u, 0) != 0) {
+			for (int fd = keep + 1; fd < 65536; fd++)
+				close(fd);
+		}
+		char b;
+		ssize_t r;
+		do
+			r = read(keep, &b, 1);
+		while (r < 0 && errno == EINTR);
+		if (r <= 0)
+			kill(server, SIGKILL);
+		_exit(0);
+	}
+	close(p[0]);
+	*wfd = p[1];
+	return w;
+}
+
+static void end_watchdog(struct tc_server *s)
+{
+	if (s->wd_fd >= 0) {
+		ssize_t r;
+		do
+			r = write(s->wd_fd, "x", 1);
+		while (r < 0 && errno == EINTR);
+		close(s->wd_fd);
+		s->wd_fd = -1;
+	}
+	if (s->watchdog > 0) {
+		int st;
+		while (waitpid(s->watchdog, &st, 0) < 0 && errno == EINTR)
+			;
+		s->watchdog = 0;
+	}
+}
+
+int tc_server_start(struct tc_server *s, const char *path, char *const argv[], const char *log_path)
+{
+	memset(s, 0, sizeof *s);
+	s->wd_fd = -1;
+	snprintf(s->log_path, sizeof s->log_path, "%s", log_path);
+	int logfd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (logfd < 0)
+		return -1;
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t at;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_adddup2(&fa, logfd, 1);
+	posix_spawn_file_actions_adddup2(&fa, logfd, 2);
+	posix_spawnattr_init(&at);
+	/* the test runner may block or catch signals: the server gets defaults */
+	sigset_t none, all;
+	sigemptyset(&none);
+	sigfillset(&all);
+	posix_spawnattr_setsigmask(&at, &none);
+	posix_spawnattr_setsigdefault(&at, &all);
+	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	pid_t pid;
+	int e = posix_spawn(&pid, path, &fa, &at, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&at);
+	close(logfd);
+	if (e != 0) {
+		errno = e;
+		return -1;
+	}
+	s->pid = pid;
+	s->watchdog = start_watchdog(pid, &s->wd_fd);
+	if (s->watchdog < 0) {
+		e = errno;
+		s->watchdog = 0;
+		kill(pid, SIGKILL);
+		tc_server_wait(s, TC_KILL_WAIT_MS);
+		errno = e;
+		return -1;
+	}
+	return 0;
+}
+
+static int reap(struct tc_server *s, int flags)
+{
+	if (s->reaped)
+		return 1;
+	if (s->pid <= 0)
+		return 0;
+	int st;
+	pid_t r;
+	do
+		r = waitpid(s->pid, &st, flags);
+	while (r < 0 && errno == EINTR);
+	if (r == s->pid) {
+		s->reaped = 1;
+		s->status = st;
+		return 1;
+	}
+	return 0;
+}
+
+int tc_server_running(struct tc_server *s)
+{
+	return s->pid > 0 && !reap(s, WNOHANG);
+}
+
+int tc_server_wait(struct tc_server *s, int timeout_ms)
+{
+	int64_t deadline = tc_now_ms() + timeout_ms;
+	for (;;) {
+		if (s->pid <= 0 || reap(s, WNOHANG))
+			return 0;
+		if (tc_now_ms() >= deadline)
+			return TC_TIMEOUT;
+		tc_sleep_ms(5);
+	}
+}
+
+int tc_server_signal(struct tc_server *s, int sig)
+{
+	if (s->pid <= 0 || s->reaped)
+		return 0;
+	return kill(s->pid, sig);
+}
+
+int tc_server_stop(struct tc_server *s, int timeout_ms)
+{
+	if (s->pid <= 0)
+		return -1;
+	if (!reap(s, WNOHANG)) {
+		kill(s->pid, SIGTERM);
+		if (tc_server_wait(s, timeout_ms) != 0) {
+			kill(s->pid, SIGKILL);
+			tc_server_wait(s, TC_KILL_WAIT_MS);
+		}
+	}
+	end_watchdog(s);
+	return s->reaped ? s->status : -1;
+}
+
+static int connect_loopback(unsigned port, int timeout_ms, int rcvbuf)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return TC_IOERR;
+	if (rcvbuf > 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+		if (errno != EINPROGRESS) {
+			close(fd);
+			return TC_IOERR;
+		}
+		struct pollfd pf = {fd, POLLOUT, 0};
+		int r;
+		do
+			r = poll(&pf, 1, timeout_ms);
+		while (r < 0 && errno == EINTR);
+		if (r == 0) {
+			close(fd);
+			return TC_TIMEOUT;
+		}
+		int err = 0;
+		socklen_t len = sizeof err;
+		if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+			close(fd);
+			errno = err;
+			return TC_IOERR;
+		}
+	}
+	int fl = fcntl(fd, F_GETFL);
+	fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+	return fd;
+}
+
+int tc_wait_accept(unsigned port, int timeout_ms, struct tc_server *s)
+{
+	int64_t deadline = tc_now_ms() + timeout_ms;
+	for (;;) {
+		if (s && !tc_server_running(s))
+			return TC_EXITED;
+		int fd = connect_loopback(port, 200, 0);
+		if (fd >= 0) {
+			close(fd);
+			return 0;
+		}
+		if (tc_now_ms() >= deadline)
+			return TC_TIMEOUT;
+		tc_sleep_ms(20);
+	}
+}
+
+char *tc_server_log_tail(const struct tc_server *s, char *out, size_t cap)
+{
+	if (!cap)
+		return out;
+	out[0] = 0;
+	int fd = open(s->log_path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return out;
+	off_t end = lseek(fd, 0, SEEK_END);
+	off_t from = end > (off_t)(cap - 1) ? end - (off_t)(cap - 1) : 0;
+	ssize_t n = pread(fd, out, cap - 1, from);
+	close(fd);
+	out[n > 0 ? n : 0] = 0;
+	return out;
+}
+
+/* ---- connections -------------------------------------------------------------------- */
+
+int tc_connect(struct tc_conn *c, unsigned port, int rcvbuf, int timeout_ms)
+{
+	memset(c, 0, sizeof *c);
+	c->fd = -1;
+	c->buf = malloc(TC_BUF_CAP);
+	if (!c->buf)
+		return TC_IOERR;
+	int fd = connect_loopback(port, timeout_ms, rcvbuf);
+	if (fd < 0) {
+		free(c->buf);
+		c->buf = NULL;
+		return fd;
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	struct timeval tv = {10, 0};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	c->fd = fd;
+	return 0;
+}
+
+void tc_close(struct tc_conn *c)
+{
+	if (c->buf) {
+		if (c->fd >= 0)
+			close(c->fd);
+		free(c->buf);
+	}
+	c->buf = NULL;
+	c->fd = -1;
+}
+
+int tc_shutdown_wr(struct tc_conn *c)
+{
+	return c->fd >= 0 ? shutdown(c->fd, SHUT_WR) : -1;
+}
+
+int tc_send_raw(struct tc_conn *c, const void *p, size_t n, int timeout_ms)
+{
+	const uint8_t *b = p;
+	int64_t deadline = tc_now_ms() + timeout_ms;
+	if (c->fd < 0)
+		return TC_IOERR;
+	while (n) {
+		ssize_t w = send(c->fd, b, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w > 0) {
+			b += w;
+			n -= (size_t)w;
+			continue;
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			int left = remaining(deadline);
+			if (!left)
+				return TC_TIMEOUT;
+			struct pollfd pf = {c->fd, POLLOUT, 0};
+			if (poll(&pf, 1, left) < 0 && errno != EINTR)
+				return TC_IOERR;
+			continue;
+		}
+		return (errno == EPIPE || errno == ECONNRESET) ? TC_RESET : TC_IOERR;
+	}
+	return 0;
+}
+
+int tc_send_frame(struct tc_conn *c, const struct proto_frame *f)
+{
+	uint8_t buf[PROTO_MAX_FRAME_BYTES];
+	size_t n = proto_encode(f, buf, sizeof buf);
+	if (n == 0 || n > sizeof buf)
+		return TC_IOERR;
+	return tc_send_raw(c, buf, n, TC_SEND_TIMEOUT_MS);
+}
+
+size_t tc_pending(const struct tc_conn *c)
+{
+	return c->len - c->off;
+}
+
+/* Read more input, waiting until deadline. Returns bytes read (> 0), 0 at
+ * EOF (c->eof set), TC_TIMEOUT, TC_RESET or TC_IOERR. */
+static long fill(struct tc_conn *c, int64_t deadline)
+{
+	if (c->fd < 0)
+		return TC_IOERR;
+	if (c->eof)
+		return 0;
+	if (c->off && c->off == c->len)
+		c->off = c->len = 0;
+	if (c->len == TC_BUF_CAP) {
+		memmove(c->buf, c->buf + c->off, c->len - c->off);
+		c->len -= c->off;
+		c->off = 0;
+		if (c->len == TC_BUF_CAP)
+			return TC_IOERR; /* cannot happen: a frame fits */
+	}
+	for (;;) {
+		ssize_t r = recv(c->fd, c->buf + c->len, TC_BUF_CAP - c->len, MSG_DONTWAIT);
+		if (r > 0) {
+			c->len += (size_t)r;
+			return r;
+		}
+		if (r == 0) {
+			c->eof = 1;
+			return 0;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == ECONNRESET || errno == EPIPE)
+			return TC_RESET;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return TC_IOERR;
+		int left = remaining(deadline);
+		if (!left)
+			return TC_TIMEOUT;
+		struct pollfd pf = {c->fd, POLLIN, 0};
+		if (poll(&pf, 1, left) < 0 && errno != EINTR)
+			return TC_IOERR;
+	}
+}
+
+long tc_recv_frame(struct tc_conn *c, struct tc_frame *out, int timeout_ms)
+{
+	int64_t deadline = tc_now_ms() + timeout_ms;
+	if (!c->buf)
+		return TC_IOERR;
+	for (;;) {
+		size_t have = c->len - c->off;
+		if (have) {
+			struct proto_frame f;
+			long r = proto_parse(c->buf + c->off, have, PROTO_FROM_SERVER, &f);
+			if (r < 0)
+				return r;
+			if (r > 0) {
+				memcpy(out->raw, c->buf + c->off, (size_t)r);
+				out->size = (uint32_t)r;
+				long again = proto_parse(out->raw, (size_t)r, PROTO_FROM_SERVER, &out->f);
+				c->off += (size_t)r;
+				return again == r ? r : TC_IOERR;
+			}
+		}
+		if (c->eof)
+			return have ? TC_TRUNCATED : TC_EOF;
+		long n = fill(c, deadline);
+		if (n < 0)
+			return n;
+	}
+}
+
+long tc_expect_eof(struct tc_conn *c, int timeout_ms)
+{
+	int64_t deadline = tc_now_ms() + timeout_ms;
+	if (!c->buf)
+		return TC_IOERR;
+	if (tc_pending(c))
+		return (long)tc_pending(c);
+	long n = fill(c, deadline);
+	if (n < 0)
+		return n;
+	return n == 0 ? 0 : (long)tc_pending(c);
+}
+
+long tc_drain_until_close(struct tc_conn *c, int timeout_ms)
+{
+	int64_t deadline = tc_now_ms() + timeout_ms;
+	long dropped = 0;
+	if (!c->buf)
+		return TC_IOERR;
+	for (;;) {
+		dropped += (long)tc_pending(c);
+		c->off = c->len = 0;
+		long n = fill(c, deadline);
+		if (n == 0 || n == TC_RESET)
+			return dropped;
+		if (n < 0)
+			return n == TC_TIMEOUT ? TC_TIMEOUT : n;
+	}
+}
+
+/* ---- logins --------------------------------------------------------------------- */
+
+int tc_secret_new(const char *path, struct token_secret *s)
+{
+	uint8_t key[32];
+	char hex[2 * sizeof key + 2];
+	if (sodium_init() < 0)
+		return -1;
+	randombytes_buf(key, sizeof key);
+	for (size_t i = 0; i < sizeof key; i++)
+		snprintf(hex + 2 * i, 3, "%02x", key[i]);
+	hex[2 * sizeof key] = '\n';
+	hex[2 * sizeof key + 1] = 0;
+	unlink(path);
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -1;
+	size_t n = strlen(hex);
+	ssize_t w = write(fd, hex, n);
+	if (close(fd) != 0 || w != (ssize_t)n)
+		return -1;
+	return s ? tc_secret_load(path, s) : 0;
+}
+
+int tc_secret_load(const char *path, struct token_secret *s)
+{
+	char err[256];
+	return token_secret_load(s, path, err, sizeof err) == 0 ? 0 : -1;
+}
+
+size_t tc_enc_login(uint8_t *buf, size_t cap, const struct token_secret *s, uint64_t user, uint64_t expiry,
+		    uint8_t version)
+{
+	uint8_t tok[TOKEN_LEN];
+	token_mint(s, user, expiry ? expiry : tc_wall_s() + 3600, tok);
+	struct proto_frame f = {.type = PROTO_LOGIN};
+	f.login.version = version ? version : 1;
+	f.login.flags = 0;
+	f.login.user = user;
+	f.login.token = (struct proto_bytes){tok, TOKEN_LEN};
+	f.login.resume = 0;
+	size_t n = proto_encode(&f, buf, cap);
+	if (n == 0 || n > cap)
+		return 0;
+	if (version == 0) {
+		/* the version byte follows the length prefix and the type byte */
+		size_t pre = 1;
+		while (buf[pre - 1] & 0x80)
+			pre++;
+		buf[pre + 1] = 0;
+	}
+	return n;
+}
+
+long tc_login(struct tc_conn *c, const struct token_secret *s, uint64_t user, struct tc_frame *res,
+	      int timeout_ms)
+{
+	uint8_t buf[128];
+	size_t n = tc_enc_login(buf, sizeof buf, s, user, 0, 1);
+	if (!n)
+		return TC_IOERR;
+	int r = tc_send_raw(c, buf, n, timeout_ms);
+	if (r != 0)
+		return r;
+	return tc_recv_frame(c, res, timeout_ms);
+}
+
+/* ---- HTTP --------------------------------------------------------------------- */
+
+int tc_http_get(unsigned port, const char *path, int timeout_ms, char *body, size_t cap)
+{
+	int64_t deadline = tc_now_ms() + timeout_ms;
+	if (cap)
+		body[0] = 0;
+	struct tc_conn c;
+	int r = tc_connect(&c, port, 0, timeout_ms);
+	if (r != 0)
+		return r;
+	char req[512];
+	int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", path);
+	if (n < 0 || (size_t)n >= sizeof req) {
+		tc_close(&c);
+		return TC_IOERR;
+	}
+	r = tc_send_raw(&c, req, (size_t)n, remaining(deadline));
+	if (r != 0) {
+		tc_close(&c);
+		return r;
+	}
+	while (!c.eof) {
+		long got = fill(&c, deadline);
+		if (got < 0) {
+			tc_close(&c);
+			return (int)got;
+		}
+	}
+	/* the whole response is in c.buf[0..len) (stats pages are far smaller than the buffer) */
+	size_t len = c.len;
+	char *resp = malloc(len + 1);
+	if (!resp) {
+		tc_close(&c);
+		return TC_IOERR;
+	}
+	memcpy(resp, c.buf, len);
+	resp[len] = 0;
+	tc_close(&c);
+	int status = 0;
+	if (sscanf(resp, "HTTP/%*d.%*d %d", &status) != 1) {
+		free(resp);
+		return TC_IOERR;
+	}
+	char *b = strstr(resp, "\r\n\r\n");
+	if (b && cap) {
+		b += 4;
+		size_t bl = len - (size_t)(b - resp);
+		if (bl > cap - 1)
+			bl = cap - 1;
+		memcpy(body, b, bl);
+		body[bl] = 0;
+	}
+	free(resp);
+	return status;
+}
+
+int64_t tc_json_num(const char *json, const char *key)
+{
+	char pat[128];
+	snprintf(pat, sizeof pat, "\"%s\":", key);
+	const char *p = strstr(json, pat);
+	if (!p)
+		return -1;
+	p += strlen(pat);
+	while (*p == ' ')
+		p++;
+	if (*p < '0' || *p > '9')
+		return -1;
+	return strtoll(p, NULL, 10);
+}
