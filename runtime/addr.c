@@ -2,6 +2,7 @@
 #include "runtime/addr.h"
 
 #include <arpa/inet.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,15 +52,15 @@ int addr_parse(const char *s, struct addr *a, char *err, size_t errlen)
 	const char *colon;
 	if (s[0] == '[') {
 		const char *close = strchr(s, ']');
-		if (!close || close[1] != ':' || (size_t)(close - s - 1) >= sizeof host)
+		if (!close || close == s + 1 || close[1] != ':' || (size_t)(close - s - 1) >= sizeof host)
 			goto bad;
 		memcpy(host, s + 1, (size_t)(close - s - 1));
 		host[close - s - 1] = 0;
 		colon = close + 1;
 	} else {
 		colon = strrchr(s, ':');
-		if (!colon || (size_t)(colon - s) >= sizeof host)
-			goto bad;
+		if (!colon || (size_t)(colon - s) >= sizeof host || memchr(s, ':', (size_t)(colon - s)))
+			goto bad; /* an IPv6 address needs brackets: "fe80::1:2" is ambiguous */
 		memcpy(host, s, (size_t)(colon - s));
 		host[colon - s] = 0;
 	}
@@ -124,6 +125,8 @@ int addr_parse_v4_range(const char *s, uint32_t *first, uint32_t *count, char *e
 		if (inet_pton(AF_INET, buf, &a) != 1 || inet_pton(AF_INET, dash + 1, &b) != 1 ||
 		    ntohl(b.s_addr) < ntohl(a.s_addr))
 			goto bad;
+		if (ntohl(b.s_addr) - ntohl(a.s_addr) == UINT32_MAX)
+			goto bad; /* the whole address space: the count would not fit */
 		*first = ntohl(a.s_addr);
 		*count = ntohl(b.s_addr) - ntohl(a.s_addr) + 1;
 		return 0;

@@ -149,7 +149,8 @@ void link_init(struct link *l, unsigned idx, unsigned ud_kind, const struct link
 	l->my_node = my_node;
 	l->my_thread = my_thread;
 	l->my_threads = my_threads;
-	l->batch_cap = batch_cap > DIST_MAX_FRAME - 64 ? DIST_MAX_FRAME - 64 : batch_cap;
+	l->nobatch = batch_cap == 0;
+	l->batch_cap = l->nobatch ? DIST_MAX_INNER + 64 : batch_cap > DIST_MAX_FRAME - 64 ? DIST_MAX_FRAME - 64 : batch_cap;
 	l->queue_max = queue_max;
 	l->sockbuf = sockbuf;
 	l->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)my_node << 32) ^ ((uint64_t)my_thread << 16) ^ idx;
@@ -265,8 +266,11 @@ int link_add(struct link *l, const struct dist_frame *f)
 			return -EAGAIN;
 		/* keep a batch within batch_cap, not just within the buffer */
 		int r = dist_batch_add(&l->batch, f);
-		if (r == 0)
+		if (r == 0) {
+			if (l->nobatch)
+				end_batch(l);
 			return 0;
+		}
 		if (r == -2)
 			return -EINVAL;
 		if (l->batch.count == 0)

@@ -95,6 +95,7 @@ struct link {
 	uint64_t last_rx_ns, last_tx_ns, last_hb_ns, since_ns, backoff_ns, retry_at_ns, hb_seq, rng;
 	/* settings */
 	size_t queue_max, batch_cap;
+	int nobatch; /* batch_cap 0: every frame is its own batch and send (a baseline for benchmarks) */
 	int sockbuf;
 	struct link_stats st;
 	const struct link_ops *ops;
@@ -103,8 +104,9 @@ struct link {
 };
 
 /* Set up an idle link. batch_cap: bytes per batch before it is closed early
- * (<= DIST_MAX_FRAME); queue_max: bound on queued bytes; sockbuf: SO_SNDBUF
- * and SO_RCVBUF (0 = kernel default). */
+ * (<= DIST_MAX_FRAME; 0 turns batching off: one frame per batch and send, to
+ * measure what batching buys); queue_max: bound on queued bytes; sockbuf:
+ * SO_SNDBUF and SO_RCVBUF (0 = kernel default). */
 void link_init(struct link *l, unsigned idx, unsigned ud_kind, const struct link_ops *ops, void *arg,
 	       uint8_t my_role, uint32_t my_node, uint32_t my_thread, uint32_t my_threads, size_t batch_cap,
 	       size_t queue_max, int sockbuf);

@@ -2,14 +2,28 @@
 #include "runtime/metrics.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-static void num(struct mbuf *b, double v)
+/* A value in Prometheus text (prom) or JSON: integers without decimals,
+ * fractions with full precision, non-finite values spelled validly. */
+static void num(struct mbuf *b, double v, int prom)
 {
-	if (v == floor(v) && fabs(v) < 9e15)
+	if (isnan(v))
+		mbuf_printf(b, prom ? "NaN" : "null");
+	else if (isinf(v))
+		mbuf_printf(b, prom ? (v > 0 ? "+Inf" : "-Inf") : "null");
+	else if (v == floor(v) && fabs(v) < 9e15)
 		mbuf_printf(b, "%.0f", v);
-	else
-		mbuf_printf(b, "%.6g", v);
+	else {
+		/* the shortest of %.15g and %.17g that reads back as the same double */
+		char s[40];
+		snprintf(s, sizeof s, "%.15g", v);
+		if (strtod(s, NULL) != v)
+			snprintf(s, sizeof s, "%.17g", v);
+		mbuf_put(b, s, strlen(s));
+	}
 }
 
 void metrics_prom(struct mbuf *b, const struct metric_desc *d, size_t n, const double *vals)
@@ -23,7 +37,7 @@ void metrics_prom(struct mbuf *b, const struct metric_desc *d, size_t n, const d
 			mbuf_printf(b, "%s{%s} ", d[i].name, d[i].labels);
 		else
 			mbuf_printf(b, "%s ", d[i].name);
-		num(b, vals[i]);
+		num(b, vals[i], 1);
 		mbuf_put(b, "\n", 1);
 	}
 }
@@ -32,6 +46,6 @@ void metrics_json_fields(struct mbuf *b, const struct metric_desc *d, size_t n, 
 {
 	for (size_t i = 0; i < n; i++) {
 		mbuf_printf(b, "%s\"%s\":", i ? "," : "", d[i].key);
-		num(b, vals[i]);
+		num(b, vals[i], 0);
 	}
 }

@@ -13,7 +13,7 @@ int opts_parse_ms(const char *s, int64_t *ms)
 	char *end;
 	errno = 0;
 	double v = strtod(s, &end);
-	if (end == s || errno || v < 0)
+	if (end == s || errno || !(v >= 0)) /* !(>=) also refuses NaN */
 		return -1;
 	double mul;
 	if (!*end || strcmp(end, "s") == 0)
@@ -29,7 +29,7 @@ int opts_parse_ms(const char *s, int64_t *ms)
 	else
 		return -1;
 	double r = v * mul;
-	if (r > 9e15)
+	if (!(r <= 9e15))
 		return -1;
 	*ms = (int64_t)(r + 0.5);
 	return 0;
@@ -40,7 +40,7 @@ int opts_parse_size(const char *s, int64_t *bytes)
 	char *end;
 	errno = 0;
 	double v = strtod(s, &end);
-	if (end == s || errno || v < 0)
+	if (end == s || errno || !(v >= 0))
 		return -1;
 	double mul = 1;
 	switch (tolower((unsigned char)*end)) {
@@ -54,7 +54,7 @@ int opts_parse_size(const char *s, int64_t *bytes)
 	if (*end && strcasecmp(end, "b") && strcasecmp(end, "ib"))
 		return -1;
 	double r = v * mul;
-	if (r > 9e15)
+	if (!(r <= 9e15))
 		return -1;
 	*bytes = (int64_t)r;
 	return 0;
@@ -98,7 +98,7 @@ static int set(const struct opt *o, const char *val, unsigned char *given, char 
 		char *end;
 		errno = 0;
 		double d = strtod(val, &end);
-		if (end == val || *end || errno || d < (double)o->min || d > (double)o->max) {
+		if (end == val || *end || errno || !(d >= (double)o->min && d <= (double)o->max)) { /* NaN fails too */
 			snprintf(err, errlen, "--%s: '%s' is not a number in [%lld, %lld]", o->name, val, (long long)o->min,
 				 (long long)o->max);
 			return -1;
@@ -109,7 +109,7 @@ static int set(const struct opt *o, const char *val, unsigned char *given, char 
 	case OPT_INT: {
 		char *end;
 		errno = 0;
-		long long x = strtoll(val, &end, 0);
+		long long x = strtoll(val, &end, 10); /* decimal: "010" is ten, not eight */
 		if (end == val || *end || errno) {
 			snprintf(err, errlen, "--%s: '%s' is not an integer", o->name, val);
 			return -1;

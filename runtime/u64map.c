@@ -65,6 +65,8 @@ int u64map_put(struct u64map *m, uint64_t key, uint64_t val)
 {
 	if (!key)
 		return -EINVAL;
+	if (!m->e && u64map_init(m, 16) != 0) /* a zeroed or freed map starts over */
+		return -ENOMEM;
 	uint64_t *v = u64map_get(m, key);
 	if (v) {
 		*v = val;

@@ -37,7 +37,8 @@ void u64map_free(struct u64map *m);
 /* Pointer to the value of key, or NULL. Valid until the next put/del. */
 uint64_t *u64map_get(const struct u64map *m, uint64_t key);
 
-/* Insert or replace. Returns 0, or -ENOMEM (map unchanged), -EINVAL for key 0. */
+/* Insert or replace (a zeroed or freed map is set up first). Returns 0, or
+ * -ENOMEM (map unchanged), -EINVAL for key 0. */
 int u64map_put(struct u64map *m, uint64_t key, uint64_t val);
 
 /* Remove key; returns 1 if it was there. */

@@ -1,0 +1,105 @@
+#!/bin/sh
+# bench/hold.sh [CONNECTIONS] [BUILDDIR]: hold N logged-in connections with the
+# gateway and the loadgen side by side on this machine, and measure what they
+# cost: gateway RSS per connection, machine memory per connection (both ends),
+# kernel slabs per connection, connect rate, gateway CPU while holding.
+#
+# Memory is measured the same way as shared/tools/memprobe does (one snapshot
+# before the ramp, one while holding; deltas divided by N). The gateway gets
+# enough threads (rings) for N under RLIMIT_NOFILE: N / (limit - 64), plus one.
+# As root it raises net.core.somaxconn and the SYN backlog for the ramp (and
+# says so). Prints its figures last. Bounded: the loadgen gives up ramping after
+# 5 minutes and holds for 40 s.
+set -eu
+n=${1:-1000000}
+b=${2:-build}
+port=${HOLD_PORT:-25222}
+stats=${HOLD_STATS:-29100}
+tmp=$(mktemp -d /tmp/hold.XXXXXX)
+gw=
+lg=
+cleanup() {
+	[ -n "$lg" ] && kill "$lg" 2>/dev/null
+	[ -n "$gw" ] && kill -TERM "$gw" 2>/dev/null && sleep 1 && kill -KILL "$gw" 2>/dev/null
+	rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+limit=$(ulimit -Hn)
+[ "$limit" = unlimited ] && limit=1048576
+[ "$limit" -gt 1048576 ] && limit=1048576
+per=$((limit - 64))
+threads=$(((n + per - 1) / per + 1))
+echo "hold: $n connections; RLIMIT_NOFILE $limit -> $threads gateway threads of $per slots"
+
+if [ "$(id -u)" = 0 ]; then
+	for kv in net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535; do
+		sysctl -q -w "$kv" >/dev/null 2>&1 && echo "hold: sysctl $kv" || true
+	done
+fi
+
+mem() { awk -v k="$1" '$1 == k":" {print $2}' /proc/meminfo; }
+slab() { awk -v s="$1" '$1 == s {print $2 * $4}' /proc/slabinfo 2>/dev/null || echo 0; }
+rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+"$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
+"$b/gateway/gateway" --auth-secret-file "$tmp/secret" --threads "$threads" \
+	--listen "127.0.0.1:$port" --listen "127.0.0.2:$port" --listen "127.0.0.3:$port" --listen "127.0.0.4:$port" \
+	--stats-listen "127.0.0.1:$stats" --recv-pool 16m --keepalive 900s --login-timeout 60s \
+	--log-level warn 2>"$tmp/gateway.log" &
+gw=$!
+for _ in $(seq 50); do
+	(exec 3<>"/dev/tcp/127.0.0.1/$stats") 2>/dev/null && break
+	sleep 0.1
+done
+sleep 1
+free0=$(mem MemFree)
+rss0=$(rss "$gw")
+tcp0=$(slab TCP)
+kiocb0=$(slab io_kiocb)
+inode0=$(slab sock_inode_cache)
+
+"$b/loadgen/loadgen" --secret-file "$tmp/secret" --scenario idle --connections "$n" \
+	--targets "127.0.0.1:$port" --targets "127.0.0.2:$port" --targets "127.0.0.3:$port" --targets "127.0.0.4:$port" \
+	--sources 127.0.1.1-127.0.1.32 --connect-rate "${HOLD_RATE:-100000}" --inflight 1024 --ramp-timeout 300s \
+	--duration 40s --ping-interval 0 --recv-pool 16m --watch-pid "$gw" --report "$tmp/report.json" --quiet \
+	>"$tmp/loadgen.out" 2>"$tmp/loadgen.log" &
+lg=$!
+start=$(date +%s)
+logged=0
+while kill -0 "$lg" 2>/dev/null; do
+	logged=$(curl -s "http://127.0.0.1:$stats/stats" | sed -n 's/.*"logged_in":\([0-9]*\).*/\1/p')
+	logged=${logged:-0}
+	[ "$logged" -ge "$n" ] && break
+	sleep 1
+done
+ramp=$(($(date +%s) - start))
+echo "hold: $logged logged in after ${ramp}s; settling 5 s, then measuring"
+sleep 5
+free1=$(mem MemFree)
+rss1=$(rss "$gw")
+lgrss=$(rss "$lg")
+tcp1=$(slab TCP)
+kiocb1=$(slab io_kiocb)
+inode1=$(slab sock_inode_cache)
+c0=$(cpu "$gw")
+sleep 10
+c1=$(cpu "$gw")
+hz=$(getconf CLK_TCK)
+wait "$lg" || true
+lg=
+cat "$tmp/loadgen.out"
+held=$(sed -n 's/.*"logged_in":\([0-9]*\).*/\1/p' "$tmp/report.json")
+ramp_s=$(sed -n 's/.*"ramp_s":\([0-9.]*\).*/\1/p' "$tmp/report.json")
+awk -v n="$logged" -v rss0="$rss0" -v rss1="$rss1" -v free0="$free0" -v free1="$free1" -v lgrss="$lgrss" \
+	-v tcp0="$tcp0" -v tcp1="$tcp1" -v k0="$kiocb0" -v k1="$kiocb1" -v i0="$inode0" -v i1="$inode1" \
+	-v c0="$c0" -v c1="$c1" -v hz="$hz" -v ramp="$ramp_s" -v held="$held" -v thr="$threads" 'BEGIN {
+	printf "\n=== hold: %d connections logged in and held (gateway %d threads, loadgen on the same machine)\n", n, thr
+	printf "gateway RSS          %8.1f MB -> %8.1f MB   = %6.0f bytes per connection (user space)\n", rss0/1024, rss1/1024, (rss1-rss0)*1024/n
+	printf "machine memory used  %8.1f MB               = %6.0f bytes per connection (both ends, kernel + user)\n", (free0-free1)/1024, (free0-free1)*1024/n
+	printf "loadgen RSS          %8.1f MB               = %6.0f bytes per connection\n", lgrss/1024, lgrss*1024/n
+	printf "kernel slabs         TCP %.0f B, sock_inode %.0f B, io_kiocb %.0f B per connection (both ends)\n", (tcp1-tcp0)/n, (i1-i0)/n, (k1-k0)/n
+	printf "connect rate         %.0f connections/s (ramp %.1f s, loadgen report)\n", (ramp > 0 ? n/ramp : 0), ramp
+	printf "gateway CPU holding  %.2f%% of one core (10 s window, no keepalive traffic)\n", (c1-c0)/hz/10*100
+}'
