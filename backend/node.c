@@ -227,8 +227,10 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 		answer_route(b, l, f, 0, PROTO_E_TRY_AGAIN);
 		return;
 	}
-	uint64_t smid = 0;
-	if (f->route.cmid && store_dedup_get(b->store, f->route.from, f->route.cmid, &smid) == 0 && smid) {
+	/* A resend is the same sender, cmid and recipient: the recipient is part of
+	 * the key, so a cmid reused for another recipient is a new message. */
+	uint64_t smid = 0, dkey = f->route.cmid ^ hash64(f->route.group ? f->route.group * 2 + 1 : f->route.to * 2);
+	if (f->route.cmid && store_dedup_get(b->store, f->route.from, dkey, &smid) == 0 && smid) {
 		BCNT_ADD(b, dedup_hits, 1); /* a resend: the first copy is stored (and routed) already */
 		answer_route(b, l, f, smid, 0);
 		return;
@@ -291,7 +293,7 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 	} else {
 		BCNT_ADD(b, stored, 1);
 		if (f->route.cmid)
-			store_dedup_put(b->store, m.from, f->route.cmid, m.smid);
+			store_dedup_put(b->store, m.from, dkey, m.smid);
 		answer_route(b, l, f, m.smid, 0);
 		for (size_t i = 0; i < n; i++) {
 			struct link *dl = user_link(b, rcpt[i], NULL);
@@ -317,9 +319,11 @@ static void on_receipt(struct be *b, const struct dist_frame *f)
 		if (store_ack(b->store, f->receipt.from, f->receipt.smid) == 0)
 			BCNT_ADD(b, receipts_deleted, 1);
 	}
-	if (!(f->receipt.flags & DIST_RCPT_NOTIFY))
+	if (!(f->receipt.flags & (DIST_RCPT_NOTIFY | DIST_RCPT_STORE)))
 		return;
-	struct link *dl = user_link(b, f->receipt.to, NULL);
+	/* STORE: a gateway found `to` gone just as it forwarded: keep it, do not
+	 * forward again (that could bounce between the two forever) */
+	struct link *dl = (f->receipt.flags & DIST_RCPT_STORE) ? NULL : user_link(b, f->receipt.to, NULL);
 	if (dl) {
 		struct dist_frame r = *f;
 		r.receipt.flags = DIST_RCPT_NOTIFY;

@@ -21,7 +21,11 @@ lg=
 cleanup() {
 	[ -n "$lg" ] && kill "$lg" 2>/dev/null
 	[ -n "$gw" ] && kill -TERM "$gw" 2>/dev/null && sleep 1 && kill -KILL "$gw" 2>/dev/null
-	rm -rf "$tmp"
+	if [ "${failed:-0}" = 1 ]; then
+		echo "hold: logs kept in $tmp" >&2
+	else
+		rm -rf "$tmp"
+	fi
 }
 trap cleanup EXIT INT TERM
 
@@ -33,17 +37,26 @@ threads=$(((n + per - 1) / per + 1))
 echo "hold: $n connections; RLIMIT_NOFILE $limit -> $threads gateway threads of $per slots"
 
 if [ "$(id -u)" = 0 ]; then
-	for kv in net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535; do
+	# tcp_mem: 2 million sockets (both ends) pass the default pressure threshold
+	# (1.5 GB on a 24 GB machine), and TCP under pressure slows the ramp down
+	for kv in net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 \
+		"net.ipv4.tcp_mem=1048576 1572864 2097152"; do
 		sysctl -q -w "$kv" >/dev/null 2>&1 && echo "hold: sysctl $kv" || true
 	done
 fi
 
 mem() { awk -v k="$1" '$1 == k":" {print $2}' /proc/meminfo; }
 slab() { awk -v s="$1" '$1 == s {print $2 * $4}' /proc/slabinfo 2>/dev/null || echo 0; }
-rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 "$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
+# a previous run's gateway may still be closing its sockets: wait for the port
+for _ in $(seq 120); do
+	ss -Hltn "sport = :$port" 2>/dev/null | grep -q . || break
+	sleep 1
+done
+failed=0
 "$b/gateway/gateway" --auth-secret-file "$tmp/secret" --threads "$threads" \
 	--listen "127.0.0.1:$port" --listen "127.0.0.2:$port" --listen "127.0.0.3:$port" --listen "127.0.0.4:$port" \
 	--stats-listen "127.0.0.1:$stats" --recv-pool 16m --keepalive 900s --login-timeout 60s \
@@ -53,6 +66,12 @@ for _ in $(seq 50); do
 	(exec 3<>"/dev/tcp/127.0.0.1/$stats") 2>/dev/null && break
 	sleep 0.1
 done
+if ! kill -0 "$gw" 2>/dev/null; then
+	failed=1
+	echo "hold: the gateway did not start:" >&2
+	cat "$tmp/gateway.log" >&2
+	exit 1
+fi
 sleep 1
 free0=$(mem MemFree)
 rss0=$(rss "$gw")
@@ -69,13 +88,18 @@ lg=$!
 start=$(date +%s)
 logged=0
 while kill -0 "$lg" 2>/dev/null; do
-	logged=$(curl -s "http://127.0.0.1:$stats/stats" | sed -n 's/.*"logged_in":\([0-9]*\).*/\1/p')
+	# the first "logged_in" is the gateway's total (per-thread ones follow)
+	logged=$(curl -s "http://127.0.0.1:$stats/stats" | grep -o '"logged_in":[0-9]*' | head -n 1 | cut -d: -f2)
 	logged=${logged:-0}
 	[ "$logged" -ge "$n" ] && break
 	sleep 1
 done
 ramp=$(($(date +%s) - start))
-echo "hold: $logged logged in after ${ramp}s; settling 5 s, then measuring"
+echo "hold: $logged logged in after ${ramp}s; settling 5 s, then measuring (the loadgen holds for 40 s)"
+if [ "$logged" -lt "$n" ]; then
+	failed=1
+	echo "hold: the target was not reached; see $tmp/loadgen.log and $tmp/gateway.log" >&2
+fi
 sleep 5
 free1=$(mem MemFree)
 rss1=$(rss "$gw")
@@ -90,8 +114,8 @@ hz=$(getconf CLK_TCK)
 wait "$lg" || true
 lg=
 cat "$tmp/loadgen.out"
-held=$(sed -n 's/.*"logged_in":\([0-9]*\).*/\1/p' "$tmp/report.json")
-ramp_s=$(sed -n 's/.*"ramp_s":\([0-9.]*\).*/\1/p' "$tmp/report.json")
+held=$(grep -o '"logged_in":[0-9]*' "$tmp/report.json" | head -n 1 | cut -d: -f2)
+ramp_s=$(grep -o '"ramp_s":[0-9.]*' "$tmp/report.json" | head -n 1 | cut -d: -f2)
 awk -v n="$logged" -v rss0="$rss0" -v rss1="$rss1" -v free0="$free0" -v free1="$free1" -v lgrss="$lgrss" \
 	-v tcp0="$tcp0" -v tcp1="$tcp1" -v k0="$kiocb0" -v k1="$kiocb1" -v i0="$inode0" -v i1="$inode1" \
 	-v c0="$c0" -v c1="$c1" -v hz="$hz" -v ramp="$ramp_s" -v held="$held" -v thr="$threads" 'BEGIN {

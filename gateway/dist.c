@@ -353,8 +353,13 @@ void gw_dist_receipt(struct worker *w, uint8_t flags, uint8_t kind, uint64_t fro
 	int del = -1, note = -1;
 	if (flags & DIST_RCPT_DELETE)
 		del = cluster_find(cl, msgid_node(smid));
-	if (flags & DIST_RCPT_NOTIFY)
+	if (flags & (DIST_RCPT_NOTIFY | DIST_RCPT_STORE))
 		note = (int)cluster_user_owner(cl, to);
+	if (flags & DIST_RCPT_STORE) {
+		f.receipt.flags = DIST_RCPT_STORE;
+		link_add(&w->links[note], &f);
+		return;
+	}
 	if (del >= 0 && del == note) {
 		f.receipt.flags = DIST_RCPT_DELETE | DIST_RCPT_NOTIFY;
 		link_add(&w->links[del], &f);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "gateway/gw.h"
@@ -148,6 +149,23 @@ int main(int argc, char **argv)
 		fprintf(stderr, "gateway: --node %lld is a backend's id in the cluster file; node ids must be unique\n",
 			(long long)cfg->node);
 		return 2;
+	}
+	/* SO_REUSEPORT would let this gateway share a port with another one
+	 * already listening there, silently splitting its traffic: refuse. A bind
+	 * without SO_REUSEPORT fails on a port with a listener, and only then. */
+	for (size_t i = 0; i < gw.nlisten; i++) {
+		int fd = socket(gw.listen[i].ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+		if (fd < 0)
+			continue;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		if (bind(fd, (const struct sockaddr *)&gw.listen[i].ss, gw.listen[i].len) != 0 && errno == EADDRINUSE) {
+			char a[64];
+			fprintf(stderr, "gateway: %s is in use by another process (another gateway?)\n",
+				addr_str(&gw.listen[i], a, sizeof a));
+			close(fd);
+			return 1;
+		}
+		close(fd);
 	}
 	struct addr stats_addr;
 	int stats_on = strcmp(cfg->stats_listen, "off") != 0;

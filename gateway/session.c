@@ -368,7 +368,9 @@ void session_deliver_remote(struct worker *w, const struct dist_frame *f)
 
 void session_receipt_remote(struct worker *w, const struct dist_frame *f)
 {
-	receipt_here(w, f->receipt.to, f->receipt.from, f->receipt.kind, f->receipt.smid);
+	/* `to` left just as the backend forwarded this: hand it back to be stored */
+	if (receipt_here(w, f->receipt.to, f->receipt.from, f->receipt.kind, f->receipt.smid) != 0)
+		gw_dist_receipt(w, DIST_RCPT_STORE, f->receipt.kind, f->receipt.from, f->receipt.to, f->receipt.smid);
 }
 
 void session_kick_remote(struct worker *w, const struct dist_frame *f)

@@ -36,6 +36,8 @@
 #define LG_WHEEL_BITS 16u /* 65536 x 10 ms = 655 s per turn */
 #define LG_MAX_THREADS 256u
 #define LG_BODY_MIN 12u /* seq (4) + scheduled time (8) */
+#define LG_PORT_FIRST 1024u /* explicit source ports (with --sources): 1024..65534 */
+#define LG_PORTS 64511u
 
 enum lg_scenario { SC_IDLE, SC_CHAT, SC_CHURN, SC_STORM };
 

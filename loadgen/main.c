@@ -279,10 +279,11 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	uint64_t pairs = lg.ntargets * (lg.src_count ? lg.src_count : 1);
-	if ((uint64_t)cfg->connections > pairs * 28000)
-		log_warn("%lld connections over %llu (source, target) pairs: about %llu each, more than the ~28k ephemeral ports "
-			 "of the default ip_local_port_range; add --sources or --targets",
-			 (long long)cfg->connections, (unsigned long long)pairs, (unsigned long long)(cfg->connections / pairs));
+	if ((uint64_t)cfg->connections > pairs * (lg.src_count ? LG_PORTS : 28000))
+		log_warn("%lld connections over %llu (source, target) pairs: about %llu each, more ports than a pair has "
+			 "(%s); add --sources or --targets",
+			 (long long)cfg->connections, (unsigned long long)pairs, (unsigned long long)(cfg->connections / pairs),
+			 lg.src_count ? "64511 explicit source ports" : "~28k in the default ip_local_port_range");
 
 	lg.t = calloc(lg.nthreads, sizeof *lg.t);
 	if (!lg.t)

@@ -208,13 +208,24 @@ static int start_connect(struct lthread *t, uint32_t slot)
 	if (lg->src_count && dst->ss.ss_family == AF_INET) {
 		/* spread over source addresses; the port is chosen at connect time per
 		 * destination, so each (source, destination) pair has its own port range */
+		/* Connection idx gets source address s and port p of its own:
+		 * (target, source, port) is unique, so connect() need not search the
+		 * ephemeral range (that search dominated the ramp past 100k sockets).
+		 * The same (source, port) serves every target (SO_REUSEADDR, no
+		 * listen). If that port is taken, fall back to a kernel-chosen one. */
+		uint32_t nt = (uint32_t)lg->ntargets, k = idx / nt;
 		struct sockaddr_in src = {.sin_family = AF_INET};
-		src.sin_addr.s_addr = htonl(lg->src_first + (idx / (uint32_t)lg->ntargets) % lg->src_count);
-		setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+		src.sin_addr.s_addr = htonl(lg->src_first + k % lg->src_count);
+		src.sin_port = htons((uint16_t)(LG_PORT_FIRST + (k / lg->src_count) % LG_PORTS));
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 		if (bind(fd, (struct sockaddr *)&src, sizeof src) != 0) {
-			log_rl(LOG_WARN, "bind to source address: %s", strerror(errno));
-			close(fd);
-			return -1;
+			src.sin_port = 0;
+			setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+			if (bind(fd, (struct sockaddr *)&src, sizeof src) != 0) {
+				log_rl(LOG_WARN, "bind to source address: %s", strerror(errno));
+				close(fd);
+				return -1;
+			}
 		}
 	}
 	int ret = io_uring_register_files_update(&t->ring, slot, &fd, 1);

@@ -102,7 +102,7 @@ static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
 		if (f->receipt.kind != PROTO_RCPT_DELIVERED && f->receipt.kind != PROTO_RCPT_READ)
 			rd_fail(r);
 		f->receipt.flags = rd_u8(r);
-		if (!f->receipt.flags || (f->receipt.flags & ~(DIST_RCPT_DELETE | DIST_RCPT_NOTIFY)))
+		if (!f->receipt.flags || (f->receipt.flags & ~DIST_RCPT_FLAGS))
 			rd_fail(r);
 		f->receipt.from = rd_uv(r);
 		rd_nonzero(r, f->receipt.from);
@@ -275,7 +275,7 @@ static void enc_payload(struct wr *w, const struct dist_frame *f)
 		break;
 	case DIST_RECEIPT:
 		wr_check(w, (f->receipt.kind == PROTO_RCPT_DELIVERED || f->receipt.kind == PROTO_RCPT_READ) &&
-				    f->receipt.flags && !(f->receipt.flags & ~(DIST_RCPT_DELETE | DIST_RCPT_NOTIFY)) &&
+				    f->receipt.flags && !(f->receipt.flags & ~DIST_RCPT_FLAGS) &&
 				    f->receipt.from != 0 && f->receipt.to != 0 && f->receipt.smid != 0);
 		wr_u8(w, f->receipt.kind);
 		wr_u8(w, f->receipt.flags);

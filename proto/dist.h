@@ -46,6 +46,8 @@ enum dist_role { DIST_ROLE_GATEWAY = 1, DIST_ROLE_BACKEND = 2 };
 /* RECEIPT flags: what the receiving backend is asked to do. */
 #define DIST_RCPT_DELETE 0x01u /* `from` has message smid: drop it from from's mailbox */
 #define DIST_RCPT_NOTIFY 0x02u /* tell `to` (forward to its gateway, or store it) */
+#define DIST_RCPT_STORE 0x04u  /* store it for `to` without forwarding (bounced by a gateway) */
+#define DIST_RCPT_FLAGS (DIST_RCPT_DELETE | DIST_RCPT_NOTIFY | DIST_RCPT_STORE)
 
 /* Name of a dist frame type ("route"), or "unknown". Never NULL. */
 const char *dist_type_name(unsigned type);
@@ -91,7 +93,7 @@ struct dist_frame {
 		} store_ack;
 		struct {
 			uint8_t kind;  /* enum proto_receipt_kind */
-			uint8_t flags; /* DIST_RCPT_DELETE | DIST_RCPT_NOTIFY (at least one) */
+			uint8_t flags; /* DIST_RCPT_* (at least one) */
 			uint64_t from, to, smid;
 		} receipt;
 		struct {

@@ -412,8 +412,10 @@ static void on_hello(struct link *l, struct io_uring *ring, const struct dist_fr
 		e.error.code = PROTO_E_VERSION;
 		e.error.text = (struct proto_bytes){(const uint8_t *)bad, (uint32_t)strlen(bad)};
 		push_ctrl(l, &e);
+		log_rl(LOG_WARN, "link %s: %s", l->name, bad);
+		l->close_after_send = 1; /* the ERROR goes out first, then the close */
+		l->since_ns = now;
 		link_flush(l, ring, now);
-		link_close(l, ring, bad, now);
 		return;
 	}
 	l->peer_role = f->hello.role;
@@ -454,6 +456,8 @@ static int process_rx(struct link *l, struct io_uring *ring, uint64_t now)
 			on_hello(l, ring, &f, now);
 			break;
 		case DIST_BATCH: {
+			if (l->close_after_send)
+				break;
 			if (l->state != LINK_UP) {
 				link_close(l, ring, "batch before HELLO", now);
 				return -1;
@@ -582,6 +586,10 @@ void link_complete(struct link *l, struct io_uring *ring, const struct io_uring_
 		}
 		free(o);
 		l->sending = NULL;
+		if (l->close_after_send && (!l->q_head || !l->q_head->ctrl)) {
+			link_close(l, ring, "closing after an error", now_ns);
+			return;
+		}
 		send_next(l, ring, now_ns);
 		return;
 	}
@@ -604,7 +612,9 @@ void link_tick(struct link *l, struct io_uring *ring, uint64_t now_ns)
 			link_close(l, ring, "connect timed out", now_ns);
 		return;
 	case LINK_HELLO:
-		if (now_ns - l->since_ns > LINK_DEAD_NS)
+		if (l->close_after_send && now_ns - l->since_ns > 1000000000ull)
+			link_close(l, ring, "closing after an error", now_ns);
+		else if (now_ns - l->since_ns > LINK_DEAD_NS)
 			link_close(l, ring, "no HELLO from the peer", now_ns);
 		return;
 	case LINK_UP:

@@ -77,6 +77,7 @@ struct link {
 	uint32_t my_node, my_thread, my_threads;
 	uint32_t peer_node, peer_thread, peer_threads;
 	uint8_t expect_role; /* 0 = any */
+	int close_after_send; /* an ERROR is queued: close once it has left (or after 1 s) */
 	int hold;            /* while set, no batch leaves (control frames do): the
 			      * backend holds until its writes are committed */
 	/* receive */

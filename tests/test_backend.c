@@ -1,0 +1,1783 @@
+/* test_backend.c: end-to-end tests of backend nodes behind gateways, over
+ * loopback TCP.
+ *
+ * Most tests start the same small cluster: two backends (node ids 11 and 12)
+ * and two gateways (node ids 1 and 2, --threads 2), one cluster file listing
+ * both backends, and wait until every gateway thread is linked to every
+ * backend. Ports are reserved with tc_port_reserve() (parallel tests never
+ * clash); each backend gets its own data directory under a temporary
+ * directory ($TMPDIR or /tmp) that is removed after the test. The suite's fini
+ * stops every process whatever way the test ended (and tclient's watchdog
+ * kills them if the test process itself dies).
+ *
+ * Who owns what is computed here with the same code the nodes use
+ * (runtime/cluster.h): users by rendezvous hash, groups by the node id in
+ * bits 48..55 of the group id, stored messages by the node id in the smid
+ * (runtime/msgid.h).
+ *
+ * Three tests are disabled: each shows a bug, described above it
+ * (dedup_cmid_reused_on_new_connection, receipt_right_after_sender_logout,
+ * hello_mismatch_gets_error).
+ *
+ * The build directory: $GW_BUILD_DIR if set; else the directory two levels
+ * above this binary; else "build". Logs go to $builddir/tests/backend-e2e/.
+ */
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "proto/client.h"
+#include "proto/dist.h"
+#include "runtime/cluster.h"
+#include "runtime/msgid.h"
+#include "runtime/token.h"
+#include "tests/tclient.h"
+
+#define NBE 2
+#define NGW 2
+#define GW_THREADS 2
+#define RECV_MS 3000  /* bound for a frame that should come at once */
+#define START_MS 5000 /* a process's stats endpoint answering */
+#define LINKS_MS 10000 /* every link up (reconnects back off up to 5 s) */
+
+static const unsigned be_node_id[NBE] = {11, 12};
+static const unsigned gw_node_id[NGW] = {1, 2};
+
+/* ---- fixture ------------------------------------------------------------------ */
+
+struct proc {
+	struct tc_server srv;
+	int started;     /* srv holds a process (maybe reaped; its watchdog still to end) */
+	int expect_dead; /* stopped or killed on purpose */
+	unsigned node, port, stats, runs;
+	int port_fd, stats_fd;
+	char log[PATH_MAX + 160];
+	char data[PATH_MAX + 64]; /* backends: --data-dir */
+};
+
+static struct {
+	struct proc be[NBE], gw[NGW];
+	char logdir[PATH_MAX];
+	char tmp[PATH_MAX];
+	int have_tmp;
+	char secret_path[PATH_MAX + 32], cluster_path[PATH_MAX + 32];
+	struct token_secret secret;
+	struct cluster cl;
+	const char *gw_extra[24];
+} T;
+
+static const char *build_dir(void)
+{
+	static char dir[PATH_MAX];
+	const char *e = getenv("GW_BUILD_DIR");
+	if (e && *e)
+		return e;
+	if (!dir[0]) {
+		char exe[PATH_MAX];
+		ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+		snprintf(dir, sizeof dir, "build");
+		if (n > 0) {
+			exe[n] = 0;
+			char *s = strrchr(exe, '/'); /* .../tests/test_backend */
+			if (s) {
+				*s = 0;
+				s = strrchr(exe, '/'); /* .../tests */
+				if (s && strcmp(s, "/tests") == 0) {
+					*s = 0;
+					snprintf(dir, sizeof dir, "%s", exe);
+				}
+			}
+		}
+	}
+	return dir;
+}
+
+static const char *test_name(void)
+{
+	return criterion_current_test ? criterion_current_test->name : "test";
+}
+
+static char *proc_tail(const struct proc *p)
+{
+	static char buf[2500];
+	return tc_server_log_tail(&p->srv, buf, sizeof buf);
+}
+
+static void t_init(void)
+{
+	memset(&T, 0, sizeof T);
+	for (int i = 0; i < NBE; i++) {
+		T.be[i].port_fd = T.be[i].stats_fd = -1;
+		T.be[i].node = be_node_id[i];
+	}
+	for (int i = 0; i < NGW; i++) {
+		T.gw[i].port_fd = T.gw[i].stats_fd = -1;
+		T.gw[i].node = gw_node_id[i];
+	}
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	remove(path);
+	return 0;
+}
+
+static int stop_status(struct proc *p, const char *role, int was_running)
+{
+	if (!p->started)
+		return 0;
+	int st = tc_server_stop(&p->srv, 3000);
+	p->started = 0;
+	if (p->expect_dead)
+		return st;
+	if (!was_running)
+		cr_log_error("%s %u had exited before the end of the test (wait status 0x%x); log %s", role, p->node,
+			     (unsigned)st, p->log);
+	else if (st != -1 && WIFSIGNALED(st))
+		cr_log_error("%s %u did not stop on SIGTERM (ended by signal %d); log %s", role, p->node, WTERMSIG(st),
+			     p->log);
+	else if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) != 0)
+		cr_log_error("%s %u exited with status %d; log %s", role, p->node, WEXITSTATUS(st), p->log);
+	return st;
+}
+
+static void t_fini(void)
+{
+	int gw_ran[NGW], be_ran[NBE];
+	for (int i = 0; i < NGW; i++)
+		gw_ran[i] = T.gw[i].started && tc_server_running(&T.gw[i].srv);
+	for (int i = 0; i < NBE; i++)
+		be_ran[i] = T.be[i].started && tc_server_running(&T.be[i].srv);
+	/* gateways: a first SIGTERM drains, a second stops at once */
+	for (int i = 0; i < NGW; i++)
+		if (gw_ran[i])
+			tc_server_signal(&T.gw[i].srv, SIGTERM);
+	int64_t deadline = tc_now_ms() + 300;
+	for (int i = 0; i < NGW; i++)
+		if (T.gw[i].started && tc_server_wait(&T.gw[i].srv, (int)(deadline > tc_now_ms() ? deadline - tc_now_ms() : 0)) != 0)
+			tc_server_signal(&T.gw[i].srv, SIGTERM);
+	for (int i = 0; i < NGW; i++)
+		stop_status(&T.gw[i], "gateway", gw_ran[i]);
+	for (int i = 0; i < NBE; i++)
+		stop_status(&T.be[i], "backend", be_ran[i]);
+	for (int i = 0; i < NBE; i++) {
+		tc_port_release(T.be[i].port_fd);
+		tc_port_release(T.be[i].stats_fd);
+	}
+	for (int i = 0; i < NGW; i++) {
+		tc_port_release(T.gw[i].port_fd);
+		tc_port_release(T.gw[i].stats_fd);
+	}
+	if (T.have_tmp)
+		nftw(T.tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	T.have_tmp = 0;
+}
+
+TestSuite(backend, .init = t_init, .fini = t_fini, .timeout = 60);
+
+/* Directories, secret, ports and the cluster file of this test. */
+static void setup_env(void)
+{
+	const char *bd = build_dir();
+	snprintf(T.logdir, sizeof T.logdir, "%s/tests", bd);
+	mkdir(T.logdir, 0755);
+	snprintf(T.logdir, sizeof T.logdir, "%s/tests/backend-e2e", bd);
+	mkdir(T.logdir, 0755);
+	const char *tmpdir = getenv("TMPDIR");
+	if (!tmpdir || !*tmpdir)
+		tmpdir = "/tmp";
+	snprintf(T.tmp, sizeof T.tmp, "%s/test_backend.%s.XXXXXX", tmpdir, test_name());
+	cr_assert(mkdtemp(T.tmp), "mkdtemp %s: %s", T.tmp, strerror(errno));
+	T.have_tmp = 1;
+	snprintf(T.secret_path, sizeof T.secret_path, "%s/secret", T.tmp);
+	cr_assert_eq(tc_secret_new(T.secret_path, &T.secret), 0, "cannot write secret %s", T.secret_path);
+	for (int i = 0; i < NBE; i++) {
+		struct proc *p = &T.be[i];
+		p->port = tc_port_reserve(&p->port_fd);
+		p->stats = tc_port_reserve(&p->stats_fd);
+		cr_assert(p->port && p->stats, "no free port: %s", strerror(errno));
+		snprintf(p->data, sizeof p->data, "%s/be%u", T.tmp, p->node);
+	}
+	for (int i = 0; i < NGW; i++) {
+		struct proc *p = &T.gw[i];
+		p->port = tc_port_reserve(&p->port_fd);
+		p->stats = tc_port_reserve(&p->stats_fd);
+		cr_assert(p->port && p->stats, "no free port: %s", strerror(errno));
+	}
+	snprintf(T.cluster_path, sizeof T.cluster_path, "%s/cluster.conf", T.tmp);
+	FILE *f = fopen(T.cluster_path, "w");
+	cr_assert(f, "cannot write %s: %s", T.cluster_path, strerror(errno));
+	fprintf(f, "# test_backend %s\n", test_name());
+	for (int i = 0; i < NBE; i++)
+		fprintf(f, "backend %u 127.0.0.1:%u\n", T.be[i].node, T.be[i].port);
+	cr_assert_eq(fclose(f), 0);
+	char err[256];
+	cr_assert_eq(cluster_load(&T.cl, T.cluster_path, err, sizeof err), 0, "cluster file: %s", err);
+	cr_assert_eq(T.cl.n, NBE);
+	for (int i = 0; i < NBE; i++)
+		cr_assert_eq(cluster_find(&T.cl, T.be[i].node), i);
+}
+
+static void proc_spawn(struct proc *p, const char *role, const char *const *argv)
+{
+	cr_assert_eq(access(argv[0], X_OK), 0, "%s binary %s: %s (set GW_BUILD_DIR)", role, argv[0], strerror(errno));
+	p->runs++;
+	if (p->runs == 1)
+		snprintf(p->log, sizeof p->log, "%s/%s.%s%u.log", T.logdir, test_name(), role, p->node);
+	else
+		snprintf(p->log, sizeof p->log, "%s/%s.%s%u.run%u.log", T.logdir, test_name(), role, p->node, p->runs);
+	int r = tc_server_start(&p->srv, argv[0], (char *const *)argv, p->log);
+	cr_assert_eq(r, 0, "cannot start %s: %s", argv[0], strerror(errno));
+	p->started = 1;
+	p->expect_dead = 0;
+}
+
+/* Wait until the process's stats endpoint answers /healthz. */
+static void proc_wait_up(struct proc *p, const char *role)
+{
+	int64_t deadline = tc_now_ms() + START_MS;
+	char body[256];
+	int st;
+	for (;;) {
+		cr_assert(tc_server_running(&p->srv), "%s %u exited at start-up (wait status 0x%x); log %s:\n%s", role,
+			  p->node, (unsigned)p->srv.status, p->log, proc_tail(p));
+		st = tc_http_get(p->stats, "/healthz", 1000, body, sizeof body);
+		if (st == 200 || tc_now_ms() > deadline)
+			break;
+		tc_sleep_ms(20);
+	}
+	cr_assert_eq(st, 200, "%s %u: stats endpoint not up in %d ms (%s); log %s:\n%s", role, p->node, START_MS,
+		     st < 0 ? tc_status_name(st) : "http", p->log, proc_tail(p));
+}
+
+static void be_spawn(int i)
+{
+	struct proc *p = &T.be[i];
+	char path[PATH_MAX + 32], node[16], stats[64];
+	snprintf(path, sizeof path, "%s/backend/backend", build_dir());
+	snprintf(node, sizeof node, "%u", p->node);
+	snprintf(stats, sizeof stats, "127.0.0.1:%u", p->stats);
+	const char *argv[] = {path,	    "--node",	    node,   "--cluster", T.cluster_path, "--data-dir",
+			      p->data,	    "--stats-listen", stats, NULL};
+	proc_spawn(p, "be", argv);
+}
+
+static void gw_spawn(int i)
+{
+	struct proc *p = &T.gw[i];
+	char path[PATH_MAX + 32], node[16], listen[64], stats[64], threads[16];
+	snprintf(path, sizeof path, "%s/gateway/gateway", build_dir());
+	snprintf(node, sizeof node, "%u", p->node);
+	snprintf(listen, sizeof listen, "127.0.0.1:%u", p->port);
+	snprintf(stats, sizeof stats, "127.0.0.1:%u", p->stats);
+	snprintf(threads, sizeof threads, "%d", GW_THREADS);
+	const char *argv[64];
+	size_t n = 0;
+	argv[n++] = path;
+	argv[n++] = "--listen";
+	argv[n++] = listen;
+	argv[n++] = "--stats-listen";
+	argv[n++] = stats;
+	argv[n++] = "--auth-secret-file";
+	argv[n++] = T.secret_path;
+	argv[n++] = "--threads";
+	argv[n++] = threads;
+	argv[n++] = "--node";
+	argv[n++] = node;
+	argv[n++] = "--cluster";
+	argv[n++] = T.cluster_path;
+	argv[n++] = "--drain-timeout";
+	argv[n++] = "1s";
+	for (size_t k = 0; T.gw_extra[k]; k++) {
+		cr_assert_lt(n, sizeof argv / sizeof argv[0] - 1, "too many options");
+		argv[n++] = T.gw_extra[k];
+	}
+	argv[n] = NULL;
+	proc_spawn(p, "gw", argv);
+}
+
+/* ---- stats -------------------------------------------------------------------- */
+
+static int64_t stat_num(struct proc *p, const char *key)
+{
+	static char body[65536];
+	int st = tc_http_get(p->stats, "/stats", 2000, body, sizeof body);
+	cr_assert_eq(st, 200, "node %u: GET /stats: %s", p->node, st < 0 ? tc_status_name(st) : "bad status");
+	int64_t v = tc_json_num(body, key);
+	cr_assert_geq(v, 0, "node %u: no \"%s\" in /stats", p->node, key);
+	return v;
+}
+
+/* Poll until key == want ('=') or key >= want ('>') or key <= want ('<'),
+ * for up to timeout_ms. Returns the last value. */
+static int64_t wait_stat(struct proc *p, const char *key, char cmp, int64_t want, int timeout_ms)
+{
+	int64_t deadline = tc_now_ms() + timeout_ms, v;
+	for (;;) {
+		v = stat_num(p, key);
+		int ok = cmp == '=' ? v == want : cmp == '>' ? v >= want : v <= want;
+		if (ok || tc_now_ms() > deadline)
+			return v;
+		tc_sleep_ms(20);
+	}
+}
+
+static void expect_stat(struct proc *p, const char *key, char cmp, int64_t want, int timeout_ms)
+{
+	int64_t v = wait_stat(p, key, cmp, want, timeout_ms);
+	int ok = cmp == '=' ? v == want : cmp == '>' ? v >= want : v <= want;
+	cr_assert(ok, "node %u: %s is %lld, want %s %lld (waited %d ms)", p->node, key, (long long)v,
+		  cmp == '=' ? "==" : cmp == '>' ? ">=" : "<=", (long long)want, timeout_ms);
+}
+
+/* Every gateway thread linked to every live backend, and every live backend
+ * linked to every gateway thread. */
+static void wait_links(void)
+{
+	int live = 0;
+	for (int i = 0; i < NBE; i++)
+		live += T.be[i].started && !T.be[i].expect_dead;
+	for (int i = 0; i < NGW; i++)
+		expect_stat(&T.gw[i], "links_up", '=', GW_THREADS * live, LINKS_MS);
+	for (int i = 0; i < NBE; i++)
+		if (T.be[i].started && !T.be[i].expect_dead)
+			expect_stat(&T.be[i], "links_up", '=', GW_THREADS * NGW, LINKS_MS);
+}
+
+/* Start the cluster; gateway options besides the defaults as NULL-terminated
+ * name, value words. */
+static void topo_start(const char *first, ...)
+{
+	size_t n = 0;
+	va_list ap;
+	va_start(ap, first);
+	for (const char *a = first; a; a = va_arg(ap, const char *))
+		if (n < sizeof T.gw_extra / sizeof T.gw_extra[0] - 1)
+			T.gw_extra[n++] = a;
+	va_end(ap);
+	T.gw_extra[n] = NULL;
+	setup_env();
+	for (int i = 0; i < NBE; i++)
+		be_spawn(i);
+	for (int i = 0; i < NBE; i++)
+		proc_wait_up(&T.be[i], "backend");
+	for (int i = 0; i < NGW; i++)
+		gw_spawn(i);
+	for (int i = 0; i < NGW; i++)
+		proc_wait_up(&T.gw[i], "gateway");
+	wait_links();
+}
+
+/* Every process not stopped on purpose still runs (nothing crashed). */
+static void all_alive(void)
+{
+	for (int i = 0; i < NBE; i++)
+		if (T.be[i].started && !T.be[i].expect_dead)
+			cr_assert(tc_server_running(&T.be[i].srv), "backend %u died (wait status 0x%x); log %s:\n%s",
+				  T.be[i].node, (unsigned)T.be[i].srv.status, T.be[i].log, proc_tail(&T.be[i]));
+	for (int i = 0; i < NGW; i++)
+		if (T.gw[i].started && !T.gw[i].expect_dead)
+			cr_assert(tc_server_running(&T.gw[i].srv), "gateway %u died (wait status 0x%x); log %s:\n%s",
+				  T.gw[i].node, (unsigned)T.gw[i].srv.status, T.gw[i].log, proc_tail(&T.gw[i]));
+}
+
+/* SIGKILL backend i and reap it (it stays down until be_restart). */
+static void be_kill9(int i)
+{
+	struct proc *p = &T.be[i];
+	p->expect_dead = 1;
+	cr_assert_eq(tc_server_signal(&p->srv, SIGKILL), 0, "kill: %s", strerror(errno));
+	cr_assert_eq(tc_server_wait(&p->srv, 5000), 0, "backend %u did not die on SIGKILL", p->node);
+	cr_assert(WIFSIGNALED(p->srv.status) && WTERMSIG(p->srv.status) == SIGKILL,
+		  "backend %u: wait status 0x%x after SIGKILL", p->node, (unsigned)p->srv.status);
+	tc_server_stop(&p->srv, 0); /* reaped already: ends its watchdog */
+	p->started = 0;
+}
+
+/* Start backend i again on the same port and data directory. */
+static void be_restart(int i, int wait_up)
+{
+	be_spawn(i);
+	if (wait_up)
+		proc_wait_up(&T.be[i], "backend");
+}
+
+/* ---- users ---------------------------------------------------------------------- */
+
+/* The first user id >= from owned by backend index be. */
+static uint64_t user_of(int be, uint64_t from)
+{
+	for (uint64_t u = from;; u++)
+		if ((int)cluster_user_owner(&T.cl, u) == be)
+			return u;
+}
+
+/* ---- client helpers --------------------------------------------------------------- */
+
+static const char *describe(const struct tc_frame *fr)
+{
+	static char s[320];
+	const struct proto_frame *f = &fr->f;
+	switch (f->type) {
+	case PROTO_ERROR:
+		snprintf(s, sizeof s, "ERROR %s (%u) ref %llu \"%.*s\"", proto_err_name(f->error.code), f->error.code,
+			 (unsigned long long)f->error.ref, (int)f->error.text.len, (const char *)f->error.text.p);
+		break;
+	case PROTO_LOGIN_RESULT:
+		snprintf(s, sizeof s, "LOGIN_RESULT status %s (%u)",
+			 f->login_result.status ? proto_err_name(f->login_result.status) : "ok", f->login_result.status);
+		break;
+	case PROTO_ACK:
+		snprintf(s, sizeof s, "ACK cmid %llu status %u smid %llu", (unsigned long long)f->ack.cmid, f->ack.status,
+			 (unsigned long long)f->ack.smid);
+		break;
+	case PROTO_DELIVER:
+		snprintf(s, sizeof s, "DELIVER flags %u smid %llu from %llu group %llu body \"%.*s\"", f->deliver.flags,
+			 (unsigned long long)f->deliver.smid, (unsigned long long)f->deliver.from,
+			 (unsigned long long)f->deliver.group, (int)(f->deliver.body.len > 40 ? 40 : f->deliver.body.len),
+			 (const char *)f->deliver.body.p);
+		break;
+	case PROTO_RECEIPT:
+		snprintf(s, sizeof s, "RECEIPT kind %u peer %llu smid %llu", f->receipt.kind,
+			 (unsigned long long)f->receipt.peer, (unsigned long long)f->receipt.smid);
+		break;
+	case PROTO_GROUP_RESULT:
+		snprintf(s, sizeof s, "GROUP_RESULT req %llu status %u group %llu", (unsigned long long)f->group_result.req,
+			 f->group_result.status, (unsigned long long)f->group_result.group);
+		break;
+	case PROTO_KICKED:
+		snprintf(s, sizeof s, "KICKED reason %u", f->kicked.reason);
+		break;
+	default:
+		snprintf(s, sizeof s, "%s (0x%02x), %u bytes", proto_type_name(f->type), f->type, fr->size);
+		break;
+	}
+	return s;
+}
+
+static void conn_open(struct tc_conn *c, int gw)
+{
+	int r = tc_connect(c, T.gw[gw].port, 0, 3000);
+	cr_assert_eq(r, 0, "connect to gateway %u (127.0.0.1:%u): %s (%s)", T.gw[gw].node, T.gw[gw].port,
+		     tc_status_name(r), strerror(errno));
+}
+
+static void login_ok(struct tc_conn *c, uint64_t user)
+{
+	struct tc_frame fr;
+	long r = tc_login(c, &T.secret, user, &fr, RECV_MS);
+	cr_assert_gt(r, 0, "login of user %llu: %s", (unsigned long long)user, tc_status_name(r));
+	cr_assert(fr.f.type == PROTO_LOGIN_RESULT && fr.f.login_result.status == 0, "login of user %llu: got %s",
+		  (unsigned long long)user, describe(&fr));
+}
+
+static void open_login(struct tc_conn *c, int gw, uint64_t user)
+{
+	conn_open(c, gw);
+	login_ok(c, user);
+}
+
+static void send_raw(struct tc_conn *c, const void *p, size_t n)
+{
+	int r = tc_send_raw(c, p, n, 5000);
+	cr_assert_eq(r, 0, "send of %zu bytes: %s", n, tc_status_name(r));
+}
+
+static void send_frame(struct tc_conn *c, const struct proto_frame *f)
+{
+	int r = tc_send_frame(c, f);
+	cr_assert_eq(r, 0, "send %s: %s", proto_type_name(f->type), tc_status_name(r));
+}
+
+static void send_body(struct tc_conn *c, uint64_t cmid, uint64_t to, int group, const void *body, uint32_t len)
+{
+	struct proto_frame f = {.type = PROTO_SEND};
+	f.send.cmid = cmid;
+	f.send.to = to;
+	f.send.group = (uint8_t)group;
+	f.send.body = (struct proto_bytes){body, len};
+	send_frame(c, &f);
+}
+
+static void send_msg(struct tc_conn *c, uint64_t cmid, uint64_t to, const char *body)
+{
+	send_body(c, cmid, to, 0, body, (uint32_t)strlen(body));
+}
+
+static void send_group_msg(struct tc_conn *c, uint64_t cmid, uint64_t gid, const char *body)
+{
+	send_body(c, cmid, gid, 1, body, (uint32_t)strlen(body));
+}
+
+static void send_receipt(struct tc_conn *c, uint8_t kind, uint64_t peer, uint64_t smid)
+{
+	struct proto_frame f = {.type = PROTO_RECEIPT};
+	f.receipt.kind = kind;
+	f.receipt.peer = peer;
+	f.receipt.smid = smid;
+	send_frame(c, &f);
+}
+
+static void group_req(struct tc_conn *c, uint8_t op, uint64_t req, uint64_t gid, const uint64_t *members, uint32_t n)
+{
+	static uint8_t buf[PROTO_MAX_GROUP_OP * 10 + 1];
+	uint8_t *p = buf;
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t v = members[i];
+		while (v >= 0x80) {
+			*p++ = (uint8_t)(v | 0x80);
+			v >>= 7;
+		}
+		*p++ = (uint8_t)v;
+	}
+	struct proto_frame f = {.type = PROTO_GROUP};
+	f.group.op = op;
+	f.group.req = req;
+	f.group.group = gid;
+	f.group.count = n;
+	f.group.members = (struct proto_bytes){buf, (uint32_t)(p - buf)};
+	send_frame(c, &f);
+}
+
+/* Receive a frame of the given type within timeout_ms. */
+static void expect_type(struct tc_conn *c, struct tc_frame *fr, uint8_t type, int timeout_ms, const char *what)
+{
+	long r = tc_recv_frame(c, fr, timeout_ms);
+	cr_assert_gt(r, 0, "%s: no %s frame: %s", what, proto_type_name(type), tc_status_name(r));
+	cr_assert_eq(fr->f.type, type, "%s: got %s, want %s", what, describe(fr), proto_type_name(type));
+}
+
+/* Expect ACK cmid with the status; returns its smid. */
+static uint64_t expect_ack(struct tc_conn *c, uint64_t cmid, unsigned status, const char *what)
+{
+	struct tc_frame fr;
+	expect_type(c, &fr, PROTO_ACK, RECV_MS, what);
+	cr_assert(fr.f.ack.cmid == cmid && fr.f.ack.status == status, "%s: got %s, want ACK cmid %llu status %u", what,
+		  describe(&fr), (unsigned long long)cmid, status);
+	cr_assert_neq(fr.f.ack.smid, 0, "%s: ACK with smid 0", what);
+	return fr.f.ack.smid;
+}
+
+static void expect_error(struct tc_conn *c, unsigned code, uint64_t ref, int timeout_ms, const char *what)
+{
+	struct tc_frame fr;
+	expect_type(c, &fr, PROTO_ERROR, timeout_ms, what);
+	cr_assert(fr.f.error.code == code && fr.f.error.ref == ref, "%s: got %s, want ERROR %s (%u) ref %llu", what,
+		  describe(&fr), proto_err_name(code), code, (unsigned long long)ref);
+}
+
+/* Expect GROUP_RESULT for req with the status; returns its group id. */
+static uint64_t expect_group_result(struct tc_conn *c, uint64_t req, unsigned status, const char *what)
+{
+	struct tc_frame fr;
+	expect_type(c, &fr, PROTO_GROUP_RESULT, RECV_MS, what);
+	cr_assert(fr.f.group_result.req == req && fr.f.group_result.status == status,
+		  "%s: got %s, want GROUP_RESULT req %llu status %s (%u)", what, describe(&fr), (unsigned long long)req,
+		  status ? proto_err_name(status) : "ok", status);
+	if (status == 0)
+		cr_assert_neq(fr.f.group_result.group, 0, "%s: group id 0", what);
+	return fr.f.group_result.group;
+}
+
+/* Expect DELIVER of body from `from` (group 0: a 1:1 message); returns the smid. */
+static uint64_t expect_deliver(struct tc_conn *c, uint64_t from, uint64_t group, const char *body, const char *what)
+{
+	struct tc_frame fr;
+	expect_type(c, &fr, PROTO_DELIVER, RECV_MS, what);
+	const struct proto_frame *f = &fr.f;
+	cr_assert_eq(f->deliver.from, from, "%s: got %s, want from %llu", what, describe(&fr), (unsigned long long)from);
+	cr_assert_eq(f->deliver.flags, group ? PROTO_DELIVER_GROUP : 0, "%s: got %s, want flags %u", what, describe(&fr),
+		     group ? PROTO_DELIVER_GROUP : 0);
+	cr_assert_eq(f->deliver.group, group, "%s: got %s, want group %llu", what, describe(&fr),
+		     (unsigned long long)group);
+	size_t n = strlen(body);
+	cr_assert(f->deliver.body.len == n && memcmp(f->deliver.body.p, body, n) == 0, "%s: got %s, want body \"%s\"",
+		  what, describe(&fr), body);
+	cr_assert_neq(f->deliver.smid, 0, "%s: smid 0", what);
+	uint64_t t = f->deliver.time_ms / 1000;
+	cr_assert(t + 30 >= tc_wall_s() && t <= tc_wall_s() + 5, "%s: time_ms %llu is not the wall clock", what,
+		  (unsigned long long)f->deliver.time_ms);
+	return f->deliver.smid;
+}
+
+static void expect_receipt(struct tc_conn *c, uint8_t kind, uint64_t peer, uint64_t smid, const char *what)
+{
+	struct tc_frame fr;
+	expect_type(c, &fr, PROTO_RECEIPT, RECV_MS, what);
+	cr_assert(fr.f.receipt.kind == kind && fr.f.receipt.peer == peer && fr.f.receipt.smid == smid,
+		  "%s: got %s, want RECEIPT kind %u peer %llu smid %llu", what, describe(&fr), kind,
+		  (unsigned long long)peer, (unsigned long long)smid);
+}
+
+/* Nothing arrives (and no close) within ms. */
+static void expect_silent(struct tc_conn *c, int ms, const char *what)
+{
+	struct tc_frame fr;
+	long r = tc_recv_frame(c, &fr, ms);
+	cr_assert_eq(r, TC_TIMEOUT, "%s: want silence, got %s", what, r > 0 ? describe(&fr) : tc_status_name(r));
+}
+
+static void ping_ok(struct tc_conn *c, const char *what)
+{
+	struct proto_frame p = {.type = PROTO_PING};
+	p.ping.data = (struct proto_bytes){(const uint8_t *)"tb", 2};
+	send_frame(c, &p);
+	struct tc_frame fr;
+	expect_type(c, &fr, PROTO_PONG, RECV_MS, what);
+	cr_assert(fr.f.ping.data.len == 2 && memcmp(fr.f.ping.data.p, "tb", 2) == 0, "%s: PONG data differs", what);
+}
+
+/* ---- 1. the topology ------------------------------------------------------------------ */
+
+Test(backend, topology_links_up, .timeout = 30)
+{
+	topo_start(NULL);
+	for (int i = 0; i < NGW; i++) {
+		cr_assert_eq(stat_num(&T.gw[i], "node"), T.gw[i].node);
+		cr_assert_eq(stat_num(&T.gw[i], "threads"), GW_THREADS);
+		cr_assert_eq(stat_num(&T.gw[i], "link_reconnects"), 0, "gateway %u reconnected at start", T.gw[i].node);
+	}
+	for (int i = 0; i < NBE; i++) {
+		cr_assert_eq(stat_num(&T.be[i], "node"), T.be[i].node);
+		cr_assert_eq(stat_num(&T.be[i], "sessions"), 0);
+		cr_assert_eq(stat_num(&T.be[i], "store_messages"), 0);
+	}
+	/* a login is announced to every backend */
+	struct tc_conn c;
+	open_login(&c, 0, 42);
+	for (int i = 0; i < NBE; i++)
+		expect_stat(&T.be[i], "sessions", '=', 1, 3000);
+	tc_close(&c);
+	for (int i = 0; i < NBE; i++)
+		expect_stat(&T.be[i], "sessions", '=', 0, 3000);
+	all_alive();
+}
+
+/* ---- 2. 1:1 across gateways ------------------------------------------------------------- */
+
+Test(backend, one_to_one_across_gateways, .timeout = 30)
+{
+	topo_start(NULL);
+	uint64_t ua = user_of(0, 1000), ub = user_of(1, 2000);
+	struct tc_conn a, b;
+	open_login(&a, 0, ua);
+	open_login(&b, 1, ub);
+	send_msg(&a, 7, ub, "hello b, from gateway 1");
+	uint64_t smid = expect_deliver(&b, ua, 0, "hello b, from gateway 1", "b receives a's message");
+	cr_assert_eq(msgid_node(smid), T.be[1].node, "smid %llu was made by node %u, want b's backend %u",
+		     (unsigned long long)smid, msgid_node(smid), T.be[1].node);
+	uint64_t acked = expect_ack(&a, 7, PROTO_ACK_STORED, "a's ACK");
+	cr_assert_eq(acked, smid, "ACK smid %llu != DELIVER smid %llu", (unsigned long long)acked,
+		     (unsigned long long)smid);
+	expect_stat(&T.be[1], "store_messages", '=', 1, 3000);
+
+	/* b's delivered receipt: deletes the stored message, and reaches a */
+	send_receipt(&b, PROTO_RCPT_DELIVERED, ua, smid);
+	expect_receipt(&a, PROTO_RCPT_DELIVERED, ub, smid, "a gets b's delivered receipt");
+	expect_stat(&T.be[1], "store_messages", '=', 0, 3000);
+	expect_stat(&T.be[1], "store_mailbox_entries", '=', 0, 3000);
+	send_receipt(&b, PROTO_RCPT_READ, ua, smid);
+	expect_receipt(&a, PROTO_RCPT_READ, ub, smid, "a gets b's read receipt");
+
+	/* and back: stored by a's backend */
+	send_msg(&b, 8, ua, "hello a");
+	uint64_t s2 = expect_deliver(&a, ub, 0, "hello a", "a receives b's reply");
+	cr_assert_eq(msgid_node(s2), T.be[0].node);
+	cr_assert_eq(expect_ack(&b, 8, PROTO_ACK_STORED, "b's ACK"), s2);
+	send_receipt(&a, PROTO_RCPT_DELIVERED, ub, s2);
+	expect_receipt(&b, PROTO_RCPT_DELIVERED, ua, s2, "b gets a's receipt");
+	expect_stat(&T.be[0], "store_messages", '=', 0, 3000);
+	expect_silent(&a, 200, "nothing more for a");
+	expect_silent(&b, 1, "nothing more for b");
+	tc_close(&a);
+	tc_close(&b);
+	all_alive();
+}
+
+/* A login on the other gateway replaces the first session: the user's
+ * backend tells the old gateway to kick it (PROTOCOL.md 4.2 SESSION_UP). */
+Test(backend, login_elsewhere_kicks, .timeout = 30)
+{
+	topo_start(NULL);
+	uint64_t u = user_of(1, 60000), us = user_of(0, 61000);
+	struct tc_conn c1, c2, s;
+	struct tc_frame fr;
+	open_login(&c1, 0, u);
+	expect_stat(&T.be[1], "sessions", '=', 1, 3000);
+	open_login(&c2, 1, u);
+	expect_type(&c1, &fr, PROTO_KICKED, RECV_MS, "the first session");
+	cr_assert_eq(fr.f.kicked.reason, PROTO_KICK_ELSEWHERE);
+	long r = tc_expect_eof(&c1, RECV_MS);
+	cr_assert_eq(r, 0, "kicked connection: want EOF, got %s", tc_status_name(r));
+	/* messages go to the new session */
+	open_login(&s, 0, us);
+	send_msg(&s, 1, u, "to the newest");
+	uint64_t smid = expect_deliver(&c2, us, 0, "to the newest", "the new session receives");
+	cr_assert_eq(expect_ack(&s, 1, PROTO_ACK_STORED, "sender's ACK"), smid);
+	ping_ok(&c2, "the new session stays");
+	tc_close(&c1);
+	tc_close(&c2);
+	tc_close(&s);
+	all_alive();
+}
+
+/* ---- 3. offline delivery, redelivery until receipts -------------------------------------- */
+
+Test(backend, offline_store_and_redelivery, .timeout = 40)
+{
+	topo_start(NULL);
+	enum { N = 20 };
+	uint64_t ua = user_of(0, 3000), uc = user_of(1, 4000);
+	struct proc *bc = &T.be[1]; /* c's backend */
+	struct tc_conn a, c;
+	open_login(&a, 0, ua);
+	char body[N][32];
+	uint64_t smid[N];
+	for (int i = 0; i < N; i++) {
+		snprintf(body[i], sizeof body[i], "offline message %02d", i);
+		send_msg(&a, 100 + (uint64_t)i, uc, body[i]);
+	}
+	for (int i = 0; i < N; i++) {
+		struct tc_frame fr;
+		expect_type(&a, &fr, PROTO_ACK, RECV_MS, "ACKs for c");
+		uint64_t cmid = fr.f.ack.cmid;
+		cr_assert(cmid >= 100 && cmid < 100 + N && fr.f.ack.status == PROTO_ACK_STORED && fr.f.ack.smid,
+			  "ACK %d: got %s, want status stored (1)", i, describe(&fr));
+		smid[cmid - 100] = fr.f.ack.smid;
+	}
+	expect_stat(bc, "store_messages", '=', N, 3000);
+	expect_stat(bc, "store_mailbox_entries", '=', N, 3000);
+
+	/* c logs in on the other gateway: all 20, in order */
+	char what[64];
+	open_login(&c, 1, uc);
+	uint64_t last = 0;
+	for (int i = 0; i < N; i++) {
+		snprintf(what, sizeof what, "first login: message %d", i);
+		uint64_t s = expect_deliver(&c, ua, 0, body[i], what);
+		cr_assert_gt(s, last, "%s: smid not increasing", what);
+		cr_assert_eq(s, smid[i], "%s: smid %llu, ACK said %llu", what, (unsigned long long)s,
+			     (unsigned long long)smid[i]);
+		last = s;
+	}
+	expect_silent(&c, 200, "first login: nothing after the 20");
+	tc_close(&c);
+
+	/* no receipts yet: a second login (on the first gateway) gets them again */
+	open_login(&c, 0, uc);
+	int got[N] = {0}, seen = 0;
+	int64_t deadline = tc_now_ms() + 5000;
+	while (seen < N) {
+		struct tc_frame fr;
+		long r = tc_recv_frame(&c, &fr, (int)(deadline > tc_now_ms() ? deadline - tc_now_ms() : 0));
+		cr_assert_gt(r, 0, "second login: %d of %d messages again, then %s", seen, N, tc_status_name(r));
+		cr_assert_eq(fr.f.type, PROTO_DELIVER, "second login: got %s", describe(&fr));
+		int k = -1;
+		for (int i = 0; i < N; i++)
+			if (smid[i] == fr.f.deliver.smid)
+				k = i;
+		cr_assert_geq(k, 0, "second login: unknown %s", describe(&fr));
+		cr_assert(fr.f.deliver.body.len == strlen(body[k]) && memcmp(fr.f.deliver.body.p, body[k], strlen(body[k])) == 0,
+			  "second login: body of message %d altered", k);
+		if (!got[k]++)
+			seen++;
+	}
+	/* delivered receipts for all: they are deleted, and a learns of each */
+	for (int i = 0; i < N; i++)
+		send_receipt(&c, PROTO_RCPT_DELIVERED, ua, smid[i]);
+	int rc[N] = {0};
+	for (int i = 0; i < N; i++) {
+		struct tc_frame fr;
+		expect_type(&a, &fr, PROTO_RECEIPT, RECV_MS, "a gets c's receipts");
+		int k = -1;
+		for (int j = 0; j < N; j++)
+			if (smid[j] == fr.f.receipt.smid)
+				k = j;
+		cr_assert(k >= 0 && fr.f.receipt.peer == uc && fr.f.receipt.kind == PROTO_RCPT_DELIVERED && !rc[k],
+			  "a: unexpected %s", describe(&fr));
+		rc[k] = 1;
+	}
+	expect_stat(bc, "store_mailbox_entries", '=', 0, 3000);
+	expect_stat(bc, "store_messages", '=', 0, 3000);
+	tc_close(&c);
+
+	/* acknowledged: not delivered again, on either gateway */
+	for (int g = 1; g >= 0; g--) {
+		open_login(&c, g, uc);
+		expect_silent(&c, 400, "login after the receipts: nothing redelivered");
+		ping_ok(&c, "ping after login");
+		tc_close(&c);
+	}
+	tc_close(&a);
+	all_alive();
+}
+
+/* ---- 4. receipts for an offline sender ----------------------------------------------------- */
+
+Test(backend, receipt_to_offline_sender, .timeout = 30)
+{
+	topo_start(NULL);
+	uint64_t ua = user_of(0, 5000), ub = user_of(1, 6000);
+	struct proc *ba = &T.be[0]; /* a's backend keeps receipts for a */
+	struct tc_conn a, b;
+	open_login(&a, 0, ua);
+	open_login(&b, 1, ub);
+	send_msg(&a, 1, ub, "will you read this?");
+	uint64_t smid = expect_deliver(&b, ua, 0, "will you read this?", "b receives");
+	cr_assert_eq(expect_ack(&a, 1, PROTO_ACK_STORED, "a's ACK"), smid);
+	/* a leaves; wait until its backend knows (else the receipt is routed to
+	 * the old session) */
+	int64_t down0 = stat_num(ba, "sessions_down");
+	tc_close(&a);
+	expect_stat(ba, "sessions_down", '>', down0 + 1, 3000);
+	expect_stat(ba, "sessions", '=', 1, 3000);
+	int64_t stored0 = stat_num(ba, "receipts_stored");
+	send_receipt(&b, PROTO_RCPT_DELIVERED, ua, smid);
+	send_receipt(&b, PROTO_RCPT_READ, ua, smid);
+	expect_stat(ba, "receipts_stored", '=', stored0 + 2, 3000);
+	ping_ok(&b, "b after its receipts");
+
+	/* a logs in later (on the other gateway) and gets both */
+	open_login(&a, 1, ua);
+	expect_receipt(&a, PROTO_RCPT_DELIVERED, ub, smid, "a's stored delivered receipt");
+	expect_receipt(&a, PROTO_RCPT_READ, ub, smid, "a's stored read receipt");
+	expect_silent(&a, 200, "nothing more for a");
+	tc_close(&a);
+	/* receipts are not acknowledged by clients: sent once */
+	expect_stat(ba, "store_mailbox_entries", '=', 0, 3000);
+	open_login(&a, 0, ua);
+	expect_silent(&a, 300, "receipts are not delivered twice");
+	tc_close(&a);
+	tc_close(&b);
+	all_alive();
+}
+
+/* The same as receipt_to_offline_sender without waiting for the sender's
+ * logout to reach its backend: the receipt must still be kept for it.
+ *
+ * DISABLED: the receipt is lost when it overtakes the logout (in 1 to 4 of
+ * 15 tries here).
+ * Steps: a (gateway 1) sends to b (gateway 2), b receives; a closes its
+ * connection and b at once sends a read receipt; 300 ms later a logs in.
+ * Expected: a gets the RECEIPT at login. Observed: sometimes nothing; the
+ * backend's receipts_forwarded grew by 1 (not receipts_stored) and gateway
+ * 1's receipts_routed did not grow. Cause: the NOTIFY reaches a's backend
+ * before a's SESSION_DOWN (they travel on different links), so on_receipt
+ * (backend/node.c:322) forwards it to a's old gateway thread, where
+ * session_receipt_remote (gateway/session.c:369) finds no session and drops
+ * it (receipts are not acknowledged, and nothing stores them). Messages do
+ * not have this problem: they are stored before they are forwarded. A fix:
+ * the gateway hands a receipt for a user not (or no longer) here back to the
+ * user's backend as NOTIFY to be stored, as receipt_notify_here does for
+ * local receipts. */
+Test(backend, receipt_right_after_sender_logout, .timeout = 40)
+{
+	topo_start(NULL);
+	int lost = 0;
+	enum { TRIES = 15 };
+	for (int it = 0; it < TRIES; it++) {
+		uint64_t ua = user_of(0, 30000 + (uint64_t)it * 100), ub = user_of(1, 40000 + (uint64_t)it * 100);
+		struct tc_conn a, b;
+		open_login(&a, 0, ua);
+		open_login(&b, 1, ub);
+		send_msg(&a, 1, ub, "read me");
+		uint64_t smid = expect_deliver(&b, ua, 0, "read me", "b receives");
+		expect_ack(&a, 1, PROTO_ACK_STORED, "a's ACK");
+		tc_close(&a);
+		send_receipt(&b, PROTO_RCPT_READ, ua, smid);
+		tc_sleep_ms(300);
+		open_login(&a, 1, ua);
+		struct tc_frame fr;
+		long r = tc_recv_frame(&a, &fr, 1000);
+		if (r <= 0)
+			lost++;
+		else
+			cr_assert(fr.f.type == PROTO_RECEIPT && fr.f.receipt.smid == smid && fr.f.receipt.peer == ub,
+				  "a got %s", describe(&fr));
+		tc_close(&a);
+		tc_close(&b);
+	}
+	cr_assert_eq(lost, 0, "%d of %d read receipts sent right after the sender's logout were lost", lost, TRIES);
+	all_alive();
+}
+
+/* ---- 5. groups --------------------------------------------------------------------- */
+
+Test(backend, groups, .timeout = 40)
+{
+	topo_start(NULL);
+	uint64_t ua = user_of(0, 7000);
+	uint64_t ub = ua + 1, uc = ua + 2, ud = ua + 3, ue = ua + 4;
+	struct proc *bg = &T.be[0]; /* groups live on the creator's backend */
+	struct tc_conn a, b, c, d, e;
+	open_login(&a, 0, ua);
+	open_login(&b, 0, ub);
+	open_login(&c, 1, uc);
+	open_login(&e, 1, ue);
+
+	uint64_t members[3] = {ub, uc};
+	group_req(&a, PROTO_GROUP_CREATE, 1, 0, members, 2);
+	uint64_t gid = expect_group_result(&a, 1, 0, "create {a, b, c}");
+	cr_assert_eq(cluster_group_node(gid), bg->node, "group id %llx carries node %u, want %u (a's backend)",
+		     (unsigned long long)gid, cluster_group_node(gid), bg->node);
+	expect_stat(bg, "store_groups", '=', 1, 3000);
+
+	send_group_msg(&a, 10, gid, "g1: hello group");
+	uint64_t s1 = expect_ack(&a, 10, PROTO_ACK_STORED, "a's group ACK");
+	cr_assert_eq(msgid_node(s1), bg->node);
+	cr_assert_eq(expect_deliver(&b, ua, gid, "g1: hello group", "b gets g1"), s1);
+	cr_assert_eq(expect_deliver(&c, ua, gid, "g1: hello group", "c gets g1"), s1);
+	expect_silent(&a, 100, "the sender does not get its own group message");
+
+	/* a non-member may not send */
+	send_group_msg(&e, 11, gid, "g?: from outside");
+	expect_error(&e, PROTO_E_NOT_MEMBER, 11, RECV_MS, "non-member send");
+	/* nor change the group */
+	group_req(&e, PROTO_GROUP_ADD, 12, gid, &ue, 1);
+	expect_group_result(&e, 12, PROTO_E_NOT_MEMBER, "non-member add");
+	/* unknown groups: on a backend / on no backend */
+	group_req(&a, PROTO_GROUP_ADD, 13, gid + 1000, &ue, 1);
+	expect_group_result(&a, 13, PROTO_E_NO_SUCH_GROUP, "add to an unknown group");
+	send_group_msg(&a, 14, (50ull << 48) | 1, "to a group of no backend");
+	expect_error(&a, PROTO_E_NO_SUCH_GROUP, 14, RECV_MS, "send to a group on no backend");
+
+	/* add d (offline) */
+	group_req(&a, PROTO_GROUP_ADD, 2, gid, &ud, 1);
+	cr_assert_eq(expect_group_result(&a, 2, 0, "add d"), gid);
+	send_group_msg(&a, 20, gid, "g2: d is in");
+	uint64_t s2 = expect_ack(&a, 20, PROTO_ACK_STORED, "ACK g2");
+	cr_assert_eq(expect_deliver(&b, ua, gid, "g2: d is in", "b gets g2"), s2);
+	cr_assert_eq(expect_deliver(&c, ua, gid, "g2: d is in", "c gets g2"), s2);
+
+	/* the owner removes c; c is out */
+	group_req(&a, PROTO_GROUP_REMOVE, 3, gid, &uc, 1);
+	cr_assert_eq(expect_group_result(&a, 3, 0, "owner removes c"), gid);
+	send_group_msg(&c, 30, gid, "g?: c after removal");
+	expect_error(&c, PROTO_E_NOT_MEMBER, 30, RECV_MS, "removed member sends");
+	group_req(&c, PROTO_GROUP_LEAVE, 31, gid, NULL, 0);
+	expect_group_result(&c, 31, PROTO_E_NOT_MEMBER, "removed member leaves");
+	/* a member that is not the owner may not remove others */
+	group_req(&b, PROTO_GROUP_REMOVE, 32, gid, &ud, 1);
+	expect_group_result(&b, 32, PROTO_E_NOT_ALLOWED, "b removes d");
+	send_group_msg(&a, 40, gid, "g3: without c");
+	uint64_t s3 = expect_ack(&a, 40, PROTO_ACK_STORED, "ACK g3");
+	cr_assert_eq(expect_deliver(&b, ua, gid, "g3: without c", "b gets g3"), s3);
+	expect_silent(&c, 300, "c gets nothing after its removal");
+
+	/* b leaves */
+	group_req(&b, PROTO_GROUP_LEAVE, 41, gid, NULL, 0);
+	cr_assert_eq(expect_group_result(&b, 41, 0, "b leaves"), gid);
+	send_group_msg(&b, 42, gid, "g?: b after leaving");
+	expect_error(&b, PROTO_E_NOT_MEMBER, 42, RECV_MS, "b sends after leaving");
+	send_group_msg(&a, 50, gid, "g4: a and d");
+	uint64_t s4 = expect_ack(&a, 50, PROTO_ACK_STORED, "ACK g4");
+	expect_silent(&b, 300, "b gets nothing after leaving");
+
+	/* d logs in: what was sent after it joined, in order, and not g1 */
+	open_login(&d, 1, ud);
+	cr_assert_eq(expect_deliver(&d, ua, gid, "g2: d is in", "d: g2"), s2);
+	cr_assert_eq(expect_deliver(&d, ua, gid, "g3: without c", "d: g3"), s3);
+	cr_assert_eq(expect_deliver(&d, ua, gid, "g4: a and d", "d: g4"), s4);
+	expect_silent(&d, 300, "d: nothing else (g1 was before it joined)");
+	cr_assert(s2 < s3 && s3 < s4);
+	/* d's receipts reach a */
+	send_receipt(&d, PROTO_RCPT_READ, ua, s4);
+	expect_receipt(&a, PROTO_RCPT_READ, ud, s4, "a gets d's read receipt");
+
+	/* a group whose other members are all offline: the message is stored once,
+	 * referenced from each member's mailbox */
+	uint64_t off[3] = {ua + 100, ua + 101, ua + 102};
+	group_req(&a, PROTO_GROUP_CREATE, 5, 0, off, 3);
+	uint64_t g2 = expect_group_result(&a, 5, 0, "create {a, f, g, h}");
+	cr_assert_neq(g2, gid);
+	expect_stat(bg, "store_groups", '=', 2, 3000);
+	int64_t m0 = -1, e0 = -1;
+	for (int i = 0; i < 50; i++) { /* settled: the same twice in a row */
+		int64_t m = stat_num(bg, "store_messages"), en = stat_num(bg, "store_mailbox_entries");
+		if (m == m0 && en == e0)
+			break;
+		m0 = m;
+		e0 = en;
+		tc_sleep_ms(150);
+	}
+	send_group_msg(&a, 60, g2, "g5: to the offline three");
+	uint64_t s5 = expect_ack(&a, 60, PROTO_ACK_STORED, "ACK g5");
+	expect_stat(bg, "store_mailbox_entries", '=', e0 + 3, 3000);
+	expect_stat(bg, "store_messages", '=', m0 + 1, 3000);
+	for (int i = 0; i < 3; i++) {
+		struct tc_conn o;
+		open_login(&o, i % 2, off[i]);
+		cr_assert_eq(expect_deliver(&o, ua, g2, "g5: to the offline three", "offline member logs in"), s5);
+		send_receipt(&o, PROTO_RCPT_DELIVERED, ua, s5);
+		expect_receipt(&a, PROTO_RCPT_DELIVERED, off[i], s5, "a gets the member's receipt");
+		expect_stat(bg, "store_mailbox_entries", '=', e0 + 2 - i, 3000);
+		/* the message itself goes with its last reference */
+		expect_stat(bg, "store_messages", '=', i < 2 ? m0 + 1 : m0, 3000);
+		tc_close(&o);
+	}
+	tc_close(&a);
+	tc_close(&b);
+	tc_close(&c);
+	tc_close(&d);
+	tc_close(&e);
+	all_alive();
+}
+
+/* ---- 6. dedup ------------------------------------------------------------------------ */
+
+Test(backend, dedup_resent_cmid, .timeout = 30)
+{
+	topo_start(NULL);
+	uint64_t ua = user_of(0, 8000), uc = user_of(1, 9000);
+	struct proc *bc = &T.be[1];
+	struct tc_conn a1, a2, c;
+	open_login(&a1, 0, ua);
+	send_msg(&a1, 500, uc, "sent twice");
+	uint64_t s1 = expect_ack(&a1, 500, PROTO_ACK_STORED, "first copy");
+	tc_close(&a1);
+	/* the same user resends after a reconnect (on the other gateway) */
+	open_login(&a2, 1, ua);
+	send_msg(&a2, 500, uc, "sent twice");
+	uint64_t s2 = expect_ack(&a2, 500, PROTO_ACK_STORED, "resent copy");
+	cr_assert_eq(s1, s2, "resend got smid %llu, the first copy %llu", (unsigned long long)s2,
+		     (unsigned long long)s1);
+	/* and twice in a row on one connection */
+	send_msg(&a2, 501, uc, "pipelined twice");
+	send_msg(&a2, 501, uc, "pipelined twice");
+	uint64_t s3 = expect_ack(&a2, 501, PROTO_ACK_STORED, "pipelined copy 1");
+	uint64_t s4 = expect_ack(&a2, 501, PROTO_ACK_STORED, "pipelined copy 2");
+	cr_assert_eq(s3, s4);
+	cr_assert_neq(s3, s1);
+	expect_stat(bc, "dedup_hits", '=', 2, 3000);
+	expect_stat(bc, "store_messages", '=', 2, 3000);
+	expect_stat(bc, "store_mailbox_entries", '=', 2, 3000);
+	open_login(&c, 0, uc);
+	cr_assert_eq(expect_deliver(&c, ua, 0, "sent twice", "c: the first message"), s1);
+	cr_assert_eq(expect_deliver(&c, ua, 0, "pipelined twice", "c: the second message"), s3);
+	expect_silent(&c, 400, "c: each message once");
+	tc_close(&a2);
+	tc_close(&c);
+	all_alive();
+}
+
+/* PROTOCOL.md 3.2: cmid is "chosen by the client (unique per connection is
+ * enough)". So a client that reconnects may start its cmids again at 1; a
+ * message on the new connection is a new message, not a resend.
+ *
+ * DISABLED: the backend takes it for a resend and drops it, acknowledging it
+ * "stored" with the smid of the old, different message.
+ * Steps: a sends cmid 1 "for c" to offline user c, gets ACK stored S; a
+ * reconnects and sends cmid 1 "for d" to offline user d (c and d owned by the
+ * same backend). Expected: ACK stored with a new smid, and d receives "for d"
+ * at login. Observed: ACK stored with smid S; d never receives anything
+ * (the message is lost although acknowledged as durable); c receives "for
+ * c" once. Cause: on_route (backend/node.c:231) looks the resend up by
+ * (sender, cmid) only (store_dedup_get, backend/store.c:585) and answers with
+ * the stored smid without comparing the recipient (to/group) or the body, for
+ * the whole --dedup-window (10 min). (With c and d on different backends both
+ * are stored, since each backend has its own dedup table.) Either the dedup
+ * entry must also match the recipient (and body), or PROTOCOL.md must require
+ * cmids unique per user across connections within the dedup window. */
+Test(backend, dedup_cmid_reused_on_new_connection, .timeout = 30)
+{
+	topo_start(NULL);
+	uint64_t ua = user_of(0, 50000), uc = user_of(1, 51000), ud = user_of(1, 52000);
+	struct tc_conn a, c, d;
+	open_login(&a, 0, ua);
+	send_msg(&a, 1, uc, "for c");
+	uint64_t s1 = expect_ack(&a, 1, PROTO_ACK_STORED, "cmid 1 to c");
+	tc_close(&a);
+	open_login(&a, 0, ua); /* a new connection: cmids start again */
+	send_msg(&a, 1, ud, "for d");
+	uint64_t s2 = expect_ack(&a, 1, PROTO_ACK_STORED, "cmid 1 to d on a new connection");
+	open_login(&d, 1, ud);
+	cr_assert_neq(s2, s1, "the message to d got the smid of the message to c");
+	cr_assert_eq(expect_deliver(&d, ua, 0, "for d", "d receives its message"), s2);
+	open_login(&c, 1, uc);
+	cr_assert_eq(expect_deliver(&c, ua, 0, "for c", "c receives its message"), s1);
+	expect_silent(&c, 200, "c: once");
+	tc_close(&a);
+	tc_close(&c);
+	tc_close(&d);
+	all_alive();
+}
+
+/* ---- 7. kill -9 under load ------------------------------------------------------------- */
+
+/* Senders (4, on both gateways) send 1:1 messages at a steady pace to users
+ * owned by backend 12 (3 online on both gateways, 3 offline); a third of the
+ * way in backend 12 gets SIGKILL and is started again 800 ms later on the
+ * same data directory. Each message has its own cmid; a message answered
+ * try_again is resent with the same cmid until it is acknowledged. Recipients
+ * answer every DELIVER with a delivered receipt at once. Checked:
+ * - every message is acknowledged, every ACK of a message carries the same
+ *   smid (a resend is not stored twice), and the first DELIVER's smid is it;
+ * - every acknowledged message is delivered: online ones in their sessions,
+ *   offline ones at the login after the load;
+ * - no message is delivered again to a session after that session's
+ *   delivered receipt for it, except when the receipt was sent from 1 s
+ *   before the kill until 1 s after the links were back (it may have died
+ *   with the backend: at least once); those are counted;
+ * - in the end the restarted backend's store is empty (every receipt
+ *   arrived). All waits are bounded. */
+
+#define L_SENDERS 4
+#define L_ONLINE 3
+#define L_OFFLINE 3
+#define L_RCPTS (L_ONLINE + L_OFFLINE)
+#define L_MSGS 360
+#define L_KILL_AT 120
+#define L_INTERVAL_MS 8
+#define L_DOWN_MS 800
+#define L_RETRY_MS 250
+
+struct lmsg {
+	int sender, rcpt;
+	int acked;
+	uint8_t ack_status;
+	uint64_t smid;        /* from the first ACK */
+	uint64_t dsmid;       /* from the first DELIVER */
+	int64_t retry_at;     /* a resend is due then; 0 none */
+	int attempts, errors, acks, deliveries;
+	int64_t sess_ack_ms;  /* its recipient's current session sent a delivered receipt then; 0 not */
+};
+
+static struct {
+	struct lmsg m[L_MSGS];
+	uint64_t su[L_SENDERS], ru[L_RCPTS];
+	struct tc_conn s[L_SENDERS], r[L_RCPTS];
+	int64_t kill_ms, relinked_ms;
+	int acks_stored, acks_accepted, try_again, resends, deliveries, receipts, dup_tolerated;
+	int dup_bad, twice_stored;
+	char first_bad[256];
+} LD;
+
+static void load_send(int i)
+{
+	struct lmsg *m = &LD.m[i];
+	char body[32];
+	int n = snprintf(body, sizeof body, "load %05d", i);
+	struct proto_frame f = {.type = PROTO_SEND};
+	f.send.cmid = (uint64_t)i + 1;
+	f.send.to = LD.ru[m->rcpt];
+	f.send.body = (struct proto_bytes){(const uint8_t *)body, (uint32_t)n};
+	send_frame(&LD.s[m->sender], &f);
+	m->attempts++;
+}
+
+static void load_on_sender(int k, const struct tc_frame *fr)
+{
+	const struct proto_frame *f = &fr->f;
+	int64_t now = tc_now_ms();
+	if (f->type == PROTO_RECEIPT) {
+		LD.receipts++;
+		return;
+	}
+	uint64_t ref = f->type == PROTO_ACK ? f->ack.cmid : f->type == PROTO_ERROR ? f->error.ref : 0;
+	cr_assert(ref >= 1 && ref <= L_MSGS, "sender %d: unexpected %s", k, describe(fr));
+	struct lmsg *m = &LD.m[ref - 1];
+	cr_assert_eq(m->sender, k, "sender %d: answer for another sender's message: %s", k, describe(fr));
+	if (f->type == PROTO_ACK) {
+		cr_assert(f->ack.smid != 0 && f->ack.status <= PROTO_ACK_STORED, "sender %d: %s", k, describe(fr));
+		if (!m->acked) {
+			m->acked = 1;
+			m->ack_status = f->ack.status;
+			m->smid = f->ack.smid;
+			if (f->ack.status == PROTO_ACK_STORED)
+				LD.acks_stored++;
+			else
+				LD.acks_accepted++;
+		} else {
+			/* a late answer to an attempt that timed out, or to a resend:
+			 * the backend's dedup gives the first smid back */
+			cr_assert(f->ack.smid == m->smid && f->ack.status == m->ack_status,
+				  "message %llu acknowledged twice differently: %s, first smid %llu status %u",
+				  (unsigned long long)ref, describe(fr), (unsigned long long)m->smid, m->ack_status);
+		}
+		m->acks++;
+		m->retry_at = 0;
+		return;
+	}
+	cr_assert(f->type == PROTO_ERROR && f->error.code == PROTO_E_TRY_AGAIN, "sender %d: unexpected %s", k,
+		  describe(fr));
+	LD.try_again++;
+	m->errors++;
+	if (!m->acked && !m->retry_at)
+		m->retry_at = now + L_RETRY_MS;
+}
+
+static void load_on_rcpt(int r, const struct tc_frame *fr)
+{
+	const struct proto_frame *f = &fr->f;
+	int64_t now = tc_now_ms();
+	cr_assert_eq(f->type, PROTO_DELIVER, "recipient %d: unexpected %s", r, describe(fr));
+	int i = -1;
+	char body[16];
+	size_t n = f->deliver.body.len < sizeof body - 1 ? f->deliver.body.len : sizeof body - 1;
+	memcpy(body, f->deliver.body.p, n);
+	body[n] = 0;
+	cr_assert(sscanf(body, "load %d", &i) == 1 && i >= 0 && i < L_MSGS, "recipient %d: unexpected %s", r,
+		  describe(fr));
+	struct lmsg *m = &LD.m[i];
+	cr_assert(m->rcpt == r && f->deliver.from == LD.su[m->sender] && f->deliver.flags == 0,
+		  "recipient %d: %s is not for it or not from its sender", r, describe(fr));
+	if (!m->dsmid) {
+		m->dsmid = f->deliver.smid;
+	} else if (f->deliver.smid != m->dsmid) {
+		if (!LD.twice_stored++)
+			snprintf(LD.first_bad, sizeof LD.first_bad, "message %d delivered with smids %llu and %llu", i,
+				 (unsigned long long)m->dsmid, (unsigned long long)f->deliver.smid);
+	}
+	if (m->sess_ack_ms) {
+		/* delivered again in this session after its delivered receipt: only
+		 * acceptable when that receipt may have been lost with the killed
+		 * backend (sent from shortly before the kill until the links were
+		 * back: at least once) */
+		int64_t t = m->sess_ack_ms;
+		int in_window = LD.kill_ms && t >= LD.kill_ms - 1000 && (!LD.relinked_ms || t <= LD.relinked_ms + 1000);
+		if (in_window) {
+			LD.dup_tolerated++;
+		} else if (!LD.dup_bad++) {
+			snprintf(LD.first_bad, sizeof LD.first_bad,
+				 "message %d (smid %llu) delivered again to recipient %d %lld ms after its delivered "
+				 "receipt (kill at %lld, links back at %lld, relative to the receipt)",
+				 i, (unsigned long long)f->deliver.smid, r, (long long)(now - t), (long long)(LD.kill_ms - t),
+				 (long long)(LD.relinked_ms - t));
+		}
+	} else {
+		m->sess_ack_ms = now;
+	}
+	m->deliveries++;
+	LD.deliveries++;
+	send_receipt(&LD.r[r], PROTO_RCPT_DELIVERED, f->deliver.from, f->deliver.smid);
+}
+
+/* Read every frame waiting on the connections, waiting up to wait_ms for the
+ * first. rcpts: how many recipient connections are open (online ones first). */
+static void load_pump(int wait_ms, int rcpts)
+{
+	struct pollfd pf[L_SENDERS + L_RCPTS];
+	int n = 0, buffered = 0;
+	for (int k = 0; k < L_SENDERS; k++) {
+		pf[n++] = (struct pollfd){LD.s[k].fd, POLLIN, 0};
+		buffered |= tc_pending(&LD.s[k]) > 0;
+	}
+	for (int r = 0; r < rcpts; r++) {
+		pf[n++] = (struct pollfd){LD.r[r].fd, POLLIN, 0};
+		buffered |= tc_pending(&LD.r[r]) > 0;
+	}
+	poll(pf, (nfds_t)n, buffered ? 0 : wait_ms);
+	static struct tc_frame fr;
+	for (int k = 0; k < L_SENDERS; k++) {
+		long st;
+		while ((st = tc_recv_frame(&LD.s[k], &fr, 0)) > 0)
+			load_on_sender(k, &fr);
+		cr_assert_eq(st, TC_TIMEOUT, "sender %d: %s", k, tc_status_name(st));
+	}
+	for (int r = 0; r < rcpts; r++) {
+		long st;
+		while ((st = tc_recv_frame(&LD.r[r], &fr, 0)) > 0)
+			load_on_rcpt(r, &fr);
+		cr_assert_eq(st, TC_TIMEOUT, "recipient %d: %s", r, tc_status_name(st));
+	}
+}
+
+static int links_all_up(void)
+{
+	for (int i = 0; i < NGW; i++)
+		if (stat_num(&T.gw[i], "links_up") != GW_THREADS * NBE)
+			return 0;
+	return 1;
+}
+
+Test(backend, kill9_under_load, .timeout = 60)
+{
+	topo_start("--store-timeout", "2s", NULL);
+	const int victim = 1;
+	struct proc *bv = &T.be[victim];
+	memset(&LD, 0, sizeof LD);
+	/* senders on both gateways, owned by the surviving backend (so their
+	 * receipts never wait in the victim); recipients owned by the victim:
+	 * online ones on both gateways, offline ones logged in at the end */
+	uint64_t u = 100000;
+	for (int k = 0; k < L_SENDERS; k++)
+		u = LD.su[k] = user_of(0, u + 1);
+	u = 200000;
+	for (int r = 0; r < L_RCPTS; r++)
+		u = LD.ru[r] = user_of(victim, u + 1);
+	for (int k = 0; k < L_SENDERS; k++)
+		open_login(&LD.s[k], k % NGW, LD.su[k]);
+	for (int r = 0; r < L_ONLINE; r++)
+		open_login(&LD.r[r], r % NGW, LD.ru[r]);
+	expect_stat(bv, "sessions", '=', L_SENDERS + L_ONLINE, 3000);
+	for (int i = 0; i < L_MSGS; i++) {
+		LD.m[i].sender = i % L_SENDERS;
+		LD.m[i].rcpt = (i + i / L_SENDERS) % L_RCPTS;
+	}
+
+	int64_t t0 = tc_now_ms(), next_send = t0, next_poll = 0, restart_at = 0;
+	int sent = 0, restarted = 0;
+	for (;;) {
+		int64_t now = tc_now_ms();
+		cr_assert_lt(now - t0, 30000,
+			     "load did not settle in 30 s: %d of %d sent, restarted %d, links back %d; acks %d+%d, "
+			     "try_again %d",
+			     sent, L_MSGS, restarted, LD.relinked_ms != 0, LD.acks_stored, LD.acks_accepted, LD.try_again);
+		while (sent < L_MSGS && now >= next_send) {
+			load_send(sent++);
+			next_send += L_INTERVAL_MS;
+		}
+		if (!LD.kill_ms && sent >= L_KILL_AT) {
+			be_kill9(victim);
+			LD.kill_ms = tc_now_ms();
+			restart_at = LD.kill_ms + L_DOWN_MS;
+		}
+		if (LD.kill_ms && !restarted && now >= restart_at) {
+			be_restart(victim, 0); /* the gateways find it by themselves */
+			restarted = 1;
+		}
+		if (restarted && !LD.relinked_ms && now >= next_poll) {
+			if (links_all_up())
+				LD.relinked_ms = tc_now_ms();
+			next_poll = now + 100;
+		}
+		for (int i = 0; i < sent; i++)
+			if (LD.m[i].retry_at && now >= LD.m[i].retry_at && !LD.m[i].acked) {
+				LD.m[i].retry_at = 0;
+				LD.resends++;
+				load_send(i);
+			}
+		load_pump(sent < L_MSGS ? 2 : 20, L_ONLINE);
+		if (sent == L_MSGS && LD.relinked_ms) {
+			int done = 1;
+			for (int i = 0; i < L_MSGS && done; i++)
+				done = LD.m[i].acked && (LD.m[i].rcpt >= L_ONLINE || LD.m[i].deliveries > 0);
+			if (done)
+				break;
+		}
+	}
+	all_alive();
+	cr_assert(tc_server_running(&bv->srv), "the restarted backend died; log %s:\n%s", bv->log, proc_tail(bv));
+
+	/* the offline recipients log in: everything acknowledged is there */
+	for (int r = L_ONLINE; r < L_RCPTS; r++) {
+		for (int i = 0; i < L_MSGS; i++)
+			if (LD.m[i].rcpt == r)
+				LD.m[i].sess_ack_ms = 0;
+		open_login(&LD.r[r], r % NGW, LD.ru[r]);
+	}
+	int64_t deadline = tc_now_ms() + 10000;
+	for (;;) {
+		int missing = 0;
+		for (int i = 0; i < L_MSGS; i++)
+			missing += LD.m[i].deliveries == 0;
+		if (!missing)
+			break;
+		cr_assert_lt(tc_now_ms(), deadline, "%d acknowledged messages never delivered (offline at login)",
+			     missing);
+		load_pump(20, L_RCPTS);
+	}
+	/* and nothing more comes: each receipt is taken */
+	int64_t quiet_until = tc_now_ms() + 500;
+	while (tc_now_ms() < quiet_until)
+		load_pump(20, L_RCPTS);
+
+	int attempts = 0;
+	for (int i = 0; i < L_MSGS; i++) {
+		struct lmsg *m = &LD.m[i];
+		attempts += m->attempts;
+		cr_assert(m->acked, "message %d never acknowledged (%d attempts, %d errors)", i, m->attempts, m->errors);
+		cr_assert(m->deliveries > 0, "message %d acknowledged (status %u) but never delivered", i, m->ack_status);
+		cr_assert_eq(m->dsmid, m->smid, "message %d: ACK smid %llu, DELIVER smid %llu", i,
+			     (unsigned long long)m->smid, (unsigned long long)m->dsmid);
+		if (m->rcpt >= L_ONLINE)
+			cr_assert_eq(m->ack_status, PROTO_ACK_STORED, "message %d to an offline user: ACK status %u", i,
+				     m->ack_status);
+	}
+	cr_log_info("kill -9 under load: %d messages, %d sends (%d resends after try_again); ACK stored %d, "
+		    "accepted %d; try_again %d; deliveries %d; receipts to senders %d; redelivered after a receipt "
+		    "lost in the crash window %d; resends recognised by the restarted backend %lld; backend down "
+		    "%lld ms, links back %lld ms after the kill",
+		    L_MSGS, attempts, LD.resends, LD.acks_stored, LD.acks_accepted, LD.try_again, LD.deliveries,
+		    LD.receipts, LD.dup_tolerated, (long long)stat_num(bv, "dedup_hits"), (long long)L_DOWN_MS,
+		    (long long)(LD.relinked_ms - LD.kill_ms));
+	cr_assert_eq(LD.twice_stored, 0, "%d messages stored twice; first: %s", LD.twice_stored, LD.first_bad);
+	cr_assert_eq(LD.dup_bad, 0, "%d messages delivered again after their delivered receipt; first: %s", LD.dup_bad,
+		     LD.first_bad);
+	/* every receipt reached the victim: its store is empty */
+	expect_stat(bv, "store_mailbox_entries", '=', 0, 5000);
+	expect_stat(bv, "store_messages", '=', 0, 5000);
+	for (int k = 0; k < L_SENDERS; k++)
+		tc_close(&LD.s[k]);
+	for (int r = 0; r < L_RCPTS; r++)
+		tc_close(&LD.r[r]);
+	all_alive();
+}
+
+/* ---- 8. a backend that is down ------------------------------------------------------- */
+
+Test(backend, backend_down_senders_get_errors, .timeout = 40)
+{
+	topo_start("--store-timeout", "2s", "--link-queue", "64k", NULL);
+	const int victim = 1;
+	uint64_t ua = user_of(0, 11000), ut = user_of(victim, 12000);
+	uint64_t ub = user_of(0, 13000), ux = user_of(0, 14000), uy = user_of(0, 15000);
+	struct tc_conn a, b, y;
+	open_login(&a, 0, ua);
+	open_login(&b, 0, ub);
+	open_login(&y, 1, uy);
+	be_kill9(victim);
+	for (int i = 0; i < NGW; i++)
+		expect_stat(&T.gw[i], "links_up", '=', GW_THREADS * (NBE - 1), 5000);
+
+	/* a message for an offline user of the dead backend: try_again by the
+	 * store timeout at the latest (in practice sooner: every failed reconnect
+	 * answers the link's pending requests, gateway/dist.c on_down) */
+	int64_t t0 = tc_now_ms();
+	send_msg(&a, 1, ut, "to a dead backend");
+	expect_error(&a, PROTO_E_TRY_AGAIN, 1, 4000, "message to the dead backend's user");
+	int64_t dt = tc_now_ms() - t0;
+	cr_log_info("try_again after %lld ms (--store-timeout 2s)", (long long)dt);
+	cr_assert_leq(dt, 3000, "try_again only after %lld ms, --store-timeout is 2s", (long long)dt);
+
+	/* fill the 64k link queue: the rest are refused at once (link_try_again) */
+	enum { N = 10, BODY = 16000 };
+	static uint8_t big[BODY];
+	memset(big, 'q', sizeof big);
+	t0 = tc_now_ms();
+	for (int i = 0; i < N; i++)
+		send_body(&a, 10 + (uint64_t)i, ut, 0, big, BODY);
+	int errs[N] = {0}, fast = 0;
+	for (int i = 0; i < N; i++) {
+		struct tc_frame fr;
+		expect_type(&a, &fr, PROTO_ERROR, 4000, "big messages to the dead backend");
+		uint64_t ref = fr.f.error.ref;
+		cr_assert(fr.f.error.code == PROTO_E_TRY_AGAIN && ref >= 10 && ref < 10 + N && !errs[ref - 10],
+			  "big message: got %s", describe(&fr));
+		errs[ref - 10] = 1;
+		int64_t el = tc_now_ms() - t0;
+		cr_assert_leq(el, 3000, "try_again for cmid %llu only after %lld ms", (unsigned long long)ref, (long long)el);
+		fast += el < 1000;
+	}
+	cr_assert_geq(fast, 1, "no message was refused at once with the link queue full");
+	cr_assert_geq(stat_num(&T.gw[0], "link_try_again"), 1);
+	cr_log_info("queue full: %d of %d refused at once", fast, N);
+
+	/* everything else still works: pings, local delivery, the other backend */
+	ping_ok(&a, "ping with a backend down");
+	send_msg(&a, 30, ub, "local");
+	expect_deliver(&b, ua, 0, "local", "local delivery");
+	expect_ack(&a, 30, PROTO_ACK_ACCEPTED, "local delivery ACK");
+	send_msg(&a, 31, ux, "stored by the live backend");
+	uint64_t sx = expect_ack(&a, 31, PROTO_ACK_STORED, "offline user of the live backend");
+	cr_assert_eq(msgid_node(sx), T.be[0].node);
+	send_msg(&a, 32, uy, "across gateways via the live backend");
+	uint64_t sy = expect_deliver(&y, ua, 0, "across gateways via the live backend", "y receives");
+	cr_assert_eq(expect_ack(&a, 32, PROTO_ACK_STORED, "ACK via the live backend"), sy);
+	struct tc_conn z;
+	open_login(&z, 0, user_of(victim, 16000));
+	ping_ok(&z, "a new login with a backend down");
+	/* and the dead backend's users still get try_again, not silence */
+	send_msg(&z, 33, ut, "again");
+	expect_error(&z, PROTO_E_TRY_AGAIN, 33, 4000, "second try to the dead backend");
+	tc_close(&a);
+	tc_close(&b);
+	tc_close(&y);
+	tc_close(&z);
+	all_alive();
+}
+
+/* ---- 9. malformed dist frames --------------------------------------------------------- */
+
+struct raw {
+	struct tc_conn c;
+	uint8_t buf[1 << 17];
+	size_t len;
+	unsigned seen[256];
+	int error_code; /* the last DIST_ERROR's code, or -1 */
+};
+
+static void raw_open(struct raw *r, unsigned port)
+{
+	memset(r, 0, sizeof *r);
+	r->error_code = -1;
+	int st = tc_connect(&r->c, port, 0, 3000);
+	cr_assert_eq(st, 0, "connect to the backend link port %u: %s", port, tc_status_name(st));
+}
+
+static void raw_send(struct raw *r, const void *p, size_t n)
+{
+	send_raw(&r->c, p, n);
+}
+
+static void raw_hello(struct raw *r, uint8_t version, uint8_t role, uint32_t node)
+{
+	struct dist_frame f = {.type = DIST_HELLO};
+	f.hello.version = version;
+	f.hello.role = role;
+	f.hello.node = node;
+	f.hello.thread = 0;
+	f.hello.threads = 1;
+	uint8_t b[64];
+	size_t n = dist_encode(&f, b, sizeof b);
+	cr_assert(n > 0 && n <= sizeof b, "dist_encode(HELLO) failed");
+	raw_send(r, b, n);
+}
+
+/* Read and parse the backend's frames until one of type `until` arrived
+ * (returns 1), or with until 0 until the backend closes (returns 0); else
+ * TC_RESET, TC_TIMEOUT or TC_IOERR. */
+static long raw_read(struct raw *r, uint8_t until, int timeout_ms)
+{
+	int64_t deadline = tc_now_ms() + timeout_ms;
+	for (;;) {
+		while (r->len) {
+			struct dist_frame f;
+			long n = dist_parse(r->buf, r->len, &f);
+			if (n == PROTO_NEED_MORE)
+				break;
+			cr_assert_gt(n, 0, "the backend sent a malformed dist frame (%s)", proto_err_name((unsigned)-n));
+			r->seen[f.type]++;
+			if (f.type == DIST_ERROR)
+				r->error_code = f.error.code;
+			memmove(r->buf, r->buf + n, r->len - (size_t)n);
+			r->len -= (size_t)n;
+			if (until && f.type == until)
+				return 1;
+		}
+		int64_t left = deadline - tc_now_ms();
+		if (left <= 0)
+			return TC_TIMEOUT;
+		struct pollfd pf = {r->c.fd, POLLIN, 0};
+		int pr = poll(&pf, 1, (int)left);
+		if (pr < 0 && errno != EINTR)
+			return TC_IOERR;
+		if (pr <= 0)
+			continue;
+		ssize_t got = recv(r->c.fd, r->buf + r->len, sizeof r->buf - r->len, MSG_DONTWAIT);
+		if (got == 0)
+			return 0;
+		if (got < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+				continue;
+			return errno == ECONNRESET ? TC_RESET : TC_IOERR;
+		}
+		r->len += (size_t)got;
+		cr_assert_lt(r->len, sizeof r->buf, "the backend sent too much");
+	}
+}
+
+/* Whether the log file contains needle (polled for up to timeout_ms). */
+static int log_has(const struct proc *p, const char *needle, int timeout_ms)
+{
+	int64_t deadline = tc_now_ms() + timeout_ms;
+	static char buf[1 << 20];
+	for (;;) {
+		FILE *f = fopen(p->log, "r");
+		if (f) {
+			size_t n = fread(buf, 1, sizeof buf - 1, f);
+			fclose(f);
+			buf[n] = 0;
+			if (strstr(buf, needle))
+				return 1;
+		}
+		if (tc_now_ms() > deadline)
+			return 0;
+		tc_sleep_ms(20);
+	}
+}
+
+/* A valid HELLO (as gateway node 40), the backend's HELLO back, then bad bytes:
+ * the backend closes the connection. */
+static void malformed_after_hello(struct proc *p, const uint8_t *bad, size_t n, const char *what)
+{
+	static struct raw r;
+	raw_open(&r, p->port);
+	raw_hello(&r, DIST_VERSION, DIST_ROLE_GATEWAY, 40);
+	long st = raw_read(&r, DIST_HELLO, RECV_MS);
+	cr_assert_eq(st, 1, "%s: no HELLO from the backend: %s", what, tc_status_name(st));
+	raw_send(&r, bad, n);
+	st = raw_read(&r, 0, 5000);
+	cr_assert_eq(st, 0, "%s: want the backend to close the link (recv 0), got %s", what, tc_status_name(st));
+	tc_close(&r.c);
+}
+
+Test(backend, malformed_dist_frames, .timeout = 40)
+{
+	topo_start(NULL);
+	struct proc *p = &T.be[0];
+
+	/* a BATCH whose inner ROUTE is cut short (L=7: type, seq 1, count 1, inner L=3 ROUTE 00 00) */
+	static const uint8_t bad_batch[] = {0x07, DIST_BATCH, 0x01, 0x01, 0x03, DIST_ROUTE, 0x00, 0x00};
+	{
+		struct dist_frame f;
+		long n = dist_parse(bad_batch, sizeof bad_batch, &f);
+		int inner_bad = n < 0;
+		if (n > 0) {
+			struct dist_iter it;
+			struct dist_frame in;
+			dist_batch_iter(&f, &it);
+			inner_bad = dist_batch_next(&it, &in) < 0;
+		}
+		cr_assert(inner_bad, "the test's bad batch parses as valid");
+	}
+	malformed_after_hello(p, bad_batch, sizeof bad_batch, "BATCH with a bad inner frame");
+	/* a length prefix that is not minimal */
+	static const uint8_t bad_prefix[] = {0x80, 0x00};
+	malformed_after_hello(p, bad_prefix, sizeof bad_prefix, "bytes 80 00");
+	/* a frame type that is not allowed at the top level (ROUTE outside a batch) */
+	static const uint8_t bad_top[] = {0x03, DIST_ROUTE, 0x00, 0x00};
+	malformed_after_hello(p, bad_top, sizeof bad_top, "ROUTE at the top level");
+	cr_assert(log_has(p, "malformed", 2000), "the backend's log %s does not mention the malformed frame:\n%s",
+		  p->log, proc_tail(p));
+	/* a HELLO with another version is refused with a close (the ERROR frame
+	 * that should come first: test hello_mismatch_gets_error, disabled) */
+	static struct raw r;
+	raw_open(&r, p->port);
+	raw_hello(&r, DIST_VERSION + 1, DIST_ROLE_GATEWAY, 41);
+	long st = raw_read(&r, 0, 5000);
+	cr_assert_eq(st, 0, "HELLO version %d: want a close, got %s", DIST_VERSION + 1, tc_status_name(st));
+	tc_close(&r.c);
+	cr_assert(log_has(p, "version mismatch", 2000), "the backend's log does not mention the version mismatch");
+
+	/* the backend kept serving the real gateways: their links never dropped */
+	all_alive();
+	expect_stat(p, "links_up", '=', GW_THREADS * NGW, 3000);
+	for (int i = 0; i < NGW; i++)
+		cr_assert_eq(stat_num(&T.gw[i], "link_reconnects"), 0, "gateway %u's links were disturbed", T.gw[i].node);
+	uint64_t ua = user_of(1, 17000), ub = user_of(0, 18000);
+	struct tc_conn a, b;
+	open_login(&a, 0, ua);
+	open_login(&b, 1, ub);
+	send_msg(&a, 1, ub, "through the backend that saw garbage");
+	uint64_t s = expect_deliver(&b, ua, 0, "through the backend that saw garbage", "b receives");
+	cr_assert_eq(msgid_node(s), p->node);
+	cr_assert_eq(expect_ack(&a, 1, PROTO_ACK_STORED, "a's ACK"), s);
+	tc_close(&a);
+	tc_close(&b);
+	all_alive();
+}
+
+/* PROTOCOL.md 4.2: "A peer whose version differs from its own, or whose role
+ * is not the expected one, gets ERROR and a close."
+ *
+ * DISABLED: the backend closes the link but the ERROR frame never leaves.
+ * Steps: connect to a backend's link port, send HELLO with version 2 (or role
+ * backend). Expected: the backend's HELLO, an ERROR frame (code version), EOF.
+ * Observed: the backend's HELLO, then EOF; no ERROR (its log says "protocol
+ * version mismatch"). Cause: on_hello (runtime/link.c:410-417) queues the
+ * ERROR with push_ctrl() and link_flush() (which at most prepares a send SQE,
+ * submitted at the next loop iteration, or leaves the frame queued behind a
+ * send in flight), then calls link_close() at once: link_close shuts the
+ * socket down (runtime/link.c:365) before that send runs, and finish_close
+ * drops queued control frames (q_drop_ctrl, runtime/link.c:338). Checked by
+ * removing the link_close() call in a scratch copy: the ERROR frame then
+ * arrives (and the HELLO timeout closes the link 3 s later). The gateway side
+ * shares this code (a backend of the wrong version gets no ERROR either). */
+Test(backend, hello_mismatch_gets_error, .timeout = 30)
+{
+	topo_start(NULL);
+	struct proc *p = &T.be[0];
+	/* HELLO with another version: ERROR (version), then a close */
+	static struct raw r;
+	raw_open(&r, p->port);
+	raw_hello(&r, DIST_VERSION + 1, DIST_ROLE_GATEWAY, 41);
+	long st = raw_read(&r, 0, 5000);
+	cr_assert_eq(st, 0, "HELLO version %d: want a close, got %s", DIST_VERSION + 1, tc_status_name(st));
+	cr_assert_eq(r.seen[DIST_ERROR], 1, "HELLO version %d: no ERROR frame before the close (frames: hello %u)",
+		     DIST_VERSION + 1, r.seen[DIST_HELLO]);
+	cr_assert_eq(r.error_code, PROTO_E_VERSION, "ERROR code %d, want version (%d)", r.error_code, PROTO_E_VERSION);
+	tc_close(&r.c);
+	/* HELLO from a peer claiming to be a backend: ERROR and a close too */
+	raw_open(&r, p->port);
+	raw_hello(&r, DIST_VERSION, DIST_ROLE_BACKEND, 42);
+	st = raw_read(&r, 0, 5000);
+	cr_assert_eq(st, 0, "HELLO with role backend: want a close, got %s", tc_status_name(st));
+	cr_assert_eq(r.seen[DIST_ERROR], 1, "HELLO with role backend: no ERROR frame before the close");
+	tc_close(&r.c);
+
+	/* the backend keeps serving */
+	all_alive();
+	expect_stat(p, "links_up", '=', GW_THREADS * NGW, 3000);
+}
+
+/* ---- 10. durability across a clean restart ------------------------------------------------ */
+
+Test(backend, restart_keeps_stored_messages, .timeout = 40)
+{
+	topo_start(NULL);
+	const int victim = 1;
+	struct proc *bv = &T.be[victim];
+	uint64_t ua = user_of(0, 19000), uu = user_of(victim, 20000);
+	enum { N = 5 };
+	struct tc_conn a, u;
+	open_login(&a, 0, ua);
+	uint64_t smid[N];
+	char body[N][32];
+	for (int i = 0; i < N; i++) {
+		snprintf(body[i], sizeof body[i], "durable %d", i);
+		send_msg(&a, 1 + (uint64_t)i, uu, body[i]);
+		smid[i] = expect_ack(&a, 1 + (uint64_t)i, PROTO_ACK_STORED, "stored before the restart");
+	}
+	/* a group on the victim survives too */
+	struct tc_conn g;
+	uint64_t ug = user_of(victim, 21000);
+	open_login(&g, 1, ug);
+	group_req(&g, PROTO_GROUP_CREATE, 1, 0, &uu, 1);
+	uint64_t gid = expect_group_result(&g, 1, 0, "group on the victim");
+	cr_assert_eq(cluster_group_node(gid), bv->node);
+
+	/* SIGTERM: a clean stop, exit status 0 */
+	bv->expect_dead = 1;
+	cr_assert_eq(tc_server_signal(&bv->srv, SIGTERM), 0);
+	cr_assert_eq(tc_server_wait(&bv->srv, 5000), 0, "backend %u did not stop within 5 s of SIGTERM; log:\n%s",
+		     bv->node, proc_tail(bv));
+	cr_assert(WIFEXITED(bv->srv.status) && WEXITSTATUS(bv->srv.status) == 0,
+		  "backend %u: wait status 0x%x after SIGTERM, want exit 0; log:\n%s", bv->node,
+		  (unsigned)bv->srv.status, proc_tail(bv));
+	tc_server_stop(&bv->srv, 0);
+	bv->started = 0;
+	for (int i = 0; i < NGW; i++)
+		expect_stat(&T.gw[i], "links_up", '=', GW_THREADS * (NBE - 1), 5000);
+
+	be_restart(victim, 1);
+	wait_links();
+	expect_stat(bv, "store_messages", '=', N, 3000);
+	expect_stat(bv, "store_groups", '=', 1, 3000);
+	open_login(&u, 1, uu);
+	uint64_t last = 0;
+	for (int i = 0; i < N; i++) {
+		uint64_t s = expect_deliver(&u, ua, 0, body[i], "after the restart");
+		cr_assert_eq(s, smid[i]);
+		cr_assert_gt(s, last);
+		last = s;
+	}
+	expect_silent(&u, 200, "nothing more after the restart");
+	/* new messages after the restart get new, larger ids */
+	send_msg(&a, 100, uu, "after");
+	uint64_t s2 = expect_deliver(&u, ua, 0, "after", "a message after the restart");
+	cr_assert_gt(s2, last);
+	cr_assert_eq(expect_ack(&a, 100, PROTO_ACK_STORED, "ACK after the restart"), s2);
+	send_group_msg(&g, 2, gid, "group after the restart");
+	uint64_t s3 = expect_ack(&g, 2, PROTO_ACK_STORED, "group send after the restart");
+	cr_assert_eq(expect_deliver(&u, ug, gid, "group after the restart", "group message after the restart"), s3);
+	tc_close(&a);
+	tc_close(&u);
+	tc_close(&g);
+	all_alive();
+}
