@@ -407,6 +407,35 @@ char *tc_server_log_tail(const struct tc_server *s, char *out, size_t cap)
 
 /* ---- connections -------------------------------------------------------------------- */
 
+/* Receive buffers of connections still open: a test may end (and its process
+ * exit) with connections open on purpose; they are freed at exit, so the
+ * sanitizer build's leak check sees the test client clean up after itself. */
+#define TC_LIVE_MAX 4096
+static uint8_t *tc_live[TC_LIVE_MAX];
+
+static void tc_free_live(void)
+{
+	for (size_t i = 0; i < TC_LIVE_MAX; i++) {
+		free(tc_live[i]);
+		tc_live[i] = NULL;
+	}
+}
+
+static void tc_track(uint8_t *buf, int add)
+{
+	static int registered;
+	if (!registered) {
+		atexit(tc_free_live);
+		registered = 1;
+	}
+	for (size_t i = 0; i < TC_LIVE_MAX; i++) {
+		if (add ? tc_live[i] == NULL : tc_live[i] == buf) {
+			tc_live[i] = add ? buf : NULL;
+			return;
+		}
+	}
+}
+
 int tc_connect(struct tc_conn *c, unsigned port, int rcvbuf, int timeout_ms)
 {
 	memset(c, 0, sizeof *c);
@@ -414,8 +443,10 @@ int tc_connect(struct tc_conn *c, unsigned port, int rcvbuf, int timeout_ms)
 	c->buf = malloc(TC_BUF_CAP);
 	if (!c->buf)
 		return TC_IOERR;
+	tc_track(c->buf, 1);
 	int fd = connect_loopback(port, timeout_ms, rcvbuf);
 	if (fd < 0) {
+		tc_track(c->buf, 0);
 		free(c->buf);
 		c->buf = NULL;
 		return fd;
@@ -434,6 +465,7 @@ void tc_close(struct tc_conn *c)
 	if (c->buf) {
 		if (c->fd >= 0)
 			close(c->fd);
+		tc_track(c->buf, 0);
 		free(c->buf);
 	}
 	c->buf = NULL;
@@ -725,4 +757,118 @@ int64_t tc_json_num(const char *json, const char *key)
 	if (*p < '0' || *p > '9')
 		return -1;
 	return strtoll(p, NULL, 10);
+}
+
+/* ---- one-shot child processes (added for test_loadgen) --------------------------- */
+
+int tc_server_start_split(struct tc_server *s, const char *path, char *const argv[], const char *out_path,
+			  const char *err_path)
+{
+	memset(s, 0, sizeof *s);
+	s->wd_fd = -1;
+	snprintf(s->log_path, sizeof s->log_path, "%s", err_path); /* tc_server_log_tail shows stderr */
+	int outfd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (outfd < 0)
+		return -1;
+	int errfd = strcmp(out_path, err_path) == 0 ? outfd : open(err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (errfd < 0) {
+		close(outfd);
+		return -1;
+	}
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t at;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_adddup2(&fa, outfd, 1);
+	posix_spawn_file_actions_adddup2(&fa, errfd, 2);
+	posix_spawnattr_init(&at);
+	sigset_t none, all;
+	sigemptyset(&none);
+	sigfillset(&all);
+	posix_spawnattr_setsigmask(&at, &none);
+	posix_spawnattr_setsigdefault(&at, &all);
+	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	pid_t pid;
+	int e = posix_spawn(&pid, path, &fa, &at, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&at);
+	if (errfd != outfd)
+		close(errfd);
+	close(outfd);
+	if (e != 0) {
+		errno = e;
+		return -1;
+	}
+	s->pid = pid;
+	s->watchdog = start_watchdog(pid, &s->wd_fd);
+	if (s->watchdog < 0) {
+		e = errno;
+		s->watchdog = 0;
+		kill(pid, SIGKILL);
+		tc_server_wait(s, TC_KILL_WAIT_MS);
+		errno = e;
+		return -1;
+	}
+	return 0;
+}
+
+int tc_run(const char *path, char *const argv[], const char *out_path, const char *err_path, int timeout_ms)
+{
+	struct tc_server s;
+	if (tc_server_start_split(&s, path, argv, out_path, err_path) != 0)
+		return -1;
+	int timed_out = tc_server_wait(&s, timeout_ms) != 0;
+	if (timed_out) {
+		tc_server_signal(&s, SIGKILL);
+		tc_server_wait(&s, TC_KILL_WAIT_MS);
+	}
+	end_watchdog(&s);
+	if (timed_out)
+		return TC_TIMEOUT;
+	if (!s.reaped)
+		return -1;
+	if (WIFEXITED(s.status))
+		return WEXITSTATUS(s.status);
+	return WIFSIGNALED(s.status) ? 128 + WTERMSIG(s.status) : -1;
+}
+
+char *tc_read_file(const char *path, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	size_t cap = 4096, n = 0;
+	char *b = malloc(cap);
+	for (;;) {
+		if (!b) {
+			close(fd);
+			return NULL;
+		}
+		if (cap - n < 2) {
+			char *g = realloc(b, cap * 2);
+			if (!g) {
+				free(b);
+				close(fd);
+				return NULL;
+			}
+			b = g;
+			cap *= 2;
+		}
+		ssize_t r = read(fd, b + n, cap - n - 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			free(b);
+			close(fd);
+			return NULL;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+	}
+	close(fd);
+	b[n] = 0;
+	if (len)
+		*len = n;
+	return b;
 }
