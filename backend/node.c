@@ -497,7 +497,7 @@ static void on_up(void *arg, struct link *l)
 	if (prev && *prev != l->idx && b->links[*prev].state == LINK_UP)
 		link_close(&b->links[*prev], &b->ring, "replaced by a new link from the same gateway thread", b->now_ns);
 	u64map_put(&b->peers, key, l->idx);
-	l->hold = 1; /* released after each commit */
+	l->hold = 1; /* batches leave only once released after a commit */
 	BCNT_ADD(b, links_up, 1);
 	log_info("gateway %u thread %u linked (%s)", l->peer_node, l->peer_thread, l->name);
 }
@@ -746,11 +746,9 @@ void *be_main(void *arg)
 		commit(b);
 		for (uint32_t i = 0; i < b->nlinks; i++) {
 			struct link *l = &b->links[i];
-			l->hold = 0;
 			link_tick(l, &b->ring, b->now_ns);
+			link_release(l, &b->ring, b->now_ns); /* committed: everything so far may go */
 			link_flush(l, &b->ring, b->now_ns);
-			if (l->state == LINK_UP)
-				l->hold = 1;
 		}
 		if (!b->accepting && !b->draining)
 			arm_accept(b);

@@ -32,6 +32,7 @@ struct link_out {
 	struct link_out *next;
 	uint8_t *start;
 	size_t len, off;
+	uint64_t seq; /* batches: their sequence number (for hold/release) */
 	int ctrl; /* HELLO/CREDIT/HEARTBEAT/ERROR: first in line, no credit needed */
 	uint8_t buf[];
 };
@@ -127,6 +128,7 @@ static void end_batch(struct link *l)
 	size_t size;
 	o->next = NULL;
 	o->start = dist_batch_finish(&l->batch, ++l->seq_out, &size);
+	o->seq = l->seq_out;
 	o->len = size;
 	o->off = 0;
 	o->ctrl = 0;
@@ -288,8 +290,8 @@ static void send_next(struct link *l, struct io_uring *ring, uint64_t now)
 	if (!o)
 		return;
 	if (!o->ctrl) {
-		if (l->state != LINK_UP || l->hold)
-			return; /* batches only after the peer's HELLO, and not while held */
+		if (l->state != LINK_UP || (l->hold && o->seq > l->release_seq))
+			return; /* batches only after the peer's HELLO, and held ones not yet */
 		if ((int64_t)o->len > l->credit) {
 			l->st.credit_stalls++;
 			return;
@@ -308,6 +310,13 @@ static void send_next(struct link *l, struct io_uring *ring, uint64_t now)
 	sqe->user_data = link_ud(l, OP_SEND);
 	l->send_inflight = 1;
 	l->last_tx_ns = now;
+}
+
+void link_release(struct link *l, struct io_uring *ring, uint64_t now_ns)
+{
+	end_batch(l);
+	l->release_seq = l->seq_out;
+	send_next(l, ring, now_ns);
 }
 
 void link_flush(struct link *l, struct io_uring *ring, uint64_t now_ns)

@@ -78,8 +78,10 @@ struct link {
 	uint32_t peer_node, peer_thread, peer_threads;
 	uint8_t expect_role; /* 0 = any */
 	int close_after_send; /* an ERROR is queued: close once it has left (or after 1 s) */
-	int hold;            /* while set, no batch leaves (control frames do): the
-			      * backend holds until its writes are committed */
+	int hold;             /* set: only batches up to release_seq leave (control
+			       * frames always do): the backend's batches wait until
+			       * the writes they acknowledge are committed */
+	uint64_t release_seq;
 	/* receive */
 	uint8_t *rx;
 	size_t rx_len;
@@ -127,6 +129,10 @@ int link_has_room(const struct link *l, size_t bytes);
 
 /* End of iteration: close the batch, grant credit, start a send. */
 void link_flush(struct link *l, struct io_uring *ring, uint64_t now_ns);
+
+/* With hold set: close the batch under construction and let every batch
+ * built so far leave (call right after the commit that covers them). */
+void link_release(struct link *l, struct io_uring *ring, uint64_t now_ns);
 
 /* Heartbeats, dead-peer detection, reconnects. Call every iteration (cheap). */
 void link_tick(struct link *l, struct io_uring *ring, uint64_t now_ns);
