@@ -118,6 +118,7 @@ struct lthread {
 	uint64_t rng;
 	int stop, draining_sends, storm_done;
 	uint64_t interval_end_ns;
+	uint64_t deliver_frames;
 	const char *ring_mode;
 };
 
@@ -137,6 +138,7 @@ struct lg {
 	/* set by main, read by workers (relaxed): phase control */
 	int phase; /* 0 ramp, 1 run (send), 2 drain (stop sending), 3 stop */
 	uint64_t run_start_ns;
+	uint64_t cmid_base; /* random per run, so cmids never repeat across runs */
 };
 
 enum lg_phase { PH_RAMP = 0, PH_RUN = 1, PH_DRAIN = 2, PH_STOP = 3 };

@@ -247,8 +247,10 @@ int main(int argc, char **argv)
 	}
 	if (token_secret_load(&lg.secret, cfg->secret_file, err, sizeof err) != 0) {
 		fprintf(stderr, "loadgen: %s\n", err);
-		return 1;
+		return 2;
 	}
+	randombytes_buf(&lg.cmid_base, sizeof lg.cmid_base);
+	lg.cmid_base = (lg.cmid_base & 0xffffffffull) << 20; /* room for 2^20 messages per user per run before wrap matters */
 	lg.ntargets = cfg->targets.n;
 	lg.targets = calloc(lg.ntargets, sizeof *lg.targets);
 	for (size_t i = 0; i < lg.ntargets; i++)
@@ -470,7 +472,9 @@ int main(int argc, char **argv)
 		printf(" send_blocked=%llu", (unsigned long long)cur.blocked);
 	if (cur.skipped)
 		printf(" (skipped sends, not logged in: %llu)", (unsigned long long)cur.skipped);
-	printf("\n  loadgen cpu   %.2f s total, %.2f s in run%s", cpu_all, cpu_run, "");
+	printf("\n  keepalive     pings sent %llu, pongs received %llu\n", (unsigned long long)cur.pings,
+	       (unsigned long long)cur.pongs);
+	printf("  loadgen cpu   %.2f s total, %.2f s in run%s", cpu_all, cpu_run, "");
 	if (msgs_run > 0)
 		printf(" = %.3f s per million messages", cpu_run / msgs_run * 1e6);
 	printf("\n");
@@ -512,12 +516,14 @@ int main(int argc, char **argv)
 				(unsigned long long)cur.closed_by_server, (unsigned long long)cur.logins_failed);
 			fprintf(f, " \"messages\":{\"sent\":%llu,\"acked\":%llu,\"delivered\":%llu,\"lost\":%llu,\"duplicated\":%llu,"
 				   "\"reordered\":%llu,\"injected_drop\":%llu,\"injected_dup\":%llu,\"receipts_in\":%llu,"
-				   "\"blocked\":%llu,\"skipped\":%llu,\"run_s\":%.3f,\"sent_per_s\":%.1f,\"delivered_per_s\":%.1f},\n",
+				   "\"blocked\":%llu,\"skipped\":%llu,\"run_s\":%.3f,\"sent_per_s\":%.1f,\"delivered_per_s\":%.1f,"
+				   "\"pings\":%llu,\"pongs\":%llu},\n",
 				(unsigned long long)cur.sent, (unsigned long long)cur.acked, (unsigned long long)cur.delivered,
 				(unsigned long long)lost, (unsigned long long)cur.dup, (unsigned long long)cur.reordered,
 				(unsigned long long)cur.injected_drop, (unsigned long long)cur.injected_dup,
 				(unsigned long long)cur.receipts_in, (unsigned long long)cur.blocked,
-				(unsigned long long)cur.skipped, run_s, send_rate, deliv_rate);
+				(unsigned long long)cur.skipped, run_s, send_rate, deliv_rate, (unsigned long long)cur.pings,
+				(unsigned long long)cur.pongs);
 			fprintf(f, " \"latency_us\":{\"count\":%llu,\"p50\":%.2f,\"p90\":%.2f,\"p99\":%.2f,\"p999\":%.2f,\"max\":%.2f},\n",
 				(unsigned long long)lat.count, (double)hist_percentile(&lat, 50) / 1e3,
 				(double)hist_percentile(&lat, 90) / 1e3, (double)hist_percentile(&lat, 99) / 1e3,

@@ -326,7 +326,7 @@ static void on_deliver(struct lthread *t, uint32_t slot, const struct proto_fram
 {
 	struct lconn *c = &t->c[slot];
 	const struct lg_config *cfg = &t->lg->cfg;
-	uint64_t n = t->cnt.delivered + t->cnt.dup + t->cnt.injected_drop + 1;
+	uint64_t n = ++t->deliver_frames; /* DELIVER frames seen (injected copies not counted) */
 	if (cfg->inject_drop && n % (uint64_t)cfg->inject_drop == 0) {
 		LCNT_ADD(t, injected_drop, 1); /* test hook: behave as if this delivery never came */
 		return;
@@ -619,7 +619,8 @@ static void pace_sends(struct lthread *t)
 	if (cfg->rate <= 0 || !t->n)
 		return;
 	double per_s = cfg->rate * (double)t->n;
-	uint64_t due = (uint64_t)((double)(t->now_ns - t->t0_send) * per_s / 1e9);
+	/* message k is due at t0 + k/per_s: at time t, messages 0..floor(t*per_s) are */
+	uint64_t due = (uint64_t)((double)(t->now_ns - t->t0_send) * per_s / 1e9) + 1;
 	uint32_t body_len = (uint32_t)cfg->size;
 	uint8_t body[PROTO_MAX_BODY];
 	memset(body + LG_BODY_MIN, 'x', body_len - LG_BODY_MIN);
@@ -636,7 +637,7 @@ static void pace_sends(struct lthread *t)
 		put_le32(body, c->seq_out);
 		memcpy(body + 4, &sched, 8);
 		struct proto_frame f = {.type = PROTO_SEND};
-		f.send.cmid = c->seq_out;
+		f.send.cmid = t->lg->cmid_base + c->seq_out; /* unique across runs: a backend dedups (sender, cmid, recipient) */
 		f.send.to = peer_of(t, slot);
 		f.send.body = (struct proto_bytes){body, body_len};
 		if (out_frame(t, slot, &f) != 0) {

@@ -219,4 +219,24 @@ int tc_http_get(unsigned port, const char *path, int timeout_ms, char *body, siz
  * tc_json_num(body, "slow_consumers"). Returns -1 when absent. */
 int64_t tc_json_num(const char *json, const char *key);
 
+/* ---- one-shot child processes (added for test_loadgen) --------------------------- */
+
+/* Like tc_server_start(), but stdout goes to out_path and stderr to err_path
+ * (each created or truncated; the same path for both is allowed). The same
+ * watchdog applies: the child is killed if this process dies first. Stop or
+ * collect it with tc_server_wait()/tc_server_stop(). Returns 0 or -1. */
+int tc_server_start_split(struct tc_server *s, const char *path, char *const argv[], const char *out_path,
+			  const char *err_path);
+
+/* Run `path` with argv to completion: stdout to out_path, stderr to err_path
+ * (as tc_server_start_split), waiting up to timeout_ms; past that it is killed
+ * (SIGKILL). Returns its exit status (0..255), 128 + the signal when a signal
+ * ended it, TC_TIMEOUT when it had to be killed, or -1 when it could not be
+ * started (errno set). */
+int tc_run(const char *path, char *const argv[], const char *out_path, const char *err_path, int timeout_ms);
+
+/* Read a whole file into a new NUL-terminated buffer (free() it); *len gets
+ * its size when len is non-NULL. NULL when it cannot be read. */
+char *tc_read_file(const char *path, size_t *len);
+
 #endif

@@ -1,0 +1,89 @@
+#!/bin/sh
+# bench/dist.sh [BUILDDIR]: the distribution link and the path through a
+# backend. Two gateways (one thread each) and one backend on this machine;
+# the loadgen's users alternate between the gateways, so every message goes
+# gateway -> backend (stored durably: LMDB, fsync per group commit) ->
+# gateway, and every delivered receipt goes back the same way.
+#
+# For each offered rate, twice: with batching (the default 256 KiB batches)
+# and with --link-batch 0 (every frame its own batch and send). Reports
+# delivered messages/s, latency, frames per batch and bytes per message on
+# the gateway->backend link, backend commits/s, and CPU per message of the
+# three servers together. Bounded: 5 s per run.
+set -eu
+b=${1:-build}
+base=${DIST_PORT:-27300}
+tmp=$(mktemp -d /tmp/dist.XXXXXX)
+pids=
+cleanup() {
+	for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
+	sleep 0.5
+	for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
+	rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+num() { grep -o "\"$1\":[0-9.e+-]*" "$2" | head -n 1 | cut -d: -f2; }
+get() { curl -s "http://127.0.0.1:$1/stats" >"$2"; }
+cpu() { awk '{print ($14 + $15)}' "/proc/$1/stat"; }
+
+"$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
+echo "backend 11 127.0.0.1:$((base + 1))" >"$tmp/cluster.conf"
+
+# one configuration: start, load, measure, stop. $1 = batch size, $2 = total rate, $3 = name
+one() {
+	rm -rf "$tmp/data"
+	"$b/backend/backend" --node 11 --cluster "$tmp/cluster.conf" --data-dir "$tmp/data" --link-batch "$1" \
+		--stats-listen "127.0.0.1:$((base + 11))" --log-level warn 2>"$tmp/be.log" &
+	be=$!
+	"$b/gateway/gateway" --node 1 --threads 1 --cluster "$tmp/cluster.conf" --auth-secret-file "$tmp/secret" \
+		--listen "127.0.0.1:$((base + 2))" --stats-listen "127.0.0.1:$((base + 12))" --link-batch "$1" \
+		--rate-frames 0 --rate-bytes 0 --log-level warn 2>"$tmp/g1.log" &
+	g1=$!
+	"$b/gateway/gateway" --node 2 --threads 1 --cluster "$tmp/cluster.conf" --auth-secret-file "$tmp/secret" \
+		--listen "127.0.0.1:$((base + 3))" --stats-listen "127.0.0.1:$((base + 13))" --link-batch "$1" \
+		--rate-frames 0 --rate-bytes 0 --log-level warn 2>"$tmp/g2.log" &
+	g2=$!
+	pids="$be $g1 $g2"
+	sleep 1
+	n=2000
+	rate=$(awk -v t="$2" -v n="$n" 'BEGIN {printf "%.4f", t / n}')
+	c0=$(($(cpu "$be") + $(cpu "$g1") + $(cpu "$g2")))
+	get $((base + 12)) "$tmp/g1a.json"
+	get $((base + 11)) "$tmp/bea.json"
+	"$b/loadgen/loadgen" --secret-file "$tmp/secret" --scenario chat --connections "$n" --rate "$rate" \
+		--targets "127.0.0.1:$((base + 2))" --targets "127.0.0.1:$((base + 3))" --receipts --duration 5s \
+		--drain 5s --quiet --max-error-rate 1 --report "$tmp/$3.json" >"$tmp/$3.out" 2>&1 || true
+	c1=$(($(cpu "$be") + $(cpu "$g1") + $(cpu "$g2")))
+	get $((base + 12)) "$tmp/g1b.json"
+	get $((base + 11)) "$tmp/beb.json"
+	kill -TERM $pids 2>/dev/null || true
+	wait $pids 2>/dev/null || true
+	pids=
+	awk -v name="$3" -v offered="$2" -v hz="$(getconf CLK_TCK)" -v c0="$c0" -v c1="$c1" \
+		-v d="$(num delivered "$tmp/$3.json")" -v dps="$(num delivered_per_s "$tmp/$3.json")" \
+		-v p50="$(num p50 "$tmp/$3.json")" -v p99="$(num p99 "$tmp/$3.json")" -v lost="$(num lost "$tmp/$3.json")" \
+		-v fa="$(num link_frames_out "$tmp/g1a.json")" -v fb="$(num link_frames_out "$tmp/g1b.json")" \
+		-v ba="$(num link_batches_out "$tmp/g1a.json")" -v bb="$(num link_batches_out "$tmp/g1b.json")" \
+		-v ya="$(num link_bytes_out "$tmp/g1a.json")" -v yb="$(num link_bytes_out "$tmp/g1b.json")" \
+		-v ra="$(num routed_remote "$tmp/g1a.json")" -v rb="$(num routed_remote "$tmp/g1b.json")" \
+		-v ca="$(num commits "$tmp/bea.json")" -v cb="$(num commits "$tmp/beb.json")" 'BEGIN {
+		fr = fb - fa; bt = bb - ba; by = yb - ya; r = rb - ra
+		printf "%-12s offered %7.0f/s delivered %7.0f/s p50 %8.1f us p99 %9.1f us | gw1->be %6.1f frames/batch %5.1f B/msg | commits %5.0f | servers %5.1f us CPU/msg | lost %s\n",
+			name, offered, dps, p50, p99, (bt > 0 ? fr / bt : 0), (r > 0 ? by / r : 0), cb - ca,
+			(d > 0 ? (c1 - c0) / hz / d * 1e6 : 0), lost
+	}'
+}
+
+results=
+for total in 2000 10000 30000; do
+	results="$results$(one 256k "$total" "batch-$total")
+$(one 0 "$total" "nobatch-$total")
+"
+done
+cat <<EOF
+
+=== dist link: 2 gateways (1 thread each) + 1 backend, every message through the backend, delivered receipts on
+$results
+(frames/batch and bytes/msg: gateway 1's link to the backend, sends and receipts both counted in frames;
+ commits: backend group commits during the run; CPU: gateways + backend, per delivered message)
+EOF
