@@ -786,7 +786,7 @@ Test(loadgen, idle_holds_and_pings, .timeout = 30)
 	all_alive();
 }
 
-/* Finding: the loadgen counts PONGs (lg_counters.pongs, worker.c on_frame,
+/* Regression (was a finding): the loadgen counts PONGs (lg_counters.pongs, worker.c on_frame,
  * PROTO_PONG, worker.c:401) and PINGs sent, sums them (main.c sum()) and then reports
  * neither: not on stdout, not in --report, not in --csv. An idle run cannot
  * show that its keepalives were answered.
@@ -1144,7 +1144,7 @@ Test(loadgen, argument_errors, .timeout = 30)
 
 /* The open-loop schedule sends every message one interval late, and the
  * thread spins while it waits.
- * DISABLED: fails.
+ * Fixed; kept as a regression test.
  * Steps: chat, 2 connections (one pair), 1 thread, --rate 2: the thread's
  * schedule is 4 messages per second, one every 250 ms; 3 s; loopback.
  * Expected: latency (from the scheduled send time) about the loopback round
@@ -1180,7 +1180,7 @@ Test(loadgen, send_schedule_not_late_and_not_spinning, .timeout = 30)
 /* Two loadgen runs one after the other against the same backend, with the
  * same users (the default --user-base 1): the second run's messages are
  * taken for resends of the first run's and dropped.
- * DISABLED: fails.
+ * Fixed; kept as a regression test.
  * Steps: backend + 2 gateways; loadgen chat --receipts, 200 connections,
  * --rate 5, 2 s; then the same run again (within 10 minutes).
  * Expected: the second run like the first: exit 0, lost 0.
