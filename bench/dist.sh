@@ -20,6 +20,7 @@ cleanup() {
 	sleep 0.5
 	for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
 	rm -rf "$tmp"
+	true
 }
 trap cleanup EXIT INT TERM
 num() { grep -o "\"$1\":[0-9.e+-]*" "$2" | head -n 1 | cut -d: -f2; }

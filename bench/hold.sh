@@ -19,8 +19,9 @@ tmp=$(mktemp -d /tmp/hold.XXXXXX)
 gw=
 lg=
 cleanup() {
-	[ -n "$lg" ] && kill "$lg" 2>/dev/null
-	[ -n "$gw" ] && kill -TERM "$gw" 2>/dev/null && sleep 1 && kill -KILL "$gw" 2>/dev/null
+	[ -n "$lg" ] && kill "$lg" 2>/dev/null || true
+	[ -n "$gw" ] && kill -TERM "$gw" 2>/dev/null && sleep 1 && kill -KILL "$gw" 2>/dev/null || true
+	true
 	if [ "${failed:-0}" = 1 ]; then
 		echo "hold: logs kept in $tmp" >&2
 	else

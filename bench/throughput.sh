@@ -17,8 +17,9 @@ port=${TP_PORT:-26222}
 tmp=$(mktemp -d /tmp/tp.XXXXXX)
 gw=
 cleanup() {
-	[ -n "$gw" ] && kill -TERM "$gw" 2>/dev/null && sleep 0.5 && kill -KILL "$gw" 2>/dev/null
+	[ -n "$gw" ] && kill -TERM "$gw" 2>/dev/null && sleep 0.5 && kill -KILL "$gw" 2>/dev/null || true
 	rm -rf "$tmp"
+	true
 }
 trap cleanup EXIT INT TERM
 num() { grep -o "\"$1\":[0-9.e+-]*" "$2" | head -n 1 | cut -d: -f2; }
@@ -76,6 +77,7 @@ for pair in "50pct $half" "90pct $ninety"; do
 done
 run 2 1000 pair
 run 200 2500 batch200
+run 200 5000 batch200b
 
 cat <<EOF
 
@@ -87,8 +89,9 @@ $(line 50pct "$half")
 $(line 90pct "$ninety")
 one pair, 1,000 msgs/s each way:
 $(line pair 2000)
-200 connections, 2,500 msgs/s each (several messages per socket write):
+200 connections, 2,500 and 5,000 msgs/s each (several messages per socket write):
 $(line batch200 500000)
+$(line batch200b 1000000)
 (gw = gateway CPU-seconds per million delivered messages, lg = loadgen CPU-seconds per million;
  latency is from the scheduled send time to delivery, so loadgen queueing counts)
 EOF
