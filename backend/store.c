@@ -402,6 +402,30 @@ static int count_set(struct store *s, uint64_t user, uint32_t n)
 	return rc ? txn_err(s, rc) : 0;
 }
 
+/* Pages in use by every database (free list included) against the map: a
+ * put that could fill the map is refused before it writes anything, because
+ * LMDB ruins the whole transaction (the iteration's other writes too) when a
+ * write fails with MDB_MAP_FULL. The headroom leaves room for the deletes
+ * (delivered receipts) that free space again. */
+#define STORE_FULL_PERCENT 90u
+
+static int nearly_full(struct store *s)
+{
+	MDB_envinfo info;
+	MDB_stat st;
+	if (mdb_env_info(s->env, &info) != 0 || mdb_env_stat(s->env, &st) != 0)
+		return 0;
+	uint64_t pages = 0, total = info.me_mapsize / st.ms_psize;
+	MDB_dbi dbis[] = {0 /* FREE_DBI: the free list */, 1 /* MAIN_DBI */, s->msgs, s->mbox, s->counts,
+			  s->dedup, s->groups, s->meta};
+	for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
+		MDB_stat d;
+		if (mdb_stat(s->txn, dbis[i], &d) == 0)
+			pages += d.ms_branch_pages + d.ms_leaf_pages + d.ms_overflow_pages;
+	}
+	return pages * 100 >= total * STORE_FULL_PERCENT;
+}
+
 int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, size_t n, uint32_t mailbox_max,
 	      size_t *added)
 {
@@ -412,6 +436,8 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 	int rc = need_txn(s);
 	if (rc)
 		return rc;
+	if (nearly_full(s))
+		return -ENOSPC; /* nothing written: the transaction stays usable */
 
 	uint8_t mk[8];
 	wire_be64_put(mk, m->smid);

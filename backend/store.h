@@ -63,7 +63,9 @@ int store_commit(struct store *s);
 void store_abort(struct store *s);
 
 /* Store message m (m->smid set by the caller) once and add it to the
- * mailboxes of rcpt[0..n). A recipient whose mailbox holds mailbox_max
+ * mailboxes of rcpt[0..n). Refused with -ENOSPC, before anything is written,
+ * when the store's pages pass 90% of the map (deletes still work, and free
+ * space again). A recipient whose mailbox holds mailbox_max
  * entries or more is skipped; with n == 1 that is STORE_E_FULL and nothing is
  * stored. *added (may be NULL) gets the number of mailboxes it went into; with
  * none (all full) nothing is stored. */
