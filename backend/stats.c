@@ -3,7 +3,6 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include "backend/be.h"
@@ -62,25 +61,6 @@ static const struct be_metric table[] = {
 };
 #define NTABLE (sizeof table / sizeof table[0])
 
-static double cpu_seconds(void)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-	       (double)ru.ru_stime.tv_usec / 1e6;
-}
-
-static double rss_bytes(void)
-{
-	FILE *f = fopen("/proc/self/statm", "r");
-	unsigned long size, res = 0;
-	if (f) {
-		if (fscanf(f, "%lu %lu", &size, &res) != 2)
-			res = 0;
-		fclose(f);
-	}
-	return (double)res * (double)sysconf(_SC_PAGESIZE);
-}
 
 int be_stats_http(void *arg, const char *path, struct mbuf *body, const char **ctype)
 {
@@ -108,7 +88,7 @@ int be_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 		{"backend_rss_bytes", NULL, "rss_bytes", METRIC_GAUGE, "Resident set size"},
 		{"backend_cpu_seconds_total", NULL, "cpu_s", METRIC_COUNTER, "CPU time of the process (user + system)"},
 	};
-	double xv[3] = {(double)(clock_wall_ms() - b->started_wall_ms) / 1000.0, rss_bytes(), cpu_seconds()};
+	double xv[3] = {(double)(clock_wall_ms() - b->started_wall_ms) / 1000.0, metrics_rss_bytes(), metrics_cpu_seconds()};
 	if (prom) {
 		*ctype = "text/plain; version=0.0.4; charset=utf-8";
 		metrics_prom(body, d, NTABLE, vals);

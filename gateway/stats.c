@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #ifndef NO_JEMALLOC
@@ -146,25 +145,6 @@ static uint64_t load(const struct gw_counters *c, size_t off)
 	return __atomic_load_n((const uint64_t *)((const char *)c + off), __ATOMIC_RELAXED);
 }
 
-static double cpu_seconds(void)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-	       (double)ru.ru_stime.tv_usec / 1e6;
-}
-
-static double rss_bytes(void)
-{
-	FILE *f = fopen("/proc/self/statm", "r");
-	unsigned long size, res = 0;
-	if (f) {
-		if (fscanf(f, "%lu %lu", &size, &res) != 2)
-			res = 0;
-		fclose(f);
-	}
-	return (double)res * (double)sysconf(_SC_PAGESIZE);
-}
 
 static void allocator(double *allocated, double *resident)
 {
@@ -213,9 +193,9 @@ int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 	xv[X_CAPACITY] = (double)gw->nthreads * (double)(gw->slots - GW_SLOT_RESERVE);
 	xv[X_THREADS] = gw->nthreads;
 	xv[X_UPTIME] = (double)(clock_wall_ms() - gw->started_wall_ms) / 1000.0;
-	xv[X_RSS] = rss_bytes();
+	xv[X_RSS] = metrics_rss_bytes();
 	allocator(&xv[X_ALLOC], &xv[X_RESIDENT]);
-	xv[X_CPU] = cpu_seconds();
+	xv[X_CPU] = metrics_cpu_seconds();
 	struct metric_desc d[NTABLE];
 	for (size_t i = 0; i < NTABLE; i++)
 		d[i] = table[i].d;

@@ -24,6 +24,7 @@
 #include "loadgen/lg.h"
 #include "runtime/clock.h"
 #include "runtime/log.h"
+#include "runtime/metrics.h"
 
 static volatile sig_atomic_t interrupted;
 static void on_signal(int sig)
@@ -113,13 +114,6 @@ static int watch_read(int pid, struct watch *w)
 	return 0;
 }
 
-static double self_cpu(void)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-	       (double)ru.ru_stime.tv_usec / 1e6;
-}
 
 static const char *const scen_names[] = {"idle", "chat", "churn", "storm"};
 
@@ -327,7 +321,7 @@ int main(int argc, char **argv)
 	size_t ns = 0, scap = 0;
 	struct sample *series = NULL;
 	struct totals prev = {0}, cur;
-	double t_prev = 0, ramp_s = 0, run_s = 0, cpu0 = self_cpu(), cpu_run0 = 0, cpu_run1 = 0;
+	double t_prev = 0, ramp_s = 0, run_s = 0, cpu0 = metrics_cpu_seconds(), cpu_run0 = 0, cpu_run1 = 0;
 	uint64_t sent_run0 = 0, deliv_run0 = 0, sent_run1 = 0, deliv_run1 = 0;
 	int phase = PH_RAMP;
 	uint64_t phase_start = clock_mono_ns(), next_line = phase_start + 1000000000ull;
@@ -355,7 +349,7 @@ int main(int argc, char **argv)
 				watch_read((int)cfg->watch_pid, &w_ramp);
 			phase = PH_RUN;
 			phase_start = now;
-			cpu_run0 = self_cpu();
+			cpu_run0 = metrics_cpu_seconds();
 			sent_run0 = cur.sent;
 			deliv_run0 = cur.delivered;
 			w_run = w_ramp;
@@ -363,7 +357,7 @@ int main(int argc, char **argv)
 			__atomic_store_n(&lg.phase, PH_RUN, __ATOMIC_RELAXED);
 		} else if (phase == PH_RUN && in_phase * 1000 >= (double)cfg->duration_ms) {
 			run_s = in_phase;
-			cpu_run1 = self_cpu();
+			cpu_run1 = metrics_cpu_seconds();
 			sent_run1 = cur.sent;
 			deliv_run1 = cur.delivered;
 			if (cfg->watch_pid)
@@ -422,7 +416,7 @@ int main(int argc, char **argv)
 	}
 	if (phase == PH_DRAIN && run_s == 0) { /* interrupted during ramp or run */
 		run_s = (double)(clock_mono_ns() - phase_start) / 1e9;
-		cpu_run1 = self_cpu();
+		cpu_run1 = metrics_cpu_seconds();
 		sent_run1 = cur.sent;
 		deliv_run1 = cur.delivered;
 	}
@@ -433,7 +427,7 @@ int main(int argc, char **argv)
 	struct hist lat = {0};
 	for (unsigned i = 0; i < lg.nthreads; i++)
 		hist_merge(&lat, &lg.t[i].lat);
-	double cpu_all = self_cpu() - cpu0, cpu_run = cpu_run1 - cpu_run0;
+	double cpu_all = metrics_cpu_seconds() - cpu0, cpu_run = cpu_run1 - cpu_run0;
 	uint64_t lost = cur.acked > cur.delivered ? cur.acked - cur.delivered : 0;
 	uint64_t attempts = cur.sent + cur.connects;
 	uint64_t errs = cur.err_total + cur.logins_failed + cur.closed_by_server + cur.cerr[0] + cur.cerr[1] + cur.cerr[2] +

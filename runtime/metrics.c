@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 /* A value in Prometheus text (prom) or JSON: integers without decimals,
  * fractions with full precision, non-finite values spelled validly. */
@@ -48,4 +50,24 @@ void metrics_json_fields(struct mbuf *b, const struct metric_desc *d, size_t n, 
 		mbuf_printf(b, "%s\"%s\":", i ? "," : "", d[i].key);
 		num(b, vals[i], 0);
 	}
+}
+
+double metrics_rss_bytes(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	unsigned long size, res = 0;
+	if (f) {
+		if (fscanf(f, "%lu %lu", &size, &res) != 2)
+			res = 0;
+		fclose(f);
+	}
+	return (double)res * (double)sysconf(_SC_PAGESIZE);
+}
+
+double metrics_cpu_seconds(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+	       (double)ru.ru_stime.tv_usec / 1e6;
 }

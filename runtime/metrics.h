@@ -29,4 +29,10 @@ void metrics_prom(struct mbuf *b, const struct metric_desc *d, size_t n, const d
 /* Append "key": value pairs (comma-separated, no braces) for d[i] = vals[i]. */
 void metrics_json_fields(struct mbuf *b, const struct metric_desc *d, size_t n, const double *vals);
 
+/* This process's resident set size in bytes (/proc/self/statm), 0 if unknown. */
+double metrics_rss_bytes(void);
+
+/* This process's CPU time, user + system, in seconds. */
+double metrics_cpu_seconds(void);
+
 #endif
