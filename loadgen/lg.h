@@ -13,6 +13,11 @@
  * the scheduled time, so a stall shows up as latency instead of hiding it
  * (no coordinated omission).
  *
+ * Group scenario: users come in blocks of --group-size; the first of each
+ * block creates a group of its block (GROUP create) and sends to it, the
+ * others receive (each member has one sender, so the same order check
+ * applies). Groups live in backends: run it against gateways with --cluster.
+ *
  * Connection states: IDLE -> CONNECTING -> LOGIN -> LIVE -> CLOSING -> IDLE
  * (IDLE connections wait in the connect queue or on a reconnect timer).
  */
@@ -39,13 +44,13 @@
 #define LG_PORT_FIRST 1024u /* explicit source ports (with --sources): 1024..65534 */
 #define LG_PORTS 64511u
 
-enum lg_scenario { SC_IDLE, SC_CHAT, SC_CHURN, SC_STORM };
+enum lg_scenario { SC_IDLE, SC_CHAT, SC_CHURN, SC_STORM, SC_GROUP };
 
 struct lg_config {
 	int64_t connections, threads, connect_rate, inflight, duration_ms, ramp_timeout_ms, size;
 	double rate; /* messages per second per user */
 	int64_t ping_ms, churn_rate, storm_at_ms, user_base, drain_ms, inject_drop, inject_dup;
-	int64_t recv_buf, recv_pool, rcvbuf, max_queue, watch_pid, ttl_ms;
+	int64_t recv_buf, recv_pool, rcvbuf, max_queue, watch_pid, ttl_ms, group_size;
 	double max_error_rate;
 	int receipts, quiet;
 	const char *secret_file, *scenario_name, *report, *csv, *svg;
@@ -60,6 +65,7 @@ struct lg_counters {
 	uint64_t sent, acked, errors[64], delivered, dup, reordered, injected_drop, injected_dup;
 	uint64_t receipts_in, bytes_in, bytes_out, pings, pongs, skipped, blocked;
 	uint64_t open, logged_in, loops, cqes;
+	uint64_t groups_created, group_errors;
 	uint64_t p50_ns, p99_ns, lat_count; /* last interval, published once a second */
 } __attribute__((aligned(64)));
 
@@ -119,6 +125,7 @@ struct lthread {
 	int stop, draining_sends, storm_done;
 	uint64_t interval_end_ns;
 	uint64_t deliver_frames;
+	uint64_t *gid; /* group scenario: per slot, the group a creator sends to (0: none yet) */
 	const char *ring_mode;
 };
 

@@ -37,7 +37,7 @@ struct totals {
 	uint64_t connects, connected, cerr[4], logins_ok, logins_failed, closed_by_server, goaway, kicked, reconnects;
 	uint64_t sent, acked, errors[64], err_total, delivered, dup, reordered, injected_drop, injected_dup;
 	uint64_t receipts_in, bytes_in, bytes_out, pings, pongs, skipped, blocked, open, logged_in, loops, cqes;
-	uint64_t p50_ns, p99_ns;
+	uint64_t p50_ns, p99_ns, groups_created, group_errors;
 };
 
 static uint64_t ld(const uint64_t *p)
@@ -52,6 +52,7 @@ static void sum(const struct lg *lg, struct totals *s)
 	for (unsigned i = 0; i < lg->nthreads; i++) {
 		const struct lg_counters *c = &lg->t[i].cnt;
 #define S(f) s->f += ld(&c->f)
+		S(groups_created); S(group_errors);
 		S(connects); S(connected); S(logins_ok); S(logins_failed); S(closed_by_server); S(goaway); S(kicked);
 		S(reconnects); S(sent); S(acked); S(delivered); S(dup); S(reordered); S(injected_drop); S(injected_dup);
 		S(receipts_in); S(bytes_in); S(bytes_out); S(pings); S(pongs); S(skipped); S(blocked); S(open);
@@ -115,7 +116,7 @@ static int watch_read(int pid, struct watch *w)
 }
 
 
-static const char *const scen_names[] = {"idle", "chat", "churn", "storm"};
+static const char *const scen_names[] = {"idle", "chat", "churn", "storm", "group"};
 
 static void svg_panel(FILE *f, const struct sample *s, size_t n, int y0, const char *title, const char *unit,
 		      size_t off1, const char *l1, size_t off2, const char *l2)
@@ -181,7 +182,9 @@ int main(int argc, char **argv)
 		{"sources", OPT_STR, &sources, NULL, 0, 0,
 		 "source IPv4 addresses: A.B.C.D-E.F.G.H or A.B.C.D/NN (bound with IP_BIND_ADDRESS_NO_PORT)"},
 		{"secret-file", OPT_STR, &cfg->secret_file, NULL, 0, 0, "the gateway's --auth-secret-file (tokens are minted from it)"},
-		{"scenario", OPT_STR, &cfg->scenario_name, "idle", 0, 0, "idle (hold), chat (1:1), churn, storm"},
+		{"scenario", OPT_STR, &cfg->scenario_name, "idle", 0, 0, "idle (hold), chat (1:1), churn, storm, group (needs gateways with backends)"},
+		{"group-size", OPT_INT, &cfg->group_size, "10", 2, PROTO_MAX_GROUP_OP + 1,
+		 "group: users per group (the first creates it and sends, the rest receive)"},
 		{"connections", OPT_INT, &cfg->connections, "1000", 1, 100000000, "clients to simulate"},
 		{"threads", OPT_INT, &cfg->threads, "0", 0, LG_MAX_THREADS,
 		 "threads (rings); 0 = max(CPUs, enough rings for the connections under RLIMIT_NOFILE)"},
@@ -190,7 +193,7 @@ int main(int argc, char **argv)
 		{"ramp-timeout", OPT_MS, &cfg->ramp_timeout_ms, "120s", 100, 86400000, "give up ramping after this"},
 		{"duration", OPT_MS, &cfg->duration_ms, "10s", 0, 86400000 * 7ll, "length of the run phase"},
 		{"drain", OPT_MS, &cfg->drain_ms, "3s", 0, 3600000, "after the run: wait this long for deliveries in flight"},
-		{"rate", OPT_DOUBLE, &cfg->rate, "1", 0, 1000000, "chat: messages per second per user (open loop)"},
+		{"rate", OPT_DOUBLE, &cfg->rate, "1", 0, 1000000, "chat: messages per second per user; group: per group (open loop)"},
 		{"size", OPT_INT, &cfg->size, "32", LG_BODY_MIN, PROTO_MAX_BODY, "chat: message body bytes"},
 		{"receipts", OPT_FLAG, &cfg->receipts, NULL, 0, 0, "send a delivered receipt for every message"},
 		{"ping-interval", OPT_MS, &cfg->ping_ms, "60s", 0, 86400000, "keepalive ping per connection (0 = never)"},
@@ -225,11 +228,11 @@ int main(int argc, char **argv)
 	}
 	log_init("loadgen", LOG_INFO);
 	int sc = -1;
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < 5; i++)
 		if (strcmp(cfg->scenario_name, scen_names[i]) == 0)
 			sc = i;
 	if (sc < 0) {
-		fprintf(stderr, "loadgen: --scenario: '%s' is not idle, chat, churn or storm\n", cfg->scenario_name);
+		fprintf(stderr, "loadgen: --scenario: '%s' is not idle, chat, churn, storm or group\n", cfg->scenario_name);
 		return 2;
 	}
 	cfg->scenario = (enum lg_scenario)sc;
@@ -367,7 +370,8 @@ int main(int argc, char **argv)
 			__atomic_store_n(&lg.phase, PH_DRAIN, __ATOMIC_RELAXED);
 		} else if (phase == PH_DRAIN &&
 			   (in_phase * 1000 >= (double)cfg->drain_ms || interrupted > 1 ||
-			    (cfg->scenario != SC_IDLE && cur.delivered + cur.injected_drop >= cur.acked &&
+			    (cfg->scenario != SC_IDLE && cur.delivered + cur.injected_drop >=
+				     cur.acked * (cfg->scenario == SC_GROUP ? (uint64_t)cfg->group_size - 1 : 1) &&
 			     cur.acked + cur.err_total >= cur.sent && in_phase > 0.2))) {
 			break;
 		}
@@ -428,9 +432,12 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < lg.nthreads; i++)
 		hist_merge(&lat, &lg.t[i].lat);
 	double cpu_all = metrics_cpu_seconds() - cpu0, cpu_run = cpu_run1 - cpu_run0;
-	uint64_t lost = cur.acked > cur.delivered ? cur.acked - cur.delivered : 0;
+	/* every acknowledged message owes one delivery, a group message one per other member */
+	uint64_t fan = cfg->scenario == SC_GROUP ? (uint64_t)cfg->group_size - 1 : 1;
+	uint64_t expected = cur.acked * fan;
+	uint64_t lost = expected > cur.delivered ? expected - cur.delivered : 0;
 	uint64_t attempts = cur.sent + cur.connects;
-	uint64_t errs = cur.err_total + cur.logins_failed + cur.closed_by_server + cur.cerr[0] + cur.cerr[1] + cur.cerr[2] +
+	uint64_t errs = cur.err_total + cur.group_errors + cur.logins_failed + cur.closed_by_server + cur.cerr[0] + cur.cerr[1] + cur.cerr[2] +
 			cur.cerr[3] + cur.blocked;
 	double err_rate = attempts ? (double)errs / (double)attempts : 0;
 	double msgs_run = (double)(deliv_run1 - deliv_run0);
@@ -449,7 +456,7 @@ int main(int argc, char **argv)
 	       (unsigned long long)lost, (unsigned long long)cur.dup, (unsigned long long)cur.reordered,
 	       cur.injected_drop || cur.injected_dup ? " (with injected faults)" : "");
 	printf("  rates         offered %.0f/s, sent %.0f/s, delivered %.0f/s over %.1f s of run\n",
-	       cfg->rate * (double)cfg->connections, send_rate, deliv_rate, run_s);
+	       cfg->rate * (double)cfg->connections / (cfg->scenario == SC_GROUP ? (double)cfg->group_size : 1.0), send_rate, deliv_rate, run_s);
 	printf("  latency       p50 %.1f us, p90 %.1f us, p99 %.1f us, p99.9 %.1f us, max %.1f us (%llu samples)\n",
 	       (double)hist_percentile(&lat, 50) / 1e3, (double)hist_percentile(&lat, 90) / 1e3,
 	       (double)hist_percentile(&lat, 99) / 1e3, (double)hist_percentile(&lat, 99.9) / 1e3, (double)lat.max / 1e3,
@@ -468,6 +475,10 @@ int main(int argc, char **argv)
 		printf(" (skipped sends, not logged in: %llu)", (unsigned long long)cur.skipped);
 	printf("\n  keepalive     pings sent %llu, pongs received %llu\n", (unsigned long long)cur.pings,
 	       (unsigned long long)cur.pongs);
+	if (cfg->scenario == SC_GROUP)
+		printf("  groups        %llu created (%llu refused), %lld members each: %llu deliveries owed\n",
+		       (unsigned long long)cur.groups_created, (unsigned long long)cur.group_errors,
+		       (long long)cfg->group_size, (unsigned long long)expected);
 	printf("  loadgen cpu   %.2f s total, %.2f s in run%s", cpu_all, cpu_run, "");
 	if (msgs_run > 0)
 		printf(" = %.3f s per million messages", cpu_run / msgs_run * 1e6);

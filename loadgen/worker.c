@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "loadgen/lg.h"
+#include "proto/wire.h"
 #include "runtime/clock.h"
 #include "runtime/log.h"
 
@@ -31,6 +32,11 @@ static inline int gen_ok(const struct lconn *c, uint64_t ud)
 static inline uint64_t user_of(const struct lthread *t, uint32_t slot)
 {
 	return (uint64_t)t->lg->cfg.user_base + t->first + slot;
+}
+
+static inline int is_creator(const struct lthread *t, uint32_t slot)
+{
+	return ((uint64_t)t->first + slot) % (uint64_t)t->lg->cfg.group_size == 0;
 }
 
 static inline uint64_t peer_of(const struct lthread *t, uint32_t slot)
@@ -356,6 +362,24 @@ static void on_deliver(struct lthread *t, uint32_t slot, const struct proto_fram
 	}
 }
 
+/* The first user of a block creates a group of the block's users. */
+static void create_group(struct lthread *t, uint32_t slot)
+{
+	uint64_t g = (uint64_t)t->lg->cfg.group_size, first = (uint64_t)t->first + slot;
+	uint8_t list[PROTO_MAX_GROUP_OP * 10], *p = list;
+	uint32_t n = 0;
+	for (uint64_t i = first + 1; i < first + g && i < (uint64_t)t->lg->cfg.connections && n < PROTO_MAX_GROUP_OP;
+	     i++, n++)
+		p = wire_uv_put(p, (uint64_t)t->lg->cfg.user_base + i);
+	struct proto_frame f = {.type = PROTO_GROUP};
+	f.group.op = PROTO_GROUP_CREATE;
+	f.group.req = slot + 1;
+	f.group.count = n;
+	f.group.members = (struct proto_bytes){list, (uint32_t)(p - list)};
+	if (out_frame(t, slot, &f) != 0)
+		LCNT_ADD(t, group_errors, 1);
+}
+
 static void schedule_ping(struct lthread *t, uint32_t slot)
 {
 	int64_t ms = t->lg->cfg.ping_ms;
@@ -379,6 +403,8 @@ static void on_frame(struct lthread *t, uint32_t slot, const struct proto_frame 
 			LCNT_ADD(t, logins_ok, 1);
 			LCNT_SET(t, logged_in, t->cnt.logged_in + 1);
 			schedule_ping(t, slot);
+			if (t->gid && is_creator(t, slot) && !t->gid[slot])
+				create_group(t, slot);
 		} else {
 			LCNT_ADD(t, logins_failed, 1);
 			log_rl(LOG_WARN, "login of user %llu refused: %s", (unsigned long long)user_of(t, slot),
@@ -402,6 +428,15 @@ static void on_frame(struct lthread *t, uint32_t slot, const struct proto_frame 
 		break;
 	case PROTO_RECEIPT:
 		LCNT_ADD(t, receipts_in, 1);
+		break;
+	case PROTO_GROUP_RESULT:
+		if (f->group_result.status == PROTO_OK && t->gid) {
+			t->gid[slot] = f->group_result.group;
+			LCNT_ADD(t, groups_created, 1);
+		} else {
+			LCNT_ADD(t, group_errors, 1);
+			log_rl(LOG_WARN, "group request refused: %s", proto_err_name(f->group_result.status));
+		}
 		break;
 	case PROTO_GOAWAY:
 		LCNT_ADD(t, goaway, 1);
@@ -618,7 +653,7 @@ static void pace_sends(struct lthread *t)
 	const struct lg_config *cfg = &t->lg->cfg;
 	if (cfg->rate <= 0 || !t->n)
 		return;
-	double per_s = cfg->rate * (double)t->n;
+	double per_s = cfg->rate * (double)t->n / (t->gid ? (double)cfg->group_size : 1.0); /* group: per group */
 	/* message k is due at t0 + k/per_s: at time t, messages 0..floor(t*per_s) are */
 	uint64_t due = (uint64_t)((double)(t->now_ns - t->t0_send) * per_s / 1e9) + 1;
 	uint32_t body_len = (uint32_t)cfg->size;
@@ -630,7 +665,13 @@ static void pace_sends(struct lthread *t)
 		uint32_t slot = (uint32_t)(t->sender_rr++ % t->n);
 		t->sched_done++;
 		struct lconn *c = &t->c[slot];
-		if (c->state != LS_LIVE) {
+		uint64_t gid = 0;
+		if (t->gid) {
+			if (!is_creator(t, slot))
+				continue; /* members only receive */
+			gid = t->gid[slot];
+		}
+		if (c->state != LS_LIVE || (t->gid && !gid)) {
 			LCNT_ADD(t, skipped, 1);
 			continue;
 		}
@@ -638,7 +679,8 @@ static void pace_sends(struct lthread *t)
 		memcpy(body + 4, &sched, 8);
 		struct proto_frame f = {.type = PROTO_SEND};
 		f.send.cmid = t->lg->cmid_base + c->seq_out; /* unique across runs: a backend dedups (sender, cmid, recipient) */
-		f.send.to = peer_of(t, slot);
+		f.send.to = gid ? gid : peer_of(t, slot);
+		f.send.group = gid != 0;
 		f.send.body = (struct proto_bytes){body, body_len};
 		if (out_frame(t, slot, &f) != 0) {
 			LCNT_ADD(t, blocked, 1);
@@ -719,6 +761,13 @@ static int setup(struct lthread *t, char *err, size_t errlen)
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
+	if (lg->cfg.scenario == SC_GROUP) {
+		t->gid = calloc(slots, sizeof *t->gid);
+		if (!t->gid) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+	}
 	for (uint32_t s = 0; s < t->n; s++)
 		enqueue_connect(t, s);
 	t->rng = clock_mono_ns() ^ ((uint64_t)t->id << 40) ^ 0x9e3779b97f4a7c15ull;
@@ -738,6 +787,7 @@ static void teardown(struct lthread *t)
 	io_uring_queue_exit(&t->ring);
 	free(t->queue);
 	free(t->flush);
+	free(t->gid);
 	wheel_free(&t->wheel);
 }
 
@@ -777,7 +827,7 @@ void *lg_worker_main(void *arg)
 		if (phase >= PH_RAMP && phase <= PH_RUN)
 			pace_connects(t);
 		if (sending) {
-			if (lg->cfg.scenario == SC_CHAT || lg->cfg.scenario == SC_CHURN || lg->cfg.scenario == SC_STORM)
+			if (lg->cfg.scenario != SC_IDLE)
 				pace_sends(t);
 			if (lg->cfg.scenario == SC_CHURN)
 				pace_churn(t, &churn_credit);
@@ -794,7 +844,7 @@ void *lg_worker_main(void *arg)
 
 		uint64_t wait = LG_TICK_MS * 1000000ull;
 		if (sending && lg->cfg.rate > 0) {
-			double per_s = lg->cfg.rate * (double)t->n;
+			double per_s = lg->cfg.rate * (double)t->n / (t->gid ? (double)lg->cfg.group_size : 1.0);
 			uint64_t next = t->t0_send + (uint64_t)((double)t->sched_done * 1e9 / per_s);
 			wait = next > t->now_ns ? next - t->now_ns : 0;
 			if (wait > LG_TICK_MS * 1000000ull)

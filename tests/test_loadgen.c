@@ -1102,6 +1102,30 @@ Test(loadgen, backend_two_gateways_routed, .timeout = 30)
 	all_alive();
 }
 
+/* Group chat: 20 groups of 10 (the first user of each creates it and sends),
+ * users on two gateways, groups in the backend: every group message is
+ * acknowledged as stored and delivered to the 9 other members, in order. */
+Test(loadgen, group_scenario_fans_out, .timeout = 30)
+{
+	be_start();
+	gw_start(0);
+	gw_start(1);
+	lg_run("group", "--targets", target(0), "--targets", target(1), "--scenario", "group", "--group-size", "10",
+	       "--connections", "200", "--rate", "10", "--receipts", "--duration", "3s", "--drain", "8s", NULL);
+	report_ok(&LG);
+	cr_assert_eq(LG.rc, 0, M("exit status %d", LG.rc));
+	expect_all_logged_in(200);
+	cr_assert(strstr(LG.out, "20 created (0 refused)"), M("groups not all created:\n%s", LG.out));
+	cr_assert_gt(R("messages.sent"), 0, M(""));
+	cr_assert_eq(R("messages.acked"), R("messages.sent"), M(""));
+	cr_assert_eq(R("messages.delivered"), 9 * R("messages.acked"), M("every member gets every message"));
+	cr_assert_eq(R("messages.lost"), 0, M(""));
+	cr_assert_eq(R("messages.duplicated"), 0, M(""));
+	cr_assert_eq(R("messages.reordered"), 0, M(""));
+	cr_assert_eq(stat_of(&F.be, "group_msgs"), (int64_t)R("messages.sent"), M("each stored once"));
+	all_alive();
+}
+
 /* ---- 10. argument errors ------------------------------------------------------------ */
 
 static void expect_usage_error(const char *what, int with_secret, const char *const *opts, const char *needle)
