@@ -34,7 +34,8 @@ limit=$(ulimit -Hn)
 [ "$limit" = unlimited ] && limit=1048576
 [ "$limit" -gt 1048576 ] && limit=1048576
 per=$((limit - 64))
-threads=$(((n + per - 1) / per + 1))
+# users hash to home threads, so threads fill unevenly: keep 5% headroom
+threads=$(((n + n / 20 + per - 1) / per))
 echo "hold: $n connections; RLIMIT_NOFILE $limit -> $threads gateway threads of $per slots"
 
 if [ "$(id -u)" = 0 ]; then
@@ -88,11 +89,18 @@ inode0=$(slab sock_inode_cache)
 lg=$!
 start=$(date +%s)
 logged=0
+last=0
+tick=0
 while kill -0 "$lg" 2>/dev/null; do
 	# the first "logged_in" is the gateway's total (per-thread ones follow)
 	logged=$(curl -s "http://127.0.0.1:$stats/stats" | grep -o '"logged_in":[0-9]*' | head -n 1 | cut -d: -f2)
 	logged=${logged:-0}
 	[ "$logged" -ge "$n" ] && break
+	tick=$((tick + 1))
+	if [ $((tick % 10)) = 0 ]; then
+		echo "hold: $((tick))s: $logged logged in (+$(((logged - last) / 10))/s)"
+		last=$logged
+	fi
 	sleep 1
 done
 ramp=$(($(date +%s) - start))
