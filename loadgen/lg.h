@@ -86,6 +86,7 @@ enum lc_state { LS_IDLE = 0, LS_CONNECTING, LS_LOGIN, LS_LIVE, LS_CLOSING };
 #define LF_INQ 0x10u      /* in the connect queue */
 #define LF_RECONNECT 0x20u /* reconnect once closed */
 #define LF_WAS_LIVE 0x40u
+#define LF_REARM 0x80u    /* recv to re-arm once buffers are back (ENOBUFS) */
 
 struct lconn {
 	uint32_t gen;
@@ -116,6 +117,8 @@ struct lthread {
 	uint32_t inflight; /* connects in flight */
 	uint32_t *flush;
 	size_t nflush, flush_cap;
+	uint32_t *rearm; /* slots whose recv ended with ENOBUFS */
+	size_t nrearm, rearm_cap;
 	struct wheel wheel;
 	struct hist lat, lat_interval;
 	uint64_t start_ns, now_ns, t0_send, sched_done, sender_rr;

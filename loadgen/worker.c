@@ -539,8 +539,22 @@ static void on_recv(struct lthread *t, const struct io_uring_cqe *cqe)
 		if (!more && (c->state == LS_LOGIN || c->state == LS_LIVE))
 			arm_recv(t, slot);
 	} else if (cqe->res == -ENOBUFS) {
-		if (c->state == LS_LOGIN || c->state == LS_LIVE)
-			arm_recv(t, slot); /* buffers come back at the end of this iteration */
+		/* the pool is empty: re-arm after this iteration's buffers are back,
+		 * not now (the kernel would answer ENOBUFS again at once: a spin) */
+		if ((c->state == LS_LOGIN || c->state == LS_LIVE) && !(c->flags & LF_REARM)) {
+			if (t->nrearm == t->rearm_cap) {
+				size_t cap = t->rearm_cap ? t->rearm_cap * 2 : 1024;
+				uint32_t *r = realloc(t->rearm, cap * sizeof *r);
+				if (!r) {
+					lc_close(t, slot, 1);
+					return;
+				}
+				t->rearm = r;
+				t->rearm_cap = cap;
+			}
+			t->rearm[t->nrearm++] = slot;
+			c->flags |= LF_REARM;
+		}
 	} else if (cqe->res != -ECANCELED) {
 		if (c->state == LS_LOGIN || c->state == LS_LIVE) {
 			LCNT_ADD(t, closed_by_server, 1);
@@ -787,6 +801,7 @@ static void teardown(struct lthread *t)
 	io_uring_queue_exit(&t->ring);
 	free(t->queue);
 	free(t->flush);
+	free(t->rearm);
 	free(t->gid);
 	wheel_free(&t->wheel);
 }
@@ -838,6 +853,13 @@ void *lg_worker_main(void *arg)
 			}
 		}
 		bufring_publish(&t->br);
+		for (size_t i = 0; i < t->nrearm; i++) {
+			struct lconn *c = &t->c[t->rearm[i]];
+			c->flags &= (uint8_t)~LF_REARM;
+			if ((c->state == LS_LOGIN || c->state == LS_LIVE) && !(c->flags & LF_RECV))
+				arm_recv(t, t->rearm[i]);
+		}
+		t->nrearm = 0;
 		for (size_t i = 0; i < t->nflush; i++)
 			flush_conn(t, t->flush[i]);
 		t->nflush = 0;
