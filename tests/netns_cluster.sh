@@ -22,8 +22,15 @@ if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null 2>&1; then
 	exit 0
 fi
 probe=chat-probe$$
+# both creating a namespace and running in one must work (in a chroot, for
+# example, `ip netns add` works but `ip netns exec` cannot remount /)
 if ! ip netns add "$probe" 2>/dev/null; then
 	echo "SKIP: network namespaces are not available here"
+	exit 0
+fi
+if ! ip netns exec "$probe" true 2>/dev/null; then
+	ip netns del "$probe" 2>/dev/null || true
+	echo "SKIP: cannot run commands in a network namespace here"
 	exit 0
 fi
 ip netns del "$probe"

@@ -1146,7 +1146,7 @@ Test(loadgen, argument_errors, .timeout = 30)
 		const char *const o_[] = {"--targets", t, "--connections", "2", __VA_ARGS__, NULL};     \
 		expect_usage_error(what, sec, o_, needle);                                              \
 	} while (0)
-	U("unknown scenario", 1, "--scenario: 'bogus' is not idle, chat, churn or storm", "--scenario", "bogus");
+	U("unknown scenario", 1, "--scenario: 'bogus' is not idle, chat, churn, storm or group", "--scenario", "bogus");
 	U("missing --secret-file", 0, "--secret-file is required", "--scenario", "chat");
 	U("reversed --sources", 1, "--sources", "--sources", "10.0.0.9-10.0.0.1");
 	U("short --sources", 1, "--sources", "--sources", "10.0.0");
