@@ -20,83 +20,14 @@
 /* Room for the largest batch a link may carry, prefix included. */
 #define GUARD_SPAN (DIST_MAX_FRAME + 4096u)
 
-static uint8_t *guard_base;
-static size_t guard_span;
-
-/* Copy len bytes so the last one is the last readable byte before the guard
- * page; returns where they start. Mapped once per test process. */
-static const uint8_t *at_guard(const void *src, size_t len)
-{
-	if (!guard_base) {
-		size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-		size_t span = (GUARD_SPAN + pg - 1) / pg * pg;
-		uint8_t *m = mmap(NULL, span + pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		cr_assert_neq(m, MAP_FAILED, "mmap failed");
-		cr_assert_eq(mprotect(m + span, pg, PROT_NONE), 0, "mprotect failed");
-		guard_base = m;
-		guard_span = span;
-	}
-	cr_assert_leq(len, guard_span, "input of %zu bytes is larger than the guarded area", len);
-	uint8_t *p = guard_base + guard_span - len;
-	if (len)
-		memmove(p, src, len);
-	return p;
-}
+#define PB_CAP (DIST_MAX_INNER + 256)
+#include "tests/wirebuf.h"
 
 static long parse_guarded(const uint8_t *buf, size_t len, struct dist_frame *f)
 {
 	return dist_parse(at_guard(buf, len), len, f);
 }
 
-/* ---- byte builder ------------------------------------------------------------ */
-
-struct pb {
-	uint8_t b[DIST_MAX_INNER + 256];
-	size_t n;
-};
-
-static void pb_u8(struct pb *p, uint8_t v)
-{
-	p->b[p->n++] = v;
-}
-
-static void pb_uv(struct pb *p, uint64_t v)
-{
-	p->n = (size_t)(wire_uv_put(p->b + p->n, v) - p->b);
-}
-
-static void pb_raw(struct pb *p, const void *src, size_t n)
-{
-	memcpy(p->b + p->n, src, n);
-	p->n += n;
-}
-
-/* Append hex pairs separated by spaces ("01 7f ff"). */
-static void pb_hex(struct pb *p, const char *hex)
-{
-	while (*hex) {
-		if (*hex == ' ') {
-			hex++;
-			continue;
-		}
-		char pair[3] = {hex[0], hex[1], 0};
-		char *end;
-		unsigned long v = strtoul(pair, &end, 16);
-		cr_assert(end == pair + 2, "bad hex in test input: \"%s\"", hex);
-		pb_u8(p, (uint8_t)v);
-		hex += 2;
-	}
-}
-
-/* L, type, payload. */
-static size_t mkframe(uint8_t *out, uint8_t type, const uint8_t *payload, size_t plen)
-{
-	uint8_t *p = wire_uv_put(out, (uint64_t)plen + 1);
-	*p++ = type;
-	if (plen)
-		memmove(p, payload, plen);
-	return (size_t)(p - out) + plen;
-}
 
 /* Expected results in the tables below. */
 #define OK 1

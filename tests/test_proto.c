@@ -24,29 +24,8 @@
 /* Enough readable bytes in front of the guard for the largest client frame. */
 #define GUARD_SPAN (64u * 1024u)
 
-static uint8_t *guard_base;
-static size_t guard_span;
-
-/* Copy len bytes to the end of the readable area, so that src[len-1] lands on
- * the last byte before the guard page, and return where they start. The map is
- * made once per test process (criterion forks each test). */
-static const uint8_t *at_guard(const void *src, size_t len)
-{
-	if (!guard_base) {
-		size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-		size_t span = (GUARD_SPAN + pg - 1) / pg * pg;
-		uint8_t *m = mmap(NULL, span + pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		cr_assert_neq(m, MAP_FAILED, "mmap failed");
-		cr_assert_eq(mprotect(m + span, pg, PROT_NONE), 0, "mprotect failed");
-		guard_base = m;
-		guard_span = span;
-	}
-	cr_assert_leq(len, guard_span, "input of %zu bytes is larger than the guarded area", len);
-	uint8_t *p = guard_base + guard_span - len;
-	if (len)
-		memmove(p, src, len);
-	return p;
-}
+#define PB_CAP (PROTO_MAX_FRAME_BYTES + 64)
+#include "tests/wirebuf.h"
 
 /* proto_parse() on a copy of buf[0..len) that ends at the guard page. */
 static long parse_guarded(const uint8_t *buf, size_t len, enum proto_dir dir, struct proto_frame *f)
@@ -77,55 +56,6 @@ Test(guard, faults_on_overread, .signal = SIGSEGV, .disabled = GUARD_TEST_DISABL
 }
 
 /* ---- byte builder ------------------------------------------------------------ */
-
-/* A payload or a whole input under construction. Large: static, one per test. */
-struct pb {
-	uint8_t b[PROTO_MAX_FRAME_BYTES + 64];
-	size_t n;
-};
-
-static void pb_u8(struct pb *p, uint8_t v)
-{
-	p->b[p->n++] = v;
-}
-
-static void pb_uv(struct pb *p, uint64_t v)
-{
-	p->n = (size_t)(wire_uv_put(p->b + p->n, v) - p->b);
-}
-
-static void pb_raw(struct pb *p, const void *src, size_t n)
-{
-	memcpy(p->b + p->n, src, n);
-	p->n += n;
-}
-
-/* Append bytes written as hex pairs separated by spaces ("01 7f ff"). */
-static void pb_hex(struct pb *p, const char *hex)
-{
-	while (*hex) {
-		if (*hex == ' ') {
-			hex++;
-			continue;
-		}
-		char pair[3] = {hex[0], hex[1], 0};
-		char *end;
-		unsigned long v = strtoul(pair, &end, 16);
-		cr_assert(end == pair + 2, "bad hex in test input: \"%s\"", hex);
-		pb_u8(p, (uint8_t)v);
-		hex += 2;
-	}
-}
-
-/* Wrap a payload into a frame: L (type + payload), type, payload. */
-static size_t mkframe(uint8_t *out, uint8_t type, const uint8_t *payload, size_t plen)
-{
-	uint8_t *p = wire_uv_put(out, (uint64_t)plen + 1);
-	*p++ = type;
-	if (plen)
-		memcpy(p, payload, plen);
-	return (size_t)(p - out) + plen;
-}
 
 static struct pb scratch_frame;
 
