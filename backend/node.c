@@ -633,6 +633,30 @@ static void commit(struct be *b)
 	}
 }
 
+static void dispatch(void *arg, const struct io_uring_cqe *cqe)
+{
+	struct be *b = arg;
+	switch (ud_kind(cqe->user_data)) {
+	case BU_ACCEPT:
+		on_accept(b, cqe);
+		break;
+	case BU_LINK: {
+		uint32_t i = ud_slot(cqe->user_data);
+		if (i < b->nlinks)
+			link_complete(&b->links[i], &b->ring, cqe, b->now_ns);
+		break;
+	}
+	case BU_CTRL:
+		if (cqe->res == 1)
+			b->draining = 1;
+		else
+			b->stop = 1;
+		break;
+	default:
+		break;
+	}
+}
+
 static int setup(struct be *b, char *err, size_t errlen)
 {
 	int ret = ring_init(&b->ring, 1024, 8192, &b->ring_mode);
@@ -705,35 +729,7 @@ void *be_main(void *arg)
 		io_uring_submit_and_wait_timeout(&b->ring, &cqe, 1, &ts, NULL);
 		b->now_ns = clock_mono_ns();
 		b->wall_ms = clock_wall_ms();
-		unsigned total = 0;
-		for (int pass = 0; pass < 64; pass++) {
-			unsigned head, n = 0;
-			io_uring_for_each_cqe(&b->ring, head, cqe)
-			{
-				switch (ud_kind(cqe->user_data)) {
-				case BU_ACCEPT: on_accept(b, cqe); break;
-				case BU_LINK: {
-					uint32_t i = ud_slot(cqe->user_data);
-					if (i < b->nlinks)
-						link_complete(&b->links[i], &b->ring, cqe, b->now_ns);
-					break;
-				}
-				case BU_CTRL:
-					if (cqe->res == 1)
-						b->draining = 1;
-					else
-						b->stop = 1;
-					break;
-				default: break;
-				}
-				n++;
-			}
-			io_uring_cq_advance(&b->ring, n);
-			total += n;
-			if (total >= 4096 || !ring_work_pending(&b->ring))
-				break;
-			io_uring_get_events(&b->ring);
-		}
+		unsigned total = ring_dispatch(&b->ring, 4096, dispatch, b);
 		BCNT_ADD(b, loops, 1);
 		BCNT_ADD(b, cqes, total);
 		run_backlog(b);

@@ -27,6 +27,7 @@
 
 #include "proto/client.h"
 #include "runtime/addr.h"
+#include "runtime/carry.h"
 #include "runtime/cluster.h"
 #include "runtime/link.h"
 #include "runtime/msgid.h"
@@ -129,11 +130,6 @@ struct obuf {
 	uint8_t data[];
 };
 
-/* The partial frame carried between receives; freed when it completes. */
-struct ibuf {
-	uint32_t len, cap, need;
-	uint8_t data[];
-};
 
 /* A login moving to the user's home thread with the socket. */
 struct handoff {
@@ -169,7 +165,7 @@ struct conn {
 		struct obuf *sending;     /* in flight */
 		struct handoff *handoff;  /* CS_HANDOFF: moving with the socket */
 	};
-	struct ibuf *in;
+	struct carry *in; /* a partial frame carried between receives (runtime/carry.h) */
 	struct wheel_node tn;
 	uint32_t gen;
 	uint32_t last_rx; /* tick of the last receive (NEW: of the accept, for the login timeout) */

@@ -3,7 +3,7 @@
  * through the recipient's home thread, receipts, pings.
  *
  * Input is parsed in place from the receive buffer. Only a partial frame at
- * the end of a buffer is copied, into a per-connection ibuf sized to that
+ * the end of a buffer is copied, into a per-connection carry sized to that
  * frame, freed as soon as the frame completes.
  */
 #include <errno.h>
@@ -472,30 +472,12 @@ int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 	}
 	/* complete a frame carried over from the last receive */
 	while (c->in && n) {
-		struct ibuf *in = c->in;
-		size_t take = in->need - in->len;
-		if (take > n)
-			take = n;
-		memcpy(in->data + in->len, p, take);
-		in->len += (uint32_t)take;
-		p += take;
-		n -= take;
-		if (in->len < in->need)
+		long r = carry_feed(&c->in, &p, &n, PROTO_FROM_CLIENT, &f);
+		if (r == 0)
 			return 0;
-		long r = proto_parse(in->data, in->len, PROTO_FROM_CLIENT, &f);
-		if (r == PROTO_NEED_MORE) {
-			/* the prefix is complete now: size the buffer for the whole frame */
-			if (f.need > in->cap) {
-				struct ibuf *g = realloc(in, sizeof *g + f.need);
-				if (!g) {
-					conn_close(w, slot, CLOSE_ERROR);
-					return -1;
-				}
-				c->in = in = g;
-				in->cap = f.need;
-			}
-			in->need = f.need;
-			continue;
+		if (r == CARRY_NOMEM) {
+			conn_close(w, slot, CLOSE_ERROR);
+			return -1;
 		}
 		if (r < 0) {
 			parse_fail(w, slot, r);
@@ -507,8 +489,7 @@ int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 			return -1;
 		}
 		int moved = handle_frame(w, slot, &f);
-		free(c->in); /* f's byte views die here; handoff() reads only its numbers */
-		c->in = NULL;
+		carry_free(&c->in); /* f's byte views die here; handoff() reads only its numbers */
 		CNT_SET(w, partial_bufs, w->cnt.partial_bufs - 1);
 		if (moved) {
 			handoff(w, slot, &f, p, n);
@@ -540,17 +521,10 @@ int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 			return -1;
 		}
 		/* a partial frame: keep just it, sized for the whole frame once known */
-		uint32_t cap = f.need > 16 ? f.need : 16;
-		struct ibuf *in = malloc(sizeof *in + cap);
-		if (!in) {
+		if (carry_start(&c->in, p, n, f.need) != 0) {
 			conn_close(w, slot, CLOSE_ERROR);
 			return -1;
 		}
-		in->cap = cap;
-		in->len = (uint32_t)n;
-		in->need = f.need;
-		memcpy(in->data, p, n);
-		c->in = in;
 		CNT_ADD(w, partial_bufs, 1);
 		return 0;
 	}

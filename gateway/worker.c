@@ -229,8 +229,7 @@ static void closing_common(struct worker *w, uint32_t slot, enum gw_close_reason
 	w->closing++;
 	CNT_ADD(w, closed[why], 1);
 	if (c->in) {
-		free(c->in);
-		c->in = NULL;
+		carry_free(&c->in);
 		CNT_SET(w, partial_bufs, w->cnt.partial_bufs - 1);
 	}
 	/* backstop: whatever happens, the slot is closed within the linger time */
@@ -438,7 +437,7 @@ static void conn_free(struct worker *w, uint32_t slot)
 	wheel_del(&w->wheel, slot);
 	free_out(w, c);
 	if (c->in) {
-		free(c->in);
+		carry_free(&c->in);
 		CNT_SET(w, partial_bufs, w->cnt.partial_bufs - 1);
 	}
 	uint32_t gen = c->gen + 1;
@@ -861,8 +860,9 @@ static void worker_teardown(struct worker *w)
 	wheel_free(&w->wheel);
 }
 
-static void dispatch(struct worker *w, const struct io_uring_cqe *cqe)
+static void dispatch(void *arg, const struct io_uring_cqe *cqe)
 {
+	struct worker *w = arg;
 	switch (ud_kind(cqe->user_data)) {
 	case UD_RECV: on_recv(w, cqe); break;
 	case UD_SEND: on_send(w, cqe); break;
@@ -964,20 +964,7 @@ void *worker_main(void *arg)
 		update_clock(w);
 
 		/* 3. dispatch: everything ready, up to a bound, before flushing */
-		unsigned total = 0;
-		for (int pass = 0; pass < 64; pass++) {
-			unsigned head, n = 0;
-			io_uring_for_each_cqe(&w->ring, head, cqe)
-			{
-				dispatch(w, cqe);
-				n++;
-			}
-			io_uring_cq_advance(&w->ring, n);
-			total += n;
-			if (total >= GW_BATCH_MAX || !ring_work_pending(&w->ring))
-				break;
-			io_uring_get_events(&w->ring);
-		}
+		unsigned total = ring_dispatch(&w->ring, GW_BATCH_MAX, dispatch, w);
 		CNT_ADD(w, loops, 1);
 		CNT_ADD(w, cqes, total);
 

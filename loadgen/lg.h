@@ -31,6 +31,7 @@
 
 #include "proto/client.h"
 #include "runtime/addr.h"
+#include "runtime/carry.h"
 #include "runtime/hist.h"
 #include "runtime/opts.h"
 #include "runtime/token.h"
@@ -73,7 +74,7 @@ struct lg_counters {
 #define LCNT_SET(t, f, v) __atomic_store_n(&(t)->cnt.f, (v), __ATOMIC_RELAXED)
 
 struct lbuf {
-	uint32_t len, cap, off, need;
+	uint32_t len, cap, off;
 	uint8_t data[];
 };
 
@@ -94,7 +95,8 @@ struct lconn {
 	uint32_t expect;  /* next sequence number expected from the peer */
 	uint32_t connects;
 	uint64_t window;  /* bit i: expect-1-i was received */
-	struct lbuf *out, *sending, *in;
+	struct lbuf *out, *sending;
+	struct carry *in; /* a partial frame carried between receives */
 	struct wheel_node tn;
 	uint8_t state, flags;
 	uint16_t pad;

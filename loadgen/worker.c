@@ -99,7 +99,7 @@ static int out_frame(struct lthread *t, uint32_t slot, const struct proto_frame 
 		if (!g)
 			return -1;
 		if (!o)
-			g->len = g->off = g->need = 0;
+			g->len = g->off = 0;
 		g->cap = (uint32_t)(cap - sizeof *g);
 		c->out = o = g;
 		proto_encode(f, o->data + o->len, o->cap - o->len);
@@ -150,8 +150,8 @@ static void free_bufs(struct lconn *c)
 {
 	free(c->out);
 	free(c->sending);
-	free(c->in);
-	c->out = c->sending = c->in = NULL;
+	c->out = c->sending = NULL;
+	carry_free(&c->in);
 }
 
 static void reap(struct lthread *t, uint32_t slot)
@@ -454,67 +454,33 @@ static void input(struct lthread *t, uint32_t slot, const uint8_t *p, size_t n)
 {
 	struct lconn *c = &t->c[slot];
 	struct proto_frame f;
+	long r;
 	while (c->in && n && c->state != LS_CLOSING) {
-		struct lbuf *in = c->in;
-		size_t take = in->need - in->len;
-		if (take > n)
-			take = n;
-		memcpy(in->data + in->len, p, take);
-		in->len += (uint32_t)take;
-		p += take;
-		n -= take;
-		if (in->len < in->need)
+		r = carry_feed(&c->in, &p, &n, PROTO_FROM_SERVER, &f);
+		if (r == 0)
 			return;
-		long r = proto_parse(in->data, in->len, PROTO_FROM_SERVER, &f);
-		if (r == PROTO_NEED_MORE) {
-			if (f.need > in->cap) {
-				struct lbuf *g = realloc(in, sizeof *g + f.need);
-				if (!g) {
-					lc_close(t, slot, 1);
-					return;
-				}
-				c->in = in = g;
-				in->cap = f.need;
-			}
-			in->need = f.need;
-			continue;
-		}
-		if (r < 0) {
-			log_rl(LOG_ERROR, "malformed frame from the server: %s", proto_err_name((unsigned)-r));
-			lc_close(t, slot, 1);
-			return;
-		}
+		if (r < 0)
+			goto bad;
 		on_frame(t, slot, &f);
-		free(c->in);
-		c->in = NULL;
+		carry_free(&c->in);
 	}
 	while (n && c->state != LS_CLOSING) {
-		long r = proto_parse(p, n, PROTO_FROM_SERVER, &f);
+		r = proto_parse(p, n, PROTO_FROM_SERVER, &f);
 		if (r > 0) {
 			on_frame(t, slot, &f);
 			p += r;
 			n -= (size_t)r;
 			continue;
 		}
-		if (r < 0) {
-			log_rl(LOG_ERROR, "malformed frame from the server: %s", proto_err_name((unsigned)-r));
-			lc_close(t, slot, 1);
-			return;
-		}
-		uint32_t cap = f.need > 16 ? f.need : 16;
-		struct lbuf *in = malloc(sizeof *in + cap);
-		if (!in) {
-			lc_close(t, slot, 1);
-			return;
-		}
-		in->cap = cap;
-		in->len = (uint32_t)n;
-		in->need = f.need;
-		in->off = 0;
-		memcpy(in->data, p, n);
-		c->in = in;
+		if (r < 0 || (r = carry_start(&c->in, p, n, f.need)) != 0)
+			goto bad;
 		return;
 	}
+	return;
+bad:
+	if (r != CARRY_NOMEM)
+		log_rl(LOG_ERROR, "malformed frame from the server: %s", proto_err_name((unsigned)-r));
+	lc_close(t, slot, 1);
 }
 
 static void on_recv(struct lthread *t, const struct io_uring_cqe *cqe)
@@ -740,6 +706,18 @@ static void publish_interval(struct lthread *t)
 
 /* ---- thread --------------------------------------------------------------------- */
 
+static void dispatch(void *arg, const struct io_uring_cqe *cqe)
+{
+	struct lthread *t = arg;
+	switch (ud_kind(cqe->user_data)) {
+	case LU_RECV: on_recv(t, cqe); break;
+	case LU_SEND: on_send(t, cqe); break;
+	case LU_CONNECT: on_connect(t, cqe); break;
+	case LU_CLOSE: on_close(t, cqe); break;
+	default: break;
+	}
+}
+
 static int setup(struct lthread *t, char *err, size_t errlen)
 {
 	struct lg *lg = t->lg;
@@ -887,26 +865,7 @@ void *lg_worker_main(void *arg)
 			log_rl(LOG_ERROR, "io_uring: %s", strerror(-ret));
 		t->now_ns = clock_mono_ns();
 		t->tick = (uint32_t)((t->now_ns - t->start_ns) / (LG_TICK_MS * 1000000ull)) + 1;
-		unsigned total = 0;
-		for (int pass = 0; pass < 64; pass++) {
-			unsigned head, n = 0;
-			io_uring_for_each_cqe(&t->ring, head, cqe)
-			{
-				switch (ud_kind(cqe->user_data)) {
-				case LU_RECV: on_recv(t, cqe); break;
-				case LU_SEND: on_send(t, cqe); break;
-				case LU_CONNECT: on_connect(t, cqe); break;
-				case LU_CLOSE: on_close(t, cqe); break;
-				default: break;
-				}
-				n++;
-			}
-			io_uring_cq_advance(&t->ring, n);
-			total += n;
-			if (total >= 4096 || !ring_work_pending(&t->ring))
-				break;
-			io_uring_get_events(&t->ring);
-		}
+		unsigned total = ring_dispatch(&t->ring, 4096, dispatch, t);
 		LCNT_ADD(t, loops, 1);
 		LCNT_ADD(t, cqes, total);
 		wheel_advance(&t->wheel, t->tick, on_timer, t);

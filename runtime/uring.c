@@ -46,6 +46,27 @@ int ring_work_pending(const struct io_uring *ring)
 	return (IO_URING_READ_ONCE(*ring->sq.kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
 }
 
+unsigned ring_dispatch(struct io_uring *ring, unsigned max, void (*fn)(void *arg, const struct io_uring_cqe *cqe),
+		       void *arg)
+{
+	unsigned total = 0;
+	for (int pass = 0; pass < 64; pass++) {
+		struct io_uring_cqe *cqe;
+		unsigned head, n = 0;
+		io_uring_for_each_cqe(ring, head, cqe)
+		{
+			fn(arg, cqe);
+			n++;
+		}
+		io_uring_cq_advance(ring, n);
+		total += n;
+		if (total >= max || !ring_work_pending(ring))
+			break;
+		io_uring_get_events(ring);
+	}
+	return total;
+}
+
 struct io_uring_sqe *ring_sqe(struct io_uring *ring)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);

@@ -66,6 +66,12 @@ int ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_entries, c
  * says so (bounded), to handle a large batch per iteration before flushing. */
 int ring_work_pending(const struct io_uring *ring);
 
+/* Hand every ready completion to fn(arg, cqe), fetching more from the kernel
+ * while ring_work_pending() says some wait (the 6.13 cap above), until about
+ * max were handled. Returns how many. fn may queue SQEs. */
+unsigned ring_dispatch(struct io_uring *ring, unsigned max, void (*fn)(void *arg, const struct io_uring_cqe *cqe),
+		       void *arg);
+
 /* An SQE, submitting queued ones first if the SQ is full. Never NULL unless
  * the kernel refuses submissions (then NULL). */
 struct io_uring_sqe *ring_sqe(struct io_uring *ring);
