@@ -236,46 +236,8 @@ static void end_watchdog(struct tc_server *s)
 
 int tc_server_start(struct tc_server *s, const char *path, char *const argv[], const char *log_path)
 {
-	memset(s, 0, sizeof *s);
-	s->wd_fd = -1;
-	snprintf(s->log_path, sizeof s->log_path, "%s", log_path);
-	int logfd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (logfd < 0)
-		return -1;
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t at;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_adddup2(&fa, logfd, 1);
-	posix_spawn_file_actions_adddup2(&fa, logfd, 2);
-	posix_spawnattr_init(&at);
-	/* the test runner may block or catch signals: the server gets defaults */
-	sigset_t none, all;
-	sigemptyset(&none);
-	sigfillset(&all);
-	posix_spawnattr_setsigmask(&at, &none);
-	posix_spawnattr_setsigdefault(&at, &all);
-	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-	pid_t pid;
-	int e = posix_spawn(&pid, path, &fa, &at, argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	posix_spawnattr_destroy(&at);
-	close(logfd);
-	if (e != 0) {
-		errno = e;
-		return -1;
-	}
-	s->pid = pid;
-	s->watchdog = start_watchdog(pid, &s->wd_fd);
-	if (s->watchdog < 0) {
-		e = errno;
-		s->watchdog = 0;
-		kill(pid, SIGKILL);
-		tc_server_wait(s, TC_KILL_WAIT_MS);
-		errno = e;
-		return -1;
-	}
-	return 0;
+	/* stdout and stderr into the same file (opened once) */
+	return tc_server_start_split(s, path, argv, log_path, log_path);
 }
 
 static int reap(struct tc_server *s, int flags)
