@@ -834,3 +834,29 @@ char *tc_read_file(const char *path, size_t *len)
 		*len = n;
 	return b;
 }
+
+const char *tc_build_dir(void)
+{
+	static char dir[PATH_MAX];
+	const char *e = getenv("GW_BUILD_DIR");
+	if (e && *e)
+		return e;
+	if (!dir[0]) {
+		char exe[PATH_MAX];
+		ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+		snprintf(dir, sizeof dir, "build");
+		if (n > 0) {
+			exe[n] = 0;
+			char *s = strrchr(exe, '/'); /* .../tests/test_NAME */
+			if (s) {
+				*s = 0;
+				s = strrchr(exe, '/'); /* .../tests */
+				if (s && strcmp(s, "/tests") == 0) {
+					*s = 0;
+					snprintf(dir, sizeof dir, "%s", exe);
+				}
+			}
+		}
+	}
+	return dir;
+}

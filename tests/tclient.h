@@ -239,4 +239,9 @@ int tc_run(const char *path, char *const argv[], const char *out_path, const cha
  * its size when len is non-NULL. NULL when it cannot be read. */
 char *tc_read_file(const char *path, size_t *len);
 
+/* The build directory the binaries under test live in: $GW_BUILD_DIR if
+ * set (tests/run sets it), else two levels above this test binary when it
+ * sits in BUILDDIR/tests/, else "build". The string is static. */
+const char *tc_build_dir(void);
+
 #endif

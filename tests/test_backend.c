@@ -78,31 +78,6 @@ static struct {
 	const char *gw_extra[24];
 } T;
 
-static const char *build_dir(void)
-{
-	static char dir[PATH_MAX];
-	const char *e = getenv("GW_BUILD_DIR");
-	if (e && *e)
-		return e;
-	if (!dir[0]) {
-		char exe[PATH_MAX];
-		ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-		snprintf(dir, sizeof dir, "build");
-		if (n > 0) {
-			exe[n] = 0;
-			char *s = strrchr(exe, '/'); /* .../tests/test_backend */
-			if (s) {
-				*s = 0;
-				s = strrchr(exe, '/'); /* .../tests */
-				if (s && strcmp(s, "/tests") == 0) {
-					*s = 0;
-					snprintf(dir, sizeof dir, "%s", exe);
-				}
-			}
-		}
-	}
-	return dir;
-}
 
 static const char *test_name(void)
 {
@@ -193,7 +168,7 @@ TestSuite(backend, .init = t_init, .fini = t_fini, .timeout = 60);
 /* Directories, secret, ports and the cluster file of this test. */
 static void setup_env(void)
 {
-	const char *bd = build_dir();
+	const char *bd = tc_build_dir();
 	snprintf(T.logdir, sizeof T.logdir, "%s/tests", bd);
 	mkdir(T.logdir, 0755);
 	snprintf(T.logdir, sizeof T.logdir, "%s/tests/backend-e2e", bd);
@@ -269,7 +244,7 @@ static void be_spawn(int i)
 {
 	struct proc *p = &T.be[i];
 	char path[PATH_MAX + 32], node[16], stats[64];
-	snprintf(path, sizeof path, "%s/backend/backend", build_dir());
+	snprintf(path, sizeof path, "%s/backend/backend", tc_build_dir());
 	snprintf(node, sizeof node, "%u", p->node);
 	snprintf(stats, sizeof stats, "127.0.0.1:%u", p->stats);
 	const char *argv[] = {path,	    "--node",	    node,   "--cluster", T.cluster_path, "--data-dir",
@@ -281,7 +256,7 @@ static void gw_spawn(int i)
 {
 	struct proc *p = &T.gw[i];
 	char path[PATH_MAX + 32], node[16], listen[64], stats[64], threads[16];
-	snprintf(path, sizeof path, "%s/gateway/gateway", build_dir());
+	snprintf(path, sizeof path, "%s/gateway/gateway", tc_build_dir());
 	snprintf(node, sizeof node, "%u", p->node);
 	snprintf(listen, sizeof listen, "127.0.0.1:%u", p->port);
 	snprintf(stats, sizeof stats, "127.0.0.1:%u", p->stats);

@@ -47,31 +47,6 @@ static struct {
 	int started;
 } G = {.port_fd = -1, .stats_fd = -1};
 
-static const char *build_dir(void)
-{
-	static char dir[PATH_MAX];
-	const char *e = getenv("GW_BUILD_DIR");
-	if (e && *e)
-		return e;
-	if (!dir[0]) {
-		char exe[PATH_MAX];
-		ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-		snprintf(dir, sizeof dir, "build");
-		if (n > 0) {
-			exe[n] = 0;
-			char *s = strrchr(exe, '/'); /* .../tests/test_gateway */
-			if (s) {
-				*s = 0;
-				s = strrchr(exe, '/'); /* .../tests */
-				if (s && strcmp(s, "/tests") == 0) {
-					*s = 0;
-					snprintf(dir, sizeof dir, "%s", exe);
-				}
-			}
-		}
-	}
-	return dir;
-}
 
 static int has_opt(const char *const *extra, const char *name)
 {
@@ -94,7 +69,7 @@ static char *log_tail(void)
 static void gw_start_v(const char *const *extra)
 {
 	char gw_path[PATH_MAX + 32], listen[64], stats[64];
-	const char *bd = build_dir();
+	const char *bd = tc_build_dir();
 	snprintf(gw_path, sizeof gw_path, "%s/gateway/gateway", bd);
 	cr_assert_eq(access(gw_path, X_OK), 0, "gateway binary %s: %s (set GW_BUILD_DIR)", gw_path, strerror(errno));
 	snprintf(G.dir, sizeof G.dir, "%s/tests/gateway-e2e", bd);

@@ -236,31 +236,6 @@ static struct {
 	int ngw, with_be;
 } F;
 
-static const char *build_dir(void)
-{
-	static char dir[PATH_MAX];
-	const char *e = getenv("GW_BUILD_DIR");
-	if (e && *e)
-		return e;
-	if (!dir[0]) {
-		char exe[PATH_MAX];
-		ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-		snprintf(dir, sizeof dir, "build");
-		if (n > 0) {
-			exe[n] = 0;
-			char *s = strrchr(exe, '/'); /* .../tests/test_loadgen */
-			if (s) {
-				*s = 0;
-				s = strrchr(exe, '/'); /* .../tests */
-				if (s && strcmp(s, "/tests") == 0) {
-					*s = 0;
-					snprintf(dir, sizeof dir, "%s", exe);
-				}
-			}
-		}
-	}
-	return dir;
-}
 
 /* snprintf into an array, failing the test when it does not fit. */
 #define PATHF(buf, ...) cr_assert_lt((size_t)snprintf(buf, sizeof buf, __VA_ARGS__), sizeof buf, "path too long")
@@ -285,9 +260,9 @@ static void rm_tree(const char *path)
 static void fx_init(void)
 {
 	char top[PATH_MAX];
-	snprintf(top, sizeof top, "%s/tests", build_dir());
+	snprintf(top, sizeof top, "%s/tests", tc_build_dir());
 	mkdir(top, 0755);
-	snprintf(top, sizeof top, "%s/tests/loadgen-e2e", build_dir());
+	snprintf(top, sizeof top, "%s/tests/loadgen-e2e", tc_build_dir());
 	mkdir(top, 0755);
 	const char *name = criterion_current_test ? criterion_current_test->name : "test";
 	size_t nl = strlen(name);
@@ -329,7 +304,7 @@ static void reserve(struct proc *p)
 static void spawn(struct proc *p, const char *bin, const char *const *argv)
 {
 	char path[PATH_MAX + 32];
-	PATHF(path, "%s/%s", build_dir(), bin);
+	PATHF(path, "%s/%s", tc_build_dir(), bin);
 	cr_assert_eq(access(path, X_OK), 0, "%s: %s (set GW_BUILD_DIR)", path, strerror(errno));
 	PATHF(p->log, "%s/%s.log", F.dir, p->name);
 	char *av[48];
@@ -510,7 +485,7 @@ static struct lg_out *lg_run_v(const char *tag, int with_secret, const char *con
 	struct lg_out *o = &LG;
 	lg_free(o);
 	char path[PATH_MAX + 32];
-	PATHF(path, "%s/loadgen/loadgen", build_dir());
+	PATHF(path, "%s/loadgen/loadgen", tc_build_dir());
 	cr_assert_eq(access(path, X_OK), 0, "%s: %s (set GW_BUILD_DIR)", path, strerror(errno));
 	PATHF(o->report_path, "%s/%s.json", F.dir, tag);
 	PATHF(o->out_path, "%s/%s.out", F.dir, tag);
