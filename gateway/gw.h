@@ -43,6 +43,7 @@
 #define GW_MAX_THREADS 256u      /* msgid thread field */
 #define GW_BATCH_MAX 4096u       /* completions handled per iteration before flushing */
 #define GW_LINGER_TICKS 20u      /* after a fatal error frame: read and drop for 2 s, then close */
+#define GW_LINGER_BYTES (64u << 10) /* ...but at most this much: a peer that sends more is cut at once */
 
 /* ---- configuration (read-only after start) -------------------------------- */
 struct gw_config {
@@ -99,7 +100,7 @@ struct gw_counters {
 	uint64_t bytes_in, bytes_out;
 	uint64_t parse_errors[PROTO_E_WRITE_STALL + 1];
 	uint64_t deliver_local, deliver_cross, deliver_remote, deliver_offline, no_route;
-	uint64_t receipts_routed, kicks, slow_consumers, rate_limited, enobufs;
+	uint64_t receipts_routed, kicks, slow_consumers, rate_limited, enobufs, prelogin_too_big, linger_cut;
 	uint64_t xbatches_out, xbatches_in, xrecords_out, xrecords_in;
 	uint64_t loops, cqes, sends;
 	uint64_t routed_remote, stored_acks, store_refused, store_timeouts, link_try_again, sessions_out;
@@ -237,6 +238,7 @@ struct worker {
 	uint32_t capacity; /* connections accepted before "server full" */
 	uint32_t live;     /* slots in use */
 	uint32_t closing;  /* ...of which closing (they do not count against capacity) */
+	uint32_t input_slot; /* connection whose input session_input is handling (UINT32_MAX: none) */
 	int *lfd;          /* listener fds, one per --listen */
 	uint8_t *lactive;  /* multishot accept armed per listener */
 	struct u64map dir; /* user -> gen << 32 | slot, for users whose home is here */
@@ -317,6 +319,10 @@ static inline struct conn *conn_of(struct worker *w, uint32_t slot)
 {
 	return &w->conns[slot];
 }
+
+/* Free the connection's partial-frame carry, if any (and count it). Only
+ * session_input calls it for the connection whose input it is handling. */
+void conn_input_drop(struct worker *w, uint32_t slot);
 
 /* Arm the connection's recv (multishot when logged in). */
 void conn_arm_recv(struct worker *w, uint32_t slot);

@@ -461,7 +461,31 @@ static int live_or_new(const struct conn *c)
 	return c->state == CS_NEW || c->state == CS_LIVE;
 }
 
-int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
+/* Before login the only valid frame is LOGIN (at most PROTO_LOGIN_MAX_BYTES):
+ * a longer frame, complete or announced by its length prefix, is refused at
+ * once, so an unauthenticated socket never makes the gateway hold more. */
+static int prelogin_too_big(struct worker *w, uint32_t slot, uint32_t bytes)
+{
+	if (conn_of(w, slot)->state != CS_NEW || bytes <= PROTO_LOGIN_MAX_BYTES)
+		return 0;
+	CNT_ADD(w, prelogin_too_big, 1);
+	conn_fail(w, slot, PROTO_E_TOO_BIG, CLOSE_PROTOCOL, "frame over the size limit before login");
+	return 1;
+}
+
+static int over_frame_rate(struct worker *w, uint32_t slot)
+{
+	/* counted before the frame is handled: the frame over the limit is not */
+	if (!rate_exceeded(w, conn_of(w, slot), 0, 1))
+		return 0;
+	CNT_ADD(w, rate_limited, 1);
+	conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "frames per second over the limit");
+	return 1;
+}
+
+/* The body of session_input; the caller marks the connection's input as in
+ * use around it (see session_input). */
+static int input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 {
 	struct conn *c = conn_of(w, slot);
 	struct proto_frame f;
@@ -474,7 +498,7 @@ int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 	while (c->in && n) {
 		long r = carry_feed(&c->in, &p, &n, PROTO_FROM_CLIENT, &f);
 		if (r == 0)
-			return 0;
+			return prelogin_too_big(w, slot, c->in->need) ? -1 : 0;
 		if (r == CARRY_NOMEM) {
 			conn_close(w, slot, CLOSE_ERROR);
 			return -1;
@@ -483,16 +507,12 @@ int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 			parse_fail(w, slot, r);
 			return -1;
 		}
-		if (rate_exceeded(w, c, 0, 1)) {
-			CNT_ADD(w, rate_limited, 1);
-			conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "frames per second over the limit");
+		if (prelogin_too_big(w, slot, f.size) || over_frame_rate(w, slot))
 			return -1;
-		}
-		int moved = handle_frame(w, slot, &f);
-		carry_free(&c->in); /* f's byte views die here; handoff() reads only its numbers */
-		CNT_SET(w, partial_bufs, w->cnt.partial_bufs - 1);
+		int moved = handle_frame(w, slot, &f); /* f's views point into c->in: kept until here */
+		conn_input_drop(w, slot);
 		if (moved) {
-			handoff(w, slot, &f, p, n);
+			handoff(w, slot, &f, p, n); /* reads only f's numbers */
 			return -1;
 		}
 		if (!live_or_new(c))
@@ -503,11 +523,8 @@ int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 		if (r > 0) {
 			p += r;
 			n -= (size_t)r;
-			if (rate_exceeded(w, c, 0, 1)) { /* counted before it is handled: the frame over the limit is not */
-				CNT_ADD(w, rate_limited, 1);
-				conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "frames per second over the limit");
+			if (prelogin_too_big(w, slot, f.size) || over_frame_rate(w, slot))
 				return -1;
-			}
 			if (handle_frame(w, slot, &f)) {
 				handoff(w, slot, &f, p, n);
 				return -1;
@@ -520,6 +537,8 @@ int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 			parse_fail(w, slot, r);
 			return -1;
 		}
+		if (prelogin_too_big(w, slot, f.need))
+			return -1;
 		/* a partial frame: keep just it, sized for the whole frame once known */
 		if (carry_start(&c->in, p, n, f.need) != 0) {
 			conn_close(w, slot, CLOSE_ERROR);
@@ -529,4 +548,21 @@ int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 		return 0;
 	}
 	return 0;
+}
+
+/* The lifetime rule for input: while a connection's frames are handled, the
+ * frame views may point into its carry, and handling a frame can close the
+ * connection itself (a message to oneself over --max-queue, a refused login).
+ * So nothing but this function frees the carry of the connection whose input
+ * is being handled (w->input_slot; closing_common skips it), and it drops the
+ * carry here once the connection no longer takes input. */
+int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
+{
+	uint32_t outer = w->input_slot;
+	w->input_slot = slot;
+	int r = input(w, slot, p, n);
+	w->input_slot = outer;
+	if (!live_or_new(conn_of(w, slot)))
+		conn_input_drop(w, slot);
+	return r;
 }

@@ -219,6 +219,15 @@ static void flush_conn(struct worker *w, uint32_t slot)
 
 /* ---- closing ------------------------------------------------------------------ */
 
+void conn_input_drop(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	if (c->in) {
+		carry_free(&c->in);
+		CNT_SET(w, partial_bufs, w->cnt.partial_bufs - 1);
+	}
+}
+
 static void closing_common(struct worker *w, uint32_t slot, enum gw_close_reason why)
 {
 	struct conn *c = conn_of(w, slot);
@@ -226,12 +235,12 @@ static void closing_common(struct worker *w, uint32_t slot, enum gw_close_reason
 		session_gone(w, slot);
 	c->state = CS_CLOSING;
 	c->reason = (uint8_t)why;
+	c->rl_bytes = 0; /* from now on: bytes read and dropped while lingering */
 	w->closing++;
 	CNT_ADD(w, closed[why], 1);
-	if (c->in) {
-		carry_free(&c->in);
-		CNT_SET(w, partial_bufs, w->cnt.partial_bufs - 1);
-	}
+	/* the frame being handled may point into the carry: session_input drops it */
+	if (slot != w->input_slot)
+		conn_input_drop(w, slot);
 	/* backstop: whatever happens, the slot is closed within the linger time */
 	wheel_add(&w->wheel, slot, w->tick + GW_LINGER_TICKS);
 }
@@ -359,8 +368,18 @@ static void on_recv(struct worker *w, const struct io_uring_cqe *cqe)
 		if (c->state != CS_NEW) /* NEW: last_rx is the accept tick, the login deadline counts from it */
 			c->last_rx = w->tick;
 		c->flags &= (uint16_t)~CF_PING;
-		if (c->state == CS_NEW || c->state == CS_LIVE)
+		if (c->state == CS_NEW || c->state == CS_LIVE) {
 			session_input(w, slot, bufring_buf(&w->br, bid), (size_t)res);
+		} else if (c->state == CS_CLOSING && (c->flags & CF_LINGER)) {
+			/* read and drop, within a budget: a peer that keeps sending after
+			 * our error frame is cut at once rather than read for the whole
+			 * linger time (it would drain the shared buffer pool) */
+			c->rl_bytes += (uint32_t)res;
+			if (c->rl_bytes > GW_LINGER_BYTES) {
+				CNT_ADD(w, linger_cut, 1);
+				conn_close(w, slot, (enum gw_close_reason)c->reason);
+			}
+		}
 		bufring_put(&w->br, bid);
 		if (!more && !(c->flags & CF_RECV) && c->state != CS_HANDOFF && c->state != CS_FREE &&
 		    !(c->flags & CF_CLOSE) && (c->state != CS_CLOSING || (c->flags & CF_LINGER)))
@@ -436,10 +455,7 @@ static void conn_free(struct worker *w, uint32_t slot)
 	struct conn *c = conn_of(w, slot);
 	wheel_del(&w->wheel, slot);
 	free_out(w, c);
-	if (c->in) {
-		carry_free(&c->in);
-		CNT_SET(w, partial_bufs, w->cnt.partial_bufs - 1);
-	}
+	conn_input_drop(w, slot);
 	uint32_t gen = c->gen + 1;
 	if (c->state == CS_CLOSING)
 		w->closing--;
@@ -777,6 +793,7 @@ static int worker_setup(struct worker *w, char *err, size_t errlen)
 	const struct gw_config *cfg = &gw->cfg;
 	w->slots = gw->slots;
 	w->capacity = gw->slots - GW_SLOT_RESERVE;
+	w->input_slot = UINT32_MAX;
 	unsigned cq = pow2_clamp(w->slots, 4096, 65536);
 	int ret = ring_init(&w->ring, 2048, cq, &w->ring_mode);
 	if (ret) {

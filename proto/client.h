@@ -32,6 +32,10 @@
 #define PROTO_MAX_PING 8u                           /* ping/pong data bytes */
 #define PROTO_MAX_TEXT 256u                         /* error text, goaway hint */
 #define PROTO_MAX_GROUP_OP 256u                     /* members in one GROUP frame */
+/* The largest LOGIN, prefix included: L (1 byte), type, version, flags,
+ * user (<= 10), token length (1) and token, resume (<= 10). Before login a
+ * gateway refuses any longer frame (PROTOCOL.md 3.3). */
+#define PROTO_LOGIN_MAX_BYTES (1u + 1u + 1u + 1u + 10u + 1u + PROTO_MAX_TOKEN + 10u)
 
 /* Frame types. 0x01..0x7f are sent by clients (RECEIPT, PING and PONG go both
  * ways); 0x81..0xff by the server. */

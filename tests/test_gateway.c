@@ -1454,3 +1454,169 @@ Test(gateway, stats_endpoint, .timeout = 30)
 	cr_assert_eq(wait_stat_eq("logged_in", 2, 3000), 2, "logged_in after one client left");
 	gw_alive();
 }
+
+/* ---- hostile clients (regression tests) ------------------------------------------------ */
+
+/* A cluster file naming one backend that nobody runs (its port reserved and
+ * never listened on): the gateway's fallback path to a backend is live, and
+ * every link stays down. Returns the path (static). */
+static const char *dead_cluster_file(int *port_fd)
+{
+	static char path[PATH_MAX + 64];
+	unsigned port = tc_port_reserve(port_fd);
+	cr_assert(port, "no free port: %s", strerror(errno));
+	snprintf(path, sizeof path, "%s/tests/gateway-e2e/%s.%d.cluster", tc_build_dir(),
+		 criterion_current_test ? criterion_current_test->name : "test", (int)getpid());
+	FILE *f = fopen(path, "w");
+	cr_assert(f, "cannot write %s: %s", path, strerror(errno));
+	fprintf(f, "backend 11 127.0.0.1:%u\n", port);
+	cr_assert_eq(fclose(f), 0);
+	return path;
+}
+
+/* Issue 9 item 1 (use after free) and item 2 (gauge underflow): messages to
+ * oneself whose 16 KiB bodies are completed in the partial-frame carry, sent
+ * without reading until the connection is cut as a slow consumer. The cut
+ * happens while the frame that caused it is being handled; its body (in the
+ * carry) then goes on to the backend path. ASan saw a heap-use-after-free in
+ * link_add; without ASan, partial_frames wrapped around to 2^64 - 1. */
+Test(gateway, self_send_cut_while_handling_carried_frame, .timeout = 40)
+{
+	mkdir(tc_build_dir(), 0755);
+	char d[PATH_MAX + 32];
+	snprintf(d, sizeof d, "%s/tests/gateway-e2e", tc_build_dir());
+	mkdir(d, 0755);
+	int cl_fd = -1;
+	const char *cl = dead_cluster_file(&cl_fd);
+	gw_start("--cluster", cl, "--sndbuf", "8k", NULL);
+	struct tc_conn a;
+	uint64_t ua = 19001;
+	int r = tc_connect(&a, G.port, 4096, 3000);
+	cr_assert_eq(r, 0, "connect: %s", tc_status_name(r));
+	login_ok(&a, ua);
+	enum { N = 500, BODY = PROTO_MAX_BODY };
+	static uint8_t body[BODY];
+	memset(body, 's', sizeof body);
+	size_t cap = (size_t)N * (BODY + 16), n = 0;
+	uint8_t *buf = malloc(cap);
+	cr_assert_not_null(buf);
+	for (int i = 0; i < N; i++)
+		n += enc_send(buf + n, cap - n, 1 + (uint64_t)i, ua, body, BODY);
+	/* the gateway cuts us part way: the rest of the write may be refused */
+	tc_send_raw(&a, buf, n, 5000);
+	free(buf);
+	cr_assert_geq(wait_stat("slow_consumers", 1, 5000), 1, "never cut as a slow consumer");
+	tc_drain_until_close(&a, 5000);
+	tc_close(&a);
+	cr_assert_eq(wait_stat_eq("conns", 0, 5000), 0, "connection still held");
+	cr_assert_eq(stats_num("partial_frames"), 0, "partial_frames gauge after the cut");
+	gw_alive();
+	tc_port_release(cl_fd);
+}
+
+/* Item 2: a forged LOGIN split over two receives completes in the carry and
+ * is refused; the gauge of connections holding a partial frame returns to 0
+ * (it wrapped to 2^64 - 1: the carry was counted down twice). */
+Test(gateway, partial_frame_gauge_after_refused_carried_login, .timeout = 30)
+{
+	gw_start(NULL);
+	for (int i = 0; i < 3; i++) {
+		struct tc_conn c;
+		struct tc_frame fr;
+		uint8_t buf[128];
+		conn_open(&c);
+		size_t n = tc_enc_login(buf, sizeof buf, &G.secret, 19101 + (uint64_t)i, 0, 1);
+		buf[n - 3] ^= 0x01; /* a byte of the MAC */
+		send_raw(&c, buf, n / 2);
+		cr_assert_eq(wait_stat_eq("partial_frames", 1, 3000), 1, "half a LOGIN is carried");
+		send_raw(&c, buf + n / 2, n - n / 2);
+		expect_login_result(&c, &fr, PROTO_E_AUTH_FAILED, "forged LOGIN in two halves");
+		expect_closed(&c, EOF_MS, "after auth_failed");
+		tc_close(&c);
+		cr_assert_eq(wait_stat_eq("partial_frames", 0, 3000), 0, "partial_frames after refused login %d", i);
+	}
+	gw_alive();
+}
+
+/* Item 3: before login the only valid frame is LOGIN (at most
+ * PROTO_LOGIN_MAX_BYTES); the length prefix of anything longer is refused at
+ * once (too_big), so an unauthenticated socket cannot make the gateway hold a
+ * 16 KiB partial frame for the whole login timeout. */
+Test(gateway, prelogin_frame_over_login_size_refused_at_once, .timeout = 30)
+{
+	gw_start("--login-timeout", "20s", NULL);
+	struct tc_conn obs;
+	open_login(&obs, 19201);
+	/* a SEND announcing L = 16000, its type byte and a few bytes of it */
+	const uint8_t head[] = {0x80 | (16000 & 0x7f), 16000 >> 7, PROTO_SEND, 0x01, 0x02, 0x03};
+	/* a LOGIN-typed frame one byte longer than any LOGIN can be */
+	_Static_assert(PROTO_LOGIN_MAX_BYTES < 128, "L of the test frame fits one byte");
+	uint8_t big_login[8];
+	size_t bl = 0;
+	big_login[bl++] = PROTO_LOGIN_MAX_BYTES; /* L: the frame is L + 1 bytes */
+	big_login[bl++] = PROTO_LOGIN;
+	big_login[bl++] = 1;
+	for (int k = 0; k < 2; k++) {
+		struct tc_conn c;
+		conn_open(&c);
+		int64_t t0 = tc_now_ms();
+		if (k == 0)
+			send_raw(&c, head, sizeof head);
+		else
+			send_raw(&c, big_login, bl);
+		expect_error(&c, PROTO_E_TOO_BIG, 0, 1000, k ? "LOGIN longer than any LOGIN" : "16 KiB frame before login");
+		expect_closed(&c, EOF_MS, "after too_big before login");
+		cr_assert_lt(tc_now_ms() - t0, 1500, "refused only after %lld ms", (long long)(tc_now_ms() - t0));
+		tc_close(&c);
+	}
+	cr_assert_eq(stats_num("prelogin_too_big"), 2, "prelogin_too_big counter");
+	cr_assert_eq(wait_stat_eq("partial_frames", 0, 3000), 0, "partial_frames");
+	/* the longest real LOGIN still logs in, even in pieces */
+	struct tc_conn c;
+	struct tc_frame fr;
+	uint8_t buf[128];
+	conn_open(&c);
+	size_t n = tc_enc_login(buf, sizeof buf, &G.secret, UINT64_C(1) << 62, 0, 1);
+	send_raw(&c, buf, 2);
+	tc_sleep_ms(20);
+	send_raw(&c, buf + 2, n - 2);
+	expect_login_result(&c, &fr, 0, "LOGIN of a large user id in two pieces");
+	ping_ok(&obs, "obs", "observer");
+	gw_alive();
+}
+
+/* Item 4: after a fatal error frame the gateway reads and drops input for up
+ * to 2 s (so its last frame is not lost to a reset), but only up to
+ * GW_LINGER_BYTES: a client that keeps sending is cut at once instead of
+ * draining the shared receive buffers for the whole linger time. */
+Test(gateway, lingering_connection_cut_when_it_keeps_sending, .timeout = 30)
+{
+	gw_start(NULL);
+	struct tc_conn obs, c;
+	open_login(&obs, 19301);
+	conn_open(&c);
+	const uint8_t bad[] = {0x01, 0x7f};
+	send_raw(&c, bad, sizeof bad);
+	expect_error(&c, PROTO_E_BAD_TYPE, 0, RECV_MS, "bad type before login");
+	/* the gateway half-closes (FIN) and reads on; keep sending until the
+	 * socket is gone for good (a reset), at about 1.6 MB/s */
+	static uint8_t junk[16384];
+	int64_t t0 = tc_now_ms(), took = 0;
+	size_t sent = 0;
+	int r = 0;
+	while ((took = tc_now_ms() - t0) < 1800) {
+		r = tc_send_raw(&c, junk, sizeof junk, 500);
+		if (r != 0)
+			break;
+		sent += sizeof junk;
+		tc_sleep_ms(10);
+	}
+	cr_log_info("lingering client: %zu bytes taken in %lld ms, then %s", sent, (long long)took, tc_status_name(r));
+	cr_assert_neq(r, 0, "the gateway still read after %lld ms (%zu bytes): the linger time is 2 s", (long long)took,
+		      sent);
+	cr_assert_lt(took, 1200, "cut only after %lld ms", (long long)took);
+	cr_assert_eq(stats_num("linger_cut"), 1, "linger_cut counter");
+	tc_close(&c);
+	ping_ok(&obs, "obs", "observer");
+	gw_alive();
+}
