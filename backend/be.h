@@ -28,18 +28,21 @@
 #include "runtime/link.h"
 #include "runtime/msgid.h"
 #include "runtime/opts.h"
+#include "runtime/peerauth.h"
 #include "runtime/u64map.h"
 
 #define BE_MAX_LINKS 4096u
+#define BE_MAX_HANDSHAKES 64u  /* links not yet authenticated; more connections are refused */
 #define BE_FLUSH_PER_USER 256u /* stored messages sent per user per iteration at login */
 
 struct be_config {
-	const char *listen, *stats_listen, *cluster_file, *data_dir, *log_level;
+	const char *listen, *stats_listen, *cluster_file, *cluster_secret_file, *data_dir, *log_level;
 	int64_t node, store_size, mailbox_max, max_group, link_queue, link_batch, link_sockbuf, dedup_window_ms;
 };
 
 struct be_counters {
 	uint64_t links_accepted, links_up, links_lost, sessions, sessions_up, sessions_down, kicks;
+	uint64_t links_refused, links_auth_failed, links_busy, link_violations;
 	uint64_t routed_in, stored, dedup_hits, mailbox_full, store_errors, delivered_online, delivered_login;
 	uint64_t group_msgs, group_fanout, group_ops, receipts_in, receipts_deleted, receipts_forwarded, receipts_stored;
 	uint64_t commits, commit_ns_total, commit_ns_max, loops, cqes, malformed;
@@ -59,12 +62,14 @@ struct be {
 	struct be_counters cnt;
 	struct be_config cfg;
 	struct cluster cluster;
+	struct peerauth_keys keys; /* the cluster secret(s) */
 	int self; /* this node's index in the cluster */
 	struct store *store;
 	struct io_uring ring;
 	int lfd;
 	int accepting;
 	struct link *links; /* BE_MAX_LINKS slots */
+	uint64_t refused_base, auth_failed_base, violations_base; /* counted by link slots since reused */
 	uint32_t nlinks;    /* slots in use (high-water) */
 	struct u64map peers; /* (gateway node << 16 | thread) + 1 -> link index */
 	struct u64map dir;   /* user -> link index << 48 | conn (48 bits) */

@@ -26,7 +26,8 @@ static const char usage[] =
 	"session directory, stores messages durably (LMDB in --data-dir) before\n"
 	"acknowledging them, delivers them to online users or at their next login,\n"
 	"routes receipts and owns groups. The cluster file lists every backend\n"
-	"(\"backend ID IP:PORT\" lines) and must list this node.\n"
+	"(\"backend ID IP:PORT\" lines, this node's included) and every gateway\n"
+	"(\"gateway ID\"); links are authenticated with the cluster secret.\n"
 	"Signals: SIGTERM/SIGINT stop cleanly (commit, close links, exit 0).\n";
 
 static void ctrl(struct be *b, int cmd)
@@ -49,6 +50,9 @@ int main(int argc, char **argv)
 		 "address gateways link to (default: this node's address in the cluster file)"},
 		{"node", OPT_INT, &cfg->node, "0", 0, MSGID_MAX_NODE, "this node's id (required; listed in the cluster file)"},
 		{"cluster", OPT_STR, &cfg->cluster_file, NULL, 0, 0, "cluster file (required)"},
+		{"cluster-secret-file", OPT_STR, &cfg->cluster_secret_file, NULL, 0, 0,
+		 "secret(s) the dist links authenticate with, one per line: the first signs, a second is also "
+		 "accepted (for rotation); required"},
 		{"data-dir", OPT_STR, &cfg->data_dir, NULL, 0, 0, "directory of the durable store (required; created if missing)"},
 		{"stats-listen", OPT_STR, &cfg->stats_listen, "127.0.0.1:9101", 0, 0,
 		 "HTTP stats endpoint (/metrics, /stats, /healthz); \"off\" to disable"},
@@ -78,8 +82,13 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	log_init("backend", (enum log_level)lvl);
-	if (!cfg->node || !cfg->cluster_file || !cfg->data_dir) {
-		fprintf(stderr, "backend: --node, --cluster and --data-dir are required (see --help)\n");
+	if (!cfg->node || !cfg->cluster_file || !cfg->data_dir || !cfg->cluster_secret_file) {
+		fprintf(stderr, "backend: --node, --cluster, --cluster-secret-file and --data-dir are required (see --help; "
+				"tools/mint-token --new-secret FILE makes a secret)\n");
+		return 2;
+	}
+	if (peerauth_load(&b.keys, cfg->cluster_secret_file, err, sizeof err) != 0) {
+		fprintf(stderr, "backend: --cluster-secret-file: %s\n", err);
 		return 2;
 	}
 	if (cluster_load(&b.cluster, cfg->cluster_file, err, sizeof err) != 0) {

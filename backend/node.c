@@ -489,6 +489,25 @@ static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 	}
 }
 
+/* A gateway must be listed in the cluster file (its key is checked by the
+ * link itself). */
+static const char *on_hello(void *arg, struct link *l, const struct dist_frame *hello)
+{
+	struct be *b = arg;
+	static char why[96];
+	(void)l;
+	if (!cluster_is_gateway(&b->cluster, hello->hello.node)) {
+		snprintf(why, sizeof why, "node %u is not a gateway in the cluster file", hello->hello.node);
+		return why;
+	}
+	if (hello->hello.threads > 256) {
+		snprintf(why, sizeof why, "gateway %u says it runs %u threads (at most 256)", hello->hello.node,
+			 hello->hello.threads);
+		return why;
+	}
+	return NULL;
+}
+
 static void on_up(void *arg, struct link *l)
 {
 	struct be *b = arg;
@@ -536,7 +555,7 @@ static void on_down(void *arg, struct link *l, const char *why)
 	BCNT_SET(b, sessions, b->cnt.sessions - removed);
 }
 
-static const struct link_ops ops = {on_frame, on_up, on_down};
+static const struct link_ops ops = {on_hello, on_frame, on_up, on_down};
 
 /* ---- loop -------------------------------------------------------------------- */
 
@@ -562,7 +581,17 @@ static void on_accept(struct be *b, const struct io_uring_cqe *cqe)
 		close(fd);
 		return;
 	}
-	uint32_t i;
+	uint32_t i, shaking = 0;
+	for (i = 0; i < b->nlinks; i++)
+		shaking += b->links[i].state == LINK_HELLO || b->links[i].state == LINK_AUTH;
+	if (shaking >= BE_MAX_HANDSHAKES) {
+		/* unauthenticated connections cannot take every link slot: a real
+		 * gateway retries with backoff */
+		BCNT_ADD(b, links_busy, 1);
+		log_rl(LOG_WARN, "%u links still authenticating: refusing a connection", shaking);
+		close(fd);
+		return;
+	}
 	for (i = 0; i < b->nlinks; i++)
 		if (b->links[i].state == LINK_IDLE && link_quiet(&b->links[i]))
 			break;
@@ -574,9 +603,12 @@ static void on_accept(struct be *b, const struct io_uring_cqe *cqe)
 	if (i == b->nlinks)
 		b->nlinks++;
 	struct link *l = &b->links[i];
+	b->refused_base += l->st.refused_hello;
+	b->auth_failed_base += l->st.auth_failures;
+	b->violations_base += l->st.violations;
 	link_free(l);
-	link_init(l, i, BU_LINK, &ops, b, DIST_ROLE_BACKEND, (uint32_t)b->cfg.node, 0, 1, (size_t)b->cfg.link_batch,
-		  (size_t)b->cfg.link_queue, (int)b->cfg.link_sockbuf);
+	link_init(l, i, BU_LINK, &ops, b, &b->keys, DIST_ROLE_BACKEND, (uint32_t)b->cfg.node, 0, 1,
+		  (size_t)b->cfg.link_batch, (size_t)b->cfg.link_queue, (int)b->cfg.link_sockbuf);
 	l->expect_role = DIST_ROLE_GATEWAY;
 	link_attach(l, &b->ring, fd, b->now_ns);
 	BCNT_ADD(b, links_accepted, 1);
@@ -584,9 +616,12 @@ static void on_accept(struct be *b, const struct io_uring_cqe *cqe)
 
 static void publish(struct be *b)
 {
-	uint64_t bo = 0, bi = 0, yo = 0, yi = 0, q = 0, up = 0;
+	uint64_t bo = 0, bi = 0, yo = 0, yi = 0, q = 0, up = 0, ref = 0, af = 0, vi = 0;
 	for (uint32_t i = 0; i < b->nlinks; i++) {
 		struct link *l = &b->links[i];
+		ref += l->st.refused_hello;
+		af += l->st.auth_failures;
+		vi += l->st.violations;
 		bo += l->st.batches_out;
 		bi += l->st.batches_in;
 		yo += l->st.bytes_out;
@@ -600,6 +635,10 @@ static void publish(struct be *b)
 	BCNT_SET(b, bytes_in, yi);
 	BCNT_SET(b, link_queue_bytes, q);
 	BCNT_SET(b, links_up, up);
+	/* link slots are reused: what a slot counted before survives in the base */
+	BCNT_SET(b, links_refused, b->refused_base + ref);
+	BCNT_SET(b, links_auth_failed, b->auth_failed_base + af);
+	BCNT_SET(b, link_violations, b->violations_base + vi);
 	struct store_stats st;
 	store_get_stats(b->store, &st);
 	BCNT_SET(b, store_messages, st.messages);
@@ -626,9 +665,8 @@ static void commit(struct be *b)
 		store_abort(b->store);
 		for (uint32_t i = 0; i < b->nlinks; i++) {
 			struct link *l = &b->links[i];
+			link_drop_held(l);
 			link_close(l, &b->ring, "store commit failed", b->now_ns);
-			free(l->cur);
-			l->cur = NULL;
 		}
 	}
 }

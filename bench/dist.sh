@@ -28,19 +28,23 @@ get() { curl -s "http://127.0.0.1:$1/stats" >"$2"; }
 cpu() { awk '{print ($14 + $15)}' "/proc/$1/stat"; }
 
 "$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
-echo "backend 11 127.0.0.1:$((base + 1))" >"$tmp/cluster.conf"
+"$b/tools/mint-token" --new-secret "$tmp/cluster.secret" 2>/dev/null
+printf 'backend 11 127.0.0.1:%s\ngateway 1\ngateway 2\n' "$((base + 1))" >"$tmp/cluster.conf"
 
 # one configuration: start, load, measure, stop. $1 = batch size, $2 = total rate, $3 = name
 one() {
 	rm -rf "$tmp/data"
-	"$b/backend/backend" --node 11 --cluster "$tmp/cluster.conf" --data-dir "$tmp/data" --link-batch "$1" \
+	"$b/backend/backend" --node 11 --cluster "$tmp/cluster.conf" --cluster-secret-file "$tmp/cluster.secret" \
+		--data-dir "$tmp/data" --link-batch "$1" \
 		--stats-listen "127.0.0.1:$((base + 11))" --log-level warn 2>"$tmp/be.log" &
 	be=$!
-	"$b/gateway/gateway" --node 1 --threads 1 --cluster "$tmp/cluster.conf" --auth-secret-file "$tmp/secret" \
+	"$b/gateway/gateway" --node 1 --threads 1 --cluster "$tmp/cluster.conf" --cluster-secret-file "$tmp/cluster.secret" \
+		--auth-secret-file "$tmp/secret" \
 		--listen "127.0.0.1:$((base + 2))" --stats-listen "127.0.0.1:$((base + 12))" --link-batch "$1" \
 		--rate-frames 0 --rate-bytes 0 --log-level warn 2>"$tmp/g1.log" &
 	g1=$!
-	"$b/gateway/gateway" --node 2 --threads 1 --cluster "$tmp/cluster.conf" --auth-secret-file "$tmp/secret" \
+	"$b/gateway/gateway" --node 2 --threads 1 --cluster "$tmp/cluster.conf" --cluster-secret-file "$tmp/cluster.secret" \
+		--auth-secret-file "$tmp/secret" \
 		--listen "127.0.0.1:$((base + 3))" --stats-listen "127.0.0.1:$((base + 13))" --link-batch "$1" \
 		--rate-frames 0 --rate-bytes 0 --log-level warn 2>"$tmp/g2.log" &
 	g2=$!

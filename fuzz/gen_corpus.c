@@ -193,9 +193,11 @@ static void gen_dist(void)
 	mp = wire_uv_put(mp, 300);
 	struct proto_bytes two = {members, (uint32_t)(mp - members)};
 
+	static const uint8_t nonce[DIST_NONCE] = "0123456789abcdef0123456789abcdef";
 	struct dist_frame hello = {.type = DIST_HELLO,
 				   .hello = {.version = DIST_VERSION, .role = DIST_ROLE_GATEWAY, .node = 1, .thread = 2,
-					     .threads = 8}};
+					     .threads = 8, .key_id = 0x1234abcd, .nonce = nonce}};
+	struct dist_frame auth = {.type = DIST_AUTH, .auth = {.mac = nonce}};
 	struct dist_frame hb = {.type = DIST_HEARTBEAT, .heartbeat = {.seq = 17, .t_us = 123456789, .reply = 0}};
 	struct dist_frame credit = {.type = DIST_CREDIT, .credit = {4u << 20}};
 	struct dist_frame inner[] = {
@@ -205,7 +207,8 @@ static void gen_dist(void)
 		{.type = DIST_ROUTE,
 		 .route = {.smid = 5003, .from = 44, .to = 42, .group = 900, .time_ms = 1764195713000ull, .onode = 3,
 			   .othread = 0, .oconn = 9, .cmid = 2, .body = BYTES("to the group")}},
-		{.type = DIST_SESSION_UP, .session = {.user = 42, .node = 1, .thread = 2, .conn = 77, .resume = 1000}},
+		{.type = DIST_SESSION_UP,
+		 .session = {.user = 42, .node = 1, .thread = 2, .conn = 77, .resume = 1000, .flags = DIST_SESS_RCPT_ACKS}},
 		{.type = DIST_SESSION_DOWN, .session = {.user = 42, .node = 1, .thread = 2, .conn = 77}},
 		{.type = DIST_STORE_ACK, .store_ack = {.thread = 2, .conn = 77, .cmid = 7, .smid = 5001, .status = 0}},
 		{.type = DIST_STORE_ACK,
@@ -219,17 +222,20 @@ static void gen_dist(void)
 			      .members = two}},
 		{.type = DIST_GROUP_RESULT, .group_result = {.thread = 2, .conn = 77, .req = 1, .status = 0, .group = 900}},
 		{.type = DIST_KICK, .kick = {.user = 42, .thread = 2, .conn = 77, .reason = PROTO_KICK_ELSEWHERE}},
+		{.type = DIST_RECEIPT_ACK, .receipt_ack = {.user = 42, .peer = 43, .smid = 5001}},
 	};
 	static const char *const inner_names[] = {
 		"batch-route",	   "batch-route-delivery", "batch-session-up",	 "batch-session-down",
 		"batch-store-ack", "batch-store-ack-refused", "batch-receipt", "batch-credit",
-		"batch-group-op",  "batch-group-result",   "batch-kick",
+		"batch-group-op",  "batch-group-result",   "batch-kick", "batch-receipt-ack",
 	};
 
 	dist_one("hello", hello);
 	dist_one("hello-backend", (struct dist_frame){.type = DIST_HELLO,
 						      .hello = {.version = DIST_VERSION, .role = DIST_ROLE_BACKEND,
-								.node = 7, .thread = 0, .threads = 4}});
+								.node = 7, .thread = 0, .threads = 4, .key_id = 1,
+								.nonce = nonce}});
+	dist_one("auth", auth);
 	dist_one("heartbeat", hb);
 	dist_one("heartbeat-reply", (struct dist_frame){.type = DIST_HEARTBEAT,
 							.heartbeat = {.seq = 17, .t_us = 123456789, .reply = 1}});
@@ -244,6 +250,7 @@ static void gen_dist(void)
 	uint8_t s[4096];
 	size_t n = 0;
 	n += dist_encode(&hello, s + n, sizeof s - n);
+	n += dist_encode(&auth, s + n, sizeof s - n);
 	uint8_t *p;
 	size_t bn = batch(inner + 2, 2, 1, &p);
 	memcpy(s + n, p, bn);

@@ -19,6 +19,7 @@
  * never stores a message twice.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -123,13 +124,25 @@ static void fail_pending(struct worker *w, unsigned li, uint32_t older_than_tick
 
 /* ---- link callbacks ---------------------------------------------------------- */
 
+/* The backend at this link's address must be the node the cluster file
+ * names there (its key is checked by the link itself). */
+static const char *on_hello(void *arg, struct link *l, const struct dist_frame *hello)
+{
+	struct worker *w = arg;
+	static __thread char why[96];
+	uint32_t want = w->gw->cluster.nodes[l->idx].node;
+	if (hello->hello.node != want) {
+		snprintf(why, sizeof why, "backend says it is node %u; the cluster file lists node %u at this address",
+			 hello->hello.node, want);
+		return why;
+	}
+	return NULL;
+}
+
 static void on_up(void *arg, struct link *l)
 {
 	struct worker *w = arg;
 	log_info("link to backend %u (%s) up", l->peer_node, l->name);
-	if ((int)l->peer_node != (int)w->gw->cluster.nodes[l->idx].node)
-		log_warn("backend at %s says it is node %u, the cluster file says %u", l->name, l->peer_node,
-			 w->gw->cluster.nodes[l->idx].node);
 	/* a (re)connected backend learns every session of this thread */
 	size_t pos = 0;
 	const struct u64map_ent *e;
@@ -192,7 +205,7 @@ static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 	}
 }
 
-static const struct link_ops ops = {on_frame, on_up, on_down};
+static const struct link_ops ops = {on_hello, on_frame, on_up, on_down};
 
 /* ---- set-up and loop hooks ----------------------------------------------- */
 
@@ -211,8 +224,8 @@ int gw_dist_setup(struct worker *w, char *err, size_t errlen)
 	}
 	for (size_t i = 0; i < cl->n; i++) {
 		struct link *l = &w->links[i];
-		link_init(l, (unsigned)i, UD_LINK, &ops, w, DIST_ROLE_GATEWAY, (uint32_t)cfg->node, w->id, w->gw->nthreads,
-			  (size_t)cfg->link_batch, (size_t)cfg->link_queue, (int)cfg->link_sockbuf);
+		link_init(l, (unsigned)i, UD_LINK, &ops, w, &w->gw->cluster_keys, DIST_ROLE_GATEWAY, (uint32_t)cfg->node,
+			  w->id, w->gw->nthreads, (size_t)cfg->link_batch, (size_t)cfg->link_queue, (int)cfg->link_sockbuf);
 		l->expect_role = DIST_ROLE_BACKEND;
 		link_connect(l, &w->ring, &cl->nodes[i].addr, w->now_ns);
 	}
@@ -265,6 +278,8 @@ void gw_dist_tick(struct worker *w)
 		sum.bytes_in += l->st.bytes_in;
 		sum.reconnects += l->st.reconnects;
 		sum.credit_stalls += l->st.credit_stalls;
+		sum.refused_hello += l->st.refused_hello + l->st.auth_failures;
+		sum.violations += l->st.violations;
 		struct gw_link_pub *p = &w->pub[i];
 		__atomic_store_n(&p->state, (uint64_t)l->state, __ATOMIC_RELAXED);
 		__atomic_store_n(&p->node, w->gw->cluster.nodes[i].node, __ATOMIC_RELAXED);
@@ -291,6 +306,8 @@ void gw_dist_tick(struct worker *w)
 	CNT_SET(w, link_bytes_in, sum.bytes_in);
 	CNT_SET(w, link_reconnects, sum.reconnects);
 	CNT_SET(w, link_credit_stalls, sum.credit_stalls);
+	CNT_SET(w, link_refused, sum.refused_hello);
+	CNT_SET(w, link_violations, sum.violations);
 }
 
 void gw_dist_flush(struct worker *w)

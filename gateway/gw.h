@@ -32,6 +32,7 @@
 #include "runtime/link.h"
 #include "runtime/msgid.h"
 #include "runtime/opts.h"
+#include "runtime/peerauth.h"
 #include "runtime/token.h"
 #include "runtime/u64map.h"
 #include "runtime/uring.h"
@@ -69,6 +70,7 @@ struct gw_config {
 	int64_t slots;         /* fixed-file table per thread (0 = from RLIMIT_NOFILE) */
 	const char *log_level;
 	const char *cluster_file; /* backends; NULL: local delivery only */
+	const char *cluster_secret_file;
 	int64_t link_queue, link_batch, link_sockbuf, store_timeout_ms;
 };
 
@@ -105,7 +107,7 @@ struct gw_counters {
 	uint64_t loops, cqes, sends;
 	uint64_t routed_remote, stored_acks, store_refused, store_timeouts, link_try_again, sessions_out;
 	uint64_t link_frames_out, link_frames_in, link_batches_out, link_batches_in, link_bytes_out, link_bytes_in;
-	uint64_t link_reconnects, link_credit_stalls;
+	uint64_t link_reconnects, link_credit_stalls, link_refused, link_violations;
 	/* gauges */
 	uint64_t conns, logged_in, queue_bytes, queue_max, wheel_size, dir_size, partial_bufs;
 	uint64_t links_up, link_queue_bytes, link_rtt_us_max, pending_stores;
@@ -274,6 +276,7 @@ struct gw {
 	int start_failed;
 	uint64_t started_wall_ms;
 	struct cluster cluster; /* n == 0: no backends */
+	struct peerauth_keys cluster_keys;
 };
 
 /* ---- worker.c ------------------------------------------------------------ */

@@ -99,8 +99,11 @@ int main(int argc, char **argv)
 		 "direct descriptors per thread; 0 = min(RLIMIT_NOFILE, 1048576)"},
 		{"log-level", OPT_STR, &cfg->log_level, "info", 0, 0, "error, warn, info or debug"},
 		{"cluster", OPT_STR, &cfg->cluster_file, NULL, 0, 0,
-		 "cluster file listing the backends (\"backend ID IP:PORT\" lines); without it messages for users "
-		 "not connected here get ERROR no_route"},
+		 "cluster file listing the backends (\"backend ID IP:PORT\") and gateways (\"gateway ID\", this one "
+		 "included); without it messages for users not connected here get ERROR no_route"},
+		{"cluster-secret-file", OPT_STR, &cfg->cluster_secret_file, NULL, 0, 0,
+		 "secret(s) the dist links authenticate with, one per line (the first signs; a second is also "
+		 "accepted, for rotation); required with --cluster"},
 		{"link-queue", OPT_SIZE, &cfg->link_queue, "16m", 64 << 10, 1ll << 34,
 		 "bytes queued per backend link (per thread) before senders get ERROR try_again"},
 		{"link-batch", OPT_SIZE, &cfg->link_batch, "256k", 0, DIST_MAX_FRAME - 64,
@@ -148,6 +151,22 @@ int main(int argc, char **argv)
 	if (cluster_find(&gw.cluster, (uint32_t)cfg->node) >= 0) {
 		fprintf(stderr, "gateway: --node %lld is a backend's id in the cluster file; node ids must be unique\n",
 			(long long)cfg->node);
+		return 2;
+	}
+	if (cfg->cluster_file && !cluster_is_gateway(&gw.cluster, (uint32_t)cfg->node)) {
+		fprintf(stderr,
+			"gateway: --node %lld is not listed in %s; add a \"gateway %lld\" line (backends refuse "
+			"unlisted gateways)\n",
+			(long long)cfg->node, cfg->cluster_file, (long long)cfg->node);
+		return 2;
+	}
+	if (cfg->cluster_file && !cfg->cluster_secret_file) {
+		fprintf(stderr, "gateway: --cluster needs --cluster-secret-file (the dist links are authenticated; "
+				"tools/mint-token --new-secret FILE makes one)\n");
+		return 2;
+	}
+	if (cfg->cluster_file && peerauth_load(&gw.cluster_keys, cfg->cluster_secret_file, err, sizeof err) != 0) {
+		fprintf(stderr, "gateway: --cluster-secret-file: %s\n", err);
 		return 2;
 	}
 	/* SO_REUSEPORT would let this gateway share a port with another one

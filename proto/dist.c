@@ -7,6 +7,8 @@
 enum { AT_TOP = 1, AT_INNER = 2 };
 static const uint8_t type_where[256] = {
 	[DIST_HELLO] = AT_TOP,
+	[DIST_AUTH] = AT_TOP,
+	[DIST_RECEIPT_ACK] = AT_INNER,
 	[DIST_BATCH] = AT_TOP,
 	[DIST_HEARTBEAT] = AT_TOP,
 	[DIST_CREDIT] = AT_TOP | AT_INNER,
@@ -34,11 +36,41 @@ static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
 		f->hello.role = rd_u8(r);
 		if (f->hello.role != DIST_ROLE_GATEWAY && f->hello.role != DIST_ROLE_BACKEND)
 			rd_fail(r);
+		if (f->hello.version != DIST_VERSION) {
+			/* another version's fields: the receiver refuses by version */
+			f->hello.node = f->hello.thread = f->hello.threads = f->hello.key_id = 0;
+			f->hello.nonce = NULL;
+			r->p = r->end;
+			break;
+		}
 		f->hello.node = rd_uv32(r);
 		rd_nonzero(r, f->hello.node);
 		f->hello.thread = rd_uv32(r);
 		f->hello.threads = rd_uv32(r);
 		rd_nonzero(r, f->hello.threads);
+		if (f->hello.thread >= f->hello.threads)
+			rd_fail(r);
+		f->hello.key_id = rd_uv32(r);
+		f->hello.nonce = r->p;
+		if (r->bad || r->end - r->p < (ptrdiff_t)DIST_NONCE)
+			rd_fail(r);
+		else
+			r->p += DIST_NONCE;
+		break;
+	case DIST_AUTH:
+		f->auth.mac = r->p;
+		if (r->end - r->p != (ptrdiff_t)DIST_MAC)
+			rd_fail(r);
+		else
+			r->p += DIST_MAC;
+		break;
+	case DIST_RECEIPT_ACK:
+		f->receipt_ack.user = rd_uv(r);
+		rd_nonzero(r, f->receipt_ack.user);
+		f->receipt_ack.peer = rd_uv(r);
+		rd_nonzero(r, f->receipt_ack.peer);
+		f->receipt_ack.smid = rd_uv(r);
+		rd_nonzero(r, f->receipt_ack.smid);
 		break;
 	case DIST_BATCH: {
 		f->batch.seq = rd_uv(r);
@@ -86,6 +118,9 @@ static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
 		f->session.thread = rd_uv32(r);
 		f->session.conn = rd_uv(r);
 		f->session.resume = type == DIST_SESSION_UP ? rd_uv(r) : 0;
+		f->session.flags = type == DIST_SESSION_UP ? rd_u8(r) : 0;
+		if (f->session.flags & ~DIST_SESS_FLAGS)
+			rd_fail(r);
 		break;
 	case DIST_STORE_ACK:
 		f->store_ack.thread = rd_uv32(r);
@@ -233,13 +268,29 @@ static void enc_payload(struct wr *w, const struct dist_frame *f)
 	switch (f->type) {
 	case DIST_HELLO:
 		wr_check(w, (f->hello.role == DIST_ROLE_GATEWAY || f->hello.role == DIST_ROLE_BACKEND) &&
-				    f->hello.node != 0 && f->hello.threads != 0);
+				    f->hello.version == DIST_VERSION && f->hello.node != 0 &&
+				    f->hello.thread < f->hello.threads && f->hello.nonce != NULL);
+		if (w->bad)
+			break;
 		wr_raw(w, (const uint8_t *)DIST_MAGIC, 4);
 		wr_u8(w, f->hello.version);
 		wr_u8(w, f->hello.role);
 		wr_uv(w, f->hello.node);
 		wr_uv(w, f->hello.thread);
 		wr_uv(w, f->hello.threads);
+		wr_uv(w, f->hello.key_id);
+		wr_raw(w, f->hello.nonce, DIST_NONCE);
+		break;
+	case DIST_AUTH:
+		wr_check(w, f->auth.mac != NULL);
+		if (!w->bad)
+			wr_raw(w, f->auth.mac, DIST_MAC);
+		break;
+	case DIST_RECEIPT_ACK:
+		wr_check(w, f->receipt_ack.user != 0 && f->receipt_ack.peer != 0 && f->receipt_ack.smid != 0);
+		wr_uv(w, f->receipt_ack.user);
+		wr_uv(w, f->receipt_ack.peer);
+		wr_uv(w, f->receipt_ack.smid);
 		break;
 	case DIST_ROUTE:
 		wr_check(w, f->route.from != 0 && (f->route.to != 0 || f->route.group != 0));
@@ -257,13 +308,16 @@ static void enc_payload(struct wr *w, const struct dist_frame *f)
 	case DIST_SESSION_UP:
 	case DIST_SESSION_DOWN:
 		wr_check(w, f->session.user != 0 && f->session.node != 0 &&
-				    (f->type == DIST_SESSION_UP || f->session.resume == 0));
+				    (f->type == DIST_SESSION_UP || (f->session.resume == 0 && f->session.flags == 0)) &&
+				    !(f->session.flags & ~DIST_SESS_FLAGS));
 		wr_uv(w, f->session.user);
 		wr_uv(w, f->session.node);
 		wr_uv(w, f->session.thread);
 		wr_uv(w, f->session.conn);
-		if (f->type == DIST_SESSION_UP)
+		if (f->type == DIST_SESSION_UP) {
 			wr_uv(w, f->session.resume);
+			wr_u8(w, f->session.flags);
+		}
 		break;
 	case DIST_STORE_ACK:
 		wr_check(w, (f->store_ack.status == PROTO_OK) == (f->store_ack.smid != 0));
@@ -416,6 +470,8 @@ const char *dist_type_name(unsigned type)
 	case DIST_GROUP_RESULT: return "group_result";
 	case DIST_KICK: return "kick";
 	case DIST_ERROR: return "error";
+	case DIST_AUTH: return "auth";
+	case DIST_RECEIPT_ACK: return "receipt_ack";
 	default: return "unknown";
 	}
 }

@@ -3,8 +3,9 @@
  * Same framing as the client protocol (varint length, type byte, payload;
  * PROTOCOL.md part 2) with larger limits. Data frames travel inside BATCH
  * frames: everything one loop iteration produces for a link goes out as one
- * batch. Only HELLO, BATCH, HEARTBEAT, CREDIT and ERROR stand at the top level;
- * every other type only inside a batch.
+ * batch. Only HELLO, AUTH, BATCH, HEARTBEAT, CREDIT and ERROR stand at the top
+ * level; every other type only inside a batch. HELLO and AUTH authenticate
+ * the peers (runtime/peerauth.h).
  *
  * Parsing is in place like proto_parse(): dist_parse() reads one top-level
  * frame; dist_batch_next() walks the inner frames of a parsed BATCH. Views
@@ -18,12 +19,14 @@
 
 #include "proto/client.h"
 
-#define DIST_VERSION 1
+#define DIST_VERSION 2
 #define DIST_MAGIC "GWDL"
 #define DIST_MAX_FRAME (1u << 20)               /* top-level L: a whole batch */
 #define DIST_MAX_INNER (PROTO_MAX_BODY + 256u)  /* L of one inner frame */
 #define DIST_MAX_BATCH 65535u                   /* inner frames per batch */
 #define DIST_BATCH_HEADROOM 24u                 /* bytes dist_batch keeps in front */
+#define DIST_NONCE 32u                          /* HELLO nonce bytes */
+#define DIST_MAC 32u                            /* AUTH mac bytes */
 
 enum dist_type {
 	DIST_HELLO = 0x41,
@@ -39,6 +42,8 @@ enum dist_type {
 	DIST_GROUP_RESULT = 0x4b,
 	DIST_KICK = 0x4c,
 	DIST_ERROR = 0x4d,
+	DIST_AUTH = 0x4e,
+	DIST_RECEIPT_ACK = 0x4f,
 };
 
 enum dist_role { DIST_ROLE_GATEWAY = 1, DIST_ROLE_BACKEND = 2 };
@@ -48,6 +53,10 @@ enum dist_role { DIST_ROLE_GATEWAY = 1, DIST_ROLE_BACKEND = 2 };
 #define DIST_RCPT_NOTIFY 0x02u /* tell `to` (forward to its gateway, or store it) */
 #define DIST_RCPT_STORE 0x04u  /* store it for `to` without forwarding (bounced by a gateway) */
 #define DIST_RCPT_FLAGS (DIST_RCPT_DELETE | DIST_RCPT_NOTIFY | DIST_RCPT_STORE)
+
+/* SESSION_UP flags. */
+#define DIST_SESS_RCPT_ACKS 0x01u /* the client acknowledges stored receipts (protocol 2) */
+#define DIST_SESS_FLAGS DIST_SESS_RCPT_ACKS
 
 /* Name of a dist frame type ("route"), or "unknown". Never NULL. */
 const char *dist_type_name(unsigned type);
@@ -62,8 +71,15 @@ struct dist_frame {
 	union {
 		struct {
 			uint8_t version, role;
+			/* the fields below are parsed only when version == DIST_VERSION
+			 * (so a peer of another version is told so, not "malformed") */
 			uint32_t node, thread, threads;
+			uint32_t key_id;          /* the cluster key the sender signs with */
+			const uint8_t *nonce;     /* DIST_NONCE bytes */
 		} hello;
+		struct {
+			const uint8_t *mac; /* DIST_MAC bytes */
+		} auth;
 		struct {
 			uint64_t seq;
 			uint32_t count;
@@ -85,6 +101,7 @@ struct dist_frame {
 			uint32_t node, thread;
 			uint64_t conn;
 			uint64_t resume; /* SESSION_UP: last server message id the client saw */
+			uint8_t flags;   /* SESSION_UP: DIST_SESS_* */
 		} session;
 		struct {
 			uint32_t thread;
@@ -96,6 +113,9 @@ struct dist_frame {
 			uint8_t flags; /* DIST_RCPT_* (at least one) */
 			uint64_t from, to, smid;
 		} receipt;
+		struct {
+			uint64_t user, peer, smid; /* user got peer's receipt about smid: drop it */
+		} receipt_ack;
 		struct {
 			uint64_t bytes;
 		} credit;

@@ -30,19 +30,26 @@ int cluster_load(struct cluster *c, const char *path, char *err, size_t errlen)
 			continue;
 		char *end;
 		unsigned long id = k >= 2 ? strtoul(node, &end, 10) : 0;
-		if (k != 3 || strcmp(kind, "backend") != 0 || *end || id < 1 || id > MSGID_MAX_NODE) {
-			snprintf(err, errlen, "%s:%d: want \"backend NODE_ID IP:PORT\" with NODE_ID 1..%u", path, lineno,
-				 MSGID_MAX_NODE);
+		int is_gw = strcmp(kind, "gateway") == 0;
+		if ((is_gw ? k != 2 : k != 3 || strcmp(kind, "backend") != 0) || *end || id < 1 || id > MSGID_MAX_NODE) {
+			snprintf(err, errlen,
+				 "%s:%d: want \"backend NODE_ID IP:PORT\" or \"gateway NODE_ID\" with NODE_ID 1..%u", path,
+				 lineno, MSGID_MAX_NODE);
 			fclose(f);
 			return -1;
+		}
+		if (cluster_find(c, (uint32_t)id) >= 0 || cluster_is_gateway(c, (uint32_t)id)) {
+			snprintf(err, errlen, "%s:%d: node %lu listed twice (ids are unique across backends and gateways)",
+				 path, lineno, id);
+			fclose(f);
+			return -1;
+		}
+		if (is_gw) {
+			c->gateways[c->ngateways++] = (uint32_t)id; /* ids are unique and <= 63: it fits */
+			continue;
 		}
 		if (c->n == CLUSTER_MAX) {
 			snprintf(err, errlen, "%s:%d: more than %d backends", path, lineno, CLUSTER_MAX);
-			fclose(f);
-			return -1;
-		}
-		if (cluster_find(c, (uint32_t)id) >= 0) {
-			snprintf(err, errlen, "%s:%d: backend %lu listed twice", path, lineno, id);
 			fclose(f);
 			return -1;
 		}
@@ -77,6 +84,14 @@ size_t cluster_user_owner(const struct cluster *c, uint64_t user)
 		}
 	}
 	return best;
+}
+
+int cluster_is_gateway(const struct cluster *c, uint32_t node)
+{
+	for (size_t i = 0; i < c->ngateways; i++)
+		if (c->gateways[i] == node)
+			return 1;
+	return 0;
 }
 
 int cluster_find(const struct cluster *c, uint32_t node)

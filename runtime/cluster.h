@@ -1,8 +1,15 @@
 /* cluster.h: the cluster file every node reads, and who owns what.
  *
- *   # cluster.conf: one line per backend node
+ *   # cluster.conf: one line per node
  *   backend 11 127.0.0.1:7001
  *   backend 12 127.0.0.1:7002
+ *   gateway 1
+ *   gateway 2
+ *
+ * Every node of the cluster is listed: a backend links only with gateways
+ * listed here (and the cluster secret, runtime/peerauth.h), a gateway only
+ * with the backend it expects at that address. Node ids are unique across
+ * both kinds.
  *
  * Ownership:
  * - a user belongs to the backend with the highest hash64(user, node seed)
@@ -31,8 +38,10 @@ struct cluster_node {
 };
 
 struct cluster {
-	size_t n;
+	size_t n; /* backends */
 	struct cluster_node nodes[CLUSTER_MAX];
+	size_t ngateways;
+	uint32_t gateways[CLUSTER_MAX]; /* gateway node ids */
 };
 
 /* Parse the file. Returns 0, or -1 with a reason (file:line) in err. */
@@ -43,6 +52,9 @@ size_t cluster_user_owner(const struct cluster *c, uint64_t user);
 
 /* Index of the backend with node id `node`, or -1. */
 int cluster_find(const struct cluster *c, uint32_t node);
+
+/* Whether `node` is listed as a gateway. */
+int cluster_is_gateway(const struct cluster *c, uint32_t node);
 
 /* Node id encoded in a group id / in a server message id. */
 static inline uint32_t cluster_group_node(uint64_t gid)

@@ -2,15 +2,20 @@
  *
  * States:
  *
- *   IDLE --connect--> CONNECTING --ok--> HELLO --peer HELLO--> UP
- *     ^  (outbound)        |               |                    |
- *     |                    +-----error-----+------lost----------+--> CLOSING
- *     |                                                                 |
- *     +--(inbound)-- all operations done <------------------------------+
+ *   IDLE --connect--> CONNECTING --ok--> HELLO --peer HELLO ok--> AUTH --peer AUTH ok--> UP
+ *     ^  (outbound)        |               |                        |                    |
+ *     |                    +-----error-----+-------refused----------+------lost----------+--> CLOSING
+ *     |                                                                                         |
+ *     +--(inbound)-- all operations done <------------------------------------------------------+
  *                    BACKOFF --retry time--> CONNECTING   (outbound)
  *
  * CLOSING shuts the socket down so that the recv/send/connect in flight
  * complete, and closes the fd once none is left (never under an operation).
+ *
+ * Sending: one send in flight at a time. Pending control frames (LC_* bits,
+ * one slot each) go first, all of them encoded into ctrl_buf for one send;
+ * then queued batches, in order, once UP, within the credit and, with hold
+ * set, up to release_seq.
  */
 #include "runtime/link.h"
 
@@ -24,16 +29,26 @@
 #include <unistd.h>
 
 #include "runtime/log.h"
+#include "runtime/peerauth.h"
 #include "runtime/uring.h"
 
 enum { OP_CONNECT = 0, OP_RECV = 1, OP_SEND = 2 };
 
+/* Pending control frames, in the order they leave. */
+enum {
+	LC_HELLO = 1u << 0,
+	LC_AUTH = 1u << 1,
+	LC_ERROR = 1u << 2,
+	LC_CREDIT = 1u << 3,
+	LC_ECHO = 1u << 4, /* our answer to the peer's heartbeat */
+	LC_BEAT = 1u << 5, /* our heartbeat */
+};
+
 struct link_out {
 	struct link_out *next;
 	uint8_t *start;
-	size_t len, off;
-	uint64_t seq; /* batches: their sequence number (for hold/release) */
-	int ctrl; /* HELLO/CREDIT/HEARTBEAT/ERROR: first in line, no credit needed */
+	size_t len;
+	uint64_t seq; /* its batch sequence number (for hold/release) */
 	uint8_t buf[];
 };
 
@@ -44,70 +59,19 @@ static inline uint64_t link_ud(const struct link *l, unsigned op)
 
 const char *link_state_name(enum link_state s)
 {
-	static const char *const n[] = {"idle", "connecting", "hello", "up", "backoff", "closing"};
+	static const char *const n[] = {"idle", "connecting", "hello", "auth", "up", "backoff", "closing"};
 	return (unsigned)s < sizeof n / sizeof n[0] ? n[s] : "?";
-}
-
-static struct link_out *out_new(size_t cap)
-{
-	struct link_out *o = malloc(sizeof *o + cap);
-	if (o) {
-		o->next = NULL;
-		o->start = o->buf;
-		o->len = o->off = 0;
-		o->ctrl = 0;
-	}
-	return o;
 }
 
 static void q_push(struct link *l, struct link_out *o)
 {
-	if (o->ctrl) {
-		/* control frames go before every batch, after earlier control frames */
-		struct link_out **pp = &l->q_head;
-		while (*pp && (*pp)->ctrl)
-			pp = &(*pp)->next;
-		o->next = *pp;
-		*pp = o;
-		if (!o->next)
-			l->q_tail = o;
-	} else {
-		if (l->q_tail)
-			l->q_tail->next = o;
-		else
-			l->q_head = o;
-		l->q_tail = o;
-		l->q_bytes += o->len;
-	}
-}
-
-static void q_drop_ctrl(struct link *l)
-{
-	struct link_out **pp = &l->q_head, *last = NULL;
-	while (*pp) {
-		if ((*pp)->ctrl) {
-			struct link_out *o = *pp;
-			*pp = o->next;
-			free(o);
-		} else {
-			last = *pp;
-			pp = &(*pp)->next;
-		}
-	}
-	l->q_tail = last;
-}
-
-static void push_ctrl(struct link *l, const struct dist_frame *f)
-{
-	size_t n = dist_encode(f, NULL, 0);
-	struct link_out *o = n ? out_new(n) : NULL;
-	if (!o) {
-		log_rl(LOG_ERROR, "link %s: cannot queue a %s frame", l->name, dist_type_name(f->type));
-		return;
-	}
-	o->len = dist_encode(f, o->buf, n);
-	o->ctrl = 1;
-	q_push(l, o);
+	o->next = NULL;
+	if (l->q_tail)
+		l->q_tail->next = o;
+	else
+		l->q_head = o;
+	l->q_tail = o;
+	l->q_bytes += o->len;
 }
 
 static void begin_batch(struct link *l)
@@ -126,20 +90,17 @@ static void end_batch(struct link *l)
 		return;
 	struct link_out *o = (struct link_out *)l->cur;
 	size_t size;
-	o->next = NULL;
 	o->start = dist_batch_finish(&l->batch, ++l->seq_out, &size);
 	o->seq = l->seq_out;
 	o->len = size;
-	o->off = 0;
-	o->ctrl = 0;
 	l->st.frames_out += l->batch.count;
 	l->cur = NULL;
 	q_push(l, o);
 }
 
 void link_init(struct link *l, unsigned idx, unsigned ud_kind, const struct link_ops *ops, void *arg,
-	       uint8_t my_role, uint32_t my_node, uint32_t my_thread, uint32_t my_threads, size_t batch_cap,
-	       size_t queue_max, int sockbuf)
+	       const struct peerauth_keys *keys, uint8_t my_role, uint32_t my_node, uint32_t my_thread,
+	       uint32_t my_threads, size_t batch_cap, size_t queue_max, int sockbuf)
 {
 	memset(l, 0, sizeof *l);
 	l->idx = idx;
@@ -147,6 +108,7 @@ void link_init(struct link *l, unsigned idx, unsigned ud_kind, const struct link
 	l->fd = -1;
 	l->ops = ops;
 	l->arg = arg;
+	l->keys = keys;
 	l->my_role = my_role;
 	l->my_node = my_node;
 	l->my_thread = my_thread;
@@ -172,29 +134,106 @@ static void set_opts(struct link *l, int fd)
 static void arm_recv(struct link *l, struct io_uring *ring)
 {
 	struct io_uring_sqe *sqe = ring_sqe(ring);
-	io_uring_prep_recv(sqe, l->fd, l->rx + l->rx_len, LINK_RX_CAP - l->rx_len, 0);
+	io_uring_prep_recv(sqe, l->fd, l->rx + l->rx_len, l->rx_cap - l->rx_len, 0);
 	sqe->user_data = link_ud(l, OP_RECV);
 	l->recv_inflight = 1;
 }
 
-static void send_hello(struct link *l)
+/* ---- control frames ------------------------------------------------------------ */
+
+/* Queue ERROR code/text; the link closes once it has left (or after 1 s). */
+static void queue_error(struct link *l, unsigned code, const char *text)
 {
+	size_t n = strlen(text);
+	if (n > sizeof l->err_text)
+		n = sizeof l->err_text;
+	memcpy(l->err_text, text, n);
+	l->err_len = (uint8_t)n;
+	l->err_code = (uint8_t)code;
+	l->ctrl |= LC_ERROR;
+	l->close_after_send = 1;
+}
+
+/* Encode every pending control frame into ctrl_buf; returns the bytes. */
+static size_t build_ctrl(struct link *l)
+{
+	size_t n = 0;
+	uint8_t *b = l->ctrl_buf;
+	if (l->ctrl & LC_HELLO) {
+		memcpy(b + n, l->hello_mine, l->hello_mine_len);
+		n += l->hello_mine_len;
+	}
+	if (l->ctrl & LC_AUTH) {
+		uint8_t mac[PEERAUTH_MAC];
+		const uint8_t *hc = l->outbound ? l->hello_mine : l->hello_peer;
+		const uint8_t *ha = l->outbound ? l->hello_peer : l->hello_mine;
+		size_t nc = l->outbound ? l->hello_mine_len : l->hello_peer_len;
+		size_t na = l->outbound ? l->hello_peer_len : l->hello_mine_len;
+		peerauth_mac(l->keys, peerauth_sign_id(l->keys), l->outbound ? PEERAUTH_DIR_CONNECT : PEERAUTH_DIR_ACCEPT,
+			     hc, nc, ha, na, mac);
+		struct dist_frame f = {.type = DIST_AUTH};
+		f.auth.mac = mac;
+		n += dist_encode(&f, b + n, LINK_CTRL_BUF - n);
+	}
+	if (l->ctrl & LC_ERROR) {
+		struct dist_frame f = {.type = DIST_ERROR};
+		f.error.code = l->err_code;
+		f.error.text = (struct proto_bytes){(const uint8_t *)l->err_text, l->err_len};
+		n += dist_encode(&f, b + n, LINK_CTRL_BUF - n);
+	}
+	if (l->ctrl & LC_CREDIT) {
+		struct dist_frame f = {.type = DIST_CREDIT};
+		f.credit.bytes = l->ctrl_credit;
+		n += dist_encode(&f, b + n, LINK_CTRL_BUF - n);
+		l->ctrl_credit = 0;
+	}
+	if (l->ctrl & LC_ECHO) {
+		struct dist_frame f = {.type = DIST_HEARTBEAT};
+		f.heartbeat.seq = l->hb_seq_echo;
+		f.heartbeat.t_us = l->hb_t_echo;
+		f.heartbeat.reply = 1;
+		n += dist_encode(&f, b + n, LINK_CTRL_BUF - n);
+	}
+	if (l->ctrl & LC_BEAT) {
+		struct dist_frame f = {.type = DIST_HEARTBEAT};
+		f.heartbeat.seq = l->hb_seq_out;
+		f.heartbeat.t_us = l->hb_t_out;
+		n += dist_encode(&f, b + n, LINK_CTRL_BUF - n);
+	}
+	l->ctrl = 0;
+	return n;
+}
+
+/* Our HELLO, encoded once per connection (the AUTH MACs cover its bytes). */
+static int make_hello(struct link *l)
+{
+	peerauth_nonce(l->nonce);
 	struct dist_frame f = {.type = DIST_HELLO};
 	f.hello.version = DIST_VERSION;
 	f.hello.role = l->my_role;
 	f.hello.node = l->my_node;
 	f.hello.thread = l->my_thread;
 	f.hello.threads = l->my_threads;
-	push_ctrl(l, &f);
+	f.hello.key_id = peerauth_sign_id(l->keys);
+	f.hello.nonce = l->nonce;
+	size_t n = dist_encode(&f, l->hello_mine, sizeof l->hello_mine);
+	if (n == 0 || n > sizeof l->hello_mine)
+		return -1;
+	l->hello_mine_len = (uint8_t)n;
+	l->ctrl |= LC_HELLO;
+	return 0;
 }
+
+/* ---- connection set-up --------------------------------------------------------- */
 
 /* The socket is connected (or accepted): say hello and start reading. */
 static void start_session(struct link *l, struct io_uring *ring, uint64_t now)
 {
-	if (!l->rx)
-		l->rx = malloc(LINK_RX_CAP);
-	if (!l->rx) {
-		link_close(l, ring, "out of memory", now);
+	free(l->rx);
+	l->rx = malloc(LINK_RX_HANDSHAKE);
+	l->rx_cap = LINK_RX_HANDSHAKE;
+	if (!l->rx || !l->keys || l->keys->n == 0 || make_hello(l) != 0) {
+		link_close(l, ring, !l->rx ? "out of memory" : "no cluster key", now);
 		return;
 	}
 	l->rx_len = 0;
@@ -202,7 +241,7 @@ static void start_session(struct link *l, struct io_uring *ring, uint64_t now)
 	l->since_ns = l->last_rx_ns = l->last_tx_ns = l->last_hb_ns = now;
 	l->credit = 0;
 	l->consumed = 0;
-	send_hello(l);
+	l->hello_peer_len = 0;
 	arm_recv(l, ring);
 	link_flush(l, ring, now);
 }
@@ -246,6 +285,8 @@ void link_attach(struct link *l, struct io_uring *ring, int fd, uint64_t now_ns)
 	start_session(l, ring, now_ns);
 }
 
+/* ---- queueing ------------------------------------------------------------------- */
+
 int link_has_room(const struct link *l, size_t bytes)
 {
 	return link_queued(l) + bytes <= l->queue_max;
@@ -282,16 +323,27 @@ int link_add(struct link *l, const struct dist_frame *f)
 	return -EAGAIN;
 }
 
+static void submit_send(struct link *l, struct io_uring *ring)
+{
+	struct io_uring_sqe *sqe = ring_sqe(ring);
+	io_uring_prep_send(sqe, l->fd, l->tx_p + l->tx_off, l->tx_len - l->tx_off, MSG_NOSIGNAL);
+	sqe->user_data = link_ud(l, OP_SEND);
+	l->send_inflight = 1;
+}
+
 static void send_next(struct link *l, struct io_uring *ring, uint64_t now)
 {
-	if (l->send_inflight || l->fd < 0 || (l->state != LINK_HELLO && l->state != LINK_UP))
+	if (l->send_inflight || l->fd < 0 || (l->state != LINK_HELLO && l->state != LINK_AUTH && l->state != LINK_UP))
 		return;
-	struct link_out *o = l->q_head;
-	if (!o)
-		return;
-	if (!o->ctrl) {
-		if (l->state != LINK_UP || (l->hold && o->seq > l->release_seq))
-			return; /* batches only after the peer's HELLO, and held ones not yet */
+	if (l->ctrl) {
+		l->sending = NULL;
+		l->tx_p = l->ctrl_buf;
+		l->tx_len = build_ctrl(l);
+		l->tx_off = 0;
+	} else {
+		struct link_out *o = l->q_head;
+		if (!o || l->close_after_send || l->state != LINK_UP || (l->hold && o->seq > l->release_seq))
+			return; /* batches only once authenticated, and held ones not yet */
 		if ((int64_t)o->len > l->credit) {
 			l->st.credit_stalls++;
 			return;
@@ -299,16 +351,16 @@ static void send_next(struct link *l, struct io_uring *ring, uint64_t now)
 		l->credit -= (int64_t)o->len;
 		l->q_bytes -= o->len;
 		l->st.batches_out++;
+		l->q_head = o->next;
+		if (!l->q_head)
+			l->q_tail = NULL;
+		o->next = NULL;
+		l->sending = o;
+		l->tx_p = o->start;
+		l->tx_len = o->len;
+		l->tx_off = 0;
 	}
-	l->q_head = o->next;
-	if (!l->q_head)
-		l->q_tail = NULL;
-	o->next = NULL;
-	l->sending = o;
-	struct io_uring_sqe *sqe = ring_sqe(ring);
-	io_uring_prep_send(sqe, l->fd, o->start + o->off, o->len - o->off, MSG_NOSIGNAL);
-	sqe->user_data = link_ud(l, OP_SEND);
-	l->send_inflight = 1;
+	submit_send(l, ring);
 	l->last_tx_ns = now;
 }
 
@@ -319,17 +371,39 @@ void link_release(struct link *l, struct io_uring *ring, uint64_t now_ns)
 	send_next(l, ring, now_ns);
 }
 
+void link_drop_held(struct link *l)
+{
+	free(l->cur);
+	l->cur = NULL;
+	/* batches after release_seq are at the tail of the queue */
+	struct link_out **pp = &l->q_head, *last = NULL;
+	while (*pp && (*pp)->seq <= l->release_seq) {
+		last = *pp;
+		pp = &(*pp)->next;
+	}
+	struct link_out *o = *pp;
+	*pp = NULL;
+	l->q_tail = last;
+	while (o) {
+		struct link_out *n = o->next;
+		l->q_bytes -= o->len;
+		free(o);
+		o = n;
+	}
+}
+
 void link_flush(struct link *l, struct io_uring *ring, uint64_t now_ns)
 {
 	end_batch(l);
 	if (l->state == LINK_UP && l->consumed >= LINK_GRANT_EVERY) {
-		struct dist_frame f = {.type = DIST_CREDIT};
-		f.credit.bytes = l->consumed;
+		l->ctrl_credit += l->consumed; /* added to a grant not yet sent */
 		l->consumed = 0;
-		push_ctrl(l, &f);
+		l->ctrl |= LC_CREDIT;
 	}
 	send_next(l, ring, now_ns);
 }
+
+/* ---- closing ---------------------------------------------------------------------- */
 
 static void finish_close(struct link *l, uint64_t now)
 {
@@ -343,8 +417,10 @@ static void finish_close(struct link *l, uint64_t now)
 	l->sending = NULL;
 	free(l->rx);
 	l->rx = NULL;
-	l->rx_len = 0;
-	q_drop_ctrl(l);
+	l->rx_len = l->rx_cap = 0;
+	l->ctrl = 0;
+	l->ctrl_credit = 0;
+	l->close_after_send = 0;
 	if (l->outbound) {
 		/* exponential backoff with +-25% jitter */
 		l->rng ^= l->rng << 13;
@@ -381,6 +457,13 @@ void link_close(struct link *l, struct io_uring *ring, const char *why, uint64_t
 	finish_close(l, now_ns);
 }
 
+/* A violation by the peer: counted, logged, closed. */
+static void violation(struct link *l, struct io_uring *ring, const char *why, uint64_t now)
+{
+	l->st.violations++;
+	link_close(l, ring, why, now);
+}
+
 int link_quiet(const struct link *l)
 {
 	return !l->recv_inflight && !l->send_inflight && !l->connect_inflight;
@@ -407,41 +490,142 @@ void link_free(struct link *l)
 	l->q_bytes = 0;
 }
 
-static void on_hello(struct link *l, struct io_uring *ring, const struct dist_frame *f, uint64_t now)
+/* ---- handshake ------------------------------------------------------------------------ */
+
+/* Refuse the peer: ERROR auth_failed, then close; counted and logged. */
+static void refuse(struct link *l, struct io_uring *ring, const char *why, uint64_t now)
+{
+	log_rl(LOG_WARN, "link %s: peer refused: %s", l->name, why);
+	queue_error(l, PROTO_E_AUTH_FAILED, why);
+	l->since_ns = now;
+	link_flush(l, ring, now);
+}
+
+static void on_hello(struct link *l, struct io_uring *ring, const struct dist_frame *f, const uint8_t *raw,
+		     uint64_t now)
 {
 	if (l->state != LINK_HELLO) {
-		link_close(l, ring, "second HELLO", now);
+		violation(l, ring, "second HELLO", now);
 		return;
 	}
-	const char *bad = f->hello.version != DIST_VERSION ? "protocol version mismatch"
-			  : (l->expect_role && f->hello.role != l->expect_role) ? "peer has the wrong role"
-										 : NULL;
+	char why[96];
+	const char *bad = NULL;
+	if (f->hello.version != DIST_VERSION) {
+		snprintf(why, sizeof why, "protocol version %u, this node speaks %u", f->hello.version, DIST_VERSION);
+		bad = why;
+	} else if (l->expect_role && f->hello.role != l->expect_role) {
+		bad = "peer has the wrong role";
+	} else if (!peerauth_has(l->keys, f->hello.key_id)) {
+		snprintf(why, sizeof why, "unknown cluster key id %08x (not in the cluster secret file)",
+			 (unsigned)f->hello.key_id);
+		bad = why;
+	} else if (f->size > sizeof l->hello_peer) {
+		bad = "HELLO too long";
+	}
+	if (!bad && l->ops->on_hello)
+		bad = l->ops->on_hello(l->arg, l, f);
 	if (bad) {
-		struct dist_frame e = {.type = DIST_ERROR};
-		e.error.code = PROTO_E_VERSION;
-		e.error.text = (struct proto_bytes){(const uint8_t *)bad, (uint32_t)strlen(bad)};
-		push_ctrl(l, &e);
-		log_rl(LOG_WARN, "link %s: %s", l->name, bad);
-		l->close_after_send = 1; /* the ERROR goes out first, then the close */
-		l->since_ns = now;
-		link_flush(l, ring, now);
+		l->st.refused_hello++;
+		if (f->hello.version != DIST_VERSION) {
+			/* a peer of another version: tell it so with the version code */
+			log_rl(LOG_WARN, "link %s: peer refused: %s", l->name, bad);
+			queue_error(l, PROTO_E_VERSION, bad);
+			l->since_ns = now;
+			link_flush(l, ring, now);
+			return;
+		}
+		refuse(l, ring, bad, now);
 		return;
 	}
+	memcpy(l->hello_peer, raw, f->size);
+	l->hello_peer_len = (uint8_t)f->size;
+	l->peer_key = f->hello.key_id;
 	l->peer_role = f->hello.role;
 	l->peer_node = f->hello.node;
 	l->peer_thread = f->hello.thread;
 	l->peer_threads = f->hello.threads;
+	l->state = LINK_AUTH;
+	l->ctrl |= LC_AUTH;
+	send_next(l, ring, now);
+}
+
+static void on_auth(struct link *l, struct io_uring *ring, const struct dist_frame *f, uint64_t now)
+{
+	if (l->state != LINK_AUTH) {
+		violation(l, ring, l->state == LINK_UP ? "second AUTH" : "AUTH before HELLO", now);
+		return;
+	}
+	const uint8_t *hc = l->outbound ? l->hello_mine : l->hello_peer;
+	const uint8_t *ha = l->outbound ? l->hello_peer : l->hello_mine;
+	size_t nc = l->outbound ? l->hello_mine_len : l->hello_peer_len;
+	size_t na = l->outbound ? l->hello_peer_len : l->hello_mine_len;
+	/* the peer's MAC is of the other direction than ours */
+	if (peerauth_verify(l->keys, l->peer_key, l->outbound ? PEERAUTH_DIR_ACCEPT : PEERAUTH_DIR_CONNECT, hc, nc, ha,
+			    na, f->auth.mac) != 0) {
+		l->st.auth_failures++;
+		refuse(l, ring, "authentication failed (wrong cluster secret?)", now);
+		return;
+	}
+	uint8_t *rx = realloc(l->rx, LINK_RX_CAP);
+	if (!rx) {
+		link_close(l, ring, "out of memory", now);
+		return;
+	}
+	l->rx = rx;
+	l->rx_cap = LINK_RX_CAP;
 	l->state = LINK_UP;
 	l->credit = LINK_INITIAL_CREDIT;
 	l->backoff_ns = LINK_BACKOFF_MIN_NS;
 	if (!l->outbound) {
 		char a[48];
-		snprintf(a, sizeof a, "%s %u/%u", f->hello.role == DIST_ROLE_GATEWAY ? "gateway" : "backend",
-			 f->hello.node, f->hello.thread);
+		snprintf(a, sizeof a, "%s %u/%u", l->peer_role == DIST_ROLE_GATEWAY ? "gateway" : "backend", l->peer_node,
+			 l->peer_thread);
 		snprintf(l->name, sizeof l->name, "%s", a);
 	}
 	if (l->ops->on_up)
 		l->ops->on_up(l->arg, l);
+}
+
+/* A grant of credit from the peer; 0, or -1 after closing on a violation. */
+static int take_credit(struct link *l, struct io_uring *ring, uint64_t bytes, uint64_t now)
+{
+	if (bytes > LINK_CREDIT_MAX || (uint64_t)l->credit > LINK_CREDIT_MAX - bytes) {
+		violation(l, ring, "CREDIT beyond any possible need: closing", now);
+		return -1;
+	}
+	l->credit += (int64_t)bytes;
+	return 0;
+}
+
+/* ---- receiving ---------------------------------------------------------------------- */
+
+static int handle_batch(struct link *l, struct io_uring *ring, const struct dist_frame *f, long n, uint64_t now)
+{
+	l->st.batches_in++;
+	l->consumed += (uint64_t)n;
+	struct dist_iter it;
+	struct dist_frame in;
+	int r;
+	dist_batch_iter(f, &it);
+	while ((r = dist_batch_next(&it, &in)) == 1) {
+		l->st.frames_in++;
+		if (in.type == DIST_CREDIT) {
+			if (take_credit(l, ring, in.credit.bytes, now) != 0)
+				return -1;
+		} else {
+			l->ops->on_frame(l->arg, l, &in);
+		}
+		if (l->state != LINK_UP)
+			return -1; /* the owner closed it */
+	}
+	if (r < 0) {
+		char why[96];
+		snprintf(why, sizeof why, "malformed frame in batch %llu (%s): closing", (unsigned long long)f->batch.seq,
+			 proto_err_name((unsigned)-r));
+		violation(l, ring, why, now);
+		return -1;
+	}
+	return 0;
 }
 
 /* Handle every complete frame in rx; returns -1 after closing the link. */
@@ -457,55 +641,44 @@ static int process_rx(struct link *l, struct io_uring *ring, uint64_t now)
 			char why[96];
 			snprintf(why, sizeof why, "malformed frame (%s, type 0x%02x): closing", proto_err_name((unsigned)-n),
 				 l->rx_len - off > 1 ? l->rx[off + 1] : 0);
-			link_close(l, ring, why, now);
+			violation(l, ring, why, now);
+			return -1;
+		}
+		if (l->close_after_send) {
+			off += (size_t)n; /* refused or failing: read and drop until the ERROR has left */
+			continue;
+		}
+		/* before the peer is authenticated: HELLO, then AUTH, or ERROR */
+		if (l->state != LINK_UP && f.type != DIST_HELLO && f.type != DIST_AUTH && f.type != DIST_ERROR) {
+			char why[64];
+			snprintf(why, sizeof why, "%s before authentication: closing", dist_type_name(f.type));
+			violation(l, ring, why, now);
 			return -1;
 		}
 		switch (f.type) {
 		case DIST_HELLO:
-			on_hello(l, ring, &f, now);
+			on_hello(l, ring, &f, l->rx + off, now);
 			break;
-		case DIST_BATCH: {
-			if (l->close_after_send)
-				break;
-			if (l->state != LINK_UP) {
-				link_close(l, ring, "batch before HELLO", now);
-				return -1;
-			}
-			l->st.batches_in++;
-			l->consumed += (uint64_t)n;
-			struct dist_iter it;
-			struct dist_frame in;
-			int r;
-			dist_batch_iter(&f, &it);
-			while ((r = dist_batch_next(&it, &in)) == 1) {
-				l->st.frames_in++;
-				if (in.type == DIST_CREDIT)
-					l->credit += (int64_t)in.credit.bytes;
-				else
-					l->ops->on_frame(l->arg, l, &in);
-				if (l->state != LINK_UP)
-					return -1; /* the owner closed it */
-			}
-			if (r < 0) {
-				char why[96];
-				snprintf(why, sizeof why, "malformed frame in batch %llu (%s): closing",
-					 (unsigned long long)f.batch.seq, proto_err_name((unsigned)-r));
-				link_close(l, ring, why, now);
-				return -1;
-			}
+		case DIST_AUTH:
+			on_auth(l, ring, &f, now);
 			break;
-		}
+		case DIST_BATCH:
+			if (handle_batch(l, ring, &f, n, now) != 0)
+				return -1;
+			break;
 		case DIST_CREDIT:
-			l->credit += (int64_t)f.credit.bytes;
+			if (take_credit(l, ring, f.credit.bytes, now) != 0)
+				return -1;
 			break;
 		case DIST_HEARTBEAT:
 			if (f.heartbeat.reply) {
 				uint64_t us = now / 1000;
 				l->st.rtt_us = us > f.heartbeat.t_us ? us - f.heartbeat.t_us : 0;
 			} else {
-				struct dist_frame e = f;
-				e.heartbeat.reply = 1;
-				push_ctrl(l, &e);
+				/* one echo pending at most: a newer request replaces it */
+				l->hb_seq_echo = f.heartbeat.seq;
+				l->hb_t_echo = f.heartbeat.t_us;
+				l->ctrl |= LC_ECHO;
 			}
 			break;
 		case DIST_ERROR: {
@@ -568,15 +741,18 @@ void link_complete(struct link *l, struct io_uring *ring, const struct io_uring_
 			finish_close(l, now_ns);
 			return;
 		}
-		if (l->rx_len == LINK_RX_CAP) {
-			link_close(l, ring, "frame larger than the receive buffer", now_ns);
+		if (l->rx_len == l->rx_cap) {
+			violation(l, ring,
+				  l->state == LINK_UP ? "frame larger than the receive buffer"
+						      : "more than a handshake before authentication",
+				  now_ns);
 			return;
 		}
 		arm_recv(l, ring);
+		send_next(l, ring, now_ns); /* an echo or an AUTH may be pending */
 		return;
 	case OP_SEND: {
 		l->send_inflight = 0;
-		struct link_out *o = l->sending;
 		if (l->state == LINK_CLOSING || res <= 0) {
 			if (l->state != LINK_CLOSING)
 				link_close(l, ring, res == 0 ? "send made no progress" : strerror(-res), now_ns);
@@ -585,17 +761,14 @@ void link_complete(struct link *l, struct io_uring *ring, const struct io_uring_
 			return;
 		}
 		l->st.bytes_out += (uint64_t)res;
-		o->off += (size_t)res;
-		if (o->off < o->len) {
-			struct io_uring_sqe *sqe = ring_sqe(ring);
-			io_uring_prep_send(sqe, l->fd, o->start + o->off, o->len - o->off, MSG_NOSIGNAL);
-			sqe->user_data = link_ud(l, OP_SEND);
-			l->send_inflight = 1;
+		l->tx_off += (size_t)res;
+		if (l->tx_off < l->tx_len) {
+			submit_send(l, ring);
 			return;
 		}
-		free(o);
+		free(l->sending);
 		l->sending = NULL;
-		if (l->close_after_send && (!l->q_head || !l->q_head->ctrl)) {
+		if (l->close_after_send && !(l->ctrl & LC_ERROR)) {
 			link_close(l, ring, "closing after an error", now_ns);
 			return;
 		}
@@ -621,21 +794,26 @@ void link_tick(struct link *l, struct io_uring *ring, uint64_t now_ns)
 			link_close(l, ring, "connect timed out", now_ns);
 		return;
 	case LINK_HELLO:
+	case LINK_AUTH:
 		if (l->close_after_send && now_ns - l->since_ns > 1000000000ull)
 			link_close(l, ring, "closing after an error", now_ns);
-		else if (now_ns - l->since_ns > LINK_DEAD_NS)
-			link_close(l, ring, "no HELLO from the peer", now_ns);
+		else if (now_ns - l->since_ns > LINK_HANDSHAKE_NS)
+			link_close(l, ring, l->state == LINK_HELLO ? "no HELLO from the peer" : "no AUTH from the peer",
+				   now_ns);
 		return;
 	case LINK_UP:
+		if (l->close_after_send && now_ns - l->since_ns > 1000000000ull) {
+			link_close(l, ring, "closing after an error", now_ns);
+			return;
+		}
 		if (now_ns - l->last_rx_ns > LINK_DEAD_NS) {
 			link_close(l, ring, "nothing received for 3 s", now_ns);
 			return;
 		}
 		if (now_ns - l->last_hb_ns >= LINK_HEARTBEAT_NS) {
-			struct dist_frame f = {.type = DIST_HEARTBEAT};
-			f.heartbeat.seq = ++l->hb_seq;
-			f.heartbeat.t_us = now_ns / 1000;
-			push_ctrl(l, &f);
+			l->hb_seq_out = ++l->hb_seq;
+			l->hb_t_out = now_ns / 1000;
+			l->ctrl |= LC_BEAT;
 			l->last_hb_ns = now_ns;
 			send_next(l, ring, now_ns);
 		}

@@ -11,10 +11,25 @@
  * refuses (-EAGAIN) once the bound is reached, so the owner can answer
  * "try again" instead of growing memory.
  *
- * Flow control: after HELLO each side may send LINK_INITIAL_CREDIT bytes of
- * batches; the receiver grants more (CREDIT) as it consumes them. A sender out
- * of credit keeps batches queued, so a slow peer slows its senders.
- * CREDIT and HEARTBEAT travel outside batches and never wait for credit.
+ * Handshake: each side sends HELLO (identity, key id, nonce); once it has the
+ * peer's HELLO and ops->on_hello() accepts the identity, it sends AUTH (an
+ * HMAC over both HELLOs with the cluster key, runtime/peerauth.h) and waits
+ * for the peer's. Nothing but HELLO, AUTH and ERROR is accepted before the
+ * peer's AUTH checks out; the link is UP (ops->on_up) only then. A refused
+ * or failed handshake gets ERROR auth_failed and a close, counted in
+ * st.refused_hello / st.auth_failures and logged (rate-limited). The whole
+ * handshake must finish within LINK_HANDSHAKE_NS, and until it has, the link
+ * holds a receive buffer of LINK_RX_HANDSHAKE bytes only.
+ *
+ * Flow control: after the handshake each side may send LINK_INITIAL_CREDIT
+ * bytes of batches; the receiver grants more (CREDIT) as it consumes them. A
+ * sender out of credit keeps batches queued, so a slow peer slows its
+ * senders. A grant that would take the credit past LINK_CREDIT_MAX is a
+ * violation (the link closes). Control frames (HELLO, AUTH, ERROR, CREDIT,
+ * HEARTBEAT and its echo) travel outside batches, never wait for credit and
+ * are never queued: each has one pending slot (a second CREDIT adds to the
+ * first, a second echo replaces the first), so a peer that floods heartbeats
+ * and never reads costs a fixed few bytes.
  *
  * Liveness: a HEARTBEAT every second asks for an echo (round-trip time); a
  * link with nothing received for LINK_DEAD_NS is closed. An outbound link
@@ -37,21 +52,29 @@
 #include "runtime/addr.h"
 
 #define LINK_INITIAL_CREDIT (4u << 20)
+#define LINK_CREDIT_MAX (1ull << 40) /* more is a violation: no peer grants a terabyte */
 #define LINK_GRANT_EVERY (1u << 20) /* grant credit once this much was consumed */
 #define LINK_RX_CAP (DIST_MAX_FRAME + 4096u)
+#define LINK_RX_HANDSHAKE 512u /* receive buffer until the peer is authenticated */
+#define LINK_HANDSHAKE_NS 2000000000ull
+#define LINK_HELLO_MAX 96u /* an encoded HELLO (about 55 bytes) */
+#define LINK_CTRL_BUF 320u /* every pending control frame at once */
 #define LINK_HEARTBEAT_NS 1000000000ull
 #define LINK_DEAD_NS 3000000000ull
 #define LINK_BACKOFF_MIN_NS 100000000ull
 #define LINK_BACKOFF_MAX_NS 5000000000ull
 
-enum link_state { LINK_IDLE, LINK_CONNECTING, LINK_HELLO, LINK_UP, LINK_BACKOFF, LINK_CLOSING };
+enum link_state { LINK_IDLE, LINK_CONNECTING, LINK_HELLO, LINK_AUTH, LINK_UP, LINK_BACKOFF, LINK_CLOSING };
 
 struct link;
 
 struct link_ops {
+	/* the peer's HELLO (version and role checked already): return NULL to
+	 * go on, or why this peer is refused (it gets ERROR auth_failed) */
+	const char *(*on_hello)(void *arg, struct link *l, const struct dist_frame *hello);
 	/* an inner frame of a received batch (views valid during the call) */
 	void (*on_frame)(void *arg, struct link *l, const struct dist_frame *f);
-	/* HELLO exchanged: the peer's identity is in l->peer_* */
+	/* handshake done: the peer's identity is in l->peer_* */
 	void (*on_up)(void *arg, struct link *l);
 	/* the connection was lost (why: a short reason); queued frames stay */
 	void (*on_down)(void *arg, struct link *l, const char *why);
@@ -60,9 +83,11 @@ struct link_ops {
 struct link_stats {
 	uint64_t frames_out, frames_in, batches_out, batches_in, bytes_out, bytes_in;
 	uint64_t reconnects, connect_failures, credit_stalls, refused, rtt_us;
+	uint64_t refused_hello, auth_failures, violations;
 };
 
-struct link_out; /* a queued batch or control frame */
+struct link_out; /* a queued batch */
+struct peerauth_keys;
 
 struct link {
 	/* identity */
@@ -77,19 +102,34 @@ struct link {
 	uint32_t my_node, my_thread, my_threads;
 	uint32_t peer_node, peer_thread, peer_threads;
 	uint8_t expect_role; /* 0 = any */
-	int close_after_send; /* an ERROR is queued: close once it has left (or after 1 s) */
+	int close_after_send; /* an ERROR is pending: close once it has left (or after 1 s) */
+	/* handshake */
+	const struct peerauth_keys *keys;
+	uint8_t nonce[DIST_NONCE];
+	uint8_t hello_mine[LINK_HELLO_MAX], hello_peer[LINK_HELLO_MAX];
+	uint8_t hello_mine_len, hello_peer_len;
+	uint32_t peer_key;
+	/* control frames waiting to be sent: one slot each (LC_* bits in link.c) */
+	unsigned ctrl;
+	uint8_t err_code;
+	uint8_t err_len;
+	char err_text[96];
+	uint64_t ctrl_credit, hb_seq_out, hb_t_out, hb_seq_echo, hb_t_echo;
+	uint8_t ctrl_buf[LINK_CTRL_BUF]; /* the control frames of the send in flight */
 	int hold;             /* set: only batches up to release_seq leave (control
 			       * frames always do): the backend's batches wait until
 			       * the writes they acknowledge are committed */
 	uint64_t release_seq;
 	/* receive */
 	uint8_t *rx;
-	size_t rx_len;
+	size_t rx_len, rx_cap;
 	int recv_inflight, send_inflight, connect_inflight;
 	/* send */
 	uint8_t *cur; /* batch under construction (DIST_BATCH_HEADROOM + batch_cap) */
 	struct dist_batch batch;
-	struct link_out *q_head, *q_tail, *sending;
+	struct link_out *q_head, *q_tail, *sending; /* sending: a batch, or NULL with ctrl_buf in flight */
+	const uint8_t *tx_p; /* what the send in flight sends */
+	size_t tx_len, tx_off;
 	size_t q_bytes;
 	uint64_t seq_out;
 	int64_t credit;
@@ -106,13 +146,14 @@ struct link {
 	char name[48]; /* for logs: "backend 2 (127.0.0.1:7000)" */
 };
 
-/* Set up an idle link. batch_cap: bytes per batch before it is closed early
- * (<= DIST_MAX_FRAME; 0 turns batching off: one frame per batch and send, to
+/* Set up an idle link. keys: the cluster keys (kept by pointer, must outlive
+ * the link); batch_cap: bytes per batch before it is closed early (<=
+ * DIST_MAX_FRAME; 0 turns batching off: one frame per batch and send, to
  * measure what batching buys); queue_max: bound on queued bytes; sockbuf:
  * SO_SNDBUF and SO_RCVBUF (0 = kernel default). */
 void link_init(struct link *l, unsigned idx, unsigned ud_kind, const struct link_ops *ops, void *arg,
-	       uint8_t my_role, uint32_t my_node, uint32_t my_thread, uint32_t my_threads, size_t batch_cap,
-	       size_t queue_max, int sockbuf);
+	       const struct peerauth_keys *keys, uint8_t my_role, uint32_t my_node, uint32_t my_thread,
+	       uint32_t my_threads, size_t batch_cap, size_t queue_max, int sockbuf);
 
 /* Outbound: connect to peer now, and reconnect whenever the link is lost. */
 void link_connect(struct link *l, struct io_uring *ring, const struct addr *peer, uint64_t now_ns);
@@ -133,6 +174,10 @@ void link_flush(struct link *l, struct io_uring *ring, uint64_t now_ns);
 /* With hold set: close the batch under construction and let every batch
  * built so far leave (call right after the commit that covers them). */
 void link_release(struct link *l, struct io_uring *ring, uint64_t now_ns);
+
+/* With hold set: drop the batch under construction and every batch built
+ * since the last release (what a failed commit must not let leave). */
+void link_drop_held(struct link *l);
 
 /* Heartbeats, dead-peer detection, reconnects. Call every iteration (cheap). */
 void link_tick(struct link *l, struct io_uring *ring, uint64_t now_ns);

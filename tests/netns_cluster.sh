@@ -55,17 +55,21 @@ be2=$("$net" addr be2)
 cat >"$tmp/cluster.conf" <<EOF
 backend 11 $be1:7001
 backend 12 $be2:7001
+gateway 1
+gateway 2
 EOF
 "$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
+"$b/tools/mint-token" --new-secret "$tmp/cluster.secret" 2>/dev/null
+cs="--cluster-secret-file $tmp/cluster.secret"
 
-"$net" exec be1 "$b/backend/backend" --node 11 --cluster "$tmp/cluster.conf" --data-dir "$tmp/be1" \
+"$net" exec be1 "$b/backend/backend" --node 11 --cluster "$tmp/cluster.conf" $cs --data-dir "$tmp/be1" \
 	--stats-listen "$be1:9101" >"$logs/be1.log" 2>&1 &
-"$net" exec be2 "$b/backend/backend" --node 12 --cluster "$tmp/cluster.conf" --data-dir "$tmp/be2" \
+"$net" exec be2 "$b/backend/backend" --node 12 --cluster "$tmp/cluster.conf" $cs --data-dir "$tmp/be2" \
 	--stats-listen "$be2:9101" >"$logs/be2.log" 2>&1 &
 sleep 0.5
-"$net" exec gw1 "$b/gateway/gateway" --node 1 --threads 2 --cluster "$tmp/cluster.conf" \
+"$net" exec gw1 "$b/gateway/gateway" --node 1 --threads 2 --cluster "$tmp/cluster.conf" $cs \
 	--auth-secret-file "$tmp/secret" --listen "$gw1:5222" --stats-listen "$gw1:9100" >"$logs/gw1.log" 2>&1 &
-"$net" exec gw2 "$b/gateway/gateway" --node 2 --threads 2 --cluster "$tmp/cluster.conf" \
+"$net" exec gw2 "$b/gateway/gateway" --node 2 --threads 2 --cluster "$tmp/cluster.conf" $cs \
 	--auth-secret-file "$tmp/secret" --listen "$gw2:5222" --stats-listen "$gw2:9100" >"$logs/gw2.log" 2>&1 &
 # every gateway thread links to both backends: 4 "up" lines per gateway log
 for _ in $(seq 100); do

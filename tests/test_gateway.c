@@ -1458,19 +1458,23 @@ Test(gateway, stats_endpoint, .timeout = 30)
 /* ---- hostile clients (regression tests) ------------------------------------------------ */
 
 /* A cluster file naming one backend that nobody runs (its port reserved and
- * never listened on): the gateway's fallback path to a backend is live, and
- * every link stays down. Returns the path (static). */
-static const char *dead_cluster_file(int *port_fd)
+ * never listened on) and this gateway (node 1), with a cluster secret file
+ * beside it: the gateway's fallback path to a backend is live, and every
+ * link stays down. Returns the path (static); *secret gets the secret's. */
+static const char *dead_cluster_file(int *port_fd, const char **secret)
 {
-	static char path[PATH_MAX + 64];
+	static char path[PATH_MAX + 64], spath[PATH_MAX + 80];
 	unsigned port = tc_port_reserve(port_fd);
 	cr_assert(port, "no free port: %s", strerror(errno));
 	snprintf(path, sizeof path, "%s/tests/gateway-e2e/%s.%d.cluster", tc_build_dir(),
 		 criterion_current_test ? criterion_current_test->name : "test", (int)getpid());
 	FILE *f = fopen(path, "w");
 	cr_assert(f, "cannot write %s: %s", path, strerror(errno));
-	fprintf(f, "backend 11 127.0.0.1:%u\n", port);
+	fprintf(f, "backend 11 127.0.0.1:%u\ngateway 1\n", port);
 	cr_assert_eq(fclose(f), 0);
+	snprintf(spath, sizeof spath, "%s.secret", path);
+	cr_assert_eq(tc_secret_new(spath, NULL), 0, "cannot write %s", spath);
+	*secret = spath;
 	return path;
 }
 
@@ -1487,8 +1491,8 @@ Test(gateway, self_send_cut_while_handling_carried_frame, .timeout = 40)
 	snprintf(d, sizeof d, "%s/tests/gateway-e2e", tc_build_dir());
 	mkdir(d, 0755);
 	int cl_fd = -1;
-	const char *cl = dead_cluster_file(&cl_fd);
-	gw_start("--cluster", cl, "--sndbuf", "8k", NULL);
+	const char *cs, *cl = dead_cluster_file(&cl_fd, &cs);
+	gw_start("--cluster", cl, "--cluster-secret-file", cs, "--sndbuf", "8k", NULL);
 	struct tc_conn a;
 	uint64_t ua = 19001;
 	int r = tc_connect(&a, G.port, 4096, 3000);

@@ -231,6 +231,7 @@ static struct {
 	char dir[PATH_MAX];
 	char secret[PATH_MAX];
 	char cluster[PATH_MAX];
+	char cluster_secret[PATH_MAX];
 	char data[PATH_MAX];
 	struct proc gw[NGW], be;
 	int ngw, with_be;
@@ -354,12 +355,14 @@ static void be_start(void)
 	PATHF(F.data, "%s/data", F.dir);
 	FILE *f = fopen(F.cluster, "w");
 	cr_assert(f, "cannot write %s", F.cluster);
-	fprintf(f, "# backend NODE_ID IP:PORT\nbackend 11 127.0.0.1:%u\n", p->port);
+	fprintf(f, "# backend NODE_ID IP:PORT\nbackend 11 127.0.0.1:%u\ngateway 1\ngateway 2\n", p->port);
 	fclose(f);
+	PATHF(F.cluster_secret, "%s/cluster.secret", F.dir);
+	cr_assert_eq(tc_secret_new(F.cluster_secret, NULL), 0, "cannot write %s", F.cluster_secret);
 	char stats[64];
 	snprintf(stats, sizeof stats, "127.0.0.1:%u", p->stats);
-	const char *argv[] = {"--node", "11", "--cluster", F.cluster, "--data-dir", F.data, "--stats-listen", stats,
-			      "--store-size", "64m", NULL};
+	const char *argv[] = {"--node", "11", "--cluster", F.cluster, "--cluster-secret-file", F.cluster_secret,
+			      "--data-dir", F.data, "--stats-listen", stats, "--store-size", "64m", NULL};
 	spawn(p, "backend/backend", argv);
 	F.with_be = 1;
 	wait_healthy(p);
@@ -383,6 +386,8 @@ static unsigned gw_start(int i)
 	if (F.with_be) {
 		argv[n++] = "--cluster";
 		argv[n++] = F.cluster;
+		argv[n++] = "--cluster-secret-file";
+		argv[n++] = F.cluster_secret;
 	}
 	argv[n] = NULL;
 	spawn(p, "gateway/gateway", argv);
