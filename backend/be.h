@@ -34,28 +34,37 @@
 #define BE_MAX_LINKS 4096u
 #define BE_MAX_HANDSHAKES 64u  /* links not yet authenticated; more connections are refused */
 #define BE_FLUSH_PER_USER 256u /* stored messages sent per user per iteration at login */
+#define BE_RCPT_PER_PEER 64u   /* stored receipts kept per (user, peer): older ones give way */
+#define BE_BUDGET_MAX 65536u   /* senders with a partly spent budget tracked before idle ones are swept */
 
 struct be_config {
 	const char *listen, *stats_listen, *cluster_file, *cluster_secret_file, *data_dir, *log_level;
 	int64_t node, store_size, mailbox_max, max_group, link_queue, link_batch, link_sockbuf, dedup_window_ms;
+	int64_t sender_max, receipt_max, fanout_rate;
+	const char *inject_store_fault; /* tests: "OPS:ERR:COUNT" (store_inject) */
 };
 
 struct be_counters {
 	uint64_t links_accepted, links_up, links_lost, sessions, sessions_up, sessions_down, kicks;
 	uint64_t links_refused, links_auth_failed, links_busy, link_violations;
 	uint64_t routed_in, stored, dedup_hits, mailbox_full, store_errors, delivered_online, delivered_login;
+	uint64_t store_full, sender_limited, fanout_limited, requests_failed, commits_failed;
+	uint64_t receipts_unverified, receipts_dropped, receipts_acked;
 	uint64_t group_msgs, group_fanout, group_ops, receipts_in, receipts_deleted, receipts_forwarded, receipts_stored;
 	uint64_t commits, commit_ns_total, commit_ns_max, loops, cqes, malformed;
 	uint64_t frames_in, frames_out, batches_in, batches_out, bytes_in, bytes_out, link_queue_bytes, backlog;
-	uint64_t store_messages, store_mailbox, store_groups, store_used_bytes;
+	uint64_t store_messages, store_mailbox, store_groups, store_receipts, store_used_bytes;
 } __attribute__((aligned(64)));
 
 #define BCNT_ADD(b, f, n) __atomic_store_n(&(b)->cnt.f, (b)->cnt.f + (n), __ATOMIC_RELAXED)
 #define BCNT_SET(b, f, v) __atomic_store_n(&(b)->cnt.f, (v), __ATOMIC_RELAXED)
 
-/* A user whose stored messages are still being sent after login. */
+/* A user whose stored messages (then stored receipts) are still being sent
+ * after login: one entry per user, however many SESSION_UPs came. */
 struct be_backlog {
-	uint64_t user, after;
+	uint64_t user, after;      /* messages: the last smid sent */
+	struct store_rcpt_pos rpos; /* receipts: the last one sent */
+	int receipts;               /* messages done, receipts now */
 };
 
 struct be {
@@ -75,6 +84,8 @@ struct be {
 	struct u64map dir;   /* user -> link index << 48 | conn (48 bits) */
 	struct be_backlog *backlog;
 	size_t nbacklog, backlog_cap;
+	struct u64map backlog_of; /* user -> index in backlog */
+	struct u64map budget;     /* sender -> fan-out budget: tokens << 32 | ms (see node.c) */
 	struct msgid_gen ids;
 	uint64_t now_ns, wall_ms;
 	int in_txn, draining, stop;

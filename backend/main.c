@@ -66,6 +66,16 @@ int main(int argc, char **argv)
 		{"link-sockbuf", OPT_SIZE, &cfg->link_sockbuf, "1m", 0, 1 << 30, "SO_SNDBUF/SO_RCVBUF of gateway links"},
 		{"dedup-window", OPT_MS, &cfg->dedup_window_ms, "10m", 0, 86400000ll * 7,
 		 "remember (sender, cmid) this long so a resent message is not stored twice"},
+		{"sender-max", OPT_INT, &cfg->sender_max, "100000", 1, 1000000000,
+		 "undelivered stored messages (mailbox entries) one sender may have here before ERROR slow_down"},
+		{"receipt-max", OPT_INT, &cfg->receipt_max, "10000", 1, 100000000,
+		 "stored receipts per user (apart from --mailbox-max; at most 64 per peer, older ones give way)"},
+		{"fanout-rate", OPT_INT, &cfg->fanout_rate, "10000", 1, 1000000000,
+		 "mailbox writes per second per sender (a group message to N members is N), burst 2 x this or "
+		 "2 x --max-group; over it: ERROR slow_down"},
+		{"inject-store-fault", OPT_STR, &cfg->inject_store_fault, NULL, 0, 0,
+		 "test hook, never in production: OPS:ERR:COUNT makes the next COUNT store writes of kinds OPS "
+		 "(msg,group,dedup,receipt,delete joined by +) fail with ERR (enospc or eio)"},
 		{"log-level", OPT_STR, &cfg->log_level, "info", 0, 0, "error, warn, info or debug"},
 	};
 	char err[512];
@@ -114,6 +124,38 @@ int main(int argc, char **argv)
 	if (!b.store) {
 		log_error("store: %s", err);
 		return 1;
+	}
+	if (cfg->inject_store_fault) {
+		/* OPS:ERR:COUNT, e.g. msg+dedup:eio:1 (a test hook) */
+		static const struct {
+			const char *name;
+			unsigned op;
+		} names[] = {{"msg", STORE_OP_MSG},
+			     {"group", STORE_OP_GROUP},
+			     {"dedup", STORE_OP_DEDUP},
+			     {"receipt", STORE_OP_RECEIPT},
+			     {"delete", STORE_OP_DELETE}};
+		char ops[64], e[16];
+		unsigned count = 0, mask = 0;
+		int ok = sscanf(cfg->inject_store_fault, "%63[a-z+]:%15[a-z]:%u", ops, e, &count) == 3 &&
+			 (strcmp(e, "eio") == 0 || strcmp(e, "enospc") == 0);
+		for (char *t = ok ? strtok(ops, "+") : NULL; t; t = strtok(NULL, "+")) {
+			size_t k;
+			for (k = 0; k < sizeof names / sizeof names[0] && strcmp(names[k].name, t) != 0; k++)
+				;
+			if (k == sizeof names / sizeof names[0])
+				ok = 0;
+			else
+				mask |= names[k].op;
+		}
+		if (!ok) {
+			fprintf(stderr, "backend: --inject-store-fault: want OPS:ERR:COUNT (OPS msg, group, dedup, receipt, "
+					"delete joined by +; ERR eio or enospc)\n");
+			store_close(b.store);
+			return 2;
+		}
+		store_inject(b.store, mask, strcmp(e, "eio") == 0 ? -EIO : -ENOSPC, count);
+		log_warn("test hook: store writes fail as asked (--inject-store-fault %s)", cfg->inject_store_fault);
 	}
 	b.lfd = socket(la.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	int one = 1;

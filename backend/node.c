@@ -20,13 +20,16 @@
 #include "runtime/log.h"
 #include "runtime/uring.h"
 
-static inline uint64_t dir_val(uint32_t li, uint64_t conn)
+/* The session directory: user -> link index << 48 | connection (48 bits),
+ * bit 63 set when the client acknowledges stored receipts (protocol 2). */
+#define DIR_ACKS (1ull << 63)
+static inline uint64_t dir_val(uint32_t li, uint64_t conn, int acks)
 {
-	return ((uint64_t)li << 48) | (conn & 0xffffffffffffull);
+	return ((uint64_t)li << 48) | (conn & 0xffffffffffffull) | (acks ? DIR_ACKS : 0);
 }
 static inline uint32_t dir_link(uint64_t v)
 {
-	return (uint32_t)(v >> 48);
+	return (uint32_t)((v & ~DIR_ACKS) >> 48);
 }
 static inline uint64_t dir_conn(uint64_t v)
 {
@@ -45,7 +48,9 @@ static int txn(struct be *b)
 	return r;
 }
 
-static struct link *user_link(struct be *b, uint64_t user, uint64_t *conn)
+/* The link of an online user's gateway thread (NULL: offline); *acks: the
+ * client acknowledges stored receipts. */
+static struct link *user_link_acks(struct be *b, uint64_t user, uint64_t *conn, int *acks)
 {
 	uint64_t *v = u64map_get(&b->dir, user);
 	if (!v)
@@ -55,7 +60,14 @@ static struct link *user_link(struct be *b, uint64_t user, uint64_t *conn)
 		return NULL;
 	if (conn)
 		*conn = dir_conn(*v);
+	if (acks)
+		*acks = (*v & DIR_ACKS) != 0;
 	return l;
+}
+
+static struct link *user_link(struct be *b, uint64_t user, uint64_t *conn)
+{
+	return user_link_acks(b, user, conn, NULL);
 }
 
 static void reply(struct be *b, struct link *l, const struct dist_frame *f)
@@ -79,12 +91,13 @@ static void answer_route(struct be *b, struct link *l, const struct dist_frame *
 	reply(b, l, &a);
 }
 
-/* Send a stored item to a user's gateway thread. */
+/* A stored message for a user's gateway thread (its cmid rides in `ref`). */
 static int send_item(struct be *b, struct link *l, uint64_t user, const struct store_msg *m)
 {
 	struct dist_frame f;
 	memset(&f, 0, sizeof f);
 	if (m->kind == STORE_RECEIPT) {
+		/* a receipt kept in the mailbox by an older version of this node */
 		f.type = DIST_RECEIPT;
 		f.receipt.kind = m->rkind;
 		f.receipt.flags = DIST_RCPT_NOTIFY;
@@ -98,6 +111,7 @@ static int send_item(struct be *b, struct link *l, uint64_t user, const struct s
 		f.route.to = user;
 		f.route.group = m->group;
 		f.route.time_ms = m->time_ms;
+		f.route.cmid = m->ref;
 		f.route.body = (struct proto_bytes){m->body, m->len};
 	}
 	int r = link_add(l, &f);
@@ -106,7 +120,124 @@ static int send_item(struct be *b, struct link *l, uint64_t user, const struct s
 	return r;
 }
 
-/* ---- login: stored messages, in order ------------------------------------------- */
+/* The receipt "peer received (kind) owner's message smid", to owner's gateway. */
+static int send_receipt(struct be *b, struct link *l, uint64_t owner, uint64_t peer, uint8_t kind, uint64_t smid)
+{
+	struct dist_frame f = {.type = DIST_RECEIPT};
+	f.receipt.kind = kind;
+	f.receipt.flags = DIST_RCPT_NOTIFY;
+	f.receipt.from = peer;
+	f.receipt.to = owner;
+	f.receipt.smid = smid;
+	int r = link_add(l, &f);
+	if (r == 0)
+		BCNT_ADD(b, frames_out, 1);
+	return r;
+}
+
+/* ---- budgets ------------------------------------------------------------------------
+ * A token bucket per sender of mailbox writes (a message to one user costs 1,
+ * to a group of N members N, a group operation 1 + its member count): the
+ * rate is --fanout-rate per second, the burst twice that or twice
+ * --max-group, whichever is more (so one full group message always fits).
+ * The state is tokens << 32 | the wall clock in ms (mod 2^32) of the last
+ * refill; a full bucket is the same as none, so idle senders are swept. */
+
+static uint32_t budget_burst(const struct be *b)
+{
+	uint64_t burst = (uint64_t)b->cfg.fanout_rate * 2, g = (uint64_t)b->cfg.max_group * 2;
+	if (g > burst)
+		burst = g;
+	return burst > UINT32_MAX ? UINT32_MAX : (uint32_t)burst;
+}
+
+static uint32_t budget_tokens(const struct be *b, uint64_t v, uint32_t now)
+{
+	uint64_t tokens = v >> 32, dt = (uint32_t)(now - (uint32_t)v);
+	tokens += dt * (uint64_t)b->cfg.fanout_rate / 1000;
+	uint32_t burst = budget_burst(b);
+	return tokens > burst ? burst : (uint32_t)tokens;
+}
+
+/* Take n tokens from the sender's bucket; 0 when there are not enough (none taken). */
+static int budget_take(struct be *b, uint64_t sender, uint64_t n)
+{
+	uint32_t now = (uint32_t)b->wall_ms, burst = budget_burst(b);
+	uint64_t *v = u64map_get(&b->budget, sender);
+	uint32_t have = v ? budget_tokens(b, *v, now) : burst;
+	if (n > have)
+		return 0;
+	uint64_t nv = ((uint64_t)(have - n) << 32) | now;
+	if (v) {
+		*v = nv;
+		return 1;
+	}
+	if (b->budget.count >= BE_BUDGET_MAX) {
+		/* sweep the senders whose bucket is full again */
+		size_t pos = 0, k = 0;
+		const struct u64map_ent *e;
+		uint64_t *idle = malloc(b->budget.count * sizeof *idle);
+		while (idle && (e = u64map_next(&b->budget, &pos)))
+			if (budget_tokens(b, e->val, now) >= burst)
+				idle[k++] = e->key;
+		for (size_t i = 0; i < k; i++)
+			u64map_del(&b->budget, idle[i]);
+		free(idle);
+	}
+	if (u64map_put(&b->budget, sender, nv) != 0)
+		log_rl(LOG_ERROR, "out of memory tracking sender budgets");
+	return 1;
+}
+
+/* ---- requests ------------------------------------------------------------------------ */
+
+/* Begin a store request (see store.h); returns 0 or the proto_err answer. */
+static unsigned req_begin(struct be *b, enum store_req kind, size_t writes, size_t bytes)
+{
+	if (txn(b) != 0)
+		return PROTO_E_TRY_AGAIN;
+	int r = store_req_begin(b->store, kind, writes, bytes);
+	if (r == 0)
+		return 0;
+	if (r == -ENOSPC) {
+		BCNT_ADD(b, store_full, 1);
+		log_rl(LOG_WARN, "store: %s refused: the store is nearly full", kind == STORE_REQ_ADMIT ? "a write" : "a delete");
+		return PROTO_E_STORE_FULL;
+	}
+	BCNT_ADD(b, store_errors, 1);
+	log_rl(LOG_ERROR, "store: a request could not start: %s", strerror(-r));
+	return PROTO_E_TRY_AGAIN;
+}
+
+/* End it: keep its writes when ok. A failure undone here fails this request
+ * only; one that could not be undone fails the iteration (see commit()). */
+static void req_end(struct be *b, int ok)
+{
+	if (!ok)
+		BCNT_ADD(b, requests_failed, 1);
+	store_req_end(b->store, ok);
+}
+
+/* The answer for a store result r (0, STORE_E_*, -errno). */
+static unsigned store_answer(struct be *b, int r, const char *what)
+{
+	if (r == 0)
+		return 0;
+	if (r == STORE_E_FULL) {
+		BCNT_ADD(b, mailbox_full, 1);
+		return PROTO_E_MAILBOX_FULL;
+	}
+	if (r == -ENOSPC) {
+		BCNT_ADD(b, store_full, 1);
+		log_rl(LOG_WARN, "store: cannot store %s: the store is full", what);
+		return PROTO_E_STORE_FULL;
+	}
+	BCNT_ADD(b, store_errors, 1);
+	log_rl(LOG_ERROR, "store: cannot store %s: %s", what, r < 0 ? strerror(-r) : "refused");
+	return PROTO_E_TRY_AGAIN;
+}
+
+/* ---- login: stored messages, in order, then stored receipts ------------------------ */
 
 struct flush_ctx {
 	struct be *b;
@@ -114,7 +245,9 @@ struct flush_ctx {
 	uint64_t user, last;
 	size_t sent, receipts_done;
 	uint64_t receipts[BE_FLUSH_PER_USER];
-	int full;
+	int full, acks;
+	struct store_rcpt gone[BE_FLUSH_PER_USER]; /* receipts sent to a client that does not ack them */
+	size_t ngone;
 };
 
 static int flush_one(void *arg, const struct store_msg *m)
@@ -127,29 +260,71 @@ static int flush_one(void *arg, const struct store_msg *m)
 	x->last = m->smid;
 	x->sent++;
 	if (m->kind == STORE_RECEIPT && x->receipts_done < BE_FLUSH_PER_USER)
-		x->receipts[x->receipts_done++] = m->smid; /* receipts are not acknowledged: done once sent */
+		x->receipts[x->receipts_done++] = m->smid; /* an old-style receipt: done once sent */
 	return 0;
 }
 
-/* Send up to BE_FLUSH_PER_USER stored items after `after`; returns 1 when
- * more remain (or the link had no room), 0 when the mailbox is drained. */
-static int flush_mailbox(struct be *b, uint64_t user, uint64_t *after)
+static int flush_rcpt(void *arg, const struct store_rcpt *r)
+{
+	struct flush_ctx *x = arg;
+	if (!link_has_room(x->l, 64) || send_receipt(x->b, x->l, x->user, r->peer, r->kind, r->smid) != 0) {
+		x->full = 1;
+		return 1;
+	}
+	x->sent++;
+	if (!x->acks && x->ngone < BE_FLUSH_PER_USER)
+		x->gone[x->ngone++] = *r; /* a protocol 1 client: sent once, as it always was */
+	return 0;
+}
+
+/* Send up to BE_FLUSH_PER_USER stored items of e; returns 1 when more remain
+ * (or the link had no room), 0 when everything is sent. */
+static int flush_user(struct be *b, struct be_backlog *e)
 {
 	uint64_t conn;
-	struct link *l = user_link(b, user, &conn);
+	int acks = 0;
+	struct link *l = user_link_acks(b, e->user, &conn, &acks);
 	if (!l || txn(b) != 0)
 		return 0;
-	struct flush_ctx x = {b, l, user, *after, 0, 0, {0}, 0};
-	long n = store_scan(b->store, user, *after, BE_FLUSH_PER_USER, flush_one, &x);
-	for (size_t i = 0; i < x.receipts_done; i++)
-		store_ack(b->store, user, x.receipts[i]);
-	BCNT_ADD(b, delivered_login, x.sent - x.receipts_done);
-	*after = x.last;
+	struct flush_ctx x = {.b = b, .l = l, .user = e->user, .last = e->after, .acks = acks};
+	if (!e->receipts) {
+		long n = store_scan(b->store, e->user, e->after, BE_FLUSH_PER_USER, flush_one, &x);
+		if (x.receipts_done && req_begin(b, STORE_REQ_DRAIN, 4 * x.receipts_done, 0) == 0) {
+			int ok = 1;
+			for (size_t i = 0; i < x.receipts_done && ok; i++)
+				ok = store_ack(b->store, e->user, x.receipts[i], NULL) >= 0;
+			req_end(b, ok);
+		}
+		BCNT_ADD(b, delivered_login, x.sent - x.receipts_done);
+		e->after = x.last;
+		if (x.full || n == (long)BE_FLUSH_PER_USER)
+			return 1;
+		e->receipts = 1;
+		x.sent = 0;
+	}
+	long n = store_rcpt_scan(b->store, e->user, &e->rpos, BE_FLUSH_PER_USER, flush_rcpt, &x);
+	if (x.ngone && req_begin(b, STORE_REQ_DRAIN, 3 * x.ngone, 0) == 0) {
+		int ok = 1;
+		for (size_t i = 0; i < x.ngone && ok; i++)
+			ok = store_rcpt_del(b->store, e->user, x.gone[i].peer, x.gone[i].smid) >= 0;
+		req_end(b, ok);
+	}
+	BCNT_ADD(b, receipts_forwarded, x.sent);
 	return x.full || n == (long)BE_FLUSH_PER_USER;
 }
 
-static void backlog_add(struct be *b, uint64_t user, uint64_t after)
+/* A (new) login of user: its stored items from the start, one backlog entry
+ * per user however many logins come. */
+static void backlog_start(struct be *b, uint64_t user)
 {
+	struct be_backlog fresh = {.user = user};
+	uint64_t *at = u64map_get(&b->backlog_of, user);
+	if (at) {
+		b->backlog[*at] = fresh; /* a newer session: everything again, from the start */
+		return;
+	}
+	if (!flush_user(b, &fresh))
+		return;
 	if (b->nbacklog == b->backlog_cap) {
 		size_t cap = b->backlog_cap ? b->backlog_cap * 2 : 256;
 		struct be_backlog *v = realloc(b->backlog, cap * sizeof *v);
@@ -158,7 +333,9 @@ static void backlog_add(struct be *b, uint64_t user, uint64_t after)
 		b->backlog = v;
 		b->backlog_cap = cap;
 	}
-	b->backlog[b->nbacklog++] = (struct be_backlog){user, after};
+	if (u64map_put(&b->backlog_of, user, b->nbacklog) != 0)
+		return;
+	b->backlog[b->nbacklog++] = fresh;
 }
 
 static void run_backlog(struct be *b)
@@ -166,8 +343,14 @@ static void run_backlog(struct be *b)
 	size_t n = b->nbacklog, keep = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct be_backlog e = b->backlog[i];
-		if (flush_mailbox(b, e.user, &e.after))
-			b->backlog[keep++] = e;
+		if (flush_user(b, &e)) {
+			b->backlog[keep] = e;
+			if (keep != i)
+				u64map_put(&b->backlog_of, e.user, keep); /* replaces: cannot fail */
+			keep++;
+		} else {
+			u64map_del(&b->backlog_of, e.user);
+		}
 	}
 	b->nbacklog = keep;
 	BCNT_SET(b, backlog, keep);
@@ -196,7 +379,7 @@ static void on_session_up(struct be *b, struct link *l, const struct dist_frame 
 	} else {
 		BCNT_SET(b, sessions, b->cnt.sessions + 1);
 	}
-	if (u64map_put(&b->dir, user, dir_val(l->idx, f->session.conn)) != 0) {
+	if (u64map_put(&b->dir, user, dir_val(l->idx, f->session.conn, f->session.flags & DIST_SESS_RCPT_ACKS)) != 0) {
 		log_rl(LOG_ERROR, "out of memory in the session directory");
 		return;
 	}
@@ -205,9 +388,7 @@ static void on_session_up(struct be *b, struct link *l, const struct dist_frame 
 	 * order. The login's resume id is not used to drop anything: ids from
 	 * different backends are not ordered against each other, so "below the
 	 * highest id seen" does not mean "seen". Clients drop duplicates by smid. */
-	uint64_t after = 0;
-	if (flush_mailbox(b, user, &after))
-		backlog_add(b, user, after);
+	backlog_start(b, user);
 }
 
 static void on_session_down(struct be *b, struct link *l, const struct dist_frame *f)
@@ -242,6 +423,7 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 	m.group = f->route.group;
 	m.time_ms = f->route.time_ms ? f->route.time_ms : b->wall_ms;
 	m.kind = STORE_MSG;
+	m.ref = f->route.cmid; /* delivered with the message, so receivers can drop a resend */
 	m.body = f->route.body.p;
 	m.len = f->route.body.len;
 	const uint64_t *rcpt = &m.to;
@@ -277,37 +459,79 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 		}
 		rcpt = members_copy;
 		m.to = 0;
-		BCNT_ADD(b, group_msgs, 1);
+	}
+	/* the sender's budgets: writes per second, and undelivered entries held here */
+	unsigned st = 0;
+	if (n && !budget_take(b, m.from, n)) {
+		BCNT_ADD(b, fanout_limited, 1);
+		st = PROTO_E_SLOW_DOWN;
+	} else if (n && (uint64_t)store_sender_count(b->store, m.from) + n > (uint64_t)b->cfg.sender_max) {
+		BCNT_ADD(b, sender_limited, 1);
+		st = PROTO_E_SLOW_DOWN;
+	}
+	if (!st && n)
+		st = req_begin(b, STORE_REQ_ADMIT, 3 * n + 4, (size_t)m.len + 64);
+	if (st) {
+		free(members_copy);
+		answer_route(b, l, f, 0, st);
+		return;
 	}
 	size_t added = 0;
 	int r = n ? store_put(b->store, &m, rcpt, n, (uint32_t)b->cfg.mailbox_max, &added) : 0;
 	if (r == 0 && n > 0 && added == 0)
 		r = STORE_E_FULL; /* every member's mailbox is full: stored nowhere */
-	if (r == STORE_E_FULL) {
-		BCNT_ADD(b, mailbox_full, 1);
-		answer_route(b, l, f, 0, PROTO_E_MAILBOX_FULL);
-	} else if (r != 0) {
-		BCNT_ADD(b, store_errors, 1);
-		log_rl(LOG_ERROR, "store: cannot store a message: %s", r < 0 ? strerror(-r) : "refused");
-		answer_route(b, l, f, 0, PROTO_E_TRY_AGAIN);
-	} else {
-		BCNT_ADD(b, stored, 1);
-		if (f->route.cmid)
-			store_dedup_put(b->store, m.from, dkey, m.smid);
-		answer_route(b, l, f, m.smid, 0);
-		for (size_t i = 0; i < n; i++) {
-			struct link *dl = user_link(b, rcpt[i], NULL);
-			if (!dl)
-				continue;
-			m.to = rcpt[i];
-			if (send_item(b, dl, rcpt[i], &m) == 0) {
-				BCNT_ADD(b, delivered_online, 1);
-				if (f->route.group)
-					BCNT_ADD(b, group_fanout, 1);
-			}
+	if (r == 0 && f->route.cmid)
+		r = store_dedup_put(b->store, m.from, dkey, m.smid);
+	if (n)
+		req_end(b, r == 0);
+	if (r != 0) {
+		answer_route(b, l, f, 0, store_answer(b, r, "a message"));
+		free(members_copy);
+		return;
+	}
+	BCNT_ADD(b, stored, 1);
+	if (f->route.group)
+		BCNT_ADD(b, group_msgs, 1);
+	answer_route(b, l, f, m.smid, 0);
+	for (size_t i = 0; i < n; i++) {
+		struct link *dl = user_link(b, rcpt[i], NULL);
+		if (!dl)
+			continue;
+		m.to = rcpt[i];
+		if (send_item(b, dl, rcpt[i], &m) == 0) {
+			BCNT_ADD(b, delivered_online, 1);
+			if (f->route.group)
+				BCNT_ADD(b, group_fanout, 1);
 		}
 	}
 	free(members_copy);
+}
+
+/* Tell `owner` that `peer` received/read its message smid: kept until the
+ * client acknowledges it when it speaks protocol 2, sent to its gateway when
+ * online. `forward` 0: keep it only (a gateway found the owner gone). */
+static void notify_receipt(struct be *b, uint64_t owner, uint64_t peer, uint8_t kind, uint64_t smid, int forward)
+{
+	int acks = 0;
+	struct link *dl = forward ? user_link_acks(b, owner, NULL, &acks) : NULL;
+	if (!dl || acks) {
+		if (req_begin(b, STORE_REQ_ADMIT, 6, 0) != 0)
+			return; /* counted there */
+		int dropped = 0;
+		int r = store_rcpt_put(b->store, owner, peer, smid, kind, BE_RCPT_PER_PEER,
+				       (uint32_t)b->cfg.receipt_max, &dropped);
+		req_end(b, r == 0);
+		if (r == STORE_E_FULL || dropped)
+			BCNT_ADD(b, receipts_dropped, 1);
+		else if (r == 0)
+			BCNT_ADD(b, receipts_stored, 1);
+		else
+			store_answer(b, r, "a receipt");
+		if (r != 0 && !dl)
+			return;
+	}
+	if (dl && send_receipt(b, dl, owner, peer, kind, smid) == 0)
+		BCNT_ADD(b, receipts_forwarded, 1);
 }
 
 static void on_receipt(struct be *b, const struct dist_frame *f)
@@ -315,36 +539,50 @@ static void on_receipt(struct be *b, const struct dist_frame *f)
 	BCNT_ADD(b, receipts_in, 1);
 	if (txn(b) != 0)
 		return;
-	if ((f->receipt.flags & DIST_RCPT_DELETE) && f->receipt.kind == PROTO_RCPT_DELIVERED) {
-		if (store_ack(b->store, f->receipt.from, f->receipt.smid) == 0)
+	uint64_t reader = f->receipt.from, sender = f->receipt.to;
+	int verified = 0;
+	if ((f->receipt.flags & DIST_RCPT_DELETE) && f->receipt.kind == PROTO_RCPT_DELIVERED &&
+	    req_begin(b, STORE_REQ_DRAIN, 8, 0) == 0) {
+		uint64_t from = 0;
+		int r = store_ack(b->store, reader, f->receipt.smid, &from);
+		req_end(b, r >= 0);
+		if (r == 0) {
 			BCNT_ADD(b, receipts_deleted, 1);
+			verified = from == sender; /* the reader had this message, from this sender */
+		}
 	}
-	if (!(f->receipt.flags & (DIST_RCPT_NOTIFY | DIST_RCPT_STORE)))
-		return;
-	/* STORE: a gateway found `to` gone just as it forwarded: keep it, do not
-	 * forward again (that could bounce between the two forever) */
-	struct link *dl = (f->receipt.flags & DIST_RCPT_STORE) ? NULL : user_link(b, f->receipt.to, NULL);
-	if (dl) {
-		struct dist_frame r = *f;
-		r.receipt.flags = DIST_RCPT_NOTIFY;
-		reply(b, dl, &r);
-		BCNT_ADD(b, receipts_forwarded, 1);
+	if (f->receipt.flags & DIST_RCPT_STORE) {
+		/* a gateway found `to` gone just as it forwarded this: keep it, do not
+		 * forward again (that could bounce between the two forever) */
+		notify_receipt(b, sender, reader, f->receipt.kind, f->receipt.smid, 0);
 		return;
 	}
-	/* the sender is offline: keep the receipt in its mailbox */
-	struct store_msg m = {0};
-	m.smid = msgid_next(&b->ids, b->wall_ms);
-	m.kind = STORE_RECEIPT;
-	m.rkind = f->receipt.kind;
-	m.from = f->receipt.from;
-	m.to = f->receipt.to;
-	m.ref = f->receipt.smid;
-	m.time_ms = b->wall_ms;
-	if (store_put(b->store, &m, &f->receipt.to, 1, (uint32_t)b->cfg.mailbox_max, NULL) == 0)
-		BCNT_ADD(b, receipts_stored, 1);
+	if (!(f->receipt.flags & DIST_RCPT_NOTIFY))
+		return;
+	if ((f->receipt.flags & DIST_RCPT_DELETE) && !verified) {
+		/* sent here to be checked against the mailbox: no such delivery (a
+		 * forged receipt, or a repeat of one already acted on) */
+		BCNT_ADD(b, receipts_unverified, 1);
+		return;
+	}
+	notify_receipt(b, sender, reader, f->receipt.kind, f->receipt.smid, 1);
 }
 
-/* Group membership changes. Returns a proto_err status. */
+static void on_receipt_ack(struct be *b, const struct dist_frame *f)
+{
+	if (req_begin(b, STORE_REQ_DRAIN, 4, 0) != 0)
+		return;
+	int r = store_rcpt_del(b->store, f->receipt_ack.user, f->receipt_ack.peer, f->receipt_ack.smid);
+	req_end(b, r >= 0);
+	if (r == 0)
+		BCNT_ADD(b, receipts_acked, 1);
+}
+
+/* Group membership changes. Who may do what (PROTOCOL.md 3.2, GROUP): any
+ * user creates a group (and owns it); only the owner adds members and removes
+ * others; any member removes itself (remove of oneself, or leave), and an
+ * owner who does hands the group to the first remaining member. Returns a
+ * proto_err status. */
 static unsigned group_op(struct be *b, const struct dist_frame *f, uint64_t *gid_out)
 {
 	const size_t max = (size_t)b->cfg.max_group;
@@ -354,6 +592,10 @@ static unsigned group_op(struct be *b, const struct dist_frame *f, uint64_t *gid
 	*gid_out = gid;
 	if (f->group_op.op != PROTO_GROUP_CREATE && store_group_get(b->store, gid, &owner, &cur, &ncur) != 0)
 		return PROTO_E_NO_SUCH_GROUP;
+	if (!budget_take(b, user, 1 + (uint64_t)f->group_op.count)) {
+		BCNT_ADD(b, fanout_limited, 1);
+		return PROTO_E_SLOW_DOWN;
+	}
 	uint64_t *v = malloc((ncur + f->group_op.count + 1) * sizeof *v);
 	if (!v)
 		return PROTO_E_TRY_AGAIN;
@@ -378,6 +620,10 @@ static unsigned group_op(struct be *b, const struct dist_frame *f, uint64_t *gid
 	case PROTO_GROUP_ADD:
 		if (f->group_op.op == PROTO_GROUP_ADD && !is_member) {
 			st = PROTO_E_NOT_MEMBER;
+			break;
+		}
+		if (f->group_op.op == PROTO_GROUP_ADD && user != owner) {
+			st = PROTO_E_NOT_ALLOWED; /* only the owner adds */
 			break;
 		}
 		while (proto_members_next(&f->group_op.members, &pos, &u)) {
@@ -405,7 +651,9 @@ static unsigned group_op(struct be *b, const struct dist_frame *f, uint64_t *gid
 			}
 			for (size_t i = 0; i < n; i++)
 				if (v[i] == u) {
-					v[i] = v[--n];
+					/* keep the order: the first member left inherits the group */
+					memmove(v + i, v + i + 1, (n - i - 1) * sizeof *v);
+					n--;
 					break;
 				}
 		}
@@ -417,29 +665,37 @@ static unsigned group_op(struct be *b, const struct dist_frame *f, uint64_t *gid
 		}
 		for (size_t i = 0; i < n; i++)
 			if (v[i] == user) {
-				v[i] = v[--n];
+				memmove(v + i, v + i + 1, (n - i - 1) * sizeof *v);
+				n--;
 				break;
 			}
-		if (owner == user && n)
-			owner = v[0];
 		break;
 	default:
 		st = PROTO_E_BAD_FIELD;
 	}
-	int r = 0;
+	/* an owner who is no longer a member hands the group on, to the member
+	 * who joined first (members are kept in the order they joined) */
+	int owner_left = 1;
+	for (size_t i = 0; i < n && owner_left; i++)
+		owner_left = v[i] != owner;
+	if (owner_left && n)
+		owner = v[0];
 	if (st == 0) {
-		if (f->group_op.op == PROTO_GROUP_CREATE) {
-			r = store_group_next_id(b->store, (uint32_t)b->cfg.node, &gid);
-			if (r == 0)
-				r = store_group_create(b->store, gid, owner, v, n);
-		} else if (n == 0) {
-			r = store_group_delete(b->store, gid);
-		} else {
-			r = store_group_set(b->store, gid, owner, v, n);
-		}
-		if (r != 0) {
-			log_rl(LOG_ERROR, "store: group update failed (%d)", r);
-			st = PROTO_E_TRY_AGAIN;
+		int grows = f->group_op.op == PROTO_GROUP_CREATE || f->group_op.op == PROTO_GROUP_ADD;
+		st = req_begin(b, grows ? STORE_REQ_ADMIT : STORE_REQ_DRAIN, 4, 16 + 8 * n);
+		if (st == 0) {
+			int r;
+			if (f->group_op.op == PROTO_GROUP_CREATE) {
+				r = store_group_next_id(b->store, (uint32_t)b->cfg.node, &gid);
+				if (r == 0)
+					r = store_group_create(b->store, gid, owner, v, n);
+			} else if (n == 0) {
+				r = store_group_delete(b->store, gid);
+			} else {
+				r = store_group_set(b->store, gid, owner, v, n);
+			}
+			req_end(b, r == 0);
+			st = store_answer(b, r, "a group");
 		}
 	}
 	free(v);
@@ -482,6 +738,9 @@ static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 		break;
 	case DIST_GROUP_OP:
 		on_group_op(b, l, f);
+		break;
+	case DIST_RECEIPT_ACK:
+		on_receipt_ack(b, f);
 		break;
 	default:
 		log_rl(LOG_WARN, "link %s: unexpected %s frame", l->name, dist_type_name(f->type));
@@ -644,6 +903,7 @@ static void publish(struct be *b)
 	BCNT_SET(b, store_messages, st.messages);
 	BCNT_SET(b, store_mailbox, st.mailbox_entries);
 	BCNT_SET(b, store_groups, st.groups);
+	BCNT_SET(b, store_receipts, st.receipts);
 	BCNT_SET(b, store_used_bytes, st.map_used_bytes);
 }
 
@@ -661,6 +921,7 @@ static void commit(struct be *b)
 		BCNT_SET(b, commit_ns_max, dt);
 	if (r != 0) {
 		/* nothing acknowledged in this iteration may leave: drop the links */
+		BCNT_ADD(b, commits_failed, 1);
 		log_error("store: commit failed: %s; closing every link (gateways will answer try_again)", strerror(-r));
 		store_abort(b->store);
 		for (uint32_t i = 0; i < b->nlinks; i++) {
@@ -703,7 +964,8 @@ static int setup(struct be *b, char *err, size_t errlen)
 		return -1;
 	}
 	b->links = calloc(BE_MAX_LINKS, sizeof *b->links);
-	if (!b->links || u64map_init(&b->peers, 64) != 0 || u64map_init(&b->dir, 4096) != 0) {
+	if (!b->links || u64map_init(&b->peers, 64) != 0 || u64map_init(&b->dir, 4096) != 0 ||
+	    u64map_init(&b->backlog_of, 256) != 0 || u64map_init(&b->budget, 1024) != 0) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
@@ -725,6 +987,8 @@ static void teardown(struct be *b)
 	free(b->backlog);
 	u64map_free(&b->peers);
 	u64map_free(&b->dir);
+	u64map_free(&b->backlog_of);
+	u64map_free(&b->budget);
 	io_uring_queue_exit(&b->ring);
 }
 
@@ -773,8 +1037,8 @@ void *be_main(void *arg)
 		run_backlog(b);
 		if (b->cfg.dedup_window_ms > 0 && b->in_txn) {
 			uint64_t now = b->wall_ms - MSGID_EPOCH_MS, win = (uint64_t)b->cfg.dedup_window_ms;
-			if (now > win)
-				store_dedup_prune(b->store, (now - win) << 24, 256);
+			if (now > win && store_req_begin(b->store, STORE_REQ_DRAIN, 256, 0) == 0)
+				store_req_end(b->store, store_dedup_prune(b->store, (now - win) << 24, 256) >= 0);
 		}
 		/* durable first, then everything that depends on it leaves */
 		commit(b);

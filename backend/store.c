@@ -72,9 +72,18 @@ struct keep {
 
 struct store {
 	MDB_env *env;
-	MDB_dbi msgs, mbox, counts, dedup, groups, meta;
+	MDB_dbi msgs, mbox, counts, dedup, groups, meta, senders, rcpts, rcounts;
 	MDB_txn *txn;         /* the open write transaction, or NULL */
-	int first_err;        /* its first failure, mapped (see txn_err) */
+	MDB_txn *child;       /* the request's nested transaction, or NULL */
+	int first_err;        /* the first failure of txn, mapped (see txn_err) */
+	int child_err;        /* ...and of child */
+	/* requests (see store_req_begin) */
+	int in_req, req_ok;
+	uint64_t map_pages, psize, base_pages; /* base: pages in the file at txn begin */
+	uint64_t charge;                       /* upper bound of pages this txn may allocate */
+	/* fault injection (tests) */
+	unsigned fault_ops, fault_left;
+	int fault_err;
 	struct keep *keep;    /* store_group_get copies, valid until txn ends */
 	uint8_t *tmp;         /* scratch for rewriting a message value */
 	size_t tmp_cap;
@@ -84,6 +93,12 @@ struct store {
 };
 
 /* ---- small helpers ----------------------------------------------------------- */
+
+/* The transaction the current request writes into. */
+static inline MDB_txn *T(struct store *s)
+{
+	return s->child ? s->child : s->txn;
+}
 
 static int map_err(int rc)
 {
@@ -99,12 +114,32 @@ static int map_err(int rc)
  * instead (usually -ENOSPC), so that what the caller logs names the cause. */
 static int txn_err(struct store *s, int rc)
 {
-	if (rc == MDB_BAD_TXN && s->first_err)
-		return s->first_err;
+	int *first = s->child ? &s->child_err : &s->first_err;
+	if (rc == MDB_BAD_TXN && *first)
+		return *first;
 	int e = map_err(rc);
-	if (!s->first_err)
-		s->first_err = e;
+	if (!*first)
+		*first = e;
 	return e;
+}
+
+/* A write operation of kind op is about to run: an armed fault fails it as
+ * LMDB would (and, like LMDB, leaves its transaction unusable). */
+static int fault(struct store *s, unsigned op)
+{
+	if (!(s->fault_ops & op) || !s->fault_left)
+		return 0;
+	s->fault_left--;
+	int *first = s->child ? &s->child_err : &s->first_err;
+	if (!*first)
+		*first = s->fault_err;
+	return s->fault_err;
+}
+
+/* Whether the current transaction (the request's) failed already. */
+static int poisoned(struct store *s)
+{
+	return s->child ? s->child_err : s->first_err;
 }
 
 static inline void put_u32(uint8_t *p, uint32_t v)
@@ -216,6 +251,15 @@ static int need_txn(struct store *s)
 	return s->txn ? 0 : store_begin(s);
 }
 
+/* need_txn, and the request's transaction must not have failed already
+ * (LMDB refuses every call on a failed transaction; so do we, with the
+ * first failure's code, also after an injected fault). */
+static int ready(struct store *s)
+{
+	int rc = need_txn(s);
+	return rc ? rc : poisoned(s);
+}
+
 /* ---- open / close -------------------------------------------------------------- */
 
 /* Open the named databases and check (or, when new, write) the format, in
@@ -228,8 +272,8 @@ static int open_dbs(struct store *s, char *err, size_t errlen)
 		snprintf(err, errlen, "store: begin: %s", mdb_strerror(rc));
 		return -1;
 	}
-	static const char *const names[] = { "msgs", "mbox", "counts", "dedup", "groups", "meta" };
-	MDB_dbi *dbis[] = { &s->msgs, &s->mbox, &s->counts, &s->dedup, &s->groups, &s->meta };
+	static const char *const names[] = {"msgs", "mbox", "counts", "dedup", "groups", "meta", "senders", "rcpts", "rcounts"};
+	MDB_dbi *dbis[] = {&s->msgs, &s->mbox, &s->counts, &s->dedup, &s->groups, &s->meta, &s->senders, &s->rcpts, &s->rcounts};
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
 		rc = mdb_dbi_open(txn, names[i], MDB_CREATE, dbis[i]);
 		if (rc) {
@@ -280,7 +324,7 @@ struct store *store_open(const char *dir, size_t map_bytes, char *err, size_t er
 		free(s);
 		return NULL;
 	}
-	if ((rc = mdb_env_set_maxdbs(s->env, 8)) != 0 ||
+	if ((rc = mdb_env_set_maxdbs(s->env, 12)) != 0 ||
 	    (map_bytes && (rc = mdb_env_set_mapsize(s->env, map_bytes)) != 0)) {
 		snprintf(err, errlen, "store: configure: %s", mdb_strerror(rc));
 		goto fail;
@@ -331,13 +375,47 @@ int store_begin(struct store *s)
 		return map_err(rc);
 	}
 	s->first_err = 0;
+	s->charge = 0;
+	MDB_envinfo info;
+	MDB_stat st;
+	if (mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &st) == 0 && st.ms_psize) {
+		s->psize = st.ms_psize;
+		s->map_pages = info.me_mapsize / st.ms_psize;
+		s->base_pages = (uint64_t)info.me_last_pgno + 1;
+	} else {
+		s->psize = 4096;
+		s->map_pages = s->base_pages = 0; /* unknown: every request is isolated */
+	}
 	return 0;
+}
+
+static void child_end(struct store *s, int keep)
+{
+	if (!s->child)
+		return;
+	if (keep && !s->child_err) {
+		int rc = mdb_txn_commit(s->child);
+		if (rc && !s->first_err)
+			s->first_err = map_err(rc); /* merging into the parent failed: the parent is unusable */
+	} else {
+		mdb_txn_abort(s->child);
+	}
+	s->child = NULL;
+	s->child_err = 0;
 }
 
 int store_commit(struct store *s)
 {
 	if (!s->txn)
 		return 0;
+	child_end(s, 0);
+	s->in_req = 0;
+	if (s->first_err) {
+		/* a write failed in the transaction itself: nothing of it may stay */
+		int e = s->first_err;
+		store_abort(s);
+		return e;
+	}
 	uint64_t t0 = now_ns();
 	int rc = mdb_txn_commit(s->txn);
 	uint64_t dt = now_ns() - t0;
@@ -355,6 +433,8 @@ int store_commit(struct store *s)
 
 void store_abort(struct store *s)
 {
+	child_end(s, 0);
+	s->in_req = 0;
 	if (s->txn) {
 		mdb_txn_abort(s->txn);
 		s->txn = NULL;
@@ -364,12 +444,14 @@ void store_abort(struct store *s)
 
 /* ---- mailboxes --------------------------------------------------------------------- */
 
-static int count_get(struct store *s, uint64_t user, uint32_t *n)
+/* A u32 per user in db (counts: mailbox entries; senders: undelivered
+ * entries whose message the user sent; rcounts: stored receipts). */
+static int u32_get(struct store *s, MDB_dbi db, uint64_t user, uint32_t *n)
 {
 	uint8_t kb[8];
 	wire_be64_put(kb, user);
 	MDB_val k = mval(kb, 8), v;
-	int rc = mdb_get(s->txn, s->counts, &k, &v);
+	int rc = mdb_get(T(s), db, &k, &v);
 	if (rc == MDB_NOTFOUND) {
 		*n = 0;
 		return 0;
@@ -382,48 +464,125 @@ static int count_get(struct store *s, uint64_t user, uint32_t *n)
 	return 0;
 }
 
-/* Store a user's count; 0 deletes the key so that counts holds only users
- * with mail waiting. */
-static int count_set(struct store *s, uint64_t user, uint32_t n)
+/* Store a user's u32; 0 deletes the key so that db holds only users with a
+ * count. */
+static int u32_set(struct store *s, MDB_dbi db, uint64_t user, uint32_t n)
 {
 	uint8_t kb[8], vb[4];
 	wire_be64_put(kb, user);
 	MDB_val k = mval(kb, 8);
 	int rc;
 	if (n == 0) {
-		rc = mdb_del(s->txn, s->counts, &k, NULL);
+		rc = mdb_del(T(s), db, &k, NULL);
 		if (rc == MDB_NOTFOUND)
 			rc = 0;
 	} else {
 		put_u32(vb, n);
 		MDB_val v = mval(vb, 4);
-		rc = mdb_put(s->txn, s->counts, &k, &v, 0);
+		rc = mdb_put(T(s), db, &k, &v, 0);
 	}
 	return rc ? txn_err(s, rc) : 0;
 }
 
-/* Pages in use by every database (free list included) against the map: a
- * put that could fill the map is refused before it writes anything, because
- * LMDB ruins the whole transaction (the iteration's other writes too) when a
- * write fails with MDB_MAP_FULL. The headroom leaves room for the deletes
- * (delivered receipts) that free space again. */
-#define STORE_FULL_PERCENT 90u
+/* Add delta, saturating at 0 (a count that drifted, e.g. data from before it
+ * was kept, never wraps around) and at 2^32 - 1. */
+static int u32_add(struct store *s, MDB_dbi db, uint64_t user, int64_t delta)
+{
+	uint32_t c;
+	int rc = u32_get(s, db, user, &c);
+	if (rc)
+		return rc;
+	int64_t n = (int64_t)c + delta;
+	return u32_set(s, db, user, n < 0 ? 0 : n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
+}
 
-static int nearly_full(struct store *s)
+/* Pages in use by every database (free list included) against the map, in
+ * per mille. A request that adds data is refused before it writes anything
+ * at STORE_FULL_PERMILLE (the rest is headroom for the deletes that free
+ * space again); anything is refused at STORE_HARD_PERMILLE. */
+#define STORE_FULL_PERMILLE 900u
+#define STORE_HARD_PERMILLE 980u
+#define STORE_DEPTH 8u /* B-tree depth bound for the page charge (4 KiB pages, far more entries than we hold) */
+
+static uint64_t used_permille(struct store *s)
 {
 	MDB_envinfo info;
 	MDB_stat st;
-	if (mdb_env_info(s->env, &info) != 0 || mdb_env_stat(s->env, &st) != 0)
+	if (mdb_env_info(s->env, &info) != 0 || mdb_env_stat(s->env, &st) != 0 || !st.ms_psize)
 		return 0;
 	uint64_t pages = 0, total = info.me_mapsize / st.ms_psize;
-	MDB_dbi dbis[] = {0 /* FREE_DBI: the free list */, 1 /* MAIN_DBI */, s->msgs, s->mbox, s->counts,
-			  s->dedup, s->groups, s->meta};
+	MDB_dbi dbis[] = {0 /* FREE_DBI: the free list */, 1 /* MAIN_DBI */, s->msgs, s->mbox, s->counts, s->dedup,
+			  s->groups, s->meta, s->senders, s->rcpts, s->rcounts};
 	for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
 		MDB_stat d;
-		if (mdb_stat(s->txn, dbis[i], &d) == 0)
+		if (mdb_stat(T(s), dbis[i], &d) == 0)
 			pages += d.ms_branch_pages + d.ms_leaf_pages + d.ms_overflow_pages;
 	}
-	return pages * 100 >= total * STORE_FULL_PERCENT;
+	return total ? pages * 1000 / total : 1000;
+}
+
+static int nearly_full(struct store *s)
+{
+	return used_permille(s) >= STORE_FULL_PERMILLE;
+}
+
+/* ---- requests ------------------------------------------------------------------------ */
+
+int store_req_begin(struct store *s, enum store_req kind, size_t writes, size_t bytes)
+{
+	int rc = need_txn(s);
+	if (rc)
+		return rc;
+	child_end(s, 0);
+	if (s->first_err)
+		return s->first_err; /* the iteration's transaction failed already */
+	uint64_t used = used_permille(s);
+	if (used >= (kind == STORE_REQ_ADMIT ? STORE_FULL_PERMILLE : STORE_HARD_PERMILLE))
+		return -ENOSPC; /* nothing written: the transaction stays usable */
+	/* An upper bound of the pages this request can make LMDB allocate: per
+	 * write a copied root-to-leaf path and a split on every level, plus the
+	 * bytes themselves. While the file as it was at the transaction's start,
+	 * plus every charge so far, stays below the map's end, no write of this
+	 * transaction can fail for want of space, and the request writes straight
+	 * into it. Near the end, the request gets a nested transaction of its own,
+	 * so that a full map fails this request only. */
+	uint64_t pages = (uint64_t)writes * (2 * STORE_DEPTH + 1) + bytes / (s->psize ? s->psize : 4096) + 2;
+	uint64_t margin = s->map_pages / 100 + 16; /* the free list's own pages at commit */
+	int edge = !s->map_pages || s->base_pages + s->charge + pages + margin > s->map_pages ||
+		   (s->fault_left && s->fault_err == -ENOSPC);
+	s->charge += pages;
+	if (edge) {
+		rc = mdb_txn_begin(s->env, s->txn, 0, &s->child);
+		if (rc) {
+			s->child = NULL;
+			return map_err(rc);
+		}
+		s->child_err = 0;
+	}
+	s->in_req = 1;
+	return 0;
+}
+
+int store_req_end(struct store *s, int keep)
+{
+	int isolated = s->child != NULL, bad = isolated ? s->child_err : s->first_err;
+	child_end(s, keep);
+	s->in_req = 0;
+	if (bad && !isolated)
+		return bad; /* written straight into the transaction: the iteration fails */
+	return s->first_err;
+}
+
+int store_failed(const struct store *s)
+{
+	return s->first_err;
+}
+
+void store_inject(struct store *s, unsigned ops, int err, unsigned count)
+{
+	s->fault_ops = ops;
+	s->fault_err = err;
+	s->fault_left = count;
 }
 
 int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, size_t n, uint32_t mailbox_max,
@@ -433,10 +592,10 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 		*added = 0;
 	if ((m->kind != STORE_MSG && m->kind != STORE_RECEIPT) || (m->len && !m->body) || (n && !rcpt))
 		return -EINVAL;
-	int rc = need_txn(s);
+	int rc = ready(s);
 	if (rc)
 		return rc;
-	if (nearly_full(s))
+	if (!s->in_req && nearly_full(s))
 		return -ENOSPC; /* nothing written: the transaction stays usable */
 
 	uint8_t mk[8];
@@ -444,11 +603,13 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 	MDB_val k = mval(mk, 8), v;
 	/* An smid stored twice would share one refcount between two messages:
 	 * refuse before writing anything. */
-	rc = mdb_get(s->txn, s->msgs, &k, &v);
+	rc = mdb_get(T(s), s->msgs, &k, &v);
 	if (rc == 0)
 		return -EEXIST;
 	if (rc != MDB_NOTFOUND)
 		return txn_err(s, rc);
+	if ((rc = fault(s, STORE_OP_MSG)) != 0)
+		return rc;
 
 	/* Mailbox entries first: the refcount is known only once the full
 	 * mailboxes have been skipped. All of it is one transaction, so the
@@ -456,7 +617,7 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 	uint32_t refs = 0;
 	for (size_t i = 0; i < n; i++) {
 		uint32_t c;
-		if ((rc = count_get(s, rcpt[i], &c)) != 0)
+		if ((rc = u32_get(s, s->counts, rcpt[i], &c)) != 0)
 			return rc;
 		if (c >= mailbox_max)
 			continue;
@@ -464,12 +625,12 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 		wire_be64_put(bk, rcpt[i]);
 		memcpy(bk + 8, mk, 8);
 		MDB_val ek = mval(bk, 16), ev = mval(&one, 1);
-		rc = mdb_put(s->txn, s->mbox, &ek, &ev, MDB_NOOVERWRITE);
+		rc = mdb_put(T(s), s->mbox, &ek, &ev, MDB_NOOVERWRITE);
 		if (rc == MDB_KEYEXIST)
 			continue; /* the same user twice in rcpt: one entry */
 		if (rc)
 			return txn_err(s, rc);
-		if ((rc = count_set(s, rcpt[i], c + 1)) != 0)
+		if ((rc = u32_set(s, s->counts, rcpt[i], c + 1)) != 0)
 			return rc;
 		refs++;
 	}
@@ -477,31 +638,39 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 		*added = refs;
 	if (refs == 0)
 		return n == 1 ? STORE_E_FULL : 0;
+	if (m->kind == STORE_MSG && (rc = u32_add(s, s->senders, m->from, refs)) != 0)
+		return rc;
 
 	v = mval(NULL, (size_t)MSG_HDR + m->len);
-	rc = mdb_put(s->txn, s->msgs, &k, &v, MDB_NOOVERWRITE | MDB_RESERVE);
+	rc = mdb_put(T(s), s->msgs, &k, &v, MDB_NOOVERWRITE | MDB_RESERVE);
 	if (rc)
 		return txn_err(s, rc);
 	msg_encode(v.mv_data, m, refs);
 	return 0;
 }
 
-/* Drop one reference to message smid, deleting it at zero. */
-static int msg_unref(struct store *s, uint64_t smid)
+/* Drop one reference to message smid, deleting it at zero; *from gets its
+ * sender (0 when the message is missing). */
+static int msg_unref(struct store *s, uint64_t smid, uint64_t *from)
 {
+	*from = 0;
 	uint8_t mk[8];
 	wire_be64_put(mk, smid);
 	MDB_val k = mval(mk, 8), v;
-	int rc = mdb_get(s->txn, s->msgs, &k, &v);
+	int rc = mdb_get(T(s), s->msgs, &k, &v);
 	if (rc == MDB_NOTFOUND)
 		return 0; /* a dangling entry: dropping it is all there is to do */
 	if (rc)
 		return txn_err(s, rc);
 	uint32_t refs;
-	if ((rc = msg_decode(&v, smid, NULL, &refs)) != 0)
+	struct store_msg m;
+	if ((rc = msg_decode(&v, smid, &m, &refs)) != 0)
+		return rc;
+	*from = m.from;
+	if (m.kind == STORE_MSG && (rc = u32_add(s, s->senders, m.from, -1)) != 0)
 		return rc;
 	if (refs <= 1) {
-		rc = mdb_del(s->txn, s->msgs, &k, NULL);
+		rc = mdb_del(T(s), s->msgs, &k, NULL);
 		return rc ? txn_err(s, rc) : 0;
 	}
 	/* v points into the map, and the put below may overwrite that very
@@ -511,32 +680,197 @@ static int msg_unref(struct store *s, uint64_t smid)
 	memcpy(s->tmp, v.mv_data, v.mv_size);
 	put_u32(s->tmp + MSG_OFF_REFS, refs - 1);
 	MDB_val nv = mval(s->tmp, v.mv_size);
-	rc = mdb_put(s->txn, s->msgs, &k, &nv, 0);
+	rc = mdb_put(T(s), s->msgs, &k, &nv, 0);
 	return rc ? txn_err(s, rc) : 0;
 }
 
-int store_ack(struct store *s, uint64_t user, uint64_t smid)
+int store_ack(struct store *s, uint64_t user, uint64_t smid, uint64_t *from)
 {
-	int rc = need_txn(s);
+	uint64_t f0;
+	if (!from)
+		from = &f0;
+	*from = 0;
+	int rc = ready(s);
 	if (rc)
+		return rc;
+	if ((rc = fault(s, STORE_OP_DELETE)) != 0)
 		return rc;
 	uint8_t bk[16];
 	wire_be64_put(bk, user);
 	wire_be64_put(bk + 8, smid);
 	MDB_val k = mval(bk, 16);
-	rc = mdb_del(s->txn, s->mbox, &k, NULL);
+	rc = mdb_del(T(s), s->mbox, &k, NULL);
 	if (rc == MDB_NOTFOUND)
 		return STORE_E_NOTFOUND;
 	if (rc)
 		return txn_err(s, rc);
 	uint32_t c;
-	if ((rc = count_get(s, user, &c)) != 0)
+	if ((rc = u32_get(s, s->counts, user, &c)) != 0)
 		return rc;
 	/* c == 0 would mean the count drifted below the entries; leave it at 0
 	 * rather than wrap around and lock the mailbox as full. */
-	if (c > 0 && (rc = count_set(s, user, c - 1)) != 0)
+	if (c > 0 && (rc = u32_set(s, s->counts, user, c - 1)) != 0)
 		return rc;
-	return msg_unref(s, smid);
+	return msg_unref(s, smid, from);
+}
+
+uint32_t store_sender_count(struct store *s, uint64_t from)
+{
+	uint32_t c;
+	if (ready(s) != 0 || u32_get(s, s->senders, from, &c) != 0)
+		return 0;
+	return c;
+}
+
+/* ---- stored receipts ------------------------------------------------------------------ */
+
+static void rcpt_key(uint8_t k[24], uint64_t owner, uint64_t peer, uint64_t smid)
+{
+	wire_be64_put(k, owner);
+	wire_be64_put(k + 8, peer);
+	wire_be64_put(k + 16, smid);
+}
+
+int store_rcpt_put(struct store *s, uint64_t owner, uint64_t peer, uint64_t smid, uint8_t kind, uint32_t per_peer,
+		   uint32_t max_total, int *dropped)
+{
+	int d0;
+	if (!dropped)
+		dropped = &d0;
+	*dropped = 0;
+	if (kind == 0 || per_peer == 0)
+		return -EINVAL;
+	int rc = ready(s);
+	if (rc)
+		return rc;
+	if ((rc = fault(s, STORE_OP_RECEIPT)) != 0)
+		return rc;
+	uint8_t kb[24];
+	rcpt_key(kb, owner, peer, smid);
+	MDB_val k = mval(kb, 24), v;
+	rc = mdb_get(T(s), s->rcpts, &k, &v);
+	if (rc == 0) {
+		/* coalesced: one record per message, the stronger kind (read > delivered) */
+		if (v.mv_size == 1 && ((const uint8_t *)v.mv_data)[0] >= kind)
+			return 0;
+		uint8_t kv = kind;
+		MDB_val nv = mval(&kv, 1);
+		rc = mdb_put(T(s), s->rcpts, &k, &nv, 0);
+		return rc ? txn_err(s, rc) : 0;
+	}
+	if (rc != MDB_NOTFOUND)
+		return txn_err(s, rc);
+	uint32_t total;
+	if ((rc = u32_get(s, s->rcounts, owner, &total)) != 0)
+		return rc;
+	/* at most per_peer records per (owner, peer): the oldest gives way */
+	MDB_cursor *c;
+	rc = mdb_cursor_open(T(s), s->rcpts, &c);
+	if (rc)
+		return txn_err(s, rc);
+	uint8_t lo[24];
+	rcpt_key(lo, owner, peer, 0);
+	MDB_val ck = mval(lo, 24), cv;
+	uint32_t have = 0;
+	uint8_t oldest[24];
+	for (rc = mdb_cursor_get(c, &ck, &cv, MDB_SET_RANGE); rc == 0 && have < per_peer;
+	     rc = mdb_cursor_get(c, &ck, &cv, MDB_NEXT)) {
+		if (ck.mv_size != 24 || memcmp(ck.mv_data, lo, 16) != 0)
+			break;
+		if (have == 0)
+			memcpy(oldest, ck.mv_data, 24);
+		have++;
+	}
+	mdb_cursor_close(c);
+	if (rc && rc != MDB_NOTFOUND)
+		return txn_err(s, rc);
+	if (have >= per_peer) {
+		if (memcmp(kb, oldest, 24) < 0) {
+			*dropped = 1; /* older than everything kept for this peer */
+			return 0;
+		}
+		MDB_val ok = mval(oldest, 24);
+		rc = mdb_del(T(s), s->rcpts, &ok, NULL);
+		if (rc)
+			return txn_err(s, rc);
+		*dropped = 1;
+	} else if (total >= max_total) {
+		return STORE_E_FULL; /* nothing written */
+	} else if ((rc = u32_add(s, s->rcounts, owner, 1)) != 0) {
+		return rc;
+	}
+	uint8_t kv = kind;
+	v = mval(&kv, 1);
+	rc = mdb_put(T(s), s->rcpts, &k, &v, 0);
+	return rc ? txn_err(s, rc) : 0;
+}
+
+int store_rcpt_del(struct store *s, uint64_t owner, uint64_t peer, uint64_t smid)
+{
+	int rc = ready(s);
+	if (rc)
+		return rc;
+	if ((rc = fault(s, STORE_OP_DELETE)) != 0)
+		return rc;
+	uint8_t kb[24];
+	rcpt_key(kb, owner, peer, smid);
+	MDB_val k = mval(kb, 24);
+	rc = mdb_del(T(s), s->rcpts, &k, NULL);
+	if (rc == MDB_NOTFOUND)
+		return STORE_E_NOTFOUND;
+	if (rc)
+		return txn_err(s, rc);
+	return u32_add(s, s->rcounts, owner, -1);
+}
+
+long store_rcpt_scan(struct store *s, uint64_t owner, struct store_rcpt_pos *pos, size_t max,
+		     int (*fn)(void *arg, const struct store_rcpt *r), void *arg)
+{
+	int rc = ready(s);
+	if (rc)
+		return rc;
+	if (max == 0)
+		return 0;
+	MDB_cursor *c;
+	rc = mdb_cursor_open(T(s), s->rcpts, &c);
+	if (rc)
+		return txn_err(s, rc);
+	uint8_t kb[24];
+	rcpt_key(kb, owner, pos->peer, pos->smid);
+	MDB_val k = mval(kb, 24), v;
+	long visited = 0;
+	int skip_equal = pos->peer != 0 || pos->smid != 0; /* resume after the last one handed out */
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0 && (size_t)visited < max;
+	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		if (k.mv_size != 24 || wire_be64_get(k.mv_data) != owner)
+			break;
+		struct store_rcpt r;
+		r.owner = owner;
+		r.peer = wire_be64_get((const uint8_t *)k.mv_data + 8);
+		r.smid = wire_be64_get((const uint8_t *)k.mv_data + 16);
+		r.kind = v.mv_size == 1 ? ((const uint8_t *)v.mv_data)[0] : 0;
+		if (skip_equal && r.peer == pos->peer && r.smid == pos->smid)
+			continue;
+		visited++;
+		if (r.kind && fn(arg, &r) != 0) {
+			rc = MDB_NOTFOUND; /* not handed out: *pos stays before it */
+			break;
+		}
+		pos->peer = r.peer;
+		pos->smid = r.smid;
+	}
+	mdb_cursor_close(c);
+	if (rc && rc != MDB_NOTFOUND)
+		return txn_err(s, rc);
+	return visited;
+}
+
+uint32_t store_rcpt_count(struct store *s, uint64_t owner)
+{
+	uint32_t c;
+	if (ready(s) != 0 || u32_get(s, s->rcounts, owner, &c) != 0)
+		return 0;
+	return c;
 }
 
 /* The callback must not write to the store: the cursor walks pages that a
@@ -546,13 +880,13 @@ int store_ack(struct store *s, uint64_t user, uint64_t smid)
 long store_scan(struct store *s, uint64_t user, uint64_t after, size_t max,
 		int (*fn)(void *arg, const struct store_msg *m), void *arg)
 {
-	int rc = need_txn(s);
+	int rc = ready(s);
 	if (rc)
 		return rc;
 	if (max == 0 || after == UINT64_MAX)
 		return 0;
 	MDB_cursor *c;
-	rc = mdb_cursor_open(s->txn, s->mbox, &c);
+	rc = mdb_cursor_open(T(s), s->mbox, &c);
 	if (rc)
 		return txn_err(s, rc);
 	uint8_t bk[16];
@@ -568,7 +902,7 @@ long store_scan(struct store *s, uint64_t user, uint64_t after, size_t max,
 		uint8_t mk[8];
 		memcpy(mk, (const uint8_t *)k.mv_data + 8, 8);
 		MDB_val km = mval(mk, 8), vm;
-		int r = mdb_get(s->txn, s->msgs, &km, &vm);
+		int r = mdb_get(T(s), s->msgs, &km, &vm);
 		if (r == MDB_NOTFOUND)
 			continue;
 		if (r) {
@@ -595,7 +929,7 @@ long store_scan(struct store *s, uint64_t user, uint64_t after, size_t max,
 uint32_t store_count(struct store *s, uint64_t user)
 {
 	uint32_t c;
-	if (need_txn(s) != 0 || count_get(s, user, &c) != 0)
+	if (ready(s) != 0 || u32_get(s, s->counts, user, &c) != 0)
 		return 0;
 	return c;
 }
@@ -610,13 +944,13 @@ static void dedup_key(uint8_t k[16], uint64_t from, uint64_t cmid)
 
 int store_dedup_get(struct store *s, uint64_t from, uint64_t cmid, uint64_t *smid)
 {
-	int rc = need_txn(s);
+	int rc = ready(s);
 	if (rc)
 		return rc;
 	uint8_t kb[16];
 	dedup_key(kb, from, cmid);
 	MDB_val k = mval(kb, 16), v;
-	rc = mdb_get(s->txn, s->dedup, &k, &v);
+	rc = mdb_get(T(s), s->dedup, &k, &v);
 	if (rc == MDB_NOTFOUND)
 		return STORE_E_NOTFOUND;
 	if (rc)
@@ -631,14 +965,16 @@ int store_dedup_get(struct store *s, uint64_t from, uint64_t cmid, uint64_t *smi
  * for a message it has just stored. */
 int store_dedup_put(struct store *s, uint64_t from, uint64_t cmid, uint64_t smid)
 {
-	int rc = need_txn(s);
+	int rc = ready(s);
 	if (rc)
+		return rc;
+	if ((rc = fault(s, STORE_OP_DEDUP)) != 0)
 		return rc;
 	uint8_t kb[16], vb[8];
 	dedup_key(kb, from, cmid);
 	put_u64(vb, smid);
 	MDB_val k = mval(kb, 16), v = mval(vb, 8);
-	rc = mdb_put(s->txn, s->dedup, &k, &v, 0);
+	rc = mdb_put(T(s), s->dedup, &k, &v, 0);
 	return rc ? txn_err(s, rc) : 0;
 }
 
@@ -649,13 +985,13 @@ int store_dedup_put(struct store *s, uint64_t from, uint64_t cmid, uint64_t smid
  * MDB_SET_RANGE then starts at the next one. */
 long store_dedup_prune(struct store *s, uint64_t before, size_t max)
 {
-	int rc = need_txn(s);
+	int rc = ready(s);
 	if (rc)
 		return rc;
 	if (max == 0)
 		return 0;
 	MDB_cursor *c;
-	rc = mdb_cursor_open(s->txn, s->dedup, &c);
+	rc = mdb_cursor_open(T(s), s->dedup, &c);
 	if (rc)
 		return txn_err(s, rc);
 	uint8_t start[16];
@@ -713,10 +1049,13 @@ static int group_write(struct store *s, uint64_t gid, uint64_t owner, const uint
 		return -EINVAL;
 	if (n > (UINT32_MAX - 8) / 8)
 		return -E2BIG; /* LMDB values are at most 4 GiB */
+	int rc = fault(s, STORE_OP_GROUP);
+	if (rc)
+		return rc;
 	uint8_t kb[8];
 	wire_be64_put(kb, gid);
 	MDB_val k = mval(kb, 8), v = mval(NULL, 8 + n * 8);
-	int rc = mdb_put(s->txn, s->groups, &k, &v, flags | MDB_RESERVE);
+	rc = mdb_put(T(s), s->groups, &k, &v, flags | MDB_RESERVE);
 	if (rc == MDB_KEYEXIST)
 		return STORE_E_EXISTS;
 	if (rc)
@@ -730,7 +1069,7 @@ static int group_write(struct store *s, uint64_t gid, uint64_t owner, const uint
 
 int store_group_create(struct store *s, uint64_t gid, uint64_t owner, const uint64_t *members, size_t n)
 {
-	int rc = need_txn(s);
+	int rc = ready(s);
 	return rc ? rc : group_write(s, gid, owner, members, n, MDB_NOOVERWRITE);
 }
 
@@ -742,13 +1081,13 @@ int store_group_create(struct store *s, uint64_t gid, uint64_t owner, const uint
  * list is empty. */
 int store_group_get(struct store *s, uint64_t gid, uint64_t *owner, const uint64_t **members, size_t *n)
 {
-	int rc = need_txn(s);
+	int rc = ready(s);
 	if (rc)
 		return rc;
 	uint8_t kb[8];
 	wire_be64_put(kb, gid);
 	MDB_val k = mval(kb, 8), v;
-	rc = mdb_get(s->txn, s->groups, &k, &v);
+	rc = mdb_get(T(s), s->groups, &k, &v);
 	if (rc == MDB_NOTFOUND)
 		return STORE_E_NOTFOUND;
 	if (rc)
@@ -774,14 +1113,14 @@ int store_group_get(struct store *s, uint64_t gid, uint64_t *owner, const uint64
 
 int store_group_set(struct store *s, uint64_t gid, uint64_t owner, const uint64_t *members, size_t n)
 {
-	int rc = need_txn(s);
+	int rc = ready(s);
 	if (rc)
 		return rc;
 	/* Replace only: a set of a deleted group must not bring it back. */
 	uint8_t kb[8];
 	wire_be64_put(kb, gid);
 	MDB_val k = mval(kb, 8), v;
-	rc = mdb_get(s->txn, s->groups, &k, &v);
+	rc = mdb_get(T(s), s->groups, &k, &v);
 	if (rc == MDB_NOTFOUND)
 		return STORE_E_NOTFOUND;
 	if (rc)
@@ -791,13 +1130,15 @@ int store_group_set(struct store *s, uint64_t gid, uint64_t owner, const uint64_
 
 int store_group_delete(struct store *s, uint64_t gid)
 {
-	int rc = need_txn(s);
+	int rc = ready(s);
 	if (rc)
+		return rc;
+	if ((rc = fault(s, STORE_OP_GROUP)) != 0)
 		return rc;
 	uint8_t kb[8];
 	wire_be64_put(kb, gid);
 	MDB_val k = mval(kb, 8);
-	rc = mdb_del(s->txn, s->groups, &k, NULL);
+	rc = mdb_del(T(s), s->groups, &k, NULL);
 	if (rc == MDB_NOTFOUND)
 		return STORE_E_NOTFOUND;
 	return rc ? txn_err(s, rc) : 0;
@@ -810,12 +1151,14 @@ int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid)
 {
 	if (node > 0xffff)
 		return -EINVAL; /* 16 bits above the 48-bit counter */
-	int rc = need_txn(s);
+	int rc = ready(s);
 	if (rc)
+		return rc;
+	if ((rc = fault(s, STORE_OP_GROUP)) != 0)
 		return rc;
 	MDB_val k = mval("next_gid", 8), v;
 	uint64_t next = 1;
-	rc = mdb_get(s->txn, s->meta, &k, &v);
+	rc = mdb_get(T(s), s->meta, &k, &v);
 	if (rc == 0) {
 		if (v.mv_size != 8)
 			return -EIO;
@@ -828,7 +1171,7 @@ int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid)
 	uint8_t vb[8];
 	put_u64(vb, next + 1);
 	v = mval(vb, 8);
-	rc = mdb_put(s->txn, s->meta, &k, &v, 0);
+	rc = mdb_put(T(s), s->meta, &k, &v, 0);
 	if (rc)
 		return txn_err(s, rc);
 	*gid = ((uint64_t)node << 48) | next;
@@ -870,6 +1213,8 @@ void store_get_stats(struct store *s, struct store_stats *st)
 	st->mailbox_entries = entries(txn, s->mbox);
 	st->dedup_entries = entries(txn, s->dedup);
 	st->groups = entries(txn, s->groups);
+	st->receipts = entries(txn, s->rcpts);
+	st->senders = entries(txn, s->senders);
 	if (ro)
 		mdb_txn_abort(ro);
 }

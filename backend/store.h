@@ -12,15 +12,34 @@
  *           a lost ack) gets its first smid back and is not stored twice.
  *   groups  gid -> owner and the member list, denormalised in one value.
  *   meta    counters that must survive restarts (next group id).
+ *   senders from -> number of mailbox entries whose message `from` sent
+ *           (the per-sender bound on undelivered stored messages).
+ *   rcpts   (owner, peer, smid) -> kind: receipts waiting for user `owner`
+ *           ("peer received/read your message smid"), kept apart from the
+ *           mailbox and its bound, coalesced per message, bounded per peer.
+ *   rcounts owner -> number of its stored receipts.
  *
  * Group commit: the backend's loop opens one write transaction per iteration
  * (store_begin), does every write of that iteration in it, and commits
  * (store_commit: durable on disk when it returns, fsync) before it sends any
  * acknowledgement that depends on those writes.
  *
+ * Requests: the backend brackets each request's writes (a message with its
+ * dedup record, a receipt, a group operation) with store_req_begin() and
+ * store_req_end(). A request that adds data is refused with -ENOSPC before it
+ * writes anything once the store is 90% full (deletes still run, and free
+ * space again); and a request near the end of the map runs in a nested
+ * transaction of its own, so a write that cannot be done (LMDB's map full)
+ * fails that request only, never the iteration's other writes. Away from the
+ * end (the common case) requests write straight into the iteration's
+ * transaction: the page charge of every request so far proves they fit.
+ *
  * Errors: functions return 0 on success, a positive STORE_E_* for an
- * expected refusal, or -errno / an LMDB error mapped to -EIO on failure (then
- * the caller aborts the transaction). Single thread: the backend's loop.
+ * expected refusal, or -errno / an LMDB error mapped to -EIO on failure. A
+ * failure inside a request is undone by store_req_end(keep = 0) when the
+ * request was isolated; otherwise (an I/O error in the iteration's own
+ * transaction) the transaction is unusable: store_failed() says so and
+ * store_commit() fails. Single thread: the backend's loop.
  */
 #ifndef BACKEND_STORE_H
 #define BACKEND_STORE_H
@@ -33,6 +52,20 @@ enum store_err {
 	STORE_E_FULL = 1,     /* a recipient's mailbox is at its bound */
 	STORE_E_NOTFOUND = 2, /* no such mailbox entry, message or group */
 	STORE_E_EXISTS = 3,   /* group id already used */
+};
+
+/* Kinds of write, for store_inject(). */
+enum store_op {
+	STORE_OP_MSG = 1u << 0,     /* message and mailbox puts */
+	STORE_OP_GROUP = 1u << 1,   /* group records and ids */
+	STORE_OP_DEDUP = 1u << 2,   /* dedup records */
+	STORE_OP_RECEIPT = 1u << 3, /* stored receipts */
+	STORE_OP_DELETE = 1u << 4,  /* mailbox acks, receipt deletes */
+};
+
+enum store_req {
+	STORE_REQ_ADMIT, /* adds data: refused at 90% */
+	STORE_REQ_DRAIN, /* removes data (it still writes pages): refused at 98% only */
 };
 
 enum store_kind { STORE_MSG = 1, STORE_RECEIPT = 2 };
@@ -62,6 +95,26 @@ int store_commit(struct store *s);
 /* Drop the open transaction's writes. */
 void store_abort(struct store *s);
 
+/* Start a request of `writes` LMDB writes carrying `bytes` of values (an
+ * upper bound: see the top of this file). Returns 0, -ENOSPC (refused,
+ * nothing written), or the error that made the iteration's transaction
+ * unusable. Every store call until store_req_end() belongs to the request. */
+int store_req_begin(struct store *s, enum store_req kind, size_t writes, size_t bytes);
+
+/* End the request: keep its writes, or drop them (keep = 0; possible when
+ * it was isolated, and a no-op for a request that wrote nothing). Returns 0,
+ * or the error that made the iteration's transaction unusable. */
+int store_req_end(struct store *s, int keep);
+
+/* The first failure of the iteration's transaction (0: none). */
+int store_failed(const struct store *s);
+
+/* Tests: make the next `count` writes of the kinds in `ops` fail with err
+ * (-ENOSPC as a full map does, -EIO as a disk does), leaving the transaction
+ * they ran in unusable as LMDB does; a request started while an -ENOSPC fault
+ * is armed is isolated, as one near the end of the map is. count 0 disarms. */
+void store_inject(struct store *s, unsigned ops, int err, unsigned count);
+
 /* Store message m (m->smid set by the caller) once and add it to the
  * mailboxes of rcpt[0..n). Refused with -ENOSPC, before anything is written,
  * when the store's pages pass 90% of the map (deletes still work, and free
@@ -73,8 +126,38 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 	      size_t *added);
 
 /* Remove (user, smid) from the user's mailbox, dropping the message when no
- * mailbox references it any more. STORE_E_NOTFOUND if absent. */
-int store_ack(struct store *s, uint64_t user, uint64_t smid);
+ * mailbox references it any more. STORE_E_NOTFOUND if absent. *from (may be
+ * NULL) gets the message's sender: who a delivered receipt may notify. */
+int store_ack(struct store *s, uint64_t user, uint64_t smid, uint64_t *from);
+
+/* Mailbox entries, in all mailboxes of this store, whose message `from` sent. */
+uint32_t store_sender_count(struct store *s, uint64_t from);
+
+/* Stored receipts: "peer received (kind 1) / read (kind 2) owner's message
+ * smid", waiting for owner. One record per (owner, peer, smid): a second put
+ * keeps the stronger kind. At most per_peer per (owner, peer): a new one
+ * replaces the oldest (*dropped = 1; one older than all of them is dropped
+ * itself). At most max_total per owner: STORE_E_FULL, nothing written. */
+int store_rcpt_put(struct store *s, uint64_t owner, uint64_t peer, uint64_t smid, uint8_t kind, uint32_t per_peer,
+		   uint32_t max_total, int *dropped);
+/* Delete one; STORE_E_NOTFOUND if absent. */
+int store_rcpt_del(struct store *s, uint64_t owner, uint64_t peer, uint64_t smid);
+
+struct store_rcpt {
+	uint64_t owner, peer, smid;
+	uint8_t kind;
+};
+/* Where a scan of an owner's receipts goes on: zeroed = from the start. */
+struct store_rcpt_pos {
+	uint64_t peer, smid;
+};
+/* Call fn for owner's receipts after *pos, in (peer, smid) order, at most
+ * max; *pos follows every one fn took (returned 0 for), so a scan goes on
+ * with the one that fn refused. fn must not write. Returns the number of
+ * calls (the refused one included) or -errno. */
+long store_rcpt_scan(struct store *s, uint64_t owner, struct store_rcpt_pos *pos, size_t max,
+		     int (*fn)(void *arg, const struct store_rcpt *r), void *arg);
+uint32_t store_rcpt_count(struct store *s, uint64_t owner);
 
 /* Call fn for the user's mailbox entries with smid > after, in smid order,
  * at most max of them; fn returns 0 to go on, non-zero to stop. The struct
@@ -107,7 +190,7 @@ int store_group_delete(struct store *s, uint64_t gid);
 int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid);
 
 struct store_stats {
-	uint64_t messages, mailbox_entries, dedup_entries, groups, map_used_bytes, map_bytes;
+	uint64_t messages, mailbox_entries, dedup_entries, groups, receipts, senders, map_used_bytes, map_bytes;
 	uint64_t commits, commit_ns_total, commit_ns_max;
 };
 void store_get_stats(struct store *s, struct store_stats *st);

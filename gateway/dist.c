@@ -156,6 +156,7 @@ static void on_up(void *arg, struct link *l)
 		f.session.node = (uint32_t)w->gw->cfg.node;
 		f.session.thread = w->id;
 		f.session.conn = gw_oconn(slot, gen);
+		f.session.flags = (c->flags & CF_V2) ? DIST_SESS_RCPT_ACKS : 0;
 		if (link_add(l, &f) != 0) {
 			log_warn("link %s: queue full while announcing sessions", l->name);
 			break;
@@ -194,7 +195,7 @@ static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 		session_deliver_remote(w, f);
 		break;
 	case DIST_RECEIPT:
-		session_receipt_remote(w, f);
+		session_receipt_remote(w, (int)l->idx, f);
 		break;
 	case DIST_KICK:
 		session_kick_remote(w, f);
@@ -357,42 +358,39 @@ unsigned gw_dist_route(struct worker *w, uint32_t othread, uint64_t oconn, uint6
 	return st;
 }
 
-void gw_dist_receipt(struct worker *w, uint8_t flags, uint8_t kind, uint64_t from, uint64_t to, uint64_t smid)
+void gw_dist_receipt(struct worker *w, int li, uint8_t flags, uint8_t kind, uint64_t from, uint64_t to, uint64_t smid)
+{
+	if (!w->links || li < 0 || (size_t)li >= w->gw->cluster.n)
+		return;
+	struct dist_frame f = {.type = DIST_RECEIPT};
+	f.receipt.kind = kind;
+	f.receipt.flags = flags;
+	f.receipt.from = from;
+	f.receipt.to = to;
+	f.receipt.smid = smid;
+	if (link_add(&w->links[li], &f) != 0)
+		log_rl(LOG_WARN, "link to backend %u is full: a receipt was dropped", w->gw->cluster.nodes[li].node);
+}
+
+void gw_dist_receipt_ack(struct worker *w, uint64_t user, uint64_t peer, uint64_t smid)
 {
 	const struct cluster *cl = &w->gw->cluster;
 	if (!cl->n)
 		return;
-	struct dist_frame f = {.type = DIST_RECEIPT};
-	f.receipt.kind = kind;
-	f.receipt.from = from;
-	f.receipt.to = to;
-	f.receipt.smid = smid;
-	int del = -1, note = -1;
-	if (flags & DIST_RCPT_DELETE)
-		del = cluster_find(cl, msgid_node(smid));
-	if (flags & (DIST_RCPT_NOTIFY | DIST_RCPT_STORE))
-		note = (int)cluster_user_owner(cl, to);
-	if (flags & DIST_RCPT_STORE) {
-		f.receipt.flags = DIST_RCPT_STORE;
-		link_add(&w->links[note], &f);
-		return;
-	}
-	if (del >= 0 && del == note) {
-		f.receipt.flags = DIST_RCPT_DELETE | DIST_RCPT_NOTIFY;
-		link_add(&w->links[del], &f);
-		return;
-	}
-	if (del >= 0) {
-		f.receipt.flags = DIST_RCPT_DELETE;
-		link_add(&w->links[del], &f);
-	}
-	if (note >= 0) {
-		f.receipt.flags = DIST_RCPT_NOTIFY;
-		link_add(&w->links[note], &f);
-	}
+	struct dist_frame f = {.type = DIST_RECEIPT_ACK};
+	f.receipt_ack.user = user;
+	f.receipt_ack.peer = peer;
+	f.receipt_ack.smid = smid;
+	/* a checked delivered receipt is kept by the backend that stored the
+	 * message, any other by the owner of the user it is for */
+	int stored = cluster_find(cl, msgid_node(smid)), owner = (int)cluster_user_owner(cl, user);
+	if (stored >= 0)
+		link_add(&w->links[stored], &f);
+	if (owner != stored)
+		link_add(&w->links[owner], &f);
 }
 
-void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, uint64_t resume)
+void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, uint64_t resume, int acks)
 {
 	struct dist_frame f = {.type = up ? DIST_SESSION_UP : DIST_SESSION_DOWN};
 	f.session.user = user;
@@ -400,6 +398,7 @@ void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, ui
 	f.session.thread = w->id;
 	f.session.conn = oconn;
 	f.session.resume = up ? resume : 0;
+	f.session.flags = up && acks ? DIST_SESS_RCPT_ACKS : 0;
 	for (size_t i = 0; w->links && i < w->gw->cluster.n; i++) {
 		if (link_add(&w->links[i], &f) == 0)
 			CNT_ADD(w, sessions_out, 1);

@@ -103,6 +103,7 @@ struct gw_counters {
 	uint64_t parse_errors[PROTO_E_WRITE_STALL + 1];
 	uint64_t deliver_local, deliver_cross, deliver_remote, deliver_offline, no_route;
 	uint64_t receipts_routed, kicks, slow_consumers, rate_limited, enobufs, prelogin_too_big, linger_cut;
+	uint64_t receipts_dropped, receipt_acks;
 	uint64_t xbatches_out, xbatches_in, xrecords_out, xrecords_in;
 	uint64_t loops, cqes, sends;
 	uint64_t routed_remote, stored_acks, store_refused, store_timeouts, link_try_again, sessions_out;
@@ -158,6 +159,7 @@ enum conn_state { CS_FREE = 0, CS_NEW, CS_HANDOFF, CS_LIVE, CS_CLOSING };
 #define CF_REARM 0x0100u     /* recv to re-arm at the end of the iteration (ENOBUFS) */
 #define CF_GOAWAY 0x0200u    /* goaway sent */
 #define CF_SHUT_DONE 0x0400u /* shutdown(WR) done */
+#define CF_V2 0x0800u        /* LIVE: speaks protocol 2 (DELIVER with cmid, acks stored receipts) */
 
 /* One connection; the index in the array is its fixed-file slot. All zeros
  * is a free slot. 64 bytes: a million of them is 64 MB. */
@@ -380,12 +382,16 @@ int gw_dist_on(const struct worker *w); /* backends configured */
 unsigned gw_dist_route(struct worker *w, uint32_t othread, uint64_t oconn, uint64_t cmid, uint64_t from, uint64_t to,
 		       uint64_t group, const uint8_t *body, uint32_t len);
 
-/* A receipt: DELETE goes to the backend that stored smid (if any), NOTIFY to
- * the owner of `to` (the original sender). */
-void gw_dist_receipt(struct worker *w, uint8_t flags, uint8_t kind, uint64_t from, uint64_t to, uint64_t smid);
+/* A receipt from user `from` about message smid of user `to` to backend
+ * index li (cluster_find / cluster_user_owner) with these DIST_RCPT_* flags. */
+void gw_dist_receipt(struct worker *w, int li, uint8_t flags, uint8_t kind, uint64_t from, uint64_t to, uint64_t smid);
 
-/* Session up/down to every backend. */
-void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, uint64_t resume);
+/* User `user` has the receipt from `peer` about smid: to every backend that
+ * may keep it (the one that stored smid, and user's owner). */
+void gw_dist_receipt_ack(struct worker *w, uint64_t user, uint64_t peer, uint64_t smid);
+
+/* Session up/down to every backend (acks: the client acknowledges stored receipts). */
+void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, uint64_t resume, int acks);
 
 /* A client GROUP request. Returns 0 when queued, else an error code. */
 unsigned gw_dist_group(struct worker *w, uint32_t slot, const struct proto_frame *f);
@@ -396,8 +402,8 @@ void session_answer(struct worker *w, uint32_t slot, uint32_t gen, uint8_t what,
 		    unsigned status, uint8_t ack);
 /* Deliver a message from a backend to a user at home here. */
 void session_deliver_remote(struct worker *w, const struct dist_frame *f);
-/* A receipt for a user at home here. */
-void session_receipt_remote(struct worker *w, const struct dist_frame *f);
+/* A receipt for a user at home here, from backend index li. */
+void session_receipt_remote(struct worker *w, int li, const struct dist_frame *f);
 /* The backend saw this session log in elsewhere. */
 void session_kick_remote(struct worker *w, const struct dist_frame *f);
 

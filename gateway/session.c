@@ -33,16 +33,19 @@ static uint32_t dir_find(struct worker *w, uint64_t user)
 	return slot;
 }
 
-/* Deliver to a user at home here. Returns 0 or a proto_err code. */
+/* Deliver to a user at home here. cmid: the sender's id for the message, given
+ * to protocol 2 clients so they drop a resend that took another path.
+ * Returns 0 or a proto_err code. */
 static unsigned deliver_here(struct worker *w, uint64_t to, uint64_t from, uint64_t group, uint64_t smid,
-			     uint64_t time_ms, const uint8_t *body, uint32_t len)
+			     uint64_t time_ms, uint64_t cmid, const uint8_t *body, uint32_t len)
 {
 	uint32_t slot = dir_find(w, to);
 	if (slot == UINT32_MAX)
 		return PROTO_E_NO_ROUTE;
 	struct proto_frame f = {.type = PROTO_DELIVER};
-	f.deliver.flags = group ? PROTO_DELIVER_GROUP : 0;
+	f.deliver.flags = (group ? PROTO_DELIVER_GROUP : 0) | ((conn_of(w, slot)->flags & CF_V2) ? PROTO_DELIVER_CMID : 0);
 	f.deliver.group = group;
+	f.deliver.cmid = cmid;
 	f.deliver.smid = smid;
 	f.deliver.from = from;
 	f.deliver.time_ms = time_ms;
@@ -110,7 +113,8 @@ static void handle_send(struct worker *w, uint32_t slot, const struct proto_fram
 	unsigned home = gw_home(w->gw, to);
 	if (home == w->id) {
 		uint64_t smid = msgid_next(&w->ids, w->wall_ms);
-		unsigned st = deliver_here(w, to, c->user, 0, smid, w->wall_ms, f->send.body.p, f->send.body.len);
+		unsigned st = deliver_here(w, to, c->user, 0, smid, w->wall_ms, f->send.cmid, f->send.body.p,
+					   f->send.body.len);
 		if (st == 0) {
 			CNT_ADD(w, deliver_local, 1);
 			answer_send(w, slot, f->send.cmid, smid, 0);
@@ -154,21 +158,53 @@ static int receipt_here(struct worker *w, uint64_t to, uint64_t from, uint8_t ki
 	return 0;
 }
 
-/* Notify `to` (at home here) of a receipt: directly, or via its backend. */
+/* Notify `to` (at home here) of a receipt: directly, or via the backend that
+ * owns it (which keeps it, bounded, while `to` is offline). */
 static void receipt_notify_here(struct worker *w, uint64_t to, uint64_t from, uint8_t kind, uint64_t smid)
 {
-	if (receipt_here(w, to, from, kind, smid) != 0)
-		gw_dist_receipt(w, DIST_RCPT_NOTIFY, kind, from, to, smid);
+	if (receipt_here(w, to, from, kind, smid) != 0 && gw_dist_on(w))
+		gw_dist_receipt(w, (int)cluster_user_owner(&w->gw->cluster, to), DIST_RCPT_NOTIFY, kind, from, to, smid);
 }
 
+/* Whether smid can be a message id of this cluster: made by one of its nodes
+ * (or this gateway), not in the future. A receipt about anything else cannot
+ * refer to a message its sender received. */
+static int smid_plausible(const struct worker *w, uint64_t smid)
+{
+	const struct gw *gw = w->gw;
+	uint32_t node = msgid_node(smid);
+	if (node == 0 || (node != (uint32_t)gw->cfg.node && cluster_find(&gw->cluster, node) < 0 &&
+			  !cluster_is_gateway(&gw->cluster, node)))
+		return 0;
+	return msgid_time_ms(smid) <= w->wall_ms + 60000; /* clocks of the nodes may differ a little */
+}
+
+/* A receipt from the client. What the server can check, it checks: a
+ * delivered receipt for a message a backend stored goes to that backend only,
+ * which deletes the message from the reader's mailbox and tells the sender
+ * only if the mailbox held it, from that sender (PROTOCOL.md 3.2, RECEIPT).
+ * Others (read receipts, messages delivered by a gateway) go to the peer
+ * directly, and are kept for it while it is offline within per-peer and
+ * per-user bounds that are apart from its message mailbox. */
 static void handle_receipt(struct worker *w, uint32_t slot, const struct proto_frame *f)
 {
 	struct conn *c = conn_of(w, slot);
-	/* a delivered receipt for a stored message lets its backend delete it */
-	if (f->receipt.kind == PROTO_RCPT_DELIVERED && gw_dist_on(w) &&
-	    cluster_find(&w->gw->cluster, msgid_node(f->receipt.smid)) >= 0)
-		gw_dist_receipt(w, DIST_RCPT_DELETE, f->receipt.kind, c->user, f->receipt.peer, f->receipt.smid);
-	unsigned home = gw_home(w->gw, f->receipt.peer);
+	uint64_t peer = f->receipt.peer, smid = f->receipt.smid;
+	if (!smid_plausible(w, smid)) {
+		CNT_ADD(w, receipts_dropped, 1);
+		return;
+	}
+	if (f->receipt.kind == PROTO_RCPT_ACK) {
+		CNT_ADD(w, receipt_acks, 1);
+		gw_dist_receipt_ack(w, c->user, peer, smid);
+		return;
+	}
+	int stored = gw_dist_on(w) ? cluster_find(&w->gw->cluster, msgid_node(smid)) : -1;
+	if (f->receipt.kind == PROTO_RCPT_DELIVERED && stored >= 0) {
+		gw_dist_receipt(w, stored, DIST_RCPT_DELETE | DIST_RCPT_NOTIFY, f->receipt.kind, c->user, peer, smid);
+		return;
+	}
+	unsigned home = gw_home(w->gw, peer);
 	if (home == w->id) {
 		receipt_notify_here(w, f->receipt.peer, c->user, f->receipt.kind, f->receipt.smid);
 		return;
@@ -195,7 +231,8 @@ void session_xbatch(struct worker *w, const struct xbatch *b)
 		switch (h->type) {
 		case XM_DELIVER: {
 			const struct xm_deliver *x = (const void *)p;
-			unsigned st = deliver_here(w, x->to, x->from, 0, x->smid, x->time_ms, x->body, x->body_len);
+			unsigned st =
+				deliver_here(w, x->to, x->from, 0, x->smid, x->time_ms, x->cmid, x->body, x->body_len);
 			if (st == 0) {
 				CNT_ADD(w, deliver_cross, 1);
 			} else {
@@ -251,6 +288,8 @@ static void login_complete(struct worker *w, uint32_t slot, uint64_t user, uint8
 	}
 	c->state = CS_LIVE;
 	c->user = user;
+	if (version >= 2)
+		c->flags |= CF_V2;
 	CNT_ADD(w, logins_ok, 1);
 	CNT_ADD(w, logged_in, 1);
 	struct proto_frame f = {.type = PROTO_LOGIN_RESULT};
@@ -263,7 +302,7 @@ static void login_complete(struct worker *w, uint32_t slot, uint64_t user, uint8
 	conn_arm_recv(w, slot);
 	conn_timer_update(w, slot);
 	if (gw_dist_on(w))
-		gw_dist_session(w, 1, user, gw_oconn(slot, c->gen), resume);
+		gw_dist_session(w, 1, user, gw_oconn(slot, c->gen), resume, version >= 2);
 }
 
 /* Returns 1 when the connection moves to another thread with the rest. */
@@ -352,25 +391,25 @@ void session_gone(struct worker *w, uint32_t slot)
 		u64map_del(&w->dir, c->user);
 	CNT_SET(w, logged_in, w->cnt.logged_in - 1);
 	if (gw_dist_on(w))
-		gw_dist_session(w, 0, c->user, gw_oconn(slot, c->gen), 0);
+		gw_dist_session(w, 0, c->user, gw_oconn(slot, c->gen), 0, 0);
 }
 
 void session_deliver_remote(struct worker *w, const struct dist_frame *f)
 {
 	if (!f->route.to || !f->route.smid)
 		return;
-	if (deliver_here(w, f->route.to, f->route.from, f->route.group, f->route.smid, f->route.time_ms,
+	if (deliver_here(w, f->route.to, f->route.from, f->route.group, f->route.smid, f->route.time_ms, f->route.cmid,
 			 f->route.body.p, f->route.body.len) == 0)
 		CNT_ADD(w, deliver_remote, 1);
 	else
 		CNT_ADD(w, deliver_offline, 1); /* stays stored; delivered at the next login */
 }
 
-void session_receipt_remote(struct worker *w, const struct dist_frame *f)
+void session_receipt_remote(struct worker *w, int li, const struct dist_frame *f)
 {
-	/* `to` left just as the backend forwarded this: hand it back to be stored */
+	/* `to` left just as the backend forwarded this: hand it back to be kept */
 	if (receipt_here(w, f->receipt.to, f->receipt.from, f->receipt.kind, f->receipt.smid) != 0)
-		gw_dist_receipt(w, DIST_RCPT_STORE, f->receipt.kind, f->receipt.from, f->receipt.to, f->receipt.smid);
+		gw_dist_receipt(w, li, DIST_RCPT_STORE, f->receipt.kind, f->receipt.from, f->receipt.to, f->receipt.smid);
 }
 
 void session_kick_remote(struct worker *w, const struct dist_frame *f)

@@ -20,19 +20,27 @@ static const uint8_t type_dirs[256] = {
 	[PROTO_GROUP_RESULT] = PROTO_FROM_SERVER,
 };
 
-/* Decode the payload of a frame of known type; sets r->bad on any violation. */
-static void parse_payload(struct rd *r, uint8_t type, struct proto_frame *f)
+/* A user id: 1 .. PROTO_MAX_USER. */
+static inline void rd_user(struct rd *r, uint64_t v)
+{
+	if (v == 0 || v > PROTO_MAX_USER)
+		rd_fail(r);
+}
+
+/* Decode the payload of a frame of known type; sets r->bad on any violation.
+ * dir: who sent it (RECEIPT kind ACK comes from clients only). */
+static void parse_payload(struct rd *r, uint8_t type, struct proto_frame *f, enum proto_dir dir)
 {
 	switch (type) {
 	case PROTO_LOGIN:
+		/* any version parses: the server answers one it does not speak
+		 * with LOGIN_RESULT status version (3.6) */
 		f->login.version = rd_u8(r);
 		f->login.flags = rd_u8(r);
 		f->login.user = rd_uv(r);
-		rd_nonzero(r, f->login.user);
+		rd_user(r, f->login.user);
 		f->login.token = rd_bytes(r, 1, PROTO_MAX_TOKEN);
 		f->login.resume = rd_uv(r);
-		if (f->login.version == 0)
-			rd_fail(r);
 		break;
 	case PROTO_SEND: {
 		f->send.cmid = rd_uv(r);
@@ -45,10 +53,11 @@ static void parse_payload(struct rd *r, uint8_t type, struct proto_frame *f)
 	}
 	case PROTO_RECEIPT:
 		f->receipt.kind = rd_u8(r);
-		if (f->receipt.kind != PROTO_RCPT_DELIVERED && f->receipt.kind != PROTO_RCPT_READ)
+		if (f->receipt.kind != PROTO_RCPT_DELIVERED && f->receipt.kind != PROTO_RCPT_READ &&
+		    (f->receipt.kind != PROTO_RCPT_ACK || !(dir & PROTO_FROM_CLIENT)))
 			rd_fail(r);
 		f->receipt.peer = rd_uv(r);
-		rd_nonzero(r, f->receipt.peer);
+		rd_user(r, f->receipt.peer);
 		f->receipt.smid = rd_uv(r);
 		rd_nonzero(r, f->receipt.smid);
 		break;
@@ -68,6 +77,12 @@ static void parse_payload(struct rd *r, uint8_t type, struct proto_frame *f)
 		rd_members(r, PROTO_MAX_GROUP_OP, &f->group.count, &f->group.members);
 		if (f->group.op == PROTO_GROUP_LEAVE && f->group.count)
 			rd_fail(r); /* leave names nobody: it is the sender who leaves */
+		if (!r->bad) {
+			const uint8_t *pos = f->group.members.p;
+			uint64_t u;
+			while (proto_members_next(&f->group.members, &pos, &u))
+				rd_user(r, u);
+		}
 		break;
 	case PROTO_LOGIN_RESULT:
 		f->login_result.status = rd_u8(r);
@@ -86,7 +101,7 @@ static void parse_payload(struct rd *r, uint8_t type, struct proto_frame *f)
 		break;
 	case PROTO_DELIVER:
 		f->deliver.flags = rd_u8(r);
-		if (f->deliver.flags & ~PROTO_DELIVER_GROUP)
+		if (f->deliver.flags & ~(PROTO_DELIVER_GROUP | PROTO_DELIVER_CMID))
 			rd_fail(r);
 		f->deliver.smid = rd_uv(r);
 		rd_nonzero(r, f->deliver.smid);
@@ -97,6 +112,7 @@ static void parse_payload(struct rd *r, uint8_t type, struct proto_frame *f)
 			f->deliver.group = rd_uv(r);
 			rd_nonzero(r, f->deliver.group);
 		}
+		f->deliver.cmid = (f->deliver.flags & PROTO_DELIVER_CMID) ? rd_uv(r) : 0;
 		f->deliver.time_ms = rd_uv(r);
 		f->deliver.body = rd_rest(r, 1, PROTO_MAX_BODY);
 		break;
@@ -156,7 +172,7 @@ long proto_parse(const uint8_t *buf, size_t len, enum proto_dir dir, struct prot
 	}
 	uint8_t type = buf[hdr];
 	struct rd r = {buf + hdr + 1, buf + total, 0};
-	parse_payload(&r, type, f);
+	parse_payload(&r, type, f, dir);
 	if (r.bad)
 		return -PROTO_E_BAD_FIELD;
 	f->type = type;
@@ -178,7 +194,7 @@ static void enc_payload(struct wr *w, const struct proto_frame *f)
 {
 	switch (f->type) {
 	case PROTO_LOGIN:
-		wr_check(w, f->login.version != 0 && f->login.user != 0);
+		wr_check(w, f->login.user != 0 && f->login.user <= PROTO_MAX_USER);
 		wr_u8(w, f->login.version);
 		wr_u8(w, f->login.flags);
 		wr_uv(w, f->login.user);
@@ -192,8 +208,8 @@ static void enc_payload(struct wr *w, const struct proto_frame *f)
 		wr_rest(w, f->send.body, 1, PROTO_MAX_BODY);
 		break;
 	case PROTO_RECEIPT:
-		wr_check(w, (f->receipt.kind == PROTO_RCPT_DELIVERED || f->receipt.kind == PROTO_RCPT_READ) &&
-				    f->receipt.peer != 0 && f->receipt.smid != 0);
+		wr_check(w, f->receipt.kind >= PROTO_RCPT_DELIVERED && f->receipt.kind <= PROTO_RCPT_ACK &&
+				    f->receipt.peer != 0 && f->receipt.peer <= PROTO_MAX_USER && f->receipt.smid != 0);
 		wr_u8(w, f->receipt.kind);
 		wr_uv(w, f->receipt.peer);
 		wr_uv(w, f->receipt.smid);
@@ -206,6 +222,12 @@ static void enc_payload(struct wr *w, const struct proto_frame *f)
 		wr_check(w, f->group.op >= PROTO_GROUP_CREATE && f->group.op <= PROTO_GROUP_LEAVE &&
 				    (f->group.op == PROTO_GROUP_CREATE) == (f->group.group == 0) &&
 				    (f->group.op != PROTO_GROUP_LEAVE || f->group.count == 0));
+		if (!w->bad && f->group.members.p) {
+			const uint8_t *pos = f->group.members.p;
+			uint64_t u;
+			while (proto_members_next(&f->group.members, &pos, &u))
+				wr_check(w, u <= PROTO_MAX_USER);
+		}
 		wr_u8(w, f->group.op);
 		wr_uv(w, f->group.req);
 		wr_uv(w, f->group.group);
@@ -227,13 +249,15 @@ static void enc_payload(struct wr *w, const struct proto_frame *f)
 		break;
 	case PROTO_DELIVER: {
 		int grp = (f->deliver.flags & PROTO_DELIVER_GROUP) != 0;
-		wr_check(w, !(f->deliver.flags & ~PROTO_DELIVER_GROUP) && f->deliver.smid != 0 &&
+		wr_check(w, !(f->deliver.flags & ~(PROTO_DELIVER_GROUP | PROTO_DELIVER_CMID)) && f->deliver.smid != 0 &&
 				    f->deliver.from != 0 && (!grp || f->deliver.group != 0));
 		wr_u8(w, f->deliver.flags);
 		wr_uv(w, f->deliver.smid);
 		wr_uv(w, f->deliver.from);
 		if (grp)
 			wr_uv(w, f->deliver.group);
+		if (f->deliver.flags & PROTO_DELIVER_CMID)
+			wr_uv(w, f->deliver.cmid);
 		wr_uv(w, f->deliver.time_ms);
 		wr_rest(w, f->deliver.body, 1, PROTO_MAX_BODY);
 		break;
@@ -357,6 +381,8 @@ const char *proto_err_name(unsigned code)
 		[PROTO_E_NO_SUCH_GROUP] = "no_such_group",
 		[PROTO_E_GROUP_FULL] = "group_full",
 		[PROTO_E_NOT_ALLOWED] = "not_allowed",
+		[PROTO_E_SLOW_DOWN] = "slow_down",
+		[PROTO_E_STORE_FULL] = "store_full",
 	};
 	if (code < sizeof names / sizeof names[0] && names[code])
 		return names[code];

@@ -22,7 +22,7 @@
 
 /* Protocol versions this library speaks (LOGIN carries the client's). */
 #define PROTO_VERSION_MIN 1
-#define PROTO_VERSION_MAX 1
+#define PROTO_VERSION_MAX 2 /* 2: DELIVER may carry the cmid, RECEIPT kind 3 acknowledges a stored receipt */
 
 /* Limits (see PROTOCOL.md, "Limits"). */
 #define PROTO_MAX_BODY 16384u                       /* message body bytes */
@@ -32,6 +32,7 @@
 #define PROTO_MAX_PING 8u                           /* ping/pong data bytes */
 #define PROTO_MAX_TEXT 256u                         /* error text, goaway hint */
 #define PROTO_MAX_GROUP_OP 256u                     /* members in one GROUP frame */
+#define PROTO_MAX_USER ((UINT64_C(1) << 63) - 1)     /* user ids are 1 .. 2^63-1 (SEND's `to` keeps a bit) */
 /* The largest LOGIN, prefix included: L (1 byte), type, version, flags,
  * user (<= 10), token length (1) and token, resume (<= 10). Before login a
  * gateway refuses any longer frame (PROTOCOL.md 3.3). */
@@ -94,6 +95,8 @@ enum proto_err {
 	PROTO_E_NO_SUCH_GROUP = 37,
 	PROTO_E_GROUP_FULL = 38,
 	PROTO_E_NOT_ALLOWED = 39,
+	PROTO_E_SLOW_DOWN = 40,  /* over a per-sender budget; send again later */
+	PROTO_E_STORE_FULL = 41, /* the recipient's backend is out of storage space */
 };
 
 /* Name of an error code ("bad_field"), for logs and metrics labels; "unknown"
@@ -103,8 +106,9 @@ const char *proto_err_name(unsigned code);
 /* Name of a frame type ("send"), or "unknown". Never NULL. */
 const char *proto_type_name(unsigned type);
 
-/* Receipt kinds. */
-enum proto_receipt_kind { PROTO_RCPT_DELIVERED = 1, PROTO_RCPT_READ = 2 };
+/* Receipt kinds. ACK (client to server only, protocol 2): "I have the
+ * receipt from `peer` about my message `smid`", so the server stops keeping it. */
+enum proto_receipt_kind { PROTO_RCPT_DELIVERED = 1, PROTO_RCPT_READ = 2, PROTO_RCPT_ACK = 3 };
 
 /* ACK status. */
 enum proto_ack_status {
@@ -117,6 +121,7 @@ enum proto_group_op { PROTO_GROUP_CREATE = 1, PROTO_GROUP_ADD = 2, PROTO_GROUP_R
 
 /* DELIVER flags. */
 #define PROTO_DELIVER_GROUP 0x01u /* group field present: a group message */
+#define PROTO_DELIVER_CMID 0x02u  /* cmid field present (protocol 2): the sender's id for it */
 
 /* KICKED reasons. */
 enum proto_kick_reason { PROTO_KICK_ELSEWHERE = 1, PROTO_KICK_ADMIN = 2 };
@@ -174,8 +179,8 @@ struct proto_frame {
 			uint64_t smid;
 		} ack;
 		struct {
-			uint8_t flags; /* PROTO_DELIVER_GROUP */
-			uint64_t smid, from, group, time_ms;
+			uint8_t flags; /* PROTO_DELIVER_GROUP, PROTO_DELIVER_CMID */
+			uint64_t smid, from, group, cmid, time_ms;
 			struct proto_bytes body;
 		} deliver;
 		struct {

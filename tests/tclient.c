@@ -618,29 +618,26 @@ size_t tc_enc_login(uint8_t *buf, size_t cap, const struct token_secret *s, uint
 	uint8_t tok[TOKEN_LEN];
 	token_mint(s, user, expiry ? expiry : tc_wall_s() + 3600, tok);
 	struct proto_frame f = {.type = PROTO_LOGIN};
-	f.login.version = version ? version : 1;
+	f.login.version = version;
 	f.login.flags = 0;
 	f.login.user = user;
 	f.login.token = (struct proto_bytes){tok, TOKEN_LEN};
 	f.login.resume = 0;
 	size_t n = proto_encode(&f, buf, cap);
-	if (n == 0 || n > cap)
-		return 0;
-	if (version == 0) {
-		/* the version byte follows the length prefix and the type byte */
-		size_t pre = 1;
-		while (buf[pre - 1] & 0x80)
-			pre++;
-		buf[pre + 1] = 0;
-	}
-	return n;
+	return n <= cap ? n : 0;
 }
 
 long tc_login(struct tc_conn *c, const struct token_secret *s, uint64_t user, struct tc_frame *res,
 	      int timeout_ms)
 {
+	return tc_login_v(c, s, user, 1, res, timeout_ms);
+}
+
+long tc_login_v(struct tc_conn *c, const struct token_secret *s, uint64_t user, uint8_t version,
+		struct tc_frame *res, int timeout_ms)
+{
 	uint8_t buf[128];
-	size_t n = tc_enc_login(buf, sizeof buf, s, user, 0, 1);
+	size_t n = tc_enc_login(buf, sizeof buf, s, user, 0, version);
 	if (!n)
 		return TC_IOERR;
 	int r = tc_send_raw(c, buf, n, timeout_ms);

@@ -192,10 +192,9 @@ int tc_secret_load(const char *path, struct token_secret *s);
 uint64_t tc_wall_s(void);
 
 /* Encode a LOGIN frame for `user` with a token minted from s expiring at
- * expiry (Unix seconds; 0 means an hour from now), the given version (which
- * may be 0: the frame is then patched by hand, since proto_encode() refuses
- * it) and resume 0, into buf. Returns the frame size, or 0 when it does not
- * fit cap. */
+ * expiry (Unix seconds; 0 means an hour from now), the given version (any,
+ * 0 included) and resume 0, into buf. Returns the frame size, or 0 when it
+ * does not fit cap (or user is not a valid user id). */
 size_t tc_enc_login(uint8_t *buf, size_t cap, const struct token_secret *s, uint64_t user, uint64_t expiry,
 		    uint8_t version);
 
@@ -205,6 +204,11 @@ size_t tc_enc_login(uint8_t *buf, size_t cap, const struct token_secret *s, uint
  * res->f.type and res->f.login_result.status), else an error code. */
 long tc_login(struct tc_conn *c, const struct token_secret *s, uint64_t user, struct tc_frame *res,
 	      int timeout_ms);
+
+/* tc_login speaking protocol `version` (2: DELIVER carries the cmid, stored
+ * receipts are delivered until acknowledged with RECEIPT kind 3). */
+long tc_login_v(struct tc_conn *c, const struct token_secret *s, uint64_t user, uint8_t version,
+		struct tc_frame *res, int timeout_ms);
 
 /* ---- HTTP --------------------------------------------------------------------- */
 

@@ -388,7 +388,7 @@ Test(gateway, login_ok, .timeout = 30)
 	cr_assert_gt(r, 0, "login: %s", tc_status_name(r));
 	cr_assert_eq(fr.f.type, PROTO_LOGIN_RESULT, "got %s", describe(&fr));
 	cr_assert_eq(fr.f.login_result.status, 0, "got %s", describe(&fr));
-	cr_assert_eq(fr.f.login_result.version, 1);
+	cr_assert_eq(fr.f.login_result.version, 1, "a version 1 client is answered in version 1");
 	cr_assert_eq(fr.f.login_result.keepalive_s, 7);
 	cr_assert_eq(fr.f.login_result.max_body, 1000);
 	uint64_t t = fr.f.login_result.time_ms / 1000;
@@ -396,20 +396,40 @@ Test(gateway, login_ok, .timeout = 30)
 		  (unsigned long long)fr.f.login_result.time_ms);
 	ping_ok(&c, "after", "ping after login");
 
-	/* a client speaking a newer version gets the server's (1) */
+	/* a client speaking a newer version gets the server's (2) */
 	struct tc_conn c2;
 	uint8_t buf[128];
 	conn_open(&c2);
 	send_raw(&c2, buf, tc_enc_login(buf, sizeof buf, &G.secret, 1002, 0, 9));
 	expect_login_result(&c2, &fr, 0, "login with version 9");
-	cr_assert_eq(fr.f.login_result.version, 1, "negotiated version %u, want 1", fr.f.login_result.version);
+	cr_assert_eq(fr.f.login_result.version, PROTO_VERSION_MAX, "negotiated version %u, want %u",
+		     fr.f.login_result.version, PROTO_VERSION_MAX);
 	ping_ok(&c2, "v9", "ping after version-9 login");
 
-	/* large user ids: 2^64-1 logs in (a 10-byte varint); 2^63-1, the largest
-	 * a SEND can address (to = recipient << 1 | g), gets messages */
+	/* user ids are 1 .. 2^63-1, the largest a SEND can address (to =
+	 * recipient << 1 | g): 2^63 is refused at LOGIN (bad_field), as it
+	 * could never be sent a message; 2^63-1 logs in and gets messages */
 	struct tc_conn c3, c4;
-	open_login(&c3, UINT64_MAX);
-	ping_ok(&c3, "max", "user 2^64-1");
+	conn_open(&c3);
+	uint8_t tok[TOKEN_LEN];
+	token_mint(&G.secret, PROTO_MAX_USER + 1, tc_wall_s() + 3600, tok);
+	uint8_t big[80];
+	size_t bn = 0;
+	big[bn++] = 0; /* L, below */
+	big[bn++] = PROTO_LOGIN;
+	big[bn++] = 1;
+	big[bn++] = 0;
+	for (int k = 0; k < 9; k++)
+		big[bn++] = 0x80; /* 2^63: nine continuation bytes of 0, then 1 */
+	big[bn++] = 0x01;
+	big[bn++] = TOKEN_LEN;
+	memcpy(big + bn, tok, TOKEN_LEN);
+	bn += TOKEN_LEN;
+	big[bn++] = 0;
+	big[0] = (uint8_t)(bn - 1);
+	send_raw(&c3, big, bn);
+	expect_error(&c3, PROTO_E_BAD_FIELD, 0, RECV_MS, "LOGIN as user 2^63");
+	expect_closed(&c3, EOF_MS, "after LOGIN as user 2^63");
 	open_login(&c4, UINT64_MAX >> 1);
 	send_msg(&c, 3, UINT64_MAX >> 1, "to a large id");
 	expect_type(&c4, &fr, PROTO_DELIVER, RECV_MS, "user 2^63-1 receives");
@@ -538,12 +558,15 @@ Test(gateway, login_version_zero, .timeout = 30)
 	uint8_t buf[128];
 	size_t n = tc_enc_login(buf, sizeof buf, &G.secret, 2006, 0, 0);
 	cr_assert_gt(n, 0);
-	cr_assert_eq(buf[2], 0, "version byte not patched");
+	cr_assert_eq(buf[2], 0, "version byte");
 	struct tc_conn c;
 	conn_open(&c);
 	send_raw(&c, buf, n);
-	expect_error(&c, PROTO_E_BAD_FIELD, 0, RECV_MS, "LOGIN version 0");
-	expect_closed(&c, EOF_MS, "after bad_field");
+	/* PROTOCOL.md 3.6: no common version is LOGIN_RESULT status version */
+	struct tc_frame fr;
+	expect_login_result(&c, &fr, PROTO_E_VERSION, "LOGIN version 0");
+	expect_closed(&c, EOF_MS, "after status version");
+	cr_assert_eq(stats_num("logins_version"), 1);
 	gw_alive();
 }
 
@@ -852,8 +875,8 @@ Test(gateway, malformed_frames, .timeout = 30)
 		{"9-byte ping", {0x0a, 0x04, 1, 2, 3, 4, 5, 6, 7, 8, 9}, 11, PROTO_E_BAD_FIELD, 1},
 		/* SEND with an empty body */
 		{"SEND with empty body", {0x03, 0x02, 0x01, 0x54}, 4, PROTO_E_BAD_FIELD, 1},
-		/* RECEIPT kind 3 */
-		{"RECEIPT kind 3", {0x04, 0x03, 0x03, 0x01, 0x01}, 5, PROTO_E_BAD_FIELD, 1},
+		/* RECEIPT kind 4 (3 acknowledges a stored receipt, protocol 2) */
+		{"RECEIPT kind 4", {0x04, 0x03, 0x04, 0x01, 0x01}, 5, PROTO_E_BAD_FIELD, 1},
 		/* a valid SEND before LOGIN */
 		{"SEND before LOGIN", {0x04, 0x02, 0x01, 0x54, 'x'}, 5, PROTO_E_NOT_LOGGED_IN, 0},
 		{"PING before LOGIN", {0x01, 0x04}, 2, PROTO_E_NOT_LOGGED_IN, 0},

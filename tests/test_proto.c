@@ -98,7 +98,7 @@ static uint8_t token40[40];
 static uint8_t token64[PROTO_MAX_TOKEN + 1];
 static uint8_t bigbody[PROTO_MAX_BODY + 64];
 static uint8_t bigtext[PROTO_MAX_TEXT + 1];
-static const uint64_t ids3[] = {5, 300, UINT64_MAX};
+static const uint64_t ids3[] = {5, 300, PROTO_MAX_USER};
 static uint64_t ids256[PROTO_MAX_GROUP_OP + 1];
 
 struct sample {
@@ -126,7 +126,7 @@ static void fill_data(void)
 		bigbody[i] = (uint8_t)(i * 31 + 1);
 	memset(bigtext, 't', sizeof bigtext);
 	for (size_t i = 0; i < sizeof ids256 / sizeof ids256[0]; i++)
-		ids256[i] = UINT64_MAX - i; /* 10-byte varints: the largest list */
+		ids256[i] = PROTO_MAX_USER - i; /* 9-byte varints: the largest list of user ids */
 }
 
 static void build_samples(void)
@@ -138,7 +138,7 @@ static void build_samples(void)
 						 .login = {.version = 1, .user = 42, .token = {token40, 40}}});
 	add_sample("login max fields",
 		   (struct proto_frame){.type = PROTO_LOGIN,
-					.login = {.version = 255, .flags = 0xff, .user = UINT64_MAX,
+					.login = {.version = 255, .flags = 0xff, .user = PROTO_MAX_USER,
 						  .token = {token64, PROTO_MAX_TOKEN}, .resume = UINT64_MAX}});
 	add_sample("send 1:1", (struct proto_frame){.type = PROTO_SEND,
 						    .send = {.cmid = 7, .to = 42, .body = BYTES("hello")}});
@@ -150,7 +150,11 @@ static void build_samples(void)
 	add_sample("receipt delivered",
 		   (struct proto_frame){.type = PROTO_RECEIPT, .receipt = {.kind = PROTO_RCPT_DELIVERED, .peer = 9, .smid = 1000}});
 	add_sample("receipt read", (struct proto_frame){.type = PROTO_RECEIPT,
-							.receipt = {.kind = PROTO_RCPT_READ, .peer = UINT64_MAX, .smid = 1}});
+							.receipt = {.kind = PROTO_RCPT_READ, .peer = PROTO_MAX_USER, .smid = 1}});
+	add_sample("receipt ack", (struct proto_frame){.type = PROTO_RECEIPT,
+						       .receipt = {.kind = PROTO_RCPT_ACK, .peer = 9, .smid = 1000}});
+	add_sample("login version 0", (struct proto_frame){.type = PROTO_LOGIN,
+							   .login = {.version = 0, .user = 42, .token = {token40, 40}}});
 	add_sample("ping empty", (struct proto_frame){.type = PROTO_PING});
 	add_sample("ping 8", (struct proto_frame){.type = PROTO_PING, .ping = {BYTES("12345678")}});
 	add_sample("pong empty", (struct proto_frame){.type = PROTO_PONG});
@@ -192,6 +196,14 @@ static void build_samples(void)
 	add_sample("deliver group", (struct proto_frame){.type = PROTO_DELIVER,
 							 .deliver = {.flags = PROTO_DELIVER_GROUP, .smid = 11, .from = 42,
 								     .group = 99, .time_ms = 0, .body = BYTES("g")}});
+	add_sample("deliver with cmid", (struct proto_frame){.type = PROTO_DELIVER,
+							     .deliver = {.flags = PROTO_DELIVER_CMID, .smid = 12, .from = 42,
+									 .cmid = 7, .time_ms = 5, .body = BYTES("c")}});
+	add_sample("deliver group with cmid max",
+		   (struct proto_frame){.type = PROTO_DELIVER,
+					.deliver = {.flags = PROTO_DELIVER_GROUP | PROTO_DELIVER_CMID, .smid = UINT64_MAX,
+						    .from = UINT64_MAX, .group = UINT64_MAX, .cmid = UINT64_MAX,
+						    .time_ms = UINT64_MAX, .body = {bigbody, PROTO_MAX_BODY - 10}}});
 	add_sample("deliver group max",
 		   (struct proto_frame){.type = PROTO_DELIVER,
 					.deliver = {.flags = PROTO_DELIVER_GROUP, .smid = UINT64_MAX, .from = UINT64_MAX,
@@ -655,7 +667,9 @@ struct pcase {
 
 static const struct pcase payload_cases[] = {
 	{"login", PROTO_LOGIN, "01 00 2a 01 78 00", OK},
-	{"login version 0", PROTO_LOGIN, "00 00 2a 01 78 00", BAD},
+	{"login version 0 (answered with status version)", PROTO_LOGIN, "00 00 2a 01 78 00", OK},
+	{"login user 2^63-1", PROTO_LOGIN, "01 00 ff ff ff ff ff ff ff ff 7f 01 78 00", OK},
+	{"login user 2^63", PROTO_LOGIN, "01 00 80 80 80 80 80 80 80 80 80 01 01 78 00", BAD},
 	{"login zero user", PROTO_LOGIN, "01 00 00 01 78 00", BAD},
 	{"login token length 0", PROTO_LOGIN, "01 00 2a 00 00", BAD},
 	{"login token overruns", PROTO_LOGIN, "01 00 2a 05 78 00", BAD},
@@ -682,7 +696,9 @@ static const struct pcase payload_cases[] = {
 	{"receipt delivered", PROTO_RECEIPT, "01 05 07", OK},
 	{"receipt read", PROTO_RECEIPT, "02 05 07", OK},
 	{"receipt kind 0", PROTO_RECEIPT, "00 05 07", BAD},
-	{"receipt kind 3", PROTO_RECEIPT, "03 05 07", BAD},
+	{"receipt kind 3 (ack, from a client)", PROTO_RECEIPT, "03 05 07", OK},
+	{"receipt kind 4", PROTO_RECEIPT, "04 05 07", BAD},
+	{"receipt peer 2^63", PROTO_RECEIPT, "01 80 80 80 80 80 80 80 80 80 01 07", BAD},
 	{"receipt zero peer", PROTO_RECEIPT, "01 00 07", BAD},
 	{"receipt zero smid", PROTO_RECEIPT, "01 05 00", BAD},
 	{"receipt smid missing", PROTO_RECEIPT, "01 05", BAD},
@@ -706,6 +722,7 @@ static const struct pcase payload_cases[] = {
 	{"group count over list", PROTO_GROUP, "02 09 11 03 05 06", BAD},
 	{"group count under list", PROTO_GROUP, "02 09 11 01 05 06", BAD},
 	{"group non-minimal member", PROTO_GROUP, "02 09 11 01 85 00", BAD},
+	{"group member 2^63", PROTO_GROUP, "02 09 11 01 80 80 80 80 80 80 80 80 80 01", BAD},
 	{"group count missing", PROTO_GROUP, "02 09 11", BAD},
 
 	{"login_result", PROTO_LOGIN_RESULT, "00 01 e8 07 1e 80 80 01", OK},
@@ -723,7 +740,10 @@ static const struct pcase payload_cases[] = {
 
 	{"deliver 1:1", PROTO_DELIVER, "00 09 2a 64 68 69", OK},
 	{"deliver group", PROTO_DELIVER, "01 09 2a 11 64 68 69", OK},
-	{"deliver flag bit 1", PROTO_DELIVER, "02 09 2a 64 68 69", BAD},
+	{"deliver cmid", PROTO_DELIVER, "02 09 2a 07 64 68 69", OK},
+	{"deliver group and cmid", PROTO_DELIVER, "03 09 2a 11 07 64 68 69", OK},
+	{"deliver cmid flag, cmid missing", PROTO_DELIVER, "02 09 2a", BAD},
+	{"deliver flag bit 2", PROTO_DELIVER, "04 09 2a 64 68 69", BAD},
 	{"deliver flag bit 7", PROTO_DELIVER, "80 09 2a 64 68 69", BAD},
 	{"deliver zero smid", PROTO_DELIVER, "00 00 2a 64 68 69", BAD},
 	{"deliver zero from", PROTO_DELIVER, "00 09 00 64 68 69", BAD},
@@ -893,7 +913,7 @@ Test(encoder, refuses_invalid_frames)
 		{"type 0x7f", {.type = 0x7f}},
 		{"type 0x80", {.type = 0x80}},
 		{"type 0xff", {.type = 0xff}},
-		{"login version 0", {.type = PROTO_LOGIN, .login = {.version = 0, .user = 1, .token = {token64, 1}}}},
+		{"login user 2^63", {.type = PROTO_LOGIN, .login = {.version = 1, .user = PROTO_MAX_USER + 1, .token = {token64, 1}}}},
 		{"login user 0", {.type = PROTO_LOGIN, .login = {.version = 1, .user = 0, .token = {token64, 1}}}},
 		{"login empty token", {.type = PROTO_LOGIN, .login = {.version = 1, .user = 1, .token = {token64, 0}}}},
 		{"login token 65", {.type = PROTO_LOGIN, .login = {.version = 1, .user = 1, .token = {token64, 65}}}},
@@ -904,7 +924,8 @@ Test(encoder, refuses_invalid_frames)
 		{"send empty body", {.type = PROTO_SEND, .send = {.to = 1}}},
 		{"send body MAX+1", {.type = PROTO_SEND, .send = {.to = 1, .body = {bigbody, PROTO_MAX_BODY + 1}}}},
 		{"receipt kind 0", {.type = PROTO_RECEIPT, .receipt = {.kind = 0, .peer = 1, .smid = 1}}},
-		{"receipt kind 3", {.type = PROTO_RECEIPT, .receipt = {.kind = 3, .peer = 1, .smid = 1}}},
+		{"receipt kind 4", {.type = PROTO_RECEIPT, .receipt = {.kind = 4, .peer = 1, .smid = 1}}},
+		{"receipt peer 2^63", {.type = PROTO_RECEIPT, .receipt = {.kind = 1, .peer = PROTO_MAX_USER + 1, .smid = 1}}},
 		{"receipt peer 0", {.type = PROTO_RECEIPT, .receipt = {.kind = 1, .peer = 0, .smid = 1}}},
 		{"receipt smid 0", {.type = PROTO_RECEIPT, .receipt = {.kind = 1, .peer = 1, .smid = 0}}},
 		{"ping 9", {.type = PROTO_PING, .ping = {BYTES("123456789")}}},
@@ -922,7 +943,7 @@ Test(encoder, refuses_invalid_frames)
 		 {.type = PROTO_GROUP, .group = {.op = 2, .group = 1, .count = 1, .members = {bad_varint, 2}}}},
 		{"ack status 2", {.type = PROTO_ACK, .ack = {.status = 2, .smid = 1}}},
 		{"ack smid 0", {.type = PROTO_ACK, .ack = {.status = 0, .smid = 0}}},
-		{"deliver flags 2", {.type = PROTO_DELIVER, .deliver = {.flags = 2, .smid = 1, .from = 1, .body = BYTES("x")}}},
+		{"deliver flags 4", {.type = PROTO_DELIVER, .deliver = {.flags = 4, .smid = 1, .from = 1, .body = BYTES("x")}}},
 		{"deliver smid 0", {.type = PROTO_DELIVER, .deliver = {.smid = 0, .from = 1, .body = BYTES("x")}}},
 		{"deliver from 0", {.type = PROTO_DELIVER, .deliver = {.smid = 1, .from = 0, .body = BYTES("x")}}},
 		{"deliver group 0",
@@ -1163,8 +1184,10 @@ Test(names, err_names)
 	cr_assert_str_eq(proto_err_name(PROTO_E_NO_SUCH_GROUP), "no_such_group");
 	cr_assert_str_eq(proto_err_name(PROTO_E_GROUP_FULL), "group_full");
 	cr_assert_str_eq(proto_err_name(PROTO_E_NOT_ALLOWED), "not_allowed");
+	cr_assert_str_eq(proto_err_name(PROTO_E_SLOW_DOWN), "slow_down");
+	cr_assert_str_eq(proto_err_name(PROTO_E_STORE_FULL), "store_full");
 	/* the gap between the fatal and per-request codes, and past the end */
-	static const unsigned unknown[] = {18, 20, 31, 40, 41, 255, 256, 1000, UINT32_MAX};
+	static const unsigned unknown[] = {18, 20, 31, 42, 43, 255, 256, 1000, UINT32_MAX};
 	for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
 		cr_assert_not_null(proto_err_name(unknown[i]));
 		cr_assert_str_eq(proto_err_name(unknown[i]), "unknown", "code %u", unknown[i]);

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "backend/store.h"
+#include "proto/client.h"
 
 #define MAP_BYTES (16u << 20)
 
@@ -367,14 +368,14 @@ Test(store, counts_follow_puts_and_acks)
 	cr_assert_eq(store_count(st, 3), 5);
 	commit();
 	cr_assert_eq(store_count(st, 3), 5);
-	cr_assert_eq(store_ack(st, 3, 2), 0);
-	cr_assert_eq(store_ack(st, 3, 4), 0);
+	cr_assert_eq(store_ack(st, 3, 2, NULL), 0);
+	cr_assert_eq(store_ack(st, 3, 4, NULL), 0);
 	cr_assert_eq(store_count(st, 3), 3);
 	commit();
 	reopen();
 	cr_assert_eq(store_count(st, 3), 3);
 	for (uint64_t i = 1; i <= 5; i += 2)
-		cr_assert_eq(store_ack(st, 3, i), 0);
+		cr_assert_eq(store_ack(st, 3, i, NULL), 0);
 	cr_assert_eq(store_count(st, 3), 0);
 	commit();
 	struct store_stats x = stats();
@@ -388,12 +389,12 @@ Test(store, counts_follow_puts_and_acks)
 Test(store, ack_unknown_entry_is_notfound)
 {
 	st = open_map(MAP_BYTES);
-	cr_assert_eq(store_ack(st, 1, 1), STORE_E_NOTFOUND);
+	cr_assert_eq(store_ack(st, 1, 1, NULL), STORE_E_NOTFOUND);
 	put1(5, 1, 2, "x");
-	cr_assert_eq(store_ack(st, 3, 5), STORE_E_NOTFOUND, "someone else's message");
-	cr_assert_eq(store_ack(st, 2, 6), STORE_E_NOTFOUND, "another smid");
-	cr_assert_eq(store_ack(st, 2, 5), 0);
-	cr_assert_eq(store_ack(st, 2, 5), STORE_E_NOTFOUND, "acked twice");
+	cr_assert_eq(store_ack(st, 3, 5, NULL), STORE_E_NOTFOUND, "someone else's message");
+	cr_assert_eq(store_ack(st, 2, 6, NULL), STORE_E_NOTFOUND, "another smid");
+	cr_assert_eq(store_ack(st, 2, 5, NULL), 0);
+	cr_assert_eq(store_ack(st, 2, 5, NULL), STORE_E_NOTFOUND, "acked twice");
 	cr_assert_eq(store_count(st, 2), 0);
 }
 
@@ -471,22 +472,22 @@ Test(store, group_message_stored_once_until_last_ack)
 		cr_assert_str_eq(s.body[0], "to the group");
 	}
 
-	cr_assert_eq(store_ack(st, 11, 1000), 0);
+	cr_assert_eq(store_ack(st, 11, 1000, NULL), 0);
 	commit();
 	cr_assert_eq(stats().messages, 1);
 	reopen(); /* the refcount is durable too */
-	cr_assert_eq(store_ack(st, 13, 1000), 0);
+	cr_assert_eq(store_ack(st, 13, 1000, NULL), 0);
 	commit();
 	cr_assert_eq(stats().messages, 1);
 	struct seen s = { 0 };
 	cr_assert_eq(scan(12, 0, 10, &s), 1, "the last member still reads it");
 	cr_assert_str_eq(s.body[0], "to the group");
-	cr_assert_eq(store_ack(st, 12, 1000), 0);
+	cr_assert_eq(store_ack(st, 12, 1000, NULL), 0);
 	commit();
 	x = stats();
 	cr_assert_eq(x.messages, 0, "gone after the last ack");
 	cr_assert_eq(x.mailbox_entries, 0);
-	cr_assert_eq(store_ack(st, 12, 1000), STORE_E_NOTFOUND);
+	cr_assert_eq(store_ack(st, 12, 1000, NULL), STORE_E_NOTFOUND);
 }
 
 /* The body of large_group_message_body, byte i = i * 31 + 7. */
@@ -513,8 +514,8 @@ Test(store, large_group_message_body)
 	struct store_msg g = { .smid = 9, .from = 1, .group = 2, .kind = STORE_MSG, .body = body, .len = sizeof body };
 	cr_assert_eq(store_put(st, &g, members, 3, 10, NULL), 0);
 	commit();
-	cr_assert_eq(store_ack(st, 1, 9), 0);
-	cr_assert_eq(store_ack(st, 2, 9), 0);
+	cr_assert_eq(store_ack(st, 1, 9, NULL), 0);
+	cr_assert_eq(store_ack(st, 2, 9, NULL), 0);
 	commit();
 	int ok = 0;
 	cr_assert_eq(store_scan(st, 3, 0, 10, check_big, &ok), 1);
@@ -554,7 +555,7 @@ Test(store, receipts_are_mailbox_items)
 	cr_assert_eq(s.m[1].kind, STORE_MSG);
 	cr_assert_eq(s.m[1].rkind, 0);
 	cr_assert_eq(store_count(st, 1), 2);
-	cr_assert_eq(store_ack(st, 1, 11), 0);
+	cr_assert_eq(store_ack(st, 1, 11, NULL), 0);
 	commit();
 	cr_assert_eq(stats().messages, 2);
 }
@@ -800,8 +801,8 @@ Test(store, group_next_id_persisted)
 
 /* ---- full map ---------------------------------------------------------------------- */
 
-/* Fill a 64 KiB map with 3000-byte messages to user 2 in the open txn until a
- * put fails; returns that put's result. 64 KiB leaves room for the six
+/* Fill a 128 KiB map with 3000-byte messages to user 2 in the open txn until a
+ * put fails; returns that put's result. 128 KiB leaves room for the nine
  * databases and a few pages (16 KiB is too small for LMDB to open at all). */
 static int fill_map(uint64_t first_smid)
 {
@@ -818,7 +819,7 @@ static int fill_map(uint64_t first_smid)
 
 Test(store, map_full_is_enospc_and_recoverable)
 {
-	st = open_map(64u << 10);
+	st = open_map(128u << 10);
 	put1(1, 1, 2, "before");
 	commit();
 
@@ -834,7 +835,7 @@ Test(store, map_full_is_enospc_and_recoverable)
 	cr_assert_str_eq(s.body[1], "after");
 	struct store_stats x = stats();
 	cr_assert_eq(x.messages, 2);
-	cr_assert_eq(x.map_bytes, 64u << 10);
+	cr_assert_eq(x.map_bytes, 128u << 10);
 	cr_assert_leq(x.map_used_bytes, x.map_bytes);
 }
 
@@ -867,7 +868,7 @@ Test(store, nearly_full_put_refused_transaction_survives)
 	/* the messages stored before the refusal are there; acking one frees room */
 	uint32_t c = store_count(st, 2);
 	cr_assert_gt(c, 1);
-	cr_assert_eq(store_ack(st, 2, 1), 0);
+	cr_assert_eq(store_ack(st, 2, 1, NULL), 0);
 	cr_assert_eq(store_commit(st), 0);
 	cr_assert_eq(store_count(st, 2), c - 1);
 }
@@ -916,4 +917,230 @@ Test(store, committed_data_survives_a_crash)
 	put1(40, 1, 9, "after the crash");
 	commit();
 	cr_assert_eq(store_count(st, 9), 31);
+}
+
+/* ---- requests, faults, per-sender counts, stored receipts (issue 9) --------------------- */
+
+static uint32_t mailbox_of(uint64_t user)
+{
+	return store_count(st, user);
+}
+
+/* A request that fails in its own (nested) transaction is undone alone: the
+ * iteration's other writes, before and after it, commit. */
+Test(store, isolated_request_failure_is_undone_alone)
+{
+	st = open_map(MAP_BYTES);
+	put1(1, 1, 2, "before");
+	store_inject(st, STORE_OP_MSG, -ENOSPC, 1);
+	cr_assert_eq(store_req_begin(st, STORE_REQ_ADMIT, 8, 64), 0);
+	struct store_msg m = msg(2, 1, 3, "fails");
+	uint64_t to = 3;
+	cr_assert_eq(store_put(st, &m, &to, 1, 100, NULL), -ENOSPC);
+	/* the request's transaction refuses everything after its failure, as LMDB's does */
+	cr_assert_eq(store_dedup_put(st, 1, 2, 2), -ENOSPC);
+	cr_assert_eq(store_req_end(st, 0), 0, "the iteration's transaction stays usable");
+	cr_assert_eq(store_failed(st), 0);
+	put1(3, 1, 4, "after");
+	commit();
+	cr_assert_eq(mailbox_of(2), 1);
+	cr_assert_eq(mailbox_of(3), 0, "the failed request left its mailbox entry");
+	cr_assert_eq(mailbox_of(4), 1);
+	uint64_t smid = 0;
+	cr_assert_eq(store_dedup_get(st, 1, 2, &smid), STORE_E_NOTFOUND);
+}
+
+/* An I/O error outside an isolated request fails the iteration: nothing of
+ * it commits, and the next iteration starts clean. */
+Test(store, io_error_in_the_transaction_fails_the_commit)
+{
+	st = open_map(MAP_BYTES);
+	put1(1, 1, 2, "committed");
+	commit();
+	put1(2, 1, 2, "same iteration as the failure");
+	store_inject(st, STORE_OP_MSG, -EIO, 1);
+	cr_assert_eq(store_req_begin(st, STORE_REQ_ADMIT, 8, 64), 0);
+	struct store_msg m = msg(3, 1, 5, "fails");
+	uint64_t to = 5;
+	cr_assert_eq(store_put(st, &m, &to, 1, 100, NULL), -EIO);
+	cr_assert_eq(store_req_end(st, 0), -EIO, "a failure written straight into the transaction");
+	cr_assert_eq(store_failed(st), -EIO);
+	cr_assert_eq(store_req_begin(st, STORE_REQ_ADMIT, 1, 1), -EIO, "no request in a failed transaction");
+	cr_assert_eq(store_commit(st), -EIO);
+	cr_assert_eq(mailbox_of(2), 1, "the failed iteration's other write committed");
+	put1(4, 1, 6, "next iteration");
+	commit();
+	cr_assert_eq(mailbox_of(6), 1);
+}
+
+/* Each kind of write can be failed (for the backend's fault tests). */
+Test(store, every_kind_of_write_can_fail)
+{
+	st = open_map(MAP_BYTES);
+	put1(1, 1, 2, "x");
+	uint64_t mem = 9, gid = 0;
+	cr_assert_eq(store_group_create(st, 1ull << 48 | 1, 1, &mem, 1), 0);
+	cr_assert_eq(store_rcpt_put(st, 7, 8, 100, PROTO_RCPT_READ, 64, 100, NULL), 0);
+	commit();
+	static const struct {
+		unsigned op;
+		const char *what;
+	} kinds[] = {{STORE_OP_MSG, "msg"}, {STORE_OP_GROUP, "group"}, {STORE_OP_DEDUP, "dedup"},
+		     {STORE_OP_RECEIPT, "receipt"}, {STORE_OP_DELETE, "delete"}};
+	for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+		store_inject(st, kinds[k].op, -ENOSPC, 1);
+		cr_assert_eq(store_req_begin(st, STORE_REQ_ADMIT, 8, 64), 0);
+		int r;
+		struct store_msg m = msg(10 + k, 1, 3, "y");
+		uint64_t to = 3;
+		switch (kinds[k].op) {
+		case STORE_OP_MSG: r = store_put(st, &m, &to, 1, 100, NULL); break;
+		case STORE_OP_GROUP: r = store_group_next_id(st, 1, &gid); break;
+		case STORE_OP_DEDUP: r = store_dedup_put(st, 1, 5, 5); break;
+		case STORE_OP_RECEIPT: r = store_rcpt_put(st, 7, 8, 101, PROTO_RCPT_READ, 64, 100, NULL); break;
+		default: r = store_ack(st, 2, 1, NULL); break;
+		}
+		cr_assert_eq(r, -ENOSPC, "%s: %d", kinds[k].what, r);
+		cr_assert_eq(store_req_end(st, 0), 0, "%s", kinds[k].what);
+		commit();
+	}
+	cr_assert_eq(mailbox_of(2), 1, "the failed delete left the entry");
+	cr_assert_eq(store_rcpt_count(st, 7), 1);
+}
+
+/* Requests that add data are refused at 90% of the map, before writing;
+ * deletes still run. */
+Test(store, admission_refused_near_full_deletes_run)
+{
+	st = open_map(1u << 20);
+	cr_assert_eq(fill_map(100), -ENOSPC); /* up to the 90% guard, no request */
+	commit();
+	cr_assert_eq(store_req_begin(st, STORE_REQ_ADMIT, 4, 64), -ENOSPC);
+	cr_assert_eq(store_req_begin(st, STORE_REQ_DRAIN, 4, 0), 0);
+	cr_assert_eq(store_ack(st, 2, 100, NULL), 0);
+	cr_assert_eq(store_req_end(st, 1), 0);
+	commit();
+}
+
+/* A full map inside an isolated request: the real thing, not injected. The
+ * map is filled to the admission guard, then a request is let through (as a
+ * drain) that writes more than the space left: LMDB's MDB_MAP_FULL fails that
+ * request alone, and the transaction commits everything else. */
+Test(store, real_map_full_in_a_request_fails_it_alone)
+{
+	st = open_map(1u << 20);
+	put1(1, 1, 2, "kept");
+	static char big[3000];
+	memset(big, 'z', sizeof big - 1);
+	uint64_t smid = 10;
+	for (;; smid++) {
+		int r = store_req_begin(st, STORE_REQ_ADMIT, 4, sizeof big);
+		if (r == -ENOSPC)
+			break;
+		cr_assert_eq(r, 0);
+		struct store_msg m = msg(smid, 1, 3, big);
+		uint64_t to = 3;
+		r = store_put(st, &m, &to, 1, 100000, NULL);
+		cr_assert_eq(r, 0, "put %llu before the guard: %d", (unsigned long long)smid, r);
+		cr_assert_eq(store_req_end(st, 1), 0);
+	}
+	uint32_t before = mailbox_of(3);
+	static uint8_t huge[400 << 10];
+	memset(huge, 'h', sizeof huge);
+	cr_assert_eq(store_req_begin(st, STORE_REQ_DRAIN, 4, sizeof huge), 0);
+	struct store_msg m = msg(smid + 1, 1, 3, "");
+	m.body = huge;
+	m.len = sizeof huge;
+	uint64_t to = 3;
+	cr_assert_eq(store_put(st, &m, &to, 1, 100000, NULL), -ENOSPC, "400 KiB fit a full 1 MiB map");
+	cr_assert_eq(store_req_end(st, 0), 0, "the map-full request was not isolated");
+	cr_assert_eq(store_failed(st), 0);
+	commit();
+	cr_assert_eq(mailbox_of(2), 1);
+	cr_assert_eq(mailbox_of(3), before, "everything before the failed request committed");
+}
+
+/* Per-sender counts follow puts (one per mailbox entry) and acks. */
+Test(store, sender_counts)
+{
+	st = open_map(MAP_BYTES);
+	put1(1, 7, 2, "a");
+	put1(2, 7, 3, "b");
+	struct store_msg g = msg(3, 7, 0, "group");
+	uint64_t members[3] = {4, 5, 6};
+	cr_assert_eq(store_put(st, &g, members, 3, 100, NULL), 0);
+	cr_assert_eq(store_sender_count(st, 7), 5);
+	cr_assert_eq(store_sender_count(st, 8), 0);
+	uint64_t from = 0;
+	cr_assert_eq(store_ack(st, 2, 1, &from), 0);
+	cr_assert_eq(from, 7, "the message's sender");
+	cr_assert_eq(store_ack(st, 5, 3, &from), 0);
+	cr_assert_eq(from, 7);
+	cr_assert_eq(store_sender_count(st, 7), 3);
+	cr_assert_eq(store_ack(st, 5, 3, &from), STORE_E_NOTFOUND);
+	cr_assert_eq(from, 0);
+	commit();
+	reopen();
+	cr_assert_eq(store_sender_count(st, 7), 3, "counts are durable");
+}
+
+struct rseen {
+	struct store_rcpt r[128];
+	size_t n, stop_at;
+};
+
+static int rcpt_cb(void *arg, const struct store_rcpt *r)
+{
+	struct rseen *s = arg;
+	if (s->stop_at && s->n == s->stop_at)
+		return 1;
+	s->r[s->n++] = *r;
+	return 0;
+}
+
+Test(store, receipts_coalesce_per_message_and_peer)
+{
+	st = open_map(MAP_BYTES);
+	int dropped = -1;
+	cr_assert_eq(store_rcpt_put(st, 1, 2, 100, PROTO_RCPT_DELIVERED, 3, 10, &dropped), 0);
+	cr_assert_eq(dropped, 0);
+	/* the same message again: one record, the stronger kind wins */
+	cr_assert_eq(store_rcpt_put(st, 1, 2, 100, PROTO_RCPT_READ, 3, 10, NULL), 0);
+	cr_assert_eq(store_rcpt_put(st, 1, 2, 100, PROTO_RCPT_DELIVERED, 3, 10, NULL), 0);
+	cr_assert_eq(store_rcpt_count(st, 1), 1);
+	/* at most 3 per (owner, peer): the oldest gives way */
+	cr_assert_eq(store_rcpt_put(st, 1, 2, 101, PROTO_RCPT_READ, 3, 10, NULL), 0);
+	cr_assert_eq(store_rcpt_put(st, 1, 2, 102, PROTO_RCPT_READ, 3, 10, NULL), 0);
+	cr_assert_eq(store_rcpt_put(st, 1, 2, 103, PROTO_RCPT_READ, 3, 10, &dropped), 0);
+	cr_assert_eq(dropped, 1);
+	cr_assert_eq(store_rcpt_count(st, 1), 3);
+	/* one older than all kept for that peer is dropped itself */
+	cr_assert_eq(store_rcpt_put(st, 1, 2, 50, PROTO_RCPT_READ, 3, 10, &dropped), 0);
+	cr_assert_eq(dropped, 1);
+	/* other peers have their own bound; the owner's total is bounded too */
+	for (uint64_t p = 3; p < 10; p++)
+		cr_assert_eq(store_rcpt_put(st, 1, p, 200, PROTO_RCPT_READ, 3, 10, NULL), 0);
+	cr_assert_eq(store_rcpt_count(st, 1), 10);
+	cr_assert_eq(store_rcpt_put(st, 1, 20, 300, PROTO_RCPT_READ, 3, 10, NULL), STORE_E_FULL);
+	cr_assert_eq(store_rcpt_count(st, 1), 10);
+	/* scanning: in (peer, smid) order, resumable, refused ones come again */
+	struct rseen s = {.stop_at = 2};
+	struct store_rcpt_pos pos = {0};
+	cr_assert_eq(store_rcpt_scan(st, 1, &pos, 100, rcpt_cb, &s), 3);
+	cr_assert_eq(s.n, 2);
+	cr_assert(s.r[0].peer == 2 && s.r[0].smid == 101 && s.r[1].smid == 102, "order");
+	s.stop_at = 0;
+	cr_assert_eq(store_rcpt_scan(st, 1, &pos, 100, rcpt_cb, &s), 8);
+	cr_assert_eq(s.n, 10);
+	cr_assert(s.r[2].peer == 2 && s.r[2].smid == 103 && s.r[2].kind == PROTO_RCPT_READ, "the refused one came next");
+	cr_assert_eq(s.r[3].peer, 3);
+	/* deletes */
+	cr_assert_eq(store_rcpt_del(st, 1, 2, 101), 0);
+	cr_assert_eq(store_rcpt_del(st, 1, 2, 101), STORE_E_NOTFOUND);
+	cr_assert_eq(store_rcpt_count(st, 1), 9);
+	cr_assert_eq(store_rcpt_count(st, 2), 0, "another owner");
+	commit();
+	struct store_stats x;
+	store_get_stats(st, &x);
+	cr_assert_eq(x.receipts, 9);
 }
