@@ -24,62 +24,8 @@
 #include <string.h>
 
 #include "gateway/gw.h"
+#include "gateway/pendq.h"
 #include "runtime/log.h"
-
-struct gw_pend {
-	uint64_t oconn, ref;
-	uint32_t othread, tick;
-	uint8_t what; /* enum xr_what */
-};
-
-struct gw_pendq {
-	struct gw_pend *v;
-	size_t head, len, cap; /* ring */
-};
-
-static int pend_push(struct gw_pendq *q, const struct gw_pend *p)
-{
-	if (q->len == q->cap) {
-		size_t cap = q->cap ? q->cap * 2 : 256;
-		struct gw_pend *v = malloc(cap * sizeof *v);
-		if (!v)
-			return -1;
-		for (size_t i = 0; i < q->len; i++)
-			v[i] = q->v[(q->head + i) % q->cap];
-		free(q->v);
-		q->v = v;
-		q->head = 0;
-		q->cap = cap;
-	}
-	q->v[(q->head + q->len) % q->cap] = *p;
-	q->len++;
-	return 0;
-}
-
-static void pend_pop(struct gw_pendq *q)
-{
-	q->head = (q->head + 1) % q->cap;
-	q->len--;
-}
-
-/* Remove the entry answering (othread, oconn, ref): normally the oldest. */
-static void pend_answered(struct gw_pendq *q, uint32_t othread, uint64_t oconn, uint64_t ref)
-{
-	for (size_t i = 0; i < q->len && i < 64; i++) {
-		struct gw_pend *p = &q->v[(q->head + i) % q->cap];
-		if (p->othread == othread && p->oconn == oconn && p->ref == ref) {
-			if (i == 0) {
-				pend_pop(q);
-			} else {
-				/* out of order (should not happen): close the gap */
-				for (size_t j = i; j > 0; j--)
-					q->v[(q->head + j) % q->cap] = q->v[(q->head + j - 1) % q->cap];
-				pend_pop(q);
-			}
-			return;
-		}
-	}
-}
 
 int gw_dist_on(const struct worker *w)
 {
@@ -112,13 +58,26 @@ static void answer(struct worker *w, uint32_t othread, uint64_t oconn, uint8_t w
 static void fail_pending(struct worker *w, unsigned li, uint32_t older_than_tick, unsigned status)
 {
 	struct gw_pendq *q = &w->pend[li];
-	while (q->len) {
-		struct gw_pend *p = &q->v[q->head];
+	const struct gw_pend *p;
+	while ((p = pendq_oldest(q))) {
 		if (older_than_tick && p->tick >= older_than_tick)
 			break;
 		answer(w, p->othread, p->oconn, p->what, p->ref, 0, status, 0);
 		CNT_ADD(w, store_timeouts, 1);
-		pend_pop(q);
+		pendq_pop(q);
+	}
+}
+
+/* An answer arrived: its entry is done, and the ones older than it lost
+ * their answers (see pendq.h): try_again for them now. */
+static void answered(struct worker *w, unsigned li, uint32_t othread, uint64_t oconn, uint64_t ref)
+{
+	struct gw_pend lost[64];
+	size_t n;
+	pendq_answered(&w->pend[li], othread, oconn, ref, lost, sizeof lost / sizeof lost[0], &n);
+	for (size_t i = 0; i < n; i++) {
+		answer(w, lost[i].othread, lost[i].oconn, lost[i].what, lost[i].ref, 0, PROTO_E_TRY_AGAIN, 0);
+		CNT_ADD(w, answers_lost, 1);
 	}
 }
 
@@ -177,7 +136,7 @@ static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 	struct worker *w = arg;
 	switch (f->type) {
 	case DIST_STORE_ACK: {
-		pend_answered(&w->pend[l->idx], f->store_ack.thread, f->store_ack.conn, f->store_ack.cmid);
+		answered(w, l->idx, f->store_ack.thread, f->store_ack.conn, f->store_ack.cmid);
 		if (f->store_ack.status == PROTO_OK)
 			CNT_ADD(w, stored_acks, 1);
 		else
@@ -187,7 +146,7 @@ static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 		break;
 	}
 	case DIST_GROUP_RESULT:
-		pend_answered(&w->pend[l->idx], f->group_result.thread, f->group_result.conn, f->group_result.req);
+		answered(w, l->idx, f->group_result.thread, f->group_result.conn, f->group_result.req);
 		answer(w, f->group_result.thread, f->group_result.conn, XR_GROUP, f->group_result.req,
 		       f->group_result.group, f->group_result.status, 0);
 		break;
@@ -224,6 +183,10 @@ int gw_dist_setup(struct worker *w, char *err, size_t errlen)
 		return -1;
 	}
 	for (size_t i = 0; i < cl->n; i++) {
+		if (pendq_init(&w->pend[i]) != 0) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
 		struct link *l = &w->links[i];
 		link_init(l, (unsigned)i, UD_LINK, &ops, w, &w->gw->cluster_keys, DIST_ROLE_GATEWAY, (uint32_t)cfg->node,
 			  w->id, w->gw->nthreads, (size_t)cfg->link_batch, (size_t)cfg->link_queue, (int)cfg->link_sockbuf);
@@ -239,7 +202,7 @@ void gw_dist_teardown(struct worker *w)
 		return;
 	for (size_t i = 0; i < w->gw->cluster.n; i++) {
 		link_free(&w->links[i]);
-		free(w->pend[i].v);
+		pendq_free(&w->pend[i]);
 	}
 	free(w->links);
 	free(w->pend);
@@ -328,7 +291,7 @@ static unsigned add_request(struct worker *w, size_t li, const struct dist_frame
 		CNT_ADD(w, link_try_again, 1);
 		return PROTO_E_TRY_AGAIN;
 	}
-	if (pend_push(&w->pend[li], &p) != 0)
+	if (pendq_push(&w->pend[li], &p) != 0)
 		log_rl(LOG_ERROR, "out of memory tracking a request to backend %u", l->peer_node);
 	return 0;
 }

@@ -106,7 +106,7 @@ struct gw_counters {
 	uint64_t receipts_dropped, receipt_acks;
 	uint64_t xbatches_out, xbatches_in, xrecords_out, xrecords_in;
 	uint64_t loops, cqes, sends;
-	uint64_t routed_remote, stored_acks, store_refused, store_timeouts, link_try_again, sessions_out;
+	uint64_t routed_remote, stored_acks, store_refused, store_timeouts, link_try_again, sessions_out, answers_lost;
 	uint64_t link_frames_out, link_frames_in, link_batches_out, link_batches_in, link_bytes_out, link_bytes_in;
 	uint64_t link_reconnects, link_credit_stalls, link_refused, link_violations;
 	/* gauges */

@@ -114,6 +114,8 @@ static const struct gw_metric table[] = {
 	C_("store_acks_total", "result=\"stored\"", "store_acks", "Backend answers to messages", stored_acks),
 	C_("store_acks_total", "result=\"refused\"", "store_refused", "Backend answers to messages", store_refused),
 	C_("store_timeouts_total", NULL, "store_timeouts", "Requests answered try_again (link lost or timeout)", store_timeouts),
+	C_("answers_lost_total", NULL, "answers_lost", "Requests answered try_again: a backend answered later ones first",
+	   answers_lost),
 	C_("link_try_again_total", NULL, "link_try_again", "Requests refused: backend link queue full", link_try_again),
 	C_("sessions_announced_total", NULL, "sessions_announced", "Session up/down frames to backends", sessions_out),
 	C_("link_frames_total", "dir=\"out\"", "link_frames_out", "Dist link frames", link_frames_out),

@@ -524,7 +524,8 @@ static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 		return;
 	CNT_ADD(w, accepted, 1);
 	if (w->draining) {
-		conn_refuse_login(w, slot, PROTO_E_SHUTTING_DOWN);
+		/* no LOGIN came on it: an ERROR, not an answer to a LOGIN */
+		conn_fail(w, slot, PROTO_E_SHUTTING_DOWN, CLOSE_SHUTDOWN, "the server is shutting down");
 		return;
 	}
 	if (w->live - w->closing > w->capacity) {
@@ -726,7 +727,8 @@ static void start_drain(struct worker *w)
 	for (uint32_t s = 0; s < w->slots; s++) {
 		struct conn *c = conn_of(w, s);
 		if (c->state == CS_NEW) {
-			conn_refuse_login(w, s, PROTO_E_SHUTTING_DOWN);
+			/* not logged in, and no LOGIN of it is being handled: ERROR */
+			conn_fail(w, s, PROTO_E_SHUTTING_DOWN, CLOSE_SHUTDOWN, "the server is shutting down");
 		} else if (c->state == CS_LIVE && !(c->flags & CF_GOAWAY)) {
 			struct proto_frame f = {.type = PROTO_GOAWAY};
 			w->rng = w->rng * 6364136223846793005ull + 1442695040888963407ull;

@@ -1,4 +1,14 @@
-/* httpd.c: see httpd.h. */
+/* httpd.c: see httpd.h.
+ *
+ * One thread, one poll() loop over the listener and up to HTTPD_MAX_CONN
+ * client sockets, all non-blocking. A connection reads its request head
+ * (at most 4 KiB), gets its whole answer rendered at once, writes it as the
+ * socket takes it and is closed; it has HTTPD_DEADLINE_MS in all, from
+ * accept to the last byte. So no client, idle or trickling, delays another
+ * by more than one handler call, and when every slot is taken the oldest
+ * connection gives way to the new one (a health check is never locked out
+ * by a few idle sockets).
+ */
 #include "runtime/httpd.h"
 
 #include <errno.h>
@@ -9,10 +19,24 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "runtime/log.h"
+
+#define HTTPD_MAX_CONN 64
+#define HTTPD_HEAD_MAX 4096
+#define HTTPD_DEADLINE_MS 2000
+
+struct hconn {
+	int fd; /* -1: free */
+	int64_t deadline_ms, opened_ms;
+	size_t in;            /* bytes of head read */
+	char head[HTTPD_HEAD_MAX + 1];
+	struct mbuf out;      /* the answer, once rendered */
+	size_t sent;
+	int answering;
+};
 
 struct httpd {
 	int fd;
@@ -21,45 +45,37 @@ struct httpd {
 	pthread_t thread;
 	httpd_handler handler;
 	void *arg;
+	struct hconn c[HTTPD_MAX_CONN];
+	uint64_t evicted, timed_out;
 };
 
-static void send_all(int fd, const char *p, size_t n)
+static int64_t now_ms(void)
 {
-	while (n) {
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return;
-		p += w;
-		n -= (size_t)w;
-	}
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void serve(struct httpd *h, int c)
+static void hc_close(struct hconn *c)
 {
-	struct timeval tv = {2, 0};
-	setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-	setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-	char req[4096];
-	size_t len = 0;
-	while (len < sizeof req - 1) {
-		ssize_t r = recv(c, req + len, sizeof req - 1 - len, 0);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			break;
-		len += (size_t)r;
-		req[len] = 0;
-		if (strstr(req, "\r\n\r\n") || strstr(req, "\n\n"))
-			break;
-	}
-	req[len] = 0;
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	mbuf_free(&c->out);
+	c->out = (struct mbuf){0};
+	c->in = c->sent = 0;
+	c->answering = 0;
+}
+
+/* Render the answer to the request head in c->head. */
+static void render(struct httpd *h, struct hconn *c)
+{
+	c->head[c->in] = 0;
 	char path[256] = "";
 	int status;
 	const char *ctype = "text/plain; charset=utf-8";
 	struct mbuf body = {0};
-	if (sscanf(req, "GET %255s HTTP/", path) != 1) {
+	if (sscanf(c->head, "GET %255s HTTP/", path) != 1) {
 		status = 400;
 		mbuf_printf(&body, "only GET is served\n");
 	} else {
@@ -70,38 +86,134 @@ static void serve(struct httpd *h, int c)
 	}
 	const char *reason = status == 200 ? "OK" : status == 404 ? "Not Found" : status == 503 ? "Service Unavailable"
 			   : "Bad Request";
-	char head[256];
-	int n = snprintf(head, sizeof head,
-			 "HTTP/1.0 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
-			 status, reason, ctype, body.len);
-	send_all(c, head, (size_t)n);
+	mbuf_printf(&c->out,
+		    "HTTP/1.0 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n", status,
+		    reason, ctype, body.len);
 	if (body.len)
-		send_all(c, body.p, body.len);
+		mbuf_put(&c->out, body.p, body.len);
 	mbuf_free(&body);
+	c->answering = 1;
+	c->sent = 0;
+}
+
+/* Read what is there; render once the head is complete (or full, or the peer
+ * stopped sending). Returns -1 when the connection is done. */
+static int hc_read(struct httpd *h, struct hconn *c)
+{
+	for (;;) {
+		ssize_t r = recv(c->fd, c->head + c->in, HTTPD_HEAD_MAX - c->in, 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return 0;
+		if (r <= 0) {
+			if (r == 0 && c->in) {
+				render(h, c); /* a request without its blank line: answer what came */
+				return 0;
+			}
+			return -1;
+		}
+		c->in += (size_t)r;
+		c->head[c->in] = 0;
+		if (strstr(c->head, "\r\n\r\n") || strstr(c->head, "\n\n") || c->in == HTTPD_HEAD_MAX) {
+			render(h, c);
+			return 0;
+		}
+	}
+}
+
+/* Write what the socket takes. Returns -1 when the connection is done. */
+static int hc_write(struct hconn *c)
+{
+	while (c->sent < c->out.len) {
+		ssize_t w = send(c->fd, c->out.p + c->sent, c->out.len - c->sent, MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return 0;
+		if (w <= 0)
+			return -1;
+		c->sent += (size_t)w;
+	}
+	return -1; /* all sent: close */
+}
+
+static void on_accept(struct httpd *h)
+{
+	for (;;) {
+		int fd = accept4(h->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE)
+				log_rl(LOG_WARN, "stats endpoint: accept: %s", strerror(errno));
+			return;
+		}
+		struct hconn *slot = NULL, *oldest = NULL;
+		for (int i = 0; i < HTTPD_MAX_CONN && !slot; i++) {
+			if (h->c[i].fd < 0)
+				slot = &h->c[i];
+			else if (!oldest || h->c[i].opened_ms < oldest->opened_ms)
+				oldest = &h->c[i];
+		}
+		if (!slot) {
+			/* every slot taken: the oldest connection gives way */
+			h->evicted++;
+			log_rl(LOG_WARN, "stats endpoint: %d connections open; closing the oldest", HTTPD_MAX_CONN);
+			hc_close(oldest);
+			slot = oldest;
+		}
+		slot->fd = fd;
+		slot->opened_ms = now_ms();
+		slot->deadline_ms = slot->opened_ms + HTTPD_DEADLINE_MS;
+	}
 }
 
 static void *run(void *arg)
 {
 	struct httpd *h = arg;
 	log_thread("stats");
-	struct pollfd pf[2] = {{h->fd, POLLIN, 0}, {h->stop_pipe[0], POLLIN, 0}};
+	struct pollfd pf[HTTPD_MAX_CONN + 2];
+	int map[HTTPD_MAX_CONN + 2];
 	for (;;) {
-		int r = poll(pf, 2, -1);
+		int64_t now = now_ms(), next = -1;
+		nfds_t n = 0;
+		pf[n++] = (struct pollfd){h->fd, POLLIN, 0};
+		pf[n++] = (struct pollfd){h->stop_pipe[0], POLLIN, 0};
+		for (int i = 0; i < HTTPD_MAX_CONN; i++) {
+			struct hconn *c = &h->c[i];
+			if (c->fd < 0)
+				continue;
+			if (now >= c->deadline_ms) {
+				h->timed_out++;
+				hc_close(c);
+				continue;
+			}
+			if (next < 0 || c->deadline_ms < next)
+				next = c->deadline_ms;
+			map[n] = i;
+			pf[n++] = (struct pollfd){c->fd, (short)(c->answering ? POLLOUT : POLLIN), 0};
+		}
+		int r = poll(pf, n, next < 0 ? -1 : (int)(next - now));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0 || pf[1].revents)
 			break;
-		if (pf[0].revents & POLLIN) {
-			int c = accept4(h->fd, NULL, NULL, SOCK_CLOEXEC);
-			if (c < 0) {
-				if (errno == EMFILE || errno == ENFILE)
-					usleep(100000);
+		for (nfds_t k = 2; k < n; k++) {
+			if (!pf[k].revents)
 				continue;
-			}
-			serve(h, c);
-			close(c);
+			struct hconn *c = &h->c[map[k]];
+			int done = 0;
+			if (!c->answering)
+				done = hc_read(h, c) != 0;
+			if (!done && c->answering)
+				done = hc_write(c) != 0;
+			if (done)
+				hc_close(c);
 		}
+		if (pf[0].revents & POLLIN)
+			on_accept(h);
 	}
+	for (int i = 0; i < HTTPD_MAX_CONN; i++)
+		hc_close(&h->c[i]);
 	return NULL;
 }
 
@@ -112,9 +224,11 @@ struct httpd *httpd_start(const struct addr *a, httpd_handler handler, void *arg
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
+	for (int i = 0; i < HTTPD_MAX_CONN; i++)
+		h->c[i].fd = -1;
 	h->handler = handler;
 	h->arg = arg;
-	h->fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	h->fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	int one = 1;
 	if (h->fd < 0 || setsockopt(h->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
 	    bind(h->fd, (const struct sockaddr *)&a->ss, a->len) != 0 || listen(h->fd, 64) != 0) {

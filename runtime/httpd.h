@@ -1,9 +1,15 @@
 /* httpd.h: the small HTTP/1.0 server behind --stats-listen.
  *
- * One thread of its own, blocking sockets, one request per connection, GET
- * only, request head <= 4 KiB, 2 s read timeout: it serves operators and
- * scrapers, never the message path. The handler runs on the httpd thread and
- * must only read what other threads publish (relaxed atomics).
+ * One thread of its own, one request per connection, GET only, request head
+ * <= 4 KiB: it serves operators and scrapers, never the message path.
+ * Connections are served concurrently (non-blocking sockets, one poll
+ * loop, up to 64 at once, the oldest closed for a new one past that), each
+ * with a 2 s deadline from accept to its last byte: idle or trickling
+ * clients cannot delay a health check. A well-kept HTTP library
+ * (libmicrohttpd) would do too; these ~200 lines are what three GET pages
+ * need, with no thread pool and no dependency. The handler runs on the
+ * httpd thread and must only read what other threads publish (relaxed
+ * atomics).
  */
 #ifndef RUNTIME_HTTPD_H
 #define RUNTIME_HTTPD_H

@@ -4,6 +4,9 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
+
+#include "runtime/log.h"
 
 #ifndef IORING_SETUP_SINGLE_ISSUER
 #define IORING_SETUP_SINGLE_ISSUER (1U << 12)
@@ -70,9 +73,23 @@ unsigned ring_dispatch(struct io_uring *ring, unsigned max, void (*fn)(void *arg
 struct io_uring_sqe *ring_sqe(struct io_uring *ring)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-	if (!sqe) {
-		io_uring_submit(ring);
+	for (unsigned tries = 0; !sqe; tries++) {
+		/* The SQ is full: submit what is queued. The kernel may refuse for a
+		 * moment (-EBUSY with completions it cannot post, -EAGAIN without
+		 * memory): let it flush overflowed completions and try again, a
+		 * little slower each time. The caller never gets NULL: every caller
+		 * would otherwise have to undo what it was doing. */
+		int r = io_uring_submit(ring);
 		sqe = io_uring_get_sqe(ring);
+		if (sqe)
+			break;
+		if (r < 0 && tries % 1000 == 0)
+			log_rl(LOG_ERROR, "io_uring_submit: %s; retrying", strerror(-r));
+		io_uring_get_events(ring);
+		if (tries > 10) {
+			struct timespec ts = {0, 1000000};
+			nanosleep(&ts, NULL);
+		}
 	}
 	return sqe;
 }

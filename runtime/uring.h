@@ -72,8 +72,10 @@ int ring_work_pending(const struct io_uring *ring);
 unsigned ring_dispatch(struct io_uring *ring, unsigned max, void (*fn)(void *arg, const struct io_uring_cqe *cqe),
 		       void *arg);
 
-/* An SQE, submitting queued ones first if the SQ is full. Never NULL unless
- * the kernel refuses submissions (then NULL). */
+/* An SQE, submitting queued ones first if the SQ is full. Never NULL: while
+ * the kernel refuses submissions (overflowed completions it cannot post, no
+ * memory) it retries, logging (rate-limited), so a caller never has to undo
+ * half an operation. */
 struct io_uring_sqe *ring_sqe(struct io_uring *ring);
 
 /* Post a pointer to another ring: the target gets a CQE with

@@ -1421,12 +1421,12 @@ Test(gateway, shutdown_closes_after_drain_timeout, .timeout = 30)
 	struct tc_conn a, n;
 	struct tc_frame fr;
 	open_login(&a, 17101);
-	conn_open(&n); /* not logged in: refused with shutting_down */
+	conn_open(&n); /* never sent LOGIN: ERROR shutting_down (not a LOGIN_RESULT nobody asked for) */
 	tc_sleep_ms(50);
 	int64_t t0 = tc_now_ms();
 	cr_assert_eq(tc_server_signal(&G.srv, SIGTERM), 0);
 	expect_type(&a, &fr, PROTO_GOAWAY, 1500, "on SIGTERM");
-	expect_login_result(&n, &fr, PROTO_E_SHUTTING_DOWN, "unauthenticated connection on SIGTERM");
+	expect_error(&n, PROTO_E_SHUTTING_DOWN, 0, 1500, "a connection that never sent LOGIN, on SIGTERM");
 	expect_closed(&n, EOF_MS, "unauthenticated connection on SIGTERM");
 	/* a stays and keeps working until the drain timeout ... */
 	ping_ok(&a, "drain", "during the drain");
@@ -1645,5 +1645,82 @@ Test(gateway, lingering_connection_cut_when_it_keeps_sending, .timeout = 30)
 	cr_assert_eq(stats_num("linger_cut"), 1, "linger_cut counter");
 	tc_close(&c);
 	ping_ok(&obs, "obs", "observer");
+	gw_alive();
+}
+
+/* Item 7: a resend with the same cmid on the local path is a new DELIVER
+ * (with a new smid, since nothing stored the first); a protocol 2 receiver
+ * gets the sender's cmid in DELIVER, so it drops the copy as it would a
+ * stored one; a protocol 1 receiver gets DELIVER as before. Same thread and
+ * across threads. */
+Test(gateway, local_resend_carries_the_cmid, .timeout = 30)
+{
+	gw_start(NULL);
+	uint64_t ua = 19401;
+	uint64_t same = user_with_home(19402, ua, 1), other = user_with_home(19402, ua, 0);
+	uint64_t old = user_with_home(other + 1, ua, 0);
+	struct tc_conn a, b[2], v1;
+	struct tc_frame fr;
+	open_login(&a, ua);
+	uint64_t rcpt[2] = {same, other};
+	for (int i = 0; i < 2; i++) {
+		conn_open(&b[i]);
+		long r = tc_login_v(&b[i], &G.secret, rcpt[i], 2, &fr, RECV_MS);
+		cr_assert(r > 0 && fr.f.type == PROTO_LOGIN_RESULT && fr.f.login_result.status == 0 &&
+			  fr.f.login_result.version == 2, "v2 login");
+	}
+	open_login(&v1, old);
+	for (int i = 0; i < 2; i++) {
+		uint64_t smid[2];
+		for (int k = 0; k < 2; k++) { /* the message, then its resend */
+			send_msg(&a, 77, rcpt[i], "said twice");
+			expect_type(&b[i], &fr, PROTO_DELIVER, RECV_MS, i ? "across threads" : "same thread");
+			cr_assert(fr.f.deliver.flags & PROTO_DELIVER_CMID, "no cmid in DELIVER to a protocol 2 client");
+			cr_assert_eq(fr.f.deliver.cmid, 77);
+			cr_assert_eq(fr.f.deliver.from, ua);
+			smid[k] = fr.f.deliver.smid;
+			expect_type(&a, &fr, PROTO_ACK, RECV_MS, "ACK");
+		}
+		cr_assert_neq(smid[0], smid[1], "the local path stores nothing: a resend is a new message id");
+	}
+	send_msg(&a, 78, old, "to protocol 1");
+	expect_type(&v1, &fr, PROTO_DELIVER, RECV_MS, "protocol 1 receiver");
+	cr_assert_eq(fr.f.deliver.flags, 0, "a protocol 1 client got DELIVER flags %u", fr.f.deliver.flags);
+	for (int i = 0; i < 2; i++)
+		tc_close(&b[i]);
+	tc_close(&v1);
+	tc_close(&a);
+	gw_alive();
+}
+
+/* Item 14: one slow client cannot hold the stats endpoint. Idle connections
+ * (more than there are slots) and one that trickles a byte at a time do not
+ * delay /healthz (before: each idle one held the single-threaded server for
+ * its 2 s receive timeout, in turn). */
+Test(gateway, stats_endpoint_not_held_by_slow_clients, .timeout = 30)
+{
+	gw_start(NULL);
+	enum { IDLE = 70 };
+	static struct tc_conn idle[IDLE];
+	for (int i = 0; i < IDLE; i++) {
+		int r = tc_connect(&idle[i], G.stats, 0, 2000);
+		cr_assert_eq(r, 0, "idle connection %d: %s", i, tc_status_name(r));
+	}
+	struct tc_conn trickle;
+	cr_assert_eq(tc_connect(&trickle, G.stats, 0, 2000), 0);
+	const char *req = "GET /metrics HTTP/1.0\r\n";
+	for (int round = 0; round < 5; round++) {
+		send_raw(&trickle, req + round, 1);
+		int64_t t0 = tc_now_ms();
+		char body[64];
+		int st = tc_http_get(G.stats, "/healthz", 2000, body, sizeof body);
+		int64_t dt = tc_now_ms() - t0;
+		cr_assert_eq(st, 200, "/healthz with %d idle clients: %s", IDLE, st < 0 ? tc_status_name(st) : "status");
+		cr_assert_lt(dt, 500, "/healthz took %lld ms with idle and trickling clients", (long long)dt);
+		tc_sleep_ms(100);
+	}
+	for (int i = 0; i < IDLE; i++)
+		tc_close(&idle[i]);
+	tc_close(&trickle);
 	gw_alive();
 }
