@@ -426,9 +426,16 @@ static void on_frame(struct lthread *t, uint32_t slot, const struct proto_frame 
 	case PROTO_PONG:
 		LCNT_ADD(t, pongs, 1);
 		break;
-	case PROTO_RECEIPT:
+	case PROTO_RECEIPT: {
 		LCNT_ADD(t, receipts_in, 1);
+		/* protocol 2: acknowledge it, or the server keeps and resends it */
+		struct proto_frame a = {.type = PROTO_RECEIPT};
+		a.receipt.kind = PROTO_RCPT_ACK;
+		a.receipt.peer = f->receipt.peer;
+		a.receipt.smid = f->receipt.smid;
+		out_frame(t, slot, &a);
 		break;
+	}
 	case PROTO_GROUP_RESULT:
 		if (f->group_result.status == PROTO_OK && t->gid) {
 			t->gid[slot] = f->group_result.group;
