@@ -89,6 +89,7 @@ struct be {
 	struct msgid_gen ids;
 	uint64_t now_ns, wall_ms;
 	int in_txn, draining, stop;
+	uint64_t next_publish;
 	pthread_t thread;
 	int ring_fd; /* for the main thread's control messages */
 	pthread_barrier_t start;
@@ -102,6 +103,16 @@ enum be_ud { BU_ACCEPT = 1, BU_LINK, BU_CTRL };
 struct mbuf;
 
 void *be_main(void *arg);
+
+/* The node's set-up (its ring, tables; accepting when lfd >= 0) and
+ * teardown, one loop iteration (wait up to wait_ns for completions, handle
+ * them, commit, then release and flush the links), and a new gateway
+ * connection (an accepted fd, owned by the node from here). be_main runs
+ * these; the link fuzzer drives them itself. */
+int be_setup(struct be *b, char *err, size_t errlen);
+void be_teardown(struct be *b);
+void be_turn(struct be *b, uint64_t wait_ns);
+void be_attach(struct be *b, int fd);
 int be_stats_http(void *arg, const char *path, struct mbuf *body, const char **ctype);
 extern int be_draining;
 

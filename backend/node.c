@@ -835,7 +835,11 @@ static void on_accept(struct be *b, const struct io_uring_cqe *cqe)
 			log_rl(LOG_WARN, "accept: %s", strerror(-cqe->res));
 		return;
 	}
-	int fd = cqe->res;
+	be_attach(b, cqe->res);
+}
+
+void be_attach(struct be *b, int fd)
+{
 	if (b->draining) {
 		close(fd);
 		return;
@@ -956,7 +960,7 @@ static void dispatch(void *arg, const struct io_uring_cqe *cqe)
 	}
 }
 
-static int setup(struct be *b, char *err, size_t errlen)
+int be_setup(struct be *b, char *err, size_t errlen)
 {
 	int ret = ring_init(&b->ring, 1024, 8192, &b->ring_mode);
 	if (ret) {
@@ -973,11 +977,12 @@ static int setup(struct be *b, char *err, size_t errlen)
 		b->links[i].fd = -1;
 	b->ring_fd = b->ring.ring_fd;
 	msgid_init(&b->ids, (unsigned)b->cfg.node, 0);
-	arm_accept(b);
+	if (b->lfd >= 0)
+		arm_accept(b);
 	return 0;
 }
 
-static void teardown(struct be *b)
+void be_teardown(struct be *b)
 {
 	if (b->in_txn)
 		commit(b);
@@ -999,16 +1004,16 @@ void *be_main(void *arg)
 	log_thread("node");
 	b->now_ns = clock_mono_ns();
 	b->wall_ms = clock_wall_ms();
-	if (setup(b, err, sizeof err) != 0) {
+	if (be_setup(b, err, sizeof err) != 0) {
 		log_error("%s", err);
 		b->start_failed = 1;
 	}
 	pthread_barrier_wait(&b->start);
 	if (b->start_failed) {
-		teardown(b);
+		be_teardown(b);
 		return NULL;
 	}
-	uint64_t next_publish = 0, drain_until = 0;
+	uint64_t drain_until = 0;
 	for (;;) {
 		if (b->draining && !drain_until) {
 			/* what is committed is acknowledged; close the links and go */
@@ -1026,36 +1031,41 @@ void *be_main(void *arg)
 			quiet &= link_quiet(&b->links[i]);
 		if (b->stop || (drain_until && (quiet || b->now_ns >= drain_until)))
 			break;
-		struct __kernel_timespec ts = {0, 100 * 1000 * 1000};
-		struct io_uring_cqe *cqe;
-		io_uring_submit_and_wait_timeout(&b->ring, &cqe, 1, &ts, NULL);
-		b->now_ns = clock_mono_ns();
-		b->wall_ms = clock_wall_ms();
-		unsigned total = ring_dispatch(&b->ring, 4096, dispatch, b);
-		BCNT_ADD(b, loops, 1);
-		BCNT_ADD(b, cqes, total);
-		run_backlog(b);
-		if (b->cfg.dedup_window_ms > 0 && b->in_txn) {
-			uint64_t now = b->wall_ms - MSGID_EPOCH_MS, win = (uint64_t)b->cfg.dedup_window_ms;
-			if (now > win && store_req_begin(b->store, STORE_REQ_DRAIN, 256, 0) == 0)
-				store_req_end(b->store, store_dedup_prune(b->store, (now - win) << 24, 256) >= 0);
-		}
-		/* durable first, then everything that depends on it leaves */
-		commit(b);
-		for (uint32_t i = 0; i < b->nlinks; i++) {
-			struct link *l = &b->links[i];
-			link_tick(l, &b->ring, b->now_ns);
-			link_release(l, &b->ring, b->now_ns); /* committed: everything so far may go */
-			link_flush(l, &b->ring, b->now_ns);
-		}
-		if (!b->accepting && !b->draining)
-			arm_accept(b);
-		if (b->now_ns >= next_publish) {
-			publish(b);
-			next_publish = b->now_ns + 100000000ull;
-		}
+		be_turn(b, 100 * 1000 * 1000);
 	}
 	publish(b);
-	teardown(b);
+	be_teardown(b);
 	return NULL;
+}
+
+void be_turn(struct be *b, uint64_t wait_ns)
+{
+	struct __kernel_timespec ts = {(long long)(wait_ns / 1000000000ull), (long long)(wait_ns % 1000000000ull)};
+	struct io_uring_cqe *cqe;
+	io_uring_submit_and_wait_timeout(&b->ring, &cqe, wait_ns ? 1 : 0, wait_ns ? &ts : NULL, NULL);
+	b->now_ns = clock_mono_ns();
+	b->wall_ms = clock_wall_ms();
+	unsigned total = ring_dispatch(&b->ring, 4096, dispatch, b);
+	BCNT_ADD(b, loops, 1);
+	BCNT_ADD(b, cqes, total);
+	run_backlog(b);
+	if (b->cfg.dedup_window_ms > 0 && b->in_txn) {
+		uint64_t now = b->wall_ms - MSGID_EPOCH_MS, win = (uint64_t)b->cfg.dedup_window_ms;
+		if (now > win && store_req_begin(b->store, STORE_REQ_DRAIN, 256, 0) == 0)
+			store_req_end(b->store, store_dedup_prune(b->store, (now - win) << 24, 256) >= 0);
+	}
+	/* durable first, then everything that depends on it leaves */
+	commit(b);
+	for (uint32_t i = 0; i < b->nlinks; i++) {
+		struct link *l = &b->links[i];
+		link_tick(l, &b->ring, b->now_ns);
+		link_release(l, &b->ring, b->now_ns); /* committed: everything so far may go */
+		link_flush(l, &b->ring, b->now_ns);
+	}
+	if (!b->accepting && !b->draining && b->lfd >= 0)
+		arm_accept(b);
+	if (b->now_ns >= b->next_publish) {
+		publish(b);
+		b->next_publish = b->now_ns + 100000000ull;
+	}
 }

@@ -39,6 +39,8 @@ static void check_hot(const struct proto_frame *f, const uint8_t *frame, size_t 
 	size_t m = 0;
 	switch (f->type) {
 	case PROTO_DELIVER:
+		if (f->deliver.flags & PROTO_DELIVER_CMID)
+			return; /* the hot encoder writes the protocol 1 form */
 		m = proto_enc_deliver(out, sizeof out, f->deliver.smid, f->deliver.from, f->deliver.group,
 				      f->deliver.time_ms, f->deliver.body.p, f->deliver.body.len);
 		break;

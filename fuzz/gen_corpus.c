@@ -126,6 +126,14 @@ static void gen_client(void)
 						     .deliver = {.flags = PROTO_DELIVER_GROUP, .smid = 5003, .from = 44,
 								 .group = 900, .time_ms = 1764195713000ull,
 								 .body = BYTES("to the group")}});
+	client("deliver-cmid", (struct proto_frame){.type = PROTO_DELIVER,
+						    .deliver = {.flags = PROTO_DELIVER_GROUP | PROTO_DELIVER_CMID,
+								.smid = 5004, .from = 44, .group = 900, .cmid = 8,
+								.time_ms = 1764195714000ull, .body = BYTES("v2")}});
+	client("receipt-ack", (struct proto_frame){.type = PROTO_RECEIPT,
+						   .receipt = {.kind = PROTO_RCPT_ACK, .peer = 43, .smid = 5000}});
+	client("login-v2", (struct proto_frame){.type = PROTO_LOGIN,
+						.login = {.version = 2, .user = 42, .token = {token, sizeof token}}});
 	client("error", error);
 	client("goaway", (struct proto_frame){.type = PROTO_GOAWAY, .goaway = {.reconnect_ms = 1500}});
 	client("goaway-hint", (struct proto_frame){.type = PROTO_GOAWAY,

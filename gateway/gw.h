@@ -284,6 +284,20 @@ struct gw {
 /* ---- worker.c ------------------------------------------------------------ */
 void *worker_main(void *arg);
 
+/* The worker's set-up and teardown, and the two halves of its loop around
+ * the one submit-and-wait: flush what the iteration produced (sends, batches
+ * for other threads, returned buffers, dist links); then dispatch every
+ * completion and run the timers. worker_main is set-up, then these two in a
+ * loop with the wait between them; the gateway fuzzer drives them itself. */
+int worker_setup(struct worker *w, char *err, size_t errlen);
+void worker_teardown(struct worker *w);
+void worker_before_wait(struct worker *w);
+void worker_after_wait(struct worker *w);
+
+/* A new socket in the ring's fixed-file table at `slot` (what an accept
+ * completion brings): a connection waiting for its LOGIN. */
+void worker_adopt(struct worker *w, uint32_t slot);
+
 /* Commands from the main thread (MSG_RING res). */
 enum gw_ctrl { CTRL_DRAIN = 1, CTRL_STOP = 2 };
 

@@ -519,7 +519,11 @@ static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 			log_rl(LOG_WARN, "accept: %s", strerror(-cqe->res));
 		return;
 	}
-	uint32_t slot = (uint32_t)cqe->res;
+	worker_adopt(w, (uint32_t)cqe->res);
+}
+
+void worker_adopt(struct worker *w, uint32_t slot)
+{
 	if (slot >= w->slots || !conn_new(w, slot))
 		return;
 	CNT_ADD(w, accepted, 1);
@@ -789,7 +793,7 @@ static int open_listener(struct worker *w, const struct addr *a, char *err, size
 	return fd;
 }
 
-static int worker_setup(struct worker *w, char *err, size_t errlen)
+int worker_setup(struct worker *w, char *err, size_t errlen)
 {
 	struct gw *gw = w->gw;
 	const struct gw_config *cfg = &gw->cfg;
@@ -846,7 +850,7 @@ static int worker_setup(struct worker *w, char *err, size_t errlen)
 	return gw_dist_setup(w, err, errlen);
 }
 
-static void worker_teardown(struct worker *w)
+void worker_teardown(struct worker *w)
 {
 	for (size_t i = 0; w->lfd && i < w->gw->nlisten; i++)
 		if (w->lfd[i] >= 0)
@@ -922,6 +926,37 @@ static void update_clock(struct worker *w)
 	w->tick = (uint32_t)((w->now_ns - w->start_ns) / (GW_TICK_MS * 1000000ull)) + 1;
 }
 
+void worker_before_wait(struct worker *w)
+{
+	bufring_publish(&w->br);
+	for (size_t i = 0; i < w->nrearm; i++) {
+		uint32_t s = w->rearm[i];
+		struct conn *c = conn_of(w, s);
+		c->flags &= (uint16_t)~CF_REARM;
+		if (c->state == CS_NEW || c->state == CS_LIVE || (c->state == CS_CLOSING && (c->flags & CF_LINGER)))
+			conn_arm_recv(w, s);
+	}
+	w->nrearm = 0;
+	post_batches(w);
+	for (size_t i = 0; i < w->nflush; i++)
+		flush_conn(w, w->flush[i]);
+	w->nflush = 0;
+	gw_dist_flush(w);
+}
+
+void worker_after_wait(struct worker *w)
+{
+	update_clock(w);
+	/* everything ready, up to a bound, before flushing */
+	unsigned total = ring_dispatch(&w->ring, GW_BATCH_MAX, dispatch, w);
+	CNT_ADD(w, loops, 1);
+	CNT_ADD(w, cqes, total);
+	wheel_advance(&w->wheel, w->tick, on_timer, w);
+	gw_dist_tick(w);
+	CNT_SET(w, wheel_size, w->wheel.count);
+	CNT_SET(w, dir_size, w->dir.count);
+}
+
 void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -951,20 +986,7 @@ void *worker_main(void *arg)
 	uint32_t hard_stop = 0;
 	for (;;) {
 		/* 1. flush what the last iteration produced */
-		bufring_publish(&w->br);
-		for (size_t i = 0; i < w->nrearm; i++) {
-			uint32_t s = w->rearm[i];
-			struct conn *c = conn_of(w, s);
-			c->flags &= (uint16_t)~CF_REARM;
-			if (c->state == CS_NEW || c->state == CS_LIVE || (c->state == CS_CLOSING && (c->flags & CF_LINGER)))
-				conn_arm_recv(w, s);
-		}
-		w->nrearm = 0;
-		post_batches(w);
-		for (size_t i = 0; i < w->nflush; i++)
-			flush_conn(w, w->flush[i]);
-		w->nflush = 0;
-		gw_dist_flush(w);
+		worker_before_wait(w);
 		if (w->draining && (w->live == 0 || (hard_stop && w->tick >= hard_stop)))
 			break;
 		for (unsigned i = 0; !w->draining && i < gw->nlisten; i++)
@@ -980,18 +1002,9 @@ void *worker_main(void *arg)
 		int ret = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
 		if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
 			log_rl(LOG_ERROR, "io_uring_submit_and_wait: %s", strerror(-ret));
-		update_clock(w);
 
-		/* 3. dispatch: everything ready, up to a bound, before flushing */
-		unsigned total = ring_dispatch(&w->ring, GW_BATCH_MAX, dispatch, w);
-		CNT_ADD(w, loops, 1);
-		CNT_ADD(w, cqes, total);
-
-		/* 4. timers */
-		wheel_advance(&w->wheel, w->tick, on_timer, w);
-		gw_dist_tick(w);
-		CNT_SET(w, wheel_size, w->wheel.count);
-		CNT_SET(w, dir_size, w->dir.count);
+		/* 3. dispatch and timers */
+		worker_after_wait(w);
 		if (w->draining && !w->stopping && w->tick >= w->drain_deadline) {
 			w->stopping = 1;
 			close_all(w);

@@ -225,7 +225,8 @@ size_t proto_encode(const struct proto_frame *f, uint8_t *buf, size_t cap);
 int proto_members_next(const struct proto_bytes *members, const uint8_t **pos, uint64_t *user);
 
 /* Hot-path encoders, same contract as proto_encode() but without building a
- * struct: they return the size and write only when it fits. */
+ * struct: they return the size and write only when it fits. proto_enc_deliver
+ * writes DELIVER without a cmid (flags bit 1 clear), as protocol 1 has it. */
 size_t proto_enc_deliver(uint8_t *buf, size_t cap, uint64_t smid, uint64_t from, uint64_t group,
 			 uint64_t time_ms, const uint8_t *body, uint32_t body_len);
 size_t proto_enc_ack(uint8_t *buf, size_t cap, uint64_t cmid, uint8_t status, uint64_t smid);
