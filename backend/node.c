@@ -507,14 +507,15 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 	free(members_copy);
 }
 
-/* Tell `owner` that `peer` received/read its message smid: kept until the
- * client acknowledges it when it speaks protocol 2, sent to its gateway when
- * online. `forward` 0: keep it only (a gateway found the owner gone). */
+/* Tell `owner` that `peer` received/read its message smid: to its gateway
+ * when it is online (as an `accepted` message, it lives in the connection
+ * from there), else kept for it, until its client acknowledges it (protocol
+ * 2) or until it is sent at the next login (protocol 1). `forward` 0: keep
+ * it only (a gateway found the owner gone just as this was forwarded). */
 static void notify_receipt(struct be *b, uint64_t owner, uint64_t peer, uint8_t kind, uint64_t smid, int forward)
 {
-	int acks = 0;
-	struct link *dl = forward ? user_link_acks(b, owner, NULL, &acks) : NULL;
-	if (!dl || acks) {
+	struct link *dl = forward ? user_link(b, owner, NULL) : NULL;
+	if (!dl) {
 		if (req_begin(b, STORE_REQ_ADMIT, 6, 0) != 0)
 			return; /* counted there */
 		int dropped = 0;
@@ -570,6 +571,9 @@ static void on_receipt(struct be *b, const struct dist_frame *f)
 
 static void on_receipt_ack(struct be *b, const struct dist_frame *f)
 {
+	/* clients acknowledge every receipt, kept or forwarded: most find nothing */
+	if (txn(b) != 0 || store_rcpt_count(b->store, f->receipt_ack.user) == 0)
+		return;
 	if (req_begin(b, STORE_REQ_DRAIN, 4, 0) != 0)
 		return;
 	int r = store_rcpt_del(b->store, f->receipt_ack.user, f->receipt_ack.peer, f->receipt_ack.smid);

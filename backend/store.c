@@ -763,27 +763,31 @@ int store_rcpt_put(struct store *s, uint64_t owner, uint64_t peer, uint64_t smid
 	uint32_t total;
 	if ((rc = u32_get(s, s->rcounts, owner, &total)) != 0)
 		return rc;
-	/* at most per_peer records per (owner, peer): the oldest gives way */
-	MDB_cursor *c;
-	rc = mdb_cursor_open(T(s), s->rcpts, &c);
-	if (rc)
-		return txn_err(s, rc);
-	uint8_t lo[24];
-	rcpt_key(lo, owner, peer, 0);
-	MDB_val ck = mval(lo, 24), cv;
+	/* at most per_peer records per (owner, peer): the oldest gives way (an
+	 * owner with fewer than per_peer in all cannot have that many from one
+	 * peer: no need to count them) */
 	uint32_t have = 0;
 	uint8_t oldest[24];
-	for (rc = mdb_cursor_get(c, &ck, &cv, MDB_SET_RANGE); rc == 0 && have < per_peer;
-	     rc = mdb_cursor_get(c, &ck, &cv, MDB_NEXT)) {
-		if (ck.mv_size != 24 || memcmp(ck.mv_data, lo, 16) != 0)
-			break;
-		if (have == 0)
-			memcpy(oldest, ck.mv_data, 24);
-		have++;
+	if (total >= per_peer) {
+		MDB_cursor *c;
+		rc = mdb_cursor_open(T(s), s->rcpts, &c);
+		if (rc)
+			return txn_err(s, rc);
+		uint8_t lo[24];
+		rcpt_key(lo, owner, peer, 0);
+		MDB_val ck = mval(lo, 24), cv;
+		for (rc = mdb_cursor_get(c, &ck, &cv, MDB_SET_RANGE); rc == 0 && have < per_peer;
+		     rc = mdb_cursor_get(c, &ck, &cv, MDB_NEXT)) {
+			if (ck.mv_size != 24 || memcmp(ck.mv_data, lo, 16) != 0)
+				break;
+			if (have == 0)
+				memcpy(oldest, ck.mv_data, 24);
+			have++;
+		}
+		mdb_cursor_close(c);
+		if (rc && rc != MDB_NOTFOUND)
+			return txn_err(s, rc);
 	}
-	mdb_cursor_close(c);
-	if (rc && rc != MDB_NOTFOUND)
-		return txn_err(s, rc);
 	if (have >= per_peer) {
 		if (memcmp(kb, oldest, 24) < 0) {
 			*dropped = 1; /* older than everything kept for this peer */
