@@ -484,6 +484,16 @@ static int u32_set(struct store *s, MDB_dbi db, uint64_t user, uint32_t n)
 	return rc ? txn_err(s, rc) : 0;
 }
 
+/* A count for the API: 0 also when the store fails (the caller cannot tell,
+ * and a refused write follows anyway). */
+static uint32_t count_of(struct store *s, MDB_dbi db, uint64_t user)
+{
+	uint32_t c;
+	if (ready(s) != 0 || u32_get(s, db, user, &c) != 0)
+		return 0;
+	return c;
+}
+
 /* Add delta, saturating at 0 (a count that drifted, e.g. data from before it
  * was kept, never wraps around) and at 2^32 - 1. */
 static int u32_add(struct store *s, MDB_dbi db, uint64_t user, int64_t delta)
@@ -716,10 +726,7 @@ int store_ack(struct store *s, uint64_t user, uint64_t smid, uint64_t *from)
 
 uint32_t store_sender_count(struct store *s, uint64_t from)
 {
-	uint32_t c;
-	if (ready(s) != 0 || u32_get(s, s->senders, from, &c) != 0)
-		return 0;
-	return c;
+	return count_of(s, s->senders, from);
 }
 
 /* ---- stored receipts ------------------------------------------------------------------ */
@@ -871,10 +878,7 @@ long store_rcpt_scan(struct store *s, uint64_t owner, struct store_rcpt_pos *pos
 
 uint32_t store_rcpt_count(struct store *s, uint64_t owner)
 {
-	uint32_t c;
-	if (ready(s) != 0 || u32_get(s, s->rcounts, owner, &c) != 0)
-		return 0;
-	return c;
+	return count_of(s, s->rcounts, owner);
 }
 
 /* The callback must not write to the store: the cursor walks pages that a
@@ -932,10 +936,7 @@ long store_scan(struct store *s, uint64_t user, uint64_t after, size_t max,
 
 uint32_t store_count(struct store *s, uint64_t user)
 {
-	uint32_t c;
-	if (ready(s) != 0 || u32_get(s, s->counts, user, &c) != 0)
-		return 0;
-	return c;
+	return count_of(s, s->counts, user);
 }
 
 /* ---- dedup ------------------------------------------------------------------------- */

@@ -18,17 +18,10 @@
 #include <string.h>
 
 #include "proto/client.h"
+#include "fuzz/check.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                                          \
-	do {                                                                                 \
-		if (!(cond)) {                                                               \
-			fprintf(stderr, "fuzz_client: %s:%d: check failed: %s\n", __FILE__, \
-				__LINE__, #cond);                                            \
-			abort();                                                             \
-		}                                                                            \
-	} while (0)
 
 static uint8_t out[PROTO_MAX_FRAME_BYTES + 64];
 static uint8_t canary[PROTO_MAX_FRAME_BYTES + 64];

@@ -17,17 +17,10 @@
 #include <string.h>
 
 #include "proto/dist.h"
+#include "fuzz/check.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                                        \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			fprintf(stderr, "fuzz_dist: %s:%d: check failed: %s\n", __FILE__, \
-				__LINE__, #cond);                                          \
-			abort();                                                           \
-		}                                                                          \
-	} while (0)
 
 static uint8_t out[DIST_MAX_INNER + 64];
 static uint8_t canary[DIST_MAX_INNER + 64];

@@ -31,14 +31,8 @@
 #include "gateway/gw.h"
 #include "runtime/clock.h"
 #include "runtime/log.h"
+#include "fuzz/check.h"
 
-#define CHECK(c)                                                                                \
-	do {                                                                                    \
-		if (!(c)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-			abort();                                                                \
-		}                                                                               \
-	} while (0)
 
 #define NCONN 6
 #define SLOTS 128u

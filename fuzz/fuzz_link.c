@@ -32,14 +32,8 @@
 #include "runtime/clock.h"
 #include "runtime/log.h"
 #include "runtime/peerauth.h"
+#include "fuzz/check.h"
 
-#define CHECK(c)                                                                                \
-	do {                                                                                    \
-		if (!(c)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-			abort();                                                                \
-		}                                                                               \
-	} while (0)
 
 static struct be b;
 static char dir[64];

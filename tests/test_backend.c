@@ -2061,6 +2061,23 @@ Test(backend, cluster_secret_rotation, .timeout = 40)
 
 /* ---- 12. hostile clients through the backends (issue 9 items 5, 6, 8, 12, 13) -------------- */
 
+/* Read n answers to messages: each an ACK (counted in *acks) or an ERROR
+ * with `code` (counted in *errs); anything else fails the test. */
+static void count_answers(struct tc_conn *c, int n, unsigned code, int *acks, int *errs)
+{
+	for (int k = 0; k < n; k++) {
+		struct tc_frame fr;
+		long r = tc_recv_frame(c, &fr, RECV_MS);
+		cr_assert_gt(r, 0, "answer %d: %s", k, tc_status_name(r));
+		if (fr.f.type == PROTO_ACK)
+			++*acks;
+		else if (fr.f.type == PROTO_ERROR && fr.f.error.code == code)
+			++*errs;
+		else
+			cr_assert_fail("answer %d: %s, want ACK or ERROR %s", k, describe(&fr), proto_err_name(code));
+	}
+}
+
 static void login_v2(struct tc_conn *c, int gw, uint64_t user)
 {
 	conn_open(c, gw);
@@ -2226,17 +2243,7 @@ Test(backend, group_rules_and_fanout_budget, .timeout = 40)
 	int stored = 0, slowed = 0;
 	for (uint64_t k = 0; k < 10; k++)
 		send_group_msg(&a, 100 + k, gid, "fan out");
-	for (int k = 0; k < 10; k++) {
-		struct tc_frame fr;
-		long r = tc_recv_frame(&a, &fr, RECV_MS);
-		cr_assert_gt(r, 0, "answer %d: %s", k, tc_status_name(r));
-		if (fr.f.type == PROTO_ACK)
-			stored++;
-		else if (fr.f.type == PROTO_ERROR && fr.f.error.code == PROTO_E_SLOW_DOWN)
-			slowed++;
-		else
-			cr_assert_fail("answer %d: %s", k, describe(&fr));
-	}
+	count_answers(&a, 10, PROTO_E_SLOW_DOWN, &stored, &slowed);
 	cr_log_info("fan-out budget: %d stored, %d slow_down", stored, slowed);
 	cr_assert(stored >= 3 && stored <= 4, "%d of 10 group messages stored within a burst of 200 writes", stored);
 	cr_assert_eq(slowed, 10 - stored);
@@ -2282,17 +2289,7 @@ Test(backend, per_sender_bound_on_undelivered_messages, .timeout = 40)
 		/* different recipients (all offline), all owned by backend 11 */
 		send_msg(&a, k, user_of(0, 41000 + k * 50), "to someone offline");
 	}
-	for (int k = 0; k < 25; k++) {
-		struct tc_frame fr;
-		long r = tc_recv_frame(&a, &fr, RECV_MS);
-		cr_assert_gt(r, 0, "answer %d: %s", k, tc_status_name(r));
-		if (fr.f.type == PROTO_ACK)
-			stored++;
-		else if (fr.f.type == PROTO_ERROR && fr.f.error.code == PROTO_E_SLOW_DOWN)
-			slowed++;
-		else
-			cr_assert_fail("answer %d: %s", k, describe(&fr));
-	}
+	count_answers(&a, 25, PROTO_E_SLOW_DOWN, &stored, &slowed);
 	cr_assert_eq(stored, 20, "%d stored under --sender-max 20", stored);
 	cr_assert_eq(slowed, 5);
 	expect_stat(&T.be[0], "sender_limited", '=', 5, 3000);
@@ -2450,15 +2447,7 @@ Test(backend, full_store_refuses_writes_not_links, .timeout = 60)
 		if (!first_to)
 			first_to = to;
 		send_msg(&a, k, to, body);
-		struct tc_frame fr;
-		long r = tc_recv_frame(&a, &fr, RECV_MS);
-		cr_assert_gt(r, 0, "answer %llu: %s", (unsigned long long)k, tc_status_name(r));
-		if (fr.f.type == PROTO_ACK)
-			stored++;
-		else if (fr.f.type == PROTO_ERROR && fr.f.error.code == PROTO_E_STORE_FULL)
-			full++;
-		else
-			cr_assert_fail("answer %llu: %s", (unsigned long long)k, describe(&fr));
+		count_answers(&a, 1, PROTO_E_STORE_FULL, &stored, &full);
 	}
 	cr_log_info("1 MiB store: %d messages of 16 KiB stored, then store_full", stored);
 	cr_assert_eq(full, 3, "never store_full (%d stored)", stored);
