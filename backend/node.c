@@ -469,7 +469,7 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 		BCNT_ADD(b, sender_limited, 1);
 		st = PROTO_E_SLOW_DOWN;
 	}
-	if (!st && n)
+	if (!st)
 		st = req_begin(b, STORE_REQ_ADMIT, 3 * n + 4, (size_t)m.len + 64);
 	if (st) {
 		free(members_copy);
@@ -482,8 +482,7 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 		r = STORE_E_FULL; /* every member's mailbox is full: stored nowhere */
 	if (r == 0 && f->route.cmid)
 		r = store_dedup_put(b->store, m.from, dkey, m.smid);
-	if (n)
-		req_end(b, r == 0);
+	req_end(b, r == 0);
 	if (r != 0) {
 		answer_route(b, l, f, 0, store_answer(b, r, "a message"));
 		free(members_copy);

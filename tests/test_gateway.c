@@ -519,6 +519,15 @@ Test(gateway, login_expired_token, .timeout = 30)
 {
 	gw_start(NULL);
 	login_refused(2002, 2002, tc_wall_s() - 10, -1, PROTO_E_TOKEN_EXPIRED);
+	/* forged and expired: the MAC is checked first (PROTOCOL.md 3.7) */
+	login_refused(2003, 2003, tc_wall_s() - 10, 20, PROTO_E_AUTH_FAILED);
+	/* an unknown type before login: the type is checked before the state */
+	struct tc_conn c;
+	conn_open(&c);
+	const uint8_t bad[] = {0x01, 0x7e};
+	send_raw(&c, bad, sizeof bad);
+	expect_error(&c, PROTO_E_BAD_TYPE, 0, RECV_MS, "unknown type before login");
+	tc_close(&c);
 	gw_alive();
 }
 
