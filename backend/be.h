@@ -32,7 +32,7 @@
 #include "runtime/u64map.h"
 
 #define BE_MAX_LINKS 4096u
-#define BE_MAX_HANDSHAKES 64u  /* links not yet authenticated; more connections are refused */
+#define BE_MAX_HANDSHAKES 64u  /* links not yet authenticated at once; past it the oldest is closed */
 #define BE_FLUSH_PER_USER 256u /* stored messages sent per user per iteration at login */
 #define BE_RCPT_PER_PEER 64u   /* stored receipts kept per (user, peer): older ones give way */
 #define BE_BUDGET_MAX 65536u   /* senders with a partly spent budget tracked before idle ones are swept */
@@ -78,6 +78,7 @@ struct be {
 	int lfd;
 	int accepting;
 	struct link *links; /* BE_MAX_LINKS slots */
+	uint32_t *link_sessions; /* per link slot: directory entries on it (a link lost with none costs no walk) */
 	uint64_t refused_base, auth_failed_base, violations_base; /* counted by link slots since reused */
 	uint32_t nlinks;    /* slots in use (high-water) */
 	struct u64map peers; /* (gateway node << 16 | thread) + 1 -> link index */

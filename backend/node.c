@@ -376,13 +376,17 @@ static void on_session_up(struct be *b, struct link *l, const struct dist_frame 
 			reply(b, ol, &k);
 			BCNT_ADD(b, kicks, 1);
 		}
-	} else {
-		BCNT_SET(b, sessions, b->cnt.sessions + 1);
 	}
+	uint32_t was = old ? dir_link(*old) : UINT32_MAX;
 	if (u64map_put(&b->dir, user, dir_val(l->idx, f->session.conn, f->session.flags & DIST_SESS_RCPT_ACKS)) != 0) {
 		log_rl(LOG_ERROR, "out of memory in the session directory");
 		return;
 	}
+	if (was == UINT32_MAX)
+		BCNT_SET(b, sessions, b->cnt.sessions + 1);
+	else if (b->link_sessions[was])
+		b->link_sessions[was]--;
+	b->link_sessions[l->idx]++;
 	BCNT_ADD(b, sessions_up, 1);
 	/* Everything not yet acknowledged by a delivered receipt goes out again, in
 	 * order. The login's resume id is not used to drop anything: ids from
@@ -397,6 +401,8 @@ static void on_session_down(struct be *b, struct link *l, const struct dist_fram
 	if (v && dir_link(*v) == l->idx && dir_conn(*v) == (f->session.conn & 0xffffffffffffull)) {
 		u64map_del(&b->dir, f->session.user);
 		BCNT_SET(b, sessions, b->cnt.sessions - 1);
+		if (b->link_sessions[l->idx])
+			b->link_sessions[l->idx]--;
 	}
 	BCNT_ADD(b, sessions_down, 1);
 }
@@ -787,6 +793,8 @@ static void on_down(void *arg, struct link *l, const char *why)
 {
 	struct be *b = arg;
 	(void)why;
+	if (!l->authed)
+		return; /* never up: no sessions, no peer entry (what an unauthenticated peer can make us do: nothing) */
 	BCNT_ADD(b, links_lost, 1);
 	if (l->peer_node) {
 		uint64_t key = (((uint64_t)l->peer_node << 16) | l->peer_thread) + 1;
@@ -795,6 +803,8 @@ static void on_down(void *arg, struct link *l, const char *why)
 			u64map_del(&b->peers, key);
 	}
 	/* its sessions are gone: the gateway announces them again when it relinks */
+	if (b->link_sessions[l->idx] == 0)
+		return;
 	size_t pos = 0, removed = 0;
 	const struct u64map_ent *e;
 	uint64_t *gone = NULL;
@@ -814,6 +824,7 @@ static void on_down(void *arg, struct link *l, const char *why)
 	for (size_t i = 0; i < ngone; i++)
 		removed += (size_t)u64map_del(&b->dir, gone[i]);
 	free(gone);
+	b->link_sessions[l->idx] = removed >= b->link_sessions[l->idx] ? 0 : b->link_sessions[l->idx] - (uint32_t)removed;
 	BCNT_SET(b, sessions, b->cnt.sessions - removed);
 }
 
@@ -848,15 +859,24 @@ void be_attach(struct be *b, int fd)
 		return;
 	}
 	uint32_t i, shaking = 0;
-	for (i = 0; i < b->nlinks; i++)
-		shaking += b->links[i].state == LINK_HELLO || b->links[i].state == LINK_AUTH;
-	if (shaking >= BE_MAX_HANDSHAKES) {
-		/* unauthenticated connections cannot take every link slot: a real
-		 * gateway retries with backoff */
+	struct link *oldest = NULL;
+	for (i = 0; i < b->nlinks; i++) {
+		struct link *p = &b->links[i];
+		if (p->state != LINK_HELLO && p->state != LINK_AUTH)
+			continue;
+		shaking++;
+		if (!oldest || p->since_ns < oldest->since_ns)
+			oldest = p;
+	}
+	if (shaking >= BE_MAX_HANDSHAKES && oldest) {
+		/* Unauthenticated connections cannot take every slot: the one that
+		 * has waited longest gives way. A real gateway finishes its handshake
+		 * in a round trip or two, so idle or slow sockets are what goes; to
+		 * crowd one out, 64 new connections would have to come within its
+		 * round trip. */
 		BCNT_ADD(b, links_busy, 1);
-		log_rl(LOG_WARN, "%u links still authenticating: refusing a connection", shaking);
-		close(fd);
-		return;
+		log_rl(LOG_WARN, "%u links authenticating: closing the oldest for a new one", shaking);
+		link_close(oldest, &b->ring, "too many handshakes at once: the oldest gives way", b->now_ns);
 	}
 	for (i = 0; i < b->nlinks; i++)
 		if (b->links[i].state == LINK_IDLE && link_quiet(&b->links[i]))
@@ -971,7 +991,8 @@ int be_setup(struct be *b, char *err, size_t errlen)
 		return -1;
 	}
 	b->links = calloc(BE_MAX_LINKS, sizeof *b->links);
-	if (!b->links || u64map_init(&b->peers, 64) != 0 || u64map_init(&b->dir, 4096) != 0 ||
+	b->link_sessions = calloc(BE_MAX_LINKS, sizeof *b->link_sessions);
+	if (!b->links || !b->link_sessions || u64map_init(&b->peers, 64) != 0 || u64map_init(&b->dir, 4096) != 0 ||
 	    u64map_init(&b->backlog_of, 256) != 0 || u64map_init(&b->budget, 1024) != 0) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
@@ -992,6 +1013,7 @@ void be_teardown(struct be *b)
 	for (uint32_t i = 0; b->links && i < b->nlinks; i++)
 		link_free(&b->links[i]);
 	free(b->links);
+	free(b->link_sessions);
 	free(b->backlog);
 	u64map_free(&b->peers);
 	u64map_free(&b->dir);

@@ -677,21 +677,22 @@ static int msg_unref(struct store *s, uint64_t smid, uint64_t *from)
 	if ((rc = msg_decode(&v, smid, &m, &refs)) != 0)
 		return rc;
 	*from = m.from;
-	if (m.kind == STORE_MSG && (rc = u32_add(s, s->senders, m.from, -1)) != 0)
-		return rc;
+	int counted = m.kind == STORE_MSG; /* m.from stays valid: copied above; v is not read after a write */
 	if (refs <= 1) {
 		rc = mdb_del(T(s), s->msgs, &k, NULL);
-		return rc ? txn_err(s, rc) : 0;
+	} else {
+		/* v points into the map, and the put below may overwrite that very
+		 * page: rewrite from a copy (taken before any write) */
+		if ((rc = tmp_reserve(s, v.mv_size)) != 0)
+			return rc;
+		memcpy(s->tmp, v.mv_data, v.mv_size);
+		put_u32(s->tmp + MSG_OFF_REFS, refs - 1);
+		MDB_val nv = mval(s->tmp, v.mv_size);
+		rc = mdb_put(T(s), s->msgs, &k, &nv, 0);
 	}
-	/* v points into the map, and the put below may overwrite that very
-	 * page: rewrite from a copy. */
-	if ((rc = tmp_reserve(s, v.mv_size)) != 0)
-		return rc;
-	memcpy(s->tmp, v.mv_data, v.mv_size);
-	put_u32(s->tmp + MSG_OFF_REFS, refs - 1);
-	MDB_val nv = mval(s->tmp, v.mv_size);
-	rc = mdb_put(T(s), s->msgs, &k, &nv, 0);
-	return rc ? txn_err(s, rc) : 0;
+	if (rc)
+		return txn_err(s, rc);
+	return counted ? u32_add(s, s->senders, *from, -1) : 0;
 }
 
 int store_ack(struct store *s, uint64_t user, uint64_t smid, uint64_t *from)

@@ -47,6 +47,7 @@ struct httpd {
 	void *arg;
 	struct hconn c[HTTPD_MAX_CONN];
 	uint64_t evicted, timed_out;
+	int64_t accept_after_ms; /* out of file descriptors: do not accept before this */
 };
 
 static int64_t now_ms(void)
@@ -143,8 +144,12 @@ static void on_accept(struct httpd *h)
 	for (;;) {
 		int fd = accept4(h->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 		if (fd < 0) {
-			if (errno == EMFILE || errno == ENFILE)
-				log_rl(LOG_WARN, "stats endpoint: accept: %s", strerror(errno));
+			if (errno == EMFILE || errno == ENFILE) {
+				/* the listener stays readable: stop polling it for a while
+				 * rather than spin (nginx's answer) */
+				log_rl(LOG_WARN, "stats endpoint: accept: %s; pausing 100 ms", strerror(errno));
+				h->accept_after_ms = now_ms() + 100;
+			}
 			return;
 		}
 		struct hconn *slot = NULL, *oldest = NULL;
@@ -176,7 +181,10 @@ static void *run(void *arg)
 	for (;;) {
 		int64_t now = now_ms(), next = -1;
 		nfds_t n = 0;
-		pf[n++] = (struct pollfd){h->fd, POLLIN, 0};
+		int accepting = now >= h->accept_after_ms;
+		if (!accepting)
+			next = h->accept_after_ms;
+		pf[n++] = (struct pollfd){h->fd, (short)(accepting ? POLLIN : 0), 0};
 		pf[n++] = (struct pollfd){h->stop_pipe[0], POLLIN, 0};
 		for (int i = 0; i < HTTPD_MAX_CONN; i++) {
 			struct hconn *c = &h->c[i];

@@ -229,6 +229,8 @@ static int make_hello(struct link *l)
 /* The socket is connected (or accepted): say hello and start reading. */
 static void start_session(struct link *l, struct io_uring *ring, uint64_t now)
 {
+	l->state = LINK_HELLO; /* from here link_close closes the socket, inbound or not */
+	l->authed = 0;
 	free(l->rx);
 	l->rx = malloc(LINK_RX_HANDSHAKE);
 	l->rx_cap = LINK_RX_HANDSHAKE;
@@ -237,7 +239,6 @@ static void start_session(struct link *l, struct io_uring *ring, uint64_t now)
 		return;
 	}
 	l->rx_len = 0;
-	l->state = LINK_HELLO;
 	l->since_ns = l->last_rx_ns = l->last_tx_ns = l->last_hb_ns = now;
 	l->credit = 0;
 	l->consumed = 0;
@@ -574,6 +575,7 @@ static void on_auth(struct link *l, struct io_uring *ring, const struct dist_fra
 	l->rx = rx;
 	l->rx_cap = LINK_RX_CAP;
 	l->state = LINK_UP;
+	l->authed = 1;
 	l->credit = LINK_INITIAL_CREDIT;
 	l->backoff_ns = LINK_BACKOFF_MIN_NS;
 	if (!l->outbound) {
@@ -682,9 +684,15 @@ static int process_rx(struct link *l, struct io_uring *ring, uint64_t now)
 			}
 			break;
 		case DIST_ERROR: {
-			char why[320];
-			snprintf(why, sizeof why, "peer sent error %s: %.*s", proto_err_name(f.error.code),
-				 (int)f.error.text.len, (const char *)f.error.text.p);
+			/* the text is the peer's (maybe unauthenticated): printable bytes only in our log */
+			char text[PROTO_MAX_TEXT + 1], why[320];
+			uint32_t tn = f.error.text.len;
+			for (uint32_t i = 0; i < tn; i++) {
+				uint8_t ch = f.error.text.p[i];
+				text[i] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+			}
+			text[tn] = 0;
+			snprintf(why, sizeof why, "peer sent error %s: %s", proto_err_name(f.error.code), text);
 			link_close(l, ring, why, now);
 			return -1;
 		}

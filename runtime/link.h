@@ -56,7 +56,7 @@
 #define LINK_GRANT_EVERY (1u << 20) /* grant credit once this much was consumed */
 #define LINK_RX_CAP (DIST_MAX_FRAME + 4096u)
 #define LINK_RX_HANDSHAKE 512u /* receive buffer until the peer is authenticated */
-#define LINK_HANDSHAKE_NS 2000000000ull
+#define LINK_HANDSHAKE_NS 1000000000ull /* two round trips, on any network we link over */
 #define LINK_HELLO_MAX 96u /* an encoded HELLO (about 55 bytes) */
 #define LINK_CTRL_BUF 320u /* every pending control frame at once */
 #define LINK_HEARTBEAT_NS 1000000000ull
@@ -76,7 +76,8 @@ struct link_ops {
 	void (*on_frame)(void *arg, struct link *l, const struct dist_frame *f);
 	/* handshake done: the peer's identity is in l->peer_* */
 	void (*on_up)(void *arg, struct link *l);
-	/* the connection was lost (why: a short reason); queued frames stay */
+	/* the connection was lost (why: a short reason); queued frames stay.
+	 * Also for a connection whose peer never authenticated (l->authed 0). */
 	void (*on_down)(void *arg, struct link *l, const char *why);
 };
 
@@ -102,6 +103,7 @@ struct link {
 	uint32_t my_node, my_thread, my_threads;
 	uint32_t peer_node, peer_thread, peer_threads;
 	uint8_t expect_role; /* 0 = any */
+	int authed;          /* the peer authenticated on this connection (ops->on_up ran) */
 	int close_after_send; /* an ERROR is pending: close once it has left (or after 1 s) */
 	/* handshake */
 	const struct peerauth_keys *keys;

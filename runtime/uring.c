@@ -58,10 +58,14 @@ unsigned ring_dispatch(struct io_uring *ring, unsigned max, void (*fn)(void *arg
 		unsigned head, n = 0;
 		io_uring_for_each_cqe(ring, head, cqe)
 		{
-			fn(arg, cqe);
+			/* each slot is handed back before its handler runs, so a handler
+			 * that must submit (ring_sqe) never waits on a full CQ that only
+			 * this loop could drain */
+			struct io_uring_cqe c = *cqe;
+			io_uring_cq_advance(ring, 1);
+			fn(arg, &c);
 			n++;
 		}
-		io_uring_cq_advance(ring, n);
 		total += n;
 		if (total >= max || !ring_work_pending(ring))
 			break;

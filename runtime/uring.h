@@ -68,7 +68,8 @@ int ring_work_pending(const struct io_uring *ring);
 
 /* Hand every ready completion to fn(arg, cqe), fetching more from the kernel
  * while ring_work_pending() says some wait (the 6.13 cap above), until about
- * max were handled. Returns how many. fn may queue SQEs. */
+ * max were handled. Returns how many. fn may queue SQEs; it gets a copy of
+ * the CQE, whose ring slot is already handed back. */
 unsigned ring_dispatch(struct io_uring *ring, unsigned max, void (*fn)(void *arg, const struct io_uring_cqe *cqe),
 		       void *arg);
 

@@ -15,9 +15,9 @@
  * bits 48..55 of the group id, stored messages by the node id in the smid
  * (runtime/msgid.h).
  *
- * Three tests are disabled: each shows a bug, described above it
- * (dedup_cmid_reused_on_new_connection, receipt_right_after_sender_logout,
- * hello_mismatch_gets_error).
+ * Section 11 and 12 are the regression tests of the security fixes (issue
+ * 9): authenticated dist links, heartbeat floods, receipts, groups, budgets,
+ * store faults and a full store, the login backlog.
  *
  * The build directory: $GW_BUILD_DIR if set; else the directory two levels
  * above this binary; else "build". Logs go to $builddir/tests/backend-e2e/.
@@ -2545,5 +2545,55 @@ Test(backend, login_backlog_one_entry_per_user, .timeout = 60)
 	for (int i = 0; i < LOGINS; i++)
 		tc_close(&c[i]);
 	tc_close(&a);
+	all_alive();
+}
+
+/* Review findings on the handshake: (a) a connection that never
+ * authenticated costs the backend nothing when it goes (it walked the whole
+ * session directory: ~21 ms a close at 2M sessions), so it is not counted as
+ * a lost link either; (b) a flood of idle connections cannot lock gateways
+ * out: past 64 pending handshakes the oldest gives way to a new connection
+ * (the newest was refused: 64 idle sockets kept every gateway from linking). */
+Test(backend, idle_handshakes_cannot_lock_gateways_out, .timeout = 60)
+{
+	topo_start(NULL);
+	struct proc *p = &T.be[0];
+	int64_t lost0 = stat_num(p, "links_lost");
+	enum { IDLE = 80 };
+	static struct tc_conn idle[IDLE];
+	for (int i = 0; i < IDLE; i++) {
+		int r = tc_connect(&idle[i], p->port, 0, 2000);
+		cr_assert_eq(r, 0, "idle connection %d: %s", i, tc_status_name(r));
+	}
+	expect_stat(p, "links_busy", '>', IDLE - 64, 3000);
+	/* gateway 1 loses its links and relinks while the idle sockets keep
+	 * coming back */
+	struct proc *g = &T.gw[0];
+	g->expect_dead = 1;
+	tc_server_stop(&g->srv, 3000);
+	g->started = 0;
+	gw_spawn(0);
+	proc_wait_up(g, "gateway");
+	int64_t deadline = tc_now_ms() + 8000, up = 0;
+	while (tc_now_ms() < deadline) {
+		for (int i = 0; i < IDLE; i++) {
+			struct pollfd pf = {idle[i].fd, POLLIN, 0};
+			if (idle[i].fd < 0 || (poll(&pf, 1, 0) == 1 && (pf.revents & (POLLIN | POLLHUP)))) {
+				tc_close(&idle[i]);
+				if (tc_connect(&idle[i], p->port, 0, 1000) != 0)
+					idle[i].fd = -1;
+			}
+		}
+		up = stat_num(g, "links_up");
+		if (up == GW_THREADS * NBE)
+			break;
+		tc_sleep_ms(20);
+	}
+	cr_assert_eq(up, GW_THREADS * NBE, "gateway 1 has %lld of %d links with idle sockets flooding a backend",
+		     (long long)up, GW_THREADS * NBE);
+	for (int i = 0; i < IDLE; i++)
+		tc_close(&idle[i]);
+	/* only the gateway's own old links count as lost: none of the idle ones */
+	expect_stat(p, "links_lost", '=', lost0 + GW_THREADS, 3000);
 	all_alive();
 }
