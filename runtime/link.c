@@ -47,7 +47,8 @@ enum {
 struct link_out {
 	struct link_out *next;
 	uint8_t *start;
-	size_t len;
+	size_t len;   /* wire bytes from start */
+	size_t mem;   /* bytes allocated for it, header included: what the queue bound counts */
 	uint64_t seq; /* its batch sequence number (for hold/release) */
 	uint8_t buf[];
 };
@@ -71,7 +72,7 @@ static void q_push(struct link *l, struct link_out *o)
 	else
 		l->q_head = o;
 	l->q_tail = o;
-	l->q_bytes += o->len;
+	l->q_bytes += o->mem;
 }
 
 static void begin_batch(struct link *l)
@@ -83,7 +84,16 @@ static void begin_batch(struct link *l)
 		dist_batch_init(&l->batch, l->cur + sizeof(struct link_out), DIST_BATCH_HEADROOM + l->batch_cap);
 }
 
-/* Close the batch under construction into the queue. */
+static size_t cur_cap(const struct link *l)
+{
+	return sizeof(struct link_out) + DIST_BATCH_HEADROOM + l->batch_cap;
+}
+
+/* Close the batch under construction into the queue. A batch that uses
+ * little of its buffer is shrunk to what it uses, so that the queue bound,
+ * which counts allocated bytes, is a bound on memory: one small frame per
+ * loop iteration while a backend is away costs its bytes, not a 256 KiB
+ * buffer each. */
 static void end_batch(struct link *l)
 {
 	if (!l->cur || l->batch.count == 0)
@@ -93,6 +103,17 @@ static void end_batch(struct link *l)
 	o->start = dist_batch_finish(&l->batch, ++l->seq_out, &size);
 	o->seq = l->seq_out;
 	o->len = size;
+	o->mem = cur_cap(l);
+	size_t used = sizeof(struct link_out) + DIST_BATCH_HEADROOM + l->batch.len;
+	if (used < o->mem / 2) {
+		size_t start_off = (size_t)(o->start - (uint8_t *)o);
+		struct link_out *s = realloc(o, used);
+		if (s) {
+			o = s;
+			o->start = (uint8_t *)o + start_off;
+			o->mem = used;
+		}
+	}
 	l->st.frames_out += l->batch.count;
 	l->cur = NULL;
 	q_push(l, o);
@@ -295,12 +316,26 @@ int link_has_room(const struct link *l, size_t bytes)
 
 size_t link_queued(const struct link *l)
 {
-	return l->q_bytes + (l->cur ? l->batch.len : 0);
+	/* the batch under construction counts with what it uses: its buffer's
+	 * untouched rest is one fixed allocation per link */
+	return l->q_bytes + (l->cur ? sizeof(struct link_out) + DIST_BATCH_HEADROOM + l->batch.len : 0);
 }
+
+static int add(struct link *l, const struct dist_frame *f, size_t limit);
 
 int link_add(struct link *l, const struct dist_frame *f)
 {
-	if (link_queued(l) >= l->queue_max) {
+	return add(l, f, l->queue_max);
+}
+
+int link_add_reserved(struct link *l, const struct dist_frame *f, size_t reserve)
+{
+	return add(l, f, l->queue_max + reserve);
+}
+
+static int add(struct link *l, const struct dist_frame *f, size_t limit)
+{
+	if (link_queued(l) >= limit) {
 		l->st.refused++;
 		return -EAGAIN;
 	}
@@ -350,7 +385,7 @@ static void send_next(struct link *l, struct io_uring *ring, uint64_t now)
 			return;
 		}
 		l->credit -= (int64_t)o->len;
-		l->q_bytes -= o->len;
+		l->q_bytes -= o->mem;
 		l->st.batches_out++;
 		l->q_head = o->next;
 		if (!l->q_head)
@@ -387,7 +422,7 @@ void link_drop_held(struct link *l)
 	l->q_tail = last;
 	while (o) {
 		struct link_out *n = o->next;
-		l->q_bytes -= o->len;
+		l->q_bytes -= o->mem;
 		free(o);
 		o = n;
 	}

@@ -5,11 +5,15 @@
  * Sending: the owner adds frames with link_add() during a loop iteration;
  * they are encoded straight into the batch under construction, and
  * link_flush() at the end of the iteration closes the batch (a size cap
- * closes it earlier) and sends. One send is in flight at a time; finished
- * batches wait in a queue bounded by queue_max bytes, which survives a
- * reconnect: while the peer is unreachable frames wait, and link_add()
- * refuses (-EAGAIN) once the bound is reached, so the owner can answer
- * "try again" instead of growing memory.
+ * closes it earlier; a batch that uses less than half its buffer is shrunk
+ * to its size) and sends. One send is in flight at a time; finished batches
+ * wait in a queue bounded by queue_max bytes of memory (what the batches
+ * hold, headers included), which survives a reconnect: while the peer is
+ * unreachable frames wait, and link_add() refuses (-EAGAIN) once the bound is
+ * reached, so the owner can answer "try again" instead of growing memory.
+ * link_add_reserved() may go past the bound by a reserve of its own, for
+ * frames that are state rather than traffic (session announcements), so
+ * that a queue full of traffic cannot crowd them out.
  *
  * Handshake: each side sends HELLO (identity, key id, nonce); once it has the
  * peer's HELLO and ops->on_hello() accepts the identity, it sends AUTH (an
@@ -132,7 +136,7 @@ struct link {
 	struct link_out *q_head, *q_tail, *sending; /* sending: a batch, or NULL with ctrl_buf in flight */
 	const uint8_t *tx_p; /* what the send in flight sends */
 	size_t tx_len, tx_off;
-	size_t q_bytes;
+	size_t q_bytes; /* memory held by the queued batches */
 	uint64_t seq_out;
 	int64_t credit;
 	uint64_t consumed;
@@ -167,6 +171,9 @@ void link_attach(struct link *l, struct io_uring *ring, int fd, uint64_t now_ns)
  * queue is at its bound (answer "try again"), or -EINVAL for an invalid frame. */
 int link_add(struct link *l, const struct dist_frame *f);
 
+/* link_add() with the bound raised by `reserve` bytes (see the top). */
+int link_add_reserved(struct link *l, const struct dist_frame *f, size_t reserve);
+
 /* Whether link_add() would take `bytes` more now. */
 int link_has_room(const struct link *l, size_t bytes);
 
@@ -196,7 +203,8 @@ int link_quiet(const struct link *l);
 /* Free buffers and close the fd (after link_quiet(), or at exit). */
 void link_free(struct link *l);
 
-/* Queued bytes, including the batch under construction. */
+/* Bytes of memory queued, including what the batch under construction uses
+ * (its buffer, batch_cap, is allocated once per batch). */
 size_t link_queued(const struct link *l);
 
 const char *link_state_name(enum link_state s);

@@ -2597,3 +2597,45 @@ Test(backend, idle_handshakes_cannot_lock_gateways_out, .timeout = 60)
 	expect_stat(p, "links_lost", '=', lost0 + GW_THREADS, 3000);
 	all_alive();
 }
+
+/* ---- 13. faults that strand online users (issue 10) ------------------------------------------ */
+
+/* Item 4: the link queue's bound is a bound on memory. While a backend is
+ * away, one small message per loop iteration used to cost a whole batch
+ * buffer each (256 KiB allocated, a page touched): RSS grew far past the
+ * reported link_queue_bytes. Now a closed batch holds what it uses. */
+Test(backend, link_queue_bound_is_a_memory_bound, .timeout = 60)
+{
+	/* a small receive pool: its buffers are touched as receives cycle
+	 * through them (RSS that is not the queue's) */
+	topo_start("--link-queue", "1m", "--recv-pool", "256k", NULL);
+	uint64_t ua = user_of(1, 68000);
+	struct tc_conn a;
+	open_login(&a, 0, ua);
+	be_kill9(0);
+	expect_stat(&T.gw[0], "links_up", '=', GW_THREADS * (NBE - 1), 6000);
+	int64_t rss0 = stat_num(&T.gw[0], "rss_bytes"), al0 = stat_num(&T.gw[0], "allocated_bytes");
+	enum { N = 4000 };
+	for (uint64_t k = 1; k <= N; k++) {
+		send_msg(&a, k, user_of(0, 69000 + k * 5), "small");
+		tc_sleep_ms(1); /* one message per loop iteration */
+		if (k % 500 == 0) {
+			/* answers come after --store-timeout; read what is there */
+			struct tc_frame fr;
+			while (tc_recv_frame(&a, &fr, 0) > 0)
+				;
+		}
+	}
+	tc_sleep_ms(200);
+	int64_t rss = stat_num(&T.gw[0], "rss_bytes"), q = stat_num(&T.gw[0], "link_queue_bytes");
+	cr_log_info("%d messages queued for a dead backend: link_queue_bytes %lld, gateway RSS +%lld bytes, "
+		    "allocated +%lld bytes",
+		    N, (long long)q, (long long)(rss - rss0),
+		    (long long)(stat_num(&T.gw[0], "allocated_bytes") - al0));
+	cr_assert_gt(q, N * 20, "the queue holds too little to be the messages (%lld)", (long long)q);
+	cr_assert_leq(q, 1 << 20, "the queue is over its bound");
+	cr_assert_lt(rss - rss0, 2 * q + (4 << 20), "RSS grew %lld bytes for a queue of %lld", (long long)(rss - rss0),
+		     (long long)q);
+	tc_close(&a);
+	all_alive();
+}
