@@ -98,30 +98,103 @@ static const char *on_hello(void *arg, struct link *l, const struct dist_frame *
 	return NULL;
 }
 
+/* ---- session announcements -------------------------------------------------
+ * Sessions are state, not traffic: a backend must learn every session of
+ * this thread, however full the link's queue is with messages that waited
+ * through an outage, and however many sessions there are. So announcements
+ * go into the link with a reserve of their own (link_add_reserved, past the
+ * traffic bound), and a link that comes up is told every session by a
+ * resync: a snapshot of the thread's users, announced a piece per loop
+ * iteration as the reserve has room, until all are through. A session event
+ * that finds the reserve full starts another resync once the current one is
+ * done; one on a link that is not up is not queued at all (the resync when it
+ * comes up covers it, and a backend drops a lost link's sessions anyway). */
+
+struct gw_resync {
+	uint64_t *users; /* NULL: none in progress */
+	size_t n, at;
+	int again; /* another pass once this one is done */
+};
+
+static void resync_free(struct gw_resync *r)
+{
+	free(r->users);
+	r->users = NULL;
+	r->n = r->at = 0;
+}
+
+static void resync_start(struct worker *w, unsigned li)
+{
+	struct gw_resync *r = &w->resync[li];
+	resync_free(r);
+	r->again = 0;
+	r->users = malloc((w->dir.count ? w->dir.count : 1) * sizeof *r->users);
+	if (!r->users) {
+		r->again = 1; /* try again next iteration */
+		log_rl(LOG_ERROR, "out of memory starting a session resync");
+		return;
+	}
+	size_t pos = 0;
+	const struct u64map_ent *e;
+	while ((e = u64map_next(&w->dir, &pos)))
+		r->users[r->n++] = e->key;
+	CNT_ADD(w, resyncs, 1);
+}
+
+static int announce(struct worker *w, struct link *l, int up, uint64_t user, uint64_t oconn, uint64_t resume,
+		    int acks)
+{
+	struct dist_frame f = {.type = up ? DIST_SESSION_UP : DIST_SESSION_DOWN};
+	f.session.user = user;
+	f.session.node = (uint32_t)w->gw->cfg.node;
+	f.session.thread = w->id;
+	f.session.conn = oconn;
+	f.session.resume = up ? resume : 0;
+	f.session.flags = up && acks ? DIST_SESS_RCPT_ACKS : 0;
+	if (link_add_reserved(l, &f, GW_STATE_RESERVE) != 0)
+		return -1;
+	CNT_ADD(w, sessions_out, 1);
+	return 0;
+}
+
+/* Go on with the link's resync as far as its reserve allows this iteration. */
+static void resync_step(struct worker *w, unsigned li)
+{
+	struct gw_resync *r = &w->resync[li];
+	struct link *l = &w->links[li];
+	if (l->state != LINK_UP)
+		return;
+	if (!r->users) {
+		if (r->again)
+			resync_start(w, li);
+		if (!r->users)
+			return;
+	}
+	for (unsigned k = 0; r->at < r->n && k < GW_RESYNC_PER_ITER; k++) {
+		uint64_t *v = u64map_get(&w->dir, r->users[r->at]);
+		if (v) {
+			uint32_t slot = (uint32_t)*v, gen = (uint32_t)(*v >> 32);
+			struct conn *c = conn_of(w, slot);
+			if (c->state == CS_LIVE && c->gen == gen &&
+			    announce(w, l, 1, r->users[r->at], gw_oconn(slot, gen), 0, (c->flags & CF_V2) != 0) != 0)
+				return; /* the reserve is full: on with it when the backend has taken some */
+		}
+		r->at++; /* a user who left since the snapshot: its SESSION_DOWN went, or the link was not up */
+	}
+	if (r->at == r->n) {
+		resync_free(r);
+		if (r->again)
+			resync_start(w, li);
+	}
+}
+
 static void on_up(void *arg, struct link *l)
 {
 	struct worker *w = arg;
 	log_info("link to backend %u (%s) up", l->peer_node, l->name);
 	/* a (re)connected backend learns every session of this thread */
-	size_t pos = 0;
-	const struct u64map_ent *e;
-	while ((e = u64map_next(&w->dir, &pos))) {
-		uint32_t slot = (uint32_t)e->val, gen = (uint32_t)(e->val >> 32);
-		struct conn *c = conn_of(w, slot);
-		if (c->state != CS_LIVE || c->gen != gen)
-			continue;
-		struct dist_frame f = {.type = DIST_SESSION_UP};
-		f.session.user = e->key;
-		f.session.node = (uint32_t)w->gw->cfg.node;
-		f.session.thread = w->id;
-		f.session.conn = gw_oconn(slot, gen);
-		f.session.flags = (c->flags & CF_V2) ? DIST_SESS_RCPT_ACKS : 0;
-		if (link_add(l, &f) != 0) {
-			log_warn("link %s: queue full while announcing sessions", l->name);
-			break;
-		}
-		CNT_ADD(w, sessions_out, 1);
-	}
+	resync_start(w, l->idx);
+	resync_step(w, l->idx);
 }
 
 static void on_down(void *arg, struct link *l, const char *why)
@@ -129,6 +202,8 @@ static void on_down(void *arg, struct link *l, const char *why)
 	struct worker *w = arg;
 	(void)why;
 	fail_pending(w, l->idx, 0, PROTO_E_TRY_AGAIN);
+	resync_free(&w->resync[l->idx]); /* a new one starts when it is up again */
+	w->resync[l->idx].again = 0;
 }
 
 static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
@@ -178,7 +253,8 @@ int gw_dist_setup(struct worker *w, char *err, size_t errlen)
 	w->links = calloc(cl->n, sizeof *w->links);
 	w->pend = calloc(cl->n, sizeof *w->pend);
 	w->pub = calloc(cl->n, sizeof *w->pub);
-	if (!w->links || !w->pend || !w->pub) {
+	w->resync = calloc(cl->n, sizeof *w->resync);
+	if (!w->links || !w->pend || !w->pub || !w->resync) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
@@ -203,10 +279,12 @@ void gw_dist_teardown(struct worker *w)
 	for (size_t i = 0; i < w->gw->cluster.n; i++) {
 		link_free(&w->links[i]);
 		pendq_free(&w->pend[i]);
+		resync_free(&w->resync[i]);
 	}
 	free(w->links);
 	free(w->pend);
 	free(w->pub);
+	free(w->resync);
 	w->links = NULL;
 }
 
@@ -276,8 +354,10 @@ void gw_dist_tick(struct worker *w)
 
 void gw_dist_flush(struct worker *w)
 {
-	for (size_t i = 0; w->links && i < w->gw->cluster.n; i++)
+	for (size_t i = 0; w->links && i < w->gw->cluster.n; i++) {
+		resync_step(w, (unsigned)i);
 		link_flush(&w->links[i], &w->ring, w->now_ns);
+	}
 }
 
 /* ---- requests ---------------------------------------------------------------- */
@@ -355,19 +435,18 @@ void gw_dist_receipt_ack(struct worker *w, uint64_t user, uint64_t peer, uint64_
 
 void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, uint64_t resume, int acks)
 {
-	struct dist_frame f = {.type = up ? DIST_SESSION_UP : DIST_SESSION_DOWN};
-	f.session.user = user;
-	f.session.node = (uint32_t)w->gw->cfg.node;
-	f.session.thread = w->id;
-	f.session.conn = oconn;
-	f.session.resume = up ? resume : 0;
-	f.session.flags = up && acks ? DIST_SESS_RCPT_ACKS : 0;
 	for (size_t i = 0; w->links && i < w->gw->cluster.n; i++) {
-		if (link_add(&w->links[i], &f) == 0)
-			CNT_ADD(w, sessions_out, 1);
-		else
-			log_rl(LOG_WARN, "link to backend %u is full: a session %s was not announced (resent on reconnect)",
-			       w->gw->cluster.nodes[i].node, up ? "up" : "down");
+		struct link *l = &w->links[i];
+		if (l->state != LINK_UP)
+			continue; /* announced by the resync when it comes up */
+		if (announce(w, l, up, user, oconn, resume, acks) != 0) {
+			/* the reserve is full: a resync (after the one going on, if
+			 * any) tells the backend every session there is then */
+			w->resync[i].again = 1;
+			CNT_ADD(w, session_announce_deferred, 1);
+			log_rl(LOG_WARN, "link to backend %u: announcement reserve full; a resync follows",
+			       w->gw->cluster.nodes[i].node);
+		}
 	}
 }
 

@@ -45,6 +45,8 @@
 #define GW_BATCH_MAX 4096u       /* completions handled per iteration before flushing */
 #define GW_LINGER_TICKS 20u      /* after a fatal error frame: read and drop for 2 s, then close */
 #define GW_LINGER_BYTES (64u << 10) /* ...but at most this much: a peer that sends more is cut at once */
+#define GW_STATE_RESERVE (1u << 20) /* per link: room past --link-queue for session announcements */
+#define GW_RESYNC_PER_ITER 8192u    /* sessions announced per link per loop iteration in a resync */
 
 /* ---- configuration (read-only after start) -------------------------------- */
 struct gw_config {
@@ -108,7 +110,7 @@ struct gw_counters {
 	uint64_t loops, cqes, sends;
 	uint64_t routed_remote, stored_acks, store_refused, store_timeouts, link_try_again, sessions_out, answers_lost;
 	uint64_t link_frames_out, link_frames_in, link_batches_out, link_batches_in, link_bytes_out, link_bytes_in;
-	uint64_t link_reconnects, link_credit_stalls, link_refused, link_violations;
+	uint64_t link_reconnects, link_credit_stalls, link_refused, link_violations, resyncs, session_announce_deferred;
 	/* gauges */
 	uint64_t conns, logged_in, queue_bytes, queue_max, wheel_size, dir_size, partial_bufs;
 	uint64_t links_up, link_queue_bytes, link_rtt_us_max, pending_stores;
@@ -262,6 +264,7 @@ struct worker {
 	/* dist link: one per backend */
 	struct link *links;
 	struct gw_pendq *pend; /* per link: requests waiting for the backend's answer */
+	struct gw_resync *resync; /* per link: session announcements still to send (dist.c) */
 	struct gw_link_pub *pub;
 };
 

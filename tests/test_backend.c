@@ -44,6 +44,7 @@
 #include "runtime/link.h"
 #include "runtime/msgid.h"
 #include "runtime/peerauth.h"
+#include "runtime/u64map.h"
 #include "runtime/token.h"
 #include "tests/tclient.h"
 
@@ -2599,6 +2600,115 @@ Test(backend, idle_handshakes_cannot_lock_gateways_out, .timeout = 60)
 }
 
 /* ---- 13. faults that strand online users (issue 10) ------------------------------------------ */
+
+/* The home thread of a user on a gateway of GW_THREADS threads (gateway/gw.h). */
+static unsigned home_thread(uint64_t user)
+{
+	return (unsigned)(((hash64(user) >> 32) * (uint64_t)GW_THREADS) >> 32);
+}
+
+/* A user >= from owned by backend be whose home thread is `home`. */
+static uint64_t user_of_home(int be, unsigned home, uint64_t from)
+{
+	for (uint64_t u = from;; u++)
+		if ((int)cluster_user_owner(&T.cl, u) == be && home_thread(u) == home)
+			return u;
+}
+
+/* Item 1: a backend that hangs while its link queue fills must learn the
+ * sessions of users who stayed online once it is back, though the queue is
+ * still full of the traffic that waited: their announcements have a
+ * reserve of their own and a resync goes on until all are through. Before,
+ * the re-announcement failed on the full queue and was never retried: the
+ * user got nothing until it logged in again. */
+Test(backend, online_users_survive_a_backend_hang_with_a_full_queue, .timeout = 60)
+{
+	/* small socket buffers: what waits for the hung backend stays in the
+	 * gateway's queue rather than in the kernel's */
+	topo_start("--link-queue", "64k", "--link-sockbuf", "4k", NULL);
+	struct proc *hung = &T.be[0];
+	uint64_t u = user_of_home(0, 0, 63000);                       /* online at gateway 1, thread 0 */
+	uint64_t s = user_of_home(0, 0, u + 1);                       /* same thread: fills its link */
+	uint64_t v = user_of(1, 64000);                                /* at gateway 2 */
+	struct tc_conn cu, cs, cv;
+	open_login(&cu, 0, u);
+	open_login(&cs, 0, s);
+	open_login(&cv, 1, v);
+	cr_assert_eq(tc_server_signal(&hung->srv, SIGSTOP), 0);
+	/* the link is found dead (3 s); meanwhile, and after, gateway 1 thread
+	 * 0's link to the hung backend fills (16 KiB messages to offline users
+	 * it owns) until senders get try_again: what waits is in the queue, not
+	 * in a send */
+	expect_stat(&T.gw[0], "links_up", '<', GW_THREADS * NBE - 1, 6000);
+	static char big[PROTO_MAX_BODY + 1];
+	memset(big, 'q', PROTO_MAX_BODY);
+	int again = 0;
+	for (uint64_t k = 1; k <= 40 && !again; k++) {
+		send_msg(&cs, k, user_of(0, 65000 + k * 10), big);
+		struct tc_frame fr;
+		long r = tc_recv_frame(&cs, &fr, 200);
+		if (r > 0 && fr.f.type == PROTO_ERROR && fr.f.error.code == PROTO_E_TRY_AGAIN)
+			again = 1;
+	}
+	cr_assert(again, "the link queue never filled");
+	/* the backend comes back */
+	cr_log_info("before resume: gateway 1 link queue %lld bytes", (long long)stat_num(&T.gw[0], "link_queue_bytes"));
+	cr_assert_eq(tc_server_signal(&hung->srv, SIGCONT), 0);
+	wait_links();
+	cr_log_info("after resume: backend 11 knows %lld sessions; gateway 1: %lld resyncs, %lld announced",
+		    (long long)stat_num(hung, "sessions"), (long long)stat_num(&T.gw[0], "session_resyncs"),
+		    (long long)stat_num(&T.gw[0], "sessions_announced"));
+	/* u never reconnected: a message for it reaches it */
+	send_msg(&cv, 1, u, "after the hang");
+	expect_deliver(&cu, v, 0, "after the hang", "an online user who never reconnected, after the hang");
+	expect_ack(&cv, 1, PROTO_ACK_STORED, "the sender's ACK");
+	tc_close(&cu);
+	tc_close(&cs);
+	tc_close(&cv);
+	all_alive();
+}
+
+/* Item 2: a link that comes up announces every session however many there
+ * are, with no fault at all: 20,000 sessions (about 10,000 a thread, 120 KB
+ * of announcements each) through a 64 KiB queue (they used to stop at the
+ * bound, about 5,400 a thread). */
+Test(backend, every_session_announced_past_the_queue_bound, .timeout = 90)
+{
+	topo_start("--link-queue", "64k", NULL);
+	enum { N = 20000 };
+	char lg[PATH_MAX + 32], target[64], out[PATH_MAX + 64], n[16], base[24];
+	snprintf(lg, sizeof lg, "%s/loadgen/loadgen", tc_build_dir());
+	snprintf(target, sizeof target, "127.0.0.1:%u", T.gw[0].port);
+	snprintf(out, sizeof out, "%s/%s.loadgen.log", T.logdir, test_name());
+	snprintf(n, sizeof n, "%d", N);
+	snprintf(base, sizeof base, "%d", 500000);
+	/* source addresses of their own: 10,000 ephemeral ports on 127.0.0.1 could
+	 * take the port the backend restarts on */
+	char *const argv[] = {lg,	   "--secret-file", T.secret_path, "--targets", target, "--scenario", "idle",
+			      "--connections", n, "--user-base", base, "--duration", "40s", "--quiet",
+			      "--sources", "127.0.1.1-127.0.1.2", NULL};
+	struct tc_server lgs;
+	cr_assert_eq(tc_server_start_split(&lgs, lg, argv, out, out), 0, "cannot start the loadgen");
+	int64_t in = wait_stat(&T.gw[0], "logged_in", '>', N, 20000);
+	cr_assert_geq(in, N, "only %lld of %d logged in", (long long)in, N);
+	expect_stat(&T.be[0], "sessions", '>', N, 10000);
+	/* backend 11 restarts: its directory is empty, every session comes again
+	 * (once the gateways closed their ends: the dead backend's sockets on
+	 * its port must be gone for it to listen there again) */
+	be_kill9(0);
+	for (int i = 0; i < NGW; i++)
+		expect_stat(&T.gw[i], "links_up", '=', GW_THREADS * (NBE - 1), 5000);
+	be_restart(0, 1);
+	wait_links();
+	int64_t got = wait_stat(&T.be[0], "sessions", '>', N, 20000);
+	cr_log_info("resyncs %lld, announced %lld, deferred %lld, backend sessions_up %lld",
+		    (long long)stat_num(&T.gw[0], "session_resyncs"), (long long)stat_num(&T.gw[0], "sessions_announced"),
+		    (long long)stat_num(&T.gw[0], "session_announce_deferred"), (long long)stat_num(&T.be[0], "sessions_up"));
+	cr_assert_geq(got, N, "backend 11 knows %lld of %d sessions after relinking", (long long)got, N);
+	tc_server_signal(&lgs, SIGINT);
+	tc_server_stop(&lgs, 5000);
+	all_alive();
+}
 
 /* Item 4: the link queue's bound is a bound on memory. While a backend is
  * away, one small message per loop iteration used to cost a whole batch
