@@ -70,6 +70,9 @@ int main(int argc, char **argv)
 		 "undelivered stored messages (mailbox entries) one sender may have here before ERROR slow_down"},
 		{"receipt-max", OPT_INT, &cfg->receipt_max, "10000", 1, 100000000,
 		 "stored receipts per user (apart from --mailbox-max; at most 64 per peer, older ones give way)"},
+		{"login-window", OPT_SIZE, &cfg->login_window, "128k", 4096, 1 << 30,
+		 "stored messages a logging-in user is sent ahead of its delivered receipts, in bytes (at most 256 "
+		 "messages); keep it under the gateways' --max-queue"},
 		{"fanout-rate", OPT_INT, &cfg->fanout_rate, "10000", 1, 1000000000,
 		 "mailbox writes per second per sender (a group message to N members is N), burst 2 x this or "
 		 "2 x --max-group; over it: ERROR slow_down"},

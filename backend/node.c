@@ -242,6 +242,7 @@ static unsigned store_answer(struct be *b, int r, const char *what)
 struct flush_ctx {
 	struct be *b;
 	struct link *l;
+	struct be_backlog *e;
 	uint64_t user, last;
 	size_t sent, receipts_done;
 	uint64_t receipts[BE_FLUSH_PER_USER];
@@ -250,12 +251,27 @@ struct flush_ctx {
 	size_t ngone;
 };
 
+/* Whether the user's window has room for one more stored message of len
+ * bytes (one always fits an empty window). */
+static int window_room(const struct be *b, const struct be_backlog *e, uint32_t len)
+{
+	return e->inflight == 0 ||
+	       (e->inflight < BE_WINDOW_MSGS && e->inflight_bytes + len <= (uint64_t)b->cfg.login_window);
+}
+
 static int flush_one(void *arg, const struct store_msg *m)
 {
 	struct flush_ctx *x = arg;
-	if (!link_has_room(x->l, (size_t)m->len + 128) || send_item(x->b, x->l, x->user, m) != 0) {
+	int counted = m->kind == STORE_MSG;
+	if ((counted && !window_room(x->b, x->e, m->len)) || !link_has_room(x->l, (size_t)m->len + 128) ||
+	    send_item(x->b, x->l, x->user, m) != 0) {
 		x->full = 1;
 		return 1;
+	}
+	if (counted) {
+		x->e->inflight++;
+		x->e->inflight_bytes += m->len;
+		x->e->progress_ns = x->b->now_ns;
 	}
 	x->last = m->smid;
 	x->sent++;
@@ -286,13 +302,23 @@ static int flush_user(struct be *b, struct be_backlog *e)
 	struct link *l = user_link_acks(b, e->user, &conn, &acks);
 	if (!l || txn(b) != 0)
 		return 0;
-	struct flush_ctx x = {.b = b, .l = l, .user = e->user, .last = e->after, .acks = acks};
+	struct flush_ctx x = {.b = b, .l = l, .e = e, .user = e->user, .last = e->after, .acks = acks};
 	if (!e->receipts) {
+		/* paced by what the client has taken: a window of unacknowledged
+		 * stored messages (a client that reads reaches its next receipt long
+		 * before the gateway's --max-queue); one that sends no receipt for
+		 * 30 s gets the window again rather than waiting for ever */
+		if (e->inflight && b->now_ns - e->progress_ns > BE_WINDOW_STALL_NS) {
+			e->inflight = 0;
+			e->inflight_bytes = 0;
+		}
+		if (!window_room(b, e, 0))
+			return 1;
 		long n = store_scan(b->store, e->user, e->after, BE_FLUSH_PER_USER, flush_one, &x);
 		if (x.receipts_done && req_begin(b, STORE_REQ_DRAIN, 4 * x.receipts_done, 0) == 0) {
 			int ok = 1;
 			for (size_t i = 0; i < x.receipts_done && ok; i++)
-				ok = store_ack(b->store, e->user, x.receipts[i], NULL) >= 0;
+				ok = store_ack(b->store, e->user, x.receipts[i], NULL, NULL) >= 0;
 			req_end(b, ok);
 		}
 		BCNT_ADD(b, delivered_login, x.sent - x.receipts_done);
@@ -315,9 +341,24 @@ static int flush_user(struct be *b, struct be_backlog *e)
 
 /* A (new) login of user: its stored items from the start, one backlog entry
  * per user however many logins come. */
+/* A delivered receipt for a message sent at the reader's login: its window
+ * moves on. */
+static void window_acked(struct be *b, uint64_t user, uint64_t smid, uint32_t len)
+{
+	uint64_t *at = u64map_get(&b->backlog_of, user);
+	if (!at)
+		return;
+	struct be_backlog *e = &b->backlog[*at];
+	if (smid > e->after || e->receipts || !e->inflight)
+		return; /* not one of this login's sends */
+	e->inflight--;
+	e->inflight_bytes = e->inflight_bytes > len ? e->inflight_bytes - len : 0;
+	e->progress_ns = b->now_ns;
+}
+
 static void backlog_start(struct be *b, uint64_t user)
 {
-	struct be_backlog fresh = {.user = user};
+	struct be_backlog fresh = {.user = user, .progress_ns = b->now_ns};
 	uint64_t *at = u64map_get(&b->backlog_of, user);
 	if (at) {
 		b->backlog[*at] = fresh; /* a newer session: everything again, from the start */
@@ -550,11 +591,13 @@ static void on_receipt(struct be *b, const struct dist_frame *f)
 	if ((f->receipt.flags & DIST_RCPT_DELETE) && f->receipt.kind == PROTO_RCPT_DELIVERED &&
 	    req_begin(b, STORE_REQ_DRAIN, 8, 0) == 0) {
 		uint64_t from = 0;
-		int r = store_ack(b->store, reader, f->receipt.smid, &from);
+		uint32_t len = 0;
+		int r = store_ack(b->store, reader, f->receipt.smid, &from, &len);
 		req_end(b, r >= 0);
 		if (r == 0) {
 			BCNT_ADD(b, receipts_deleted, 1);
 			verified = from == sender; /* the reader had this message, from this sender */
+			window_acked(b, reader, f->receipt.smid, len);
 		}
 	}
 	if (f->receipt.flags & DIST_RCPT_STORE) {

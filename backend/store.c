@@ -661,9 +661,10 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 
 /* Drop one reference to message smid, deleting it at zero; *from gets its
  * sender (0 when the message is missing). */
-static int msg_unref(struct store *s, uint64_t smid, uint64_t *from)
+static int msg_unref(struct store *s, uint64_t smid, uint64_t *from, uint32_t *len)
 {
 	*from = 0;
+	*len = 0;
 	uint8_t mk[8];
 	wire_be64_put(mk, smid);
 	MDB_val k = mval(mk, 8), v;
@@ -677,6 +678,7 @@ static int msg_unref(struct store *s, uint64_t smid, uint64_t *from)
 	if ((rc = msg_decode(&v, smid, &m, &refs)) != 0)
 		return rc;
 	*from = m.from;
+	*len = m.len;
 	int counted = m.kind == STORE_MSG; /* m.from stays valid: copied above; v is not read after a write */
 	if (refs <= 1) {
 		rc = mdb_del(T(s), s->msgs, &k, NULL);
@@ -695,12 +697,16 @@ static int msg_unref(struct store *s, uint64_t smid, uint64_t *from)
 	return counted ? u32_add(s, s->senders, *from, -1) : 0;
 }
 
-int store_ack(struct store *s, uint64_t user, uint64_t smid, uint64_t *from)
+int store_ack(struct store *s, uint64_t user, uint64_t smid, uint64_t *from, uint32_t *len)
 {
 	uint64_t f0;
+	uint32_t l0;
 	if (!from)
 		from = &f0;
+	if (!len)
+		len = &l0;
 	*from = 0;
+	*len = 0;
 	int rc = ready(s);
 	if (rc)
 		return rc;
@@ -722,7 +728,7 @@ int store_ack(struct store *s, uint64_t user, uint64_t smid, uint64_t *from)
 	 * rather than wrap around and lock the mailbox as full. */
 	if (c > 0 && (rc = u32_set(s, s->counts, user, c - 1)) != 0)
 		return rc;
-	return msg_unref(s, smid, from);
+	return msg_unref(s, smid, from, len);
 }
 
 uint32_t store_sender_count(struct store *s, uint64_t from)

@@ -126,9 +126,10 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 	      size_t *added);
 
 /* Remove (user, smid) from the user's mailbox, dropping the message when no
- * mailbox references it any more. STORE_E_NOTFOUND if absent. *from (may be
- * NULL) gets the message's sender: who a delivered receipt may notify. */
-int store_ack(struct store *s, uint64_t user, uint64_t smid, uint64_t *from);
+ * mailbox references it any more. STORE_E_NOTFOUND if absent. *from and *len
+ * (each may be NULL) get the message's sender (who a delivered receipt may
+ * notify) and its body length. */
+int store_ack(struct store *s, uint64_t user, uint64_t smid, uint64_t *from, uint32_t *len);
 
 /* Mailbox entries, in all mailboxes of this store, whose message `from` sent. */
 uint32_t store_sender_count(struct store *s, uint64_t from);

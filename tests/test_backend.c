@@ -2520,6 +2520,12 @@ Test(backend, login_backlog_one_entry_per_user, .timeout = 60)
 				kicked[i] = 1;
 			if (fr.f.type != PROTO_DELIVER)
 				continue;
+			/* as a client does: the delivered receipt moves the login window on */
+			struct proto_frame rc = {.type = PROTO_RECEIPT};
+			rc.receipt.kind = PROTO_RCPT_DELIVERED;
+			rc.receipt.peer = fr.f.deliver.from;
+			rc.receipt.smid = fr.f.deliver.smid;
+			tc_send_frame(&c[i], &rc); /* a kicked connection may be gone: no matter */
 			unsigned k = 0;
 			for (uint32_t j = 1; j < fr.f.deliver.body.len; j++)
 				k = k * 10 + (unsigned)(fr.f.deliver.body.p[j] - '0');
@@ -2707,6 +2713,50 @@ Test(backend, every_session_announced_past_the_queue_bound, .timeout = 90)
 	cr_assert_geq(got, N, "backend 11 knows %lld of %d sessions after relinking", (long long)got, N);
 	tc_server_signal(&lgs, SIGINT);
 	tc_server_stop(&lgs, 5000);
+	all_alive();
+}
+
+/* Item 3: a user whose mailbox is far over --max-queue logs in and reads
+ * (sending its delivered receipts, as clients do): stored messages come in
+ * a window ahead of its receipts, never all at once, and it is never cut as
+ * a slow consumer. Before: 256 stored messages a turn were queued at once,
+ * the client was cut, its receipts lost, and every login started over. */
+Test(backend, big_mailbox_login_is_paced_not_cut, .timeout = 60)
+{
+	topo_start(NULL);
+	uint64_t ua = user_of(1, 66000), uu = user_of(0, 67000);
+	enum { N = 400, BODY = 4000 };
+	static char body[BODY + 1];
+	struct tc_conn a, u;
+	open_login(&a, 0, ua);
+	for (uint64_t k = 1; k <= N; k++) {
+		snprintf(body, sizeof body, "%05llu", (unsigned long long)k);
+		memset(body + 5, 'm', BODY - 5);
+		body[BODY] = 0;
+		send_msg(&a, k, uu, body);
+		if (k % 100 == 0)
+			tc_sleep_ms(120); /* under --rate-bytes */
+	}
+	for (int k = 0; k < N; k++) {
+		struct tc_frame fr;
+		expect_type(&a, &fr, PROTO_ACK, 5000, "ACK");
+	}
+	expect_stat(&T.be[0], "store_mailbox_entries", '=', N, 5000);
+	open_login(&u, 1, uu);
+	int got = 0;
+	while (got < N) {
+		struct tc_frame fr;
+		long r = tc_recv_frame(&u, &fr, 5000);
+		cr_assert_gt(r, 0, "after %d of %d stored messages: %s", got, N, tc_status_name(r));
+		cr_assert(fr.f.type == PROTO_DELIVER, "after %d: %s", got, describe(&fr));
+		send_receipt(&u, PROTO_RCPT_DELIVERED, fr.f.deliver.from, fr.f.deliver.smid);
+		got++;
+	}
+	cr_assert_eq(stat_num(&T.gw[1], "slow_consumers"), 0, "the reader was cut as a slow consumer");
+	expect_stat(&T.be[0], "store_mailbox_entries", '=', 0, 5000);
+	ping_ok(&u, "the reader after its mailbox");
+	tc_close(&a);
+	tc_close(&u);
 	all_alive();
 }
 

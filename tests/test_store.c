@@ -368,14 +368,14 @@ Test(store, counts_follow_puts_and_acks)
 	cr_assert_eq(store_count(st, 3), 5);
 	commit();
 	cr_assert_eq(store_count(st, 3), 5);
-	cr_assert_eq(store_ack(st, 3, 2, NULL), 0);
-	cr_assert_eq(store_ack(st, 3, 4, NULL), 0);
+	cr_assert_eq(store_ack(st, 3, 2, NULL, NULL), 0);
+	cr_assert_eq(store_ack(st, 3, 4, NULL, NULL), 0);
 	cr_assert_eq(store_count(st, 3), 3);
 	commit();
 	reopen();
 	cr_assert_eq(store_count(st, 3), 3);
 	for (uint64_t i = 1; i <= 5; i += 2)
-		cr_assert_eq(store_ack(st, 3, i, NULL), 0);
+		cr_assert_eq(store_ack(st, 3, i, NULL, NULL), 0);
 	cr_assert_eq(store_count(st, 3), 0);
 	commit();
 	struct store_stats x = stats();
@@ -389,12 +389,12 @@ Test(store, counts_follow_puts_and_acks)
 Test(store, ack_unknown_entry_is_notfound)
 {
 	st = open_map(MAP_BYTES);
-	cr_assert_eq(store_ack(st, 1, 1, NULL), STORE_E_NOTFOUND);
+	cr_assert_eq(store_ack(st, 1, 1, NULL, NULL), STORE_E_NOTFOUND);
 	put1(5, 1, 2, "x");
-	cr_assert_eq(store_ack(st, 3, 5, NULL), STORE_E_NOTFOUND, "someone else's message");
-	cr_assert_eq(store_ack(st, 2, 6, NULL), STORE_E_NOTFOUND, "another smid");
-	cr_assert_eq(store_ack(st, 2, 5, NULL), 0);
-	cr_assert_eq(store_ack(st, 2, 5, NULL), STORE_E_NOTFOUND, "acked twice");
+	cr_assert_eq(store_ack(st, 3, 5, NULL, NULL), STORE_E_NOTFOUND, "someone else's message");
+	cr_assert_eq(store_ack(st, 2, 6, NULL, NULL), STORE_E_NOTFOUND, "another smid");
+	cr_assert_eq(store_ack(st, 2, 5, NULL, NULL), 0);
+	cr_assert_eq(store_ack(st, 2, 5, NULL, NULL), STORE_E_NOTFOUND, "acked twice");
 	cr_assert_eq(store_count(st, 2), 0);
 }
 
@@ -472,22 +472,22 @@ Test(store, group_message_stored_once_until_last_ack)
 		cr_assert_str_eq(s.body[0], "to the group");
 	}
 
-	cr_assert_eq(store_ack(st, 11, 1000, NULL), 0);
+	cr_assert_eq(store_ack(st, 11, 1000, NULL, NULL), 0);
 	commit();
 	cr_assert_eq(stats().messages, 1);
 	reopen(); /* the refcount is durable too */
-	cr_assert_eq(store_ack(st, 13, 1000, NULL), 0);
+	cr_assert_eq(store_ack(st, 13, 1000, NULL, NULL), 0);
 	commit();
 	cr_assert_eq(stats().messages, 1);
 	struct seen s = { 0 };
 	cr_assert_eq(scan(12, 0, 10, &s), 1, "the last member still reads it");
 	cr_assert_str_eq(s.body[0], "to the group");
-	cr_assert_eq(store_ack(st, 12, 1000, NULL), 0);
+	cr_assert_eq(store_ack(st, 12, 1000, NULL, NULL), 0);
 	commit();
 	x = stats();
 	cr_assert_eq(x.messages, 0, "gone after the last ack");
 	cr_assert_eq(x.mailbox_entries, 0);
-	cr_assert_eq(store_ack(st, 12, 1000, NULL), STORE_E_NOTFOUND);
+	cr_assert_eq(store_ack(st, 12, 1000, NULL, NULL), STORE_E_NOTFOUND);
 }
 
 /* The body of large_group_message_body, byte i = i * 31 + 7. */
@@ -514,8 +514,8 @@ Test(store, large_group_message_body)
 	struct store_msg g = { .smid = 9, .from = 1, .group = 2, .kind = STORE_MSG, .body = body, .len = sizeof body };
 	cr_assert_eq(store_put(st, &g, members, 3, 10, NULL), 0);
 	commit();
-	cr_assert_eq(store_ack(st, 1, 9, NULL), 0);
-	cr_assert_eq(store_ack(st, 2, 9, NULL), 0);
+	cr_assert_eq(store_ack(st, 1, 9, NULL, NULL), 0);
+	cr_assert_eq(store_ack(st, 2, 9, NULL, NULL), 0);
 	commit();
 	int ok = 0;
 	cr_assert_eq(store_scan(st, 3, 0, 10, check_big, &ok), 1);
@@ -555,7 +555,7 @@ Test(store, receipts_are_mailbox_items)
 	cr_assert_eq(s.m[1].kind, STORE_MSG);
 	cr_assert_eq(s.m[1].rkind, 0);
 	cr_assert_eq(store_count(st, 1), 2);
-	cr_assert_eq(store_ack(st, 1, 11, NULL), 0);
+	cr_assert_eq(store_ack(st, 1, 11, NULL, NULL), 0);
 	commit();
 	cr_assert_eq(stats().messages, 2);
 }
@@ -868,7 +868,7 @@ Test(store, nearly_full_put_refused_transaction_survives)
 	/* the messages stored before the refusal are there; acking one frees room */
 	uint32_t c = store_count(st, 2);
 	cr_assert_gt(c, 1);
-	cr_assert_eq(store_ack(st, 2, 1, NULL), 0);
+	cr_assert_eq(store_ack(st, 2, 1, NULL, NULL), 0);
 	cr_assert_eq(store_commit(st), 0);
 	cr_assert_eq(store_count(st, 2), c - 1);
 }
@@ -998,7 +998,7 @@ Test(store, every_kind_of_write_can_fail)
 		case STORE_OP_GROUP: r = store_group_next_id(st, 1, &gid); break;
 		case STORE_OP_DEDUP: r = store_dedup_put(st, 1, 5, 5); break;
 		case STORE_OP_RECEIPT: r = store_rcpt_put(st, 7, 8, 101, PROTO_RCPT_READ, 64, 100, NULL); break;
-		default: r = store_ack(st, 2, 1, NULL); break;
+		default: r = store_ack(st, 2, 1, NULL, NULL); break;
 		}
 		cr_assert_eq(r, -ENOSPC, "%s: %d", kinds[k].what, r);
 		cr_assert_eq(store_req_end(st, 0), 0, "%s", kinds[k].what);
@@ -1017,7 +1017,7 @@ Test(store, admission_refused_near_full_deletes_run)
 	commit();
 	cr_assert_eq(store_req_begin(st, STORE_REQ_ADMIT, 4, 64), -ENOSPC);
 	cr_assert_eq(store_req_begin(st, STORE_REQ_DRAIN, 4, 0), 0);
-	cr_assert_eq(store_ack(st, 2, 100, NULL), 0);
+	cr_assert_eq(store_ack(st, 2, 100, NULL, NULL), 0);
 	cr_assert_eq(store_req_end(st, 1), 0);
 	commit();
 }
@@ -1072,12 +1072,12 @@ Test(store, sender_counts)
 	cr_assert_eq(store_sender_count(st, 7), 5);
 	cr_assert_eq(store_sender_count(st, 8), 0);
 	uint64_t from = 0;
-	cr_assert_eq(store_ack(st, 2, 1, &from), 0);
+	cr_assert_eq(store_ack(st, 2, 1, &from, NULL), 0);
 	cr_assert_eq(from, 7, "the message's sender");
-	cr_assert_eq(store_ack(st, 5, 3, &from), 0);
+	cr_assert_eq(store_ack(st, 5, 3, &from, NULL), 0);
 	cr_assert_eq(from, 7);
 	cr_assert_eq(store_sender_count(st, 7), 3);
-	cr_assert_eq(store_ack(st, 5, 3, &from), STORE_E_NOTFOUND);
+	cr_assert_eq(store_ack(st, 5, 3, &from, NULL), STORE_E_NOTFOUND);
 	cr_assert_eq(from, 0);
 	commit();
 	reopen();
