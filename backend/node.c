@@ -339,8 +339,6 @@ static int flush_user(struct be *b, struct be_backlog *e)
 	return x.full || n == (long)BE_FLUSH_PER_USER;
 }
 
-/* A (new) login of user: its stored items from the start, one backlog entry
- * per user however many logins come. */
 /* A delivered receipt for a message sent at the reader's login: its window
  * moves on. */
 static void window_acked(struct be *b, uint64_t user, uint64_t smid, uint32_t len)
@@ -356,6 +354,8 @@ static void window_acked(struct be *b, uint64_t user, uint64_t smid, uint32_t le
 	e->progress_ns = b->now_ns;
 }
 
+/* A (new) login of user: its stored items from the start, one backlog entry
+ * per user however many logins come. */
 static void backlog_start(struct be *b, uint64_t user)
 {
 	struct be_backlog fresh = {.user = user, .progress_ns = b->now_ns};
