@@ -102,11 +102,11 @@ static const char *on_hello(void *arg, struct link *l, const struct dist_frame *
  * Sessions are state, not traffic: a backend must learn every session of
  * this thread, however full the link's queue is with messages that waited
  * through an outage, and however many sessions there are. So announcements
- * go into the link with a reserve of their own (link_add_reserved, past the
- * traffic bound), and a link that comes up is told every session by a
+ * go into the link's state lane (link_add_state: a bound of its own, sent
+ * before the traffic queue), and a link that comes up is told every session by a
  * resync: a snapshot of the thread's users, announced a piece per loop
- * iteration as the reserve has room, until all are through. A session event
- * that finds the reserve full starts another resync once the current one is
+ * iteration as the lane has room, until all are through. A session event
+ * that finds the lane full starts another resync once the current one is
  * done; one on a link that is not up is not queued at all (the resync when it
  * comes up covers it, and a backend drops a lost link's sessions anyway). */
 
@@ -151,13 +151,13 @@ static int announce(struct worker *w, struct link *l, int up, uint64_t user, uin
 	f.session.conn = oconn;
 	f.session.resume = up ? resume : 0;
 	f.session.flags = up && acks ? DIST_SESS_RCPT_ACKS : 0;
-	if (link_add_reserved(l, &f, GW_STATE_RESERVE) != 0)
+	if (link_add_state(l, &f, GW_STATE_LANE) != 0)
 		return -1;
 	CNT_ADD(w, sessions_out, 1);
 	return 0;
 }
 
-/* Go on with the link's resync as far as its reserve allows this iteration. */
+/* Go on with the link's resync as far as its state lane allows this iteration. */
 static void resync_step(struct worker *w, unsigned li)
 {
 	struct gw_resync *r = &w->resync[li];
@@ -177,7 +177,7 @@ static void resync_step(struct worker *w, unsigned li)
 			struct conn *c = conn_of(w, slot);
 			if (c->state == CS_LIVE && c->gen == gen &&
 			    announce(w, l, 1, r->users[r->at], gw_oconn(slot, gen), 0, (c->flags & CF_V2) != 0) != 0)
-				return; /* the reserve is full: on with it when the backend has taken some */
+				return; /* the lane is full: on with it when the backend has taken some */
 		}
 		r->at++; /* a user who left since the snapshot: its SESSION_DOWN went, or the link was not up */
 	}
@@ -440,11 +440,11 @@ void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, ui
 		if (l->state != LINK_UP)
 			continue; /* announced by the resync when it comes up */
 		if (announce(w, l, up, user, oconn, resume, acks) != 0) {
-			/* the reserve is full: a resync (after the one going on, if
+			/* the state lane is full: a resync (after the one going on, if
 			 * any) tells the backend every session there is then */
 			w->resync[i].again = 1;
 			CNT_ADD(w, session_announce_deferred, 1);
-			log_rl(LOG_WARN, "link to backend %u: announcement reserve full; a resync follows",
+			log_rl(LOG_WARN, "link to backend %u: announcement lane full; a resync follows",
 			       w->gw->cluster.nodes[i].node);
 		}
 	}

@@ -45,7 +45,7 @@
 #define GW_BATCH_MAX 4096u       /* completions handled per iteration before flushing */
 #define GW_LINGER_TICKS 20u      /* after a fatal error frame: read and drop for 2 s, then close */
 #define GW_LINGER_BYTES (64u << 10) /* ...but at most this much: a peer that sends more is cut at once */
-#define GW_STATE_RESERVE (1u << 20) /* per link: room past --link-queue for session announcements */
+#define GW_STATE_LANE (1u << 20) /* per link: bound of the state lane (session announcements), apart from --link-queue */
 #define GW_RESYNC_PER_ITER 8192u    /* sessions announced per link per loop iteration in a resync */
 
 /* ---- configuration (read-only after start) -------------------------------- */

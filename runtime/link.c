@@ -64,24 +64,24 @@ const char *link_state_name(enum link_state s)
 	return (unsigned)s < sizeof n / sizeof n[0] ? n[s] : "?";
 }
 
-static void q_push(struct link *l, struct link_out *o)
+static void q_push(struct link_lane *q, struct link_out *o)
 {
 	o->next = NULL;
-	if (l->q_tail)
-		l->q_tail->next = o;
+	if (q->tail)
+		q->tail->next = o;
 	else
-		l->q_head = o;
-	l->q_tail = o;
-	l->q_bytes += o->mem;
+		q->head = o;
+	q->tail = o;
+	q->bytes += o->mem;
 }
 
-static void begin_batch(struct link *l)
+static void begin_batch(struct link *l, struct link_lane *q)
 {
-	if (l->cur)
+	if (q->cur)
 		return;
-	l->cur = malloc(sizeof(struct link_out) + DIST_BATCH_HEADROOM + l->batch_cap);
-	if (l->cur)
-		dist_batch_init(&l->batch, l->cur + sizeof(struct link_out), DIST_BATCH_HEADROOM + l->batch_cap);
+	q->cur = malloc(sizeof(struct link_out) + DIST_BATCH_HEADROOM + l->batch_cap);
+	if (q->cur)
+		dist_batch_init(&q->batch, q->cur + sizeof(struct link_out), DIST_BATCH_HEADROOM + l->batch_cap);
 }
 
 static size_t cur_cap(const struct link *l)
@@ -94,17 +94,17 @@ static size_t cur_cap(const struct link *l)
  * which counts allocated bytes, is a bound on memory: one small frame per
  * loop iteration while a backend is away costs its bytes, not a 256 KiB
  * buffer each. */
-static void end_batch(struct link *l)
+static void end_lane(struct link *l, struct link_lane *q)
 {
-	if (!l->cur || l->batch.count == 0)
+	if (!q->cur || q->batch.count == 0)
 		return;
-	struct link_out *o = (struct link_out *)l->cur;
+	struct link_out *o = (struct link_out *)q->cur;
 	size_t size;
-	o->start = dist_batch_finish(&l->batch, ++l->seq_out, &size);
+	o->start = dist_batch_finish(&q->batch, ++l->seq_out, &size);
 	o->seq = l->seq_out;
 	o->len = size;
 	o->mem = cur_cap(l);
-	size_t used = sizeof(struct link_out) + DIST_BATCH_HEADROOM + l->batch.len;
+	size_t used = sizeof(struct link_out) + DIST_BATCH_HEADROOM + q->batch.len;
 	if (used < o->mem / 2) {
 		size_t start_off = (size_t)(o->start - (uint8_t *)o);
 		struct link_out *s = realloc(o, used);
@@ -114,9 +114,35 @@ static void end_batch(struct link *l)
 			o->mem = used;
 		}
 	}
-	l->st.frames_out += l->batch.count;
-	l->cur = NULL;
-	q_push(l, o);
+	l->st.frames_out += q->batch.count;
+	q->cur = NULL;
+	q_push(q, o);
+}
+
+/* Close both lanes' batches (the state lane's first: it is sent first). */
+static void end_batch(struct link *l)
+{
+	end_lane(l, &l->lane[LINK_LANE_STATE]);
+	end_lane(l, &l->lane[LINK_LANE_DATA]);
+}
+
+static size_t lane_queued(const struct link_lane *q)
+{
+	/* the batch under construction counts with what it uses: its buffer's
+	 * untouched rest is one fixed allocation per lane */
+	return q->bytes + (q->cur ? sizeof(struct link_out) + DIST_BATCH_HEADROOM + q->batch.len : 0);
+}
+
+static void lane_free(struct link_lane *q)
+{
+	free(q->cur);
+	q->cur = NULL;
+	for (struct link_out *o = q->head, *n; o; o = n) {
+		n = o->next;
+		free(o);
+	}
+	q->head = q->tail = NULL;
+	q->bytes = 0;
 }
 
 void link_init(struct link *l, unsigned idx, unsigned ud_kind, const struct link_ops *ops, void *arg,
@@ -311,52 +337,48 @@ void link_attach(struct link *l, struct io_uring *ring, int fd, uint64_t now_ns)
 
 int link_has_room(const struct link *l, size_t bytes)
 {
-	return link_queued(l) + bytes <= l->queue_max;
+	return lane_queued(&l->lane[LINK_LANE_DATA]) + bytes <= l->queue_max;
 }
 
 size_t link_queued(const struct link *l)
 {
-	/* the batch under construction counts with what it uses: its buffer's
-	 * untouched rest is one fixed allocation per link */
-	return l->q_bytes + (l->cur ? sizeof(struct link_out) + DIST_BATCH_HEADROOM + l->batch.len : 0);
+	return lane_queued(&l->lane[LINK_LANE_DATA]) + lane_queued(&l->lane[LINK_LANE_STATE]);
 }
 
-static int add(struct link *l, const struct dist_frame *f, size_t limit);
-
-int link_add(struct link *l, const struct dist_frame *f)
+static int add(struct link *l, struct link_lane *q, const struct dist_frame *f, size_t limit)
 {
-	return add(l, f, l->queue_max);
-}
-
-int link_add_reserved(struct link *l, const struct dist_frame *f, size_t reserve)
-{
-	return add(l, f, l->queue_max + reserve);
-}
-
-static int add(struct link *l, const struct dist_frame *f, size_t limit)
-{
-	if (link_queued(l) >= limit) {
+	if (lane_queued(q) >= limit) {
 		l->st.refused++;
 		return -EAGAIN;
 	}
 	for (int tries = 0; tries < 2; tries++) {
-		begin_batch(l);
-		if (!l->cur)
+		begin_batch(l, q);
+		if (!q->cur)
 			return -EAGAIN;
 		/* keep a batch within batch_cap, not just within the buffer */
-		int r = dist_batch_add(&l->batch, f);
+		int r = dist_batch_add(&q->batch, f);
 		if (r == 0) {
 			if (l->nobatch)
-				end_batch(l);
+				end_lane(l, q);
 			return 0;
 		}
 		if (r == -2)
 			return -EINVAL;
-		if (l->batch.count == 0)
+		if (q->batch.count == 0)
 			return -EINVAL; /* does not fit an empty batch: cannot happen below DIST_MAX_INNER */
-		end_batch(l);
+		end_lane(l, q);
 	}
 	return -EAGAIN;
+}
+
+int link_add(struct link *l, const struct dist_frame *f)
+{
+	return add(l, &l->lane[LINK_LANE_DATA], f, l->queue_max);
+}
+
+int link_add_state(struct link *l, const struct dist_frame *f, size_t bound)
+{
+	return add(l, &l->lane[LINK_LANE_STATE], f, bound);
 }
 
 static void submit_send(struct link *l, struct io_uring *ring)
@@ -377,19 +399,24 @@ static void send_next(struct link *l, struct io_uring *ring, uint64_t now)
 		l->tx_len = build_ctrl(l);
 		l->tx_off = 0;
 	} else {
-		struct link_out *o = l->q_head;
-		if (!o || l->close_after_send || l->state != LINK_UP || (l->hold && o->seq > l->release_seq))
+		/* the state lane first; held batches (link_hold) are traffic only */
+		struct link_lane *q = &l->lane[LINK_LANE_STATE];
+		if (!q->head)
+			q = &l->lane[LINK_LANE_DATA];
+		struct link_out *o = q->head;
+		if (!o || l->close_after_send || l->state != LINK_UP ||
+		    (q == &l->lane[LINK_LANE_DATA] && l->hold && o->seq > l->release_seq))
 			return; /* batches only once authenticated, and held ones not yet */
 		if ((int64_t)o->len > l->credit) {
 			l->st.credit_stalls++;
 			return;
 		}
 		l->credit -= (int64_t)o->len;
-		l->q_bytes -= o->mem;
+		q->bytes -= o->mem;
 		l->st.batches_out++;
-		l->q_head = o->next;
-		if (!l->q_head)
-			l->q_tail = NULL;
+		q->head = o->next;
+		if (!q->head)
+			q->tail = NULL;
 		o->next = NULL;
 		l->sending = o;
 		l->tx_p = o->start;
@@ -409,20 +436,21 @@ void link_release(struct link *l, struct io_uring *ring, uint64_t now_ns)
 
 void link_drop_held(struct link *l)
 {
-	free(l->cur);
-	l->cur = NULL;
+	struct link_lane *q = &l->lane[LINK_LANE_DATA];
+	free(q->cur);
+	q->cur = NULL;
 	/* batches after release_seq are at the tail of the queue */
-	struct link_out **pp = &l->q_head, *last = NULL;
+	struct link_out **pp = &q->head, *last = NULL;
 	while (*pp && (*pp)->seq <= l->release_seq) {
 		last = *pp;
 		pp = &(*pp)->next;
 	}
 	struct link_out *o = *pp;
 	*pp = NULL;
-	l->q_tail = last;
+	q->tail = last;
 	while (o) {
 		struct link_out *n = o->next;
-		l->q_bytes -= o->mem;
+		q->bytes -= o->mem;
 		free(o);
 		o = n;
 	}
@@ -512,18 +540,10 @@ void link_free(struct link *l)
 	l->fd = -1;
 	free(l->rx);
 	free(l->sending);
-	free(l->cur);
-	struct link_out *o = l->q_head;
-	while (o) {
-		struct link_out *n = o->next;
-		free(o);
-		o = n;
-	}
+	lane_free(&l->lane[LINK_LANE_DATA]);
+	lane_free(&l->lane[LINK_LANE_STATE]);
 	l->rx = NULL;
 	l->sending = NULL;
-	l->cur = NULL;
-	l->q_head = l->q_tail = NULL;
-	l->q_bytes = 0;
 }
 
 /* ---- handshake ------------------------------------------------------------------------ */
@@ -840,7 +860,7 @@ void link_tick(struct link *l, struct io_uring *ring, uint64_t now_ns)
 	case LINK_AUTH:
 		if (l->close_after_send && now_ns - l->since_ns > 1000000000ull)
 			link_close(l, ring, "closing after an error", now_ns);
-		else if (now_ns - l->since_ns > LINK_HANDSHAKE_NS)
+		else if (now_ns - l->since_ns > (l->outbound ? LINK_OUT_HANDSHAKE_NS : LINK_HANDSHAKE_NS))
 			link_close(l, ring, l->state == LINK_HELLO ? "no HELLO from the peer" : "no AUTH from the peer",
 				   now_ns);
 		return;

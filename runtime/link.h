@@ -11,9 +11,12 @@
  * hold, headers included), which survives a reconnect: while the peer is
  * unreachable frames wait, and link_add() refuses (-EAGAIN) once the bound is
  * reached, so the owner can answer "try again" instead of growing memory.
- * link_add_reserved() may go past the bound by a reserve of its own, for
- * frames that are state rather than traffic (session announcements), so
- * that a queue full of traffic cannot crowd them out.
+ * link_add_state() puts frames that are state rather than traffic (session
+ * announcements) in a lane of their own, with its own bound, that is sent
+ * before the traffic queue: traffic that waited through an outage can
+ * neither crowd them out nor delay them, so a peer that comes back learns
+ * the state first. The state lane is not held (link_hold) and survives a
+ * reconnect like the traffic queue; ordering holds within each lane.
  *
  * Handshake: each side sends HELLO (identity, key id, nonce); once it has the
  * peer's HELLO and ops->on_hello() accepts the identity, it sends AUTH (an
@@ -22,8 +25,9 @@
  * peer's AUTH checks out; the link is UP (ops->on_up) only then. A refused
  * or failed handshake gets ERROR auth_failed and a close, counted in
  * st.refused_hello / st.auth_failures and logged (rate-limited). The whole
- * handshake must finish within LINK_HANDSHAKE_NS, and until it has, the link
- * holds a receive buffer of LINK_RX_HANDSHAKE bytes only.
+ * handshake must finish within LINK_HANDSHAKE_NS on an accepted link and
+ * LINK_OUT_HANDSHAKE_NS on an outbound one, and until it has, the link holds
+ * a receive buffer of LINK_RX_HANDSHAKE bytes only.
  *
  * Flow control: after the handshake each side may send LINK_INITIAL_CREDIT
  * bytes of batches; the receiver grants more (CREDIT) as it consumes them. A
@@ -61,6 +65,11 @@
 #define LINK_RX_CAP (DIST_MAX_FRAME + 4096u)
 #define LINK_RX_HANDSHAKE 512u /* receive buffer until the peer is authenticated */
 #define LINK_HANDSHAKE_NS 1000000000ull /* two round trips, on any network we link over */
+/* An outbound link waits longer: a peer that took the connection and does
+ * not answer is most likely stopped or busy (SIGSTOP, a long fsync), and
+ * waiting costs one connection; it answers the moment it runs again instead
+ * of a backoff later. */
+#define LINK_OUT_HANDSHAKE_NS 30000000000ull
 #define LINK_HELLO_MAX 96u /* an encoded HELLO (about 55 bytes) */
 #define LINK_CTRL_BUF 320u /* every pending control frame at once */
 #define LINK_HEARTBEAT_NS 1000000000ull
@@ -68,6 +77,7 @@
 #define LINK_BACKOFF_MIN_NS 100000000ull
 #define LINK_BACKOFF_MAX_NS 5000000000ull
 
+enum { LINK_LANE_DATA, LINK_LANE_STATE };
 enum link_state { LINK_IDLE, LINK_CONNECTING, LINK_HELLO, LINK_AUTH, LINK_UP, LINK_BACKOFF, LINK_CLOSING };
 
 struct link;
@@ -130,13 +140,16 @@ struct link {
 	uint8_t *rx;
 	size_t rx_len, rx_cap;
 	int recv_inflight, send_inflight, connect_inflight;
-	/* send */
-	uint8_t *cur; /* batch under construction (DIST_BATCH_HEADROOM + batch_cap) */
-	struct dist_batch batch;
-	struct link_out *q_head, *q_tail, *sending; /* sending: a batch, or NULL with ctrl_buf in flight */
+	/* send: lane[LINK_LANE_DATA] traffic, lane[LINK_LANE_STATE] sent first */
+	struct link_lane {
+		uint8_t *cur; /* batch under construction (DIST_BATCH_HEADROOM + batch_cap) */
+		struct dist_batch batch;
+		struct link_out *head, *tail;
+		size_t bytes; /* memory held by its closed batches */
+	} lane[2];
+	struct link_out *sending; /* a batch, or NULL with ctrl_buf in flight */
 	const uint8_t *tx_p; /* what the send in flight sends */
 	size_t tx_len, tx_off;
-	size_t q_bytes; /* memory held by the queued batches */
 	uint64_t seq_out;
 	int64_t credit;
 	uint64_t consumed;
@@ -171,8 +184,9 @@ void link_attach(struct link *l, struct io_uring *ring, int fd, uint64_t now_ns)
  * queue is at its bound (answer "try again"), or -EINVAL for an invalid frame. */
 int link_add(struct link *l, const struct dist_frame *f);
 
-/* link_add() with the bound raised by `reserve` bytes (see the top). */
-int link_add_reserved(struct link *l, const struct dist_frame *f, size_t reserve);
+/* Add a state frame to the state lane (see the top), which holds at most
+ * `bound` bytes; -EAGAIN past it. */
+int link_add_state(struct link *l, const struct dist_frame *f, size_t bound);
 
 /* Whether link_add() would take `bytes` more now. */
 int link_has_room(const struct link *l, size_t bytes);
@@ -203,8 +217,8 @@ int link_quiet(const struct link *l);
 /* Free buffers and close the fd (after link_quiet(), or at exit). */
 void link_free(struct link *l);
 
-/* Bytes of memory queued, including what the batch under construction uses
- * (its buffer, batch_cap, is allocated once per batch). */
+/* Bytes of memory queued in both lanes, including what the batches under
+ * construction use (their buffers, batch_cap, are allocated once per batch). */
 size_t link_queued(const struct link *l);
 
 const char *link_state_name(enum link_state s);

@@ -2624,7 +2624,7 @@ static uint64_t user_of_home(int be, unsigned home, uint64_t from)
 /* Item 1: a backend that hangs while its link queue fills must learn the
  * sessions of users who stayed online once it is back, though the queue is
  * still full of the traffic that waited: their announcements have a
- * reserve of their own and a resync goes on until all are through. Before,
+ * lane of their own and a resync goes on until all are through. Before,
  * the re-announcement failed on the full queue and was never retried: the
  * user got nothing until it logged in again. */
 Test(backend, online_users_survive_a_backend_hang_with_a_full_queue, .timeout = 60)

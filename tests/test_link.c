@@ -29,6 +29,7 @@ struct side {
 	struct link l;
 	unsigned ups, downs, frames;
 	uint64_t last_from;
+	uint8_t first_type, session_after; /* the first frame's type; frames before the first SESSION_UP */
 };
 
 static struct io_uring ring;
@@ -39,7 +40,10 @@ static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 {
 	struct side *s = arg;
 	(void)l;
-	s->frames++;
+	if (!s->frames++)
+		s->first_type = f->type;
+	if (f->type == DIST_SESSION_UP && !s->session_after)
+		s->session_after = (uint8_t)(s->frames < 255 ? s->frames : 255);
 	if (f->type == DIST_ROUTE)
 		s->last_from = f->route.from;
 }
@@ -130,8 +134,10 @@ TestSuite(link, .init = setup, .fini = teardown, .timeout = 20);
 
 static int lfd = -1;
 
-/* sides[0] connects to a loopback listener; the accepted socket becomes sides[1]. */
-static void connect_pair(void)
+/* sides[0] connects to a loopback listener; the accepted socket becomes
+ * sides[1], accepted after sides[0] has run alone for delay_ms (a peer that
+ * is stopped: the kernel completes the connection, nobody answers). */
+static void connect_pair_after(int delay_ms)
 {
 	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -144,12 +150,19 @@ static void connect_pair(void)
 	a.len = sizeof sa;
 	link_connect(&sides[0].l, &ring, &a, clock_mono_ns());
 	io_uring_submit(&ring);
+	for (uint64_t end = clock_mono_ns() + (uint64_t)delay_ms * 1000000; clock_mono_ns() < end;)
+		turn(5);
 	struct pollfd pf = {lfd, POLLIN, 0};
 	cr_assert_eq(poll(&pf, 1, 2000), 1, "no connection");
 	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 	cr_assert_geq(fd, 0);
 	close(lfd);
 	link_attach(&sides[1].l, &ring, fd, clock_mono_ns());
+}
+
+static void connect_pair(void)
+{
+	connect_pair_after(0);
 }
 
 static int both_up(void)
@@ -186,6 +199,72 @@ Test(link, handshake_and_batches_both_ways)
 	cr_assert_eq(sides[0].frames, 50);
 	cr_assert_eq(sides[1].last_from, 1098);
 	cr_assert_eq(sides[0].l.st.auth_failures + sides[1].l.st.auth_failures, 0);
+}
+
+/* Session announcements are state: added after a queue full of traffic
+ * that waited for the peer, they still reach it first (the state lane), so
+ * a backend that comes back knows who is online before it works through
+ * the backlog, and delivers to them meanwhile. */
+Test(link, state_lane_goes_before_queued_traffic)
+{
+	for (int i = 0; i < 300; i++) {
+		struct dist_frame f = {.type = DIST_ROUTE};
+		f.route.from = 1000 + (uint64_t)i;
+		f.route.to = 7;
+		f.route.body = (struct proto_bytes){(const uint8_t *)"waited", 6};
+		cr_assert_eq(link_add(&sides[0].l, &f), 0);
+		if (i % 100 == 99)
+			link_flush(&sides[0].l, &ring, clock_mono_ns()); /* several batches, as over loop iterations */
+	}
+	struct dist_frame s = {.type = DIST_SESSION_UP};
+	s.session.user = 42;
+	s.session.node = 1;
+	s.session.conn = 5;
+	cr_assert_eq(link_add_state(&sides[0].l, &s, 1 << 20), 0);
+	size_t q = link_queued(&sides[0].l);
+	cr_assert_gt(q, 300 * 6, "both lanes count in link_queued");
+	connect_pair();
+	for (int k = 0; k < 400 && sides[1].frames < 301; k++)
+		turn(5);
+	cr_assert_eq(sides[1].frames, 301);
+	cr_assert_eq(sides[1].first_type, DIST_SESSION_UP, "the announcement waited behind the traffic");
+	cr_assert_eq(sides[1].session_after, 1);
+	cr_assert_eq(sides[1].last_from, 1299, "traffic in its order");
+	cr_assert_eq(link_queued(&sides[0].l), 0);
+}
+
+Test(link, state_lane_has_a_bound_of_its_own)
+{
+	struct dist_frame s = {.type = DIST_SESSION_UP};
+	s.session.node = 1;
+	int n = 0;
+	for (; n < 100000; n++) {
+		s.session.user = 1 + (uint64_t)n;
+		if (link_add_state(&sides[0].l, &s, 64 << 10) != 0)
+			break;
+	}
+	cr_assert_lt(n, 100000, "the state lane has no bound");
+	cr_assert_leq(link_queued(&sides[0].l), (64 << 10) + 64);
+	/* traffic is bounded apart: the full state lane takes none of its room */
+	cr_assert(link_has_room(&sides[0].l, 100 << 10));
+}
+
+/* A backend stopped (SIGSTOP) or busy while a gateway reconnects: the
+ * connection is taken by the kernel and the HELLO waits unanswered. The
+ * gateway keeps waiting, so the link is up the moment the backend runs
+ * again; it used to give up after 1 s and reconnect after a backoff of up
+ * to 5 s, which was the whole of the time online users waited after a
+ * backend stop. */
+Test(link, outbound_handshake_waits_for_a_stopped_peer)
+{
+	connect_pair_after(2500);
+	cr_assert_eq(sides[0].downs, 0, "the gateway side gave up on a peer that had not answered yet");
+	uint64_t t0 = clock_mono_ns();
+	cr_assert(turn_until(both_up, 3000), "handshake: states %s / %s", link_state_name(sides[0].l.state),
+		  link_state_name(sides[1].l.state));
+	cr_assert_lt(clock_mono_ns() - t0, 1000000000ull, "up only %llu ms after the peer ran",
+		     (unsigned long long)((clock_mono_ns() - t0) / 1000000));
+	cr_assert_eq(sides[0].l.st.reconnects, 0);
 }
 
 Test(link, wrong_key_is_refused_on_both_sides)
@@ -415,7 +494,7 @@ Test(link, heartbeat_flood_costs_one_pending_echo)
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 	cr_assert_eq(sides[1].l.state, LINK_UP, "the link closed");
-	cr_assert_eq(sides[1].l.q_bytes, 0, "heartbeat echoes were queued as data");
+	cr_assert_eq(link_queued(&sides[1].l), 0, "heartbeat echoes were queued as data");
 	cr_assert_lt(sides[1].l.ctrl, 1u << 6, "control slots: 0x%x", sides[1].l.ctrl);
 	cr_assert_eq(sides[1].l.hb_seq_echo, N, "the pending echo is not the latest request");
 	cr_assert_lt(s, 2.0, "100,000 heartbeats took %.2f s", s);
