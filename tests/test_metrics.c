@@ -12,6 +12,7 @@
 
 #include "runtime/mbuf.h"
 #include "runtime/metrics.h"
+#include "tests/asan.h"
 
 /* ---- mbuf ---------------------------------------------------------------------------- */
 
@@ -126,18 +127,8 @@ Test(mbuf, oom_drops_further_text)
 	cr_assert_eq(b.oom, 0, "free resets oom");
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define HUGE_ALLOC_DISABLED 1 /* ASan aborts on the huge request instead of returning NULL */
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HUGE_ALLOC_DISABLED 1
-#endif
-#endif
-#ifndef HUGE_ALLOC_DISABLED
-#define HUGE_ALLOC_DISABLED 0
-#endif
-
-Test(mbuf, failed_realloc_sets_oom, .disabled = HUGE_ALLOC_DISABLED)
+/* ASan aborts on the huge request instead of returning NULL */
+Test(mbuf, failed_realloc_sets_oom, .disabled = TEST_UNDER_ASAN)
 {
 	struct mbuf b = {0};
 	mbuf_put(&b, "keep", 4);

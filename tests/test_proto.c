@@ -25,6 +25,7 @@
 #define GUARD_SPAN (64u * 1024u)
 
 #define PB_CAP (PROTO_MAX_FRAME_BYTES + 64)
+#include "tests/asan.h"
 #include "tests/wirebuf.h"
 
 /* proto_parse() on a copy of buf[0..len) that ends at the guard page. */
@@ -36,18 +37,7 @@ static long parse_guarded(const uint8_t *buf, size_t len, enum proto_dir dir, st
 /* The guard is what makes the over-read checks mean something: prove that
  * touching the byte after the input faults. ASan and UBSan turn SIGSEGV into
  * their own report and exit(1), so this one only runs in a plain build. */
-#if defined(__SANITIZE_ADDRESS__)
-#define GUARD_TEST_DISABLED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define GUARD_TEST_DISABLED 1
-#endif
-#endif
-#ifndef GUARD_TEST_DISABLED
-#define GUARD_TEST_DISABLED 0
-#endif
-
-Test(guard, faults_on_overread, .signal = SIGSEGV, .disabled = GUARD_TEST_DISABLED)
+Test(guard, faults_on_overread, .signal = SIGSEGV, .disabled = TEST_UNDER_ASAN)
 {
 	const volatile uint8_t *p = at_guard("ab", 2);
 	cr_assert_eq(p[1], 'b');
