@@ -2662,13 +2662,13 @@ Test(backend, online_users_survive_a_backend_hang_with_a_full_queue, .timeout = 
 	cr_log_info("before resume: gateway 1 link queue %lld bytes", (long long)stat_num(&T.gw[0], "link_queue_bytes"));
 	cr_assert_eq(tc_server_signal(&hung->srv, SIGCONT), 0);
 	wait_links();
-	cr_log_info("after resume: backend 11 knows %lld sessions; gateway 1: %lld resyncs, %lld announced",
-		    (long long)stat_num(hung, "sessions"), (long long)stat_num(&T.gw[0], "session_resyncs"),
-		    (long long)stat_num(&T.gw[0], "sessions_announced"));
 	/* u never reconnected: a message for it reaches it */
 	send_msg(&cv, 1, u, "after the hang");
 	expect_deliver(&cu, v, 0, "after the hang", "an online user who never reconnected, after the hang");
 	expect_ack(&cv, 1, PROTO_ACK_STORED, "the sender's ACK");
+	cr_log_info("after resume: backend 11 knows %lld sessions; gateway 1: %lld resyncs, %lld announced",
+		    (long long)stat_num(hung, "sessions"), (long long)stat_num(&T.gw[0], "session_resyncs"),
+		    (long long)stat_num(&T.gw[0], "sessions_announced"));
 	tc_close(&cu);
 	tc_close(&cs);
 	tc_close(&cv);
@@ -2708,10 +2708,10 @@ Test(backend, every_session_announced_past_the_queue_bound, .timeout = 90)
 	be_restart(0, 1);
 	wait_links();
 	int64_t got = wait_stat(&T.be[0], "sessions", '>', N, 20000);
+	cr_assert_geq(got, N, "backend 11 knows %lld of %d sessions after relinking", (long long)got, N);
 	cr_log_info("resyncs %lld, announced %lld, deferred %lld, backend sessions_up %lld",
 		    (long long)stat_num(&T.gw[0], "session_resyncs"), (long long)stat_num(&T.gw[0], "sessions_announced"),
 		    (long long)stat_num(&T.gw[0], "session_announce_deferred"), (long long)stat_num(&T.be[0], "sessions_up"));
-	cr_assert_geq(got, N, "backend 11 knows %lld of %d sessions after relinking", (long long)got, N);
 	tc_server_signal(&lgs, SIGINT);
 	tc_server_stop(&lgs, 5000);
 	all_alive();
