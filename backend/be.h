@@ -35,14 +35,13 @@
 #define BE_MAX_HANDSHAKES 64u  /* links not yet authenticated at once; past it the oldest is closed */
 #define BE_FLUSH_PER_USER 256u /* stored messages sent per user per iteration at login */
 #define BE_WINDOW_MSGS 256u    /* stored messages sent at login and not yet acknowledged, per user */
-#define BE_WINDOW_STALL_NS 30000000000ull /* no acknowledgement for this long: the window opens again */
 #define BE_RCPT_PER_PEER 64u   /* stored receipts kept per (user, peer): older ones give way */
 #define BE_BUDGET_MAX 65536u   /* senders with a partly spent budget tracked before idle ones are swept */
 
 struct be_config {
 	const char *listen, *stats_listen, *cluster_file, *cluster_secret_file, *data_dir, *log_level;
 	int64_t node, store_size, mailbox_max, max_group, link_queue, link_batch, link_sockbuf, dedup_window_ms;
-	int64_t sender_max, receipt_max, fanout_rate, login_window;
+	int64_t sender_max, receipt_max, fanout_rate, login_window, login_stall_ms;
 	const char *inject_store_fault; /* tests: "OPS:ERR:COUNT" (store_inject) */
 };
 
@@ -70,6 +69,7 @@ struct be_backlog {
 	/* the window: sent at this login, no delivered receipt yet */
 	uint32_t inflight;
 	uint64_t inflight_bytes, progress_ns; /* progress: the last send or acknowledgement */
+	uint64_t stall_after; /* the window was reset after a stall: receipts up to here are not in it */
 };
 
 struct be {

@@ -73,6 +73,8 @@ int main(int argc, char **argv)
 		{"login-window", OPT_SIZE, &cfg->login_window, "128k", 4096, 1 << 30,
 		 "stored messages a logging-in user is sent ahead of its delivered receipts, in bytes (at most 256 "
 		 "messages); keep it under the gateways' --max-queue"},
+		{"login-stall", OPT_MS, &cfg->login_stall_ms, "30s", 100, 3600000,
+		 "a logging-in user that sends no delivered receipt for this long is sent the next window anyway"},
 		{"fanout-rate", OPT_INT, &cfg->fanout_rate, "10000", 1, 1000000000,
 		 "mailbox writes per second per sender (a group message to N members is N), burst 2 x this or "
 		 "2 x --max-group; over it: ERROR slow_down"},

@@ -307,10 +307,11 @@ static int flush_user(struct be *b, struct be_backlog *e)
 		/* paced by what the client has taken: a window of unacknowledged
 		 * stored messages (a client that reads reaches its next receipt long
 		 * before the gateway's --max-queue); one that sends no receipt for
-		 * 30 s gets the window again rather than waiting for ever */
-		if (e->inflight && b->now_ns - e->progress_ns > BE_WINDOW_STALL_NS) {
+		 * --login-stall (30 s) gets the window again rather than waiting for ever */
+		if (e->inflight && b->now_ns - e->progress_ns > (uint64_t)b->cfg.login_stall_ms * 1000000) {
 			e->inflight = 0;
 			e->inflight_bytes = 0;
+			e->stall_after = e->after; /* late receipts for those do not open the new window */
 		}
 		if (!window_room(b, e, 0))
 			return 1;
@@ -347,8 +348,8 @@ static void window_acked(struct be *b, uint64_t user, uint64_t smid, uint32_t le
 	if (!at)
 		return;
 	struct be_backlog *e = &b->backlog[*at];
-	if (smid > e->after || e->receipts || !e->inflight)
-		return; /* not one of this login's sends */
+	if (smid > e->after || smid <= e->stall_after || e->receipts || !e->inflight)
+		return; /* not one of this window's sends */
 	e->inflight--;
 	e->inflight_bytes = e->inflight_bytes > len ? e->inflight_bytes - len : 0;
 	e->progress_ns = b->now_ns;
@@ -418,8 +419,16 @@ static void on_session_up(struct be *b, struct link *l, const struct dist_frame 
 			BCNT_ADD(b, kicks, 1);
 		}
 	}
+	uint64_t val = dir_val(l->idx, f->session.conn, f->session.flags & DIST_SESS_RCPT_ACKS);
+	if (old && *old == val) {
+		/* the same session announced again (a gateway's resync): its
+		 * stored messages are on their way already; starting over would
+		 * send the window twice */
+		BCNT_ADD(b, sessions_up, 1);
+		return;
+	}
 	uint32_t was = old ? dir_link(*old) : UINT32_MAX;
-	if (u64map_put(&b->dir, user, dir_val(l->idx, f->session.conn, f->session.flags & DIST_SESS_RCPT_ACKS)) != 0) {
+	if (u64map_put(&b->dir, user, val) != 0) {
 		log_rl(LOG_ERROR, "out of memory in the session directory");
 		return;
 	}

@@ -103,12 +103,15 @@ static const char *on_hello(void *arg, struct link *l, const struct dist_frame *
  * this thread, however full the link's queue is with messages that waited
  * through an outage, and however many sessions there are. So announcements
  * go into the link's state lane (link_add_state: a bound of its own, sent
- * before the traffic queue), and a link that comes up is told every session by a
- * resync: a snapshot of the thread's users, announced a piece per loop
- * iteration as the lane has room, until all are through. A session event
- * that finds the lane full starts another resync once the current one is
- * done; one on a link that is not up is not queued at all (the resync when it
- * comes up covers it, and a backend drops a lost link's sessions anyway). */
+ * ahead of queued traffic, taking turns with it), and a link that comes up
+ * is told every session by a resync: a snapshot of the thread's users,
+ * announced a piece per loop iteration as the lane has room (half of it:
+ * the other half is kept for logins and logouts meanwhile), until all are
+ * through. A session event that finds the lane full starts another resync
+ * once the current one is done; one on a link that is not up is not queued
+ * at all, and what waited in the lane when the link went down is dropped
+ * (the resync when it comes up covers both, and a backend drops a lost
+ * link's sessions anyway). */
 
 struct gw_resync {
 	uint64_t *users; /* NULL: none in progress */
@@ -142,7 +145,7 @@ static void resync_start(struct worker *w, unsigned li)
 }
 
 static int announce(struct worker *w, struct link *l, int up, uint64_t user, uint64_t oconn, uint64_t resume,
-		    int acks)
+		    int acks, size_t bound)
 {
 	struct dist_frame f = {.type = up ? DIST_SESSION_UP : DIST_SESSION_DOWN};
 	f.session.user = user;
@@ -151,7 +154,7 @@ static int announce(struct worker *w, struct link *l, int up, uint64_t user, uin
 	f.session.conn = oconn;
 	f.session.resume = up ? resume : 0;
 	f.session.flags = up && acks ? DIST_SESS_RCPT_ACKS : 0;
-	if (link_add_state(l, &f, GW_STATE_LANE) != 0)
+	if (link_add_state(l, &f, bound) != 0)
 		return -1;
 	CNT_ADD(w, sessions_out, 1);
 	return 0;
@@ -176,8 +179,9 @@ static void resync_step(struct worker *w, unsigned li)
 			uint32_t slot = (uint32_t)*v, gen = (uint32_t)(*v >> 32);
 			struct conn *c = conn_of(w, slot);
 			if (c->state == CS_LIVE && c->gen == gen &&
-			    announce(w, l, 1, r->users[r->at], gw_oconn(slot, gen), 0, (c->flags & CF_V2) != 0) != 0)
-				return; /* the lane is full: on with it when the backend has taken some */
+			    announce(w, l, 1, r->users[r->at], gw_oconn(slot, gen), 0, (c->flags & CF_V2) != 0,
+				     GW_STATE_LANE / 2) != 0)
+				return; /* its half of the lane is full: on with it when the backend has taken some */
 		}
 		r->at++; /* a user who left since the snapshot: its SESSION_DOWN went, or the link was not up */
 	}
@@ -204,6 +208,7 @@ static void on_down(void *arg, struct link *l, const char *why)
 	fail_pending(w, l->idx, 0, PROTO_E_TRY_AGAIN);
 	resync_free(&w->resync[l->idx]); /* a new one starts when it is up again */
 	w->resync[l->idx].again = 0;
+	link_drop_state(l); /* stale: the backend drops this link's sessions, the resync tells them afresh */
 }
 
 static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
@@ -439,7 +444,7 @@ void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, ui
 		struct link *l = &w->links[i];
 		if (l->state != LINK_UP)
 			continue; /* announced by the resync when it comes up */
-		if (announce(w, l, up, user, oconn, resume, acks) != 0) {
+		if (announce(w, l, up, user, oconn, resume, acks, GW_STATE_LANE) != 0) {
 			/* the state lane is full: a resync (after the one going on, if
 			 * any) tells the backend every session there is then */
 			w->resync[i].again = 1;

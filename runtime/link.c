@@ -399,10 +399,12 @@ static void send_next(struct link *l, struct io_uring *ring, uint64_t now)
 		l->tx_len = build_ctrl(l);
 		l->tx_off = 0;
 	} else {
-		/* the state lane first; held batches (link_hold) are traffic only */
-		struct link_lane *q = &l->lane[LINK_LANE_STATE];
-		if (!q->head)
-			q = &l->lane[LINK_LANE_DATA];
+		/* the state lane first, but never twice in a row while traffic
+		 * waits (a resync of millions of sessions must not stall it);
+		 * held batches (link_hold) are traffic only */
+		struct link_lane *q = &l->lane[LINK_LANE_STATE], *d = &l->lane[LINK_LANE_DATA];
+		if (!q->head || (l->sent_state && d->head && !(l->hold && d->head->seq > l->release_seq)))
+			q = d;
 		struct link_out *o = q->head;
 		if (!o || l->close_after_send || l->state != LINK_UP ||
 		    (q == &l->lane[LINK_LANE_DATA] && l->hold && o->seq > l->release_seq))
@@ -417,6 +419,7 @@ static void send_next(struct link *l, struct io_uring *ring, uint64_t now)
 		q->head = o->next;
 		if (!q->head)
 			q->tail = NULL;
+		l->sent_state = q != d;
 		o->next = NULL;
 		l->sending = o;
 		l->tx_p = o->start;
@@ -454,6 +457,11 @@ void link_drop_held(struct link *l)
 		free(o);
 		o = n;
 	}
+}
+
+void link_drop_state(struct link *l)
+{
+	lane_free(&l->lane[LINK_LANE_STATE]);
 }
 
 void link_flush(struct link *l, struct io_uring *ring, uint64_t now_ns)

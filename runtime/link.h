@@ -15,8 +15,10 @@
  * announcements) in a lane of their own, with its own bound, that is sent
  * before the traffic queue: traffic that waited through an outage can
  * neither crowd them out nor delay them, so a peer that comes back learns
- * the state first. The state lane is not held (link_hold) and survives a
- * reconnect like the traffic queue; ordering holds within each lane.
+ * the state first. While both lanes have batches they take turns, so a big
+ * resync does not stall traffic either. The state lane is not held
+ * (link_hold); it survives a reconnect like the traffic queue unless the
+ * owner drops it (link_drop_state); ordering holds within each lane.
  *
  * Handshake: each side sends HELLO (identity, key id, nonce); once it has the
  * peer's HELLO and ops->on_hello() accepts the identity, it sends AUTH (an
@@ -148,6 +150,7 @@ struct link {
 		size_t bytes; /* memory held by its closed batches */
 	} lane[2];
 	struct link_out *sending; /* a batch, or NULL with ctrl_buf in flight */
+	int sent_state;           /* the last batch sent was from the state lane */
 	const uint8_t *tx_p; /* what the send in flight sends */
 	size_t tx_len, tx_off;
 	uint64_t seq_out;
@@ -187,6 +190,10 @@ int link_add(struct link *l, const struct dist_frame *f);
 /* Add a state frame to the state lane (see the top), which holds at most
  * `bound` bytes; -EAGAIN past it. */
 int link_add_state(struct link *l, const struct dist_frame *f, size_t bound);
+
+/* Drop everything waiting in the state lane (state that a reconnect makes
+ * stale: the owner announces afresh). */
+void link_drop_state(struct link *l);
 
 /* Whether link_add() would take `bytes` more now. */
 int link_has_room(const struct link *l, size_t bytes);

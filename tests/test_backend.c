@@ -1518,6 +1518,7 @@ struct raw {
 	uint8_t buf[1 << 17];
 	size_t len;
 	unsigned seen[256];
+	unsigned inner[256]; /* frames inside the batches seen */
 	int error_code; /* the last DIST_ERROR's code, or -1 */
 	uint8_t hello_mine[LINK_HELLO_MAX], hello_peer[LINK_HELLO_MAX];
 	size_t hello_mine_len, hello_peer_len;
@@ -1601,6 +1602,13 @@ static long raw_read(struct raw *r, uint8_t until, int timeout_ms)
 				break;
 			cr_assert_gt(n, 0, "the backend sent a malformed dist frame (%s)", proto_err_name((unsigned)-n));
 			r->seen[f.type]++;
+			if (f.type == DIST_BATCH) {
+				struct dist_iter it;
+				struct dist_frame in;
+				dist_batch_iter(&f, &it);
+				while (dist_batch_next(&it, &in) > 0)
+					r->inner[in.type]++;
+			}
 			if (f.type == DIST_ERROR)
 				r->error_code = f.error.code;
 			if (f.type == DIST_HELLO && (size_t)n <= sizeof r->hello_peer) {
@@ -2608,6 +2616,40 @@ Test(backend, idle_handshakes_cannot_lock_gateways_out, .timeout = 60)
 
 /* ---- 13. faults that strand online users (issue 10) ------------------------------------------ */
 
+/* a sends n messages of len bytes (numbered, under --rate-bytes) to the
+ * offline user `to`, each acknowledged stored. */
+static void store_many(struct tc_conn *a, uint64_t to, int n, size_t len)
+{
+	static char body[PROTO_MAX_BODY + 1];
+	cr_assert(len >= 6 && len <= PROTO_MAX_BODY);
+	for (int k = 1; k <= n; k++) {
+		snprintf(body, sizeof body, "%05d", k);
+		memset(body + 5, 'm', len - 5);
+		body[len] = 0;
+		send_msg(a, (uint64_t)k, to, body);
+		if (k % 50 == 0)
+			tc_sleep_ms(120); /* under --rate-bytes */
+	}
+	for (int k = 0; k < n; k++) {
+		struct tc_frame fr;
+		expect_type(a, &fr, PROTO_ACK, 5000, "ACK");
+	}
+}
+
+/* u reads n stored messages (with a delivered receipt for each if
+ * `receipts`), as fast as they come. */
+static void read_stored(struct tc_conn *u, int n, int receipts)
+{
+	for (int got = 0; got < n; got++) {
+		struct tc_frame fr;
+		long r = tc_recv_frame(u, &fr, 5000);
+		cr_assert_gt(r, 0, "after %d of %d stored messages: %s", got, n, tc_status_name(r));
+		cr_assert(fr.f.type == PROTO_DELIVER, "after %d: %s", got, describe(&fr));
+		if (receipts)
+			send_receipt(u, PROTO_RCPT_DELIVERED, fr.f.deliver.from, fr.f.deliver.smid);
+	}
+}
+
 /* The home thread of a user on a gateway of GW_THREADS threads (gateway/gw.h). */
 static unsigned home_thread(uint64_t user)
 {
@@ -2726,33 +2768,13 @@ Test(backend, big_mailbox_login_is_paced_not_cut, .timeout = 60)
 {
 	topo_start(NULL);
 	uint64_t ua = user_of(1, 66000), uu = user_of(0, 67000);
-	enum { N = 400, BODY = 4000 };
-	static char body[BODY + 1];
+	enum { N = 400 };
 	struct tc_conn a, u;
 	open_login(&a, 0, ua);
-	for (uint64_t k = 1; k <= N; k++) {
-		snprintf(body, sizeof body, "%05llu", (unsigned long long)k);
-		memset(body + 5, 'm', BODY - 5);
-		body[BODY] = 0;
-		send_msg(&a, k, uu, body);
-		if (k % 100 == 0)
-			tc_sleep_ms(120); /* under --rate-bytes */
-	}
-	for (int k = 0; k < N; k++) {
-		struct tc_frame fr;
-		expect_type(&a, &fr, PROTO_ACK, 5000, "ACK");
-	}
+	store_many(&a, uu, N, 4000);
 	expect_stat(&T.be[0], "store_mailbox_entries", '=', N, 5000);
 	open_login(&u, 1, uu);
-	int got = 0;
-	while (got < N) {
-		struct tc_frame fr;
-		long r = tc_recv_frame(&u, &fr, 5000);
-		cr_assert_gt(r, 0, "after %d of %d stored messages: %s", got, N, tc_status_name(r));
-		cr_assert(fr.f.type == PROTO_DELIVER, "after %d: %s", got, describe(&fr));
-		send_receipt(&u, PROTO_RCPT_DELIVERED, fr.f.deliver.from, fr.f.deliver.smid);
-		got++;
-	}
+	read_stored(&u, N, 1);
 	cr_assert_eq(stat_num(&T.gw[1], "slow_consumers"), 0, "the reader was cut as a slow consumer");
 	expect_stat(&T.be[0], "store_mailbox_entries", '=', 0, 5000);
 	ping_ok(&u, "the reader after its mailbox");
@@ -2801,5 +2823,83 @@ Test(backend, link_queue_bound_is_a_memory_bound, .timeout = 60)
 		cr_assert_lt(rss - rss0, 2 * q + (4 << 20), "RSS grew %lld bytes for a queue of %lld", (long long)(rss - rss0),
 		     (long long)q);
 	tc_close(&a);
+	all_alive();
+}
+
+/* One SESSION_UP in a batch of its own, and a HEARTBEAT (the backend closes
+ * a link silent for 3 s). */
+static void raw_session_up(struct raw *r, uint64_t user, uint64_t conn, uint64_t seq)
+{
+	static uint8_t bb[256];
+	struct dist_batch b;
+	dist_batch_init(&b, bb, sizeof bb);
+	struct dist_frame up = {.type = DIST_SESSION_UP};
+	up.session.user = user;
+	up.session.node = RAW_NODE;
+	up.session.conn = conn;
+	cr_assert_eq(dist_batch_add(&b, &up), 0);
+	size_t bn;
+	uint8_t *bp = dist_batch_finish(&b, seq, &bn);
+	raw_send(r, bp, bn);
+	struct dist_frame hb = {.type = DIST_HEARTBEAT};
+	hb.heartbeat.seq = seq;
+	uint8_t hbuf[32];
+	raw_send(r, hbuf, dist_encode(&hb, hbuf, sizeof hbuf));
+}
+
+/* The review of item 1: a resync announces sessions the backend may know
+ * already (a session event that found the announcement lane full makes a
+ * whole resync follow). The same session announced again must not start
+ * its stored messages over: that sent the login window twice, enough with
+ * the defaults to cut the reader as a slow consumer. */
+Test(backend, same_session_announced_again_is_not_a_new_login, .timeout = 30)
+{
+	topo_start(NULL);
+	uint64_t x = user_of(0, 70000), s = user_of(1, 70100);
+	struct tc_conn a;
+	open_login(&a, 0, s);
+	for (uint64_t k = 1; k <= 3; k++) {
+		send_msg(&a, k, x, "stored for x");
+		expect_ack(&a, k, PROTO_ACK_STORED, "stored for x");
+	}
+	static struct raw r;
+	raw_login_link(&r, T.be[0].port, RAW_NODE);
+	raw_session_up(&r, x, 77, 1);
+	raw_read(&r, 0, 1200);
+	cr_assert_eq(r.inner[DIST_ROUTE], 3, "x's stored messages at its login: %u", r.inner[DIST_ROUTE]);
+	raw_session_up(&r, x, 77, 2); /* the same session, again */
+	raw_read(&r, 0, 1200);
+	cr_assert_eq(r.inner[DIST_ROUTE], 3, "the same session announced again got its stored messages again");
+	raw_session_up(&r, x, 78, 3); /* a new connection of x: a new login */
+	raw_read(&r, 0, 1200);
+	cr_assert_eq(r.inner[DIST_ROUTE], 6, "a new login gets what is still stored");
+	tc_close(&r.c);
+	tc_close(&a);
+	all_alive();
+}
+
+/* Item 3, the fallback: a client that reads but sends no delivered receipt
+ * still gets its mailbox, a window per --login-stall, never all at once
+ * (which would cut it as a slow consumer). */
+Test(backend, login_window_opens_again_after_a_stall, .timeout = 40)
+{
+	static const char *const be_opts[] = {"--login-stall", "1s", NULL};
+	T.be_extra = be_opts;
+	topo_start(NULL);
+	uint64_t ua = user_of(1, 71000), uu = user_of(0, 71100);
+	enum { N = 100 };
+	struct tc_conn a, u;
+	open_login(&a, 0, ua);
+	store_many(&a, uu, N, 4000);
+	open_login(&u, 1, uu);
+	int64_t t0 = tc_now_ms();
+	read_stored(&u, N, 0); /* and no receipt */
+	int64_t took = tc_now_ms() - t0;
+	/* 400 KB in windows of 128 KiB: three stalls of 1 s at least */
+	cr_assert_geq(took, 2500, "all %d in %lld ms: not paced", N, (long long)took);
+	cr_assert_eq(stat_num(&T.gw[1], "slow_consumers"), 0);
+	expect_stat(&T.be[0], "store_mailbox_entries", '=', N, 2000); /* nothing acknowledged: all still stored */
+	tc_close(&a);
+	tc_close(&u);
 	all_alive();
 }

@@ -30,6 +30,7 @@ struct side {
 	unsigned ups, downs, frames;
 	uint64_t last_from;
 	uint8_t first_type, session_after; /* the first frame's type; frames before the first SESSION_UP */
+	unsigned sessions, routes_before_last_session; /* SESSION_UPs; ROUTEs seen before the last of them */
 };
 
 static struct io_uring ring;
@@ -44,6 +45,10 @@ static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 		s->first_type = f->type;
 	if (f->type == DIST_SESSION_UP && !s->session_after)
 		s->session_after = (uint8_t)(s->frames < 255 ? s->frames : 255);
+	if (f->type == DIST_SESSION_UP) {
+		s->sessions++;
+		s->routes_before_last_session = s->frames - s->sessions;
+	}
 	if (f->type == DIST_ROUTE)
 		s->last_from = f->route.from;
 }
@@ -231,6 +236,64 @@ Test(link, state_lane_goes_before_queued_traffic)
 	cr_assert_eq(sides[1].session_after, 1);
 	cr_assert_eq(sides[1].last_from, 1299, "traffic in its order");
 	cr_assert_eq(link_queued(&sides[0].l), 0);
+}
+
+/* A resync of many sessions does not stall traffic: with batches waiting in
+ * both lanes they take turns (state first). */
+Test(link, state_lane_takes_turns_with_traffic)
+{
+	struct dist_frame f = {.type = DIST_ROUTE};
+	f.route.to = 7;
+	f.route.body = (struct proto_bytes){(const uint8_t *)"waited", 6};
+	struct dist_frame s = {.type = DIST_SESSION_UP};
+	s.session.node = 1;
+	for (int b = 0; b < 3; b++) { /* three batches in each lane */
+		for (int i = 0; i < 10; i++) {
+			f.route.from = 1000 + (uint64_t)(b * 10 + i);
+			cr_assert_eq(link_add(&sides[0].l, &f), 0);
+			s.session.user = 1 + (uint64_t)(b * 10 + i);
+			cr_assert_eq(link_add_state(&sides[0].l, &s, 1 << 20), 0);
+		}
+		link_flush(&sides[0].l, &ring, clock_mono_ns());
+	}
+	connect_pair();
+	for (int k = 0; k < 400 && sides[1].frames < 60; k++)
+		turn(5);
+	cr_assert_eq(sides[1].frames, 60);
+	cr_assert_eq(sides[1].first_type, DIST_SESSION_UP);
+	cr_assert_eq(sides[1].sessions, 30);
+	cr_assert_eq(sides[1].routes_before_last_session, 20, "state, traffic, state, traffic, state, traffic");
+	cr_assert_eq(sides[1].last_from, 1029, "traffic in its order");
+}
+
+/* What waited in the state lane can be dropped (stale after a reconnect);
+ * the traffic stays. */
+Test(link, state_lane_dropped_traffic_kept)
+{
+	struct dist_frame f = {.type = DIST_ROUTE};
+	f.route.from = 5;
+	f.route.to = 7;
+	f.route.body = (struct proto_bytes){(const uint8_t *)"kept", 4};
+	cr_assert_eq(link_add(&sides[0].l, &f), 0);
+	link_flush(&sides[0].l, &ring, clock_mono_ns());
+	size_t q = link_queued(&sides[0].l);
+	struct dist_frame s = {.type = DIST_SESSION_UP};
+	s.session.user = 9;
+	s.session.node = 1;
+	for (int i = 0; i < 50; i++)
+		cr_assert_eq(link_add_state(&sides[0].l, &s, 1 << 20), 0);
+	link_flush(&sides[0].l, &ring, clock_mono_ns());
+	cr_assert_gt(link_queued(&sides[0].l), q);
+	link_drop_state(&sides[0].l);
+	cr_assert_eq(link_queued(&sides[0].l), q);
+	connect_pair();
+	for (int k = 0; k < 200 && sides[1].frames < 1; k++)
+		turn(5);
+	for (int k = 0; k < 20; k++)
+		turn(5);
+	cr_assert_eq(sides[1].frames, 1);
+	cr_assert_eq(sides[1].first_type, DIST_ROUTE);
+	cr_assert_eq(sides[1].sessions, 0);
 }
 
 Test(link, state_lane_has_a_bound_of_its_own)
