@@ -180,7 +180,7 @@ static void resync_step(struct worker *w, unsigned li)
 			struct conn *c = conn_of(w, slot);
 			if (c->state == CS_LIVE && c->gen == gen &&
 			    announce(w, l, 1, r->users[r->at], gw_oconn(slot, gen), 0, (c->flags & CF_V2) != 0,
-				     GW_STATE_LANE / 2) != 0)
+				     GW_STATE_LANE(w->gw->cfg.link_queue) / 2) != 0)
 				return; /* its half of the lane is full: on with it when the backend has taken some */
 		}
 		r->at++; /* a user who left since the snapshot: its SESSION_DOWN went, or the link was not up */
@@ -444,7 +444,7 @@ void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, ui
 		struct link *l = &w->links[i];
 		if (l->state != LINK_UP)
 			continue; /* announced by the resync when it comes up */
-		if (announce(w, l, up, user, oconn, resume, acks, GW_STATE_LANE) != 0) {
+		if (announce(w, l, up, user, oconn, resume, acks, GW_STATE_LANE(w->gw->cfg.link_queue)) != 0) {
 			/* the state lane is full: a resync (after the one going on, if
 			 * any) tells the backend every session there is then */
 			w->resync[i].again = 1;

@@ -45,7 +45,9 @@
 #define GW_BATCH_MAX 4096u       /* completions handled per iteration before flushing */
 #define GW_LINGER_TICKS 20u      /* after a fatal error frame: read and drop for 2 s, then close */
 #define GW_LINGER_BYTES (64u << 10) /* ...but at most this much: a peer that sends more is cut at once */
-#define GW_STATE_LANE (1u << 20) /* per link: bound of the state lane (session announcements), apart from --link-queue */
+/* Per link: the bound of the state lane (session announcements), apart
+ * from --link-queue: a 16th of it, at least 64 KiB (1 MiB by default). */
+#define GW_STATE_LANE(link_queue) ((size_t)(link_queue) / 16 > (64u << 10) ? (size_t)(link_queue) / 16 : (size_t)(64u << 10))
 #define GW_RESYNC_PER_ITER 8192u    /* sessions announced per link per loop iteration in a resync */
 
 /* ---- configuration (read-only after start) -------------------------------- */
