@@ -182,9 +182,14 @@ struct conn {
 	uint16_t rl_frames;
 	uint16_t rl_window;
 	uint16_t flags;
-	uint8_t state;
-	uint8_t reason; /* enum gw_close_reason once closing */
+	uint8_t state : 3;  /* enum conn_state */
+	uint8_t reason : 5; /* enum gw_close_reason once closing */
+	/* messages delivered and not yet answered by a receipt (at most 255):
+	 * that many receipts pass --rate-frames uncounted, so a client that
+	 * answers every message it gets is never cut for answering fast */
+	uint8_t rcpt_owed;
 };
+static_assert(CS_CLOSING < 8 && CLOSE_REASONS <= 32, "conn state and close reason fit their bits");
 static_assert(sizeof(struct conn) == 64, "struct conn is one cache line");
 
 /* ---- cross-thread records ------------------------------------------------

@@ -512,10 +512,18 @@ static int prelogin_too_big(struct worker *w, uint32_t slot, uint32_t bytes)
 	return 1;
 }
 
-static int over_frame_rate(struct worker *w, uint32_t slot)
+static int over_frame_rate(struct worker *w, uint32_t slot, const struct proto_frame *f)
 {
+	struct conn *c = conn_of(w, slot);
+	/* the answer to a message this connection was given is not counted (at
+	 * most one per DELIVER sent): a reader acknowledging a big mailbox as
+	 * fast as it comes in is doing what it is asked */
+	if (f->type == PROTO_RECEIPT && c->rcpt_owed) {
+		c->rcpt_owed--;
+		return 0;
+	}
 	/* counted before the frame is handled: the frame over the limit is not */
-	if (!rate_exceeded(w, conn_of(w, slot), 0, 1))
+	if (!rate_exceeded(w, c, 0, 1))
 		return 0;
 	CNT_ADD(w, rate_limited, 1);
 	conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "frames per second over the limit");
@@ -546,7 +554,7 @@ static int input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 			parse_fail(w, slot, r);
 			return -1;
 		}
-		if (prelogin_too_big(w, slot, f.size) || over_frame_rate(w, slot))
+		if (prelogin_too_big(w, slot, f.size) || over_frame_rate(w, slot, &f))
 			return -1;
 		int moved = handle_frame(w, slot, &f); /* f's views point into c->in: kept until here */
 		conn_input_drop(w, slot);
@@ -562,7 +570,7 @@ static int input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 		if (r > 0) {
 			p += r;
 			n -= (size_t)r;
-			if (prelogin_too_big(w, slot, f.size) || over_frame_rate(w, slot))
+			if (prelogin_too_big(w, slot, f.size) || over_frame_rate(w, slot, &f))
 				return -1;
 			if (handle_frame(w, slot, &f)) {
 				handoff(w, slot, &f, p, n);

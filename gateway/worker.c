@@ -147,6 +147,8 @@ int conn_out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f)
 	};
 	if (fi[f->type])
 		CNT_ADD(w, frames_out[fi[f->type] - 1], 1);
+	if (f->type == PROTO_DELIVER && c->rcpt_owed < UINT8_MAX)
+		c->rcpt_owed++;
 	flush_later(w, slot);
 	return 0;
 }
