@@ -93,7 +93,9 @@ int main(int argc, char **argv)
 		{"recv-pool", OPT_SIZE, &cfg->recv_pool, "32m", 64 << 10, 1ll << 34,
 		 "bytes of receive buffers for all threads together (idle connections hold none)"},
 		{"backlog", OPT_INT, &cfg->backlog, "4096", 16, 1 << 20, "listen backlog (capped by net.core.somaxconn)"},
-		{"sndbuf", OPT_SIZE, &cfg->sndbuf, "0", 0, 1 << 30, "SO_SNDBUF of client sockets; 0 = kernel autotuning"},
+		{"sndbuf", OPT_SIZE, &cfg->sndbuf, "64k", 0, 1 << 30,
+		 "SO_SNDBUF of client sockets (the kernel doubles it): the most a connection holds in the kernel; 0 = "
+		 "kernel autotuning, up to net.ipv4.tcp_wmem's maximum per connection"},
 		{"rcvbuf", OPT_SIZE, &cfg->rcvbuf, "0", 0, 1 << 30, "SO_RCVBUF of client sockets; 0 = kernel autotuning"},
 		{"slots", OPT_INT, &cfg->slots, "0", 0, 1048576,
 		 "direct descriptors per thread; 0 = min(RLIMIT_NOFILE, 1048576)"},

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1164,6 +1165,73 @@ Test(gateway, write_stall, .timeout = 30)
 			  got > 0 ? describe(&fr) : tc_status_name(got));
 	}
 	ping_ok(&a, "a", "sender unaffected");
+	gw_alive();
+}
+
+/* Regression test (issue 15, item 3): a reader that takes less than it is sent
+ * is cut with the default settings. With kernel autotuning of the send buffer
+ * (the old default, --sndbuf 0), a client reading about 3 KB/s while it was
+ * sent more made the kernel grow the gateway's send queue to megabytes, each
+ * send completed into it, so neither --max-queue nor --write-stall fired: one
+ * such client pinned over a megabyte of kernel memory. The default --sndbuf
+ * (64k; the kernel doubles it) bounds what a connection holds in the kernel,
+ * and what piles up past it meets --max-queue (slow_consumer) or
+ * --write-stall. Here: 50 KB/s sent, 3 KB/s read, default options. */
+Test(gateway, stalled_reader_is_cut_with_default_settings, .timeout = 60)
+{
+	gw_start(NULL);
+	struct tc_conn a, b;
+	uint64_t ua = 13301, ub = user_with_home(13302, ua, 0);
+	open_login(&b, ub);
+	open_login(&a, ua);
+	enum { BODY = 1000, PER_S = 50, READ_STEP = 300, LIMIT_MS = 25000 };
+	char body[BODY];
+	memset(body, 'x', sizeof body);
+	uint8_t msg[BODY + 16], sink[READ_STEP];
+	int64_t t0 = tc_now_ms(), next_send = t0, next_read = t0, next_stat = t0;
+	int64_t cut = 0, cut_ms = -1;
+	uint64_t cmid = 1, got = 0;
+	int b_closed = 0;
+	while (tc_now_ms() - t0 < LIMIT_MS + 5000 && cut_ms < 0) {
+		int64_t now = tc_now_ms();
+		if (now >= next_send) {
+			size_t n = enc_send(msg, sizeof msg, cmid++, ub, body, BODY);
+			send_raw(&a, msg, n);
+			next_send += 1000 / PER_S;
+		}
+		if (now >= next_read && !b_closed) {
+			/* 300 bytes every 100 ms: 3 KB/s */
+			ssize_t r = recv(b.fd, sink, sizeof sink, MSG_DONTWAIT);
+			if (r > 0)
+				got += (uint64_t)r;
+			else if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+				b_closed = 1;
+			next_read += 100;
+		}
+		if (now >= next_stat) {
+			cut = stats_num("slow_consumers") + stats_num("closed_write_stall");
+			if (cut > 0)
+				cut_ms = now - t0;
+			next_stat += 250;
+		}
+		/* a reads its ACKs as they come, so only b is slow */
+		for (;;) {
+			ssize_t r = recv(a.fd, a.buf, TC_BUF_CAP, MSG_DONTWAIT);
+			if (r <= 0)
+				break;
+		}
+		tc_sleep_ms(2);
+	}
+	cr_log_info("stalled reader: cut after %lld ms (slow_consumers + closed_write_stall %lld), read %llu bytes of "
+		    "%llu sent", (long long)cut_ms, (long long)cut, (unsigned long long)got,
+		    (unsigned long long)(cmid - 1) * BODY);
+	cr_assert_gt(cut, 0, "a reader taking 3 KB/s of 50 KB/s was not cut within %d ms with default settings (read %llu "
+			     "bytes): the kernel holds what it is not taking",
+		     LIMIT_MS + 5000, (unsigned long long)got);
+	cr_assert_leq(cut_ms, LIMIT_MS, "cut only after %lld ms", (long long)cut_ms);
+	int64_t conns = wait_stat_eq("conns", 1, 4000);
+	cr_assert_eq(conns, 1, "%lld connections after the cut, want 1 (the sender)", (long long)conns);
+	tc_close(&b);
 	gw_alive();
 }
 
