@@ -40,7 +40,7 @@
 
 struct be_config {
 	const char *listen, *stats_listen, *cluster_file, *cluster_secret_file, *data_dir, *log_level;
-	int64_t node, store_size, mailbox_max, max_group, link_queue, link_batch, link_sockbuf, dedup_window_ms;
+	int64_t node, store_size, store_min_free, mailbox_max, max_group, link_queue, link_batch, link_sockbuf, dedup_window_ms;
 	int64_t sender_max, receipt_max, fanout_rate, login_window, login_stall_ms;
 	const char *inject_store_fault; /* tests: "OPS:ERR:COUNT" (store_inject) */
 };
@@ -49,13 +49,24 @@ struct be_counters {
 	uint64_t links_accepted, links_up, links_lost, sessions, sessions_up, sessions_down, kicks;
 	uint64_t links_refused, links_auth_failed, links_busy, link_violations;
 	uint64_t routed_in, stored, dedup_hits, mailbox_full, store_errors, delivered_online, delivered_login;
-	uint64_t store_full, sender_limited, fanout_limited, requests_failed, commits_failed;
+	uint64_t store_full, sender_limited, fanout_limited, requests_failed, commits_failed, commits_failed_disk;
+	uint64_t store_full_disk, store_disk_free, store_disk_reserve;
 	uint64_t receipts_unverified, receipts_dropped, receipts_acked;
 	uint64_t group_msgs, group_fanout, group_ops, receipts_in, receipts_deleted, receipts_forwarded, receipts_stored;
 	uint64_t commits, commit_ns_total, commit_ns_max, loops, cqes, malformed;
 	uint64_t frames_in, frames_out, batches_in, batches_out, bytes_in, bytes_out, link_queue_bytes, backlog;
 	uint64_t store_messages, store_mailbox, store_groups, store_receipts, store_used_bytes;
 } __attribute__((aligned(64)));
+
+/* Counters of what a commit makes true: a failed commit puts them back to
+ * what they were when its transaction began, so they count what committed. */
+#define BE_COMMITTED_COUNTERS(X)                                                                        \
+	X(stored) X(group_msgs) X(group_fanout) X(delivered_online) X(receipts_deleted) X(receipts_stored) \
+	X(receipts_acked)
+#define BE_COMMITTED_FIELD(f) uint64_t f;
+struct be_committed {
+	BE_COMMITTED_COUNTERS(BE_COMMITTED_FIELD)
+};
 
 #define BCNT_ADD(b, f, n) __atomic_store_n(&(b)->cnt.f, (b)->cnt.f + (n), __ATOMIC_RELAXED)
 #define BCNT_SET(b, f, v) __atomic_store_n(&(b)->cnt.f, (v), __ATOMIC_RELAXED)
@@ -95,6 +106,8 @@ struct be {
 	struct msgid_gen ids;
 	uint64_t now_ns, wall_ms;
 	int in_txn, draining, stop;
+	struct be_committed txn_base; /* BE_COMMITTED_COUNTERS when the transaction began */
+	uint64_t txn_smid0;           /* the first smid stored in it (0: none yet) */
 	uint64_t next_publish;
 	pthread_t thread;
 	int ring_fd; /* for the main thread's control messages */

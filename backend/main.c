@@ -57,6 +57,8 @@ int main(int argc, char **argv)
 		{"stats-listen", OPT_STR, &cfg->stats_listen, "127.0.0.1:9101", 0, 0,
 		 "HTTP stats endpoint (/metrics, /stats, /healthz); \"off\" to disable"},
 		{"store-size", OPT_SIZE, &cfg->store_size, "4g", 1 << 20, 1ll << 44, "largest the store may grow (LMDB map size)"},
+		{"store-min-free", OPT_SIZE, &cfg->store_min_free, "64m", 0, 1ll << 44,
+		 "free space the data dir's file system keeps: below it new messages get store_full, deletes go on"},
 		{"mailbox-max", OPT_INT, &cfg->mailbox_max, "10000", 1, 100000000,
 		 "stored messages per user before senders get ERROR mailbox_full"},
 		{"max-group", OPT_INT, &cfg->max_group, "1024", 2, 1000000, "members per group"},
@@ -129,6 +131,16 @@ int main(int argc, char **argv)
 	if (!b.store) {
 		log_error("store: %s", err);
 		return 1;
+	}
+	store_set_min_free(b.store, (uint64_t)cfg->store_min_free);
+	{
+		struct store_stats st;
+		store_get_stats(b.store, &st);
+		if (st.disk_size_bytes && st.disk_free_bytes < (uint64_t)cfg->store_min_free)
+			log_warn("store: %s has %llu MiB free, below --store-min-free (%llu MiB): new messages get "
+				 "store_full until space is freed",
+				 cfg->data_dir, (unsigned long long)(st.disk_free_bytes >> 20),
+				 (unsigned long long)(cfg->store_min_free >> 20));
 	}
 	if (cfg->inject_store_fault) {
 		/* OPS:ERR:COUNT, e.g. msg+dedup:eio:1 (a test hook) */

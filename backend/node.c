@@ -4,8 +4,10 @@
  * into the iteration's one write transaction, every answer into a link's
  * batch, and links are held); commit; release the links and flush. So an
  * acknowledgement never leaves before the write it acknowledges is on disk.
- * If a commit fails, every link is closed with its unsent batches dropped:
- * gateways answer try_again and clients resend (dedup makes that safe).
+ * If a commit fails, the links stay up and what the iteration built leaves
+ * with its promises taken back (undo_frame): answers become store_full or
+ * try_again, deliveries of what it stored are dropped; clients resend (dedup
+ * makes that safe), and counters of committed work are put back.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -41,8 +43,12 @@ static int txn(struct be *b)
 	if (b->in_txn)
 		return 0;
 	int r = store_begin(b->store);
-	if (r == 0)
+	if (r == 0) {
 		b->in_txn = 1;
+		b->txn_smid0 = 0;
+#define BE_COMMITTED_SAVE(f) b->txn_base.f = b->cnt.f;
+		BE_COMMITTED_COUNTERS(BE_COMMITTED_SAVE)
+	}
 	else
 		log_rl(LOG_ERROR, "store: cannot begin a transaction: %s", strerror(-r));
 	return r;
@@ -474,6 +480,8 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 	}
 	struct store_msg m = {0};
 	m.smid = msgid_next(&b->ids, b->wall_ms);
+	if (!b->txn_smid0)
+		b->txn_smid0 = m.smid;
 	m.from = f->route.from;
 	m.to = f->route.to;
 	m.group = f->route.group;
@@ -984,12 +992,54 @@ static void publish(struct be *b)
 	BCNT_SET(b, store_groups, st.groups);
 	BCNT_SET(b, store_receipts, st.receipts);
 	BCNT_SET(b, store_used_bytes, st.map_used_bytes);
+	BCNT_SET(b, store_full_disk, st.refused_disk);
+	BCNT_SET(b, store_disk_free, st.disk_room_bytes);
+	BCNT_SET(b, store_disk_reserve, st.disk_reserve_bytes);
+}
+
+/* A frame built in an iteration whose commit failed (link_redo_held). */
+struct undo {
+	struct be *b;
+	unsigned status; /* what the answers say instead */
+	size_t answers, dropped;
+};
+
+static int undo_frame(void *arg, struct dist_frame *f)
+{
+	struct undo *u = arg;
+	uint64_t smid0 = u->b->txn_smid0;
+	switch (f->type) {
+	case DIST_STORE_ACK:
+		/* a resend recognised by its dedup record was stored before: true */
+		if (f->store_ack.status == 0 && smid0 && f->store_ack.smid >= smid0) {
+			f->store_ack.status = (uint8_t)u->status;
+			f->store_ack.smid = 0;
+			u->answers++;
+		}
+		return 1;
+	case DIST_GROUP_RESULT:
+		if (f->group_result.status == 0) {
+			f->group_result.status = (uint8_t)u->status;
+			f->group_result.group = 0;
+			u->answers++;
+		}
+		return 1;
+	case DIST_ROUTE:
+		if (smid0 && f->route.smid >= smid0) {
+			u->dropped++; /* stored in this transaction: it is not */
+			return 0;
+		}
+		return 1;
+	default:
+		return 1;
+	}
 }
 
 static void commit(struct be *b)
 {
 	if (!b->in_txn)
 		return;
+	int counted = store_failed(b->store) != 0; /* a write failed, and was counted as it did */
 	uint64_t t0 = clock_mono_ns();
 	int r = store_commit(b->store);
 	uint64_t dt = clock_mono_ns() - t0;
@@ -999,15 +1049,25 @@ static void commit(struct be *b)
 	if (dt > b->cnt.commit_ns_max)
 		BCNT_SET(b, commit_ns_max, dt);
 	if (r != 0) {
-		/* nothing acknowledged in this iteration may leave: drop the links */
+		/* Nothing this iteration promised may leave as promised: its answers
+		 * become errors, deliveries of what it stored are dropped, the rest
+		 * (stored messages sent at login, receipts, kicks) leaves as built.
+		 * The links stay up: the gateways did nothing wrong, and a relink
+		 * would send every online user's mailbox again. */
 		BCNT_ADD(b, commits_failed, 1);
-		log_error("store: commit failed: %s; closing every link (gateways will answer try_again)", strerror(-r));
+		if (!counted)
+			BCNT_ADD(b, store_errors, 1);
+		if (r == -ENOSPC)
+			BCNT_ADD(b, commits_failed_disk, 1);
 		store_abort(b->store);
-		for (uint32_t i = 0; i < b->nlinks; i++) {
-			struct link *l = &b->links[i];
-			link_drop_held(l);
-			link_close(l, &b->ring, "store commit failed", b->now_ns);
-		}
+#define BE_COMMITTED_RESTORE(f) BCNT_SET(b, f, b->txn_base.f);
+		BE_COMMITTED_COUNTERS(BE_COMMITTED_RESTORE)
+		struct undo u = {.b = b, .status = r == -ENOSPC ? PROTO_E_STORE_FULL : PROTO_E_TRY_AGAIN};
+		for (uint32_t i = 0; i < b->nlinks; i++)
+			link_redo_held(&b->links[i], undo_frame, &u);
+		log_rl(LOG_ERROR, "store: commit failed: %s; %zu answers of the iteration turned into %s, %zu deliveries of "
+				  "what it stored dropped",
+		       strerror(-r), u.answers, proto_err_name(u.status), u.dropped);
 	}
 }
 

@@ -42,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 #include "proto/wire.h"
@@ -90,9 +91,20 @@ struct store {
 	uint8_t prune_key[16]; /* where store_dedup_prune goes on */
 	bool prune_have;       /* false: start at the first entry */
 	uint64_t commits, commit_ns_total, commit_ns_max;
+	/* the file system under the data file (see store_set_min_free) */
+	int fd;                       /* the data file (LMDB's) */
+	uint64_t min_free;            /* --store-min-free */
+	uint64_t disk_free, disk_size; /* at the transaction's start */
+	uint64_t disk_room;           /* disk_free and the data file's free pages */
+	uint64_t file_bytes;          /* blocks the data file holds, after the last commit */
+	uint64_t growth_max;          /* the most a commit grew it, decaying */
+	uint64_t refused_disk;
 };
 
 /* ---- small helpers ----------------------------------------------------------- */
+
+static void disk_sample(struct store *s);
+static uint64_t tree_pages(struct store *s, MDB_txn *txn);
 
 /* The transaction the current request writes into. */
 static inline MDB_txn *T(struct store *s)
@@ -346,6 +358,16 @@ struct store *store_open(const char *dir, size_t map_bytes, char *err, size_t er
 	}
 	if (open_dbs(s, err, errlen) != 0)
 		goto fail;
+	s->fd = -1;
+	mdb_filehandle_t fd;
+	struct stat fst;
+	if (mdb_env_get_fd(s->env, &fd) == 0) {
+		s->fd = fd;
+		if (fstat(fd, &fst) == 0)
+			s->file_bytes = (uint64_t)fst.st_blocks * 512;
+	}
+	disk_sample(s);
+	s->disk_room = s->disk_free;
 	return s;
 fail:
 	mdb_env_close(s->env);
@@ -369,6 +391,7 @@ int store_begin(struct store *s)
 {
 	if (s->txn)
 		return 0;
+	disk_sample(s);
 	int rc = mdb_txn_begin(s->env, NULL, 0, &s->txn);
 	if (rc) {
 		s->txn = NULL;
@@ -386,6 +409,12 @@ int store_begin(struct store *s)
 		s->psize = 4096;
 		s->map_pages = s->base_pages = 0; /* unknown: every request is isolated */
 	}
+	/* what the store can still grow by: the file system's free space and
+	 * the pages inside the file that no tree uses (free, or soon reusable) */
+	uint64_t used = tree_pages(s, s->txn);
+	s->disk_room = s->disk_free;
+	if (s->disk_free != UINT64_MAX && s->base_pages > used)
+		s->disk_room += (s->base_pages - used) * s->psize;
 	return 0;
 }
 
@@ -424,6 +453,15 @@ int store_commit(struct store *s)
 	keep_free(s);
 	if (rc)
 		return txn_err(s, rc);
+	struct stat fst;
+	if (s->fd >= 0 && fstat(s->fd, &fst) == 0) {
+		uint64_t now = (uint64_t)fst.st_blocks * 512;
+		uint64_t grew = now > s->file_bytes ? now - s->file_bytes : 0;
+		s->growth_max -= s->growth_max / 256;
+		if (grew > s->growth_max)
+			s->growth_max = grew;
+		s->file_bytes = now;
+	}
 	s->commits++;
 	s->commit_ns_total += dt;
 	if (dt > s->commit_ns_max)
@@ -514,21 +552,53 @@ static int u32_add(struct store *s, MDB_dbi db, uint64_t user, int64_t delta)
 #define STORE_HARD_PERMILLE 980u
 #define STORE_DEPTH 8u /* B-tree depth bound for the page charge (4 KiB pages, far more entries than we hold) */
 
+/* Pages in use by every database, the free list's own pages included, as
+ * txn sees them. */
+static uint64_t tree_pages(struct store *s, MDB_txn *txn)
+{
+	uint64_t pages = 0;
+	MDB_dbi dbis[] = {0 /* FREE_DBI: the free list */, 1 /* MAIN_DBI */, s->msgs, s->mbox, s->counts, s->dedup,
+			  s->groups, s->meta, s->senders, s->rcpts, s->rcounts};
+	for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
+		MDB_stat d;
+		if (mdb_stat(txn, dbis[i], &d) == 0)
+			pages += d.ms_branch_pages + d.ms_leaf_pages + d.ms_overflow_pages;
+	}
+	return pages;
+}
+
 static uint64_t used_permille(struct store *s)
 {
 	MDB_envinfo info;
 	MDB_stat st;
 	if (mdb_env_info(s->env, &info) != 0 || mdb_env_stat(s->env, &st) != 0 || !st.ms_psize)
 		return 0;
-	uint64_t pages = 0, total = info.me_mapsize / st.ms_psize;
-	MDB_dbi dbis[] = {0 /* FREE_DBI: the free list */, 1 /* MAIN_DBI */, s->msgs, s->mbox, s->counts, s->dedup,
-			  s->groups, s->meta, s->senders, s->rcpts, s->rcounts};
-	for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
-		MDB_stat d;
-		if (mdb_stat(T(s), dbis[i], &d) == 0)
-			pages += d.ms_branch_pages + d.ms_leaf_pages + d.ms_overflow_pages;
+	uint64_t total = info.me_mapsize / st.ms_psize;
+	return total ? tree_pages(s, T(s)) * 1000 / total : 1000;
+}
+
+/* The file system: free space for unprivileged writers (what LMDB's
+ * pwrite can use), sampled when a transaction starts. */
+static void disk_sample(struct store *s)
+{
+	struct statvfs v;
+	if (s->fd >= 0 && fstatvfs(s->fd, &v) == 0) {
+		s->disk_free = (uint64_t)v.f_bavail * v.f_frsize;
+		s->disk_size = (uint64_t)v.f_blocks * v.f_frsize;
+	} else {
+		s->disk_free = s->disk_size = UINT64_MAX; /* unknown: the map's guard only */
 	}
-	return total ? pages * 1000 / total : 1000;
+}
+
+uint64_t store_disk_reserve(const struct store *s)
+{
+	uint64_t r = 4 * s->growth_max;
+	return r > s->min_free ? r : s->min_free;
+}
+
+void store_set_min_free(struct store *s, uint64_t bytes)
+{
+	s->min_free = bytes;
 }
 
 static int nearly_full(struct store *s)
@@ -549,6 +619,16 @@ int store_req_begin(struct store *s, enum store_req kind, size_t writes, size_t 
 	uint64_t used = used_permille(s);
 	if (used >= (kind == STORE_REQ_ADMIT ? STORE_FULL_PERMILLE : STORE_HARD_PERMILLE))
 		return -ENOSPC; /* nothing written: the transaction stays usable */
+	/* The file system fills before the map can (a map bigger than the disk,
+	 * or other files): LMDB's writes reach the disk at the commit only, and a
+	 * commit that fails loses the whole iteration. So new data stops while
+	 * the reserve is still free; deletes, which mostly reuse the file's own
+	 * free pages, go on down to an eighth of it. */
+	uint64_t reserve = store_disk_reserve(s);
+	if (s->disk_room < (kind == STORE_REQ_ADMIT ? reserve : reserve / 8)) {
+		s->refused_disk++;
+		return -ENOSPC;
+	}
 	/* An upper bound of the pages this request can make LMDB allocate: per
 	 * write a copied root-to-leaf path and a split on every level, plus the
 	 * bytes themselves. While the file as it was at the transaction's start,
@@ -1207,6 +1287,12 @@ void store_get_stats(struct store *s, struct store_stats *st)
 	st->commits = s->commits;
 	st->commit_ns_total = s->commit_ns_total;
 	st->commit_ns_max = s->commit_ns_max;
+	st->disk_free_bytes = s->disk_free == UINT64_MAX ? 0 : s->disk_free;
+	st->disk_room_bytes = s->disk_free == UINT64_MAX ? 0 : s->disk_room;
+	st->disk_size_bytes = s->disk_size == UINT64_MAX ? 0 : s->disk_size;
+	st->disk_reserve_bytes = store_disk_reserve(s);
+	st->refused_disk = s->refused_disk;
+	st->file_bytes = s->file_bytes;
 
 	MDB_envinfo info;
 	MDB_stat es;

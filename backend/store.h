@@ -34,6 +34,17 @@
  * end (the common case) requests write straight into the iteration's
  * transaction: the page charge of every request so far proves they fit.
  *
+ * The disk: the file system under --data-dir can fill before the map does
+ * (a map larger than the disk, other files on it), and LMDB's writes reach
+ * the disk only at the commit, which then fails as a whole. So a request
+ * that adds data is also refused with -ENOSPC while the file system's free
+ * space (sampled when the transaction starts) and the data file's own free
+ * pages together are below the reserve,
+ * store_disk_reserve(): the larger of store_set_min_free() and four times the
+ * most one commit recently grew the file; one that removes data only below
+ * an eighth of it. Deletes mostly reuse the file's own free pages, so the
+ * store drains while new data waits.
+ *
  * Errors: functions return 0 on success, a positive STORE_E_* for an
  * expected refusal, or -errno / an LMDB error mapped to -EIO on failure. A
  * failure inside a request is undone by store_req_end(keep = 0) when the
@@ -105,6 +116,11 @@ int store_req_begin(struct store *s, enum store_req kind, size_t writes, size_t 
  * it was isolated, and a no-op for a request that wrote nothing). Returns 0,
  * or the error that made the iteration's transaction unusable. */
 int store_req_end(struct store *s, int keep);
+
+/* Free space the file system must keep for new data to be admitted (see
+ * the top); set the operator's floor (--store-min-free). */
+void store_set_min_free(struct store *s, uint64_t bytes);
+uint64_t store_disk_reserve(const struct store *s);
 
 /* The first failure of the iteration's transaction (0: none). */
 int store_failed(const struct store *s);
@@ -193,6 +209,11 @@ int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid);
 struct store_stats {
 	uint64_t messages, mailbox_entries, dedup_entries, groups, receipts, senders, map_used_bytes, map_bytes;
 	uint64_t commits, commit_ns_total, commit_ns_max;
+	/* the file system: free and total bytes when the last transaction
+	 * started, the reserve new data stops at, requests refused for it, and
+	 * the bytes the data file holds on disk */
+	uint64_t disk_free_bytes, disk_size_bytes, disk_reserve_bytes, refused_disk, file_bytes;
+	uint64_t disk_room_bytes; /* disk_free_bytes and the data file's free pages: what the reserve is checked against */
 };
 void store_get_stats(struct store *s, struct store_stats *st);
 

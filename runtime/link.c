@@ -437,26 +437,63 @@ void link_release(struct link *l, struct io_uring *ring, uint64_t now_ns)
 	send_next(l, ring, now_ns);
 }
 
-void link_drop_held(struct link *l)
+/* Take the batches built since the last release (the tail of the traffic
+ * queue) out of it; the queue no longer counts them. */
+static struct link_out *take_held(struct link *l)
 {
 	struct link_lane *q = &l->lane[LINK_LANE_DATA];
-	free(q->cur);
-	q->cur = NULL;
-	/* batches after release_seq are at the tail of the queue */
 	struct link_out **pp = &q->head, *last = NULL;
 	while (*pp && (*pp)->seq <= l->release_seq) {
 		last = *pp;
 		pp = &(*pp)->next;
 	}
-	struct link_out *o = *pp;
+	struct link_out *held = *pp;
 	*pp = NULL;
 	q->tail = last;
+	for (struct link_out *o = held; o; o = o->next)
+		q->bytes -= o->mem;
+	return held;
+}
+
+static void free_outs(struct link_out *o)
+{
 	while (o) {
 		struct link_out *n = o->next;
-		q->bytes -= o->mem;
 		free(o);
 		o = n;
 	}
+}
+
+void link_drop_held(struct link *l)
+{
+	struct link_lane *q = &l->lane[LINK_LANE_DATA];
+	free(q->cur);
+	q->cur = NULL;
+	free_outs(take_held(l));
+}
+
+size_t link_redo_held(struct link *l, int (*fn)(void *arg, struct dist_frame *f), void *arg)
+{
+	struct link_lane *q = &l->lane[LINK_LANE_DATA];
+	end_lane(l, q);
+	struct link_out *old = take_held(l);
+	/* and build them again, frame by frame, as fn has them: the frames'
+	 * views point into the old batches, freed only at the end */
+	size_t dropped = 0;
+	for (struct link_out *o = old; o; o = o->next) {
+		struct dist_frame bf, f;
+		struct dist_iter it;
+		if (dist_parse(o->start, o->len, &bf) <= 0 || bf.type != DIST_BATCH)
+			continue; /* cannot happen: we built it */
+		dist_batch_iter(&bf, &it);
+		while (dist_batch_next(&it, &f) == 1) {
+			l->st.frames_out--; /* counted again when its new batch closes */
+			if (!fn(arg, &f) || add(l, q, &f, l->queue_max) != 0)
+				dropped++;
+		}
+	}
+	free_outs(old);
+	return dropped;
 }
 
 void link_drop_state(struct link *l)

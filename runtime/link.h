@@ -209,6 +209,14 @@ void link_release(struct link *l, struct io_uring *ring, uint64_t now_ns);
  * since the last release (what a failed commit must not let leave). */
 void link_drop_held(struct link *l);
 
+/* With hold set, instead of dropping: offer every frame built since the last
+ * release to fn, in order; fn may change it and returns 1 to keep it, 0 to
+ * drop it. The kept frames are built again into new held batches (so they
+ * leave at the next link_release) and the old batches are freed. What a
+ * failed commit sends instead of what it promised (its answers changed to
+ * errors), without closing a link that did nothing wrong. Returns the
+ * number of frames dropped (by fn, or for want of room). */
+size_t link_redo_held(struct link *l, int (*fn)(void *arg, struct dist_frame *f), void *arg);
 /* Heartbeats, dead-peer detection, reconnects. Call every iteration (cheap). */
 void link_tick(struct link *l, struct io_uring *ring, uint64_t now_ns);
 

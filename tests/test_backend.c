@@ -82,6 +82,8 @@ static struct {
 	struct cluster cl;
 	const char *gw_extra[24];
 	const char *const *be_extra; /* more backend options, NULL-terminated (set before topo_start) */
+	const char *be_tmpfs;        /* set: each backend's --data-dir is a tmpfs of this size, in a
+				      * mount namespace of its own (tmpfs_usable() first) */
 } T;
 
 
@@ -258,9 +260,19 @@ static void be_spawn(int i)
 	snprintf(path, sizeof path, "%s/backend/backend", tc_build_dir());
 	snprintf(node, sizeof node, "%u", p->node);
 	snprintf(stats, sizeof stats, "127.0.0.1:%u", p->stats);
-	const char *argv[40] = {path,	 "--node",   node,    "--cluster",	T.cluster_path, "--cluster-secret-file",
+	const char *argv[48] = {path,	 "--node",   node,    "--cluster",	T.cluster_path, "--cluster-secret-file",
 				T.cluster_secret, "--data-dir", p->data, "--stats-listen", stats};
 	size_t n = 11;
+	char mount[128];
+	if (T.be_tmpfs) {
+		/* unshare and sh exec in turn: the pid is the backend's */
+		snprintf(mount, sizeof mount, "mkdir -p \"$0\" && mount -t tmpfs -o size=%s tmpfs \"$0\" && exec \"$@\"", T.be_tmpfs);
+		const char *pre[] = {"/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", mount, p->data};
+		size_t k = sizeof pre / sizeof pre[0];
+		memmove(argv + k, argv, n * sizeof *argv);
+		memcpy(argv, pre, sizeof pre);
+		n += k;
+	}
 	for (size_t k = 0; T.be_extra && T.be_extra[k]; k++) {
 		cr_assert_lt(n, sizeof argv / sizeof argv[0] - 1, "too many backend options");
 		argv[n++] = T.be_extra[k];
@@ -2410,9 +2422,11 @@ Test(backend, store_fault_fails_only_its_request, .timeout = 60)
 }
 
 /* An I/O error inside the iteration's own transaction cannot be undone for
- * one request: the commit fails, nothing acknowledged in that iteration
- * leaves (the links are closed; their senders get try_again), the links come
- * back, and a resend with the same cmid is stored once. */
+ * one request: the commit fails and nothing acknowledged in that iteration
+ * leaves as acknowledged: the sender gets try_again at once, the links stay
+ * up (issue 15: they used to be closed, so every relink sent every online
+ * user's mailbox again), `stored` does not count it, and a resend with the
+ * same cmid is stored once. */
 Test(backend, store_io_error_fails_the_iteration_safely, .timeout = 40)
 {
 	static const char *const opt[] = {"--inject-store-fault", "msg:eio:1", NULL};
@@ -2425,7 +2439,9 @@ Test(backend, store_io_error_fails_the_iteration_safely, .timeout = 40)
 	expect_error(&a, PROTO_E_TRY_AGAIN, 5, 5000, "the message whose commit failed");
 	expect_stat(&T.be[0], "commits_failed", '=', 1, 3000);
 	cr_assert_eq(stat_num(&T.be[0], "stored"), 0);
-	wait_links();
+	cr_assert_eq(stat_num(&T.be[0], "store_errors"), 1, "a failed commit is a store error");
+	cr_assert_eq(stat_num(&T.be[0], "links_lost"), 0, "a failed commit closed links");
+	cr_assert_eq(gw_reconnects(), 0, "a failed commit made the gateways relink");
 	send_msg(&a, 5, off, "through an I/O error");
 	expect_ack(&a, 5, PROTO_ACK_STORED, "the resend");
 	open_login(&o, 1, off);
@@ -2939,5 +2955,148 @@ Test(backend, login_window_opens_again_after_a_stall, .timeout = 40)
 	expect_stat(&T.be[0], "store_mailbox_entries", '=', N, 2000); /* nothing acknowledged: all still stored */
 	tc_close(&a);
 	tc_close(&u);
+	all_alive();
+}
+
+/* ---- 14. a full disk (issue 15) -------------------------------------------------------------- */
+
+/* Whether this machine lets a test mount a tmpfs in a mount namespace of its
+ * own (root, or a user namespace; not in some containers and chroots). */
+static int tmpfs_usable(void)
+{
+	const char *tmpdir = getenv("TMPDIR");
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof dir, "%s/tmpfs-probe.XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
+	if (!mkdtemp(dir))
+		return 0;
+	char *const argv[] = {"/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+			      "mount -t tmpfs -o size=1m tmpfs \"$0\"", dir, NULL};
+	int ok = access(argv[0], X_OK) == 0 && tc_run(argv[0], argv, "/dev/null", "/dev/null", 5000) == 0;
+	rmdir(dir);
+	return ok;
+}
+
+/* Item 1 and 2: the data dir's file system fills (a 24 MiB tmpfs under a
+ * 1 GiB --store-size, so the map's 90% guard never applies) under continuing
+ * traffic. Before, the commit that first met the full disk failed, each
+ * failure closed every gateway link, every relink sent whole mailboxes again
+ * (tens of thousands of duplicates), receipts could not commit while anyone
+ * sent, and `stored` counted rolled-back writes. Now new messages get
+ * store_full while the file system is down to --store-min-free, no commit
+ * fails, no link closes, the recipient's receipts commit so its mailbox
+ * drains, the space it frees takes new messages again, nothing comes twice,
+ * and `stored` is what the senders were told was stored. */
+Test(backend, full_disk_refuses_new_messages_and_drains, .timeout = 120)
+{
+	if (!tmpfs_usable())
+		cr_skip_test("cannot mount a tmpfs in a mount namespace here (needs root or user namespaces)");
+	static const char *const opt[] = {"--store-size", "1g", "--store-min-free", "4m", NULL};
+	T.be_extra = opt;
+	T.be_tmpfs = "24m";
+	topo_start(NULL);
+	uint64_t ua = user_of(1, 70000), off = user_of(0, 71000);
+	struct tc_conn a, r;
+	open_login(&a, 0, ua);
+	enum { LEN = 8000, BATCH = 40, MAX = 8000 };
+	static char body[LEN + 1];
+	memset(body, 'd', LEN);
+	/* fill: until the disk's reserve is reached */
+	int stored = 0, full = 0;
+	uint64_t cmid = 0;
+	while (full == 0 && cmid < MAX) {
+		for (int k = 0; k < BATCH; k++) {
+			snprintf(body, sizeof body, "%06llu", (unsigned long long)++cmid);
+			body[6] = 'd';
+			send_body(&a, cmid, off, 0, body, LEN);
+		}
+		count_answers(&a, BATCH, PROTO_E_STORE_FULL, &stored, &full);
+		tc_sleep_ms(80); /* under --rate-bytes */
+	}
+	tc_sleep_ms(250); /* the figures are published every 100 ms */
+	int64_t free_b = stat_num(&T.be[0], "store_disk_free_bytes"),
+		reserve = stat_num(&T.be[0], "store_disk_reserve_bytes");
+	cr_log_info("24 MiB disk: %d messages of %d bytes stored, then store_full (%lld KiB free for the store, "
+		    "reserve %lld KiB)",
+		    stored, LEN, (long long)(free_b >> 10), (long long)(reserve >> 10));
+	cr_assert_gt(full, 0, "%d messages of %d bytes and never store_full", stored, LEN);
+	cr_assert_gt(stored, 1000, "only %d stored before store_full", stored);
+	expect_stat(&T.be[0], "store_full_disk", '>', 1, 3000); /* store_full for the disk, not the map */
+	cr_assert_eq(stat_num(&T.be[0], "commits_failed"), 0, "a commit failed on the full disk");
+	cr_assert_eq(stat_num(&T.be[0], "stored"), stored, "stored counts what was not acknowledged");
+
+	/* continuing traffic (50 messages/s) while the recipient reads its
+	 * mailbox and acknowledges each message */
+	open_login(&r, 1, off);
+	int total_stored = stored, later_stored = 0, later_full = 0, got = 0, dups = 0;
+	uint8_t *seen = calloc(MAX + 2000, 1);
+	cr_assert_not_null(seen);
+	int64_t t0 = tc_now_ms(), next_send = t0;
+	while (tc_now_ms() - t0 < 60000 && (tc_now_ms() - t0 < 8000 || got < total_stored)) {
+		if (tc_now_ms() >= next_send && tc_now_ms() - t0 < 8000 && cmid < MAX + 1500) {
+			snprintf(body, sizeof body, "%06llu", (unsigned long long)++cmid);
+			body[6] = 'd';
+			send_body(&a, cmid, off, 0, body, LEN);
+			next_send += 20;
+		}
+		struct tc_frame fr;
+		while (tc_recv_frame(&a, &fr, 0) > 0) {
+			if (fr.f.type == PROTO_RECEIPT)
+				continue; /* the reader's, for the messages it took */
+			if (fr.f.type == PROTO_ACK) {
+				later_stored++;
+				total_stored++;
+			} else {
+				cr_assert(fr.f.type == PROTO_ERROR && fr.f.error.code == PROTO_E_STORE_FULL,
+					  "sender got %s while the disk was full", describe(&fr));
+				later_full++;
+			}
+		}
+		long n;
+		while ((n = tc_recv_frame(&r, &fr, 5)) > 0) {
+			cr_assert_eq(fr.f.type, PROTO_DELIVER, "reader got %s", describe(&fr));
+			unsigned k = (unsigned)strtoul((const char *)fr.f.deliver.body.p, NULL, 10);
+			cr_assert(k >= 1 && k < MAX + 2000, "a message numbered %u", k);
+			if (seen[k]++)
+				dups++;
+			else
+				got++;
+			send_receipt(&r, PROTO_RCPT_DELIVERED, ua, fr.f.deliver.smid);
+		}
+		cr_assert(n == TC_TIMEOUT, "reader: %s", tc_status_name(n));
+	}
+	/* what is left in flight */
+	struct tc_frame fr;
+	for (int64_t t1 = tc_now_ms(); tc_now_ms() - t1 < 3000;) {
+		long n = tc_recv_frame(&a, &fr, 10);
+		if (n > 0 && fr.f.type == PROTO_ACK) {
+			later_stored++;
+			total_stored++;
+		} else if (n > 0 && fr.f.type == PROTO_ERROR) {
+			later_full++;
+		}
+		while (tc_recv_frame(&r, &fr, 5) > 0 && fr.f.type == PROTO_DELIVER) {
+			unsigned k = (unsigned)strtoul((const char *)fr.f.deliver.body.p, NULL, 10);
+			if (k < MAX + 2000 && seen[k]++)
+				dups++;
+			else
+				got++;
+			send_receipt(&r, PROTO_RCPT_DELIVERED, ua, fr.f.deliver.smid);
+		}
+	}
+	free(seen);
+	cr_log_info("full disk, 50 msgs/s more for 8 s, done after %lld ms: %d more stored, %d store_full; the reader got %d of %d, %d "
+		    "twice",
+		    (long long)(tc_now_ms() - t0), later_stored, later_full, got, total_stored, dups);
+	cr_assert_gt(later_full, 0, "the continuing traffic never met the full disk");
+	cr_assert_gt(later_stored, 0, "the space the reader freed never took a new message");
+	cr_assert_eq(got, total_stored, "the reader got %d of the %d messages acknowledged stored", got, total_stored);
+	cr_assert_eq(dups, 0, "%d messages delivered twice", dups);
+	expect_stat(&T.be[0], "store_mailbox_entries", '=', 0, 5000);
+	cr_assert_eq(stat_num(&T.be[0], "stored"), total_stored, "stored differs from what senders were told");
+	cr_assert_eq(stat_num(&T.be[0], "commits_failed"), 0);
+	cr_assert_eq(stat_num(&T.be[0], "links_lost"), 0, "a link was closed");
+	cr_assert_eq(gw_reconnects(), 0, "a gateway had to relink");
+	tc_close(&a);
+	tc_close(&r);
 	all_alive();
 }

@@ -296,6 +296,49 @@ Test(link, state_lane_dropped_traffic_kept)
 	cr_assert_eq(sides[1].sessions, 0);
 }
 
+static int redo_fn(void *arg, struct dist_frame *f)
+{
+	(void)arg;
+	if (f->route.from == 2)
+		return 0;
+	if (f->route.from == 3)
+		f->route.from = 30;
+	return 1;
+}
+
+/* After a failed commit the backend rebuilds what it held (link_redo_held):
+ * what was released before goes as it was, held frames go as fn changed
+ * them, dropped ones not at all, and the queue counts only what is left. */
+Test(link, redo_held_sends_what_fn_keeps)
+{
+	connect_pair();
+	cr_assert(turn_until(both_up, 3000));
+	struct link *l = &sides[0].l;
+	l->hold = 1;
+	struct dist_frame f = {.type = DIST_ROUTE};
+	f.route.to = 7;
+	f.route.body = (struct proto_bytes){(const uint8_t *)"body", 4};
+	f.route.from = 100;
+	cr_assert_eq(link_add(l, &f), 0);
+	link_release(l, &ring, clock_mono_ns());
+	size_t before = l->st.frames_out;
+	for (uint64_t i = 1; i <= 3; i++) {
+		f.route.from = i;
+		cr_assert_eq(link_add(l, &f), 0);
+	}
+	cr_assert_eq(link_redo_held(l, redo_fn, NULL), 1, "one frame dropped");
+	link_release(l, &ring, clock_mono_ns());
+	for (int k = 0; k < 200 && sides[1].frames < 3; k++)
+		turn(5);
+	for (int k = 0; k < 10; k++)
+		turn(5);
+	cr_assert_eq(sides[1].frames, 3, "got %u frames, want 100, 1 and 30", sides[1].frames);
+	cr_assert_eq(sides[1].last_from, 30, "the changed frame went as it was (from %llu)",
+		     (unsigned long long)sides[1].last_from);
+	cr_assert_eq(l->st.frames_out, before + 2, "frames_out counts the dropped one or counts twice");
+	cr_assert_eq(link_queued(l), 0, "the queue still counts the old batches");
+}
+
 Test(link, state_lane_has_a_bound_of_its_own)
 {
 	struct dist_frame s = {.type = DIST_SESSION_UP};
