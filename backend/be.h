@@ -25,6 +25,7 @@
 #include "backend/store.h"
 #include "runtime/addr.h"
 #include "runtime/cluster.h"
+#include "runtime/counter.h"
 #include "runtime/link.h"
 #include "runtime/msgid.h"
 #include "runtime/opts.h"
@@ -68,8 +69,6 @@ struct be_committed {
 	BE_COMMITTED_COUNTERS(BE_COMMITTED_FIELD)
 };
 
-#define BCNT_ADD(b, f, n) __atomic_store_n(&(b)->cnt.f, (b)->cnt.f + (n), __ATOMIC_RELAXED)
-#define BCNT_SET(b, f, v) __atomic_store_n(&(b)->cnt.f, (v), __ATOMIC_RELAXED)
 
 /* A user whose stored messages (then stored receipts) are still being sent
  * after login: one entry per user, however many SESSION_UPs came. */

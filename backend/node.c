@@ -82,7 +82,7 @@ static void reply(struct be *b, struct link *l, const struct dist_frame *f)
 		/* the gateway will time the request out and the client will resend */
 		log_rl(LOG_WARN, "link %s: queue full, dropping a %s frame", l->name, dist_type_name(f->type));
 	} else {
-		BCNT_ADD(b, frames_out, 1);
+		CNT_ADD(b, frames_out, 1);
 	}
 }
 
@@ -122,7 +122,7 @@ static int send_item(struct be *b, struct link *l, uint64_t user, const struct s
 	}
 	int r = link_add(l, &f);
 	if (r == 0)
-		BCNT_ADD(b, frames_out, 1);
+		CNT_ADD(b, frames_out, 1);
 	return r;
 }
 
@@ -137,7 +137,7 @@ static int send_receipt(struct be *b, struct link *l, uint64_t owner, uint64_t p
 	f.receipt.smid = smid;
 	int r = link_add(l, &f);
 	if (r == 0)
-		BCNT_ADD(b, frames_out, 1);
+		CNT_ADD(b, frames_out, 1);
 	return r;
 }
 
@@ -206,11 +206,11 @@ static unsigned req_begin(struct be *b, enum store_req kind, size_t writes, size
 	if (r == 0)
 		return 0;
 	if (r == -ENOSPC) {
-		BCNT_ADD(b, store_full, 1);
+		CNT_ADD(b, store_full, 1);
 		log_rl(LOG_WARN, "store: %s refused: the store is nearly full", kind == STORE_REQ_ADMIT ? "a write" : "a delete");
 		return PROTO_E_STORE_FULL;
 	}
-	BCNT_ADD(b, store_errors, 1);
+	CNT_ADD(b, store_errors, 1);
 	log_rl(LOG_ERROR, "store: a request could not start: %s", strerror(-r));
 	return PROTO_E_TRY_AGAIN;
 }
@@ -220,7 +220,7 @@ static unsigned req_begin(struct be *b, enum store_req kind, size_t writes, size
 static void req_end(struct be *b, int ok)
 {
 	if (!ok)
-		BCNT_ADD(b, requests_failed, 1);
+		CNT_ADD(b, requests_failed, 1);
 	store_req_end(b->store, ok);
 }
 
@@ -230,15 +230,15 @@ static unsigned store_answer(struct be *b, int r, const char *what)
 	if (r == 0)
 		return 0;
 	if (r == STORE_E_FULL) {
-		BCNT_ADD(b, mailbox_full, 1);
+		CNT_ADD(b, mailbox_full, 1);
 		return PROTO_E_MAILBOX_FULL;
 	}
 	if (r == -ENOSPC) {
-		BCNT_ADD(b, store_full, 1);
+		CNT_ADD(b, store_full, 1);
 		log_rl(LOG_WARN, "store: cannot store %s: the store is full", what);
 		return PROTO_E_STORE_FULL;
 	}
-	BCNT_ADD(b, store_errors, 1);
+	CNT_ADD(b, store_errors, 1);
 	log_rl(LOG_ERROR, "store: cannot store %s: %s", what, r < 0 ? strerror(-r) : "refused");
 	return PROTO_E_TRY_AGAIN;
 }
@@ -328,7 +328,7 @@ static int flush_user(struct be *b, struct be_backlog *e)
 				ok = store_ack(b->store, e->user, x.receipts[i], NULL, NULL) >= 0;
 			req_end(b, ok);
 		}
-		BCNT_ADD(b, delivered_login, x.sent - x.receipts_done);
+		CNT_ADD(b, delivered_login, x.sent - x.receipts_done);
 		e->after = x.last;
 		if (x.full || n == (long)BE_FLUSH_PER_USER)
 			return 1;
@@ -342,7 +342,7 @@ static int flush_user(struct be *b, struct be_backlog *e)
 			ok = store_rcpt_del(b->store, e->user, x.gone[i].peer, x.gone[i].smid) >= 0;
 		req_end(b, ok);
 	}
-	BCNT_ADD(b, receipts_forwarded, x.sent);
+	CNT_ADD(b, receipts_forwarded, x.sent);
 	return x.full || n == (long)BE_FLUSH_PER_USER;
 }
 
@@ -401,7 +401,7 @@ static void run_backlog(struct be *b)
 		}
 	}
 	b->nbacklog = keep;
-	BCNT_SET(b, backlog, keep);
+	CNT_SET(b, backlog, keep);
 }
 
 /* ---- frames from gateways ---------------------------------------------------------- */
@@ -422,7 +422,7 @@ static void on_session_up(struct be *b, struct link *l, const struct dist_frame 
 			k.kick.conn = dir_conn(*old);
 			k.kick.reason = PROTO_KICK_ELSEWHERE;
 			reply(b, ol, &k);
-			BCNT_ADD(b, kicks, 1);
+			CNT_ADD(b, kicks, 1);
 		}
 	}
 	uint64_t val = dir_val(l->idx, f->session.conn, f->session.flags & DIST_SESS_RCPT_ACKS);
@@ -430,7 +430,7 @@ static void on_session_up(struct be *b, struct link *l, const struct dist_frame 
 		/* the same session announced again (a gateway's resync): its
 		 * stored messages are on their way already; starting over would
 		 * send the window twice */
-		BCNT_ADD(b, sessions_up, 1);
+		CNT_ADD(b, sessions_up, 1);
 		return;
 	}
 	uint32_t was = old ? dir_link(*old) : UINT32_MAX;
@@ -439,11 +439,11 @@ static void on_session_up(struct be *b, struct link *l, const struct dist_frame 
 		return;
 	}
 	if (was == UINT32_MAX)
-		BCNT_SET(b, sessions, b->cnt.sessions + 1);
+		CNT_SET(b, sessions, b->cnt.sessions + 1);
 	else if (b->link_sessions[was])
 		b->link_sessions[was]--;
 	b->link_sessions[l->idx]++;
-	BCNT_ADD(b, sessions_up, 1);
+	CNT_ADD(b, sessions_up, 1);
 	/* Everything not yet acknowledged by a delivered receipt goes out again, in
 	 * order. The login's resume id is not used to drop anything: ids from
 	 * different backends are not ordered against each other, so "below the
@@ -456,16 +456,16 @@ static void on_session_down(struct be *b, struct link *l, const struct dist_fram
 	uint64_t *v = u64map_get(&b->dir, f->session.user);
 	if (v && dir_link(*v) == l->idx && dir_conn(*v) == (f->session.conn & 0xffffffffffffull)) {
 		u64map_del(&b->dir, f->session.user);
-		BCNT_SET(b, sessions, b->cnt.sessions - 1);
+		CNT_SET(b, sessions, b->cnt.sessions - 1);
 		if (b->link_sessions[l->idx])
 			b->link_sessions[l->idx]--;
 	}
-	BCNT_ADD(b, sessions_down, 1);
+	CNT_ADD(b, sessions_down, 1);
 }
 
 static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 {
-	BCNT_ADD(b, routed_in, 1);
+	CNT_ADD(b, routed_in, 1);
 	if (txn(b) != 0) {
 		answer_route(b, l, f, 0, PROTO_E_TRY_AGAIN);
 		return;
@@ -474,7 +474,7 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 	 * the key, so a cmid reused for another recipient is a new message. */
 	uint64_t smid = 0, dkey = f->route.cmid ^ hash64(f->route.group ? f->route.group * 2 + 1 : f->route.to * 2);
 	if (f->route.cmid && store_dedup_get(b->store, f->route.from, dkey, &smid) == 0 && smid) {
-		BCNT_ADD(b, dedup_hits, 1); /* a resend: the first copy is stored (and routed) already */
+		CNT_ADD(b, dedup_hits, 1); /* a resend: the first copy is stored (and routed) already */
 		answer_route(b, l, f, smid, 0);
 		return;
 	}
@@ -527,10 +527,10 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 	/* the sender's budgets: writes per second, and undelivered entries held here */
 	unsigned st = 0;
 	if (n && !budget_take(b, m.from, n)) {
-		BCNT_ADD(b, fanout_limited, 1);
+		CNT_ADD(b, fanout_limited, 1);
 		st = PROTO_E_SLOW_DOWN;
 	} else if (n && (uint64_t)store_sender_count(b->store, m.from) + n > (uint64_t)b->cfg.sender_max) {
-		BCNT_ADD(b, sender_limited, 1);
+		CNT_ADD(b, sender_limited, 1);
 		st = PROTO_E_SLOW_DOWN;
 	}
 	if (!st)
@@ -552,9 +552,9 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 		free(members_copy);
 		return;
 	}
-	BCNT_ADD(b, stored, 1);
+	CNT_ADD(b, stored, 1);
 	if (f->route.group)
-		BCNT_ADD(b, group_msgs, 1);
+		CNT_ADD(b, group_msgs, 1);
 	answer_route(b, l, f, m.smid, 0);
 	for (size_t i = 0; i < n; i++) {
 		struct link *dl = user_link(b, rcpt[i], NULL);
@@ -562,9 +562,9 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 			continue;
 		m.to = rcpt[i];
 		if (send_item(b, dl, rcpt[i], &m) == 0) {
-			BCNT_ADD(b, delivered_online, 1);
+			CNT_ADD(b, delivered_online, 1);
 			if (f->route.group)
-				BCNT_ADD(b, group_fanout, 1);
+				CNT_ADD(b, group_fanout, 1);
 		}
 	}
 	free(members_copy);
@@ -586,21 +586,21 @@ static void notify_receipt(struct be *b, uint64_t owner, uint64_t peer, uint8_t 
 				       (uint32_t)b->cfg.receipt_max, &dropped);
 		req_end(b, r == 0);
 		if (r == STORE_E_FULL || dropped)
-			BCNT_ADD(b, receipts_dropped, 1);
+			CNT_ADD(b, receipts_dropped, 1);
 		else if (r == 0)
-			BCNT_ADD(b, receipts_stored, 1);
+			CNT_ADD(b, receipts_stored, 1);
 		else
 			store_answer(b, r, "a receipt");
 		if (r != 0 && !dl)
 			return;
 	}
 	if (dl && send_receipt(b, dl, owner, peer, kind, smid) == 0)
-		BCNT_ADD(b, receipts_forwarded, 1);
+		CNT_ADD(b, receipts_forwarded, 1);
 }
 
 static void on_receipt(struct be *b, const struct dist_frame *f)
 {
-	BCNT_ADD(b, receipts_in, 1);
+	CNT_ADD(b, receipts_in, 1);
 	if (txn(b) != 0)
 		return;
 	uint64_t reader = f->receipt.from, sender = f->receipt.to;
@@ -612,7 +612,7 @@ static void on_receipt(struct be *b, const struct dist_frame *f)
 		int r = store_ack(b->store, reader, f->receipt.smid, &from, &len);
 		req_end(b, r >= 0);
 		if (r == 0) {
-			BCNT_ADD(b, receipts_deleted, 1);
+			CNT_ADD(b, receipts_deleted, 1);
 			verified = from == sender; /* the reader had this message, from this sender */
 			window_acked(b, reader, f->receipt.smid, len);
 		}
@@ -628,7 +628,7 @@ static void on_receipt(struct be *b, const struct dist_frame *f)
 	if ((f->receipt.flags & DIST_RCPT_DELETE) && !verified) {
 		/* sent here to be checked against the mailbox: no such delivery (a
 		 * forged receipt, or a repeat of one already acted on) */
-		BCNT_ADD(b, receipts_unverified, 1);
+		CNT_ADD(b, receipts_unverified, 1);
 		return;
 	}
 	notify_receipt(b, sender, reader, f->receipt.kind, f->receipt.smid, 1);
@@ -644,7 +644,7 @@ static void on_receipt_ack(struct be *b, const struct dist_frame *f)
 	int r = store_rcpt_del(b->store, f->receipt_ack.user, f->receipt_ack.peer, f->receipt_ack.smid);
 	req_end(b, r >= 0);
 	if (r == 0)
-		BCNT_ADD(b, receipts_acked, 1);
+		CNT_ADD(b, receipts_acked, 1);
 }
 
 /* Group membership changes. Who may do what (PROTOCOL.md 3.2, GROUP): any
@@ -662,7 +662,7 @@ static unsigned group_op(struct be *b, const struct dist_frame *f, uint64_t *gid
 	if (f->group_op.op != PROTO_GROUP_CREATE && store_group_get(b->store, gid, &owner, &cur, &ncur) != 0)
 		return PROTO_E_NO_SUCH_GROUP;
 	if (!budget_take(b, user, 1 + (uint64_t)f->group_op.count)) {
-		BCNT_ADD(b, fanout_limited, 1);
+		CNT_ADD(b, fanout_limited, 1);
 		return PROTO_E_SLOW_DOWN;
 	}
 	uint64_t *v = malloc((ncur + f->group_op.count + 1) * sizeof *v);
@@ -774,7 +774,7 @@ static unsigned group_op(struct be *b, const struct dist_frame *f, uint64_t *gid
 
 static void on_group_op(struct be *b, struct link *l, const struct dist_frame *f)
 {
-	BCNT_ADD(b, group_ops, 1);
+	CNT_ADD(b, group_ops, 1);
 	uint64_t gid = 0;
 	unsigned st = txn(b) == 0 ? group_op(b, f, &gid) : PROTO_E_TRY_AGAIN;
 	struct dist_frame r = {.type = DIST_GROUP_RESULT};
@@ -791,7 +791,7 @@ static void on_group_op(struct be *b, struct link *l, const struct dist_frame *f
 static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 {
 	struct be *b = arg;
-	BCNT_ADD(b, frames_in, 1);
+	CNT_ADD(b, frames_in, 1);
 	switch (f->type) {
 	case DIST_ROUTE:
 		on_route(b, l, f);
@@ -845,7 +845,7 @@ static void on_up(void *arg, struct link *l)
 		link_close(&b->links[*prev], &b->ring, "replaced by a new link from the same gateway thread", b->now_ns);
 	u64map_put(&b->peers, key, l->idx);
 	l->hold = 1; /* batches leave only once released after a commit */
-	BCNT_ADD(b, links_up, 1);
+	CNT_ADD(b, links_up, 1);
 	log_info("gateway %u thread %u linked (%s)", l->peer_node, l->peer_thread, l->name);
 }
 
@@ -855,7 +855,7 @@ static void on_down(void *arg, struct link *l, const char *why)
 	(void)why;
 	if (!l->authed)
 		return; /* never up: no sessions, no peer entry (what an unauthenticated peer can make us do: nothing) */
-	BCNT_ADD(b, links_lost, 1);
+	CNT_ADD(b, links_lost, 1);
 	if (l->peer_node) {
 		uint64_t key = (((uint64_t)l->peer_node << 16) | l->peer_thread) + 1;
 		uint64_t *v = u64map_get(&b->peers, key);
@@ -885,7 +885,7 @@ static void on_down(void *arg, struct link *l, const char *why)
 		removed += (size_t)u64map_del(&b->dir, gone[i]);
 	free(gone);
 	b->link_sessions[l->idx] = removed >= b->link_sessions[l->idx] ? 0 : b->link_sessions[l->idx] - (uint32_t)removed;
-	BCNT_SET(b, sessions, b->cnt.sessions - removed);
+	CNT_SET(b, sessions, b->cnt.sessions - removed);
 }
 
 static const struct link_ops ops = {on_hello, on_frame, on_up, on_down};
@@ -934,7 +934,7 @@ void be_attach(struct be *b, int fd)
 		 * in a round trip or two, so idle or slow sockets are what goes; to
 		 * crowd one out, 64 new connections would have to come within its
 		 * round trip. */
-		BCNT_ADD(b, links_busy, 1);
+		CNT_ADD(b, links_busy, 1);
 		log_rl(LOG_WARN, "%u links authenticating: closing the oldest for a new one", shaking);
 		link_close(oldest, &b->ring, "too many handshakes at once: the oldest gives way", b->now_ns);
 	}
@@ -957,7 +957,7 @@ void be_attach(struct be *b, int fd)
 		  (size_t)b->cfg.link_batch, (size_t)b->cfg.link_queue, (int)b->cfg.link_sockbuf);
 	l->expect_role = DIST_ROLE_GATEWAY;
 	link_attach(l, &b->ring, fd, b->now_ns);
-	BCNT_ADD(b, links_accepted, 1);
+	CNT_ADD(b, links_accepted, 1);
 }
 
 static void publish(struct be *b)
@@ -975,26 +975,26 @@ static void publish(struct be *b)
 		q += link_queued(l);
 		up += l->state == LINK_UP;
 	}
-	BCNT_SET(b, batches_out, bo);
-	BCNT_SET(b, batches_in, bi);
-	BCNT_SET(b, bytes_out, yo);
-	BCNT_SET(b, bytes_in, yi);
-	BCNT_SET(b, link_queue_bytes, q);
-	BCNT_SET(b, links_up, up);
+	CNT_SET(b, batches_out, bo);
+	CNT_SET(b, batches_in, bi);
+	CNT_SET(b, bytes_out, yo);
+	CNT_SET(b, bytes_in, yi);
+	CNT_SET(b, link_queue_bytes, q);
+	CNT_SET(b, links_up, up);
 	/* link slots are reused: what a slot counted before survives in the base */
-	BCNT_SET(b, links_refused, b->refused_base + ref);
-	BCNT_SET(b, links_auth_failed, b->auth_failed_base + af);
-	BCNT_SET(b, link_violations, b->violations_base + vi);
+	CNT_SET(b, links_refused, b->refused_base + ref);
+	CNT_SET(b, links_auth_failed, b->auth_failed_base + af);
+	CNT_SET(b, link_violations, b->violations_base + vi);
 	struct store_stats st;
 	store_get_stats(b->store, &st);
-	BCNT_SET(b, store_messages, st.messages);
-	BCNT_SET(b, store_mailbox, st.mailbox_entries);
-	BCNT_SET(b, store_groups, st.groups);
-	BCNT_SET(b, store_receipts, st.receipts);
-	BCNT_SET(b, store_used_bytes, st.map_used_bytes);
-	BCNT_SET(b, store_full_disk, st.refused_disk);
-	BCNT_SET(b, store_disk_free, st.disk_room_bytes);
-	BCNT_SET(b, store_disk_reserve, st.disk_reserve_bytes);
+	CNT_SET(b, store_messages, st.messages);
+	CNT_SET(b, store_mailbox, st.mailbox_entries);
+	CNT_SET(b, store_groups, st.groups);
+	CNT_SET(b, store_receipts, st.receipts);
+	CNT_SET(b, store_used_bytes, st.map_used_bytes);
+	CNT_SET(b, store_full_disk, st.refused_disk);
+	CNT_SET(b, store_disk_free, st.disk_room_bytes);
+	CNT_SET(b, store_disk_reserve, st.disk_reserve_bytes);
 }
 
 /* A frame built in an iteration whose commit failed (link_redo_held). */
@@ -1044,23 +1044,23 @@ static void commit(struct be *b)
 	int r = store_commit(b->store);
 	uint64_t dt = clock_mono_ns() - t0;
 	b->in_txn = 0;
-	BCNT_ADD(b, commits, 1);
-	BCNT_ADD(b, commit_ns_total, dt);
+	CNT_ADD(b, commits, 1);
+	CNT_ADD(b, commit_ns_total, dt);
 	if (dt > b->cnt.commit_ns_max)
-		BCNT_SET(b, commit_ns_max, dt);
+		CNT_SET(b, commit_ns_max, dt);
 	if (r != 0) {
 		/* Nothing this iteration promised may leave as promised: its answers
 		 * become errors, deliveries of what it stored are dropped, the rest
 		 * (stored messages sent at login, receipts, kicks) leaves as built.
 		 * The links stay up: the gateways did nothing wrong, and a relink
 		 * would send every online user's mailbox again. */
-		BCNT_ADD(b, commits_failed, 1);
+		CNT_ADD(b, commits_failed, 1);
 		if (!counted)
-			BCNT_ADD(b, store_errors, 1);
+			CNT_ADD(b, store_errors, 1);
 		if (r == -ENOSPC)
-			BCNT_ADD(b, commits_failed_disk, 1);
+			CNT_ADD(b, commits_failed_disk, 1);
 		store_abort(b->store);
-#define BE_COMMITTED_RESTORE(f) BCNT_SET(b, f, b->txn_base.f);
+#define BE_COMMITTED_RESTORE(f) CNT_SET(b, f, b->txn_base.f);
 		BE_COMMITTED_COUNTERS(BE_COMMITTED_RESTORE)
 		struct undo u = {.b = b, .status = r == -ENOSPC ? PROTO_E_STORE_FULL : PROTO_E_TRY_AGAIN};
 		for (uint32_t i = 0; i < b->nlinks; i++)
@@ -1183,13 +1183,13 @@ void be_turn(struct be *b, uint64_t wait_ns)
 	b->now_ns = clock_mono_ns();
 	b->wall_ms = clock_wall_ms();
 	unsigned total = ring_dispatch(&b->ring, 4096, dispatch, b);
-	BCNT_ADD(b, loops, 1);
-	BCNT_ADD(b, cqes, total);
+	CNT_ADD(b, loops, 1);
+	CNT_ADD(b, cqes, total);
 	run_backlog(b);
 	if (b->cfg.dedup_window_ms > 0 && b->in_txn) {
 		uint64_t now = b->wall_ms - MSGID_EPOCH_MS, win = (uint64_t)b->cfg.dedup_window_ms;
 		if (now > win && store_req_begin(b->store, STORE_REQ_DRAIN, 256, 0) == 0)
-			store_req_end(b->store, store_dedup_prune(b->store, (now - win) << 24, 256) >= 0);
+			store_req_end(b->store, store_dedup_prune(b->store, msgid_make(b->wall_ms - win, 0, 0, 0), 256) >= 0);
 	}
 	/* durable first, then everything that depends on it leaves */
 	commit(b);

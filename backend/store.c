@@ -43,7 +43,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <time.h>
 
 #include "proto/wire.h"
 
@@ -90,7 +89,6 @@ struct store {
 	size_t tmp_cap;
 	uint8_t prune_key[16]; /* where store_dedup_prune goes on */
 	bool prune_have;       /* false: start at the first entry */
-	uint64_t commits, commit_ns_total, commit_ns_max;
 	/* the file system under the data file (see store_set_min_free) */
 	int fd;                       /* the data file (LMDB's) */
 	uint64_t min_free;            /* --store-min-free */
@@ -181,13 +179,6 @@ static inline uint64_t get_u64(const uint8_t *p)
 static inline MDB_val mval(void *p, size_t n)
 {
 	return (MDB_val){ .mv_size = n, .mv_data = p };
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static void keep_free(struct store *s)
@@ -445,9 +436,7 @@ int store_commit(struct store *s)
 		store_abort(s);
 		return e;
 	}
-	uint64_t t0 = now_ns();
 	int rc = mdb_txn_commit(s->txn);
-	uint64_t dt = now_ns() - t0;
 	/* LMDB frees the transaction whether or not the commit succeeded. */
 	s->txn = NULL;
 	keep_free(s);
@@ -462,10 +451,6 @@ int store_commit(struct store *s)
 			s->growth_max = grew;
 		s->file_bytes = now;
 	}
-	s->commits++;
-	s->commit_ns_total += dt;
-	if (dt > s->commit_ns_max)
-		s->commit_ns_max = dt;
 	return 0;
 }
 
@@ -1284,9 +1269,6 @@ static uint64_t entries(MDB_txn *txn, MDB_dbi dbi)
 void store_get_stats(struct store *s, struct store_stats *st)
 {
 	memset(st, 0, sizeof *st);
-	st->commits = s->commits;
-	st->commit_ns_total = s->commit_ns_total;
-	st->commit_ns_max = s->commit_ns_max;
 	st->disk_free_bytes = s->disk_free == UINT64_MAX ? 0 : s->disk_free;
 	st->disk_room_bytes = s->disk_free == UINT64_MAX ? 0 : s->disk_room;
 	st->disk_size_bytes = s->disk_size == UINT64_MAX ? 0 : s->disk_size;

@@ -208,7 +208,7 @@ int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid);
 
 struct store_stats {
 	uint64_t messages, mailbox_entries, dedup_entries, groups, receipts, senders, map_used_bytes, map_bytes;
-	uint64_t commits, commit_ns_total, commit_ns_max;
+	/* commits are counted and timed by the caller (backend_commits_total) */
 	/* the file system: free and total bytes when the last transaction
 	 * started, the reserve new data stops at, requests refused for it, and
 	 * the bytes the data file holds on disk */

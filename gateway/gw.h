@@ -29,6 +29,7 @@
 #include "runtime/addr.h"
 #include "runtime/carry.h"
 #include "runtime/cluster.h"
+#include "runtime/counter.h"
 #include "runtime/link.h"
 #include "runtime/msgid.h"
 #include "runtime/opts.h"
@@ -124,9 +125,6 @@ struct gw_link_pub {
 	uint64_t queue_bytes, reconnects, rtt_us, pending;
 };
 
-/* Owner-thread increment, readable by the stats thread without tearing. */
-#define CNT_ADD(w, field, n) __atomic_store_n(&(w)->cnt.field, (w)->cnt.field + (n), __ATOMIC_RELAXED)
-#define CNT_SET(w, field, v) __atomic_store_n(&(w)->cnt.field, (v), __ATOMIC_RELAXED)
 
 /* ---- buffers ---------------------------------------------------------------- */
 

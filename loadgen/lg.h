@@ -32,6 +32,7 @@
 #include "proto/client.h"
 #include "runtime/addr.h"
 #include "runtime/carry.h"
+#include "runtime/counter.h"
 #include "runtime/hist.h"
 #include "runtime/opts.h"
 #include "runtime/token.h"
@@ -70,8 +71,6 @@ struct lg_counters {
 	uint64_t p50_ns, p99_ns, lat_count; /* last interval, published once a second */
 } __attribute__((aligned(64)));
 
-#define LCNT_ADD(t, f, n) __atomic_store_n(&(t)->cnt.f, (t)->cnt.f + (n), __ATOMIC_RELAXED)
-#define LCNT_SET(t, f, v) __atomic_store_n(&(t)->cnt.f, (v), __ATOMIC_RELAXED)
 
 struct lbuf {
 	uint32_t len, cap, off;

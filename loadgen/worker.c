@@ -171,7 +171,7 @@ static void lc_close(struct lthread *t, uint32_t slot, int reconnect)
 	if (c->state == LS_IDLE || c->state == LS_CLOSING)
 		return;
 	if (c->state == LS_LIVE) {
-		LCNT_SET(t, logged_in, t->cnt.logged_in - 1);
+		CNT_SET(t, logged_in, t->cnt.logged_in - 1);
 		c->flags |= LF_WAS_LIVE;
 	}
 	if (c->state == LS_CONNECTING)
@@ -256,9 +256,9 @@ static int start_connect(struct lthread *t, uint32_t slot)
 	sqe->flags |= IOSQE_FIXED_FILE;
 	sqe->user_data = ud_make(LU_CONNECT, c->gen, slot);
 	t->inflight++;
-	LCNT_ADD(t, connects, 1);
+	CNT_ADD(t, connects, 1);
 	if (connects)
-		LCNT_ADD(t, reconnects, 1);
+		CNT_ADD(t, reconnects, 1);
 	return 0;
 }
 
@@ -282,15 +282,15 @@ static void on_connect(struct lthread *t, const struct io_uring_cqe *cqe)
 	t->inflight--;
 	if (cqe->res < 0) {
 		int e = -cqe->res, k = e == ECONNREFUSED ? 0 : e == ETIMEDOUT ? 1 : e == EADDRNOTAVAIL ? 2 : 3;
-		LCNT_ADD(t, connect_errors[k], 1);
+		CNT_ADD(t, connect_errors[k], 1);
 		log_rl(LOG_WARN, "connect: %s", strerror(e));
 		c->state = LS_CLOSING;
 		c->flags |= LF_RECONNECT;
 		reap(t, slot);
 		return;
 	}
-	LCNT_ADD(t, connected, 1);
-	LCNT_SET(t, open, t->cnt.open + 1);
+	CNT_ADD(t, connected, 1);
+	CNT_SET(t, open, t->cnt.open + 1);
 	c->state = LS_LOGIN;
 	struct lg *lg = t->lg;
 	uint8_t tok[TOKEN_LEN];
@@ -319,13 +319,13 @@ static void on_seq(struct lthread *t, struct lconn *c, uint32_t seq)
 	} else {
 		uint32_t back = c->expect - 1 - seq;
 		if (back >= 64 || ((c->window >> back) & 1)) {
-			LCNT_ADD(t, dup, 1);
+			CNT_ADD(t, dup, 1);
 			return;
 		}
 		c->window |= 1ull << back;
-		LCNT_ADD(t, reordered, 1);
+		CNT_ADD(t, reordered, 1);
 	}
-	LCNT_ADD(t, delivered, 1);
+	CNT_ADD(t, delivered, 1);
 }
 
 static void on_deliver(struct lthread *t, uint32_t slot, const struct proto_frame *f)
@@ -334,7 +334,7 @@ static void on_deliver(struct lthread *t, uint32_t slot, const struct proto_fram
 	const struct lg_config *cfg = &t->lg->cfg;
 	uint64_t n = ++t->deliver_frames; /* DELIVER frames seen (injected copies not counted) */
 	if (cfg->inject_drop && n % (uint64_t)cfg->inject_drop == 0) {
-		LCNT_ADD(t, injected_drop, 1); /* test hook: behave as if this delivery never came */
+		CNT_ADD(t, injected_drop, 1); /* test hook: behave as if this delivery never came */
 		return;
 	}
 	if (f->deliver.body.len >= LG_BODY_MIN) {
@@ -347,11 +347,11 @@ static void on_deliver(struct lthread *t, uint32_t slot, const struct proto_fram
 			hist_add(&t->lat_interval, now - sched);
 		on_seq(t, c, seq);
 		if (cfg->inject_dup && n % (uint64_t)cfg->inject_dup == 0) {
-			LCNT_ADD(t, injected_dup, 1);
+			CNT_ADD(t, injected_dup, 1);
 			on_seq(t, c, seq); /* test hook: the same delivery twice */
 		}
 	} else {
-		LCNT_ADD(t, delivered, 1);
+		CNT_ADD(t, delivered, 1);
 	}
 	if (cfg->receipts) {
 		struct proto_frame r = {.type = PROTO_RECEIPT};
@@ -377,7 +377,7 @@ static void create_group(struct lthread *t, uint32_t slot)
 	f.group.count = n;
 	f.group.members = (struct proto_bytes){list, (uint32_t)(p - list)};
 	if (out_frame(t, slot, &f) != 0)
-		LCNT_ADD(t, group_errors, 1);
+		CNT_ADD(t, group_errors, 1);
 }
 
 static void schedule_ping(struct lthread *t, uint32_t slot)
@@ -395,24 +395,24 @@ static void on_frame(struct lthread *t, uint32_t slot, const struct proto_frame 
 		on_deliver(t, slot, f);
 		break;
 	case PROTO_ACK:
-		LCNT_ADD(t, acked, 1);
+		CNT_ADD(t, acked, 1);
 		break;
 	case PROTO_LOGIN_RESULT:
 		if (f->login_result.status == PROTO_OK && c->state == LS_LOGIN) {
 			c->state = LS_LIVE;
-			LCNT_ADD(t, logins_ok, 1);
-			LCNT_SET(t, logged_in, t->cnt.logged_in + 1);
+			CNT_ADD(t, logins_ok, 1);
+			CNT_SET(t, logged_in, t->cnt.logged_in + 1);
 			schedule_ping(t, slot);
 			if (t->gid && is_creator(t, slot) && !t->gid[slot])
 				create_group(t, slot);
 		} else {
-			LCNT_ADD(t, logins_failed, 1);
+			CNT_ADD(t, logins_failed, 1);
 			log_rl(LOG_WARN, "login of user %llu refused: %s", (unsigned long long)user_of(t, slot),
 			       proto_err_name(f->login_result.status));
 		}
 		break;
 	case PROTO_ERROR:
-		LCNT_ADD(t, errors[f->error.code & 63], 1);
+		CNT_ADD(t, errors[f->error.code & 63], 1);
 		if (f->error.code < PROTO_E_FATAL_LIMIT)
 			log_rl(LOG_WARN, "server error on user %llu: %s %.*s", (unsigned long long)user_of(t, slot),
 			       proto_err_name(f->error.code), (int)f->error.text.len, (const char *)f->error.text.p);
@@ -424,10 +424,10 @@ static void on_frame(struct lthread *t, uint32_t slot, const struct proto_frame 
 		break;
 	}
 	case PROTO_PONG:
-		LCNT_ADD(t, pongs, 1);
+		CNT_ADD(t, pongs, 1);
 		break;
 	case PROTO_RECEIPT: {
-		LCNT_ADD(t, receipts_in, 1);
+		CNT_ADD(t, receipts_in, 1);
 		/* protocol 2: acknowledge it, or the server keeps and resends it */
 		struct proto_frame a = {.type = PROTO_RECEIPT};
 		a.receipt.kind = PROTO_RCPT_ACK;
@@ -439,18 +439,18 @@ static void on_frame(struct lthread *t, uint32_t slot, const struct proto_frame 
 	case PROTO_GROUP_RESULT:
 		if (f->group_result.status == PROTO_OK && t->gid) {
 			t->gid[slot] = f->group_result.group;
-			LCNT_ADD(t, groups_created, 1);
+			CNT_ADD(t, groups_created, 1);
 		} else {
-			LCNT_ADD(t, group_errors, 1);
+			CNT_ADD(t, group_errors, 1);
 			log_rl(LOG_WARN, "group request refused: %s", proto_err_name(f->group_result.status));
 		}
 		break;
 	case PROTO_GOAWAY:
-		LCNT_ADD(t, goaway, 1);
+		CNT_ADD(t, goaway, 1);
 		lc_close(t, slot, 1);
 		break;
 	case PROTO_KICKED:
-		LCNT_ADD(t, kicked, 1);
+		CNT_ADD(t, kicked, 1);
 		break;
 	default:
 		break;
@@ -505,7 +505,7 @@ static void on_recv(struct lthread *t, const struct io_uring_cqe *cqe)
 	if (!more)
 		c->flags &= (uint8_t)~LF_RECV;
 	if (cqe->res > 0 && has_buf) {
-		LCNT_ADD(t, bytes_in, (uint64_t)cqe->res);
+		CNT_ADD(t, bytes_in, (uint64_t)cqe->res);
 		if (c->state == LS_LOGIN || c->state == LS_LIVE)
 			input(t, slot, bufring_buf(&t->br, bid), (size_t)cqe->res);
 		bufring_put(&t->br, bid);
@@ -530,7 +530,7 @@ static void on_recv(struct lthread *t, const struct io_uring_cqe *cqe)
 		}
 	} else if (cqe->res != -ECANCELED) {
 		if (c->state == LS_LOGIN || c->state == LS_LIVE) {
-			LCNT_ADD(t, closed_by_server, 1);
+			CNT_ADD(t, closed_by_server, 1);
 			lc_close(t, slot, t->lg->phase < PH_DRAIN || t->lg->cfg.scenario == SC_IDLE);
 		}
 	}
@@ -554,7 +554,7 @@ static void on_send(struct lthread *t, const struct io_uring_cqe *cqe)
 		reap(t, slot);
 		return;
 	}
-	LCNT_ADD(t, bytes_out, (uint64_t)cqe->res);
+	CNT_ADD(t, bytes_out, (uint64_t)cqe->res);
 	s->off += (uint32_t)cqe->res;
 	if (s->off < s->len) {
 		submit_send(t, slot);
@@ -584,7 +584,7 @@ static void on_close(struct lthread *t, const struct io_uring_cqe *cqe)
 	c->expect = expect;
 	c->window = window;
 	if (t->cnt.open)
-		LCNT_SET(t, open, t->cnt.open - 1);
+		CNT_SET(t, open, t->cnt.open - 1);
 	if (reconnect && t->lg->phase < PH_STOP) {
 		/* back off a little, jittered, so failures do not spin */
 		c->state = LS_IDLE;
@@ -603,7 +603,7 @@ static void on_timer(void *arg, uint32_t slot)
 	} else if (c->state == LS_LIVE && t->lg->cfg.ping_ms > 0) {
 		struct proto_frame f = {.type = PROTO_PING};
 		if (out_frame(t, slot, &f) == 0)
-			LCNT_ADD(t, pings, 1);
+			CNT_ADD(t, pings, 1);
 		wheel_add(&t->wheel, slot, t->tick + (uint32_t)(t->lg->cfg.ping_ms / LG_TICK_MS));
 	}
 }
@@ -659,7 +659,7 @@ static void pace_sends(struct lthread *t)
 			gid = t->gid[slot];
 		}
 		if (c->state != LS_LIVE || (t->gid && !gid)) {
-			LCNT_ADD(t, skipped, 1);
+			CNT_ADD(t, skipped, 1);
 			continue;
 		}
 		put_le32(body, c->seq_out);
@@ -670,11 +670,11 @@ static void pace_sends(struct lthread *t)
 		f.send.group = gid != 0;
 		f.send.body = (struct proto_bytes){body, body_len};
 		if (out_frame(t, slot, &f) != 0) {
-			LCNT_ADD(t, blocked, 1);
+			CNT_ADD(t, blocked, 1);
 			continue;
 		}
 		c->seq_out++;
-		LCNT_ADD(t, sent, 1);
+		CNT_ADD(t, sent, 1);
 	}
 }
 
@@ -704,9 +704,9 @@ static void storm(struct lthread *t)
 
 static void publish_interval(struct lthread *t)
 {
-	LCNT_SET(t, p50_ns, hist_percentile(&t->lat_interval, 50));
-	LCNT_SET(t, p99_ns, hist_percentile(&t->lat_interval, 99));
-	LCNT_SET(t, lat_count, t->lat_interval.count);
+	CNT_SET(t, p50_ns, hist_percentile(&t->lat_interval, 50));
+	CNT_SET(t, p99_ns, hist_percentile(&t->lat_interval, 99));
+	CNT_SET(t, lat_count, t->lat_interval.count);
 	hist_merge(&t->lat, &t->lat_interval);
 	memset(&t->lat_interval, 0, sizeof t->lat_interval);
 }
@@ -873,8 +873,8 @@ void *lg_worker_main(void *arg)
 		t->now_ns = clock_mono_ns();
 		t->tick = (uint32_t)((t->now_ns - t->start_ns) / (LG_TICK_MS * 1000000ull)) + 1;
 		unsigned total = ring_dispatch(&t->ring, 4096, dispatch, t);
-		LCNT_ADD(t, loops, 1);
-		LCNT_ADD(t, cqes, total);
+		CNT_ADD(t, loops, 1);
+		CNT_ADD(t, cqes, total);
 		wheel_advance(&t->wheel, t->tick, on_timer, t);
 		if (t->now_ns >= t->interval_end_ns) {
 			publish_interval(t);

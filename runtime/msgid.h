@@ -24,11 +24,31 @@ struct msgid_gen {
 	uint32_t gen; /* 14-bit generator */
 };
 
+/* The layout, once: ms since the epoch, the 14-bit generator, the sequence. */
+static inline uint64_t msgid_pack(uint64_t ms, uint32_t gen, uint32_t seq)
+{
+	return (ms << 24) | ((uint64_t)(gen & 0x3fffu) << 10) | (seq & 0x3ffu);
+}
+
+static inline uint32_t msgid_gen_of(unsigned node, unsigned thread)
+{
+	return ((node & 0x3fu) << 8) | (thread & 0xffu);
+}
+
 static inline void msgid_init(struct msgid_gen *g, unsigned node, unsigned thread)
 {
 	g->last_ms = 0;
 	g->seq = 0;
-	g->gen = ((node & 0x3fu) << 8) | (thread & 0xffu);
+	g->gen = msgid_gen_of(node, thread);
+}
+
+/* The id generator (node, thread) makes as number seq of wall-clock
+ * millisecond wall_ms; msgid_make(ms, 0, 0, 0) is the smallest id of that
+ * millisecond (a bound for "older than"). */
+static inline uint64_t msgid_make(uint64_t wall_ms, unsigned node, unsigned thread, unsigned seq)
+{
+	uint64_t ms = wall_ms > MSGID_EPOCH_MS ? wall_ms - MSGID_EPOCH_MS : 0;
+	return msgid_pack(ms, msgid_gen_of(node, thread), seq);
 }
 
 static inline uint64_t msgid_next(struct msgid_gen *g, uint64_t wall_ms)
@@ -41,7 +61,7 @@ static inline uint64_t msgid_next(struct msgid_gen *g, uint64_t wall_ms)
 		g->last_ms++;
 		g->seq = 0;
 	}
-	return (g->last_ms << 24) | ((uint64_t)g->gen << 10) | g->seq;
+	return msgid_pack(g->last_ms, g->gen, g->seq);
 }
 
 /* Node id of the generator that made an id. */

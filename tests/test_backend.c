@@ -2200,7 +2200,7 @@ Test(backend, forged_receipts_do_not_fill_a_mailbox, .timeout = 60)
 	struct tc_conn x, f;
 	open_login(&x, 1, forger);
 	/* forger's own message to a real user, to learn a real smid shape */
-	uint64_t now_id = ((tc_wall_s() * 1000 - MSGID_EPOCH_MS) << 24);
+	uint64_t now_id = msgid_make(tc_wall_s() * 1000, 0, 0, 0);
 	enum { N = 300 };
 	static uint8_t buf[N * 48];
 	size_t n = 0;
@@ -2219,7 +2219,7 @@ Test(backend, forged_receipts_do_not_fill_a_mailbox, .timeout = 60)
 	send_raw(&x, buf, n);
 	/* and some about no message at all: an unknown node, the future */
 	send_receipt(&x, PROTO_RCPT_READ, victim, now_id | (50ull << 18));
-	send_receipt(&x, PROTO_RCPT_READ, victim, ((tc_wall_s() * 1000 + 3600000 - MSGID_EPOCH_MS) << 24) | (11ull << 18));
+	send_receipt(&x, PROTO_RCPT_READ, victim, msgid_make(tc_wall_s() * 1000 + 3600000, 11, 0, 0));
 	ping_ok(&x, "forger after its receipts");
 	expect_stat(&T.be[1], "receipts_unverified", '>', N, 5000);
 	expect_stat(&T.gw[1], "receipts_dropped", '>', 2, 3000);
@@ -2394,9 +2394,9 @@ Test(backend, store_fault_fails_only_its_request, .timeout = 60)
 	be_cycle(0);
 	open_login(&b, 1, ub);
 	uint64_t off2 = user_of(0, 44500);
-	send_receipt(&b, PROTO_RCPT_READ, off2, ((tc_wall_s() * 1000 - MSGID_EPOCH_MS) << 24) | (1ull << 18) | 1);
+	send_receipt(&b, PROTO_RCPT_READ, off2, msgid_make(tc_wall_s() * 1000, 1, 0, 1));
 	expect_stat(&T.be[0], "requests_failed", '=', 1, 3000);
-	send_receipt(&b, PROTO_RCPT_READ, off2, ((tc_wall_s() * 1000 - MSGID_EPOCH_MS) << 24) | (1ull << 18) | 2);
+	send_receipt(&b, PROTO_RCPT_READ, off2, msgid_make(tc_wall_s() * 1000, 1, 0, 2));
 	expect_stat(&T.be[0], "store_receipts", '=', 1, 3000);
 	tc_close(&b);
 

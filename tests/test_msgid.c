@@ -185,3 +185,18 @@ Test(msgid, generators_never_collide)
 		cr_assert_neq(ids[i], ids[i - 1], "duplicate id %#llx", (unsigned long long)ids[i]);
 	free(ids);
 }
+
+/* msgid_make builds the id a generator makes, and the smallest id of a
+ * millisecond (what "older than" compares with). */
+Test(msgid, make_matches_the_generator)
+{
+	struct msgid_gen g;
+	msgid_init(&g, 7, 3);
+	uint64_t ms = MSGID_EPOCH_MS + 123456789;
+	uint64_t id = msgid_next(&g, ms);
+	cr_assert_eq(msgid_make(ms, 7, 3, 0), id);
+	cr_assert_eq(msgid_node(msgid_make(ms, 42, 0, 9)), 42);
+	cr_assert_eq(msgid_time_ms(msgid_make(ms, 1, 2, 3)), ms);
+	cr_assert_leq(msgid_make(ms, 0, 0, 0), id);
+	cr_assert_gt(msgid_make(ms + 1, 0, 0, 0), msgid_make(ms, 63, 255, 1023));
+}

@@ -190,21 +190,6 @@ Test(store, open_failure_reports_error)
 	cr_assert_neq(err[0], 0);
 }
 
-Test(store, commit_stats)
-{
-	st = open_map(MAP_BYTES);
-	cr_assert_eq(stats().commits, 0);
-	for (uint64_t i = 1; i <= 3; i++) {
-		put1(i, 1, 2, "x");
-		commit();
-	}
-	struct store_stats x = stats();
-	cr_assert_eq(x.commits, 3);
-	cr_assert_gt(x.commit_ns_total, 0);
-	cr_assert_geq(x.commit_ns_total, x.commit_ns_max);
-	cr_assert_gt(x.commit_ns_max, 0);
-}
-
 /* ---- put and scan ----------------------------------------------------------------- */
 
 Test(store, put_then_scan_returns_every_field)

@@ -1,0 +1,20 @@
+/* counter.h: counters a thread owns and other threads read.
+ *
+ * Each thread (gateway worker, backend node, loadgen worker) keeps its
+ * counters in a struct of uint64_t fields, `cnt`, that only it writes; the
+ * stats thread reads them while it runs. A relaxed atomic store of the new
+ * value is all that takes: one writer, so no read-modify-write is needed,
+ * and no reader ever sees a torn value. Readers use __atomic_load_n (or
+ * plain loads of aligned words, which the same guarantee covers on every
+ * target we build for).
+ *
+ *   CNT_ADD(owner, field, n)   owner->cnt.field += n
+ *   CNT_SET(owner, field, v)   owner->cnt.field = v
+ */
+#ifndef RUNTIME_COUNTER_H
+#define RUNTIME_COUNTER_H
+
+#define CNT_ADD(o, field, n) __atomic_store_n(&(o)->cnt.field, (o)->cnt.field + (n), __ATOMIC_RELAXED)
+#define CNT_SET(o, field, v) __atomic_store_n(&(o)->cnt.field, (v), __ATOMIC_RELAXED)
+
+#endif
