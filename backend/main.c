@@ -133,14 +133,13 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	store_set_min_free(b.store, (uint64_t)cfg->store_min_free);
-	{
+	if (store_disk_low(b.store)) {
 		struct store_stats st;
 		store_get_stats(b.store, &st);
-		if (st.disk_size_bytes && st.disk_free_bytes < (uint64_t)cfg->store_min_free)
-			log_warn("store: %s has %llu MiB free, below --store-min-free (%llu MiB): new messages get "
-				 "store_full until space is freed",
-				 cfg->data_dir, (unsigned long long)(st.disk_free_bytes >> 20),
-				 (unsigned long long)(cfg->store_min_free >> 20));
+		log_warn("store: %s has %llu MiB for the store, below --store-min-free (%llu MiB): new messages get "
+			 "store_full until space is freed",
+			 cfg->data_dir, (unsigned long long)(st.disk_room_bytes >> 20),
+			 (unsigned long long)(cfg->store_min_free >> 20));
 	}
 	if (cfg->inject_store_fault) {
 		/* OPS:ERR:COUNT, e.g. msg+dedup:eio:1 (a test hook) */

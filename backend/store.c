@@ -92,8 +92,8 @@ struct store {
 	/* the file system under the data file (see store_set_min_free) */
 	int fd;                       /* the data file (LMDB's) */
 	uint64_t min_free;            /* --store-min-free */
-	uint64_t disk_free, disk_size; /* at the transaction's start */
-	uint64_t disk_room;           /* disk_free and the data file's free pages */
+	uint64_t disk_room;           /* free space and the data file's free pages, at the
+				       * transaction's start (UINT64_MAX: unknown) */
 	uint64_t file_bytes;          /* blocks the data file holds, after the last commit */
 	uint64_t growth_max;          /* the most a commit grew it, decaying */
 	uint64_t refused_disk;
@@ -101,7 +101,7 @@ struct store {
 
 /* ---- small helpers ----------------------------------------------------------- */
 
-static void disk_sample(struct store *s);
+static void room_sample(struct store *s, MDB_txn *txn, uint64_t file_pages, uint64_t psize);
 static uint64_t tree_pages(struct store *s, MDB_txn *txn);
 
 /* The transaction the current request writes into. */
@@ -357,8 +357,15 @@ struct store *store_open(const char *dir, size_t map_bytes, char *err, size_t er
 		if (fstat(fd, &fst) == 0)
 			s->file_bytes = (uint64_t)fst.st_blocks * 512;
 	}
-	disk_sample(s);
-	s->disk_room = s->disk_free;
+	MDB_txn *ro;
+	MDB_envinfo info;
+	MDB_stat est;
+	s->disk_room = UINT64_MAX;
+	if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &ro) == 0) {
+		if (mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &est) == 0)
+			room_sample(s, ro, (uint64_t)info.me_last_pgno + 1, est.ms_psize);
+		mdb_txn_abort(ro);
+	}
 	return s;
 fail:
 	mdb_env_close(s->env);
@@ -382,7 +389,6 @@ int store_begin(struct store *s)
 {
 	if (s->txn)
 		return 0;
-	disk_sample(s);
 	int rc = mdb_txn_begin(s->env, NULL, 0, &s->txn);
 	if (rc) {
 		s->txn = NULL;
@@ -400,12 +406,7 @@ int store_begin(struct store *s)
 		s->psize = 4096;
 		s->map_pages = s->base_pages = 0; /* unknown: every request is isolated */
 	}
-	/* what the store can still grow by: the file system's free space and
-	 * the pages inside the file that no tree uses (free, or soon reusable) */
-	uint64_t used = tree_pages(s, s->txn);
-	s->disk_room = s->disk_free;
-	if (s->disk_free != UINT64_MAX && s->base_pages > used)
-		s->disk_room += (s->base_pages - used) * s->psize;
+	room_sample(s, s->txn, s->base_pages, s->psize);
 	return 0;
 }
 
@@ -562,17 +563,24 @@ static uint64_t used_permille(struct store *s)
 	return total ? tree_pages(s, T(s)) * 1000 / total : 1000;
 }
 
-/* The file system: free space for unprivileged writers (what LMDB's
- * pwrite can use), sampled when a transaction starts. */
-static void disk_sample(struct store *s)
+/* What the store can still grow by, as txn sees it: the file system's free
+ * space for unprivileged writers (what LMDB's pwrite can use) and the pages
+ * of the file (file_pages of psize) that no tree uses (free, or soon
+ * reusable). Unknown (UINT64_MAX) leaves the map's guard only. */
+static void room_sample(struct store *s, MDB_txn *txn, uint64_t file_pages, uint64_t psize)
 {
 	struct statvfs v;
-	if (s->fd >= 0 && fstatvfs(s->fd, &v) == 0) {
-		s->disk_free = (uint64_t)v.f_bavail * v.f_frsize;
-		s->disk_size = (uint64_t)v.f_blocks * v.f_frsize;
-	} else {
-		s->disk_free = s->disk_size = UINT64_MAX; /* unknown: the map's guard only */
+	if (s->fd < 0 || fstatvfs(s->fd, &v) != 0) {
+		s->disk_room = UINT64_MAX;
+		return;
 	}
+	uint64_t used = tree_pages(s, txn);
+	s->disk_room = (uint64_t)v.f_bavail * v.f_frsize + (file_pages > used ? (file_pages - used) * psize : 0);
+}
+
+int store_disk_low(const struct store *s)
+{
+	return s->disk_room < store_disk_reserve(s);
 }
 
 uint64_t store_disk_reserve(const struct store *s)
@@ -1269,12 +1277,9 @@ static uint64_t entries(MDB_txn *txn, MDB_dbi dbi)
 void store_get_stats(struct store *s, struct store_stats *st)
 {
 	memset(st, 0, sizeof *st);
-	st->disk_free_bytes = s->disk_free == UINT64_MAX ? 0 : s->disk_free;
-	st->disk_room_bytes = s->disk_free == UINT64_MAX ? 0 : s->disk_room;
-	st->disk_size_bytes = s->disk_size == UINT64_MAX ? 0 : s->disk_size;
+	st->disk_room_bytes = s->disk_room == UINT64_MAX ? 0 : s->disk_room;
 	st->disk_reserve_bytes = store_disk_reserve(s);
 	st->refused_disk = s->refused_disk;
-	st->file_bytes = s->file_bytes;
 
 	MDB_envinfo info;
 	MDB_stat es;

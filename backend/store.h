@@ -121,6 +121,8 @@ int store_req_end(struct store *s, int keep);
  * the top); set the operator's floor (--store-min-free). */
 void store_set_min_free(struct store *s, uint64_t bytes);
 uint64_t store_disk_reserve(const struct store *s);
+/* Whether new data is refused for the disk now (as of the last sample). */
+int store_disk_low(const struct store *s);
 
 /* The first failure of the iteration's transaction (0: none). */
 int store_failed(const struct store *s);
@@ -209,11 +211,10 @@ int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid);
 struct store_stats {
 	uint64_t messages, mailbox_entries, dedup_entries, groups, receipts, senders, map_used_bytes, map_bytes;
 	/* commits are counted and timed by the caller (backend_commits_total) */
-	/* the file system: free and total bytes when the last transaction
-	 * started, the reserve new data stops at, requests refused for it, and
-	 * the bytes the data file holds on disk */
-	uint64_t disk_free_bytes, disk_size_bytes, disk_reserve_bytes, refused_disk, file_bytes;
-	uint64_t disk_room_bytes; /* disk_free_bytes and the data file's free pages: what the reserve is checked against */
+	/* the disk: what the store can still grow by (free space and the data
+	 * file's free pages, when the last transaction started; 0 if unknown),
+	 * the reserve new data stops at, and the requests refused for it */
+	uint64_t disk_room_bytes, disk_reserve_bytes, refused_disk;
 };
 void store_get_stats(struct store *s, struct store_stats *st);
 

@@ -24,15 +24,23 @@ struct msgid_gen {
 	uint32_t gen; /* 14-bit generator */
 };
 
-/* The layout, once: ms since the epoch, the 14-bit generator, the sequence. */
+/* The layout, once (the top of this file): every function below uses these. */
+#define MSGID_MS_SHIFT 24
+#define MSGID_GEN_SHIFT 10
+#define MSGID_THREAD_BITS 8
+#define MSGID_NODE_MASK 0x3fu
+#define MSGID_THREAD_MASK 0xffu
+#define MSGID_GEN_MASK 0x3fffu
+#define MSGID_SEQ_MASK 0x3ffu
+
 static inline uint64_t msgid_pack(uint64_t ms, uint32_t gen, uint32_t seq)
 {
-	return (ms << 24) | ((uint64_t)(gen & 0x3fffu) << 10) | (seq & 0x3ffu);
+	return (ms << MSGID_MS_SHIFT) | ((uint64_t)(gen & MSGID_GEN_MASK) << MSGID_GEN_SHIFT) | (seq & MSGID_SEQ_MASK);
 }
 
 static inline uint32_t msgid_gen_of(unsigned node, unsigned thread)
 {
-	return ((node & 0x3fu) << 8) | (thread & 0xffu);
+	return ((node & MSGID_NODE_MASK) << MSGID_THREAD_BITS) | (thread & MSGID_THREAD_MASK);
 }
 
 static inline void msgid_init(struct msgid_gen *g, unsigned node, unsigned thread)
@@ -57,7 +65,7 @@ static inline uint64_t msgid_next(struct msgid_gen *g, uint64_t wall_ms)
 	if (ms > g->last_ms) {
 		g->last_ms = ms;
 		g->seq = 0;
-	} else if (++g->seq == 1024) {
+	} else if (++g->seq == MSGID_SEQ_MASK + 1) {
 		g->last_ms++;
 		g->seq = 0;
 	}
@@ -67,13 +75,13 @@ static inline uint64_t msgid_next(struct msgid_gen *g, uint64_t wall_ms)
 /* Node id of the generator that made an id. */
 static inline uint32_t msgid_node(uint64_t id)
 {
-	return (uint32_t)((id >> 18) & 0x3f);
+	return (uint32_t)((id >> (MSGID_GEN_SHIFT + MSGID_THREAD_BITS)) & MSGID_NODE_MASK);
 }
 
 /* Wall-clock milliseconds encoded in an id. */
 static inline uint64_t msgid_time_ms(uint64_t id)
 {
-	return (id >> 24) + MSGID_EPOCH_MS;
+	return (id >> MSGID_MS_SHIFT) + MSGID_EPOCH_MS;
 }
 
 #endif
