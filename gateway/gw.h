@@ -96,16 +96,13 @@ enum gw_close_reason {
 	CLOSE_REASONS
 };
 
-enum gw_frame_idx { FI_LOGIN, FI_SEND, FI_RECEIPT, FI_PING, FI_PONG, FI_GROUP, FI_LOGIN_RESULT, FI_ACK, FI_DELIVER,
-		    FI_ERROR, FI_GOAWAY, FI_KICKED, FI_GROUP_RESULT, FI_N };
-
 struct gw_counters {
 	uint64_t accepted, rejected_full, accept_errors, handoffs_out, handoffs_in, handoff_failed;
 	uint64_t closed[CLOSE_REASONS];
 	uint64_t logins_ok, logins_auth, logins_expired, logins_version;
-	uint64_t frames_in[FI_N], frames_out[FI_N];
+	uint64_t frames_in[PROTO_FRAME_TYPES], frames_out[PROTO_FRAME_TYPES];
 	uint64_t bytes_in, bytes_out;
-	uint64_t parse_errors[PROTO_E_WRITE_STALL + 1];
+	uint64_t parse_errors[PROTO_E_FATAL_LIMIT];
 	uint64_t deliver_local, deliver_cross, deliver_remote, deliver_offline, no_route;
 	uint64_t receipts_routed, kicks, slow_consumers, rate_limited, enobufs, prelogin_too_big, linger_cut;
 	uint64_t receipts_dropped, receipt_acks;

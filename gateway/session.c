@@ -13,11 +13,6 @@
 #include "gateway/gw.h"
 #include "runtime/log.h"
 
-static const uint8_t frame_index[256] = {
-	[PROTO_LOGIN] = FI_LOGIN + 1, [PROTO_SEND] = FI_SEND + 1,   [PROTO_RECEIPT] = FI_RECEIPT + 1,
-	[PROTO_PING] = FI_PING + 1,   [PROTO_PONG] = FI_PONG + 1,   [PROTO_GROUP] = FI_GROUP + 1,
-};
-
 /* ---- delivery ---------------------------------------------------------------- */
 
 /* The live connection of a user whose home is this thread, or UINT32_MAX. */
@@ -428,8 +423,7 @@ void session_kick_remote(struct worker *w, const struct dist_frame *f)
 static int handle_frame(struct worker *w, uint32_t slot, const struct proto_frame *f)
 {
 	struct conn *c = conn_of(w, slot);
-	if (frame_index[f->type])
-		CNT_ADD(w, frames_in[frame_index[f->type] - 1], 1);
+	CNT_ADD(w, frames_in[proto_frame_index(f->type)], 1); /* a parsed frame has a type */
 	if (c->state == CS_NEW) {
 		if (f->type != PROTO_LOGIN) {
 			conn_fail(w, slot, PROTO_E_NOT_LOGGED_IN, CLOSE_PROTOCOL, "log in first");

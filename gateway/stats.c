@@ -28,9 +28,21 @@ struct gw_metric {
 #define G_(name, labels, key, help, field) \
 	{{"gateway_" name, labels, key, METRIC_GAUGE, help}, offsetof(struct gw_counters, field)}
 #define CLOSED(r, f) C_("conn_closed_total", "reason=\"" r "\"", "closed_" r, "Connections closed, by reason", closed[f])
-#define FIN(t, f) C_("frames_in_total", "type=\"" t "\"", "frames_in_" t, "Frames received, by type", frames_in[f])
-#define FOUT(t, f) C_("frames_out_total", "type=\"" t "\"", "frames_out_" t, "Frames queued for sending, by type", frames_out[f])
-#define PERR(t, f) C_("protocol_errors_total", "code=\"" t "\"", "protocol_errors_" t, "Fatal protocol errors sent, by code", parse_errors[f])
+/* Per frame type and per fatal error code, generated from proto/client.h's
+ * lists: frames in for the types a client may send, out for the server's. */
+#define FIN(N, code, t, dir) FIN_##dir(#t, PROTO_FI_##N)
+#define FIN_CLIENT(t, f) C_("frames_in_total", "type=\"" t "\"", "frames_in_" t, "Frames received, by type", frames_in[f]),
+#define FIN_ANY FIN_CLIENT
+#define FIN_SERVER(t, f)
+#define FOUT(N, code, t, dir) FOUT_##dir(#t, PROTO_FI_##N)
+#define FOUT_SERVER(t, f) \
+	C_("frames_out_total", "type=\"" t "\"", "frames_out_" t, "Frames queued for sending, by type", frames_out[f]),
+#define FOUT_ANY FOUT_SERVER
+#define FOUT_CLIENT(t, f)
+#define PERR(N, code, t, cls) PERR_##cls(#t, code)
+#define PERR_FATAL(t, f) \
+	C_("protocol_errors_total", "code=\"" t "\"", "protocol_errors_" t, "Fatal protocol errors sent, by code", parse_errors[f]),
+#define PERR_REQUEST(t, f)
 
 static const struct gw_metric table[] = {
 	G_("connections", NULL, "conns", "Connections held now (all states)", conns),
@@ -56,35 +68,11 @@ static const struct gw_metric table[] = {
 	C_("logins_total", "result=\"auth_failed\"", "logins_auth_failed", "Login attempts, by result", logins_auth),
 	C_("logins_total", "result=\"expired\"", "logins_expired", "Login attempts, by result", logins_expired),
 	C_("logins_total", "result=\"version\"", "logins_version", "Login attempts, by result", logins_version),
-	FIN("login", FI_LOGIN),
-	FIN("send", FI_SEND),
-	FIN("receipt", FI_RECEIPT),
-	FIN("ping", FI_PING),
-	FIN("pong", FI_PONG),
-	FIN("group", FI_GROUP),
-	FOUT("login_result", FI_LOGIN_RESULT),
-	FOUT("ack", FI_ACK),
-	FOUT("deliver", FI_DELIVER),
-	FOUT("receipt", FI_RECEIPT),
-	FOUT("ping", FI_PING),
-	FOUT("pong", FI_PONG),
-	FOUT("error", FI_ERROR),
-	FOUT("goaway", FI_GOAWAY),
-	FOUT("kicked", FI_KICKED),
-	FOUT("group_result", FI_GROUP_RESULT),
+	PROTO_FRAMES(FIN)
+	PROTO_FRAMES(FOUT)
 	C_("bytes_in_total", NULL, "bytes_in", "Bytes received from clients", bytes_in),
 	C_("bytes_out_total", NULL, "bytes_out", "Bytes sent to clients", bytes_out),
-	PERR("bad_frame", PROTO_E_BAD_FRAME),
-	PERR("too_big", PROTO_E_TOO_BIG),
-	PERR("bad_type", PROTO_E_BAD_TYPE),
-	PERR("bad_field", PROTO_E_BAD_FIELD),
-	PERR("not_logged_in", PROTO_E_NOT_LOGGED_IN),
-	PERR("already_logged_in", PROTO_E_ALREADY_LOGGED_IN),
-	PERR("login_timeout", PROTO_E_LOGIN_TIMEOUT),
-	PERR("server_full", PROTO_E_SERVER_FULL),
-	PERR("rate_limited", PROTO_E_RATE_LIMITED),
-	PERR("slow_consumer", PROTO_E_SLOW_CONSUMER),
-	PERR("idle_timeout", PROTO_E_IDLE_TIMEOUT),
+	PROTO_ERRORS(PERR)
 	C_("deliveries_total", "path=\"local\"", "deliver_local", "Messages delivered, by path", deliver_local),
 	C_("deliveries_total", "path=\"cross_thread\"", "deliver_cross", "Messages delivered, by path", deliver_cross),
 	C_("deliveries_total", "path=\"remote\"", "deliver_remote", "Messages delivered, by path", deliver_remote),

@@ -138,15 +138,9 @@ int conn_out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f)
 	queue_gauge(w, (int64_t)n);
 	if (o->len > w->cnt.queue_max)
 		CNT_SET(w, queue_max, o->len);
-	static const uint8_t fi[256] = {
-		[PROTO_LOGIN_RESULT] = FI_LOGIN_RESULT + 1, [PROTO_ACK] = FI_ACK + 1,
-		[PROTO_DELIVER] = FI_DELIVER + 1,           [PROTO_ERROR] = FI_ERROR + 1,
-		[PROTO_GOAWAY] = FI_GOAWAY + 1,             [PROTO_KICKED] = FI_KICKED + 1,
-		[PROTO_GROUP_RESULT] = FI_GROUP_RESULT + 1, [PROTO_RECEIPT] = FI_RECEIPT + 1,
-		[PROTO_PING] = FI_PING + 1,                 [PROTO_PONG] = FI_PONG + 1,
-	};
-	if (fi[f->type])
-		CNT_ADD(w, frames_out[fi[f->type] - 1], 1);
+	int fi = proto_frame_index(f->type);
+	if (fi >= 0)
+		CNT_ADD(w, frames_out[fi], 1);
 	if (f->type == PROTO_DELIVER && c->rcpt_owed < UINT8_MAX)
 		c->rcpt_owed++;
 	flush_later(w, slot);

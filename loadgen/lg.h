@@ -64,7 +64,7 @@ struct lg_config {
 struct lg_counters {
 	uint64_t connects, connected, connect_errors[4]; /* refused, timeout, addr, other */
 	uint64_t logins_ok, logins_failed, closed_by_server, goaway, kicked, reconnects;
-	uint64_t sent, acked, errors[64], delivered, dup, reordered, injected_drop, injected_dup;
+	uint64_t sent, acked, errors[PROTO_E_CODES], delivered, dup, reordered, injected_drop, injected_dup;
 	uint64_t receipts_in, bytes_in, bytes_out, pings, pongs, skipped, blocked;
 	uint64_t open, logged_in, loops, cqes;
 	uint64_t groups_created, group_errors;

@@ -35,7 +35,7 @@ static void on_signal(int sig)
 
 struct totals {
 	uint64_t connects, connected, cerr[4], logins_ok, logins_failed, closed_by_server, goaway, kicked, reconnects;
-	uint64_t sent, acked, errors[64], err_total, delivered, dup, reordered, injected_drop, injected_dup;
+	uint64_t sent, acked, errors[PROTO_E_CODES], err_total, delivered, dup, reordered, injected_drop, injected_dup;
 	uint64_t receipts_in, bytes_in, bytes_out, pings, pongs, skipped, blocked, open, logged_in, loops, cqes;
 	uint64_t p50_ns, p99_ns, groups_created, group_errors;
 };
@@ -60,7 +60,7 @@ static void sum(const struct lg *lg, struct totals *s)
 #undef S
 		for (int k = 0; k < 4; k++)
 			s->cerr[k] += ld(&c->connect_errors[k]);
-		for (int k = 0; k < 64; k++) {
+		for (int k = 0; k < PROTO_E_CODES; k++) {
 			s->errors[k] += ld(&c->errors[k]);
 			s->err_total += ld(&c->errors[k]);
 		}
@@ -462,9 +462,9 @@ int main(int argc, char **argv)
 	       (double)hist_percentile(&lat, 99) / 1e3, (double)hist_percentile(&lat, 99.9) / 1e3, (double)lat.max / 1e3,
 	       (unsigned long long)lat.count);
 	printf("  errors        %llu (rate %.5f):", (unsigned long long)errs, err_rate);
-	for (int k = 1; k < 64; k++)
+	for (int k = 0; k < PROTO_E_CODES; k++)
 		if (cur.errors[k])
-			printf(" %s=%llu", proto_err_name((unsigned)k), (unsigned long long)cur.errors[k]);
+			printf(" %s=%llu", k ? proto_err_name((unsigned)k) : "unknown", (unsigned long long)cur.errors[k]);
 	if (cur.logins_failed)
 		printf(" login_failed=%llu", (unsigned long long)cur.logins_failed);
 	if (cur.closed_by_server)
@@ -534,9 +534,9 @@ int main(int argc, char **argv)
 				(double)hist_percentile(&lat, 90) / 1e3, (double)hist_percentile(&lat, 99) / 1e3,
 				(double)hist_percentile(&lat, 99.9) / 1e3, (double)lat.max / 1e3);
 			fprintf(f, " \"errors\":{\"total\":%llu,\"rate\":%.6f", (unsigned long long)errs, err_rate);
-			for (int k = 1; k < 64; k++)
+			for (int k = 0; k < PROTO_E_CODES; k++)
 				if (cur.errors[k])
-					fprintf(f, ",\"%s\":%llu", proto_err_name((unsigned)k), (unsigned long long)cur.errors[k]);
+					fprintf(f, ",\"%s\":%llu", k ? proto_err_name((unsigned)k) : "unknown", (unsigned long long)cur.errors[k]);
 			fprintf(f, "},\n \"cpu\":{\"loadgen_s\":%.3f,\"loadgen_run_s\":%.3f,\"loadgen_s_per_million\":%.4f",
 				cpu_all, cpu_run, msgs_run > 0 ? cpu_run / msgs_run * 1e6 : 0);
 			if (cfg->watch_pid)

@@ -412,7 +412,7 @@ static void on_frame(struct lthread *t, uint32_t slot, const struct proto_frame 
 		}
 		break;
 	case PROTO_ERROR:
-		CNT_ADD(t, errors[f->error.code & 63], 1);
+		CNT_ADD(t, errors[f->error.code < PROTO_E_CODES ? f->error.code : 0] /* 0: unknown codes */, 1);
 		if (f->error.code < PROTO_E_FATAL_LIMIT)
 			log_rl(LOG_WARN, "server error on user %llu: %s %.*s", (unsigned long long)user_of(t, slot),
 			       proto_err_name(f->error.code), (int)f->error.text.len, (const char *)f->error.text.p);

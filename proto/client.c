@@ -3,21 +3,11 @@
 
 #include "proto/codec.h"
 
-/* Which directions may send each type: bit 0 client, bit 1 server. */
+/* Which directions may send each type. */
 static const uint8_t type_dirs[256] = {
-	[PROTO_LOGIN] = PROTO_FROM_CLIENT,
-	[PROTO_SEND] = PROTO_FROM_CLIENT,
-	[PROTO_RECEIPT] = PROTO_FROM_ANY,
-	[PROTO_PING] = PROTO_FROM_ANY,
-	[PROTO_PONG] = PROTO_FROM_ANY,
-	[PROTO_GROUP] = PROTO_FROM_CLIENT,
-	[PROTO_LOGIN_RESULT] = PROTO_FROM_SERVER,
-	[PROTO_ACK] = PROTO_FROM_SERVER,
-	[PROTO_DELIVER] = PROTO_FROM_SERVER,
-	[PROTO_ERROR] = PROTO_FROM_SERVER,
-	[PROTO_GOAWAY] = PROTO_FROM_SERVER,
-	[PROTO_KICKED] = PROTO_FROM_SERVER,
-	[PROTO_GROUP_RESULT] = PROTO_FROM_SERVER,
+#define X_(N, code, name, dir) [code] = PROTO_FROM_##dir,
+	PROTO_FRAMES(X_)
+#undef X_
 };
 
 /* A user id: 1 .. PROTO_MAX_USER. */
@@ -354,57 +344,23 @@ size_t proto_enc_send(uint8_t *buf, size_t cap, uint64_t cmid, uint64_t to, int 
 
 const char *proto_err_name(unsigned code)
 {
-	static const char *const names[] = {
+	static const char *const names[PROTO_E_CODES] = {
 		[PROTO_OK] = "ok",
-		[PROTO_E_BAD_FRAME] = "bad_frame",
-		[PROTO_E_TOO_BIG] = "too_big",
-		[PROTO_E_BAD_TYPE] = "bad_type",
-		[PROTO_E_BAD_FIELD] = "bad_field",
-		[PROTO_E_NOT_LOGGED_IN] = "not_logged_in",
-		[PROTO_E_ALREADY_LOGGED_IN] = "already_logged_in",
-		[PROTO_E_LOGIN_TIMEOUT] = "login_timeout",
-		[PROTO_E_AUTH_FAILED] = "auth_failed",
-		[PROTO_E_TOKEN_EXPIRED] = "token_expired",
-		[PROTO_E_VERSION] = "version",
-		[PROTO_E_SERVER_FULL] = "server_full",
-		[PROTO_E_RATE_LIMITED] = "rate_limited",
-		[PROTO_E_SLOW_CONSUMER] = "slow_consumer",
-		[PROTO_E_IDLE_TIMEOUT] = "idle_timeout",
-		[PROTO_E_SHUTTING_DOWN] = "shutting_down",
-		[PROTO_E_INTERNAL] = "internal",
-		[PROTO_E_WRITE_STALL] = "write_stall",
-		[PROTO_E_NO_ROUTE] = "no_route",
-		[PROTO_E_TRY_AGAIN] = "try_again",
-		[PROTO_E_MAILBOX_FULL] = "mailbox_full",
-		[PROTO_E_BAD_RECIPIENT] = "bad_recipient",
-		[PROTO_E_NOT_MEMBER] = "not_member",
-		[PROTO_E_NO_SUCH_GROUP] = "no_such_group",
-		[PROTO_E_GROUP_FULL] = "group_full",
-		[PROTO_E_NOT_ALLOWED] = "not_allowed",
-		[PROTO_E_SLOW_DOWN] = "slow_down",
-		[PROTO_E_STORE_FULL] = "store_full",
+#define X_(N, code, name, cls) [code] = #name,
+		PROTO_ERRORS(X_)
+#undef X_
 	};
-	if (code < sizeof names / sizeof names[0] && names[code])
+	if (code < PROTO_E_CODES && names[code])
 		return names[code];
 	return "unknown";
 }
 
 const char *proto_type_name(unsigned type)
 {
-	switch (type) {
-	case PROTO_LOGIN: return "login";
-	case PROTO_SEND: return "send";
-	case PROTO_RECEIPT: return "receipt";
-	case PROTO_PING: return "ping";
-	case PROTO_PONG: return "pong";
-	case PROTO_GROUP: return "group";
-	case PROTO_LOGIN_RESULT: return "login_result";
-	case PROTO_ACK: return "ack";
-	case PROTO_DELIVER: return "deliver";
-	case PROTO_ERROR: return "error";
-	case PROTO_GOAWAY: return "goaway";
-	case PROTO_KICKED: return "kicked";
-	case PROTO_GROUP_RESULT: return "group_result";
-	default: return "unknown";
-	}
+	static const char *const names[256] = {
+#define X_(N, code, name, dir) [code] = #name,
+		PROTO_FRAMES(X_)
+#undef X_
+	};
+	return type < 256 && names[type] ? names[type] : "unknown";
 }

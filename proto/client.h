@@ -38,24 +38,6 @@
  * gateway refuses any longer frame (PROTOCOL.md 3.3). */
 #define PROTO_LOGIN_MAX_BYTES (1u + 1u + 1u + 1u + 10u + 1u + PROTO_MAX_TOKEN + 10u)
 
-/* Frame types. 0x01..0x7f are sent by clients (RECEIPT, PING and PONG go both
- * ways); 0x81..0xff by the server. */
-enum proto_type {
-	PROTO_LOGIN = 0x01,
-	PROTO_SEND = 0x02,
-	PROTO_RECEIPT = 0x03,
-	PROTO_PING = 0x04,
-	PROTO_PONG = 0x05,
-	PROTO_GROUP = 0x06,
-	PROTO_LOGIN_RESULT = 0x81,
-	PROTO_ACK = 0x82,
-	PROTO_DELIVER = 0x83,
-	PROTO_ERROR = 0x84,
-	PROTO_GOAWAY = 0x85,
-	PROTO_KICKED = 0x86,
-	PROTO_GROUP_RESULT = 0x87,
-};
-
 /* Who sent the bytes being parsed: decides which types are allowed. */
 enum proto_dir {
 	PROTO_FROM_CLIENT = 1, /* the gateway parses these */
@@ -63,40 +45,101 @@ enum proto_dir {
 	PROTO_FROM_ANY = 3,    /* tests and tools */
 };
 
+/* The frame list, the one place a frame type is declared: X(NAME, code,
+ * name, DIR), DIR being who may send it (CLIENT, SERVER or ANY, as in
+ * PROTO_FROM_*). 0x01..0x7f are sent by clients (RECEIPT, PING and PONG go
+ * both ways); 0x81..0xff by the server. The enum, the direction check, the
+ * names, the dense index below and the gateway's per-type metrics are all
+ * generated from it; a new type also needs its payload in proto_frame and in
+ * parse_payload/enc_payload (client.c), and PROTOCOL.md. */
+#define PROTO_FRAMES(X)                                   \
+	X(LOGIN, 0x01, login, CLIENT)                     \
+	X(SEND, 0x02, send, CLIENT)                       \
+	X(RECEIPT, 0x03, receipt, ANY)                    \
+	X(PING, 0x04, ping, ANY)                          \
+	X(PONG, 0x05, pong, ANY)                          \
+	X(GROUP, 0x06, group, CLIENT)                     \
+	X(LOGIN_RESULT, 0x81, login_result, SERVER)       \
+	X(ACK, 0x82, ack, SERVER)                         \
+	X(DELIVER, 0x83, deliver, SERVER)                 \
+	X(ERROR, 0x84, error, SERVER)                     \
+	X(GOAWAY, 0x85, goaway, SERVER)                   \
+	X(KICKED, 0x86, kicked, SERVER)                   \
+	X(GROUP_RESULT, 0x87, group_result, SERVER)
+
+/* Frame types, the wire codes. */
+enum proto_type {
+#define PROTO_X_(N, code, name, dir) PROTO_##N = code,
+	PROTO_FRAMES(PROTO_X_)
+#undef PROTO_X_
+};
+
+/* Frame types numbered densely 0 .. PROTO_FRAME_TYPES-1 in list order, for
+ * per-type arrays (counters): PROTO_FI_SEND etc. */
+enum proto_frame_idx {
+#define PROTO_X_(N, code, name, dir) PROTO_FI_##N,
+	PROTO_FRAMES(PROTO_X_)
+#undef PROTO_X_
+	PROTO_FRAME_TYPES
+};
+
+/* The dense index of a wire type, or -1 for a code that is no frame type. */
+static inline int proto_frame_index(unsigned type)
+{
+	switch (type) {
+#define PROTO_X_(N, code, name, dir) \
+	case code:                   \
+		return PROTO_FI_##N;
+		PROTO_FRAMES(PROTO_X_)
+#undef PROTO_X_
+	default:
+		return -1;
+	}
+}
+
 /* Error codes: on the wire in ERROR frames and LOGIN_RESULT/GROUP_RESULT
  * status; proto_parse() returns the negated code of the first four.
  * Codes below 32 are fatal (the server closes after sending them); codes of
  * 32 and above refer to one request (ERROR.ref) and the connection stays. */
+/* The error list, the one place an error code is declared: X(NAME, code,
+ * name, CLASS), CLASS FATAL (below 32) or REQUEST. Names are what logs and
+ * metric labels say; PROTOCOL.md's table says what each means on the wire. */
+#define PROTO_ERRORS(X)                                                                     \
+	X(BAD_FRAME, 1, bad_frame, FATAL)         /* length prefix not minimal, or zero */   \
+	X(TOO_BIG, 2, too_big, FATAL)             /* length prefix over PROTO_MAX_FRAME */   \
+	X(BAD_TYPE, 3, bad_type, FATAL)           /* unknown type, or not in this direction */ \
+	X(BAD_FIELD, 4, bad_field, FATAL)         /* field overruns, bad varint or value, trailing bytes */ \
+	X(NOT_LOGGED_IN, 5, not_logged_in, FATAL)                                            \
+	X(ALREADY_LOGGED_IN, 6, already_logged_in, FATAL)                                    \
+	X(LOGIN_TIMEOUT, 7, login_timeout, FATAL)                                            \
+	X(AUTH_FAILED, 8, auth_failed, FATAL)                                                \
+	X(TOKEN_EXPIRED, 9, token_expired, FATAL)                                            \
+	X(VERSION, 10, version, FATAL)                                                       \
+	X(SERVER_FULL, 11, server_full, FATAL)                                               \
+	X(RATE_LIMITED, 12, rate_limited, FATAL)                                             \
+	X(SLOW_CONSUMER, 13, slow_consumer, FATAL)                                           \
+	X(IDLE_TIMEOUT, 14, idle_timeout, FATAL)                                             \
+	X(SHUTTING_DOWN, 15, shutting_down, FATAL)                                           \
+	X(INTERNAL, 16, internal, FATAL)                                                     \
+	X(WRITE_STALL, 17, write_stall, FATAL)                                               \
+	X(NO_ROUTE, 32, no_route, REQUEST)        /* recipient not here and no backend configured */ \
+	X(TRY_AGAIN, 33, try_again, REQUEST)      /* backend unreachable or its queue full */ \
+	X(MAILBOX_FULL, 34, mailbox_full, REQUEST)                                           \
+	X(BAD_RECIPIENT, 35, bad_recipient, REQUEST)                                         \
+	X(NOT_MEMBER, 36, not_member, REQUEST)                                               \
+	X(NO_SUCH_GROUP, 37, no_such_group, REQUEST)                                         \
+	X(GROUP_FULL, 38, group_full, REQUEST)                                               \
+	X(NOT_ALLOWED, 39, not_allowed, REQUEST)                                             \
+	X(SLOW_DOWN, 40, slow_down, REQUEST)      /* over a per-sender budget; send again later */ \
+	X(STORE_FULL, 41, store_full, REQUEST)    /* the recipient's backend is out of storage space */
+
 enum proto_err {
 	PROTO_OK = 0,
-	PROTO_E_BAD_FRAME = 1,   /* length prefix not minimal, or zero */
-	PROTO_E_TOO_BIG = 2,     /* length prefix over PROTO_MAX_FRAME */
-	PROTO_E_BAD_TYPE = 3,    /* unknown type, or not allowed in this direction */
-	PROTO_E_BAD_FIELD = 4,   /* a field overruns the frame, bad varint, value out of range, trailing bytes */
-	PROTO_E_NOT_LOGGED_IN = 5,
-	PROTO_E_ALREADY_LOGGED_IN = 6,
-	PROTO_E_LOGIN_TIMEOUT = 7,
-	PROTO_E_AUTH_FAILED = 8,
-	PROTO_E_TOKEN_EXPIRED = 9,
-	PROTO_E_VERSION = 10,
-	PROTO_E_SERVER_FULL = 11,
-	PROTO_E_RATE_LIMITED = 12,
-	PROTO_E_SLOW_CONSUMER = 13,
-	PROTO_E_IDLE_TIMEOUT = 14,
-	PROTO_E_SHUTTING_DOWN = 15,
-	PROTO_E_INTERNAL = 16,
-	PROTO_E_WRITE_STALL = 17,
+#define PROTO_X_(N, code, name, cls) PROTO_E_##N = code,
+	PROTO_ERRORS(PROTO_X_)
+#undef PROTO_X_
 	PROTO_E_FATAL_LIMIT = 32, /* first non-fatal code */
-	PROTO_E_NO_ROUTE = 32,    /* recipient not here and no backend configured */
-	PROTO_E_TRY_AGAIN = 33,   /* backend unreachable or its queue full */
-	PROTO_E_MAILBOX_FULL = 34,
-	PROTO_E_BAD_RECIPIENT = 35,
-	PROTO_E_NOT_MEMBER = 36,
-	PROTO_E_NO_SUCH_GROUP = 37,
-	PROTO_E_GROUP_FULL = 38,
-	PROTO_E_NOT_ALLOWED = 39,
-	PROTO_E_SLOW_DOWN = 40,  /* over a per-sender budget; send again later */
-	PROTO_E_STORE_FULL = 41, /* the recipient's backend is out of storage space */
+	PROTO_E_CODES = 64,       /* every code is below this (per-code arrays) */
 };
 
 /* Name of an error code ("bad_field"), for logs and metrics labels; "unknown"

@@ -1204,6 +1204,26 @@ Test(names, type_names)
 		cr_assert_str_eq(proto_type_name(unknown[i]), "unknown", "type 0x%x", unknown[i]);
 }
 
+/* The dense index (per-type counters) covers exactly the named types, once each. */
+Test(names, frame_index_is_dense)
+{
+	int seen[PROTO_FRAME_TYPES] = {0};
+	unsigned named = 0;
+	for (unsigned t = 0; t < 0x200; t++) {
+		int i = proto_frame_index(t);
+		int known = strcmp(proto_type_name(t), "unknown") != 0;
+		cr_assert_eq(i >= 0, known, "type 0x%x: index %d, name %s", t, i, proto_type_name(t));
+		if (i < 0)
+			continue;
+		cr_assert_lt(i, PROTO_FRAME_TYPES);
+		cr_assert_eq(seen[i]++, 0, "index %d given twice", i);
+		named++;
+	}
+	cr_assert_eq(named, PROTO_FRAME_TYPES);
+	cr_assert_eq(proto_frame_index(PROTO_LOGIN), PROTO_FI_LOGIN);
+	cr_assert_eq(proto_frame_index(PROTO_GROUP_RESULT), PROTO_FI_GROUP_RESULT);
+}
+
 /* ---- wire.h ----------------------------------------------------------------- */
 
 struct uv_case {
