@@ -47,16 +47,16 @@ struct be_config {
 };
 
 struct be_counters {
-	uint64_t links_accepted, links_up, links_lost, sessions, sessions_up, sessions_down, kicks;
-	uint64_t links_refused, links_auth_failed, links_busy, link_violations;
+	uint64_t links_accepted, links_lost, sessions, sessions_up, sessions_down, kicks, links_busy;
 	uint64_t routed_in, stored, dedup_hits, mailbox_full, store_errors, delivered_online, delivered_login;
 	uint64_t store_full, sender_limited, fanout_limited, requests_failed, commits_failed, commits_failed_disk;
 	uint64_t store_full_disk, store_disk_free, store_disk_reserve;
 	uint64_t receipts_unverified, receipts_dropped, receipts_acked;
 	uint64_t group_msgs, group_fanout, group_ops, receipts_in, receipts_deleted, receipts_forwarded, receipts_stored;
 	uint64_t commits, commit_ns_total, commit_ns_max, loops, cqes, malformed;
-	uint64_t frames_in, frames_out, batches_in, batches_out, bytes_in, bytes_out, link_queue_bytes, backlog;
+	uint64_t backlog;
 	uint64_t store_messages, store_mailbox, store_groups, store_receipts, store_used_bytes;
+	struct link_stats link; /* all links (runtime/link.h LINK_STATS), slots since reused included */
 } __attribute__((aligned(64)));
 
 /* Counters of what a commit makes true: a failed commit puts them back to
@@ -94,7 +94,7 @@ struct be {
 	int accepting;
 	struct link *links; /* BE_MAX_LINKS slots */
 	uint32_t *link_sessions; /* per link slot: directory entries on it (a link lost with none costs no walk) */
-	uint64_t refused_base, auth_failed_base, violations_base; /* counted by link slots since reused */
+	struct link_stats retired; /* counters of link slots since reused */
 	uint32_t nlinks;    /* slots in use (high-water) */
 	struct u64map peers; /* (gateway node << 16 | thread) + 1 -> link index */
 	struct u64map dir;   /* user -> link index << 48 | conn (48 bits) */

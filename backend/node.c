@@ -22,20 +22,23 @@
 #include "runtime/log.h"
 #include "runtime/uring.h"
 
-/* The session directory: user -> link index << 48 | connection (48 bits),
- * bit 63 set when the client acknowledges stored receipts (protocol 2). */
+/* The session directory: user -> link index << CONNREF_BITS | the gateway's
+ * connection reference (opaque here: its low CONNREF_BITS), bit 63 set when
+ * the client acknowledges stored receipts (protocol 2). */
 #define DIR_ACKS (1ull << 63)
+_Static_assert(CONNREF_BITS + 15 <= 63, "a link index (< 2^15) and a connection reference share 63 bits");
+_Static_assert(BE_MAX_LINKS <= (1u << 15), "link indexes fit the directory's 15 bits");
 static inline uint64_t dir_val(uint32_t li, uint64_t conn, int acks)
 {
-	return ((uint64_t)li << 48) | (conn & 0xffffffffffffull) | (acks ? DIR_ACKS : 0);
+	return ((uint64_t)li << CONNREF_BITS) | (conn & CONNREF_MASK) | (acks ? DIR_ACKS : 0);
 }
 static inline uint32_t dir_link(uint64_t v)
 {
-	return (uint32_t)((v & ~DIR_ACKS) >> 48);
+	return (uint32_t)((v & ~DIR_ACKS) >> CONNREF_BITS);
 }
 static inline uint64_t dir_conn(uint64_t v)
 {
-	return v & 0xffffffffffffull;
+	return v & CONNREF_MASK;
 }
 
 static int txn(struct be *b)
@@ -76,17 +79,13 @@ static struct link *user_link(struct be *b, uint64_t user, uint64_t *conn)
 	return user_link_acks(b, user, conn, NULL);
 }
 
-static void reply(struct be *b, struct link *l, const struct dist_frame *f)
+static void reply(struct link *l, const struct dist_frame *f)
 {
-	if (link_add(l, f) != 0) {
-		/* the gateway will time the request out and the client will resend */
+	if (link_add(l, f) != 0) /* the gateway will time the request out and the client will resend */
 		log_rl(LOG_WARN, "link %s: queue full, dropping a %s frame", l->name, dist_type_name(f->type));
-	} else {
-		CNT_ADD(b, frames_out, 1);
-	}
 }
 
-static void answer_route(struct be *b, struct link *l, const struct dist_frame *r, uint64_t smid, unsigned status)
+static void answer_route(struct link *l, const struct dist_frame *r, uint64_t smid, unsigned status)
 {
 	struct dist_frame a = {.type = DIST_STORE_ACK};
 	a.store_ack.thread = r->route.othread;
@@ -94,11 +93,11 @@ static void answer_route(struct be *b, struct link *l, const struct dist_frame *
 	a.store_ack.cmid = r->route.cmid;
 	a.store_ack.smid = status ? 0 : smid;
 	a.store_ack.status = (uint8_t)status;
-	reply(b, l, &a);
+	reply(l, &a);
 }
 
 /* A stored message for a user's gateway thread (its cmid rides in `ref`). */
-static int send_item(struct be *b, struct link *l, uint64_t user, const struct store_msg *m)
+static int send_item(struct link *l, uint64_t user, const struct store_msg *m)
 {
 	struct dist_frame f;
 	memset(&f, 0, sizeof f);
@@ -120,14 +119,11 @@ static int send_item(struct be *b, struct link *l, uint64_t user, const struct s
 		f.route.cmid = m->ref;
 		f.route.body = (struct proto_bytes){m->body, m->len};
 	}
-	int r = link_add(l, &f);
-	if (r == 0)
-		CNT_ADD(b, frames_out, 1);
-	return r;
+	return link_add(l, &f);
 }
 
 /* The receipt "peer received (kind) owner's message smid", to owner's gateway. */
-static int send_receipt(struct be *b, struct link *l, uint64_t owner, uint64_t peer, uint8_t kind, uint64_t smid)
+static int send_receipt(struct link *l, uint64_t owner, uint64_t peer, uint8_t kind, uint64_t smid)
 {
 	struct dist_frame f = {.type = DIST_RECEIPT};
 	f.receipt.kind = kind;
@@ -135,10 +131,7 @@ static int send_receipt(struct be *b, struct link *l, uint64_t owner, uint64_t p
 	f.receipt.from = peer;
 	f.receipt.to = owner;
 	f.receipt.smid = smid;
-	int r = link_add(l, &f);
-	if (r == 0)
-		CNT_ADD(b, frames_out, 1);
-	return r;
+	return link_add(l, &f);
 }
 
 /* ---- budgets ------------------------------------------------------------------------
@@ -270,7 +263,7 @@ static int flush_one(void *arg, const struct store_msg *m)
 	struct flush_ctx *x = arg;
 	int counted = m->kind == STORE_MSG;
 	if ((counted && !window_room(x->b, x->e, m->len)) || !link_has_room(x->l, (size_t)m->len + 128) ||
-	    send_item(x->b, x->l, x->user, m) != 0) {
+	    send_item(x->l, x->user, m) != 0) {
 		x->full = 1;
 		return 1;
 	}
@@ -289,7 +282,7 @@ static int flush_one(void *arg, const struct store_msg *m)
 static int flush_rcpt(void *arg, const struct store_rcpt *r)
 {
 	struct flush_ctx *x = arg;
-	if (!link_has_room(x->l, 64) || send_receipt(x->b, x->l, x->user, r->peer, r->kind, r->smid) != 0) {
+	if (!link_has_room(x->l, 64) || send_receipt(x->l, x->user, r->peer, r->kind, r->smid) != 0) {
 		x->full = 1;
 		return 1;
 	}
@@ -421,7 +414,7 @@ static void on_session_up(struct be *b, struct link *l, const struct dist_frame 
 			k.kick.thread = ol->peer_thread;
 			k.kick.conn = dir_conn(*old);
 			k.kick.reason = PROTO_KICK_ELSEWHERE;
-			reply(b, ol, &k);
+			reply(ol, &k);
 			CNT_ADD(b, kicks, 1);
 		}
 	}
@@ -454,7 +447,7 @@ static void on_session_up(struct be *b, struct link *l, const struct dist_frame 
 static void on_session_down(struct be *b, struct link *l, const struct dist_frame *f)
 {
 	uint64_t *v = u64map_get(&b->dir, f->session.user);
-	if (v && dir_link(*v) == l->idx && dir_conn(*v) == (f->session.conn & 0xffffffffffffull)) {
+	if (v && dir_link(*v) == l->idx && dir_conn(*v) == (f->session.conn & CONNREF_MASK)) {
 		u64map_del(&b->dir, f->session.user);
 		CNT_SET(b, sessions, b->cnt.sessions - 1);
 		if (b->link_sessions[l->idx])
@@ -467,7 +460,7 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 {
 	CNT_ADD(b, routed_in, 1);
 	if (txn(b) != 0) {
-		answer_route(b, l, f, 0, PROTO_E_TRY_AGAIN);
+		answer_route(l, f, 0, PROTO_E_TRY_AGAIN);
 		return;
 	}
 	/* A resend is the same sender, cmid and recipient: the recipient is part of
@@ -475,7 +468,7 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 	uint64_t smid = 0, dkey = f->route.cmid ^ hash64(f->route.group ? f->route.group * 2 + 1 : f->route.to * 2);
 	if (f->route.cmid && store_dedup_get(b->store, f->route.from, dkey, &smid) == 0 && smid) {
 		CNT_ADD(b, dedup_hits, 1); /* a resend: the first copy is stored (and routed) already */
-		answer_route(b, l, f, smid, 0);
+		answer_route(l, f, smid, 0);
 		return;
 	}
 	struct store_msg m = {0};
@@ -498,12 +491,12 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 		const uint64_t *members;
 		size_t nm;
 		if (store_group_get(b->store, f->route.group, &owner, &members, &nm) != 0) {
-			answer_route(b, l, f, 0, PROTO_E_NO_SUCH_GROUP);
+			answer_route(l, f, 0, PROTO_E_NO_SUCH_GROUP);
 			return;
 		}
 		members_copy = malloc((nm ? nm : 1) * sizeof *members_copy);
 		if (!members_copy) {
-			answer_route(b, l, f, 0, PROTO_E_TRY_AGAIN);
+			answer_route(l, f, 0, PROTO_E_TRY_AGAIN);
 			return;
 		}
 		int member = 0;
@@ -518,7 +511,7 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 		}
 		if (!member) {
 			free(members_copy);
-			answer_route(b, l, f, 0, PROTO_E_NOT_MEMBER);
+			answer_route(l, f, 0, PROTO_E_NOT_MEMBER);
 			return;
 		}
 		rcpt = members_copy;
@@ -537,7 +530,7 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 		st = req_begin(b, STORE_REQ_ADMIT, 3 * n + 4, (size_t)m.len + 64);
 	if (st) {
 		free(members_copy);
-		answer_route(b, l, f, 0, st);
+		answer_route(l, f, 0, st);
 		return;
 	}
 	size_t added = 0;
@@ -548,20 +541,20 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 		r = store_dedup_put(b->store, m.from, dkey, m.smid);
 	req_end(b, r == 0);
 	if (r != 0) {
-		answer_route(b, l, f, 0, store_answer(b, r, "a message"));
+		answer_route(l, f, 0, store_answer(b, r, "a message"));
 		free(members_copy);
 		return;
 	}
 	CNT_ADD(b, stored, 1);
 	if (f->route.group)
 		CNT_ADD(b, group_msgs, 1);
-	answer_route(b, l, f, m.smid, 0);
+	answer_route(l, f, m.smid, 0);
 	for (size_t i = 0; i < n; i++) {
 		struct link *dl = user_link(b, rcpt[i], NULL);
 		if (!dl)
 			continue;
 		m.to = rcpt[i];
-		if (send_item(b, dl, rcpt[i], &m) == 0) {
+		if (send_item(dl, rcpt[i], &m) == 0) {
 			CNT_ADD(b, delivered_online, 1);
 			if (f->route.group)
 				CNT_ADD(b, group_fanout, 1);
@@ -594,7 +587,7 @@ static void notify_receipt(struct be *b, uint64_t owner, uint64_t peer, uint8_t 
 		if (r != 0 && !dl)
 			return;
 	}
-	if (dl && send_receipt(b, dl, owner, peer, kind, smid) == 0)
+	if (dl && send_receipt(dl, owner, peer, kind, smid) == 0)
 		CNT_ADD(b, receipts_forwarded, 1);
 }
 
@@ -783,7 +776,7 @@ static void on_group_op(struct be *b, struct link *l, const struct dist_frame *f
 	r.group_result.req = f->group_op.req;
 	r.group_result.status = (uint8_t)st;
 	r.group_result.group = st ? 0 : gid;
-	reply(b, l, &r);
+	reply(l, &r);
 }
 
 /* ---- link callbacks ----------------------------------------------------------------- */
@@ -791,7 +784,6 @@ static void on_group_op(struct be *b, struct link *l, const struct dist_frame *f
 static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 {
 	struct be *b = arg;
-	CNT_ADD(b, frames_in, 1);
 	switch (f->type) {
 	case DIST_ROUTE:
 		on_route(b, l, f);
@@ -845,7 +837,6 @@ static void on_up(void *arg, struct link *l)
 		link_close(&b->links[*prev], &b->ring, "replaced by a new link from the same gateway thread", b->now_ns);
 	u64map_put(&b->peers, key, l->idx);
 	l->hold = 1; /* batches leave only once released after a commit */
-	CNT_ADD(b, links_up, 1);
 	log_info("gateway %u thread %u linked (%s)", l->peer_node, l->peer_thread, l->name);
 }
 
@@ -949,9 +940,7 @@ void be_attach(struct be *b, int fd)
 	if (i == b->nlinks)
 		b->nlinks++;
 	struct link *l = &b->links[i];
-	b->refused_base += l->st.refused_hello;
-	b->auth_failed_base += l->st.auth_failures;
-	b->violations_base += l->st.violations;
+	link_stats_retire(&b->retired, &l->st); /* published counters never go back */
 	link_free(l);
 	link_init(l, i, BU_LINK, &ops, b, &b->keys, DIST_ROLE_BACKEND, (uint32_t)b->cfg.node, 0, 1,
 		  (size_t)b->cfg.link_batch, (size_t)b->cfg.link_queue, (int)b->cfg.link_sockbuf);
@@ -962,29 +951,13 @@ void be_attach(struct be *b, int fd)
 
 static void publish(struct be *b)
 {
-	uint64_t bo = 0, bi = 0, yo = 0, yi = 0, q = 0, up = 0, ref = 0, af = 0, vi = 0;
+	struct link_stats sum = b->retired; /* what reused link slots counted before */
 	for (uint32_t i = 0; i < b->nlinks; i++) {
-		struct link *l = &b->links[i];
-		ref += l->st.refused_hello;
-		af += l->st.auth_failures;
-		vi += l->st.violations;
-		bo += l->st.batches_out;
-		bi += l->st.batches_in;
-		yo += l->st.bytes_out;
-		yi += l->st.bytes_in;
-		q += link_queued(l);
-		up += l->state == LINK_UP;
+		struct link_stats one;
+		link_stats_snapshot(&b->links[i], &one);
+		link_stats_merge(&sum, &one);
 	}
-	CNT_SET(b, batches_out, bo);
-	CNT_SET(b, batches_in, bi);
-	CNT_SET(b, bytes_out, yo);
-	CNT_SET(b, bytes_in, yi);
-	CNT_SET(b, link_queue_bytes, q);
-	CNT_SET(b, links_up, up);
-	/* link slots are reused: what a slot counted before survives in the base */
-	CNT_SET(b, links_refused, b->refused_base + ref);
-	CNT_SET(b, links_auth_failed, b->auth_failed_base + af);
-	CNT_SET(b, link_violations, b->violations_base + vi);
+	link_stats_publish(&b->cnt.link, &sum);
 	struct store_stats st;
 	store_get_stats(b->store, &st);
 	CNT_SET(b, store_messages, st.messages);

@@ -18,17 +18,12 @@ struct be_metric {
 
 #define C_(name, labels, key, help, f) {{"backend_" name, labels, key, METRIC_COUNTER, help}, offsetof(struct be_counters, f)}
 #define G_(name, labels, key, help, f) {{"backend_" name, labels, key, METRIC_GAUGE, help}, offsetof(struct be_counters, f)}
+#define LINK_ROW(f, kind, metric, labels, key, help) \
+	{{"backend_" metric, labels, key, METRIC_##kind, help}, offsetof(struct be_counters, link.f)},
 
 static const struct be_metric table[] = {
-	G_("links_up", NULL, "links_up", "Gateway links up", links_up),
 	C_("links_accepted_total", NULL, "links_accepted", "Gateway links accepted", links_accepted),
 	C_("links_lost_total", NULL, "links_lost", "Gateway links lost", links_lost),
-	C_("links_refused_total", "reason=\"hello\"", "links_refused", "Link handshakes refused, by reason", links_refused),
-	C_("links_refused_total", "reason=\"auth\"", "links_auth_failed", "Link handshakes refused, by reason",
-	   links_auth_failed),
-	C_("links_refused_total", "reason=\"busy\"", "links_busy", "Link handshakes refused, by reason", links_busy),
-	C_("link_violations_total", NULL, "link_violations", "Links closed for a protocol violation by the peer",
-	   link_violations),
 	G_("sessions", NULL, "sessions", "Users online (session directory)", sessions),
 	C_("session_events_total", "kind=\"up\"", "sessions_up", "Session announcements", sessions_up),
 	C_("session_events_total", "kind=\"down\"", "sessions_down", "Session announcements", sessions_down),
@@ -66,13 +61,9 @@ static const struct be_metric table[] = {
 	C_("commits_total", NULL, "commits", "Store commits (one per busy loop iteration)", commits),
 	C_("commit_seconds_total", NULL, "commit_ns_total", "Time in commits (ns in /stats)", commit_ns_total),
 	G_("commit_max_nanoseconds", NULL, "commit_ns_max", "Slowest commit", commit_ns_max),
-	C_("link_frames_total", "dir=\"in\"", "frames_in", "Dist frames", frames_in),
-	C_("link_frames_total", "dir=\"out\"", "frames_out", "Dist frames", frames_out),
-	C_("link_batches_total", "dir=\"in\"", "batches_in", "Dist batches", batches_in),
-	C_("link_batches_total", "dir=\"out\"", "batches_out", "Dist batches", batches_out),
-	C_("link_bytes_total", "dir=\"in\"", "bytes_in", "Dist bytes", bytes_in),
-	C_("link_bytes_total", "dir=\"out\"", "bytes_out", "Dist bytes", bytes_out),
-	G_("link_queue_bytes", NULL, "link_queue_bytes", "Bytes queued on links", link_queue_bytes),
+	LINK_STATS(LINK_ROW)
+	/* right after the list's last rows, which are link_refused_total's */
+	C_("link_refused_total", "reason=\"busy\"", "link_refused_busy", "Link handshakes refused, by reason", links_busy),
 	G_("login_backlog", NULL, "login_backlog", "Users whose stored messages are still being sent", backlog),
 	G_("store_messages", NULL, "store_messages", "Messages in the store", store_messages),
 	G_("store_mailbox_entries", NULL, "store_mailbox_entries", "Mailbox entries in the store", store_mailbox),

@@ -303,7 +303,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			"fuzz_gateway: accepted %llu logins %llu frames in send %llu, slow %llu, closed protocol %llu, "
 			"rate %llu, bytes in %llu\n",
 			(unsigned long long)w->cnt.accepted, (unsigned long long)w->cnt.logins_ok,
-			(unsigned long long)w->cnt.frames_in[FI_SEND], (unsigned long long)w->cnt.slow_consumers,
+			(unsigned long long)w->cnt.frames_in[PROTO_FI_SEND], (unsigned long long)w->cnt.slow_consumers,
 			(unsigned long long)w->cnt.closed[CLOSE_PROTOCOL], (unsigned long long)w->cnt.rate_limited,
 			(unsigned long long)w->cnt.bytes_in);
 	/* the end: every client goes; every connection must be freed */

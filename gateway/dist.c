@@ -36,7 +36,7 @@ int gw_dist_on(const struct worker *w)
 static void answer(struct worker *w, uint32_t othread, uint64_t oconn, uint8_t what, uint64_t ref, uint64_t id,
 		   unsigned status, uint8_t ack)
 {
-	uint32_t slot = gw_oconn_slot(oconn), gen = gw_oconn_gen(oconn);
+	uint32_t slot = connref_slot(oconn), gen = connref_gen(oconn);
 	if (othread == w->id) {
 		session_answer(w, slot, gen, what, ref, id, status, ack);
 		return;
@@ -176,10 +176,10 @@ static void resync_step(struct worker *w, unsigned li)
 	for (unsigned k = 0; r->at < r->n && k < GW_RESYNC_PER_ITER; k++) {
 		uint64_t *v = u64map_get(&w->dir, r->users[r->at]);
 		if (v) {
-			uint32_t slot = (uint32_t)*v, gen = (uint32_t)(*v >> 32);
+			uint32_t slot = connref_slot(*v), gen = connref_gen(*v);
 			struct conn *c = conn_of(w, slot);
 			if (c->state == CS_LIVE && c->gen == gen &&
-			    announce(w, l, 1, r->users[r->at], gw_oconn(slot, gen), 0, (c->flags & CF_V2) != 0,
+			    announce(w, l, 1, r->users[r->at], connref_make(slot, gen), 0, (c->flags & CF_V2) != 0,
 				     GW_STATE_LANE(w->gw->cfg.link_queue) / 2) != 0)
 				return; /* its half of the lane is full: on with it when the backend has taken some */
 		}
@@ -305,56 +305,25 @@ void gw_dist_tick(struct worker *w)
 	if (!w->links)
 		return;
 	uint32_t timeout = (uint32_t)(w->gw->cfg.store_timeout_ms / GW_TICK_MS);
-	uint64_t up = 0, q = 0, rtt = 0, pending = 0;
+	uint64_t pending = 0;
 	struct link_stats sum = {0};
 	for (size_t i = 0; i < w->gw->cluster.n; i++) {
 		struct link *l = &w->links[i];
 		link_tick(l, &w->ring, w->now_ns);
 		if (w->tick > timeout)
 			fail_pending(w, (unsigned)i, w->tick - timeout, PROTO_E_TRY_AGAIN);
-		up += l->state == LINK_UP;
-		q += link_queued(l);
 		pending += w->pend[i].len;
-		if (l->st.rtt_us > rtt)
-			rtt = l->st.rtt_us;
-		sum.frames_out += l->st.frames_out;
-		sum.frames_in += l->st.frames_in;
-		sum.batches_out += l->st.batches_out;
-		sum.batches_in += l->st.batches_in;
-		sum.bytes_out += l->st.bytes_out;
-		sum.bytes_in += l->st.bytes_in;
-		sum.reconnects += l->st.reconnects;
-		sum.credit_stalls += l->st.credit_stalls;
-		sum.refused_hello += l->st.refused_hello + l->st.auth_failures;
-		sum.violations += l->st.violations;
 		struct gw_link_pub *p = &w->pub[i];
+		struct link_stats one;
+		link_stats_snapshot(l, &one);
+		link_stats_merge(&sum, &one);
+		link_stats_publish(&p->st, &one);
 		__atomic_store_n(&p->state, (uint64_t)l->state, __ATOMIC_RELAXED);
 		__atomic_store_n(&p->node, w->gw->cluster.nodes[i].node, __ATOMIC_RELAXED);
-		__atomic_store_n(&p->frames_out, l->st.frames_out, __ATOMIC_RELAXED);
-		__atomic_store_n(&p->frames_in, l->st.frames_in, __ATOMIC_RELAXED);
-		__atomic_store_n(&p->batches_out, l->st.batches_out, __ATOMIC_RELAXED);
-		__atomic_store_n(&p->batches_in, l->st.batches_in, __ATOMIC_RELAXED);
-		__atomic_store_n(&p->bytes_out, l->st.bytes_out, __ATOMIC_RELAXED);
-		__atomic_store_n(&p->bytes_in, l->st.bytes_in, __ATOMIC_RELAXED);
-		__atomic_store_n(&p->queue_bytes, (uint64_t)link_queued(l), __ATOMIC_RELAXED);
-		__atomic_store_n(&p->reconnects, l->st.reconnects, __ATOMIC_RELAXED);
-		__atomic_store_n(&p->rtt_us, l->st.rtt_us, __ATOMIC_RELAXED);
 		__atomic_store_n(&p->pending, (uint64_t)w->pend[i].len, __ATOMIC_RELAXED);
 	}
-	CNT_SET(w, links_up, up);
-	CNT_SET(w, link_queue_bytes, q);
-	CNT_SET(w, link_rtt_us_max, rtt);
 	CNT_SET(w, pending_stores, pending);
-	CNT_SET(w, link_frames_out, sum.frames_out);
-	CNT_SET(w, link_frames_in, sum.frames_in);
-	CNT_SET(w, link_batches_out, sum.batches_out);
-	CNT_SET(w, link_batches_in, sum.batches_in);
-	CNT_SET(w, link_bytes_out, sum.bytes_out);
-	CNT_SET(w, link_bytes_in, sum.bytes_in);
-	CNT_SET(w, link_reconnects, sum.reconnects);
-	CNT_SET(w, link_credit_stalls, sum.credit_stalls);
-	CNT_SET(w, link_refused, sum.refused_hello);
-	CNT_SET(w, link_violations, sum.violations);
+	link_stats_publish(&w->cnt.link, &sum);
 }
 
 void gw_dist_flush(struct worker *w)
@@ -471,7 +440,7 @@ unsigned gw_dist_group(struct worker *w, uint32_t slot, const struct proto_frame
 	d.group_op.group = f->group.group;
 	d.group_op.user = c->user;
 	d.group_op.thread = w->id;
-	d.group_op.conn = gw_oconn(slot, c->gen);
+	d.group_op.conn = connref_make(slot, c->gen);
 	d.group_op.count = f->group.count;
 	d.group_op.members = f->group.members; /* already encoded varints: copied as they are */
 	return add_request(w, (size_t)li, &d, w->id, d.group_op.conn, f->group.req, XR_GROUP);

@@ -109,17 +109,17 @@ struct gw_counters {
 	uint64_t xbatches_out, xbatches_in, xrecords_out, xrecords_in;
 	uint64_t loops, cqes, sends;
 	uint64_t routed_remote, stored_acks, store_refused, store_timeouts, link_try_again, sessions_out, answers_lost;
-	uint64_t link_frames_out, link_frames_in, link_batches_out, link_batches_in, link_bytes_out, link_bytes_in;
-	uint64_t link_reconnects, link_credit_stalls, link_refused, link_violations, resyncs, session_announce_deferred;
+	uint64_t resyncs, session_announce_deferred;
 	/* gauges */
 	uint64_t conns, logged_in, queue_bytes, queue_max, wheel_size, dir_size, partial_bufs;
-	uint64_t links_up, link_queue_bytes, link_rtt_us_max, pending_stores;
+	uint64_t pending_stores;
+	struct link_stats link; /* all this thread's links (runtime/link.h LINK_STATS) */
 } __attribute__((aligned(64)));
 
 /* One link's figures, published by its thread each tick for /stats. */
 struct gw_link_pub {
-	uint64_t state, node, frames_out, frames_in, batches_out, batches_in, bytes_out, bytes_in;
-	uint64_t queue_bytes, reconnects, rtt_us, pending;
+	uint64_t state, node, pending;
+	struct link_stats st;
 };
 
 
@@ -249,7 +249,7 @@ struct worker {
 	uint32_t input_slot; /* connection whose input session_input is handling (UINT32_MAX: none) */
 	int *lfd;          /* listener fds, one per --listen */
 	uint8_t *lactive;  /* multishot accept armed per listener */
-	struct u64map dir; /* user -> gen << 32 | slot, for users whose home is here */
+	struct u64map dir; /* user -> connref_make(slot, gen), for users whose home is here */
 	struct wheel wheel;
 	uint32_t *flush;   /* slots with output to send this iteration */
 	size_t nflush, flush_cap;
@@ -371,21 +371,6 @@ void session_xbatch(struct worker *w, const struct xbatch *b);
 
 /* A LIVE connection is going away: drop it from the directory. */
 void session_gone(struct worker *w, uint32_t slot);
-
-/* A connection reference that fits a dist frame's conn field: gen (28 bits)
- * and slot (< 2^20, the kernel's fixed-file maximum). */
-static inline uint64_t gw_oconn(uint32_t slot, uint32_t gen)
-{
-	return ((uint64_t)(gen & 0x0fffffffu) << 20) | slot;
-}
-static inline uint32_t gw_oconn_slot(uint64_t oconn)
-{
-	return (uint32_t)(oconn & 0xfffffu);
-}
-static inline uint32_t gw_oconn_gen(uint64_t oconn)
-{
-	return (uint32_t)(oconn >> 20) & 0x0fffffffu;
-}
 
 /* ---- dist.c: the links to the backends ------------------------------------ */
 int gw_dist_setup(struct worker *w, char *err, size_t errlen);

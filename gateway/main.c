@@ -97,7 +97,7 @@ int main(int argc, char **argv)
 		 "SO_SNDBUF of client sockets (the kernel doubles it): the most a connection holds in the kernel; 0 = "
 		 "kernel autotuning, up to net.ipv4.tcp_wmem's maximum per connection"},
 		{"rcvbuf", OPT_SIZE, &cfg->rcvbuf, "0", 0, 1 << 30, "SO_RCVBUF of client sockets; 0 = kernel autotuning"},
-		{"slots", OPT_INT, &cfg->slots, "0", 0, 1048576,
+		{"slots", OPT_INT, &cfg->slots, "0", 0, CONNREF_SLOT_MAX,
 		 "direct descriptors per thread; 0 = min(RLIMIT_NOFILE, 1048576)"},
 		{"log-level", OPT_STR, &cfg->log_level, "info", 0, 0, "error, warn, info or debug"},
 		{"cluster", OPT_STR, &cfg->cluster_file, NULL, 0, 0,
@@ -203,7 +203,7 @@ int main(int argc, char **argv)
 		setrlimit(RLIMIT_NOFILE, &rl);
 		getrlimit(RLIMIT_NOFILE, &rl);
 	}
-	uint64_t cap = rl.rlim_cur > 1048576 ? 1048576 : rl.rlim_cur;
+	uint64_t cap = rl.rlim_cur > CONNREF_SLOT_MAX ? CONNREF_SLOT_MAX : rl.rlim_cur;
 	if (cfg->slots) {
 		if ((uint64_t)cfg->slots > cap) {
 			log_error("--slots %lld is over RLIMIT_NOFILE (%llu): a ring's table cannot be larger",

@@ -21,9 +21,9 @@ static uint32_t dir_find(struct worker *w, uint64_t user)
 	uint64_t *v = u64map_get(&w->dir, user);
 	if (!v)
 		return UINT32_MAX;
-	uint32_t slot = (uint32_t)*v;
+	uint32_t slot = connref_slot(*v);
 	struct conn *c = conn_of(w, slot);
-	if (c->state != CS_LIVE || c->gen != (uint32_t)(*v >> 32))
+	if (c->state != CS_LIVE || c->gen != connref_gen(*v))
 		return UINT32_MAX;
 	return slot;
 }
@@ -98,7 +98,7 @@ static void handle_send(struct worker *w, uint32_t slot, const struct proto_fram
 	}
 	if (f->send.group) {
 		/* groups live in the backends */
-		unsigned st = gw_dist_route(w, w->id, gw_oconn(slot, c->gen), f->send.cmid, c->user, 0, f->send.to,
+		unsigned st = gw_dist_route(w, w->id, connref_make(slot, c->gen), f->send.cmid, c->user, 0, f->send.to,
 					    f->send.body.p, f->send.body.len);
 		if (st)
 			answer_send(w, slot, f->send.cmid, 0, st);
@@ -116,7 +116,7 @@ static void handle_send(struct worker *w, uint32_t slot, const struct proto_fram
 			return;
 		}
 		/* not connected here: its backend stores it (and delivers it if the user is elsewhere) */
-		st = gw_dist_route(w, w->id, gw_oconn(slot, c->gen), f->send.cmid, c->user, to, 0, f->send.body.p,
+		st = gw_dist_route(w, w->id, connref_make(slot, c->gen), f->send.cmid, c->user, to, 0, f->send.body.p,
 				   f->send.body.len);
 		if (st)
 			answer_send(w, slot, f->send.cmid, 0, st);
@@ -233,7 +233,7 @@ void session_xbatch(struct worker *w, const struct xbatch *b)
 			} else {
 				/* not connected here: to its backend; the STORE_ACK goes straight
 				 * to the sender's thread */
-				st = gw_dist_route(w, b->src, gw_oconn(x->oslot, x->ogen), x->cmid, x->from, x->to, 0,
+				st = gw_dist_route(w, b->src, connref_make(x->oslot, x->ogen), x->cmid, x->from, x->to, 0,
 						   x->body, x->body_len);
 				if (st == 0)
 					break;
@@ -276,7 +276,7 @@ static void login_complete(struct worker *w, uint32_t slot, uint64_t user, uint8
 	uint32_t old = dir_find(w, user);
 	if (old != UINT32_MAX && old != slot)
 		conn_kick(w, old); /* the newest login wins; closing drops it from dir */
-	if (u64map_put(&w->dir, user, ((uint64_t)c->gen << 32) | slot) != 0) {
+	if (u64map_put(&w->dir, user, connref_make(slot, c->gen)) != 0) {
 		log_rl(LOG_ERROR, "out of memory in the user directory");
 		conn_refuse_login(w, slot, PROTO_E_INTERNAL);
 		return;
@@ -297,7 +297,7 @@ static void login_complete(struct worker *w, uint32_t slot, uint64_t user, uint8
 	conn_arm_recv(w, slot);
 	conn_timer_update(w, slot);
 	if (gw_dist_on(w))
-		gw_dist_session(w, 1, user, gw_oconn(slot, c->gen), resume, version >= 2);
+		gw_dist_session(w, 1, user, connref_make(slot, c->gen), resume, version >= 2);
 }
 
 /* Returns 1 when the connection moves to another thread with the rest. */
@@ -382,11 +382,11 @@ void session_gone(struct worker *w, uint32_t slot)
 {
 	struct conn *c = conn_of(w, slot);
 	uint64_t *v = u64map_get(&w->dir, c->user);
-	if (v && (uint32_t)*v == slot && (uint32_t)(*v >> 32) == c->gen)
+	if (v && *v == connref_make(slot, c->gen))
 		u64map_del(&w->dir, c->user);
 	CNT_SET(w, logged_in, w->cnt.logged_in - 1);
 	if (gw_dist_on(w))
-		gw_dist_session(w, 0, c->user, gw_oconn(slot, c->gen), 0, 0);
+		gw_dist_session(w, 0, c->user, connref_make(slot, c->gen), 0, 0);
 }
 
 void session_deliver_remote(struct worker *w, const struct dist_frame *f)
@@ -409,11 +409,11 @@ void session_receipt_remote(struct worker *w, int li, const struct dist_frame *f
 
 void session_kick_remote(struct worker *w, const struct dist_frame *f)
 {
-	uint32_t slot = gw_oconn_slot(f->kick.conn), gen = gw_oconn_gen(f->kick.conn);
+	uint32_t slot = connref_slot(f->kick.conn), gen = connref_gen(f->kick.conn);
 	if (slot >= w->slots)
 		return;
 	struct conn *c = conn_of(w, slot);
-	if (c->state == CS_LIVE && (c->gen & 0x0fffffffu) == gen && c->user == f->kick.user)
+	if (c->state == CS_LIVE && c->gen == gen && c->user == f->kick.user)
 		conn_kick(w, slot);
 }
 

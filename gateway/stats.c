@@ -27,6 +27,10 @@ struct gw_metric {
 	{{"gateway_" name, labels, key, METRIC_COUNTER, help}, offsetof(struct gw_counters, field)}
 #define G_(name, labels, key, help, field) \
 	{{"gateway_" name, labels, key, METRIC_GAUGE, help}, offsetof(struct gw_counters, field)}
+#define M_(name, labels, key, help, field) \
+	{{"gateway_" name, labels, key, METRIC_MAX, help}, offsetof(struct gw_counters, field)}
+#define LINK_ROW(f, kind, metric, labels, key, help) \
+	{{"gateway_" metric, labels, key, METRIC_##kind, help}, offsetof(struct gw_counters, link.f)},
 #define CLOSED(r, f) C_("conn_closed_total", "reason=\"" r "\"", "closed_" r, "Connections closed, by reason", closed[f])
 /* Per frame type and per fatal error code, generated from proto/client.h's
  * lists: frames in for the types a client may send, out for the server's. */
@@ -90,7 +94,7 @@ static const struct gw_metric table[] = {
 	   prelogin_too_big),
 	C_("linger_cut_total", NULL, "linger_cut", "Closing connections cut for sending over the linger budget", linger_cut),
 	G_("queue_bytes", NULL, "queue_bytes", "Output bytes queued, all connections", queue_bytes),
-	G_("queue_max_bytes", NULL, "queue_max_bytes", "Largest output queue seen on one connection", queue_max),
+	M_("queue_max_bytes", NULL, "queue_max_bytes", "Largest output queue seen on one connection", queue_max),
 	G_("partial_frames", NULL, "partial_frames", "Connections holding a partial frame buffer", partial_bufs),
 	G_("timers", NULL, "timers", "Armed timers in the timing wheels", wheel_size),
 	G_("directory_users", NULL, "directory_users", "Users in the per-thread directories", dir_size),
@@ -110,20 +114,7 @@ static const struct gw_metric table[] = {
 	   resyncs),
 	C_("session_announce_deferred_total", NULL, "session_announce_deferred",
 	   "Session events left to a resync: the announcement lane was full", session_announce_deferred),
-	C_("link_frames_total", "dir=\"out\"", "link_frames_out", "Dist link frames", link_frames_out),
-	C_("link_frames_total", "dir=\"in\"", "link_frames_in", "Dist link frames", link_frames_in),
-	C_("link_batches_total", "dir=\"out\"", "link_batches_out", "Dist link batches", link_batches_out),
-	C_("link_batches_total", "dir=\"in\"", "link_batches_in", "Dist link batches", link_batches_in),
-	C_("link_bytes_total", "dir=\"out\"", "link_bytes_out", "Dist link bytes", link_bytes_out),
-	C_("link_bytes_total", "dir=\"in\"", "link_bytes_in", "Dist link bytes", link_bytes_in),
-	C_("link_reconnects_total", NULL, "link_reconnects", "Dist link reconnects", link_reconnects),
-	C_("link_credit_stalls_total", NULL, "link_credit_stalls", "Batches held for flow-control credit", link_credit_stalls),
-	C_("link_refused_total", NULL, "link_refused", "Backend handshakes refused (identity or cluster key)", link_refused),
-	C_("link_violations_total", NULL, "link_violations", "Links closed for a protocol violation by the backend",
-	   link_violations),
-	G_("links_up", NULL, "links_up", "Dist links up (threads x backends)", links_up),
-	G_("link_queue_bytes", NULL, "link_queue_bytes", "Bytes queued on dist links", link_queue_bytes),
-	G_("link_rtt_max_microseconds", NULL, "link_rtt_us_max", "Largest dist link round-trip time", link_rtt_us_max),
+	LINK_STATS(LINK_ROW)
 	G_("pending_stores", NULL, "pending_stores", "Requests waiting for a backend's answer", pending_stores),
 	C_("loop_iterations_total", NULL, "loops", "Event loop iterations", loops),
 	C_("cqes_total", NULL, "cqes", "Completions handled", cqes),
@@ -190,9 +181,7 @@ int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 				mx = v;
 		}
 		/* a maximum is the maximum over threads, not their sum */
-		int is_max = table[i].off == offsetof(struct gw_counters, queue_max) ||
-			     table[i].off == offsetof(struct gw_counters, link_rtt_us_max);
-		vals[i] = is_max ? (double)mx : (double)s;
+		vals[i] = table[i].d.kind == METRIC_MAX ? (double)mx : (double)s;
 	}
 	xv[X_CAPACITY] = (double)gw->nthreads * (double)(gw->slots - GW_SLOT_RESERVE);
 	xv[X_THREADS] = gw->nthreads;
@@ -225,21 +214,31 @@ int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 			    (unsigned long long)load(c, offsetof(struct gw_counters, cqes)));
 	}
 	mbuf_printf(body, "],\"links\":[");
-	static const char *const states[] = {"idle", "connecting", "hello", "up", "backoff", "closing"};
+	static const struct metric_desc link_rows[] = {
+#define LINK_DESC(f, kind, metric, labels, key, help) {metric, labels, key, METRIC_##kind, help},
+		LINK_STATS(LINK_DESC)
+#undef LINK_DESC
+	};
+	static const size_t link_off[] = {
+#define LINK_OFF(f, kind, metric, labels, key, help) offsetof(struct link_stats, f),
+		LINK_STATS(LINK_OFF)
+#undef LINK_OFF
+	};
+	enum { NLINK = sizeof link_rows / sizeof link_rows[0] };
 	for (unsigned t = 0, first = 1; t < gw->nthreads; t++) {
 		const struct gw_link_pub *pub = gw->w[t].pub;
 		for (size_t i = 0; pub && i < gw->cluster.n; i++, first = 0) {
 			const struct gw_link_pub *p = &pub[i];
-			uint64_t st = load((const void *)p, offsetof(struct gw_link_pub, state));
-#define LP(f) (unsigned long long)load((const void *)p, offsetof(struct gw_link_pub, f))
-			mbuf_printf(body,
-				    "%s{\"thread\":%u,\"backend\":%llu,\"state\":\"%s\",\"frames_out\":%llu,\"frames_in\":%llu,"
-				    "\"batches_out\":%llu,\"batches_in\":%llu,\"bytes_out\":%llu,\"bytes_in\":%llu,"
-				    "\"queue_bytes\":%llu,\"reconnects\":%llu,\"rtt_us\":%llu,\"pending\":%llu}",
-				    first ? "" : ",", t, LP(node), st < 6 ? states[st] : "?", LP(frames_out), LP(frames_in),
-				    LP(batches_out), LP(batches_in), LP(bytes_out), LP(bytes_in), LP(queue_bytes),
-				    LP(reconnects), LP(rtt_us), LP(pending));
+#define LP(f) (unsigned long long)__atomic_load_n(&p->f, __ATOMIC_RELAXED)
+			mbuf_printf(body, "%s{\"thread\":%u,\"backend\":%llu,\"state\":\"%s\",\"pending\":%llu,", first ? "" : ",",
+				    t, LP(node), link_state_name((unsigned)LP(state)), LP(pending));
 #undef LP
+			double lv[NLINK];
+			for (size_t k = 0; k < NLINK; k++)
+				lv[k] = (double)__atomic_load_n((const uint64_t *)((const char *)&p->st + link_off[k]),
+								__ATOMIC_RELAXED);
+			metrics_json_fields(body, link_rows, NLINK, lv);
+			mbuf_put(body, "}", 1);
 		}
 	}
 	mbuf_printf(body, "]}\n");

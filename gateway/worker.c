@@ -33,7 +33,7 @@
 
 static inline int gen_ok(const struct conn *c, uint64_t ud)
 {
-	return c->state != CS_FREE && (c->gen & UD_GEN_MASK) == ud_gen(ud);
+	return c->state != CS_FREE && c->gen == ud_gen(ud);
 }
 
 static inline uint32_t ms_to_ticks(int64_t ms)
@@ -452,7 +452,7 @@ static void conn_free(struct worker *w, uint32_t slot)
 	wheel_del(&w->wheel, slot);
 	free_out(w, c);
 	conn_input_drop(w, slot);
-	uint32_t gen = c->gen + 1;
+	uint32_t gen = connref_next_gen(c->gen);
 	if (c->state == CS_CLOSING)
 		w->closing--;
 	memset(c, 0, sizeof *c);

@@ -265,7 +265,7 @@ int main(int argc, char **argv)
 	rl.rlim_cur = rl.rlim_max;
 	setrlimit(RLIMIT_NOFILE, &rl);
 	getrlimit(RLIMIT_NOFILE, &rl);
-	uint64_t per_ring = (rl.rlim_cur > 1048576 ? 1048576 : rl.rlim_cur) - 64;
+	uint64_t per_ring = (rl.rlim_cur > CONNREF_SLOT_MAX ? CONNREF_SLOT_MAX : rl.rlim_cur) - 64;
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	uint64_t need = ((uint64_t)cfg->connections + per_ring - 1) / per_ring;
 	lg.nthreads = cfg->threads ? (unsigned)cfg->threads : (unsigned)(need > (uint64_t)cpus ? need : (uint64_t)cpus);

@@ -26,7 +26,7 @@
 
 static inline int gen_ok(const struct lconn *c, uint64_t ud)
 {
-	return (c->gen & UD_GEN_MASK) == ud_gen(ud);
+	return c->gen == ud_gen(ud);
 }
 
 static inline uint64_t user_of(const struct lthread *t, uint32_t slot)
@@ -575,7 +575,7 @@ static void on_close(struct lthread *t, const struct io_uring_cqe *cqe)
 	int reconnect = (c->flags & LF_RECONNECT) != 0, was_open = c->flags & LF_WAS_LIVE;
 	(void)was_open;
 	free_bufs(c);
-	uint32_t gen = c->gen + 1, connects = c->connects, seq = c->seq_out, expect = c->expect;
+	uint32_t gen = connref_next_gen(c->gen), connects = c->connects, seq = c->seq_out, expect = c->expect;
 	uint64_t window = c->window;
 	memset(c, 0, sizeof *c);
 	c->gen = gen;

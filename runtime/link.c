@@ -58,12 +58,6 @@ static inline uint64_t link_ud(const struct link *l, unsigned op)
 	return ud_make(l->ud_kind, ((l->gen << 2) | op) & UD_GEN_MASK, l->idx);
 }
 
-const char *link_state_name(enum link_state s)
-{
-	static const char *const n[] = {"idle", "connecting", "hello", "auth", "up", "backoff", "closing"};
-	return (unsigned)s < sizeof n / sizeof n[0] ? n[s] : "?";
-}
-
 static void q_push(struct link_lane *q, struct link_out *o)
 {
 	o->next = NULL;
@@ -338,6 +332,54 @@ void link_attach(struct link *l, struct io_uring *ring, int fd, uint64_t now_ns)
 int link_has_room(const struct link *l, size_t bytes)
 {
 	return lane_queued(&l->lane[LINK_LANE_DATA]) + bytes <= l->queue_max;
+}
+
+const char *link_state_name(unsigned state)
+{
+	static const char *const names[] = {
+#define X_(N, name) [LINK_##N] = #name,
+		LINK_STATES(X_)
+#undef X_
+	};
+	return state < sizeof names / sizeof names[0] ? names[state] : "unknown";
+}
+
+void link_stats_snapshot(const struct link *l, struct link_stats *out)
+{
+	*out = l->st;
+	out->up = l->state == LINK_UP;
+	out->queue_bytes = link_queued(l);
+}
+
+/* sum += s, row by row as LINK_STATS says; counters_only: gauges left out. */
+static void stats_add(struct link_stats *sum, const struct link_stats *s, int counters_only)
+{
+#define ADD_COUNTER(f) sum->f += s->f;
+#define ADD_GAUGE(f) sum->f += counters_only ? 0 : s->f;
+#define ADD_MAX(f) sum->f = !counters_only && s->f > sum->f ? s->f : sum->f;
+#define X_(f, kind, metric, labels, key, help) ADD_##kind(f)
+	LINK_STATS(X_)
+#undef X_
+#undef ADD_MAX
+#undef ADD_GAUGE
+#undef ADD_COUNTER
+}
+
+void link_stats_merge(struct link_stats *sum, const struct link_stats *s)
+{
+	stats_add(sum, s, 0);
+}
+
+void link_stats_retire(struct link_stats *sum, const struct link_stats *s)
+{
+	stats_add(sum, s, 1);
+}
+
+void link_stats_publish(struct link_stats *dst, const struct link_stats *src)
+{
+#define X_(f, kind, metric, labels, key, help) __atomic_store_n(&dst->f, src->f, __ATOMIC_RELAXED);
+	LINK_STATS(X_)
+#undef X_
 }
 
 size_t link_queued(const struct link *l)

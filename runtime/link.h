@@ -80,7 +80,16 @@
 #define LINK_BACKOFF_MAX_NS 5000000000ull
 
 enum { LINK_LANE_DATA, LINK_LANE_STATE };
-enum link_state { LINK_IDLE, LINK_CONNECTING, LINK_HELLO, LINK_AUTH, LINK_UP, LINK_BACKOFF, LINK_CLOSING };
+#define LINK_STATES(X) X(IDLE, idle) X(CONNECTING, connecting) X(HELLO, hello) X(AUTH, auth) X(UP, up) \
+	X(BACKOFF, backoff) X(CLOSING, closing)
+enum link_state {
+#define LINK_X_(N, name) LINK_##N,
+	LINK_STATES(LINK_X_)
+#undef LINK_X_
+};
+
+/* "up", "backoff", ...; "unknown" for a value outside the enum. */
+const char *link_state_name(unsigned state);
 
 struct link;
 
@@ -97,11 +106,58 @@ struct link_ops {
 	void (*on_down)(void *arg, struct link *l, const char *why);
 };
 
+/* A link's figures, the one list both programs publish and render:
+ * X(field, KIND, metric, labels, key, help). KIND: COUNTER (counted in
+ * struct link_stats since link_init; summed over links), GAUGE (now; summed)
+ * or MAX (now; the largest over links). metric and key get the program's
+ * prefix ("gateway_", "backend_") and go to runtime/metrics.h; rows of one
+ * metric name stay together (the refusal rows come last so a program can add
+ * reasons of its own after them). A new link statistic is a row here and
+ * the place in link.c that counts it. */
+#define LINK_STATS(X)                                                                                          \
+	X(frames_out, COUNTER, "link_frames_total", "dir=\"out\"", "link_frames_out", "Dist link frames")          \
+	X(frames_in, COUNTER, "link_frames_total", "dir=\"in\"", "link_frames_in", "Dist link frames")             \
+	X(batches_out, COUNTER, "link_batches_total", "dir=\"out\"", "link_batches_out", "Dist link batches")      \
+	X(batches_in, COUNTER, "link_batches_total", "dir=\"in\"", "link_batches_in", "Dist link batches")         \
+	X(bytes_out, COUNTER, "link_bytes_total", "dir=\"out\"", "link_bytes_out", "Dist link bytes")              \
+	X(bytes_in, COUNTER, "link_bytes_total", "dir=\"in\"", "link_bytes_in", "Dist link bytes")                 \
+	X(reconnects, COUNTER, "link_reconnects_total", NULL, "link_reconnects", "Dist link connections lost and retried") \
+	X(connect_failures, COUNTER, "link_connect_failures_total", NULL, "link_connect_failures",                \
+	  "Dist link connection attempts that failed")                                                          \
+	X(credit_stalls, COUNTER, "link_credit_stalls_total", NULL, "link_credit_stalls",                         \
+	  "Batches held for flow-control credit")                                                                \
+	X(refused, COUNTER, "link_queue_refused_total", NULL, "link_queue_refused",                                \
+	  "Frames refused: the link's queue was at its bound")                                                  \
+	X(violations, COUNTER, "link_violations_total", NULL, "link_violations",                                  \
+	  "Links closed for a protocol violation by the peer")                                                   \
+	X(up, GAUGE, "links_up", NULL, "links_up", "Dist links up")                                                \
+	X(queue_bytes, GAUGE, "link_queue_bytes", NULL, "link_queue_bytes", "Bytes queued on dist links (memory batches hold)") \
+	X(rtt_us, MAX, "link_rtt_max_microseconds", NULL, "link_rtt_us_max", "Largest dist link round-trip time")    \
+	X(refused_hello, COUNTER, "link_refused_total", "reason=\"hello\"", "link_refused_hello",                 \
+	  "Link handshakes refused, by reason")                                                                  \
+	X(auth_failures, COUNTER, "link_refused_total", "reason=\"auth\"", "link_refused_auth",                   \
+	  "Link handshakes refused, by reason")
+
 struct link_stats {
-	uint64_t frames_out, frames_in, batches_out, batches_in, bytes_out, bytes_in;
-	uint64_t reconnects, connect_failures, credit_stalls, refused, rtt_us;
-	uint64_t refused_hello, auth_failures, violations;
+#define LINK_X_(f, kind, metric, labels, key, help) uint64_t f;
+	LINK_STATS(LINK_X_)
+#undef LINK_X_
 };
+
+/* Link l's figures now: its counters (l->st) with the gauges filled in
+ * (up and queue_bytes are not kept in l->st; they are read from the link). */
+void link_stats_snapshot(const struct link *l, struct link_stats *out);
+
+/* Add *s to *sum: COUNTER and GAUGE rows added, MAX rows the larger. */
+void link_stats_merge(struct link_stats *sum, const struct link_stats *s);
+
+/* Add the counters of *s to *sum (a link slot about to be reused hands what
+ * it counted to a running total so published counters never go back). */
+void link_stats_retire(struct link_stats *sum, const struct link_stats *s);
+
+/* Copy *src to *dst with relaxed atomic stores, for a reader on another
+ * thread (the stats thread loads each field with a relaxed load). */
+void link_stats_publish(struct link_stats *dst, const struct link_stats *src);
 
 struct link_out; /* a queued batch */
 struct peerauth_keys;
@@ -235,7 +291,5 @@ void link_free(struct link *l);
 /* Bytes of memory queued in both lanes, including what the batches under
  * construction use (their buffers, batch_cap, are allocated once per batch). */
 size_t link_queued(const struct link *l);
-
-const char *link_state_name(enum link_state s);
 
 #endif

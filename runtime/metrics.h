@@ -13,7 +13,9 @@
 
 #include "runtime/mbuf.h"
 
-enum metric_kind { METRIC_COUNTER, METRIC_GAUGE };
+/* METRIC_MAX is a gauge whose value over several threads or links is their
+ * largest, not their sum (rendered as a gauge). */
+enum metric_kind { METRIC_COUNTER, METRIC_GAUGE, METRIC_MAX };
 
 struct metric_desc {
 	const char *name;   /* Prometheus name, e.g. "gateway_conn_closed_total" */

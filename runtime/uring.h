@@ -21,11 +21,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "runtime/connref.h"
+
 /* ---- user_data ------------------------------------------------------------
- * bits 0..3 kind, 4..31 generation (28 bits), 32..63 slot; pointer kinds keep
- * the pointer (16-byte aligned) in bits 4..63. */
+ * bits 0..3 kind, 4..31 generation (runtime/connref.h's, 28 bits), 32..63
+ * slot; pointer kinds keep the pointer (16-byte aligned) in bits 4..63. */
 #define UD_KIND_BITS 4u
-#define UD_GEN_MASK 0x0fffffffu
+#define UD_GEN_MASK CONNREF_GEN_MASK
+_Static_assert(UD_KIND_BITS + CONNREF_GEN_BITS <= 32, "kind and generation share the low 32 bits of user_data");
 
 static inline uint64_t ud_make(unsigned kind, uint32_t gen, uint32_t slot)
 {

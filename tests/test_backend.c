@@ -1883,7 +1883,7 @@ Test(backend, unauthenticated_peer_refused, .timeout = 40)
 	cr_assert_eq(r.seen[DIST_ERROR], 1, "unknown key: no ERROR before the close");
 	cr_assert_eq(r.error_code, PROTO_E_AUTH_FAILED, "unknown key: ERROR code %d", r.error_code);
 	tc_close(&r.c);
-	expect_stat(p, "links_refused", '>', 1, 3000);
+	expect_stat(p, "link_refused_hello", '>', 1, 3000);
 
 	/* 2. the right key id (it is public: every HELLO carries it) but a MAC
 	 * made with another key: refused at AUTH */
@@ -1896,7 +1896,7 @@ Test(backend, unauthenticated_peer_refused, .timeout = 40)
 	cr_assert_eq(r.error_code, PROTO_E_AUTH_FAILED, "forged AUTH: ERROR code %d", r.error_code);
 	cr_assert_eq(r.seen[DIST_BATCH], 0, "the backend sent a batch to an unauthenticated peer");
 	tc_close(&r.c);
-	expect_stat(p, "links_auth_failed", '>', 1, 3000);
+	expect_stat(p, "link_refused_auth", '>', 1, 3000);
 
 	/* 3. HELLO, then straight to business without AUTH: a ROUTE with a
 	 * spoofed sender and a SESSION_UP for the victim (whose stored messages
@@ -2605,7 +2605,7 @@ Test(backend, idle_handshakes_cannot_lock_gateways_out, .timeout = 60)
 		int r = tc_connect(&idle[i], p->port, 0, 2000);
 		cr_assert_eq(r, 0, "idle connection %d: %s", i, tc_status_name(r));
 	}
-	expect_stat(p, "links_busy", '>', IDLE - 64, 3000);
+	expect_stat(p, "link_refused_busy", '>', IDLE - 64, 3000);
 	/* gateway 1 loses its links and relinks while the idle sockets keep
 	 * coming back */
 	struct proc *g = &T.gw[0];

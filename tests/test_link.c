@@ -204,6 +204,27 @@ Test(link, handshake_and_batches_both_ways)
 	cr_assert_eq(sides[0].frames, 50);
 	cr_assert_eq(sides[1].last_from, 1098);
 	cr_assert_eq(sides[0].l.st.auth_failures + sides[1].l.st.auth_failures, 0);
+	/* the published figures: counters and gauges of both links */
+	struct link_stats a, b, sum = {0}, retired = {0};
+	link_stats_snapshot(&sides[0].l, &a);
+	link_stats_snapshot(&sides[1].l, &b);
+	cr_assert_eq(a.up + b.up, 2);
+	cr_assert_eq(a.frames_in + b.frames_in, 100);
+	cr_assert_eq(a.frames_out + b.frames_out, 100);
+	cr_assert_geq(a.batches_out, 1);
+	a.rtt_us = 40, b.rtt_us = 900;
+	link_stats_merge(&sum, &a);
+	link_stats_merge(&sum, &b);
+	cr_assert_eq(sum.frames_in, 100);
+	cr_assert_eq(sum.bytes_out, a.bytes_out + b.bytes_out);
+	cr_assert_eq(sum.up, 2, "a gauge is summed");
+	cr_assert_eq(sum.rtt_us, 900, "a MAX row is the largest, not the sum");
+	link_stats_retire(&retired, &a);
+	cr_assert_eq(retired.frames_in, a.frames_in, "a retired slot keeps its counters");
+	cr_assert_eq(retired.up + retired.rtt_us + retired.queue_bytes, 0, "and not its gauges");
+	cr_assert_str_eq(link_state_name(LINK_UP), "up");
+	cr_assert_str_eq(link_state_name(LINK_AUTH), "auth");
+	cr_assert_str_eq(link_state_name(99), "unknown");
 }
 
 /* Session announcements are state: added after a queue full of traffic
