@@ -12,10 +12,23 @@
  *
  * Connection states (conn.state):
  *
- *   FREE --accept--> NEW --LOGIN, home here--> LIVE --close--> CLOSING --> FREE
+ *   FREE --accept--> NEW --LOGIN, home here--> LIVE --conn_end--> CLOSING --> FREE
  *                     |                          ^
  *                     +--LOGIN, home elsewhere--> HANDOFF --SEND_FD ok--> FREE (here)
  *                                                    `--> (home thread) LIVE
+ *
+ * CLOSING has sub-states in conn.flags; conn_end (worker.c) is the only way
+ * in from NEW or LIVE:
+ *
+ *   conn_end(last frame) --> lingering (CF_LINGER): the last frame flushes,
+ *       recv reads and drops (GW_LINGER_BYTES at most), then shutdown(WR)
+ *       (CF_SHUT in flight, CF_SHUT_DONE) and the peer's FIN or the
+ *       backstop timer (GW_LINGER_TICKS) --> cut
+ *   conn_end(no frame), or a lingering one cut --> cut: operations
+ *       cancelled, output dropped
+ *   cut, nothing in flight (no CF_RECV, CF_SEND, CF_SHUT) --> conn_reap
+ *       submits the close (CF_CLOSE) --> its completion frees the slot.
+ * conn_reads() says whether a connection takes input (NEW, LIVE, lingering).
  */
 #ifndef GATEWAY_GW_H
 #define GATEWAY_GW_H
@@ -328,20 +341,40 @@ enum gw_ud {
  * slow consumer (over --max-queue). */
 int conn_out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f);
 
-/* Close paths. conn_fail: queue ERROR code (fatal), stop reading, flush,
- * shut down, linger, close. conn_close: close now, no frame. */
-void conn_fail(struct worker *w, uint32_t slot, unsigned code, enum gw_close_reason why, const char *text);
-void conn_close(struct worker *w, uint32_t slot, enum gw_close_reason why);
+/* The one door out (see the state diagram at the top): end the connection
+ * in slot, counted under why. With a last frame (ERROR, LOGIN_RESULT,
+ * KICKED: whatever ends it) it lingers: the frame is queued past the output
+ * bound, nothing after it, input is read and dropped, then shutdown and
+ * close. Without one, or on a connection already closing, it closes now
+ * (pending output dropped, operations cancelled). No effect on a FREE slot,
+ * a socket being handed off, or one whose close was submitted. */
+void conn_end(struct worker *w, uint32_t slot, enum gw_close_reason why, const struct proto_frame *last);
 
-/* Refuse a login with LOGIN_RESULT status, then close (linger). */
+static inline void conn_close(struct worker *w, uint32_t slot, enum gw_close_reason why)
+{
+	conn_end(w, slot, why, NULL);
+}
+
+/* conn_end with ERROR code (a fatal one) and text as the last frame. */
+void conn_fail(struct worker *w, uint32_t slot, unsigned code, enum gw_close_reason why, const char *text);
+
+/* conn_end with LOGIN_RESULT status as the last frame. */
 void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status);
 
-/* Tell the connection it was replaced by a newer login (KICKED), then close. */
+/* conn_end with KICKED (replaced by a newer login) as the last frame. */
 void conn_kick(struct worker *w, uint32_t slot);
 
 static inline struct conn *conn_of(struct worker *w, uint32_t slot)
 {
 	return &w->conns[slot];
+}
+
+/* Whether c takes input: NEW, LIVE, or CLOSING while it lingers (input read
+ * and dropped); not once its close is submitted. */
+static inline int conn_reads(const struct conn *c)
+{
+	return !(c->flags & CF_CLOSE) &&
+	       (c->state == CS_NEW || c->state == CS_LIVE || (c->state == CS_CLOSING && (c->flags & CF_LINGER)));
 }
 
 /* Free the connection's partial-frame carry, if any (and count it). Only

@@ -595,7 +595,7 @@ static int input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
  * frame views may point into its carry, and handling a frame can close the
  * connection itself (a message to oneself over --max-queue, a refused login).
  * So nothing but this function frees the carry of the connection whose input
- * is being handled (w->input_slot; closing_common skips it), and it drops the
+ * is being handled (w->input_slot; enter_closing in worker.c skips it), and it drops the
  * carry here once the connection no longer takes input. */
 int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 {

@@ -91,13 +91,12 @@ static void free_out(struct worker *w, struct conn *c)
 	}
 }
 
-int conn_out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f)
+/* Queue f for slot. last: the frame that ends the connection (conn_end's),
+ * which may pass the output bound; nothing is queued after it. */
+static int out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f, int last)
 {
 	struct conn *c = conn_of(w, slot);
-	if (c->state == CS_FREE || c->state == CS_HANDOFF || (c->flags & CF_CLOSE))
-		return -1;
-	if (c->state == CS_CLOSING && f->type != PROTO_ERROR && f->type != PROTO_LOGIN_RESULT &&
-	    f->type != PROTO_KICKED)
+	if (c->state == CS_FREE || c->state == CS_HANDOFF || c->state == CS_CLOSING || (c->flags & CF_CLOSE))
 		return -1;
 	struct obuf *o = c->out;
 	size_t room = o ? o->cap - o->len : 0;
@@ -107,14 +106,12 @@ int conn_out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f)
 		return -1;
 	}
 	if (n > room) {
-		/* fatal frames (errors) may pass the bound: they end the connection */
-		int fatal = f->type == PROTO_ERROR || f->type == PROTO_LOGIN_RESULT || f->type == PROTO_KICKED;
 		uint32_t q = queued_bytes(c);
 		/* A consumer is slow when output piles up behind a send it does not
 		 * take. Without a send in flight, this iteration's output is offered
 		 * to the socket at its end: allow a burst of up to 4x the bound. */
 		uint64_t bound = (uint64_t)w->gw->cfg.max_queue * ((c->flags & CF_SEND) ? 1 : 4);
-		if (!fatal && q + n > bound) {
+		if (!last && q + n > bound) {
 			CNT_ADD(w, slow_consumers, 1);
 			free_out(w, c);
 			conn_fail(w, slot, PROTO_E_SLOW_CONSUMER, CLOSE_SLOW, "output queue over its limit");
@@ -145,6 +142,11 @@ int conn_out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f)
 		c->rcpt_owed++;
 	flush_later(w, slot);
 	return 0;
+}
+
+int conn_out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f)
+{
+	return out_frame(w, slot, f, 0);
 }
 
 static void submit_send(struct worker *w, uint32_t slot)
@@ -181,6 +183,16 @@ static void submit_cancel(struct worker *w, uint64_t target)
 	sqe->user_data = ud_make(UD_CANCEL, 0, 0);
 }
 
+/* Close the slot's socket; its completion frees the slot (on_close). */
+static void submit_close(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
+	io_uring_prep_close_direct(sqe, slot);
+	sqe->user_data = ud_make(UD_CLOSE, c->gen, slot);
+	c->flags |= CF_CLOSE;
+}
+
 /* Close the slot once nothing else is in flight on it. */
 static void conn_reap(struct worker *w, uint32_t slot)
 {
@@ -189,10 +201,7 @@ static void conn_reap(struct worker *w, uint32_t slot)
 		return;
 	if ((c->flags & CF_LINGER) && c->out && c->out->len)
 		return; /* the error frame is still to be flushed */
-	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
-	io_uring_prep_close_direct(sqe, slot);
-	sqe->user_data = ud_make(UD_CLOSE, c->gen, slot);
-	c->flags |= CF_CLOSE;
+	submit_close(w, slot);
 }
 
 static void flush_conn(struct worker *w, uint32_t slot)
@@ -224,7 +233,9 @@ void conn_input_drop(struct worker *w, uint32_t slot)
 	}
 }
 
-static void closing_common(struct worker *w, uint32_t slot, enum gw_close_reason why)
+/* NEW or LIVE -> CLOSING: out of the directory, counted, input dropped,
+ * and a backstop timer (the slot is closed within the linger time). */
+static void enter_closing(struct worker *w, uint32_t slot, enum gw_close_reason why)
 {
 	struct conn *c = conn_of(w, slot);
 	if (c->state == CS_LIVE)
@@ -237,19 +248,27 @@ static void closing_common(struct worker *w, uint32_t slot, enum gw_close_reason
 	/* the frame being handled may point into the carry: session_input drops it */
 	if (slot != w->input_slot)
 		conn_input_drop(w, slot);
-	/* backstop: whatever happens, the slot is closed within the linger time */
 	wheel_add(&w->wheel, slot, w->tick + GW_LINGER_TICKS);
 }
 
-void conn_close(struct worker *w, uint32_t slot, enum gw_close_reason why)
+void conn_end(struct worker *w, uint32_t slot, enum gw_close_reason why, const struct proto_frame *last)
 {
 	struct conn *c = conn_of(w, slot);
-	if (c->state == CS_FREE || (c->flags & CF_CLOSE))
+	if (c->state == CS_FREE || c->state == CS_HANDOFF || (c->flags & CF_CLOSE))
+		return; /* HANDOFF: the SEND_FD completion decides */
+	if (last) {
+		if (c->state == CS_CLOSING)
+			return; /* it has had its last frame, or is being cut */
+		out_frame(w, slot, last, 1);
+		enter_closing(w, slot, why);
+		c->flags |= CF_LINGER;
+		if (!(c->flags & CF_RECV))
+			conn_arm_recv(w, slot); /* read and drop until the peer closes: no RST over our last frame */
+		flush_later(w, slot);
 		return;
-	if (c->state == CS_HANDOFF)
-		return; /* the SEND_FD completion decides */
+	}
 	if (c->state != CS_CLOSING)
-		closing_common(w, slot, why);
+		enter_closing(w, slot, why);
 	c->flags &= (uint16_t)~CF_LINGER;
 	free_out(w, c);
 	if (c->flags & CF_RECV)
@@ -257,20 +276,6 @@ void conn_close(struct worker *w, uint32_t slot, enum gw_close_reason why)
 	if (c->flags & CF_SEND)
 		submit_cancel(w, ud_make(UD_SEND, c->gen, slot));
 	conn_reap(w, slot);
-}
-
-/* Queue a fatal frame, stop taking input, flush, shut down, drain, close. */
-static void conn_fail_frame(struct worker *w, uint32_t slot, const struct proto_frame *f, enum gw_close_reason why)
-{
-	struct conn *c = conn_of(w, slot);
-	if (c->state == CS_FREE || c->state == CS_CLOSING || c->state == CS_HANDOFF)
-		return;
-	conn_out_frame(w, slot, f);
-	closing_common(w, slot, why);
-	c->flags |= CF_LINGER;
-	if (!(c->flags & CF_RECV))
-		conn_arm_recv(w, slot); /* read and drop until the peer closes: no RST over our last frame */
-	flush_later(w, slot);
 }
 
 void conn_fail(struct worker *w, uint32_t slot, unsigned code, enum gw_close_reason why, const char *text)
@@ -281,7 +286,7 @@ void conn_fail(struct worker *w, uint32_t slot, unsigned code, enum gw_close_rea
 	f.error.text = (struct proto_bytes){(const uint8_t *)text, (uint32_t)(n > PROTO_MAX_TEXT ? PROTO_MAX_TEXT : n)};
 	if (code < sizeof w->cnt.parse_errors / sizeof w->cnt.parse_errors[0])
 		CNT_ADD(w, parse_errors[code], 1);
-	conn_fail_frame(w, slot, &f, why);
+	conn_end(w, slot, why, &f);
 }
 
 void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status)
@@ -292,9 +297,8 @@ void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status)
 	f.login_result.time_ms = w->wall_ms;
 	f.login_result.keepalive_s = (uint32_t)(w->gw->cfg.keepalive_ms / 1000);
 	f.login_result.max_body = (uint32_t)w->gw->cfg.max_body;
-	conn_fail_frame(w, slot, &f, status == PROTO_E_SERVER_FULL ? CLOSE_FULL
-				       : status == PROTO_E_SHUTTING_DOWN ? CLOSE_SHUTDOWN
-				       : CLOSE_AUTH);
+	conn_end(w, slot, status == PROTO_E_SERVER_FULL ? CLOSE_FULL : status == PROTO_E_SHUTTING_DOWN ? CLOSE_SHUTDOWN : CLOSE_AUTH,
+		 &f);
 }
 
 void conn_kick(struct worker *w, uint32_t slot)
@@ -302,7 +306,7 @@ void conn_kick(struct worker *w, uint32_t slot)
 	struct proto_frame f = {.type = PROTO_KICKED};
 	f.kicked.reason = PROTO_KICK_ELSEWHERE;
 	CNT_ADD(w, kicks, 1);
-	conn_fail_frame(w, slot, &f, CLOSE_KICKED);
+	conn_end(w, slot, CLOSE_KICKED, &f);
 }
 
 /* ---- receive --------------------------------------------------------------- */
@@ -377,15 +381,14 @@ static void on_recv(struct worker *w, const struct io_uring_cqe *cqe)
 			}
 		}
 		bufring_put(&w->br, bid);
-		if (!more && !(c->flags & CF_RECV) && c->state != CS_HANDOFF && c->state != CS_FREE &&
-		    !(c->flags & CF_CLOSE) && (c->state != CS_CLOSING || (c->flags & CF_LINGER)))
+		if (!more && !(c->flags & CF_RECV) && conn_reads(c))
 			conn_arm_recv(w, slot);
 	} else if (res == -ENOBUFS) {
 		CNT_ADD(w, enobufs, 1);
-		if (c->state == CS_CLOSING && !(c->flags & CF_LINGER))
-			conn_reap(w, slot);
-		else
+		if (conn_reads(c))
 			rearm_later(w, slot);
+		else
+			conn_reap(w, slot);
 		return;
 	} else if (res == 0 || res == -ECONNRESET || res == -EPIPE) {
 		if (c->state == CS_CLOSING)
@@ -552,11 +555,9 @@ static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
 		CNT_ADD(w, handoffs_out, 1);
 		c->state = CS_CLOSING;
 		w->closing++;
-		c->flags = CF_CLOSE;
+		c->flags = 0;
 		wheel_del(&w->wheel, slot);
-		struct io_uring_sqe *sqe = ring_sqe(&w->ring);
-		io_uring_prep_close_direct(sqe, slot);
-		sqe->user_data = ud_make(UD_CLOSE, c->gen, slot);
+		submit_close(w, slot);
 		return;
 	}
 	CNT_ADD(w, handoff_failed, 1);
@@ -929,7 +930,7 @@ void worker_before_wait(struct worker *w)
 		uint32_t s = w->rearm[i];
 		struct conn *c = conn_of(w, s);
 		c->flags &= (uint16_t)~CF_REARM;
-		if (c->state == CS_NEW || c->state == CS_LIVE || (c->state == CS_CLOSING && (c->flags & CF_LINGER)))
+		if (conn_reads(c))
 			conn_arm_recv(w, s);
 	}
 	w->nrearm = 0;
