@@ -45,6 +45,7 @@
 #include <sys/statvfs.h>
 
 #include "proto/wire.h"
+#include "runtime/cluster.h"
 
 /* Bumped whenever a value layout changes; store_open refuses other values. */
 #define STORE_FORMAT 1u
@@ -1234,8 +1235,8 @@ int store_group_delete(struct store *s, uint64_t gid)
  * because nothing that used it was committed either. */
 int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid)
 {
-	if (node > 0xffff)
-		return -EINVAL; /* 16 bits above the 48-bit counter */
+	if (node > CLUSTER_GID_NODE_MAX)
+		return -EINVAL; /* it would not fit the group id (runtime/cluster.h) */
 	int rc = ready(s);
 	if (rc)
 		return rc;
@@ -1251,7 +1252,7 @@ int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid)
 	} else if (rc != MDB_NOTFOUND) {
 		return txn_err(s, rc);
 	}
-	if (next == 0 || next >= (UINT64_C(1) << 48))
+	if (next == 0 || next > CLUSTER_GID_COUNTER_MAX)
 		return -EOVERFLOW;
 	uint8_t vb[8];
 	put_u64(vb, next + 1);
@@ -1259,7 +1260,7 @@ int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid)
 	rc = mdb_put(T(s), s->meta, &k, &v, 0);
 	if (rc)
 		return txn_err(s, rc);
-	*gid = ((uint64_t)node << 48) | next;
+	*gid = cluster_group_id(node, next);
 	return 0;
 }
 

@@ -15,8 +15,8 @@
  * - a user belongs to the backend with the highest hash64(user, node seed)
  *   (rendezvous hashing): adding or removing a backend moves only the users
  *   of that backend (about 1/n of them);
- * - a group id carries its backend's node id in bits 48..55 (assigned at
- *   creation), so groups never move;
+ * - a group id carries its backend's node id in bits 48..62 (assigned at
+ *   creation; cluster_group_id below), so groups never move;
  * - a server message id carries its generator's node id (runtime/msgid.h),
  *   so a receipt finds the backend that stored the message.
  * Read-only after loading: any thread may query.
@@ -56,10 +56,26 @@ int cluster_find(const struct cluster *c, uint32_t node);
 /* Whether `node` is listed as a gateway. */
 int cluster_is_gateway(const struct cluster *c, uint32_t node);
 
-/* Node id encoded in a group id / in a server message id. */
+/* Group id layout, the one place: a per-backend counter in the low 48 bits
+ * and the creating backend's node id in bits 48..62. Bit 63 stays clear: a
+ * group id is sized like a user id (PROTO_MAX_USER), as SEND's `to` has it. */
+#define CLUSTER_GID_COUNTER_BITS 48u
+#define CLUSTER_GID_NODE_BITS 15u
+#define CLUSTER_GID_COUNTER_MAX ((UINT64_C(1) << CLUSTER_GID_COUNTER_BITS) - 1)
+#define CLUSTER_GID_NODE_MAX ((UINT32_C(1) << CLUSTER_GID_NODE_BITS) - 1)
+_Static_assert(CLUSTER_GID_COUNTER_BITS + CLUSTER_GID_NODE_BITS == 63, "a group id leaves bit 63 clear");
+
+/* The group id of backend `node`'s counter value (node <= CLUSTER_GID_NODE_MAX,
+ * 1 <= counter <= CLUSTER_GID_COUNTER_MAX). */
+static inline uint64_t cluster_group_id(uint32_t node, uint64_t counter)
+{
+	return ((uint64_t)(node & CLUSTER_GID_NODE_MAX) << CLUSTER_GID_COUNTER_BITS) | (counter & CLUSTER_GID_COUNTER_MAX);
+}
+
+/* The node id of the backend that created group gid. */
 static inline uint32_t cluster_group_node(uint64_t gid)
 {
-	return (uint32_t)((gid >> 48) & 0xff);
+	return (uint32_t)(gid >> CLUSTER_GID_COUNTER_BITS) & CLUSTER_GID_NODE_MAX;
 }
 
 #endif

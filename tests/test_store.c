@@ -20,6 +20,7 @@
 
 #include "backend/store.h"
 #include "proto/client.h"
+#include "runtime/cluster.h"
 
 #define MAP_BYTES (16u << 20)
 
@@ -775,9 +776,13 @@ Test(store, group_next_id_persisted)
 	cr_assert_eq(gid, ((uint64_t)3 << 48) | 3);
 	store_abort(st);
 	reopen();
-	cr_assert_eq(store_group_next_id(st, 0xffff, &gid), 0);
-	cr_assert_eq(gid, ((uint64_t)0xffff << 48) | 3);
-	cr_assert_eq(store_group_next_id(st, 0x10000, &gid), -EINVAL);
+	/* the largest node the layout holds (runtime/cluster.h), and its id
+	 * still a valid SEND recipient (bit 63 clear: node 0xffff set it before) */
+	cr_assert_eq(store_group_next_id(st, CLUSTER_GID_NODE_MAX, &gid), 0);
+	cr_assert_eq(gid, ((uint64_t)CLUSTER_GID_NODE_MAX << 48) | 3);
+	cr_assert_leq(gid, PROTO_MAX_USER);
+	cr_assert_eq(cluster_group_node(gid), CLUSTER_GID_NODE_MAX);
+	cr_assert_eq(store_group_next_id(st, CLUSTER_GID_NODE_MAX + 1, &gid), -EINVAL);
 	commit();
 	reopen();
 	cr_assert_eq(store_group_next_id(st, 1, &gid), 0);
