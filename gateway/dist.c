@@ -32,27 +32,11 @@ int gw_dist_on(const struct worker *w)
 	return w->gw->cluster.n > 0;
 }
 
-/* Deliver an answer to a connection on this or another thread. */
+/* Answer the sender a pending entry or backend answer names. */
 static void answer(struct worker *w, uint32_t othread, uint64_t oconn, uint8_t what, uint64_t ref, uint64_t id,
 		   unsigned status, uint8_t ack)
 {
-	uint32_t slot = connref_slot(oconn), gen = connref_gen(oconn);
-	if (othread == w->id) {
-		session_answer(w, slot, gen, what, ref, id, status, ack);
-		return;
-	}
-	if (othread >= w->gw->nthreads)
-		return;
-	struct xm_result *r = xm_reserve(w, othread, XM_RESULT, sizeof *r);
-	if (!r)
-		return;
-	r->cmid = ref;
-	r->smid = id;
-	r->oslot = slot;
-	r->ogen = gen;
-	r->status = status;
-	r->what = what;
-	r->ack = ack;
+	xt_answer(w, othread, connref_slot(oconn), connref_gen(oconn), what, ref, id, status, ack);
 }
 
 static void fail_pending(struct worker *w, unsigned li, uint32_t older_than_tick, unsigned status)
@@ -131,16 +115,12 @@ static void resync_start(struct worker *w, unsigned li)
 	struct gw_resync *r = &w->resync[li];
 	resync_free(r);
 	r->again = 0;
-	r->users = malloc((w->dir.count ? w->dir.count : 1) * sizeof *r->users);
+	r->users = session_users(w, &r->n);
 	if (!r->users) {
 		r->again = 1; /* try again next iteration */
 		log_rl(LOG_ERROR, "out of memory starting a session resync");
 		return;
 	}
-	size_t pos = 0;
-	const struct u64map_ent *e;
-	while ((e = u64map_next(&w->dir, &pos)))
-		r->users[r->n++] = e->key;
 	CNT_ADD(w, resyncs, 1);
 }
 
@@ -174,12 +154,10 @@ static void resync_step(struct worker *w, unsigned li)
 			return;
 	}
 	for (unsigned k = 0; r->at < r->n && k < GW_RESYNC_PER_ITER; k++) {
-		uint64_t *v = u64map_get(&w->dir, r->users[r->at]);
-		if (v) {
-			uint32_t slot = connref_slot(*v), gen = connref_gen(*v);
-			struct conn *c = conn_of(w, slot);
-			if (c->state == CS_LIVE && c->gen == gen &&
-			    announce(w, l, 1, r->users[r->at], connref_make(slot, gen), 0, (c->flags & CF_V2) != 0,
+		uint32_t slot = session_find(w, r->users[r->at]);
+		if (slot != UINT32_MAX) {
+			const struct conn *c = conn_of(w, slot);
+			if (announce(w, l, 1, r->users[r->at], connref_make(slot, c->gen), 0, (c->flags & CF_V2) != 0,
 				     GW_STATE_LANE(w->gw->cfg.link_queue) / 2) != 0)
 				return; /* its half of the lane is full: on with it when the backend has taken some */
 		}

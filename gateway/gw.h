@@ -51,6 +51,7 @@
 #include "runtime/u64map.h"
 #include "runtime/uring.h"
 #include "runtime/wheel.h"
+#include "gateway/xthread.h"
 
 #define GW_TICK_MS 100u          /* timing wheel tick */
 #define GW_WHEEL_BITS 13u        /* 8192 buckets x 100 ms = 819 s per turn */
@@ -274,7 +275,7 @@ struct worker {
 	uint32_t tick;
 	uint64_t rng;
 	int draining, stopping;
-	uint32_t drain_deadline;
+	uint32_t drain_deadline, hard_stop; /* ticks: close the rest; give up on them */
 	const char *ring_mode;
 	/* dist link: one per backend */
 	struct link *links;
@@ -303,13 +304,18 @@ struct gw {
 void *worker_main(void *arg);
 
 /* The worker's set-up and teardown, and the two halves of its loop around
- * the one submit-and-wait: flush what the iteration produced (sends, batches
- * for other threads, returned buffers, dist links); then dispatch every
- * completion and run the timers. worker_main is set-up, then these two in a
- * loop with the wait between them; the gateway fuzzer drives them itself. */
+ * the one submit-and-wait, as in Redis's aeMain:
+ *   worker_before_wait: everything the iteration produced leaves (returned
+ *     buffers, re-armed receives and accepts, batches for other threads,
+ *     sends, dist links); returns 0 once a drain is over (stop the loop);
+ *   submit and wait, once, up to the next tick;
+ *   worker_after_wait: every completion is dispatched, then timers, links
+ *     and the drain's deadlines.
+ * worker_main is set-up, then these in a loop; the gateway fuzzer drives
+ * them itself. */
 int worker_setup(struct worker *w, char *err, size_t errlen);
 void worker_teardown(struct worker *w);
-void worker_before_wait(struct worker *w);
+int worker_before_wait(struct worker *w);
 void worker_after_wait(struct worker *w);
 
 /* A new socket in the ring's fixed-file table at `slot` (what an accept
@@ -358,6 +364,9 @@ static inline void conn_close(struct worker *w, uint32_t slot, enum gw_close_rea
 /* conn_end with ERROR code (a fatal one) and text as the last frame. */
 void conn_fail(struct worker *w, uint32_t slot, unsigned code, enum gw_close_reason why, const char *text);
 
+/* The LOGIN_RESULT this gateway answers with (status, agreed version). */
+struct proto_frame conn_login_result(const struct worker *w, unsigned status, uint8_t version);
+
 /* conn_end with LOGIN_RESULT status as the last frame. */
 void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status);
 
@@ -386,9 +395,6 @@ void conn_arm_recv(struct worker *w, uint32_t slot);
 
 /* Schedule the connection's timer check at the right next tick. */
 void conn_timer_update(struct worker *w, uint32_t slot);
-
-/* Reserve a record of `size` bytes in the batch for thread dst. NULL on OOM. */
-void *xm_reserve(struct worker *w, unsigned dst, unsigned type, size_t size);
 
 /* ---- session.c ------------------------------------------------------------ */
 
@@ -434,6 +440,10 @@ void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, ui
 unsigned gw_dist_group(struct worker *w, uint32_t slot, const struct proto_frame *f);
 
 /* ---- session.c hooks used by dist.c ---------------------------------------- */
+/* The slot of the live connection of a user at home here, or UINT32_MAX. */
+uint32_t session_find(struct worker *w, uint64_t user);
+/* A malloc'd list of the users at home here (*n of them), or NULL (OOM). */
+uint64_t *session_users(struct worker *w, size_t *n);
 /* Answer the sender of a message or group request living on this thread. */
 void session_answer(struct worker *w, uint32_t slot, uint32_t gen, uint8_t what, uint64_t ref, uint64_t id,
 		    unsigned status, uint8_t ack);

@@ -15,8 +15,7 @@
 
 /* ---- delivery ---------------------------------------------------------------- */
 
-/* The live connection of a user whose home is this thread, or UINT32_MAX. */
-static uint32_t dir_find(struct worker *w, uint64_t user)
+uint32_t session_find(struct worker *w, uint64_t user)
 {
 	uint64_t *v = u64map_get(&w->dir, user);
 	if (!v)
@@ -28,13 +27,26 @@ static uint32_t dir_find(struct worker *w, uint64_t user)
 	return slot;
 }
 
+uint64_t *session_users(struct worker *w, size_t *n)
+{
+	uint64_t *users = malloc((w->dir.count ? w->dir.count : 1) * sizeof *users);
+	*n = 0;
+	if (!users)
+		return NULL;
+	size_t pos = 0;
+	const struct u64map_ent *e;
+	while ((e = u64map_next(&w->dir, &pos)))
+		users[(*n)++] = e->key;
+	return users;
+}
+
 /* Deliver to a user at home here. cmid: the sender's id for the message, given
  * to protocol 2 clients so they drop a resend that took another path.
  * Returns 0 or a proto_err code. */
 static unsigned deliver_here(struct worker *w, uint64_t to, uint64_t from, uint64_t group, uint64_t smid,
 			     uint64_t time_ms, uint64_t cmid, const uint8_t *body, uint32_t len)
 {
-	uint32_t slot = dir_find(w, to);
+	uint32_t slot = session_find(w, to);
 	if (slot == UINT32_MAX)
 		return PROTO_E_NO_ROUTE;
 	struct proto_frame f = {.type = PROTO_DELIVER};
@@ -141,7 +153,7 @@ static void handle_send(struct worker *w, uint32_t slot, const struct proto_fram
 /* Give a receipt to `to` if connected here; returns 0, or -1 if not here. */
 static int receipt_here(struct worker *w, uint64_t to, uint64_t from, uint8_t kind, uint64_t smid)
 {
-	uint32_t slot = dir_find(w, to);
+	uint32_t slot = session_find(w, to);
 	if (slot == UINT32_MAX)
 		return -1;
 	struct proto_frame f = {.type = PROTO_RECEIPT};
@@ -238,16 +250,7 @@ void session_xbatch(struct worker *w, const struct xbatch *b)
 				if (st == 0)
 					break;
 			}
-			struct xm_result *r = xm_reserve(w, b->src, XM_RESULT, sizeof *r);
-			if (r) {
-				r->cmid = x->cmid;
-				r->smid = x->smid;
-				r->oslot = x->oslot;
-				r->ogen = x->ogen;
-				r->status = st;
-				r->what = XR_SEND;
-				r->ack = PROTO_ACK_ACCEPTED;
-			}
+			xt_answer(w, b->src, x->oslot, x->ogen, XR_SEND, x->cmid, x->smid, st, PROTO_ACK_ACCEPTED);
 			break;
 		}
 		case XM_RESULT: {
@@ -273,7 +276,7 @@ static void login_complete(struct worker *w, uint32_t slot, uint64_t user, uint8
 {
 	struct conn *c = conn_of(w, slot);
 	c->last_rx = w->tick; /* from now on: the keepalive clock */
-	uint32_t old = dir_find(w, user);
+	uint32_t old = session_find(w, user);
 	if (old != UINT32_MAX && old != slot)
 		conn_kick(w, old); /* the newest login wins; closing drops it from dir */
 	if (u64map_put(&w->dir, user, connref_make(slot, c->gen)) != 0) {
@@ -287,12 +290,7 @@ static void login_complete(struct worker *w, uint32_t slot, uint64_t user, uint8
 		c->flags |= CF_V2;
 	CNT_ADD(w, logins_ok, 1);
 	CNT_ADD(w, logged_in, 1);
-	struct proto_frame f = {.type = PROTO_LOGIN_RESULT};
-	f.login_result.status = PROTO_OK;
-	f.login_result.version = version;
-	f.login_result.time_ms = w->wall_ms;
-	f.login_result.keepalive_s = (uint32_t)(w->gw->cfg.keepalive_ms / 1000);
-	f.login_result.max_body = (uint32_t)w->gw->cfg.max_body;
+	struct proto_frame f = conn_login_result(w, PROTO_OK, version);
 	conn_out_frame(w, slot, &f);
 	conn_arm_recv(w, slot);
 	conn_timer_update(w, slot);
@@ -325,7 +323,7 @@ static int handle_login(struct worker *w, uint32_t slot, const struct proto_fram
 		conn_refuse_login(w, slot, PROTO_E_SHUTTING_DOWN);
 		return 0;
 	}
-	uint8_t version = f->login.version > PROTO_VERSION_MAX ? PROTO_VERSION_MAX : f->login.version;
+	uint8_t version = proto_version_agree(f->login.version);
 	c->user = f->login.user;
 	if (gw_home(w->gw, f->login.user) == w->id) {
 		login_complete(w, slot, f->login.user, version, f->login.resume);
@@ -351,7 +349,7 @@ static void handoff(struct worker *w, uint32_t slot, const struct proto_frame *l
 	h->rl_frames = c->rl_frames;
 	h->rl_window = c->rl_window;
 	h->resume = login->login.resume;
-	h->version = login->login.version > PROTO_VERSION_MAX ? PROTO_VERSION_MAX : login->login.version;
+	h->version = proto_version_agree(login->login.version);
 	h->len = (uint32_t)n;
 	if (n)
 		memcpy(h->data, rest, n);

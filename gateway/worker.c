@@ -282,21 +282,26 @@ void conn_fail(struct worker *w, uint32_t slot, unsigned code, enum gw_close_rea
 {
 	struct proto_frame f = {.type = PROTO_ERROR};
 	f.error.code = (uint8_t)code;
-	size_t n = text ? strlen(text) : 0;
-	f.error.text = (struct proto_bytes){(const uint8_t *)text, (uint32_t)(n > PROTO_MAX_TEXT ? PROTO_MAX_TEXT : n)};
+	f.error.text = proto_text(text);
 	if (code < sizeof w->cnt.parse_errors / sizeof w->cnt.parse_errors[0])
 		CNT_ADD(w, parse_errors[code], 1);
 	conn_end(w, slot, why, &f);
 }
 
-void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status)
+struct proto_frame conn_login_result(const struct worker *w, unsigned status, uint8_t version)
 {
 	struct proto_frame f = {.type = PROTO_LOGIN_RESULT};
 	f.login_result.status = (uint8_t)status;
-	f.login_result.version = PROTO_VERSION_MAX;
+	f.login_result.version = version;
 	f.login_result.time_ms = w->wall_ms;
 	f.login_result.keepalive_s = (uint32_t)(w->gw->cfg.keepalive_ms / 1000);
 	f.login_result.max_body = (uint32_t)w->gw->cfg.max_body;
+	return f;
+}
+
+void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status)
+{
+	struct proto_frame f = conn_login_result(w, status, PROTO_VERSION_MAX);
 	conn_end(w, slot, status == PROTO_E_SERVER_FULL ? CLOSE_FULL : status == PROTO_E_SHUTTING_DOWN ? CLOSE_SHUTDOWN : CLOSE_AUTH,
 		 &f);
 }
@@ -585,72 +590,6 @@ static void on_handoff_in(struct worker *w, const struct io_uring_cqe *cqe)
 	free(h);
 }
 
-/* ---- cross-thread batches ------------------------------------------------ */
-
-void *xm_reserve(struct worker *w, unsigned dst, unsigned type, size_t size)
-{
-	size = (size + 7) & ~(size_t)7;
-	struct xbatch *b = w->xout[dst];
-	if (!b || b->len + size > b->cap) {
-		size_t used = b ? b->len : 0, cap = b ? (size_t)b->cap * 2 : 16384;
-		while (cap < used + size)
-			cap *= 2;
-		struct xbatch *nb = aligned_alloc(64, (sizeof *nb + cap + 63) & ~(size_t)63);
-		if (!nb) {
-			log_rl(LOG_ERROR, "out of memory for a cross-thread batch");
-			return NULL;
-		}
-		if (b) {
-			memcpy(nb, b, sizeof *b + b->len);
-			free(b);
-		} else {
-			nb->len = 0;
-			nb->src = (uint16_t)w->id;
-			nb->dst = (uint16_t)dst;
-		}
-		nb->cap = (uint32_t)cap;
-		w->xout[dst] = b = nb;
-	}
-	struct xm_hdr *h = (struct xm_hdr *)(b->data + b->len);
-	h->type = (uint16_t)type;
-	h->size = (uint32_t)size;
-	b->len += (uint32_t)size;
-	CNT_ADD(w, xrecords_out, 1);
-	return h;
-}
-
-static void post_batches(struct worker *w)
-{
-	for (unsigned d = 0; d < w->gw->nthreads; d++) {
-		struct xbatch *b = w->xout[d];
-		if (!b)
-			continue;
-		w->xout[d] = NULL;
-		struct io_uring_sqe *sqe = ring_sqe(&w->ring);
-		ring_prep_msg_ptr(sqe, w->gw->ring_fds[d], UD_XIN, b, 0, UD_XFAIL);
-		CNT_ADD(w, xbatches_out, 1);
-	}
-}
-
-static void on_xfail(struct worker *w, const struct io_uring_cqe *cqe)
-{
-	struct xbatch *b = ud_pointer(cqe->user_data);
-	log_rl(LOG_WARN, "posting a batch to thread %u failed (%s); retrying", b->dst, strerror(-cqe->res));
-	/* put its records back in front of whatever is queued for that thread */
-	struct xbatch *cur = w->xout[b->dst];
-	if (cur) {
-		uint8_t *p = xm_reserve(w, b->dst, 0, b->len);
-		if (p) {
-			cur = w->xout[b->dst];
-			memmove(cur->data + b->len, cur->data, cur->len - b->len);
-			memcpy(cur->data, b->data, b->len);
-		}
-		free(b);
-	} else {
-		w->xout[b->dst] = b;
-	}
-}
-
 /* ---- timers ------------------------------------------------------------------ */
 
 void conn_timer_update(struct worker *w, uint32_t slot)
@@ -724,7 +663,6 @@ static void start_drain(struct worker *w)
 		w->lfd[i] = -1;
 	}
 	const struct gw_config *cfg = &w->gw->cfg;
-	size_t hint = cfg->goaway_hint ? strlen(cfg->goaway_hint) : 0;
 	for (uint32_t s = 0; s < w->slots; s++) {
 		struct conn *c = conn_of(w, s);
 		if (c->state == CS_NEW) {
@@ -735,8 +673,7 @@ static void start_drain(struct worker *w)
 			w->rng = w->rng * 6364136223846793005ull + 1442695040888963407ull;
 			f.goaway.reconnect_ms =
 				cfg->goaway_spread_ms ? (uint32_t)((w->rng >> 33) % (uint64_t)cfg->goaway_spread_ms) : 0;
-			f.goaway.hint = (struct proto_bytes){(const uint8_t *)cfg->goaway_hint,
-							     (uint32_t)(hint > PROTO_MAX_TEXT ? PROTO_MAX_TEXT : hint)};
+			f.goaway.hint = proto_text(cfg->goaway_hint);
 			conn_out_frame(w, s, &f);
 			c->flags |= CF_GOAWAY;
 		}
@@ -896,7 +833,7 @@ static void dispatch(void *arg, const struct io_uring_cqe *cqe)
 		free(b);
 		break;
 	}
-	case UD_XFAIL: on_xfail(w, cqe); break;
+	case UD_XFAIL: xt_on_fail(w, cqe); break;
 	case UD_HANDOFF_IN: on_handoff_in(w, cqe); break;
 	case UD_HANDOFF_OUT: on_handoff_out(w, cqe); break;
 	case UD_CTRL:
@@ -923,7 +860,7 @@ static void update_clock(struct worker *w)
 	w->tick = (uint32_t)((w->now_ns - w->start_ns) / (GW_TICK_MS * 1000000ull)) + 1;
 }
 
-void worker_before_wait(struct worker *w)
+int worker_before_wait(struct worker *w)
 {
 	bufring_publish(&w->br);
 	for (size_t i = 0; i < w->nrearm; i++) {
@@ -934,11 +871,17 @@ void worker_before_wait(struct worker *w)
 			conn_arm_recv(w, s);
 	}
 	w->nrearm = 0;
-	post_batches(w);
+	xt_post(w);
 	for (size_t i = 0; i < w->nflush; i++)
 		flush_conn(w, w->flush[i]);
 	w->nflush = 0;
 	gw_dist_flush(w);
+	if (w->draining)
+		return !(w->live == 0 || (w->hard_stop && w->tick >= w->hard_stop));
+	for (unsigned i = 0; i < w->gw->nlisten; i++)
+		if (!w->lactive[i] && w->lfd[i] >= 0)
+			arm_accept(w, i); /* a failed accept is re-armed here, a tick later at most */
+	return 1;
 }
 
 void worker_after_wait(struct worker *w)
@@ -952,6 +895,11 @@ void worker_after_wait(struct worker *w)
 	gw_dist_tick(w);
 	CNT_SET(w, wheel_size, w->wheel.count);
 	CNT_SET(w, dir_size, w->dir.count);
+	if (w->draining && !w->stopping && w->tick >= w->drain_deadline) {
+		w->stopping = 1;
+		close_all(w);
+		w->hard_stop = w->tick + 2 * GW_LINGER_TICKS;
+	}
 }
 
 void *worker_main(void *arg)
@@ -980,17 +928,7 @@ void *worker_main(void *arg)
 			 w->br.size);
 	for (unsigned i = 0; i < gw->nlisten; i++)
 		arm_accept(w, i);
-	uint32_t hard_stop = 0;
-	for (;;) {
-		/* 1. flush what the last iteration produced */
-		worker_before_wait(w);
-		if (w->draining && (w->live == 0 || (hard_stop && w->tick >= hard_stop)))
-			break;
-		for (unsigned i = 0; !w->draining && i < gw->nlisten; i++)
-			if (!w->lactive[i] && w->lfd[i] >= 0)
-				arm_accept(w, i);
-
-		/* 2. submit and wait, once */
+	while (worker_before_wait(w)) {
 		uint64_t next_tick_ns = w->start_ns + (uint64_t)w->tick * GW_TICK_MS * 1000000ull;
 		uint64_t wait = next_tick_ns > w->now_ns ? next_tick_ns - w->now_ns : 1000;
 		struct __kernel_timespec ts = {.tv_sec = (long long)(wait / 1000000000ull),
@@ -999,14 +937,7 @@ void *worker_main(void *arg)
 		int ret = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
 		if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
 			log_rl(LOG_ERROR, "io_uring_submit_and_wait: %s", strerror(-ret));
-
-		/* 3. dispatch and timers */
 		worker_after_wait(w);
-		if (w->draining && !w->stopping && w->tick >= w->drain_deadline) {
-			w->stopping = 1;
-			close_all(w);
-			hard_stop = w->tick + 2 * GW_LINGER_TICKS;
-		}
 	}
 	if (w->live)
 		log_warn("thread %u exits with %u connections still closing", w->id, w->live);

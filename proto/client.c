@@ -135,31 +135,10 @@ static void parse_payload(struct rd *r, uint8_t type, struct proto_frame *f, enu
 
 long proto_parse(const uint8_t *buf, size_t len, enum proto_dir dir, struct proto_frame *f)
 {
-	uint32_t flen;
 	unsigned hdr;
-	if (len == 0) { /* before any pointer arithmetic: buf may be NULL */
-		f->need = 1;
-		return PROTO_NEED_MORE;
-	}
-	switch (wire_frame_head(buf, buf + len, PROTO_MAX_FRAME, &flen, &hdr)) {
-	case WIRE_HEAD_OK:
-		break;
-	case WIRE_HEAD_MORE:
-		f->need = (uint32_t)len + 1;
-		return PROTO_NEED_MORE;
-	case WIRE_HEAD_TOO_BIG:
-		return -PROTO_E_TOO_BIG;
-	default:
-		return -PROTO_E_BAD_FRAME;
-	}
-	/* Reject a bad type as soon as its byte is here, before the payload. */
-	if (len > hdr && !(type_dirs[buf[hdr]] & dir))
-		return -PROTO_E_BAD_TYPE;
-	size_t total = hdr + (size_t)flen;
-	if (len < total) {
-		f->need = (uint32_t)total;
-		return PROTO_NEED_MORE;
-	}
+	long total = frame_check(buf, len, PROTO_MAX_FRAME, type_dirs, dir, &f->need, &hdr);
+	if (total <= 0)
+		return total;
 	uint8_t type = buf[hdr];
 	struct rd r = {buf + hdr + 1, buf + total, 0};
 	parse_payload(&r, type, f, dir);
@@ -167,7 +146,7 @@ long proto_parse(const uint8_t *buf, size_t len, enum proto_dir dir, struct prot
 		return -PROTO_E_BAD_FIELD;
 	f->type = type;
 	f->size = (uint32_t)total;
-	return (long)total;
+	return total;
 }
 
 int proto_members_next(const struct proto_bytes *members, const uint8_t **pos, uint64_t *user)
@@ -180,8 +159,9 @@ int proto_members_next(const struct proto_bytes *members, const uint8_t **pos, u
 	return wire_uv_get(pos, end, user) == 1;
 }
 
-static void enc_payload(struct wr *w, const struct proto_frame *f)
+static void enc_payload(struct wr *w, const void *frame)
 {
+	const struct proto_frame *f = frame;
 	switch (f->type) {
 	case PROTO_LOGIN:
 		wr_check(w, f->login.user != 0 && f->login.user <= PROTO_MAX_USER);
@@ -279,19 +259,7 @@ static void enc_payload(struct wr *w, const struct proto_frame *f)
 
 size_t proto_encode(const struct proto_frame *f, uint8_t *buf, size_t cap)
 {
-	struct wr w = {NULL, 0, 0};
-	enc_payload(&w, f);
-	if (w.bad || w.n + 1 > PROTO_MAX_FRAME)
-		return 0;
-	uint32_t flen = (uint32_t)w.n + 1;
-	size_t total = wire_uv_size(flen) + flen;
-	if (cap < total)
-		return total;
-	uint8_t *p = wire_uv_put(buf, flen);
-	*p++ = f->type;
-	w = (struct wr){p, 0, 0};
-	enc_payload(&w, f);
-	return total;
+	return frame_encode(f->type, enc_payload, f, buf, cap, PROTO_MAX_FRAME);
 }
 
 size_t proto_enc_deliver(uint8_t *buf, size_t cap, uint64_t smid, uint64_t from, uint64_t group, uint64_t time_ms,
@@ -321,14 +289,21 @@ size_t proto_enc_error(uint8_t *buf, size_t cap, uint8_t code, uint64_t ref, con
 	struct proto_frame f = {.type = PROTO_ERROR};
 	f.error.code = code;
 	f.error.ref = ref;
-	size_t n = text ? strlen(text) : 0;
+	f.error.text = proto_text(text);
+	return proto_encode(&f, buf, cap);
+}
+
+struct proto_bytes proto_text(const char *text)
+{
+	if (!text)
+		return (struct proto_bytes){(const uint8_t *)"", 0};
+	size_t n = strlen(text);
 	if (n > PROTO_MAX_TEXT) {
 		n = PROTO_MAX_TEXT;
 		while (n > 0 && ((unsigned char)text[n] & 0xc0) == 0x80)
 			n--; /* do not cut a UTF-8 sequence in half */
 	}
-	f.error.text = (struct proto_bytes){(const uint8_t *)text, (uint32_t)n};
-	return proto_encode(&f, buf, cap);
+	return (struct proto_bytes){(const uint8_t *)text, (uint32_t)n};
 }
 
 size_t proto_enc_send(uint8_t *buf, size_t cap, uint64_t cmid, uint64_t to, int group, const uint8_t *body,

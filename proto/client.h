@@ -142,6 +142,14 @@ enum proto_err {
 	PROTO_E_CODES = 64,       /* every code is below this (per-code arrays) */
 };
 
+/* The version a server answers a LOGIN of version v with (v >=
+ * PROTO_VERSION_MIN is the caller's check): the lower of v and the newest
+ * it speaks. */
+static inline uint8_t proto_version_agree(uint8_t v)
+{
+	return v > PROTO_VERSION_MAX ? PROTO_VERSION_MAX : v;
+}
+
 /* Name of an error code ("bad_field"), for logs and metrics labels; "unknown"
  * for codes outside the enum. Never NULL. */
 const char *proto_err_name(unsigned code);
@@ -274,6 +282,11 @@ size_t proto_enc_deliver(uint8_t *buf, size_t cap, uint64_t smid, uint64_t from,
 			 uint64_t time_ms, const uint8_t *body, uint32_t body_len);
 size_t proto_enc_ack(uint8_t *buf, size_t cap, uint64_t cmid, uint8_t status, uint64_t smid);
 size_t proto_enc_error(uint8_t *buf, size_t cap, uint8_t code, uint64_t ref, const char *text);
+
+/* A C string as an ERROR text or GOAWAY hint: cut to PROTO_MAX_TEXT bytes
+ * without splitting a UTF-8 sequence (NULL: empty). The view points into
+ * text. */
+struct proto_bytes proto_text(const char *text);
 size_t proto_enc_send(uint8_t *buf, size_t cap, uint64_t cmid, uint64_t to, int group, const uint8_t *body,
 		      uint32_t body_len);
 

@@ -161,4 +161,64 @@ static inline void wr_members(struct wr *w, uint32_t count, struct proto_bytes l
 	wr_raw(w, list.p, list.len);
 }
 
+/* ---- framing -----------------------------------------------------------------
+ * Both protocols frame the same way: L (a minimal varint, 1..max), then L
+ * bytes: a type byte and its payload. */
+
+/* Check the frame at buf[0..len): returns its size (> 0) once it is whole
+ * and its type is allowed (allowed[type] & mask), with the payload at
+ * buf + *hdr + 1 .. buf + size; PROTO_NEED_MORE with *need (the prefix's
+ * full length once known, else len + 1); or -code: TOO_BIG as soon as the
+ * prefix is complete, BAD_FRAME, BAD_TYPE as soon as the type byte is here. */
+static inline long frame_check(const uint8_t *buf, size_t len, uint32_t max, const uint8_t allowed[256], unsigned mask,
+			       uint32_t *need, unsigned *hdr)
+{
+	uint32_t flen;
+	if (len == 0) { /* before any pointer arithmetic: buf may be NULL */
+		*need = 1;
+		return PROTO_NEED_MORE;
+	}
+	switch (wire_frame_head(buf, buf + len, max, &flen, hdr)) {
+	case WIRE_HEAD_OK:
+		break;
+	case WIRE_HEAD_MORE:
+		*need = (uint32_t)len + 1;
+		return PROTO_NEED_MORE;
+	case WIRE_HEAD_TOO_BIG:
+		return -PROTO_E_TOO_BIG;
+	default:
+		return -PROTO_E_BAD_FRAME;
+	}
+	if (len > *hdr && !(allowed[buf[*hdr]] & mask))
+		return -PROTO_E_BAD_TYPE;
+	size_t total = *hdr + (size_t)flen;
+	if (len < total) {
+		*need = (uint32_t)total;
+		return PROTO_NEED_MORE;
+	}
+	return (long)total;
+}
+
+/* Encode one frame of `type` whose payload enc(w, f) writes (called twice:
+ * to size, then to write), L limited to max. Returns the bytes it takes,
+ * written only when cap is at least that; 0 when enc refuses it or it is
+ * over max. Inlined with enc known, so no indirect call is left. */
+static inline size_t frame_encode(uint8_t type, void (*enc)(struct wr *, const void *), const void *f, uint8_t *buf,
+				  size_t cap, uint32_t max)
+{
+	struct wr w = {NULL, 0, 0};
+	enc(&w, f);
+	if (w.bad || w.n + 1 > max)
+		return 0;
+	uint32_t flen = (uint32_t)w.n + 1;
+	size_t total = wire_uv_size(flen) + flen;
+	if (cap < total)
+		return total;
+	uint8_t *p = wire_uv_put(buf, flen);
+	*p++ = type;
+	w = (struct wr){p, 0, 0};
+	enc(&w, f);
+	return total;
+}
+
 #endif

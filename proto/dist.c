@@ -82,13 +82,13 @@ static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
 		/* check the framing of every inner frame now; fields on iteration */
 		const uint8_t *p = f->batch.frames.p, *end = p + f->batch.frames.len;
 		for (uint32_t i = 0; i < f->batch.count && !r->bad; i++) {
-			uint32_t flen;
+			uint32_t need;
 			unsigned hdr;
-			if (wire_frame_head(p, end, DIST_MAX_INNER, &flen, &hdr) != WIRE_HEAD_OK ||
-			    (size_t)(end - p) < hdr + (size_t)flen || !(type_where[p[hdr]] & AT_INNER))
-				rd_fail(r);
+			long n = frame_check(p, (size_t)(end - p), DIST_MAX_INNER, type_where, AT_INNER, &need, &hdr);
+			if (n <= 0)
+				rd_fail(r); /* a partial frame inside a whole batch is malformed too */
 			else
-				p += hdr + flen;
+				p += n;
 		}
 		if (p != end)
 			rd_fail(r);
@@ -203,26 +203,10 @@ static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
 /* Parse one frame at [buf, buf+len) allowed at `where`, limited to max. */
 static long parse_one(const uint8_t *buf, size_t len, uint32_t max, int where, struct dist_frame *f)
 {
-	uint32_t flen;
 	unsigned hdr;
-	switch (wire_frame_head(buf, buf + len, max, &flen, &hdr)) {
-	case WIRE_HEAD_OK:
-		break;
-	case WIRE_HEAD_MORE:
-		f->need = (uint32_t)len + 1;
-		return PROTO_NEED_MORE;
-	case WIRE_HEAD_TOO_BIG:
-		return -PROTO_E_TOO_BIG;
-	default:
-		return -PROTO_E_BAD_FRAME;
-	}
-	if (len > hdr && !(type_where[buf[hdr]] & where))
-		return -PROTO_E_BAD_TYPE;
-	size_t total = hdr + (size_t)flen;
-	if (len < total) {
-		f->need = (uint32_t)total;
-		return PROTO_NEED_MORE;
-	}
+	long total = frame_check(buf, len, max, type_where, (unsigned)where, &f->need, &hdr);
+	if (total <= 0)
+		return total;
 	uint8_t type = buf[hdr];
 	struct rd r = {buf + hdr + 1, buf + total, 0};
 	parse_payload(&r, type, f);
@@ -230,15 +214,11 @@ static long parse_one(const uint8_t *buf, size_t len, uint32_t max, int where, s
 		return -PROTO_E_BAD_FIELD;
 	f->type = type;
 	f->size = (uint32_t)total;
-	return (long)total;
+	return total;
 }
 
 long dist_parse(const uint8_t *buf, size_t len, struct dist_frame *f)
 {
-	if (len == 0) { /* buf may be NULL: no arithmetic on it */
-		f->need = 1;
-		return PROTO_NEED_MORE;
-	}
 	return parse_one(buf, len, DIST_MAX_FRAME, AT_TOP, f);
 }
 
@@ -263,8 +243,9 @@ int dist_batch_next(struct dist_iter *it, struct dist_frame *f)
 	return 1;
 }
 
-static void enc_payload(struct wr *w, const struct dist_frame *f)
+static void enc_payload(struct wr *w, const void *frame)
 {
+	const struct dist_frame *f = frame;
 	switch (f->type) {
 	case DIST_HELLO:
 		wr_check(w, (f->hello.role == DIST_ROLE_GATEWAY || f->hello.role == DIST_ROLE_BACKEND) &&
@@ -386,19 +367,7 @@ static void enc_payload(struct wr *w, const struct dist_frame *f)
 /* Encode with a limit on L. */
 static size_t encode_max(const struct dist_frame *f, uint8_t *buf, size_t cap, uint32_t max)
 {
-	struct wr w = {NULL, 0, 0};
-	enc_payload(&w, f);
-	if (w.bad || w.n + 1 > max)
-		return 0;
-	uint32_t flen = (uint32_t)w.n + 1;
-	size_t total = wire_uv_size(flen) + flen;
-	if (cap < total)
-		return total;
-	uint8_t *p = wire_uv_put(buf, flen);
-	*p++ = f->type;
-	w = (struct wr){p, 0, 0};
-	enc_payload(&w, f);
-	return total;
+	return frame_encode(f->type, enc_payload, f, buf, cap, max);
 }
 
 size_t dist_encode(const struct dist_frame *f, uint8_t *buf, size_t cap)

@@ -10,6 +10,7 @@
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdint.h>
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1202,6 +1203,84 @@ Test(names, type_names)
 	static const unsigned unknown[] = {0, 7, 0x7f, 0x80, 0x88, 0xff, 0x100, 0x101, UINT32_MAX};
 	for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++)
 		cr_assert_str_eq(proto_type_name(unknown[i]), "unknown", "type 0x%x", unknown[i]);
+}
+
+/* PROTOCOL.md's frame and error tables say what PROTO_FRAMES and
+ * PROTO_ERRORS say: the spec and the one list in the code cannot drift. */
+static FILE *open_protocol_md(void)
+{
+	FILE *f = fopen("proto/PROTOCOL.md", "r");
+	if (!f) { /* run from elsewhere: next to this source file */
+		char path[512];
+		const char *src = __FILE__, *slash = strrchr(src, '/');
+		snprintf(path, sizeof path, "%.*s/../proto/PROTOCOL.md", slash ? (int)(slash - src) : 1, slash ? src : ".");
+		f = fopen(path, "r");
+	}
+	cr_assert_not_null(f, "proto/PROTOCOL.md not found (run from the source tree)");
+	return f;
+}
+
+Test(names, protocol_md_tables_match_the_lists)
+{
+	FILE *md = open_protocol_md();
+	char line[1024];
+	unsigned frames = 0, errors = 0, errors_listed = 0, in_dist = 0;
+#define X_(N, code, name, cls) errors_listed++;
+	PROTO_ERRORS(X_)
+#undef X_
+	while (fgets(line, sizeof line, md)) {
+		if (strncmp(line, "# 4", 3) == 0 || strncmp(line, "## 4", 4) == 0)
+			in_dist = 1; /* part 4 is the dist protocol: its own table */
+		unsigned code;
+		char name[64], dir[16];
+		if (!in_dist && sscanf(line, "| 0x%x | %63[A-Z_] | %15[^ |] |", &code, name, dir) == 3) {
+			for (char *p = name; *p; p++)
+				*p = (char)tolower((unsigned char)*p);
+			cr_assert_str_eq(proto_type_name(code), name, "PROTOCOL.md: type 0x%02x is %s", code, name);
+			const char *want = strcmp(dir, "C->S") == 0 ? "client" : strcmp(dir, "S->C") == 0 ? "server" : "both";
+			struct proto_frame f;
+			uint8_t b[2] = {1, (uint8_t)code};
+			long from_c = proto_parse(b, 2, PROTO_FROM_CLIENT, &f), from_s = proto_parse(b, 2, PROTO_FROM_SERVER, &f);
+			const char *got = from_c != -PROTO_E_BAD_TYPE && from_s != -PROTO_E_BAD_TYPE ? "both"
+					  : from_c != -PROTO_E_BAD_TYPE			   ? "client"
+											   : "server";
+			cr_assert_str_eq(got, want, "type %s: PROTOCOL.md says %s", name, dir);
+			frames++;
+		} else if (!in_dist && sscanf(line, "| %u | %63[a-z_] | %15[a-z] |", &code, name, dir) == 3) {
+			cr_assert_str_eq(proto_err_name(code), name, "PROTOCOL.md: error %u is %s", code, name);
+			cr_assert_eq(strcmp(dir, "yes") == 0, code < PROTO_E_FATAL_LIMIT, "error %s: fatal is %s", name, dir);
+			errors++;
+		}
+	}
+	fclose(md);
+	cr_assert_eq(frames, PROTO_FRAME_TYPES, "PROTOCOL.md lists %u frame types, the code %u", frames,
+		     (unsigned)PROTO_FRAME_TYPES);
+	cr_assert_eq(errors, errors_listed, "PROTOCOL.md lists %u error codes, the code %u", errors, errors_listed);
+}
+
+/* ERROR texts and GOAWAY hints are cut to PROTO_MAX_TEXT on a UTF-8
+ * boundary, by one function (the gateway cut its own texts bytewise before). */
+Test(names, text_is_cut_on_a_utf8_boundary)
+{
+	char s[PROTO_MAX_TEXT + 8];
+	memset(s, 'a', sizeof s - 1);
+	s[sizeof s - 1] = 0;
+	cr_assert_eq(proto_text(s).len, PROTO_MAX_TEXT);
+	/* a 3-byte sequence (U+20AC) across the limit goes whole */
+	memcpy(s + PROTO_MAX_TEXT - 1, "\xe2\x82\xac", 3);
+	struct proto_bytes t = proto_text(s);
+	cr_assert_eq(t.len, PROTO_MAX_TEXT - 1);
+	cr_assert_eq((const char *)t.p, s);
+	cr_assert_eq(proto_text(NULL).len, 0);
+	cr_assert_not_null(proto_text(NULL).p);
+	cr_assert_eq(proto_text("short").len, 5);
+	uint8_t buf[PROTO_MAX_FRAME_BYTES];
+	size_t n = proto_enc_error(buf, sizeof buf, PROTO_E_INTERNAL, 0, s);
+	struct proto_frame f;
+	cr_assert_eq(proto_parse(buf, n, PROTO_FROM_SERVER, &f), (long)n);
+	cr_assert_eq(f.error.text.len, PROTO_MAX_TEXT - 1);
+	cr_assert_eq(proto_version_agree(1), 1);
+	cr_assert_eq(proto_version_agree(PROTO_VERSION_MAX + 3), PROTO_VERSION_MAX);
 }
 
 /* The dense index (per-type counters) covers exactly the named types, once each. */
