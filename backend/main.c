@@ -17,6 +17,7 @@
 #include "runtime/clock.h"
 #include "runtime/httpd.h"
 #include "runtime/log.h"
+#include "runtime/version.h"
 #include "runtime/uring.h"
 
 static const char usage[] =
@@ -200,15 +201,21 @@ int main(int argc, char **argv)
 		store_close(b.store);
 		return 1;
 	}
-	log_info("node %lld: gateways link to %s; store in %s; %zu backend(s) in the cluster", (long long)cfg->node,
+	log_info("version %s, node %lld: gateways link to %s; store in %s; %zu backend(s) in the cluster", CHAT_VERSION,
+		 (long long)cfg->node,
 		 addr_str(&la, a, sizeof a), cfg->data_dir, b.cluster.n);
 	struct httpd *httpd = NULL;
 	if (stats_on) {
 		httpd = httpd_start(&sa, be_stats_http, &b, err, sizeof err);
-		if (!httpd)
-			log_warn("stats endpoint not started: %s", err);
-		else
-			log_info("stats on http://%s/metrics (also /stats, /healthz)", addr_str(&sa, a, sizeof a));
+		if (!httpd) {
+			log_error("--stats-listen %s: %s (--stats-listen off runs without it)", cfg->stats_listen, err);
+			ctrl(&b, 2);
+			pthread_join(b.thread, NULL);
+			close(b.lfd);
+			store_close(b.store);
+			return 1;
+		}
+		log_info("stats on http://%s/metrics (also /stats, /healthz)", addr_str(&sa, a, sizeof a));
 	}
 	int signals = 0;
 	for (;;) {

@@ -101,21 +101,18 @@ int be_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 		if (prom && table[i].off == offsetof(struct be_counters, commit_ns_total))
 			vals[i] /= 1e9;
 	}
-	const struct metric_desc extra[] = {
-		{"backend_uptime_seconds", NULL, "uptime_s", METRIC_GAUGE, "Seconds since start"},
-		{"backend_rss_bytes", NULL, "rss_bytes", METRIC_GAUGE, "Resident set size"},
-		{"backend_cpu_seconds_total", NULL, "cpu_s", METRIC_COUNTER, "CPU time of the process (user + system)"},
-	};
-	double xv[3] = {(double)(clock_wall_ms() - b->started_wall_ms) / 1000.0, metrics_rss_bytes(), metrics_cpu_seconds()};
+	static const struct metric_desc extra[MP_N] = METRICS_PROCESS_ROWS("backend");
+	double xv[MP_N];
+	metrics_process_values(b->started_wall_ms, xv);
 	if (prom) {
 		*ctype = "text/plain; version=0.0.4; charset=utf-8";
 		metrics_prom(body, d, NTABLE, vals);
-		metrics_prom(body, extra, 3, xv);
+		metrics_prom(body, extra, MP_N, xv);
 		return 200;
 	}
 	*ctype = "application/json";
-	mbuf_printf(body, "{\"role\":\"backend\",\"node\":%lld,", (long long)b->cfg.node);
-	metrics_json_fields(body, extra, 3, xv);
+	mbuf_printf(body, "{\"role\":\"backend\",\"version\":\"%s\",\"node\":%lld,", CHAT_VERSION, (long long)b->cfg.node);
+	metrics_json_fields(body, extra, MP_N, xv);
 	mbuf_put(body, ",", 1);
 	metrics_json_fields(body, d, NTABLE, vals);
 	mbuf_printf(body, "}\n");

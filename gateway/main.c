@@ -21,6 +21,7 @@
 #include "runtime/clock.h"
 #include "runtime/httpd.h"
 #include "runtime/log.h"
+#include "runtime/version.h"
 
 static const char usage[] =
 	"usage: gateway --auth-secret-file FILE [options]\n"
@@ -134,7 +135,7 @@ int main(int argc, char **argv)
 	}
 	if (token_secret_load(&gw.secret, cfg->secret_file, err, sizeof err) != 0) {
 		log_error("%s", err);
-		return 1;
+		return 2; /* a configuration error: restarting will not help */
 	}
 	gw.nlisten = cfg->listen.n;
 	gw.listen = calloc(gw.nlisten, sizeof *gw.listen);
@@ -252,8 +253,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	char a[64];
-	log_info("node %lld: %u threads x %u connections = %llu capacity (RLIMIT_NOFILE %llu per ring table)",
-		 (long long)cfg->node, gw.nthreads, gw.slots - GW_SLOT_RESERVE,
+	log_info("version %s, node %lld: %u threads x %u connections = %llu capacity (RLIMIT_NOFILE %llu per ring table)",
+		 CHAT_VERSION, (long long)cfg->node, gw.nthreads, gw.slots - GW_SLOT_RESERVE,
 		 (unsigned long long)gw.nthreads * (gw.slots - GW_SLOT_RESERVE), (unsigned long long)rl.rlim_cur);
 	for (size_t i = 0; i < gw.nlisten; i++)
 		log_info("listening on %s", addr_str(&gw.listen[i], a, sizeof a));
@@ -261,19 +262,25 @@ int main(int argc, char **argv)
 		log_info("%zu backend(s) from %s; every thread links to each", gw.cluster.n, cfg->cluster_file);
 	else
 		log_info("no --cluster: local delivery only (no_route for users not connected here)");
-	struct httpd *httpd = NULL;
-	if (stats_on) {
-		httpd = httpd_start(&stats_addr, gw_stats_http, &gw, err, sizeof err);
-		if (!httpd)
-			log_warn("stats endpoint not started: %s", err);
-		else
-			log_info("stats on http://%s/metrics (also /stats, /healthz)", addr_str(&stats_addr, a, sizeof a));
-	}
-
 	struct io_uring ctl;
 	if (io_uring_queue_init(64, &ctl, 0) != 0) {
 		log_error("cannot create the control ring");
 		return 1;
+	}
+	struct httpd *httpd = NULL;
+	if (stats_on) {
+		httpd = httpd_start(&stats_addr, gw_stats_http, &gw, err, sizeof err);
+		if (!httpd) {
+			/* a node nobody can scrape or health-check is not started:
+			 * --stats-listen off is the way to run without */
+			log_error("--stats-listen %s: %s (--stats-listen off runs without it)", cfg->stats_listen, err);
+			ctrl_all(&gw, &ctl, CTRL_STOP, 0);
+			for (unsigned i = 0; i < gw.nthreads; i++)
+				pthread_join(gw.w[i].thread, NULL);
+			io_uring_queue_exit(&ctl);
+			return 1;
+		}
+		log_info("stats on http://%s/metrics (also /stats, /healthz)", addr_str(&stats_addr, a, sizeof a));
 	}
 	int signals = 0;
 	unsigned joined = 0;

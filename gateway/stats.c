@@ -123,17 +123,15 @@ static const struct gw_metric table[] = {
 #define NTABLE (sizeof table / sizeof table[0])
 
 /* Extra figures computed at read time. */
-enum { X_CAPACITY, X_THREADS, X_UPTIME, X_RSS, X_ALLOC, X_RESIDENT, X_CPU, X_N };
+enum { X_CAPACITY, X_THREADS, X_ALLOC, X_RESIDENT, X_N };
 static const struct metric_desc extra[X_N] = {
 	{"gateway_capacity", NULL, "capacity", METRIC_GAUGE, "Connections this gateway can hold"},
 	{"gateway_threads", NULL, "threads", METRIC_GAUGE, "Worker threads (one io_uring each)"},
-	{"gateway_uptime_seconds", NULL, "uptime_s", METRIC_GAUGE, "Seconds since start"},
-	{"gateway_rss_bytes", NULL, "rss_bytes", METRIC_GAUGE, "Resident set size"},
 	{"gateway_allocated_bytes", NULL, "allocated_bytes", METRIC_GAUGE, "Bytes allocated (jemalloc stats.allocated)"},
 	{"gateway_allocator_resident_bytes", NULL, "allocator_resident_bytes", METRIC_GAUGE,
 	 "Allocator resident bytes (jemalloc stats.resident)"},
-	{"gateway_cpu_seconds_total", NULL, "cpu_s", METRIC_COUNTER, "CPU time of the process (user + system)"},
 };
+static const struct metric_desc proc[MP_N] = METRICS_PROCESS_ROWS("gateway");
 
 static uint64_t load(const struct gw_counters *c, size_t off)
 {
@@ -171,7 +169,7 @@ int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 		mbuf_printf(body, "not found; try /metrics, /stats or /healthz\n");
 		return 404;
 	}
-	double vals[NTABLE], xv[X_N];
+	double vals[NTABLE], xv[X_N], pv[MP_N];
 	for (size_t i = 0; i < NTABLE; i++) {
 		uint64_t s = 0, mx = 0;
 		for (unsigned t = 0; t < gw->nthreads; t++) {
@@ -185,10 +183,8 @@ int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 	}
 	xv[X_CAPACITY] = (double)gw->nthreads * (double)(gw->slots - GW_SLOT_RESERVE);
 	xv[X_THREADS] = gw->nthreads;
-	xv[X_UPTIME] = (double)(clock_wall_ms() - gw->started_wall_ms) / 1000.0;
-	xv[X_RSS] = metrics_rss_bytes();
 	allocator(&xv[X_ALLOC], &xv[X_RESIDENT]);
-	xv[X_CPU] = metrics_cpu_seconds();
+	metrics_process_values(gw->started_wall_ms, pv);
 	struct metric_desc d[NTABLE];
 	for (size_t i = 0; i < NTABLE; i++)
 		d[i] = table[i].d;
@@ -196,10 +192,13 @@ int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 		*ctype = "text/plain; version=0.0.4; charset=utf-8";
 		metrics_prom(body, d, NTABLE, vals);
 		metrics_prom(body, extra, X_N, xv);
+		metrics_prom(body, proc, MP_N, pv);
 		return 200;
 	}
 	*ctype = "application/json";
-	mbuf_printf(body, "{\"role\":\"gateway\",\"node\":%lld,", (long long)gw->cfg.node);
+	mbuf_printf(body, "{\"role\":\"gateway\",\"version\":\"%s\",\"node\":%lld,", CHAT_VERSION, (long long)gw->cfg.node);
+	metrics_json_fields(body, proc, MP_N, pv);
+	mbuf_put(body, ",", 1);
 	metrics_json_fields(body, extra, X_N, xv);
 	mbuf_put(body, ",", 1);
 	metrics_json_fields(body, d, NTABLE, vals);

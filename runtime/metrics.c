@@ -1,11 +1,13 @@
 /* metrics.c: see metrics.h. */
 #include "runtime/metrics.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 /* A value in Prometheus text (prom) or JSON: integers without decimals,
@@ -70,4 +72,28 @@ double metrics_cpu_seconds(void)
 	getrusage(RUSAGE_SELF, &ru);
 	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
 	       (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+void metrics_process_values(uint64_t started_wall_ms, double v[MP_N])
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+	v[MP_BUILD] = 1;
+	v[MP_START] = (double)started_wall_ms / 1000.0;
+	v[MP_UPTIME] = now - v[MP_START];
+	v[MP_CPU] = metrics_cpu_seconds();
+	v[MP_RSS] = metrics_rss_bytes();
+	double fds = 0;
+	DIR *d = opendir("/proc/self/fd");
+	if (d) {
+		struct dirent *e;
+		while ((e = readdir(d)))
+			fds += e->d_name[0] != '.';
+		closedir(d);
+		fds -= 1; /* the descriptor of the listing itself */
+	}
+	v[MP_FDS] = fds;
+	struct rlimit rl;
+	v[MP_MAX_FDS] = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (double)rl.rlim_cur : 0;
 }

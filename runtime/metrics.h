@@ -10,8 +10,10 @@
 #define RUNTIME_METRICS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "runtime/mbuf.h"
+#include "runtime/version.h"
 
 /* METRIC_MAX is a gauge whose value over several threads or links is their
  * largest, not their sum (rendered as a gauge). */
@@ -30,6 +32,26 @@ void metrics_prom(struct mbuf *b, const struct metric_desc *d, size_t n, const d
 
 /* Append "key": value pairs (comma-separated, no braces) for d[i] = vals[i]. */
 void metrics_json_fields(struct mbuf *b, const struct metric_desc *d, size_t n, const double *vals);
+
+/* The rows every program exports about its process, by index: the build
+ * (value 1, its version as a label: the --version string), uptime, and
+ * Prometheus's standard process_* metrics. JSON keys as below. */
+enum { MP_BUILD, MP_UPTIME, MP_START, MP_CPU, MP_RSS, MP_FDS, MP_MAX_FDS, MP_N };
+#define METRICS_PROCESS_ROWS(prefix)                                                                            \
+	{                                                                                                       \
+		{prefix "_build_info", "version=\"" CHAT_VERSION "\"", "build_info", METRIC_GAUGE,                \
+		 "Always 1; the version of this build in its label"},                                           \
+		{prefix "_uptime_seconds", NULL, "uptime_s", METRIC_GAUGE, "Seconds since start"},               \
+		{"process_start_time_seconds", NULL, "start_time_s", METRIC_GAUGE,                               \
+		 "Start time of the process since the Unix epoch"},                                             \
+		{"process_cpu_seconds_total", NULL, "cpu_s", METRIC_COUNTER, "CPU time of the process (user + system)"}, \
+		{"process_resident_memory_bytes", NULL, "rss_bytes", METRIC_GAUGE, "Resident set size"},         \
+		{"process_open_fds", NULL, "open_fds", METRIC_GAUGE, "Open file descriptors"},                   \
+		{"process_max_fds", NULL, "max_fds", METRIC_GAUGE, "RLIMIT_NOFILE (ring tables of direct descriptors are not counted in open_fds)"}, \
+	}
+
+/* Fill v[0..MP_N) for a process started at started_wall_ms (wall clock). */
+void metrics_process_values(uint64_t started_wall_ms, double v[MP_N]);
 
 /* This process's resident set size in bytes (/proc/self/statm), 0 if unknown. */
 double metrics_rss_bytes(void);

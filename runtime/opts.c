@@ -8,6 +8,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "runtime/version.h"
+
 int opts_parse_ms(const char *s, int64_t *ms)
 {
 	char *end;
@@ -155,7 +157,8 @@ static void help(const struct opt *opts, size_t n, const char *usage)
 			printf(" (repeatable)");
 		printf("\n");
 	}
-	printf("  %-30s %s\n  %-30s %s\n", "--config=FILE", "read options from FILE first", "--help", "this text");
+	printf("  %-30s %s\n  %-30s %s\n  %-30s %s\n", "--config=FILE", "read options from FILE first", "--help", "this text",
+	       "--version", "print the version (" CHAT_VERSION ") and exit");
 }
 
 /* Read a config file into (name, value) pairs and apply those not given on
@@ -248,6 +251,12 @@ int opts_parse(const struct opt *opts, size_t n, int argc, char **argv, const ch
 		const char *arg = argv[a];
 		if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
 			help(opts, n, usage);
+			rc = 1;
+			goto out;
+		}
+		if (strcmp(arg, "--version") == 0) {
+			const char *prog = argc > 0 && argv[0] ? strrchr(argv[0], '/') : NULL;
+			printf("%s %s\n", prog ? prog + 1 : argc > 0 && argv[0] ? argv[0] : "?", CHAT_VERSION);
 			rc = 1;
 			goto out;
 		}

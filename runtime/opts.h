@@ -35,9 +35,9 @@ struct opt {
 	const char *help;
 };
 
-/* Parse argv (and --config FILE, --help) against opts[0..n). usage is the
- * first lines of --help. Returns 0 ok, 1 when --help was printed (exit 0),
- * or -1 with a message in err (exit 2). */
+/* Parse argv (and --config FILE, --help, --version) against opts[0..n).
+ * usage is the first lines of --help. Returns 0 ok, 1 when --help or
+ * --version was printed (exit 0), or -1 with a message in err (exit 2). */
 int opts_parse(const struct opt *opts, size_t n, int argc, char **argv, const char *usage, char *err, size_t errlen);
 
 /* Value parsers, exposed for tests and tools. Return 0 or -1. */

@@ -13,8 +13,10 @@
  */
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -28,6 +30,7 @@
 #include "proto/client.h"
 #include "runtime/token.h"
 #include "runtime/u64map.h"
+#include "runtime/version.h"
 #include "tests/tclient.h"
 
 #define RECV_MS 3000 /* default bound for a frame that should come at once */
@@ -1553,6 +1556,107 @@ Test(gateway, stats_endpoint, .timeout = 30)
 	tc_close(&c[0]);
 	cr_assert_eq(wait_stat_eq("logged_in", 2, 3000), 2, "logged_in after one client left");
 	gw_alive();
+}
+
+/* ---- operations (issue 12) ---------------------------------------------------------- */
+
+/* Run the gateway binary with argv (argv[0] filled in) to completion;
+ * returns its exit status, its stdout and stderr in out/err (static). */
+static int gw_run(const char **argv, char **out, char **err)
+{
+	static char gw_path[PATH_MAX + 32], op[PATH_MAX + 64], ep[PATH_MAX + 64];
+	snprintf(gw_path, sizeof gw_path, "%s/gateway/gateway", tc_build_dir());
+	snprintf(op, sizeof op, "%s/tests/gateway-e2e/run.%d.out", tc_build_dir(), (int)getpid());
+	snprintf(ep, sizeof ep, "%s/tests/gateway-e2e/run.%d.err", tc_build_dir(), (int)getpid());
+	mkdir(tc_build_dir(), 0755);
+	char d[PATH_MAX + 32];
+	snprintf(d, sizeof d, "%s/tests/gateway-e2e", tc_build_dir());
+	mkdir(d, 0755);
+	argv[0] = gw_path;
+	int rc = tc_run(gw_path, (char *const *)argv, op, ep, 15000);
+	static char *o, *e;
+	free(o);
+	free(e);
+	o = tc_read_file(op, NULL);
+	e = tc_read_file(ep, NULL);
+	*out = o ? o : (char *)"";
+	*err = e ? e : (char *)"";
+	return rc;
+}
+
+/* --version prints the build's version, the same string /metrics labels
+ * gateway_build_info with; the standard process_* metrics are there. */
+Test(gateway, version_is_the_build_info, .timeout = 30)
+{
+	const char *argv[] = {NULL, "--version", NULL};
+	char *out, *err;
+	cr_assert_eq(gw_run(argv, &out, &err), 0, "--version: %s", err);
+	cr_assert_str_eq(out, "gateway " CHAT_VERSION "\n");
+	gw_start(NULL);
+	static char body[65536];
+	cr_assert_eq(tc_http_get(G.stats, "/metrics", 2000, body, sizeof body), 200);
+	cr_assert(strstr(body, "\ngateway_build_info{version=\"" CHAT_VERSION "\"} 1\n"), "no build_info:\n%.3000s", body);
+	static const char *const std[] = {"process_cpu_seconds_total ", "process_resident_memory_bytes ",
+					  "process_start_time_seconds ", "process_open_fds ", "process_max_fds "};
+	for (size_t i = 0; i < sizeof std / sizeof std[0]; i++)
+		cr_assert(strstr(body, std[i]), "/metrics lacks %s", std[i]);
+	cr_assert_eq(tc_http_get(G.stats, "/stats", 2000, body, sizeof body), 200);
+	cr_assert(strstr(body, "\"version\":\"" CHAT_VERSION "\""), "/stats lacks the version");
+	cr_assert_gt(tc_json_num(body, "rss_bytes"), 0);
+	gw_alive();
+}
+
+/* A stats port another process holds was a warning, and the node ran with
+ * no /metrics or /healthz; now it is a start-up error (exit 1). */
+Test(gateway, busy_stats_port_is_a_startup_error, .timeout = 30)
+{
+	int busy = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t sl = sizeof sa;
+	cr_assert(busy >= 0 && bind(busy, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(busy, 4) == 0 &&
+		  getsockname(busy, (struct sockaddr *)&sa, &sl) == 0);
+	char stats[32], listen_on[32], secret[PATH_MAX + 64];
+	snprintf(stats, sizeof stats, "127.0.0.1:%u", ntohs(sa.sin_port));
+	int pfd;
+	unsigned port = tc_port_reserve(&pfd);
+	snprintf(listen_on, sizeof listen_on, "127.0.0.1:%u", port);
+	snprintf(secret, sizeof secret, "%s/tests/gateway-e2e/busy.%d.secret", tc_build_dir(), (int)getpid());
+	mkdir(tc_build_dir(), 0755);
+	char d[PATH_MAX + 32];
+	snprintf(d, sizeof d, "%s/tests/gateway-e2e", tc_build_dir());
+	mkdir(d, 0755);
+	cr_assert_eq(tc_secret_new(secret, NULL), 0);
+	const char *argv[] = {NULL, "--auth-secret-file", secret, "--listen", listen_on, "--stats-listen", stats,
+			      "--threads", "2", NULL};
+	char *out, *err;
+	int rc = gw_run(argv, &out, &err);
+	cr_assert_eq(rc, 1, "exit %d with the stats port taken; stderr:\n%s", rc, err);
+	cr_assert(strstr(err, "--stats-listen"), "the error does not name --stats-listen:\n%s", err);
+	close(busy);
+	tc_port_release(pfd);
+	unlink(secret);
+}
+
+/* A configuration error (here a secret too short to sign with) exits 2, so
+ * systemd's RestartPreventExitStatus=2 ends the restart loop. */
+Test(gateway, short_secret_is_a_configuration_error, .timeout = 30)
+{
+	char secret[PATH_MAX + 64];
+	snprintf(secret, sizeof secret, "%s/tests/gateway-e2e/short.%d.secret", tc_build_dir(), (int)getpid());
+	char d[PATH_MAX + 32];
+	mkdir(tc_build_dir(), 0755);
+	snprintf(d, sizeof d, "%s/tests/gateway-e2e", tc_build_dir());
+	mkdir(d, 0755);
+	FILE *f = fopen(secret, "w");
+	cr_assert(f);
+	fputs("short", f);
+	fclose(f);
+	const char *argv[] = {NULL, "--auth-secret-file", secret, "--stats-listen", "off", "--listen", "127.0.0.1:1", NULL};
+	char *out, *err;
+	int rc = gw_run(argv, &out, &err);
+	cr_assert_eq(rc, 2, "exit %d for a 5-byte secret; stderr:\n%s", rc, err);
+	cr_assert(strstr(err, "at least 16"), "stderr:\n%s", err);
+	unlink(secret);
 }
 
 /* ---- hostile clients (regression tests) ------------------------------------------------ */
