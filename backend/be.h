@@ -117,6 +117,9 @@ struct be {
 };
 
 enum be_ud { BU_ACCEPT = 1, BU_LINK, BU_CTRL };
+/* Control messages from the main thread (MSG_RING, BU_CTRL): RELOAD
+ * carries a malloc'd struct be_config the node thread takes and frees. */
+enum be_ctrl { BE_CTRL_DRAIN = 1, BE_CTRL_STOP = 2, BE_CTRL_RELOAD = 3 };
 
 struct mbuf;
 

@@ -29,65 +29,117 @@ static const char usage[] =
 	"routes receipts and owns groups. The cluster file lists every backend\n"
 	"(\"backend ID IP:PORT\" lines, this node's included) and every gateway\n"
 	"(\"gateway ID\"); links are authenticated with the cluster secret.\n"
-	"Signals: SIGTERM/SIGINT stop cleanly (commit, close links, exit 0).\n";
+	"Signals: SIGTERM/SIGINT stop cleanly (commit, close links, exit 0); SIGHUP reloads\n"
+	"the options marked so below (a configuration that does not parse is refused).\n";
 
-static void ctrl(struct be *b, int cmd)
+static void ctrl(struct be *b, int cmd, void *ptr)
 {
 	struct io_uring r;
 	if (io_uring_queue_init(4, &r, 0) != 0)
 		return;
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&r);
-	io_uring_prep_msg_ring(sqe, b->ring_fd, (unsigned)cmd, ud_make(BU_CTRL, 0, 0), 0);
+	io_uring_prep_msg_ring(sqe, b->ring_fd, (unsigned)cmd, ud_ptr(BU_CTRL, ptr), 0);
 	io_uring_submit_and_wait(&r, 1);
 	io_uring_queue_exit(&r);
+}
+
+#define BE_OPTS_MAX 40
+
+/* The options, over the config struct cfg (a reload builds a second table
+ * over a fresh struct). */
+static size_t be_options(struct be_config *cfg, struct opt *out)
+{
+	const struct opt opts[] = {
+		{"listen", OPT_STR, &cfg->listen, NULL, 0, 0,
+		 "address gateways link to (default: this node's address in the cluster file)", 0},
+		{"node", OPT_INT, &cfg->node, "0", 0, MSGID_MAX_NODE, "this node's id (required; listed in the cluster file)", 0},
+		{"cluster", OPT_STR, &cfg->cluster_file, NULL, 0, 0, "cluster file (required)", 0},
+		{"cluster-secret-file", OPT_STR, &cfg->cluster_secret_file, NULL, 0, 0,
+		 "secret(s) the dist links authenticate with, one per line: the first signs, a second is also "
+		 "accepted (for rotation); required", 0},
+		{"data-dir", OPT_STR, &cfg->data_dir, NULL, 0, 0, "directory of the durable store (required; created if missing)", 0},
+		{"stats-listen", OPT_STR, &cfg->stats_listen, "127.0.0.1:9101", 0, 0,
+		 "HTTP stats endpoint (/metrics, /stats, /healthz); \"off\" to disable", 0},
+		{"store-size", OPT_SIZE, &cfg->store_size, "4g", 1 << 20, 1ll << 44, "largest the store may grow (LMDB map size)", 0},
+		{"store-min-free", OPT_SIZE, &cfg->store_min_free, "64m", 0, 1ll << 44,
+		 "free space the data dir's file system keeps: below it new messages get store_full, deletes go on", 0},
+		{"mailbox-max", OPT_INT, &cfg->mailbox_max, "10000", 1, 100000000,
+		 "stored messages per user before senders get ERROR mailbox_full", OPT_RELOAD},
+		{"max-group", OPT_INT, &cfg->max_group, "1024", 2, 1000000, "members per group", OPT_RELOAD},
+		{"link-queue", OPT_SIZE, &cfg->link_queue, "64m", 64 << 10, 1ll << 34, "bytes queued per gateway link", 0},
+		{"link-batch", OPT_SIZE, &cfg->link_batch, "256k", 0, DIST_MAX_FRAME - 64,
+		 "largest batch on a link (0: no batching, for comparison)", 0},
+		{"link-sockbuf", OPT_SIZE, &cfg->link_sockbuf, "1m", 0, 1 << 30, "SO_SNDBUF/SO_RCVBUF of gateway links", 0},
+		{"dedup-window", OPT_MS, &cfg->dedup_window_ms, "10m", 0, 86400000ll * 7,
+		 "remember (sender, cmid) this long so a resent message is not stored twice", OPT_RELOAD},
+		{"sender-max", OPT_INT, &cfg->sender_max, "100000", 1, 1000000000,
+		 "undelivered stored messages (mailbox entries) one sender may have here before ERROR slow_down", OPT_RELOAD},
+		{"receipt-max", OPT_INT, &cfg->receipt_max, "10000", 1, 100000000,
+		 "stored receipts per user (apart from --mailbox-max; at most 64 per peer, older ones give way)", OPT_RELOAD},
+		{"login-window", OPT_SIZE, &cfg->login_window, "128k", 4096, 1 << 30,
+		 "stored messages a logging-in user is sent ahead of its delivered receipts, in bytes (at most 256 "
+		 "messages); keep it under the gateways' --max-queue", OPT_RELOAD},
+		{"login-stall", OPT_MS, &cfg->login_stall_ms, "30s", 100, 3600000,
+		 "a logging-in user that sends no delivered receipt for this long is sent the next window anyway", OPT_RELOAD},
+		{"fanout-rate", OPT_INT, &cfg->fanout_rate, "10000", 1, 1000000000,
+		 "mailbox writes per second per sender (a group message to N members is N), burst 2 x this or "
+		 "2 x --max-group; over it: ERROR slow_down", OPT_RELOAD},
+		{"inject-store-fault", OPT_STR, &cfg->inject_store_fault, NULL, 0, 0,
+		 "test hook, never in production: OPS:ERR:COUNT makes the next COUNT store writes of kinds OPS "
+		 "(msg,group,dedup,receipt,delete joined by +) fail with ERR (enospc or eio)", 0},
+		{"log-level", OPT_STR, &cfg->log_level, "info", 0, 0, "error, warn, info or debug", OPT_RELOAD},
+	};
+	_Static_assert(sizeof opts / sizeof opts[0] <= BE_OPTS_MAX, "BE_OPTS_MAX is too small");
+	memcpy(out, opts, sizeof opts);
+	return sizeof opts / sizeof opts[0];
+}
+
+/* SIGHUP: parse the command line and --config again; the reloadable options
+ * (OPT_RELOAD) go to the node thread, which takes the whole new config at
+ * its next iteration; what needs a restart is said and left. *cur is the
+ * configuration the node thread runs with (the main thread's own copy). */
+static void reload(struct be *b, struct be_config *cur, int argc, char **argv)
+{
+	struct be_config nc, next = *cur;
+	struct opt a[BE_OPTS_MAX], o[BE_OPTS_MAX], c[BE_OPTS_MAX];
+	char err[512];
+	memset(&nc, 0, sizeof nc);
+	size_t n = be_options(cur, a);
+	be_options(&nc, o);
+	be_options(&next, c);
+	if (opts_parse(o, n, argc, argv, usage, err, sizeof err) != 0) {
+		log_error("SIGHUP: configuration refused, the running one stays: %s", err);
+		return;
+	}
+	int lvl = log_level_parse(nc.log_level);
+	if (lvl < 0) {
+		log_error("SIGHUP: configuration refused, the running one stays: --log-level '%s'", nc.log_level);
+		return;
+	}
+	unsigned changed = opts_reload(a, o, c, n);
+	if (!changed) {
+		log_info("SIGHUP: nothing to change");
+		return;
+	}
+	struct be_config *msg = aligned_alloc(64, (sizeof *msg + 63) & ~(size_t)63);
+	if (!msg) {
+		log_error("SIGHUP: out of memory; the running configuration stays");
+		return;
+	}
+	*msg = next;
+	log_set_level((enum log_level)lvl);
+	ctrl(b, BE_CTRL_RELOAD, msg);
+	*cur = next;
 }
 
 int main(int argc, char **argv)
 {
 	static struct be b;
 	struct be_config *cfg = &b.cfg;
-	const struct opt opts[] = {
-		{"listen", OPT_STR, &cfg->listen, NULL, 0, 0,
-		 "address gateways link to (default: this node's address in the cluster file)"},
-		{"node", OPT_INT, &cfg->node, "0", 0, MSGID_MAX_NODE, "this node's id (required; listed in the cluster file)"},
-		{"cluster", OPT_STR, &cfg->cluster_file, NULL, 0, 0, "cluster file (required)"},
-		{"cluster-secret-file", OPT_STR, &cfg->cluster_secret_file, NULL, 0, 0,
-		 "secret(s) the dist links authenticate with, one per line: the first signs, a second is also "
-		 "accepted (for rotation); required"},
-		{"data-dir", OPT_STR, &cfg->data_dir, NULL, 0, 0, "directory of the durable store (required; created if missing)"},
-		{"stats-listen", OPT_STR, &cfg->stats_listen, "127.0.0.1:9101", 0, 0,
-		 "HTTP stats endpoint (/metrics, /stats, /healthz); \"off\" to disable"},
-		{"store-size", OPT_SIZE, &cfg->store_size, "4g", 1 << 20, 1ll << 44, "largest the store may grow (LMDB map size)"},
-		{"store-min-free", OPT_SIZE, &cfg->store_min_free, "64m", 0, 1ll << 44,
-		 "free space the data dir's file system keeps: below it new messages get store_full, deletes go on"},
-		{"mailbox-max", OPT_INT, &cfg->mailbox_max, "10000", 1, 100000000,
-		 "stored messages per user before senders get ERROR mailbox_full"},
-		{"max-group", OPT_INT, &cfg->max_group, "1024", 2, 1000000, "members per group"},
-		{"link-queue", OPT_SIZE, &cfg->link_queue, "64m", 64 << 10, 1ll << 34, "bytes queued per gateway link"},
-		{"link-batch", OPT_SIZE, &cfg->link_batch, "256k", 0, DIST_MAX_FRAME - 64,
-		 "largest batch on a link (0: no batching, for comparison)"},
-		{"link-sockbuf", OPT_SIZE, &cfg->link_sockbuf, "1m", 0, 1 << 30, "SO_SNDBUF/SO_RCVBUF of gateway links"},
-		{"dedup-window", OPT_MS, &cfg->dedup_window_ms, "10m", 0, 86400000ll * 7,
-		 "remember (sender, cmid) this long so a resent message is not stored twice"},
-		{"sender-max", OPT_INT, &cfg->sender_max, "100000", 1, 1000000000,
-		 "undelivered stored messages (mailbox entries) one sender may have here before ERROR slow_down"},
-		{"receipt-max", OPT_INT, &cfg->receipt_max, "10000", 1, 100000000,
-		 "stored receipts per user (apart from --mailbox-max; at most 64 per peer, older ones give way)"},
-		{"login-window", OPT_SIZE, &cfg->login_window, "128k", 4096, 1 << 30,
-		 "stored messages a logging-in user is sent ahead of its delivered receipts, in bytes (at most 256 "
-		 "messages); keep it under the gateways' --max-queue"},
-		{"login-stall", OPT_MS, &cfg->login_stall_ms, "30s", 100, 3600000,
-		 "a logging-in user that sends no delivered receipt for this long is sent the next window anyway"},
-		{"fanout-rate", OPT_INT, &cfg->fanout_rate, "10000", 1, 1000000000,
-		 "mailbox writes per second per sender (a group message to N members is N), burst 2 x this or "
-		 "2 x --max-group; over it: ERROR slow_down"},
-		{"inject-store-fault", OPT_STR, &cfg->inject_store_fault, NULL, 0, 0,
-		 "test hook, never in production: OPS:ERR:COUNT makes the next COUNT store writes of kinds OPS "
-		 "(msg,group,dedup,receipt,delete joined by +) fail with ERR (enospc or eio)"},
-		{"log-level", OPT_STR, &cfg->log_level, "info", 0, 0, "error, warn, info or debug"},
-	};
+	struct opt opts[BE_OPTS_MAX];
+	size_t nopts = be_options(cfg, opts);
 	char err[512];
-	int r = opts_parse(opts, sizeof opts / sizeof opts[0], argc, argv, usage, err, sizeof err);
+	int r = opts_parse(opts, nopts, argc, argv, usage, err, sizeof err);
 	if (r == 1)
 		return 0;
 	if (r < 0) {
@@ -189,6 +241,9 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGPIPE);
+	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGUSR1);
+	struct be_config cur = b.cfg; /* the main thread's copy: b.cfg is the node thread's from here on */
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	pthread_barrier_init(&b.start, NULL, 2);
 	if (pthread_create(&b.thread, NULL, be_main, &b) != 0) {
@@ -209,7 +264,7 @@ int main(int argc, char **argv)
 		httpd = httpd_start(&sa, be_stats_http, &b, err, sizeof err);
 		if (!httpd) {
 			log_error("--stats-listen %s: %s (--stats-listen off runs without it)", cfg->stats_listen, err);
-			ctrl(&b, 2);
+			ctrl(&b, BE_CTRL_STOP, NULL);
 			pthread_join(b.thread, NULL);
 			close(b.lfd);
 			store_close(b.store);
@@ -221,11 +276,17 @@ int main(int argc, char **argv)
 	for (;;) {
 		struct timespec ts = {0, 200 * 1000 * 1000};
 		int sig = sigtimedwait(&sigs, NULL, &ts);
-		if (sig == SIGINT || sig == SIGTERM) {
+		if (sig == SIGHUP && !signals) {
+			reload(&b, &cur, argc, argv);
+		} else if (sig == SIGHUP) {
+			log_info("SIGHUP while stopping: ignored");
+		} else if (sig == SIGUSR1) {
+			log_info("SIGUSR1: nothing to reopen (logs go to stderr); SIGHUP reloads the configuration");
+		} else if (sig == SIGINT || sig == SIGTERM) {
 			signals++;
 			log_info("%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
 			__atomic_store_n(&be_draining, 1, __ATOMIC_RELAXED);
-			ctrl(&b, signals == 1 ? 1 : 2);
+			ctrl(&b, signals == 1 ? BE_CTRL_DRAIN : BE_CTRL_STOP, NULL);
 		}
 		if (pthread_tryjoin_np(b.thread, NULL) == 0)
 			break;

@@ -1058,10 +1058,15 @@ static void dispatch(void *arg, const struct io_uring_cqe *cqe)
 		break;
 	}
 	case BU_CTRL:
-		if (cqe->res == 1)
+		if (cqe->res == BE_CTRL_RELOAD) {
+			struct be_config *nc = ud_pointer(cqe->user_data);
+			b->cfg = *nc; /* only the node thread reads b->cfg once it runs */
+			free(nc);
+		} else if (cqe->res == BE_CTRL_DRAIN) {
 			b->draining = 1;
-		else
+		} else {
 			b->stop = 1;
+		}
 		break;
 	default:
 		break;

@@ -111,7 +111,8 @@ int be_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 		return 200;
 	}
 	*ctype = "application/json";
-	mbuf_printf(body, "{\"role\":\"backend\",\"version\":\"%s\",\"node\":%lld,", CHAT_VERSION, (long long)b->cfg.node);
+	mbuf_printf(body, "{\"role\":\"backend\",\"version\":\"%s\",\"node\":%lld,", CHAT_VERSION,
+		    (long long)b->cluster.nodes[b->self].node);
 	metrics_json_fields(body, extra, MP_N, xv);
 	mbuf_put(body, ",", 1);
 	metrics_json_fields(body, d, NTABLE, vals);

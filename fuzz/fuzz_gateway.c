@@ -107,7 +107,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	cfg->store_timeout_ms = 10000;
 	uint8_t key[32];
 	memset(key, 7, sizeof key);
-	token_secret_set(&gw.secret, key, sizeof key);
+	static struct gw_live live;
+	token_secret_set(&live.keys.key[0], key, sizeof key);
+	live.keys.n = 1;
+	live.cfg = *cfg;
+	live.refs = 1;
+	gw.live = &live;
 	/* a backend nobody runs: port 1 refuses */
 	snprintf(cluster_path, sizeof cluster_path, "/tmp/fuzz_gateway.%d.cluster", (int)getpid());
 	FILE *f = fopen(cluster_path, "w");
@@ -237,7 +242,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 2: { /* a valid LOGIN, version 0..2, in pieces */
 			uint8_t tok[TOKEN_LEN];
 			uint64_t user = 1 + take(&in) % 8;
-			token_mint(&gw.secret, user, (uint64_t)(clock_wall_ms() / 1000) + 3600, tok);
+			token_mint(&gw.live->keys.key[0], user, (uint64_t)(clock_wall_ms() / 1000) + 3600, tok);
 			f.type = PROTO_LOGIN;
 			f.login.version = (uint8_t)(take(&in) % 3);
 			f.login.user = user;

@@ -129,7 +129,7 @@ static int announce(struct worker *w, struct link *l, int up, uint64_t user, uin
 {
 	struct dist_frame f = {.type = up ? DIST_SESSION_UP : DIST_SESSION_DOWN};
 	f.session.user = user;
-	f.session.node = (uint32_t)w->gw->cfg.node;
+	f.session.node = (uint32_t)w->settings->cfg.node;
 	f.session.thread = w->id;
 	f.session.conn = oconn;
 	f.session.resume = up ? resume : 0;
@@ -158,7 +158,7 @@ static void resync_step(struct worker *w, unsigned li)
 		if (slot != UINT32_MAX) {
 			const struct conn *c = conn_of(w, slot);
 			if (announce(w, l, 1, r->users[r->at], connref_make(slot, c->gen), 0, (c->flags & CF_V2) != 0,
-				     GW_STATE_LANE(w->gw->cfg.link_queue) / 2) != 0)
+				     GW_STATE_LANE(w->settings->cfg.link_queue) / 2) != 0)
 				return; /* its half of the lane is full: on with it when the backend has taken some */
 		}
 		r->at++; /* a user who left since the snapshot: its SESSION_DOWN went, or the link was not up */
@@ -232,7 +232,7 @@ int gw_dist_setup(struct worker *w, char *err, size_t errlen)
 	const struct cluster *cl = &w->gw->cluster;
 	if (!cl->n)
 		return 0;
-	const struct gw_config *cfg = &w->gw->cfg;
+	const struct gw_config *cfg = &w->settings->cfg;
 	w->links = calloc(cl->n, sizeof *w->links);
 	w->pend = calloc(cl->n, sizeof *w->pend);
 	w->pub = calloc(cl->n, sizeof *w->pub);
@@ -282,7 +282,7 @@ void gw_dist_tick(struct worker *w)
 {
 	if (!w->links)
 		return;
-	uint32_t timeout = (uint32_t)(w->gw->cfg.store_timeout_ms / GW_TICK_MS);
+	uint32_t timeout = (uint32_t)(w->settings->cfg.store_timeout_ms / GW_TICK_MS);
 	uint64_t pending = 0;
 	struct link_stats sum = {0};
 	for (size_t i = 0; i < w->gw->cluster.n; i++) {
@@ -342,7 +342,7 @@ unsigned gw_dist_route(struct worker *w, uint32_t othread, uint64_t oconn, uint6
 	f.route.to = group ? 0 : to;
 	f.route.group = group;
 	f.route.time_ms = w->wall_ms;
-	f.route.onode = (uint32_t)w->gw->cfg.node;
+	f.route.onode = (uint32_t)w->settings->cfg.node;
 	f.route.othread = othread;
 	f.route.oconn = oconn;
 	f.route.cmid = cmid;
@@ -391,7 +391,7 @@ void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, ui
 		struct link *l = &w->links[i];
 		if (l->state != LINK_UP)
 			continue; /* announced by the resync when it comes up */
-		if (announce(w, l, up, user, oconn, resume, acks, GW_STATE_LANE(w->gw->cfg.link_queue)) != 0) {
+		if (announce(w, l, up, user, oconn, resume, acks, GW_STATE_LANE(w->settings->cfg.link_queue)) != 0) {
 			/* the state lane is full: a resync (after the one going on, if
 			 * any) tells the backend every session there is then */
 			w->resync[i].again = 1;

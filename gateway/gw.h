@@ -69,7 +69,7 @@
 struct gw_config {
 	struct opt_list listen;
 	const char *stats_listen;
-	const char *secret_file;
+	const char *secret_file, *secret_prev_file;
 	int64_t threads;
 	int64_t node;
 	int64_t login_timeout_ms;
@@ -251,6 +251,7 @@ struct gw;
 struct worker {
 	struct gw_counters cnt; /* first: its own cache lines */
 	struct gw *gw;
+	struct gw_live *settings; /* the configuration this worker runs with (see struct gw_live) */
 	unsigned id;
 	pthread_t thread;
 	struct io_uring ring;
@@ -284,9 +285,20 @@ struct worker {
 	struct gw_link_pub *pub;
 };
 
-struct gw {
+/* What the workers read of the configuration: the start-up config with the
+ * reloadable options (OPT_RELOAD in gateway/main.c) as of the last SIGHUP,
+ * and the auth keys. Immutable once published: a reload makes a new one and
+ * hands it to every worker with MSG_RING (CTRL_RELOAD, take_live in worker.c);
+ * the last worker to let go of the old one frees it. */
+struct gw_live {
 	struct gw_config cfg;
-	struct token_secret secret;
+	struct token_keys keys; /* current auth secret, and the previous one during a rotation */
+	unsigned refs;          /* workers holding it */
+};
+
+struct gw {
+	struct gw_config cfg;   /* as started; workers read w->settings->cfg */
+	struct gw_live *live;   /* the first one, which every worker starts with */
 	struct addr *listen; /* parsed cfg.listen */
 	size_t nlisten;
 	unsigned nthreads;
@@ -323,7 +335,7 @@ void worker_after_wait(struct worker *w);
 void worker_adopt(struct worker *w, uint32_t slot);
 
 /* Commands from the main thread (MSG_RING res). */
-enum gw_ctrl { CTRL_DRAIN = 1, CTRL_STOP = 2 };
+enum gw_ctrl { CTRL_DRAIN = 1, CTRL_STOP = 2, CTRL_RELOAD = 3 /* pointer: the new struct gw_live */ };
 
 /* user_data kinds */
 enum gw_ud {

@@ -31,9 +31,11 @@ static const char usage[] =
 	"messages between users on this node. Protocol: proto/PROTOCOL.md.\n"
 	"Capacity = threads x per-ring table (min(RLIMIT_NOFILE, 1048576) - 64);\n"
 	"use --threads above the core count to hold more under a low RLIMIT_NOFILE.\n"
-	"Signals: SIGTERM/SIGINT drain (goaway, close after --drain-timeout); twice: stop now.\n";
+	"Signals: SIGTERM/SIGINT drain (goaway, close after --drain-timeout); twice: stop now.\n"
+	"SIGHUP reloads the options marked so below and the auth secret files (connections stay);\n"
+	"a configuration that does not parse or load is refused and the running one stays.\n";
 
-static void ctrl_all(struct gw *gw, struct io_uring *ctl, int cmd, unsigned from)
+static void ctrl_all(struct gw *gw, struct io_uring *ctl, int cmd, unsigned from, void *ptr)
 {
 	if (from >= gw->nthreads)
 		return;
@@ -43,7 +45,7 @@ static void ctrl_all(struct gw *gw, struct io_uring *ctl, int cmd, unsigned from
 			io_uring_submit(ctl);
 			sqe = io_uring_get_sqe(ctl);
 		}
-		io_uring_prep_msg_ring(sqe, gw->ring_fds[i], (unsigned)cmd, ud_ptr(UD_CTRL, NULL), 0);
+		io_uring_prep_msg_ring(sqe, gw->ring_fds[i], (unsigned)cmd, ud_ptr(UD_CTRL, ptr), 0);
 		sqe->user_data = i;
 	}
 	io_uring_submit_and_wait(ctl, gw->nthreads - from);
@@ -59,64 +61,166 @@ static void ctrl_all(struct gw *gw, struct io_uring *ctl, int cmd, unsigned from
 	io_uring_cq_advance(ctl, n);
 }
 
+#define GW_OPTS_MAX 48
+
+/* The auth secrets of c: --auth-secret-file signs, --auth-secret-previous-file
+ * is also accepted. Returns 0, or -1 with a reason in err. */
+static int load_keys(const struct gw_config *c, struct token_keys *k, char *err, size_t errlen)
+{
+	k->n = 0;
+	if (token_secret_load(&k->key[0], c->secret_file, err, errlen) != 0)
+		return -1;
+	k->n = 1;
+	if (c->secret_prev_file && *c->secret_prev_file) {
+		if (token_secret_load(&k->key[1], c->secret_prev_file, err, errlen) != 0)
+			return -1;
+		k->n = 2;
+	}
+	return 0;
+}
+
+static size_t gw_options(struct gw_config *cfg, struct opt *out);
+
+/* SIGHUP: parse the command line and --config again; take the reloadable
+ * options (OPT_RELOAD) and the auth secrets, say what changed and what needs
+ * a restart; a configuration that does not parse or load is refused and the
+ * running one stays. *cur is the configuration the workers run with; it is
+ * replaced and handed to the threads from `from` on. */
+static void reload(struct gw *gw, struct io_uring *ctl, unsigned from, int argc, char **argv, struct gw_live **cur)
+{
+	struct gw_config *nc = calloc(1, sizeof *nc);
+	struct gw_live *nl = aligned_alloc(64, (sizeof *nl + 63) & ~(size_t)63);
+	struct opt a[GW_OPTS_MAX], b[GW_OPTS_MAX], c[GW_OPTS_MAX];
+	char err[512];
+	if (!nc || !nl) {
+		log_error("SIGHUP: out of memory; the running configuration stays");
+		goto out;
+	}
+	size_t n = gw_options(&(*cur)->cfg, a);
+	gw_options(nc, b);
+	if (opts_parse(b, n, argc, argv, usage, err, sizeof err) != 0) {
+		log_error("SIGHUP: configuration refused, the running one stays: %s", err);
+		goto out;
+	}
+	int lvl = log_level_parse(nc->log_level);
+	if (lvl < 0) {
+		log_error("SIGHUP: configuration refused, the running one stays: --log-level '%s'", nc->log_level);
+		goto out;
+	}
+	if (!nc->secret_file) {
+		log_error("SIGHUP: configuration refused, the running one stays: no --auth-secret-file");
+		goto out;
+	}
+	memset(nl, 0, sizeof *nl);
+	if (load_keys(nc, &nl->keys, err, sizeof err) != 0) {
+		log_error("SIGHUP: configuration refused, the running one stays: %s", err);
+		goto out;
+	}
+	nl->cfg = (*cur)->cfg;
+	gw_options(&nl->cfg, c);
+	unsigned changed = opts_reload(a, b, c, n);
+	const struct token_keys *ok = &(*cur)->keys;
+	int keys_changed = ok->n != nl->keys.n;
+	for (unsigned i = 0; !keys_changed && i < ok->n; i++)
+		keys_changed = ok->key[i].id != nl->keys.key[i].id;
+	if (keys_changed) {
+		if (nl->keys.n > 1)
+			log_info("SIGHUP: auth secrets: key %08x signs, key %08x (previous) is still accepted",
+				 nl->keys.key[0].id, nl->keys.key[1].id);
+		else
+			log_info("SIGHUP: auth secret: key %08x; no other key is accepted", nl->keys.key[0].id);
+		changed++;
+	}
+	if (!changed) {
+		log_info("SIGHUP: nothing to change");
+		goto out;
+	}
+	log_set_level((enum log_level)lvl);
+	nl->refs = gw->nthreads - from;
+	if (nl->refs == 0)
+		goto out;
+	ctrl_all(gw, ctl, CTRL_RELOAD, from, nl);
+	*cur = nl; /* the workers free the one before once they all have this one */
+	nl = NULL;
+out:
+	if (nc)
+		free(nc->listen.v);
+	free(nc);
+	free(nl);
+}
+
+/* The options, over the config struct cfg (main builds a second table over
+ * a fresh struct to reload). */
+static size_t gw_options(struct gw_config *cfg, struct opt *out)
+{
+	const struct opt opts[] = {
+		{"listen", OPT_LIST, &cfg->listen, "127.0.0.1:5222", 0, 0,
+		 "client listener IP:PORT (0.0.0.0:PORT for all addresses; one SO_REUSEPORT socket per thread)", 0},
+		{"stats-listen", OPT_STR, &cfg->stats_listen, "127.0.0.1:9100", 0, 0,
+		 "HTTP stats endpoint (/metrics, /stats, /healthz); \"off\" to disable", 0},
+		{"auth-secret-file", OPT_STR, &cfg->secret_file, NULL, 0, 0,
+		 "file holding the HMAC secret tokens are signed with (required; >= 16 bytes)", OPT_RELOAD},
+		{"auth-secret-previous-file", OPT_STR, &cfg->secret_prev_file, NULL, 0, 0,
+		 "the secret before the current one, still accepted while tokens signed with it are in use (rotation)",
+		 OPT_RELOAD},
+		{"threads", OPT_INT, &cfg->threads, "0", 0, GW_MAX_THREADS, "worker threads; 0 = online CPUs", 0},
+		{"node", OPT_INT, &cfg->node, "1", 1, MSGID_MAX_NODE, "node id, unique among gateways and backends", 0},
+		{"login-timeout", OPT_MS, &cfg->login_timeout_ms, "10s", 100, 3600000,
+		 "close connections that have not logged in by then", OPT_RELOAD},
+		{"keepalive", OPT_MS, &cfg->keepalive_ms, "300s", 1000, 86400000,
+		 "ping a silent connection after this; close it after twice this", OPT_RELOAD},
+		{"write-stall", OPT_MS, &cfg->write_stall_ms, "30s", 100, 3600000,
+		 "close a connection whose send makes no progress for this long", OPT_RELOAD},
+		{"drain-timeout", OPT_MS, &cfg->drain_ms, "10s", 0, 3600000,
+		 "on SIGTERM: time between goaway and closing the rest", OPT_RELOAD},
+		{"goaway-spread", OPT_MS, &cfg->goaway_spread_ms, "5s", 0, 3600000,
+		 "reconnect delays in goaway frames are spread over 0..this", OPT_RELOAD},
+		{"goaway-hint", OPT_STR, &cfg->goaway_hint, "", 0, 0, "host:port clients should reconnect to", OPT_RELOAD},
+		{"max-queue", OPT_SIZE, &cfg->max_queue, "256k", 1024, 1 << 30,
+		 "output bytes queued per connection before it is cut off as a slow consumer", OPT_RELOAD},
+		{"rate-frames", OPT_INT, &cfg->rate_frames, "2000", 0, 100000000,
+		 "frames per second per connection before it is cut off (0 = no limit)", OPT_RELOAD},
+		{"rate-bytes", OPT_SIZE, &cfg->rate_bytes, "4m", 0, 1ll << 40,
+		 "bytes per second per connection before it is cut off (0 = no limit)", OPT_RELOAD},
+		{"max-body", OPT_INT, &cfg->max_body, "16384", 1, PROTO_MAX_BODY, "largest message body accepted", OPT_RELOAD},
+		{"recv-buffer", OPT_SIZE, &cfg->recv_buf, "4k", 256, 1 << 20, "bytes per provided receive buffer", 0},
+		{"recv-pool", OPT_SIZE, &cfg->recv_pool, "32m", 64 << 10, 1ll << 34,
+		 "bytes of receive buffers for all threads together (idle connections hold none)", 0},
+		{"backlog", OPT_INT, &cfg->backlog, "4096", 16, 1 << 20, "listen backlog (capped by net.core.somaxconn)", 0},
+		{"sndbuf", OPT_SIZE, &cfg->sndbuf, "64k", 0, 1 << 30,
+		 "SO_SNDBUF of client sockets (the kernel doubles it): the most a connection holds in the kernel; 0 = "
+		 "kernel autotuning, up to net.ipv4.tcp_wmem's maximum per connection", 0},
+		{"rcvbuf", OPT_SIZE, &cfg->rcvbuf, "0", 0, 1 << 30, "SO_RCVBUF of client sockets; 0 = kernel autotuning", 0},
+		{"slots", OPT_INT, &cfg->slots, "0", 0, CONNREF_SLOT_MAX,
+		 "direct descriptors per thread; 0 = min(RLIMIT_NOFILE, 1048576)", 0},
+		{"log-level", OPT_STR, &cfg->log_level, "info", 0, 0, "error, warn, info or debug", OPT_RELOAD},
+		{"cluster", OPT_STR, &cfg->cluster_file, NULL, 0, 0,
+		 "cluster file listing the backends (\"backend ID IP:PORT\") and gateways (\"gateway ID\", this one "
+		 "included); without it messages for users not connected here get ERROR no_route", 0},
+		{"cluster-secret-file", OPT_STR, &cfg->cluster_secret_file, NULL, 0, 0,
+		 "secret(s) the dist links authenticate with, one per line (the first signs; a second is also "
+		 "accepted, for rotation); required with --cluster", 0},
+		{"link-queue", OPT_SIZE, &cfg->link_queue, "16m", 64 << 10, 1ll << 34,
+		 "bytes queued per backend link (per thread) before senders get ERROR try_again", 0},
+		{"link-batch", OPT_SIZE, &cfg->link_batch, "256k", 0, DIST_MAX_FRAME - 64,
+		 "largest batch on a backend link; bigger iterations are split (0: no batching, for comparison)", 0},
+		{"link-sockbuf", OPT_SIZE, &cfg->link_sockbuf, "1m", 0, 1 << 30, "SO_SNDBUF/SO_RCVBUF of backend links", 0},
+		{"store-timeout", OPT_MS, &cfg->store_timeout_ms, "10s", 100, 3600000,
+		 "a message not acknowledged by its backend by then gets ERROR try_again", OPT_RELOAD},
+	};
+	_Static_assert(sizeof opts / sizeof opts[0] <= GW_OPTS_MAX, "GW_OPTS_MAX is too small");
+	memcpy(out, opts, sizeof opts);
+	return sizeof opts / sizeof opts[0];
+}
+
 int main(int argc, char **argv)
 {
 	static struct gw gw;
 	struct gw_config *cfg = &gw.cfg;
-	const struct opt opts[] = {
-		{"listen", OPT_LIST, &cfg->listen, "127.0.0.1:5222", 0, 0,
-		 "client listener IP:PORT (0.0.0.0:PORT for all addresses; one SO_REUSEPORT socket per thread)"},
-		{"stats-listen", OPT_STR, &cfg->stats_listen, "127.0.0.1:9100", 0, 0,
-		 "HTTP stats endpoint (/metrics, /stats, /healthz); \"off\" to disable"},
-		{"auth-secret-file", OPT_STR, &cfg->secret_file, NULL, 0, 0,
-		 "file holding the HMAC secret tokens are signed with (required; >= 16 bytes)"},
-		{"threads", OPT_INT, &cfg->threads, "0", 0, GW_MAX_THREADS, "worker threads; 0 = online CPUs"},
-		{"node", OPT_INT, &cfg->node, "1", 1, MSGID_MAX_NODE, "node id, unique among gateways and backends"},
-		{"login-timeout", OPT_MS, &cfg->login_timeout_ms, "10s", 100, 3600000,
-		 "close connections that have not logged in by then"},
-		{"keepalive", OPT_MS, &cfg->keepalive_ms, "300s", 1000, 86400000,
-		 "ping a silent connection after this; close it after twice this"},
-		{"write-stall", OPT_MS, &cfg->write_stall_ms, "30s", 100, 3600000,
-		 "close a connection whose send makes no progress for this long"},
-		{"drain-timeout", OPT_MS, &cfg->drain_ms, "10s", 0, 3600000,
-		 "on SIGTERM: time between goaway and closing the rest"},
-		{"goaway-spread", OPT_MS, &cfg->goaway_spread_ms, "5s", 0, 3600000,
-		 "reconnect delays in goaway frames are spread over 0..this"},
-		{"goaway-hint", OPT_STR, &cfg->goaway_hint, "", 0, 0, "host:port clients should reconnect to"},
-		{"max-queue", OPT_SIZE, &cfg->max_queue, "256k", 1024, 1 << 30,
-		 "output bytes queued per connection before it is cut off as a slow consumer"},
-		{"rate-frames", OPT_INT, &cfg->rate_frames, "2000", 0, 100000000,
-		 "frames per second per connection before it is cut off (0 = no limit)"},
-		{"rate-bytes", OPT_SIZE, &cfg->rate_bytes, "4m", 0, 1ll << 40,
-		 "bytes per second per connection before it is cut off (0 = no limit)"},
-		{"max-body", OPT_INT, &cfg->max_body, "16384", 1, PROTO_MAX_BODY, "largest message body accepted"},
-		{"recv-buffer", OPT_SIZE, &cfg->recv_buf, "4k", 256, 1 << 20, "bytes per provided receive buffer"},
-		{"recv-pool", OPT_SIZE, &cfg->recv_pool, "32m", 64 << 10, 1ll << 34,
-		 "bytes of receive buffers for all threads together (idle connections hold none)"},
-		{"backlog", OPT_INT, &cfg->backlog, "4096", 16, 1 << 20, "listen backlog (capped by net.core.somaxconn)"},
-		{"sndbuf", OPT_SIZE, &cfg->sndbuf, "64k", 0, 1 << 30,
-		 "SO_SNDBUF of client sockets (the kernel doubles it): the most a connection holds in the kernel; 0 = "
-		 "kernel autotuning, up to net.ipv4.tcp_wmem's maximum per connection"},
-		{"rcvbuf", OPT_SIZE, &cfg->rcvbuf, "0", 0, 1 << 30, "SO_RCVBUF of client sockets; 0 = kernel autotuning"},
-		{"slots", OPT_INT, &cfg->slots, "0", 0, CONNREF_SLOT_MAX,
-		 "direct descriptors per thread; 0 = min(RLIMIT_NOFILE, 1048576)"},
-		{"log-level", OPT_STR, &cfg->log_level, "info", 0, 0, "error, warn, info or debug"},
-		{"cluster", OPT_STR, &cfg->cluster_file, NULL, 0, 0,
-		 "cluster file listing the backends (\"backend ID IP:PORT\") and gateways (\"gateway ID\", this one "
-		 "included); without it messages for users not connected here get ERROR no_route"},
-		{"cluster-secret-file", OPT_STR, &cfg->cluster_secret_file, NULL, 0, 0,
-		 "secret(s) the dist links authenticate with, one per line (the first signs; a second is also "
-		 "accepted, for rotation); required with --cluster"},
-		{"link-queue", OPT_SIZE, &cfg->link_queue, "16m", 64 << 10, 1ll << 34,
-		 "bytes queued per backend link (per thread) before senders get ERROR try_again"},
-		{"link-batch", OPT_SIZE, &cfg->link_batch, "256k", 0, DIST_MAX_FRAME - 64,
-		 "largest batch on a backend link; bigger iterations are split (0: no batching, for comparison)"},
-		{"link-sockbuf", OPT_SIZE, &cfg->link_sockbuf, "1m", 0, 1 << 30, "SO_SNDBUF/SO_RCVBUF of backend links"},
-		{"store-timeout", OPT_MS, &cfg->store_timeout_ms, "10s", 100, 3600000,
-		 "a message not acknowledged by its backend by then gets ERROR try_again"},
-	};
+	struct opt opts[GW_OPTS_MAX];
+	size_t nopts = gw_options(cfg, opts);
 	char err[512];
-	int r = opts_parse(opts, sizeof opts / sizeof opts[0], argc, argv, usage, err, sizeof err);
+	int r = opts_parse(opts, nopts, argc, argv, usage, err, sizeof err);
 	if (r == 1)
 		return 0;
 	if (r < 0) {
@@ -133,10 +237,16 @@ int main(int argc, char **argv)
 		fprintf(stderr, "gateway: --auth-secret-file is required (see --help; tools/mint-token --new-secret FILE makes one)\n");
 		return 2;
 	}
-	if (token_secret_load(&gw.secret, cfg->secret_file, err, sizeof err) != 0) {
+	struct gw_live *live = aligned_alloc(64, (sizeof *live + 63) & ~(size_t)63);
+	if (!live)
+		return 1;
+	memset(live, 0, sizeof *live);
+	live->cfg = *cfg;
+	if (load_keys(cfg, &live->keys, err, sizeof err) != 0) {
 		log_error("%s", err);
 		return 2; /* a configuration error: restarting will not help */
 	}
+	gw.live = live;
 	gw.nlisten = cfg->listen.n;
 	gw.listen = calloc(gw.nlisten, sizeof *gw.listen);
 	if (!gw.listen)
@@ -222,6 +332,7 @@ int main(int argc, char **argv)
 	gw.nthreads = cfg->threads ? (unsigned)cfg->threads : (unsigned)(cpus > 0 ? cpus : 1);
 	if (gw.nthreads > GW_MAX_THREADS)
 		gw.nthreads = GW_MAX_THREADS;
+	live->refs = gw.nthreads;
 
 	gw.w = calloc(gw.nthreads, sizeof *gw.w);
 	gw.ring_fds = calloc(gw.nthreads, sizeof *gw.ring_fds);
@@ -234,6 +345,8 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGPIPE);
+	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* workers inherit it; main waits for them */
 
 	pthread_barrier_init(&gw.start, NULL, gw.nthreads + 1);
@@ -274,7 +387,7 @@ int main(int argc, char **argv)
 			/* a node nobody can scrape or health-check is not started:
 			 * --stats-listen off is the way to run without */
 			log_error("--stats-listen %s: %s (--stats-listen off runs without it)", cfg->stats_listen, err);
-			ctrl_all(&gw, &ctl, CTRL_STOP, 0);
+			ctrl_all(&gw, &ctl, CTRL_STOP, 0, NULL);
 			for (unsigned i = 0; i < gw.nthreads; i++)
 				pthread_join(gw.w[i].thread, NULL);
 			io_uring_queue_exit(&ctl);
@@ -287,15 +400,22 @@ int main(int argc, char **argv)
 	while (joined < gw.nthreads) {
 		struct timespec ts = {0, 200 * 1000 * 1000};
 		int sig = sigtimedwait(&sigs, NULL, &ts);
-		if (sig == SIGINT || sig == SIGTERM) {
+		if (sig == SIGHUP) {
+			if (signals)
+				log_info("SIGHUP while draining: ignored");
+			else
+				reload(&gw, &ctl, joined, argc, argv, &live);
+		} else if (sig == SIGUSR1) {
+			log_info("SIGUSR1: nothing to reopen (logs go to stderr); SIGHUP reloads the configuration");
+		} else if (sig == SIGINT || sig == SIGTERM) {
 			signals++;
 			if (signals == 1) {
 				log_info("%s: draining (again to stop at once)", sig == SIGINT ? "SIGINT" : "SIGTERM");
 				__atomic_store_n(&gw_draining, 1, __ATOMIC_RELAXED);
-				ctrl_all(&gw, &ctl, CTRL_DRAIN, joined);
+				ctrl_all(&gw, &ctl, CTRL_DRAIN, joined, NULL);
 			} else if (signals == 2) {
 				log_info("stopping now");
-				ctrl_all(&gw, &ctl, CTRL_STOP, joined);
+				ctrl_all(&gw, &ctl, CTRL_STOP, joined, NULL);
 			}
 		}
 		/* reap threads that finished (all of them finish only after a drain) */
@@ -313,5 +433,6 @@ int main(int argc, char **argv)
 	free(gw.ring_fds);
 	free(gw.listen);
 	free(cfg->listen.v);
+	free(live); /* every worker has finished with it */
 	return 0;
 }

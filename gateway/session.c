@@ -104,7 +104,7 @@ static void answer_send(struct worker *w, uint32_t slot, uint64_t cmid, uint64_t
 static void handle_send(struct worker *w, uint32_t slot, const struct proto_frame *f)
 {
 	struct conn *c = conn_of(w, slot);
-	if (f->send.body.len > (uint64_t)w->gw->cfg.max_body) {
+	if (f->send.body.len > (uint64_t)w->settings->cfg.max_body) {
 		conn_fail(w, slot, PROTO_E_TOO_BIG, CLOSE_PROTOCOL, "message body over this server's max_body");
 		return;
 	}
@@ -307,7 +307,7 @@ static int handle_login(struct worker *w, uint32_t slot, const struct proto_fram
 		conn_refuse_login(w, slot, PROTO_E_VERSION);
 		return 0;
 	}
-	switch (token_verify(&w->gw->secret, f->login.user, f->login.token.p, f->login.token.len, w->wall_ms / 1000)) {
+	switch (token_verify_keys(&w->settings->keys, f->login.user, f->login.token.p, f->login.token.len, w->wall_ms / 1000)) {
 	case TOKEN_OK:
 		break;
 	case TOKEN_EXPIRED:
@@ -462,7 +462,7 @@ static int handle_frame(struct worker *w, uint32_t slot, const struct proto_fram
 
 static int rate_exceeded(struct worker *w, struct conn *c, size_t bytes, unsigned frames)
 {
-	const struct gw_config *cfg = &w->gw->cfg;
+	const struct gw_config *cfg = &w->settings->cfg;
 	uint16_t window = (uint16_t)(w->tick / (1000 / GW_TICK_MS));
 	if (window != c->rl_window) {
 		c->rl_window = window;

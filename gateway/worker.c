@@ -110,7 +110,7 @@ static int out_frame(struct worker *w, uint32_t slot, const struct proto_frame *
 		/* A consumer is slow when output piles up behind a send it does not
 		 * take. Without a send in flight, this iteration's output is offered
 		 * to the socket at its end: allow a burst of up to 4x the bound. */
-		uint64_t bound = (uint64_t)w->gw->cfg.max_queue * ((c->flags & CF_SEND) ? 1 : 4);
+		uint64_t bound = (uint64_t)w->settings->cfg.max_queue * ((c->flags & CF_SEND) ? 1 : 4);
 		if (!last && q + n > bound) {
 			CNT_ADD(w, slow_consumers, 1);
 			free_out(w, c);
@@ -160,7 +160,7 @@ static void submit_send(struct worker *w, uint32_t slot)
 	c->flags |= CF_SEND;
 	CNT_ADD(w, sends, 1);
 	/* make sure the write-stall check comes in time */
-	uint32_t stall = w->tick + ms_to_ticks(w->gw->cfg.write_stall_ms);
+	uint32_t stall = w->tick + ms_to_ticks(w->settings->cfg.write_stall_ms);
 	uint32_t d = wheel_deadline(&w->wheel, slot);
 	if (d == 0 || d > stall)
 		wheel_add(&w->wheel, slot, stall);
@@ -294,8 +294,8 @@ struct proto_frame conn_login_result(const struct worker *w, unsigned status, ui
 	f.login_result.status = (uint8_t)status;
 	f.login_result.version = version;
 	f.login_result.time_ms = w->wall_ms;
-	f.login_result.keepalive_s = (uint32_t)(w->gw->cfg.keepalive_ms / 1000);
-	f.login_result.max_body = (uint32_t)w->gw->cfg.max_body;
+	f.login_result.keepalive_s = (uint32_t)(w->settings->cfg.keepalive_ms / 1000);
+	f.login_result.max_body = (uint32_t)w->settings->cfg.max_body;
 	return f;
 }
 
@@ -544,7 +544,7 @@ void worker_adopt(struct worker *w, uint32_t slot)
 		return;
 	}
 	conn_arm_recv(w, slot);
-	wheel_add(&w->wheel, slot, w->tick + ms_to_ticks(w->gw->cfg.login_timeout_ms));
+	wheel_add(&w->wheel, slot, w->tick + ms_to_ticks(w->settings->cfg.login_timeout_ms));
 }
 
 static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
@@ -595,7 +595,7 @@ static void on_handoff_in(struct worker *w, const struct io_uring_cqe *cqe)
 void conn_timer_update(struct worker *w, uint32_t slot)
 {
 	struct conn *c = conn_of(w, slot);
-	const struct gw_config *cfg = &w->gw->cfg;
+	const struct gw_config *cfg = &w->settings->cfg;
 	if (c->state != CS_LIVE)
 		return;
 	uint32_t ka = ms_to_ticks(cfg->keepalive_ms);
@@ -612,7 +612,7 @@ static void on_timer(void *arg, uint32_t slot)
 {
 	struct worker *w = arg;
 	struct conn *c = conn_of(w, slot);
-	const struct gw_config *cfg = &w->gw->cfg;
+	const struct gw_config *cfg = &w->settings->cfg;
 	switch (c->state) {
 	case CS_NEW:
 		if (w->tick - c->last_rx >= ms_to_ticks(cfg->login_timeout_ms))
@@ -655,14 +655,14 @@ static void start_drain(struct worker *w)
 	if (w->draining)
 		return;
 	w->draining = 1;
-	w->drain_deadline = w->tick + ms_to_ticks(w->gw->cfg.drain_ms);
+	w->drain_deadline = w->tick + ms_to_ticks(w->settings->cfg.drain_ms);
 	for (size_t i = 0; i < w->gw->nlisten; i++) {
 		if (w->lactive[i])
 			submit_cancel(w, ud_make(UD_ACCEPT, 0, (uint32_t)i));
 		close(w->lfd[i]);
 		w->lfd[i] = -1;
 	}
-	const struct gw_config *cfg = &w->gw->cfg;
+	const struct gw_config *cfg = &w->settings->cfg;
 	for (uint32_t s = 0; s < w->slots; s++) {
 		struct conn *c = conn_of(w, s);
 		if (c->state == CS_NEW) {
@@ -695,7 +695,7 @@ static void close_all(struct worker *w)
 
 static int open_listener(struct worker *w, const struct addr *a, char *err, size_t errlen)
 {
-	const struct gw_config *cfg = &w->gw->cfg;
+	const struct gw_config *cfg = &w->settings->cfg;
 	int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	int one = 1;
 	char s[64];
@@ -731,6 +731,7 @@ int worker_setup(struct worker *w, char *err, size_t errlen)
 {
 	struct gw *gw = w->gw;
 	const struct gw_config *cfg = &gw->cfg;
+	w->settings = gw->live;
 	w->slots = gw->slots;
 	w->capacity = gw->slots - GW_SLOT_RESERVE;
 	w->input_slot = UINT32_MAX;
@@ -817,6 +818,16 @@ void worker_teardown(struct worker *w)
 	wheel_free(&w->wheel);
 }
 
+/* A reloaded configuration (CTRL_RELOAD): from now on this worker reads it;
+ * the last worker to let go of the old one frees it. */
+static void take_live(struct worker *w, struct gw_live *nl)
+{
+	struct gw_live *old = w->settings;
+	w->settings = nl;
+	if (old && __atomic_sub_fetch(&old->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		free(old);
+}
+
 static void dispatch(void *arg, const struct io_uring_cqe *cqe)
 {
 	struct worker *w = arg;
@@ -837,7 +848,9 @@ static void dispatch(void *arg, const struct io_uring_cqe *cqe)
 	case UD_HANDOFF_IN: on_handoff_in(w, cqe); break;
 	case UD_HANDOFF_OUT: on_handoff_out(w, cqe); break;
 	case UD_CTRL:
-		if (cqe->res == CTRL_DRAIN) {
+		if (cqe->res == CTRL_RELOAD) {
+			take_live(w, ud_pointer(cqe->user_data));
+		} else if (cqe->res == CTRL_DRAIN) {
 			start_drain(w);
 		} else if (cqe->res == CTRL_STOP) {
 			start_drain(w);

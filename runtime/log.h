@@ -15,11 +15,17 @@
 
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 
-extern enum log_level log_level_max; /* written by log_init only */
+extern enum log_level log_level_max; /* log_init, log_set_level; read with LOG_LEVEL() */
+#define LOG_LEVEL() ((int)__atomic_load_n(&log_level_max, __ATOMIC_RELAXED))
 
 /* Set the program name and the most verbose level printed. Call once, before
- * threads start. */
+ * threads start. Under journald (JOURNAL_STREAM names stderr) lines carry a
+ * syslog priority prefix ("<3>" for errors...) and no timestamp of their
+ * own, so `journalctl -p err` works and the journal's time is the one shown. */
 void log_init(const char *prog, enum log_level max);
+
+/* Change the level at run time (SIGHUP reload); any thread. */
+void log_set_level(enum log_level max);
 
 /* Name this thread in log lines ("main", "w3"); at most 15 characters. */
 void log_thread(const char *name);
@@ -34,12 +40,12 @@ void log_write(enum log_level lvl, const char *fmt, ...) __attribute__((format(p
 #define log_warn(...) log_write(LOG_WARN, __VA_ARGS__)
 #define log_info(...)                                                                                                  \
 	do {                                                                                                           \
-		if (log_level_max >= LOG_INFO)                                                                         \
+		if (LOG_LEVEL() >= LOG_INFO)                                                                         \
 			log_write(LOG_INFO, __VA_ARGS__);                                                              \
 	} while (0)
 #define log_debug(...)                                                                                                 \
 	do {                                                                                                           \
-		if (log_level_max >= LOG_DEBUG)                                                                        \
+		if (LOG_LEVEL() >= LOG_DEBUG)                                                                        \
 			log_write(LOG_DEBUG, __VA_ARGS__);                                                             \
 	} while (0)
 
@@ -57,7 +63,7 @@ int log_rl_allow(struct log_rl *rl, uint64_t *held);
 	do {                                                                                                           \
 		static __thread struct log_rl rl_;                                                                     \
 		uint64_t held_;                                                                                        \
-		if (log_level_max >= (lvl) && log_rl_allow(&rl_, &held_)) {                                           \
+		if (LOG_LEVEL() >= (lvl) && log_rl_allow(&rl_, &held_)) {                                           \
 			log_write((lvl), __VA_ARGS__);                                                                 \
 			if (held_)                                                                                     \
 				log_write((lvl), "(%llu similar lines held back in the last second)",                 \

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "runtime/log.h"
 #include "runtime/version.h"
 
 int opts_parse_ms(const char *s, int64_t *ms)
@@ -155,6 +156,8 @@ static void help(const struct opt *opts, size_t n, const char *usage)
 			printf(" [default: %s]", o->def);
 		if (o->type == OPT_LIST)
 			printf(" (repeatable)");
+		if (o->flags & OPT_RELOAD)
+			printf(" (SIGHUP reloads)");
 		printf("\n");
 	}
 	printf("  %-30s %s\n  %-30s %s\n  %-30s %s\n", "--config=FILE", "read options from FILE first", "--help", "this text",
@@ -300,4 +303,80 @@ int opts_parse(const struct opt *opts, size_t n, int argc, char **argv, const ch
 out:
 	free(given);
 	return rc;
+}
+
+static int str_eq(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+int opts_differ(const struct opt *a, const struct opt *b)
+{
+	switch (a->type) {
+	case OPT_FLAG: return *(const int *)a->ptr != *(const int *)b->ptr;
+	case OPT_STR: return !str_eq(*(const char *const *)a->ptr, *(const char *const *)b->ptr);
+	case OPT_DOUBLE: return *(const double *)a->ptr != *(const double *)b->ptr;
+	case OPT_LIST: {
+		const struct opt_list *x = a->ptr, *y = b->ptr;
+		if (x->n != y->n)
+			return 1;
+		for (size_t i = 0; i < x->n; i++)
+			if (!str_eq(x->v[i], y->v[i]))
+				return 1;
+		return 0;
+	}
+	default: return *(const int64_t *)a->ptr != *(const int64_t *)b->ptr;
+	}
+}
+
+void opts_copy(const struct opt *a, const struct opt *b)
+{
+	switch (a->type) {
+	case OPT_FLAG: *(int *)a->ptr = *(const int *)b->ptr; break;
+	case OPT_STR: *(const char **)a->ptr = *(const char *const *)b->ptr; break;
+	case OPT_DOUBLE: *(double *)a->ptr = *(const double *)b->ptr; break;
+	case OPT_LIST: break; /* lists are not reloaded: their arrays belong to the parse that made them */
+	default: *(int64_t *)a->ptr = *(const int64_t *)b->ptr; break;
+	}
+}
+
+const char *opts_value_str(const struct opt *o, char *buf, size_t cap)
+{
+	switch (o->type) {
+	case OPT_FLAG: return *(const int *)o->ptr ? "on" : "off";
+	case OPT_STR: {
+		const char *s = *(const char *const *)o->ptr;
+		return s && *s ? s : "(none)";
+	}
+	case OPT_DOUBLE: snprintf(buf, cap, "%g", *(const double *)o->ptr); return buf;
+	case OPT_LIST: {
+		const struct opt_list *l = o->ptr;
+		size_t k = 0;
+		buf[0] = 0;
+		for (size_t i = 0; i < l->n && k + 1 < cap; i++)
+			k += (size_t)snprintf(buf + k, cap - k, "%s%s", i ? "," : "", l->v[i]);
+		return buf;
+	}
+	case OPT_MS: snprintf(buf, cap, "%lldms", (long long)*(const int64_t *)o->ptr); return buf;
+	default: snprintf(buf, cap, "%lld", (long long)*(const int64_t *)o->ptr); return buf;
+	}
+}
+
+unsigned opts_reload(const struct opt *cur, const struct opt *next, const struct opt *dst, size_t n)
+{
+	unsigned changed = 0;
+	char v1[256], v2[256];
+	for (size_t i = 0; i < n; i++) {
+		if (!opts_differ(&cur[i], &next[i]))
+			continue;
+		const char *was = opts_value_str(&cur[i], v1, sizeof v1), *now = opts_value_str(&next[i], v2, sizeof v2);
+		if (cur[i].flags & OPT_RELOAD) {
+			opts_copy(&dst[i], &next[i]);
+			log_info("SIGHUP: --%s %s -> %s", cur[i].name, was, now);
+			changed++;
+		} else {
+			log_warn("SIGHUP: --%s %s -> %s needs a restart; it stays %s until then", cur[i].name, was, now, was);
+		}
+	}
+	return changed;
 }

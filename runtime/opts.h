@@ -33,12 +33,35 @@ struct opt {
 	const char *def;  /* default as text (NULL: none / empty) */
 	int64_t min, max; /* bounds for INT/MS/SIZE (after unit conversion) */
 	const char *help;
+	unsigned flags; /* OPT_RELOAD */
 };
+
+/* In struct opt.flags: a running program takes a new value of this option
+ * on SIGHUP (--help says so); the others need a restart. */
+#define OPT_RELOAD 1u
 
 /* Parse argv (and --config FILE, --help, --version) against opts[0..n).
  * usage is the first lines of --help. Returns 0 ok, 1 when --help or
  * --version was printed (exit 0), or -1 with a message in err (exit 2). */
 int opts_parse(const struct opt *opts, size_t n, int argc, char **argv, const char *usage, char *err, size_t errlen);
+
+/* Reloading: a and b are the same option of two tables built over two
+ * config structs (the running one and one parsed again). */
+/* Whether their values differ. */
+int opts_differ(const struct opt *a, const struct opt *b);
+/* Copy b's value into a's field. */
+void opts_copy(const struct opt *a, const struct opt *b);
+/* The value as text for a log line ("(none)" for an unset string); buf is
+ * used when it has to be formatted. */
+const char *opts_value_str(const struct opt *o, char *buf, size_t cap);
+
+/* A reload: cur, next and dst are n options over three config structs (the
+ * running one, the one just parsed, and the one to run with, a copy of the
+ * running one). Each option whose value differs between cur and next is
+ * copied from next to dst and logged ("SIGHUP: --name old -> new") when it is
+ * OPT_RELOAD, and logged as needing a restart otherwise. Returns how many
+ * were copied. */
+unsigned opts_reload(const struct opt *cur, const struct opt *next, const struct opt *dst, size_t n);
 
 /* Value parsers, exposed for tests and tools. Return 0 or -1. */
 int opts_parse_ms(const char *s, int64_t *ms);

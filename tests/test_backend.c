@@ -2431,6 +2431,48 @@ Test(backend, store_fault_fails_only_its_request, .timeout = 60)
  * up (issue 15: they used to be closed, so every relink sent every online
  * user's mailbox again), `stored` does not count it, and a resend with the
  * same cmid is stored once. */
+/* SIGHUP used to end the backend (exit 129: every gateway relinks, every
+ * online user's session is announced again). Now it reloads the budgets and
+ * the log level: a smaller --mailbox-max is in force at once, and no link
+ * drops. */
+Test(backend, sighup_reloads_without_dropping_links, .timeout = 60)
+{
+	char conf[PATH_MAX + 64];
+	snprintf(conf, sizeof conf, "%s/%s.%d.conf", T.logdir[0] ? T.logdir : "/tmp", test_name(), (int)getpid());
+	FILE *f = fopen(conf, "w");
+	cr_assert(f);
+	fputs("mailbox-max = 10000\n", f);
+	fclose(f);
+	static const char *opt[] = {"--config", NULL, NULL};
+	opt[1] = conf;
+	T.be_extra = opt;
+	topo_start(NULL);
+	uint64_t ua = user_of(1, 48000), off = user_of(0, 49000);
+	struct tc_conn a;
+	open_login(&a, 0, ua);
+	send_msg(&a, 1, off, "before the reload");
+	expect_ack(&a, 1, PROTO_ACK_STORED, "before the reload");
+	f = fopen(conf, "w");
+	cr_assert(f);
+	fputs("mailbox-max = 2\nlog-level = debug\n", f);
+	fclose(f);
+	cr_assert_eq(tc_server_signal(&T.be[0].srv, SIGHUP), 0);
+	int64_t deadline = tc_now_ms() + 5000;
+	while (!strstr(proc_tail(&T.be[0]), "SIGHUP: --mailbox-max 10000 -> 2")) {
+		cr_assert_lt(tc_now_ms(), deadline, "no reload in the log:\n%s", proc_tail(&T.be[0]));
+		tc_sleep_ms(20);
+	}
+	send_msg(&a, 2, off, "the second");
+	expect_ack(&a, 2, PROTO_ACK_STORED, "the second, within the new limit");
+	send_msg(&a, 3, off, "the third");
+	expect_error(&a, PROTO_E_MAILBOX_FULL, 3, 5000, "over the reloaded --mailbox-max");
+	cr_assert_eq(stat_num(&T.be[0], "links_lost"), 0, "the reload dropped links");
+	cr_assert_eq(gw_reconnects(), 0, "the gateways relinked");
+	tc_close(&a);
+	all_alive();
+	unlink(conf);
+}
+
 Test(backend, store_io_error_fails_the_iteration_safely, .timeout = 40)
 {
 	static const char *const opt[] = {"--inject-store-fault", "msg:eio:1", NULL};

@@ -1659,6 +1659,243 @@ Test(gateway, short_secret_is_a_configuration_error, .timeout = 30)
 	unlink(secret);
 }
 
+static void write_text(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	cr_assert(f, "cannot write %s: %s", path, strerror(errno));
+	fputs(text, f);
+	cr_assert_eq(fclose(f), 0);
+}
+
+/* Under journald (JOURNAL_STREAM names stderr) a line starts with its
+ * syslog priority and carries no timestamp of its own, so `journalctl -p
+ * err` finds the errors; elsewhere lines are as before. */
+Test(gateway, journald_lines_carry_priorities, .timeout = 30)
+{
+	char secret[PATH_MAX + 64], ep[PATH_MAX + 64], gw_path[PATH_MAX + 32];
+	mkdir(tc_build_dir(), 0755);
+	snprintf(secret, sizeof secret, "%s/tests/gateway-e2e", tc_build_dir());
+	mkdir(secret, 0755);
+	snprintf(secret, sizeof secret, "%s/tests/gateway-e2e/journal.%d.secret", tc_build_dir(), (int)getpid());
+	snprintf(ep, sizeof ep, "%s/tests/gateway-e2e/journal.%d.err", tc_build_dir(), (int)getpid());
+	snprintf(gw_path, sizeof gw_path, "%s/gateway/gateway", tc_build_dir());
+	write_text(secret, "short");
+	write_text(ep, "");
+	struct stat st;
+	cr_assert_eq(stat(ep, &st), 0);
+	char js[64];
+	snprintf(js, sizeof js, "%llu:%llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+	const char *argv[] = {gw_path, "--auth-secret-file", secret, "--stats-listen", "off", NULL};
+	setenv("JOURNAL_STREAM", js, 1);
+	int rc = tc_run(gw_path, (char *const *)argv, "/dev/null", ep, 15000);
+	unsetenv("JOURNAL_STREAM");
+	cr_assert_eq(rc, 2);
+	char *err = tc_read_file(ep, NULL);
+	cr_assert_not_null(err);
+	cr_assert_eq(strncmp(err, "<3>gateway[main] error: ", 24), 0, "under journald: %s", err);
+	free(err);
+	/* not the journal's stream: the usual timestamped line */
+	setenv("JOURNAL_STREAM", "1:1", 1);
+	rc = tc_run(gw_path, (char *const *)argv, "/dev/null", ep, 15000);
+	unsetenv("JOURNAL_STREAM");
+	cr_assert_eq(rc, 2);
+	err = tc_read_file(ep, NULL);
+	cr_assert_not_null(err);
+	cr_assert(err[0] == '2' && strstr(err, "Z gateway[main] error: "), "elsewhere: %s", err);
+	free(err);
+	unlink(secret);
+	unlink(ep);
+}
+
+/* Wait until the gateway's log holds `what` (a SIGHUP is handled on the
+ * main thread, asynchronously to the test). */
+static void wait_log(const char *what, int timeout_ms)
+{
+	static char buf[16384];
+	int64_t deadline = tc_now_ms() + timeout_ms;
+	for (;;) {
+		tc_server_log_tail(&G.srv, buf, sizeof buf);
+		if (strstr(buf, what))
+			return;
+		cr_assert_lt(tc_now_ms(), deadline, "no \"%s\" in the log within %d ms:\n%s", what, timeout_ms, buf);
+		tc_sleep_ms(20);
+	}
+}
+
+/* SIGHUP and then count how many times `what` is in the log: wait for one more. */
+static void sighup_and_wait(const char *what)
+{
+	static char buf[16384];
+	tc_server_log_tail(&G.srv, buf, sizeof buf);
+	unsigned before = 0;
+	for (const char *p = buf; (p = strstr(p, what)); p++)
+		before++;
+	cr_assert_eq(tc_server_signal(&G.srv, SIGHUP), 0);
+	int64_t deadline = tc_now_ms() + 5000;
+	for (;;) {
+		tc_server_log_tail(&G.srv, buf, sizeof buf);
+		unsigned now = 0;
+		for (const char *p = buf; (p = strstr(p, what)); p++)
+			now++;
+		if (now > before)
+			return;
+		cr_assert_lt(tc_now_ms(), deadline, "SIGHUP: no new \"%s\" in the log:\n%s", what, buf);
+		tc_sleep_ms(20);
+	}
+}
+
+/* Ping until the rate limit cuts the connection: returns the PONGs it got. */
+static int pongs_until_rate_limited(struct tc_conn *c)
+{
+	uint8_t buf[40 * 2];
+	size_t n = 0;
+	for (int i = 0; i < 40; i++)
+		n += enc_ping(buf + n, sizeof buf - n, PROTO_PING, "");
+	send_raw(c, buf, n);
+	struct tc_frame fr;
+	int pongs = 0;
+	for (;;) {
+		long r = tc_recv_frame(c, &fr, RECV_MS);
+		cr_assert_gt(r, 0, "after %d PONGs: %s (want ERROR rate_limited)", pongs, tc_status_name(r));
+		if (fr.f.type != PROTO_PONG)
+			break;
+		pongs++;
+	}
+	cr_assert(fr.f.type == PROTO_ERROR && fr.f.error.code == PROTO_E_RATE_LIMITED, "after %d PONGs: got %s",
+		  pongs, describe(&fr));
+	return pongs;
+}
+
+/* SIGHUP used to end the gateway (exit 129: every connection dropped, a
+ * reconnect storm on each logrotate). Now it reloads: messages keep flowing
+ * through five reloads with no connection lost, the new rate limit is in
+ * force afterwards, and a configuration that does not parse is refused with
+ * the running one kept. */
+Test(gateway, sighup_reloads_without_dropping_a_connection, .timeout = 90)
+{
+	char conf[PATH_MAX + 64];
+	mkdir(tc_build_dir(), 0755);
+	snprintf(conf, sizeof conf, "%s/tests/gateway-e2e", tc_build_dir());
+	mkdir(conf, 0755);
+	snprintf(conf, sizeof conf, "%s/tests/gateway-e2e/reload.%d.conf", tc_build_dir(), (int)getpid());
+	write_text(conf, "rate-frames = 2000\n");
+	gw_start("--config", conf, NULL);
+	enum { PAIRS = 8, ROUNDS = 5, PER = 40 };
+	static struct tc_conn c[2 * PAIRS];
+	for (int i = 0; i < 2 * PAIRS; i++)
+		open_login(&c[i], 31001 + (uint64_t)i);
+	cr_assert_eq(wait_stat_eq("logged_in", 2 * PAIRS, 3000), 2 * PAIRS);
+	uint64_t cmid = 1;
+	for (int round = 0; round < ROUNDS; round++) {
+		write_text(conf, round % 2 ? "rate-frames = 1500\nlog-level = debug\n" : "rate-frames = 2500\nlog-level = info\n");
+		cr_assert_eq(tc_server_signal(&G.srv, SIGHUP), 0); /* not waited for: messages cross the reload */
+		uint64_t first = cmid;
+		for (int k = 0; k < PER; k++, cmid++)
+			for (int p = 0; p < PAIRS; p++)
+				send_msg(&c[2 * p], cmid, 31001 + (uint64_t)(2 * p + 1), "across a reload");
+		struct tc_frame fr;
+		for (int p = 0; p < PAIRS; p++)
+			for (int k = 0; k < PER; k++) {
+				expect_type(&c[2 * p + 1], &fr, PROTO_DELIVER, RECV_MS, "delivery across a reload");
+				expect_type(&c[2 * p], &fr, PROTO_ACK, RECV_MS, "ACK across a reload");
+				cr_assert_eq(fr.f.ack.cmid, first + (uint64_t)k, "round %d: ACKs out of order", round);
+			}
+	}
+	wait_log("SIGHUP: --rate-frames 1500 -> 2500", 5000);
+	cr_assert_eq(stats_num("conns"), 2 * PAIRS, "connections were lost across the reloads");
+	cr_assert_eq(stats_num("closed_error") + stats_num("closed_protocol") + stats_num("closed_peer"), 0);
+	for (int i = 0; i < 2 * PAIRS; i++)
+		ping_ok(&c[i], "ok", "after five reloads");
+
+	/* the reloaded limit is what connections meet now */
+	write_text(conf, "rate-frames = 5\n");
+	sighup_and_wait("SIGHUP: --rate-frames 2500 -> 5");
+	struct tc_conn d;
+	open_login(&d, 32001);
+	cr_assert_leq(pongs_until_rate_limited(&d), 5, "--rate-frames 5 after the reload");
+
+	/* a configuration that does not parse is refused, the running one stays */
+	write_text(conf, "rate-frames = many\n");
+	sighup_and_wait("configuration refused, the running one stays");
+	gw_alive();
+	struct tc_conn e;
+	open_login(&e, 32002);
+	cr_assert_leq(pongs_until_rate_limited(&e), 5, "--rate-frames 5 kept after a refused reload");
+	for (int i = 0; i < 2 * PAIRS; i++)
+		tc_close(&c[i]);
+	unlink(conf);
+	gw_alive();
+}
+
+/* Rotating the auth secret without refusing a login: the gateway takes the
+ * new secret and keeps accepting the previous one (--auth-secret-previous-file)
+ * on SIGHUP; tokens name their key; dropping the previous one ends it. */
+Test(gateway, sighup_rotates_the_auth_secret, .timeout = 60)
+{
+	char conf[PATH_MAX + 64], prev[PATH_MAX + 64], third_path[PATH_MAX + 64];
+	mkdir(tc_build_dir(), 0755);
+	snprintf(conf, sizeof conf, "%s/tests/gateway-e2e", tc_build_dir());
+	mkdir(conf, 0755);
+	snprintf(conf, sizeof conf, "%s/tests/gateway-e2e/rotate.%d.conf", tc_build_dir(), (int)getpid());
+	snprintf(prev, sizeof prev, "%s/tests/gateway-e2e/rotate.%d.prev", tc_build_dir(), (int)getpid());
+	snprintf(third_path, sizeof third_path, "%s/tests/gateway-e2e/rotate.%d.third", tc_build_dir(), (int)getpid());
+	write_text(conf, "# nothing yet\n");
+	gw_start("--config", conf, NULL);
+	struct token_secret old = G.secret, fresh, third;
+	cr_assert_eq(tc_secret_new(third_path, &third), 0);
+	struct tc_conn before;
+	open_login(&before, 33001); /* logged in with the old secret; stays through the rotation */
+	struct tc_frame fr;
+	struct tc_conn c;
+
+	/* step 1: the new secret in the file, the old one as the previous */
+	size_t len;
+	char *old_text = tc_read_file(G.secret_path, &len);
+	cr_assert_not_null(old_text);
+	write_text(prev, old_text);
+	free(old_text);
+	cr_assert_eq(tc_secret_new(G.secret_path, &fresh), 0);
+	conn_open(&c);
+	cr_assert_gt(tc_login(&c, &fresh, 33002, &fr, RECV_MS), 0);
+	cr_assert_eq(fr.f.login_result.status, PROTO_E_AUTH_FAILED, "a key not loaded yet was accepted");
+	tc_close(&c);
+	char text[PATH_MAX + 128];
+	snprintf(text, sizeof text, "auth-secret-previous-file = %s\n", prev);
+	write_text(conf, text);
+	sighup_and_wait("(previous) is still accepted");
+	const struct token_secret *ok[] = {&fresh, &old};
+	for (int i = 0; i < 2; i++) {
+		conn_open(&c);
+		cr_assert_gt(tc_login(&c, ok[i], 33003 + (uint64_t)i, &fr, RECV_MS), 0);
+		cr_assert_eq(fr.f.login_result.status, PROTO_OK, "%s secret refused during the rotation: %s",
+			     i ? "the previous" : "the new", describe(&fr));
+		tc_close(&c);
+	}
+	conn_open(&c);
+	cr_assert_gt(tc_login(&c, &third, 33005, &fr, RECV_MS), 0);
+	cr_assert_eq(fr.f.login_result.status, PROTO_E_AUTH_FAILED, "a secret nobody loaded was accepted");
+	tc_close(&c);
+	ping_ok(&before, "ok", "logged in before the rotation");
+
+	/* step 3: the previous one dropped */
+	write_text(conf, "# rotation done\n");
+	sighup_and_wait("no other key is accepted");
+	conn_open(&c);
+	cr_assert_gt(tc_login(&c, &old, 33006, &fr, RECV_MS), 0);
+	cr_assert_eq(fr.f.login_result.status, PROTO_E_AUTH_FAILED, "the dropped secret is still accepted");
+	tc_close(&c);
+	conn_open(&c);
+	cr_assert_gt(tc_login(&c, &fresh, 33007, &fr, RECV_MS), 0);
+	cr_assert_eq(fr.f.login_result.status, PROTO_OK);
+	tc_close(&c);
+	G.secret = fresh;
+	tc_close(&before);
+	unlink(conf);
+	unlink(prev);
+	unlink(third_path);
+	gw_alive();
+}
+
 /* ---- hostile clients (regression tests) ------------------------------------------------ */
 
 /* A cluster file naming one backend that nobody runs (its port reserved and

@@ -28,14 +28,14 @@ static struct cfg C;
 
 #define NOPTS 8
 static const struct opt OPTS[NOPTS] = {
-	{"port", OPT_INT, &C.port, "8080", 1, 65535, "listen port"},
-	{"timeout", OPT_MS, &C.timeout, "10s", 1, 3600000, "idle timeout"},
-	{"buf", OPT_SIZE, &C.buf, "64k", 512, 1ll << 40, "buffer size"},
-	{"name", OPT_STR, &C.name, "gw", 0, 0, "instance name"},
-	{"verbose", OPT_FLAG, &C.verbose, NULL, 0, 0, "log more"},
-	{"peer", OPT_LIST, &C.peers, "127.0.0.1:9000", 0, 0, "peer address"},
-	{"ratio", OPT_DOUBLE, &C.ratio, "0.5", 0, 1, "a fraction"},
-	{"quiet", OPT_FLAG, &C.quiet, "1", 0, 0, "log less"},
+	{"port", OPT_INT, &C.port, "8080", 1, 65535, "listen port", 0},
+	{"timeout", OPT_MS, &C.timeout, "10s", 1, 3600000, "idle timeout", 0},
+	{"buf", OPT_SIZE, &C.buf, "64k", 512, 1ll << 40, "buffer size", 0},
+	{"name", OPT_STR, &C.name, "gw", 0, 0, "instance name", 0},
+	{"verbose", OPT_FLAG, &C.verbose, NULL, 0, 0, "log more", 0},
+	{"peer", OPT_LIST, &C.peers, "127.0.0.1:9000", 0, 0, "peer address", 0},
+	{"ratio", OPT_DOUBLE, &C.ratio, "0.5", 0, 1, "a fraction", 0},
+	{"quiet", OPT_FLAG, &C.quiet, "1", 0, 0, "log less", 0},
 };
 
 static char ERR[512];
@@ -259,7 +259,7 @@ Test(opts, missing_value)
 Test(opts, bad_default_is_reported)
 {
 	int64_t v = 0;
-	const struct opt o[] = {{"n", OPT_INT, &v, "100", 0, 10, "x"}};
+	const struct opt o[] = {{"n", OPT_INT, &v, "100", 0, 10, "x", 0}};
 	char *argv[] = {(char *)"prog", NULL};
 	char err[256] = "";
 	cr_assert_eq(opts_parse(o, 1, 1, argv, "u", err, sizeof err), -1);
@@ -510,4 +510,48 @@ Test(parsers, nan_is_rejected)
 	cr_assert_eq(opts_parse_ms("nanms", &v), -1);
 	cr_assert_eq(opts_parse_size("nan", &v), -1, "opts_parse_size(\"nan\") accepted as %lld", (long long)v);
 	cr_assert_eq(opts_parse_size("NANk", &v), -1);
+}
+
+/* ---- reloading (SIGHUP): compare and copy between two parses ------------------- */
+
+static struct cfg D;
+static const struct opt OPTS_D[NOPTS] = {
+	{"port", OPT_INT, &D.port, "8080", 1, 65535, "listen port", 0},
+	{"timeout", OPT_MS, &D.timeout, "10s", 1, 3600000, "idle timeout", 0},
+	{"buf", OPT_SIZE, &D.buf, "64k", 512, 1ll << 40, "buffer size", 0},
+	{"name", OPT_STR, &D.name, "gw", 0, 0, "instance name", 0},
+	{"verbose", OPT_FLAG, &D.verbose, NULL, 0, 0, "log more", 0},
+	{"peer", OPT_LIST, &D.peers, "127.0.0.1:9000", 0, 0, "peer address", 0},
+	{"ratio", OPT_DOUBLE, &D.ratio, "0.5", 0, 1, "a fraction", 0},
+	{"quiet", OPT_FLAG, &D.quiet, "1", 0, 0, "log less", 0},
+};
+
+Test(opts, differ_copy_and_show_for_a_reload)
+{
+	cr_assert_eq(parse("--port", "9000", "--name", "a", "--peer", "1.2.3.4:5", NULL), 0, "%s", ERR);
+	char *argv[] = {(char *)"prog", (char *)"--port", (char *)"9000", (char *)"--name", (char *)"b",
+			(char *)"--timeout", (char *)"250ms", (char *)"--verbose", NULL};
+	cr_assert_eq(opts_parse(OPTS_D, NOPTS, 8, argv, "u", ERR, sizeof ERR), 0, "%s", ERR);
+	static const int differs[NOPTS] = {0, 1, 0, 1, 1, 1, 0, 0};
+	for (int i = 0; i < NOPTS; i++)
+		cr_assert_eq(opts_differ(&OPTS[i], &OPTS_D[i]), differs[i], "--%s", OPTS[i].name);
+	char b[64];
+	cr_assert_str_eq(opts_value_str(&OPTS_D[1], b, sizeof b), "250ms");
+	cr_assert_str_eq(opts_value_str(&OPTS_D[3], b, sizeof b), "b");
+	cr_assert_str_eq(opts_value_str(&OPTS_D[4], b, sizeof b), "on");
+	cr_assert_str_eq(opts_value_str(&OPTS[5], b, sizeof b), "1.2.3.4:5");
+	cr_assert_str_eq(opts_value_str(&OPTS_D[0], b, sizeof b), "9000");
+	for (int i = 0; i < NOPTS; i++)
+		opts_copy(&OPTS[i], &OPTS_D[i]);
+	for (int i = 0; i < NOPTS; i++)
+		cr_assert_eq(opts_differ(&OPTS[i], &OPTS_D[i]), i == 5, "--%s after the copy", OPTS[i].name);
+	cr_assert_eq(C.timeout, 250);
+	cr_assert_str_eq(C.name, "b");
+	const char *none = NULL;
+	struct opt s = {"x", OPT_STR, &none, NULL, 0, 0, "x", OPT_RELOAD};
+	cr_assert_str_eq(opts_value_str(&s, b, sizeof b), "(none)");
+	free(C.peers.v);
+	free(D.peers.v);
+	C.peers = (struct opt_list){0};
+	D.peers = (struct opt_list){0};
 }

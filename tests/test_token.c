@@ -1,12 +1,17 @@
 /* test_token.c: criterion unit tests of login tokens (runtime/token.h).
  *
- * The known-answer tests pin the format of proto/PROTOCOL.md section 3.5:
- *   token = be64(expiry) || HMAC-SHA256(secret, "gwtok1" || be64(user) || be64(expiry))
+ * The known-answer tests pin the formats of proto/PROTOCOL.md section 3.5:
+ *   v2 = 0x02 || be32(kid) || be64(expiry)
+ *        || HMAC-SHA256(secret, "gwtok2" || be32(kid) || be64(user) || be64(expiry)),
+ *        kid = SHA-256("gwtok key id" || secret)[0..4)
+ *   v1 = be64(expiry) || HMAC-SHA256(secret, "gwtok1" || be64(user) || be64(expiry))
  * The expected bytes were computed outside this code base, with python3:
  *   import hmac, hashlib, struct
- *   msg = b"gwtok1" + struct.pack(">Q", user) + struct.pack(">Q", expiry)
- *   tok = struct.pack(">Q", expiry) + hmac.new(key, msg, hashlib.sha256).digest()
- * and cross-checked with `openssl dgst -sha256 -hmac KEY` for the first one.
+ *   kid = hashlib.sha256(b"gwtok key id" + key).digest()[:4]
+ *   msg = b"gwtok2" + kid + struct.pack(">Q", user) + struct.pack(">Q", expiry)
+ *   tok = b"\x02" + kid + struct.pack(">Q", expiry) + hmac.new(key, msg, hashlib.sha256).digest()
+ * (v1: msg = b"gwtok1" + ..., tok = struct.pack(">Q", expiry) + mac), the v1
+ * ones cross-checked with `openssl dgst -sha256 -hmac KEY`.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -46,16 +51,27 @@ Test(token, known_answer_short_key)
 {
 	struct token_secret s;
 	secret(&s, KEY_A, KEY_A_LEN);
+	cr_assert_eq(s.id, 0x658bac9bu, "key id differs from the PROTOCOL.md 3.5 rule");
 	uint8_t tok[TOKEN_LEN], want[TOKEN_LEN];
-	unhex_or_die("000000006955b900"
-		     "ad1c7892ad7f0686f48172c306c2c31e6548aeeb11583eba2d840d2b07529174",
-		     want, TOKEN_LEN);
+	static const char hexwant[] = "02658bac9b000000006955b900"
+				      "59611cc4bcb2eb485b882e4c8b4f559de827140ce6d6a6020379ba3700b8fa05";
+	unhex_or_die(hexwant, want, TOKEN_LEN);
 	token_mint(&s, 0x0102030405060708ull, 1767225600ull, tok);
 	cr_assert_arr_eq(tok, want, TOKEN_LEN, "token bytes differ from the PROTOCOL.md 3.5 format");
 	cr_assert_eq(token_verify(&s, 0x0102030405060708ull, want, TOKEN_LEN, 1767225600ull), TOKEN_OK);
+	cr_assert_eq(token_key_id(want, TOKEN_LEN), 0x658bac9bu);
 	char hex[2 * TOKEN_LEN + 1];
 	token_hex(tok, hex);
-	cr_assert_str_eq(hex, "000000006955b900ad1c7892ad7f0686f48172c306c2c31e6548aeeb11583eba2d840d2b07529174");
+	cr_assert_str_eq(hex, hexwant);
+	/* the 40-byte format of earlier versions is still accepted */
+	uint8_t v1[TOKEN_V1_LEN];
+	unhex_or_die("000000006955b900"
+		     "ad1c7892ad7f0686f48172c306c2c31e6548aeeb11583eba2d840d2b07529174",
+		     v1, TOKEN_V1_LEN);
+	cr_assert_eq(token_verify(&s, 0x0102030405060708ull, v1, TOKEN_V1_LEN, 1767225600ull), TOKEN_OK);
+	cr_assert_eq(token_verify(&s, 0x0102030405060708ull, v1, TOKEN_V1_LEN, 1767225601ull), TOKEN_EXPIRED);
+	cr_assert_eq(token_verify(&s, 0x0102030405060709ull, v1, TOKEN_V1_LEN, 0), TOKEN_BAD);
+	cr_assert_eq(token_key_id(v1, TOKEN_V1_LEN), 0);
 }
 
 /* A key longer than the SHA-256 block (64 bytes) is hashed first by HMAC. */
@@ -67,12 +83,17 @@ Test(token, known_answer_long_key_max_expiry)
 	struct token_secret s;
 	secret(&s, key, sizeof key);
 	uint8_t tok[TOKEN_LEN], want[TOKEN_LEN];
-	unhex_or_die("ffffffffffffffff"
-		     "0c6aa8a676de147578d8494bab8a21a241142f2bca035fd4109421afc5236ffd",
+	unhex_or_die("029279b2f3ffffffffffffffff"
+		     "51835b6198bbfefd3e318b82456db31e876b4a96f38544a63688a7dab884bff2",
 		     want, TOKEN_LEN);
 	token_mint(&s, 1, UINT64_MAX, tok);
 	cr_assert_arr_eq(tok, want, TOKEN_LEN);
 	cr_assert_eq(token_verify(&s, 1, tok, TOKEN_LEN, UINT64_MAX), TOKEN_OK);
+	uint8_t v1[TOKEN_V1_LEN];
+	unhex_or_die("ffffffffffffffff"
+		     "0c6aa8a676de147578d8494bab8a21a241142f2bca035fd4109421afc5236ffd",
+		     v1, TOKEN_V1_LEN);
+	cr_assert_eq(token_verify(&s, 1, v1, TOKEN_V1_LEN, UINT64_MAX), TOKEN_OK);
 }
 
 /* ---- mint / verify -------------------------------------------------------------- */
@@ -87,11 +108,13 @@ Test(token, round_trip)
 		memset(tok, 0xee, sizeof tok);
 		token_mint(&s, users[i], 2000000000ull, tok);
 		for (size_t j = TOKEN_LEN; j < sizeof tok; j++)
-			cr_assert_eq(tok[j], 0xee, "token_mint wrote past 40 bytes");
-		/* expiry is the big-endian prefix */
-		cr_assert_eq(tok[0], 0);
-		cr_assert_eq(tok[4], 0x77);
-		cr_assert_eq(tok[7], 0x00);
+			cr_assert_eq(tok[j], 0xee, "token_mint wrote past %u bytes", TOKEN_LEN);
+		/* version, key id, then the big-endian expiry */
+		cr_assert_eq(tok[0], TOKEN_VERSION);
+		cr_assert_eq(token_key_id(tok, TOKEN_LEN), s.id);
+		cr_assert_eq(tok[5], 0);
+		cr_assert_eq(tok[9], 0x77);
+		cr_assert_eq(tok[12], 0x00);
 		cr_assert_eq(token_verify(&s, users[i], tok, TOKEN_LEN, 1000000000ull), TOKEN_OK);
 	}
 	/* deterministic, and the same key loaded twice gives the same tokens */
@@ -123,7 +146,7 @@ Test(token, forged_mac_or_expiry_is_bad)
 	/* pushing the expiry forward without the secret fails the MAC, not "ok" */
 	uint8_t t[TOKEN_LEN];
 	memcpy(t, tok, TOKEN_LEN);
-	t[0] = 0x7f;
+	t[5] = 0x7f;
 	cr_assert_eq(token_verify(&s, 42, t, TOKEN_LEN, 1000), TOKEN_BAD);
 	/* an all-zero token */
 	memset(t, 0, sizeof t);
@@ -152,8 +175,9 @@ Test(token, wrong_length_is_bad)
 	token_mint(&s, 5, 5000, tok);
 	tok[TOKEN_LEN] = 0;
 	cr_assert_eq(token_verify(&s, 5, tok, TOKEN_LEN, 1000), TOKEN_OK);
-	cr_assert_eq(token_verify(&s, 5, tok, 39, 1000), TOKEN_BAD);
-	cr_assert_eq(token_verify(&s, 5, tok, 41, 1000), TOKEN_BAD); /* genuine token plus a byte */
+	cr_assert_eq(token_verify(&s, 5, tok, TOKEN_LEN - 1, 1000), TOKEN_BAD);
+	cr_assert_eq(token_verify(&s, 5, tok, TOKEN_LEN + 1, 1000), TOKEN_BAD); /* genuine token plus a byte */
+	cr_assert_eq(token_verify(&s, 5, tok, TOKEN_V1_LEN, 1000), TOKEN_BAD); /* a v2 token cut to v1's length */
 	cr_assert_eq(token_verify(&s, 5, tok, 0, 1000), TOKEN_BAD);
 	cr_assert_eq(token_verify(&s, 5, NULL, 0, 1000), TOKEN_BAD);
 	cr_assert_eq(token_verify(&s, 5, tok, 8, 1000), TOKEN_BAD);
@@ -195,6 +219,45 @@ Test(token, different_secrets_do_not_mix)
 	cr_assert_eq(token_verify(&a, 3, tb, TOKEN_LEN, 0), TOKEN_BAD);
 	cr_assert_eq(token_verify(&a, 3, tc, TOKEN_LEN, 0), TOKEN_BAD);
 	cr_assert_eq(token_verify(&b, 3, tb, TOKEN_LEN, 0), TOKEN_OK);
+}
+
+/* A gateway holding the current and the previous secret (a rotation) takes
+ * tokens of both, picks the key by id, and refuses a third. */
+Test(token, keys_accept_current_and_previous)
+{
+	struct token_keys k = {.n = 2};
+	secret(&k.key[0], KEY_A, KEY_A_LEN);
+	secret(&k.key[1], "the-previous-secret-0123456789", 30);
+	struct token_secret other;
+	secret(&other, "a-third-secret-nobody-holds-00", 30);
+	cr_assert_neq(k.key[0].id, k.key[1].id);
+	uint8_t cur[TOKEN_LEN], prev[TOKEN_LEN], third[TOKEN_LEN];
+	token_mint(&k.key[0], 8, 5000, cur);
+	token_mint(&k.key[1], 8, 5000, prev);
+	token_mint(&other, 8, 5000, third);
+	cr_assert_eq(token_verify_keys(&k, 8, cur, TOKEN_LEN, 1000), TOKEN_OK);
+	cr_assert_eq(token_verify_keys(&k, 8, prev, TOKEN_LEN, 1000), TOKEN_OK);
+	cr_assert_eq(token_verify_keys(&k, 8, third, TOKEN_LEN, 1000), TOKEN_BAD);
+	cr_assert_eq(token_verify_keys(&k, 8, prev, TOKEN_LEN, 6000), TOKEN_EXPIRED);
+	cr_assert_eq(token_verify_keys(&k, 9, prev, TOKEN_LEN, 1000), TOKEN_BAD);
+	/* a token naming the current key's id but signed by the previous one */
+	uint8_t mixed[TOKEN_LEN];
+	memcpy(mixed, prev, TOKEN_LEN);
+	memcpy(mixed + 1, cur + 1, 4);
+	cr_assert_eq(token_verify_keys(&k, 8, mixed, TOKEN_LEN, 1000), TOKEN_BAD);
+	/* once the previous secret is dropped, its tokens are refused */
+	k.n = 1;
+	cr_assert_eq(token_verify_keys(&k, 8, prev, TOKEN_LEN, 1000), TOKEN_BAD);
+	cr_assert_eq(token_verify_keys(&k, 8, cur, TOKEN_LEN, 1000), TOKEN_OK);
+	/* 40-byte tokens are tried with each key held */
+	k.n = 2;
+	uint8_t v1[TOKEN_V1_LEN];
+	unhex_or_die("000000006955b900"
+		     "ad1c7892ad7f0686f48172c306c2c31e6548aeeb11583eba2d840d2b07529174",
+		     v1, TOKEN_V1_LEN);
+	struct token_keys swapped = {.n = 2, .key = {k.key[1], k.key[0]}};
+	cr_assert_eq(token_verify_keys(&swapped, 0x0102030405060708ull, v1, TOKEN_V1_LEN, 0), TOKEN_OK);
+	cr_assert_eq(token_verify_keys(&k, 0x0102030405060708ull, v1, TOKEN_V1_LEN, 0), TOKEN_OK);
 }
 
 /* ---- token_secret_load ------------------------------------------------------------ */

@@ -171,9 +171,9 @@ int main(int argc, char **argv)
 	int64_t interval_ms = 2000, count = 0;
 	struct opt_list targets = {0};
 	const struct opt opts[] = {
-		{"interval", OPT_MS, &interval_ms, "2s", 100, 3600000, "time between rows"},
-		{"count", OPT_INT, &count, "0", 0, 1000000000, "stop after this many rows per node (0 = until Ctrl-C)"},
-		{"node", OPT_LIST, &targets, NULL, 0, 0, "stats endpoint HOST:PORT (or give them as arguments)"},
+		{"interval", OPT_MS, &interval_ms, "2s", 100, 3600000, "time between rows", 0},
+		{"count", OPT_INT, &count, "0", 0, 1000000000, "stop after this many rows per node (0 = until Ctrl-C)", 0},
+		{"node", OPT_LIST, &targets, NULL, 0, 0, "stats endpoint HOST:PORT (or give them as arguments)", 0},
 	};
 	/* bare HOST:PORT arguments are --node values */
 	char **av = calloc((size_t)argc * 2 + 1, sizeof *av);

@@ -47,12 +47,12 @@ int main(int argc, char **argv)
 	const char *secret_file = NULL, *new_file = NULL;
 	int64_t user = 0, count = 1, ttl_ms = 0, expiry = 0;
 	const struct opt opts[] = {
-		{"secret-file", OPT_STR, &secret_file, NULL, 0, 0, "the gateway's --auth-secret-file"},
-		{"new-secret", OPT_STR, &new_file, NULL, 0, 0, "write a new random secret to this file and exit"},
-		{"user", OPT_INT, &user, "0", 0, INT64_MAX, "user id (>= 1)"},
-		{"count", OPT_INT, &count, "1", 1, 100000000, "mint for users user .. user+count-1, one \"user token\" line each"},
-		{"ttl", OPT_MS, &ttl_ms, "24h", 1000, 100ll * 365 * 86400 * 1000, "validity from now"},
-		{"expiry", OPT_INT, &expiry, "0", 0, INT64_MAX, "absolute expiry, Unix seconds (overrides --ttl)"},
+		{"secret-file", OPT_STR, &secret_file, NULL, 0, 0, "the gateway's --auth-secret-file", 0},
+		{"new-secret", OPT_STR, &new_file, NULL, 0, 0, "write a new random secret to this file and exit", 0},
+		{"user", OPT_INT, &user, "0", 0, INT64_MAX, "user id (>= 1)", 0},
+		{"count", OPT_INT, &count, "1", 1, 100000000, "mint for users user .. user+count-1, one \"user token\" line each", 0},
+		{"ttl", OPT_MS, &ttl_ms, "24h", 1000, 100ll * 365 * 86400 * 1000, "validity from now", 0},
+		{"expiry", OPT_INT, &expiry, "0", 0, INT64_MAX, "absolute expiry, Unix seconds (overrides --ttl)", 0},
 	};
 	char err[256];
 	int r = opts_parse(opts, sizeof opts / sizeof opts[0], argc, argv,
