@@ -41,8 +41,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "proto/wire.h"
 #include "runtime/cluster.h"
@@ -92,6 +96,7 @@ struct store {
 	bool prune_have;       /* false: start at the first entry */
 	/* the file system under the data file (see store_set_min_free) */
 	int fd;                       /* the data file (LMDB's) */
+	int lock_fd;                  /* DIR/LOCK, flock'ed: one process per data dir */
 	uint64_t min_free;            /* --store-min-free */
 	uint64_t disk_room;           /* free space and the data file's free pages, at the
 				       * transaction's start (UINT64_MAX: unknown) */
@@ -322,9 +327,28 @@ struct store *store_open(const char *dir, size_t map_bytes, char *err, size_t er
 		snprintf(err, errlen, "store: out of memory");
 		return NULL;
 	}
+	/* LMDB lets several processes open one environment and serialises their
+	 * writers, so a second backend on the same --data-dir would run beside
+	 * the first, each with its own dedup and delivery state: refuse it. */
+	char lp[PATH_MAX];
+	snprintf(lp, sizeof lp, "%s/LOCK", dir);
+	s->lock_fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+		int e = errno;
+		if (e == EWOULDBLOCK)
+			snprintf(err, errlen, "store: %s is in use by another process (another backend on this --data-dir?)",
+				 dir);
+		else
+			snprintf(err, errlen, "store: lock %s: %s", lp, strerror(e));
+		if (s->lock_fd >= 0)
+			close(s->lock_fd);
+		free(s);
+		return NULL;
+	}
 	int rc = mdb_env_create(&s->env);
 	if (rc) {
 		snprintf(err, errlen, "store: mdb_env_create: %s", mdb_strerror(rc));
+		close(s->lock_fd);
 		free(s);
 		return NULL;
 	}
@@ -370,6 +394,7 @@ struct store *store_open(const char *dir, size_t map_bytes, char *err, size_t er
 	return s;
 fail:
 	mdb_env_close(s->env);
+	close(s->lock_fd);
 	free(s);
 	return NULL;
 }
@@ -380,6 +405,7 @@ void store_close(struct store *s)
 		return;
 	store_abort(s); /* uncommitted writes are dropped, as on a crash */
 	mdb_env_close(s->env);
+	close(s->lock_fd);
 	free(s->tmp);
 	free(s);
 }

@@ -761,6 +761,30 @@ Test(store, group_large_member_list)
 	cr_assert_eq(memcmp(got, mem, sizeof mem), 0);
 }
 
+/* A second process on the same --data-dir ran beside the first (LMDB lets
+ * it); now the directory is locked: the second open is refused, clearly,
+ * and the directory opens again once the first has closed it. */
+Test(store, data_dir_is_locked_while_open)
+{
+	st = open_map(MAP_BYTES);
+	char err[256] = "";
+	struct store *second = store_open(dbdir, MAP_BYTES, err, sizeof err);
+	cr_assert_null(second, "a second store on the same directory opened");
+	cr_assert(strstr(err, "in use by another process"), "error: %s", err);
+	/* the same from another process (a second backend) */
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		char e2[256];
+		struct store *o = store_open(dbdir, MAP_BYTES, e2, sizeof e2);
+		_exit(o == NULL && strstr(e2, "in use") ? 0 : 1);
+	}
+	int ws;
+	cr_assert_eq(waitpid(pid, &ws, 0), pid);
+	cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "another process opened a locked data dir");
+	reopen(); /* closed, then opened again: the lock went with the close */
+}
+
 Test(store, group_next_id_persisted)
 {
 	st = open_map(MAP_BYTES);
