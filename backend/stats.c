@@ -16,10 +16,14 @@ struct be_metric {
 	size_t off;
 };
 
-#define C_(name, labels, key, help, f) {{"backend_" name, labels, key, METRIC_COUNTER, help}, offsetof(struct be_counters, f)}
-#define G_(name, labels, key, help, f) {{"backend_" name, labels, key, METRIC_GAUGE, help}, offsetof(struct be_counters, f)}
-#define LINK_ROW(f, kind, metric, labels, key, help) \
-	{{"backend_" metric, labels, key, METRIC_##kind, help}, offsetof(struct be_counters, link.f)},
+#define C_(name, labels, key, help, f) {{"backend_" name, labels, key, METRIC_COUNTER, help, 0}, offsetof(struct be_counters, f)}
+#define G_(name, labels, key, help, f) {{"backend_" name, labels, key, METRIC_GAUGE, help, 0}, offsetof(struct be_counters, f)}
+#define CS_(name, labels, key, help, f, scale) \
+	{{"backend_" name, labels, key, METRIC_COUNTER, help, scale}, offsetof(struct be_counters, f)}
+#define GS_(name, labels, key, help, f, scale) \
+	{{"backend_" name, labels, key, METRIC_GAUGE, help, scale}, offsetof(struct be_counters, f)}
+#define LINK_ROW(f, kind, metric, labels, key, help, scale) \
+	{{"backend_" metric, labels, key, METRIC_##kind, help, scale}, offsetof(struct be_counters, link.f)},
 
 static const struct be_metric table[] = {
 	C_("links_accepted_total", NULL, "links_accepted", "Gateway links accepted", links_accepted),
@@ -59,8 +63,8 @@ static const struct be_metric table[] = {
 	C_("receipts_total", "action=\"dropped\"", "receipts_dropped", "Receipts", receipts_dropped),
 	C_("receipts_total", "action=\"acked\"", "receipts_acked", "Receipts", receipts_acked),
 	C_("commits_total", NULL, "commits", "Store commits (one per busy loop iteration)", commits),
-	C_("commit_seconds_total", NULL, "commit_ns_total", "Time in commits (ns in /stats)", commit_ns_total),
-	G_("commit_max_nanoseconds", NULL, "commit_ns_max", "Slowest commit", commit_ns_max),
+	CS_("commit_seconds_total", NULL, "commit_ns_total", "Time in commits (ns in /stats)", commit_ns_total, 1e-9),
+	GS_("commit_max_seconds", NULL, "commit_ns_max", "Slowest commit (ns in /stats)", commit_ns_max, 1e-9),
 	LINK_STATS(LINK_ROW)
 	/* right after the list's last rows, which are link_refused_total's */
 	C_("link_refused_total", "reason=\"busy\"", "link_refused_busy", "Link handshakes refused, by reason", links_busy),
@@ -98,8 +102,6 @@ int be_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 	for (size_t i = 0; i < NTABLE; i++) {
 		d[i] = table[i].d;
 		vals[i] = (double)__atomic_load_n((const uint64_t *)((const char *)&b->cnt + table[i].off), __ATOMIC_RELAXED);
-		if (prom && table[i].off == offsetof(struct be_counters, commit_ns_total))
-			vals[i] /= 1e9;
 	}
 	static const struct metric_desc extra[MP_N] = METRICS_PROCESS_ROWS("backend");
 	double xv[MP_N];

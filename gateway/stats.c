@@ -24,13 +24,13 @@ struct gw_metric {
 };
 
 #define C_(name, labels, key, help, field) \
-	{{"gateway_" name, labels, key, METRIC_COUNTER, help}, offsetof(struct gw_counters, field)}
+	{{"gateway_" name, labels, key, METRIC_COUNTER, help, 0}, offsetof(struct gw_counters, field)}
 #define G_(name, labels, key, help, field) \
-	{{"gateway_" name, labels, key, METRIC_GAUGE, help}, offsetof(struct gw_counters, field)}
+	{{"gateway_" name, labels, key, METRIC_GAUGE, help, 0}, offsetof(struct gw_counters, field)}
 #define M_(name, labels, key, help, field) \
-	{{"gateway_" name, labels, key, METRIC_MAX, help}, offsetof(struct gw_counters, field)}
-#define LINK_ROW(f, kind, metric, labels, key, help) \
-	{{"gateway_" metric, labels, key, METRIC_##kind, help}, offsetof(struct gw_counters, link.f)},
+	{{"gateway_" name, labels, key, METRIC_MAX, help, 0}, offsetof(struct gw_counters, field)}
+#define LINK_ROW(f, kind, metric, labels, key, help, scale) \
+	{{"gateway_" metric, labels, key, METRIC_##kind, help, scale}, offsetof(struct gw_counters, link.f)},
 #define CLOSED(r, f) C_("conn_closed_total", "reason=\"" r "\"", "closed_" r, "Connections closed, by reason", closed[f])
 /* Per frame type and per fatal error code, generated from proto/client.h's
  * lists: frames in for the types a client may send, out for the server's. */
@@ -123,13 +123,17 @@ static const struct gw_metric table[] = {
 #define NTABLE (sizeof table / sizeof table[0])
 
 /* Extra figures computed at read time. */
-enum { X_CAPACITY, X_THREADS, X_ALLOC, X_RESIDENT, X_N };
+enum { X_CAPACITY, X_THREAD_CAPACITY, X_THREADS, X_DRAINING, X_ALLOC, X_RESIDENT, X_N };
 static const struct metric_desc extra[X_N] = {
-	{"gateway_capacity", NULL, "capacity", METRIC_GAUGE, "Connections this gateway can hold"},
-	{"gateway_threads", NULL, "threads", METRIC_GAUGE, "Worker threads (one io_uring each)"},
-	{"gateway_allocated_bytes", NULL, "allocated_bytes", METRIC_GAUGE, "Bytes allocated (jemalloc stats.allocated)"},
+	{"gateway_capacity", NULL, "capacity", METRIC_GAUGE, "Connections this gateway can hold", 0},
+	{"gateway_thread_capacity", NULL, "thread_capacity", METRIC_GAUGE,
+	 "Connections one worker thread can hold (a full thread answers server_full; users hash to threads)", 0},
+	{"gateway_threads", NULL, "threads", METRIC_GAUGE, "Worker threads (one io_uring each)", 0},
+	{"gateway_draining", NULL, "draining", METRIC_GAUGE,
+	 "1 once a drain started (SIGTERM): the node is going away on purpose", 0},
+	{"gateway_allocated_bytes", NULL, "allocated_bytes", METRIC_GAUGE, "Bytes allocated (jemalloc stats.allocated)", 0},
 	{"gateway_allocator_resident_bytes", NULL, "allocator_resident_bytes", METRIC_GAUGE,
-	 "Allocator resident bytes (jemalloc stats.resident)"},
+	 "Allocator resident bytes (jemalloc stats.resident)", 0},
 };
 static const struct metric_desc proc[MP_N] = METRICS_PROCESS_ROWS("gateway");
 
@@ -181,8 +185,10 @@ int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 		/* a maximum is the maximum over threads, not their sum */
 		vals[i] = table[i].d.kind == METRIC_MAX ? (double)mx : (double)s;
 	}
-	xv[X_CAPACITY] = (double)gw->nthreads * (double)(gw->slots - GW_SLOT_RESERVE);
+	xv[X_THREAD_CAPACITY] = (double)(gw->slots - GW_SLOT_RESERVE);
+	xv[X_CAPACITY] = (double)gw->nthreads * xv[X_THREAD_CAPACITY];
 	xv[X_THREADS] = gw->nthreads;
+	xv[X_DRAINING] = __atomic_load_n(&gw_draining, __ATOMIC_RELAXED) ? 1 : 0;
 	allocator(&xv[X_ALLOC], &xv[X_RESIDENT]);
 	metrics_process_values(gw->started_wall_ms, pv);
 	struct metric_desc d[NTABLE];
@@ -193,6 +199,18 @@ int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 		metrics_prom(body, d, NTABLE, vals);
 		metrics_prom(body, extra, X_N, xv);
 		metrics_prom(body, proc, MP_N, pv);
+		/* per thread: users hash to threads, so they fill unevenly and the
+		 * fullest one, not the total, says when logins start to be refused */
+		char labels[GW_MAX_THREADS][24];
+		struct metric_desc td[GW_MAX_THREADS];
+		double tv[GW_MAX_THREADS];
+		for (unsigned t = 0; t < gw->nthreads; t++) {
+			snprintf(labels[t], sizeof labels[t], "thread=\"%u\"", t);
+			td[t] = (struct metric_desc){"gateway_thread_connections", labels[t], "thread_conns", METRIC_GAUGE,
+						     "Connections held by one worker thread", 0};
+			tv[t] = (double)load(&gw->w[t].cnt, offsetof(struct gw_counters, conns));
+		}
+		metrics_prom(body, td, gw->nthreads, tv);
 		return 200;
 	}
 	*ctype = "application/json";
@@ -214,12 +232,12 @@ int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 	}
 	mbuf_printf(body, "],\"links\":[");
 	static const struct metric_desc link_rows[] = {
-#define LINK_DESC(f, kind, metric, labels, key, help) {metric, labels, key, METRIC_##kind, help},
+#define LINK_DESC(f, kind, metric, labels, key, help, scale) {metric, labels, key, METRIC_##kind, help, scale},
 		LINK_STATS(LINK_DESC)
 #undef LINK_DESC
 	};
 	static const size_t link_off[] = {
-#define LINK_OFF(f, kind, metric, labels, key, help) offsetof(struct link_stats, f),
+#define LINK_OFF(f, kind, metric, labels, key, help, scale) offsetof(struct link_stats, f),
 		LINK_STATS(LINK_OFF)
 #undef LINK_OFF
 	};

@@ -357,7 +357,7 @@ static void stats_add(struct link_stats *sum, const struct link_stats *s, int co
 #define ADD_COUNTER(f) sum->f += s->f;
 #define ADD_GAUGE(f) sum->f += counters_only ? 0 : s->f;
 #define ADD_MAX(f) sum->f = !counters_only && s->f > sum->f ? s->f : sum->f;
-#define X_(f, kind, metric, labels, key, help) ADD_##kind(f)
+#define X_(f, kind, metric, labels, key, help, scale) ADD_##kind(f)
 	LINK_STATS(X_)
 #undef X_
 #undef ADD_MAX
@@ -377,7 +377,7 @@ void link_stats_retire(struct link_stats *sum, const struct link_stats *s)
 
 void link_stats_publish(struct link_stats *dst, const struct link_stats *src)
 {
-#define X_(f, kind, metric, labels, key, help) __atomic_store_n(&dst->f, src->f, __ATOMIC_RELAXED);
+#define X_(f, kind, metric, labels, key, help, scale) __atomic_store_n(&dst->f, src->f, __ATOMIC_RELAXED);
 	LINK_STATS(X_)
 #undef X_
 }

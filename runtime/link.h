@@ -107,39 +107,40 @@ struct link_ops {
 };
 
 /* A link's figures, the one list both programs publish and render:
- * X(field, KIND, metric, labels, key, help). KIND: COUNTER (counted in
+ * X(field, KIND, metric, labels, key, help, scale). KIND: COUNTER (counted in
  * struct link_stats since link_init; summed over links), GAUGE (now; summed)
  * or MAX (now; the largest over links). metric and key get the program's
- * prefix ("gateway_", "backend_") and go to runtime/metrics.h; rows of one
+ * prefix ("gateway_", "backend_") and go to runtime/metrics.h (scale: what
+ * the Prometheus value is multiplied by, for base units); rows of one
  * metric name stay together (the refusal rows come last so a program can add
  * reasons of its own after them). A new link statistic is a row here and
  * the place in link.c that counts it. */
 #define LINK_STATS(X)                                                                                          \
-	X(frames_out, COUNTER, "link_frames_total", "dir=\"out\"", "link_frames_out", "Dist link frames")          \
-	X(frames_in, COUNTER, "link_frames_total", "dir=\"in\"", "link_frames_in", "Dist link frames")             \
-	X(batches_out, COUNTER, "link_batches_total", "dir=\"out\"", "link_batches_out", "Dist link batches")      \
-	X(batches_in, COUNTER, "link_batches_total", "dir=\"in\"", "link_batches_in", "Dist link batches")         \
-	X(bytes_out, COUNTER, "link_bytes_total", "dir=\"out\"", "link_bytes_out", "Dist link bytes")              \
-	X(bytes_in, COUNTER, "link_bytes_total", "dir=\"in\"", "link_bytes_in", "Dist link bytes")                 \
-	X(reconnects, COUNTER, "link_reconnects_total", NULL, "link_reconnects", "Dist link connections lost and retried") \
+	X(frames_out, COUNTER, "link_frames_total", "dir=\"out\"", "link_frames_out", "Dist link frames", 1)          \
+	X(frames_in, COUNTER, "link_frames_total", "dir=\"in\"", "link_frames_in", "Dist link frames", 1)             \
+	X(batches_out, COUNTER, "link_batches_total", "dir=\"out\"", "link_batches_out", "Dist link batches", 1)      \
+	X(batches_in, COUNTER, "link_batches_total", "dir=\"in\"", "link_batches_in", "Dist link batches", 1)         \
+	X(bytes_out, COUNTER, "link_bytes_total", "dir=\"out\"", "link_bytes_out", "Dist link bytes", 1)              \
+	X(bytes_in, COUNTER, "link_bytes_total", "dir=\"in\"", "link_bytes_in", "Dist link bytes", 1)                 \
+	X(reconnects, COUNTER, "link_reconnects_total", NULL, "link_reconnects", "Dist link connections lost and retried", 1) \
 	X(connect_failures, COUNTER, "link_connect_failures_total", NULL, "link_connect_failures",                \
-	  "Dist link connection attempts that failed")                                                          \
+	  "Dist link connection attempts that failed", 1)                                                          \
 	X(credit_stalls, COUNTER, "link_credit_stalls_total", NULL, "link_credit_stalls",                         \
-	  "Batches held for flow-control credit")                                                                \
+	  "Batches held for flow-control credit", 1)                                                                \
 	X(refused, COUNTER, "link_queue_refused_total", NULL, "link_queue_refused",                                \
-	  "Frames refused: the link's queue was at its bound")                                                  \
+	  "Frames refused: the link's queue was at its bound", 1)                                                  \
 	X(violations, COUNTER, "link_violations_total", NULL, "link_violations",                                  \
-	  "Links closed for a protocol violation by the peer")                                                   \
-	X(up, GAUGE, "links_up", NULL, "links_up", "Dist links up")                                                \
-	X(queue_bytes, GAUGE, "link_queue_bytes", NULL, "link_queue_bytes", "Bytes queued on dist links (memory batches hold)") \
-	X(rtt_us, MAX, "link_rtt_max_microseconds", NULL, "link_rtt_us_max", "Largest dist link round-trip time")    \
+	  "Links closed for a protocol violation by the peer", 1)                                                   \
+	X(up, GAUGE, "links_up", NULL, "links_up", "Dist links up", 1)                                                \
+	X(queue_bytes, GAUGE, "link_queue_bytes", NULL, "link_queue_bytes", "Bytes queued on dist links (memory batches hold)", 1) \
+	X(rtt_us, MAX, "link_rtt_max_seconds", NULL, "link_rtt_us_max", "Largest dist link round-trip time", 1e-6)    \
 	X(refused_hello, COUNTER, "link_refused_total", "reason=\"hello\"", "link_refused_hello",                 \
-	  "Link handshakes refused, by reason")                                                                  \
+	  "Link handshakes refused, by reason", 1)                                                                  \
 	X(auth_failures, COUNTER, "link_refused_total", "reason=\"auth\"", "link_refused_auth",                   \
-	  "Link handshakes refused, by reason")
+	  "Link handshakes refused, by reason", 1)
 
 struct link_stats {
-#define LINK_X_(f, kind, metric, labels, key, help) uint64_t f;
+#define LINK_X_(f, kind, metric, labels, key, help, scale) uint64_t f;
 	LINK_STATS(LINK_X_)
 #undef LINK_X_
 };

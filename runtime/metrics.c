@@ -41,7 +41,7 @@ void metrics_prom(struct mbuf *b, const struct metric_desc *d, size_t n, const d
 			mbuf_printf(b, "%s{%s} ", d[i].name, d[i].labels);
 		else
 			mbuf_printf(b, "%s ", d[i].name);
-		num(b, vals[i], 1);
+		num(b, d[i].prom_scale ? vals[i] * d[i].prom_scale : vals[i], 1);
 		mbuf_put(b, "\n", 1);
 	}
 }

@@ -25,6 +25,8 @@ struct metric_desc {
 	const char *key;    /* JSON key, e.g. "conn_closed_idle" */
 	enum metric_kind kind;
 	const char *help; /* printed with the first row of each name */
+	double prom_scale; /* Prometheus value = value x this (base units: 1e-6 for a µs counter
+			    * exported in seconds); 0 means 1. JSON keeps the value as is. */
 };
 
 /* Append the Prometheus text exposition of d[i] = vals[i]. */
@@ -40,14 +42,14 @@ enum { MP_BUILD, MP_UPTIME, MP_START, MP_CPU, MP_RSS, MP_FDS, MP_MAX_FDS, MP_N }
 #define METRICS_PROCESS_ROWS(prefix)                                                                            \
 	{                                                                                                       \
 		{prefix "_build_info", "version=\"" CHAT_VERSION "\"", "build_info", METRIC_GAUGE,                \
-		 "Always 1; the version of this build in its label"},                                           \
-		{prefix "_uptime_seconds", NULL, "uptime_s", METRIC_GAUGE, "Seconds since start"},               \
+		 "Always 1; the version of this build in its label", 0},                                           \
+		{prefix "_uptime_seconds", NULL, "uptime_s", METRIC_GAUGE, "Seconds since start", 0},               \
 		{"process_start_time_seconds", NULL, "start_time_s", METRIC_GAUGE,                               \
-		 "Start time of the process since the Unix epoch"},                                             \
-		{"process_cpu_seconds_total", NULL, "cpu_s", METRIC_COUNTER, "CPU time of the process (user + system)"}, \
-		{"process_resident_memory_bytes", NULL, "rss_bytes", METRIC_GAUGE, "Resident set size"},         \
-		{"process_open_fds", NULL, "open_fds", METRIC_GAUGE, "Open file descriptors"},                   \
-		{"process_max_fds", NULL, "max_fds", METRIC_GAUGE, "RLIMIT_NOFILE (ring tables of direct descriptors are not counted in open_fds)"}, \
+		 "Start time of the process since the Unix epoch", 0},                                             \
+		{"process_cpu_seconds_total", NULL, "cpu_s", METRIC_COUNTER, "CPU time of the process (user + system)", 0}, \
+		{"process_resident_memory_bytes", NULL, "rss_bytes", METRIC_GAUGE, "Resident set size", 0},         \
+		{"process_open_fds", NULL, "open_fds", METRIC_GAUGE, "Open file descriptors", 0},                   \
+		{"process_max_fds", NULL, "max_fds", METRIC_GAUGE, "RLIMIT_NOFILE (ring tables of direct descriptors are not counted in open_fds)", 0}, \
 	}
 
 /* Fill v[0..MP_N) for a process started at started_wall_ms (wall clock). */

@@ -1540,6 +1540,20 @@ Test(gateway, stats_endpoint, .timeout = 30)
 	cr_assert(strstr(body, "\ngateway_connections ") || strncmp(body, "gateway_connections ", 20) == 0,
 		  "/metrics lacks gateway_connections");
 	cr_assert(strstr(body, "\ngateway_connections 3\n"), "/metrics: gateway_connections is not 3");
+	/* per thread: their sum is the total; base units (promtool's rule) */
+	int64_t per = 0;
+	for (unsigned t = 0; t < G.threads; t++) {
+		char k[64];
+		snprintf(k, sizeof k, "\ngateway_thread_connections{thread=\"%u\"} ", t);
+		const char *p = strstr(body, k);
+		cr_assert_not_null(p, "/metrics lacks %s", k + 1);
+		per += strtoll(p + strlen(k), NULL, 10);
+	}
+	cr_assert_eq(per, 3, "per-thread connections add up to %lld", (long long)per);
+	cr_assert(strstr(body, "\ngateway_thread_capacity "), "/metrics lacks gateway_thread_capacity");
+	cr_assert(strstr(body, "\ngateway_draining 0\n"), "/metrics lacks gateway_draining 0");
+	cr_assert(strstr(body, "\ngateway_link_rtt_max_seconds "), "the link RTT is not in seconds");
+	cr_assert_null(strstr(body, "microseconds"), "a metric is not in base units");
 	cr_assert(strstr(body, "\ngateway_logins_total{result=\"ok\"} 3\n"),
 		  "/metrics lacks gateway_logins_total{result=\"ok\"} 3:\n%.2000s", body);
 	st = tc_http_get(G.stats, "/stats", 2000, body, sizeof body);

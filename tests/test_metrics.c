@@ -271,11 +271,11 @@ Test(json_checker, sanity)
 /* ---- metrics --------------------------------------------------------------------------- */
 
 static const struct metric_desc T[] = {
-	{"gw_conn_closed_total", "reason=\"idle\"", "closed_idle", METRIC_COUNTER, "Connections closed, by reason"},
-	{"gw_conn_closed_total", "reason=\"error\"", "closed_error", METRIC_COUNTER, "Connections closed, by reason"},
-	{"gw_conns", NULL, "conns", METRIC_GAUGE, "Open connections"},
-	{"gw_logins_total", "result=\"ok\",proto=\"1\"", "logins_ok", METRIC_COUNTER, "Logins"},
-	{"gw_ratio", NULL, "ratio", METRIC_GAUGE, "A ratio"},
+	{"gw_conn_closed_total", "reason=\"idle\"", "closed_idle", METRIC_COUNTER, "Connections closed, by reason", 0},
+	{"gw_conn_closed_total", "reason=\"error\"", "closed_error", METRIC_COUNTER, "Connections closed, by reason", 0},
+	{"gw_conns", NULL, "conns", METRIC_GAUGE, "Open connections", 0},
+	{"gw_logins_total", "result=\"ok\",proto=\"1\"", "logins_ok", METRIC_COUNTER, "Logins", 0},
+	{"gw_ratio", NULL, "ratio", METRIC_GAUGE, "A ratio", 0},
 };
 #define NT (sizeof T / sizeof T[0])
 
@@ -317,11 +317,11 @@ Test(metrics, prom_help_and_type_once_per_name)
 	static char labels[20][32];
 	for (int i = 0; i < 20; i++) {
 		snprintf(labels[i], sizeof labels[i], "shard=\"%d\"", i);
-		d[i] = (struct metric_desc){"x_total", labels[i], "k", METRIC_COUNTER, "Xs"};
+		d[i] = (struct metric_desc){"x_total", labels[i], "k", METRIC_COUNTER, "Xs", 0};
 		vals[i] = i;
 	}
-	d[20] = (struct metric_desc){"y", NULL, "y", METRIC_GAUGE, "Y"};
-	d[21] = (struct metric_desc){"z_total", NULL, "z", METRIC_COUNTER, "Z"};
+	d[20] = (struct metric_desc){"y", NULL, "y", METRIC_GAUGE, "Y", 0};
+	d[21] = (struct metric_desc){"z_total", NULL, "z", METRIC_COUNTER, "Z", 0};
 	vals[20] = vals[21] = 1;
 	struct mbuf b = {0};
 	metrics_prom(&b, d, 22, vals);
@@ -358,7 +358,7 @@ Test(metrics, prom_number_formats)
 		 {0.1, "0.1"},
 		 {1e-7, "1e-07"}};
 	for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
-		const struct metric_desc d = {"m", NULL, "m", METRIC_GAUGE, "h"};
+		const struct metric_desc d = {"m", NULL, "m", METRIC_GAUGE, "h", 0};
 		struct mbuf b = {0};
 		metrics_prom(&b, &d, 1, &c[i].v);
 		char want[128];
@@ -426,7 +426,7 @@ Test(metrics, json_random_values_parse)
 	uint64_t s = 88172645463325252ull;
 	for (int i = 0; i < N; i++) {
 		snprintf(keys[i], sizeof keys[i], "k%d", i);
-		d[i] = (struct metric_desc){"m", NULL, keys[i], i % 2 ? METRIC_GAUGE : METRIC_COUNTER, "h"};
+		d[i] = (struct metric_desc){"m", NULL, keys[i], i % 2 ? METRIC_GAUGE : METRIC_COUNTER, "h", 0};
 		s ^= s << 13;
 		s ^= s >> 7;
 		s ^= s << 17;
@@ -463,7 +463,7 @@ Test(metrics, json_random_values_parse)
  * Disabled until metrics.c prints enough digits. */
 Test(metrics, fractional_counter_keeps_precision)
 {
-	const struct metric_desc d = {"cpu_seconds_total", NULL, "cpu_s", METRIC_COUNTER, "CPU"};
+	const struct metric_desc d = {"cpu_seconds_total", NULL, "cpu_s", METRIC_COUNTER, "CPU", 0};
 	const double v = 1234567.25;
 	struct mbuf b = {0};
 	metrics_json_fields(&b, &d, 1, &v);
@@ -478,9 +478,9 @@ Test(metrics, fractional_counter_keeps_precision)
  * NaN/+Inf/-Inf in Prometheus text and null in JSON. */
 Test(metrics, non_finite_values_render_validly)
 {
-	const struct metric_desc d[3] = {{"a", NULL, "a", METRIC_GAUGE, "h"},
-					 {"b", NULL, "b", METRIC_GAUGE, "h"},
-					 {"c", NULL, "c", METRIC_GAUGE, "h"}};
+	const struct metric_desc d[3] = {{"a", NULL, "a", METRIC_GAUGE, "h", 0},
+					 {"b", NULL, "b", METRIC_GAUGE, "h", 0},
+					 {"c", NULL, "c", METRIC_GAUGE, "h", 0}};
 	const double v[3] = {NAN, INFINITY, -INFINITY};
 	struct mbuf b = {0};
 	metrics_prom(&b, d, 3, v);
