@@ -17,6 +17,7 @@
 #include "runtime/clock.h"
 #include "runtime/httpd.h"
 #include "runtime/log.h"
+#include "runtime/sdnotify.h"
 #include "runtime/version.h"
 #include "runtime/uring.h"
 
@@ -272,9 +273,20 @@ int main(int argc, char **argv)
 		}
 		log_info("stats on http://%s/metrics (also /stats, /healthz)", addr_str(&sa, a, sizeof a));
 	}
+	struct sdnotify sdn;
+	if (sdn_open(&sdn, err, sizeof err) != 0)
+		log_warn("systemd notifications off: %s", err);
+	sdn_send(&sdn, "READY=1\nSTATUS=node %lld: gateways link to %s", (long long)cfg->node, addr_str(&la, a, sizeof a));
+	struct sdn_watch wd = {0};
+	struct log_rl stuck_rl = {0};
 	int signals = 0;
 	for (;;) {
-		struct timespec ts = {0, 200 * 1000 * 1000};
+		uint64_t loops = __atomic_load_n(&b.cnt.loops, __ATOMIC_RELAXED), period, held;
+		if (sdn_watchdog(&sdn, &wd, &loops, 0, 1, clock_mono_ns() / 1000000, 300, &period) &&
+		    log_rl_allow(&stuck_rl, &held))
+			log_error("the node thread has not turned its loop for %llu ms (a commit stuck in fsync?): "
+				  "WATCHDOG=1 withheld", (unsigned long long)period);
+		struct timespec ts = {0, 100 * 1000 * 1000};
 		int sig = sigtimedwait(&sigs, NULL, &ts);
 		if (sig == SIGHUP && !signals) {
 			reload(&b, &cur, argc, argv);
@@ -285,6 +297,7 @@ int main(int argc, char **argv)
 		} else if (sig == SIGINT || sig == SIGTERM) {
 			signals++;
 			log_info("%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+			sdn_send(&sdn, "STOPPING=1");
 			__atomic_store_n(&be_draining, 1, __ATOMIC_RELAXED);
 			ctrl(&b, signals == 1 ? BE_CTRL_DRAIN : BE_CTRL_STOP, NULL);
 		}
@@ -294,6 +307,7 @@ int main(int argc, char **argv)
 	httpd_stop(httpd);
 	close(b.lfd);
 	store_close(b.store);
+	sdn_close(&sdn);
 	log_info("stopped cleanly");
 	return 0;
 }

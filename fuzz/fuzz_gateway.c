@@ -126,6 +126,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	memset(ck, 9, sizeof ck);
 	CHECK(peerauth_add(&gw.cluster_keys, ck, sizeof ck) == 0);
 	gw.nthreads = 1;
+	gw.stall_thread = -1;
 	gw.slots = SLOTS;
 	gw.nlisten = 0;
 	static struct worker one;

@@ -89,6 +89,7 @@ struct gw_config {
 	int64_t slots;         /* fixed-file table per thread (0 = from RLIMIT_NOFILE) */
 	const char *log_level;
 	const char *cluster_file; /* backends; NULL: local delivery only */
+	const char *inject_stall; /* tests: "THREAD:DURATION", that worker stops turning its loop then */
 	const char *cluster_secret_file;
 	int64_t link_queue, link_batch, link_sockbuf, store_timeout_ms;
 };
@@ -298,6 +299,8 @@ struct gw_live {
 
 struct gw {
 	struct gw_config cfg;   /* as started; workers read w->settings->cfg */
+	int stall_thread;       /* --inject-stall: this worker wedges (-1: none)... */
+	int64_t stall_after_ms; /* ...this long after start */
 	struct gw_live *live;   /* the first one, which every worker starts with */
 	struct addr *listen; /* parsed cfg.listen */
 	size_t nlisten;

@@ -21,6 +21,7 @@
 #include "runtime/clock.h"
 #include "runtime/httpd.h"
 #include "runtime/log.h"
+#include "runtime/sdnotify.h"
 #include "runtime/version.h"
 
 static const char usage[] =
@@ -149,6 +150,63 @@ out:
 	free(nl);
 }
 
+/* systemd: READY=1 once the listeners are up and every link too (or
+ * GW_READY_WAIT_MS passed: a backend being down must not fail the start);
+ * STATUS= every few seconds; WATCHDOG=1 only while every worker's loop is
+ * turning (its loop counter moved since the last one), so a wedged thread
+ * gets the service restarted after WatchdogSec. */
+#define GW_READY_WAIT_MS 10000
+struct notify_state {
+	int ready;
+	uint64_t ready_by_ms, next_status_ms;
+	struct sdn_watch wd;
+	struct log_rl stuck_rl;
+};
+_Static_assert(GW_MAX_THREADS <= SDN_MAX_LOOPS, "the watchdog watches every worker");
+
+static uint64_t cnt_load(const struct worker *w, size_t off)
+{
+	return __atomic_load_n((const uint64_t *)((const char *)&w->cnt + off), __ATOMIC_RELAXED);
+}
+
+static void notify_tick(struct gw *gw, struct sdnotify *n, struct notify_state *s, unsigned joined, int stopping)
+{
+	if (n->fd < 0)
+		return;
+	uint64_t now = clock_mono_ns() / 1000000;
+	uint64_t conns = 0, logged = 0, up = 0, want = (uint64_t)gw->nthreads * gw->cluster.n;
+	for (unsigned t = 0; t < gw->nthreads; t++) {
+		conns += cnt_load(&gw->w[t], offsetof(struct gw_counters, conns));
+		logged += cnt_load(&gw->w[t], offsetof(struct gw_counters, logged_in));
+		up += cnt_load(&gw->w[t], offsetof(struct gw_counters, link.up));
+	}
+	if (!s->ready && (up >= want || now >= s->ready_by_ms)) {
+		s->ready = 1;
+		if (up < want)
+			log_warn("ready with %llu of %llu backend links up (the rest keep trying)", (unsigned long long)up,
+				 (unsigned long long)want);
+		sdn_send(n, "READY=1\nSTATUS=%llu connections, %llu logged in, %llu/%llu backend links up",
+			 (unsigned long long)conns, (unsigned long long)logged, (unsigned long long)up,
+			 (unsigned long long)want);
+		s->next_status_ms = now + 5000;
+	} else if (s->ready && !stopping && now >= s->next_status_ms) {
+		sdn_send(n, "STATUS=%llu connections, %llu logged in, %llu/%llu backend links up",
+			 (unsigned long long)conns, (unsigned long long)logged, (unsigned long long)up,
+			 (unsigned long long)want);
+		s->next_status_ms = now + 5000;
+	}
+	uint64_t loops[GW_MAX_THREADS], period;
+	for (unsigned t = 0; t < gw->nthreads; t++)
+		loops[t] = cnt_load(&gw->w[t], offsetof(struct gw_counters, loops));
+	/* a loop turns at least once a tick */
+	unsigned stuck = sdn_watchdog(n, &s->wd, loops, joined, gw->nthreads, now, 2 * GW_TICK_MS, &period);
+	uint64_t held;
+	if (stuck && log_rl_allow(&s->stuck_rl, &held))
+		log_error("thread %u has not turned its loop for %llu ms: WATCHDOG=1 withheld (systemd restarts the "
+			  "service after WatchdogSec)",
+			  stuck - 1, (unsigned long long)period);
+}
+
 /* The options, over the config struct cfg (main builds a second table over
  * a fresh struct to reload). */
 static size_t gw_options(struct gw_config *cfg, struct opt *out)
@@ -207,6 +265,9 @@ static size_t gw_options(struct gw_config *cfg, struct opt *out)
 		{"link-sockbuf", OPT_SIZE, &cfg->link_sockbuf, "1m", 0, 1 << 30, "SO_SNDBUF/SO_RCVBUF of backend links", 0},
 		{"store-timeout", OPT_MS, &cfg->store_timeout_ms, "10s", 100, 3600000,
 		 "a message not acknowledged by its backend by then gets ERROR try_again", OPT_RELOAD},
+		{"inject-stall", OPT_STR, &cfg->inject_stall, NULL, 0, 0,
+		 "test hook, never in production: THREAD:DURATION makes that worker stop turning its loop "
+		 "DURATION after start (to test the systemd watchdog)", 0},
 	};
 	_Static_assert(sizeof opts / sizeof opts[0] <= GW_OPTS_MAX, "GW_OPTS_MAX is too small");
 	memcpy(out, opts, sizeof opts);
@@ -299,6 +360,21 @@ int main(int argc, char **argv)
 		}
 		close(fd);
 	}
+	gw.stall_thread = -1;
+	if (cfg->inject_stall) {
+		unsigned t;
+		char dur[32];
+		if (sscanf(cfg->inject_stall, "%u:%31s", &t, dur) != 2 || opts_parse_ms(dur, &gw.stall_after_ms) != 0) {
+			fprintf(stderr, "gateway: --inject-stall: want THREAD:DURATION, e.g. 1:5s\n");
+			return 2;
+		}
+		gw.stall_thread = (int)t;
+		log_warn("test hook: thread %u will stop turning its loop after %lld ms (--inject-stall)", t,
+			 (long long)gw.stall_after_ms);
+	}
+	struct sdnotify sdn;
+	if (sdn_open(&sdn, err, sizeof err) != 0)
+		log_warn("systemd notifications off: %s", err);
 	struct addr stats_addr;
 	int stats_on = strcmp(cfg->stats_listen, "off") != 0;
 	if (stats_on && addr_parse(cfg->stats_listen, &stats_addr, err, sizeof err) != 0) {
@@ -397,8 +473,13 @@ int main(int argc, char **argv)
 	}
 	int signals = 0;
 	unsigned joined = 0;
+	struct notify_state ns = {.ready_by_ms = clock_mono_ns() / 1000000 + GW_READY_WAIT_MS};
+	uint64_t tick_ns = 200ull * 1000 * 1000;
+	if (sdn.watchdog_us && sdn.watchdog_us * 1000 / 4 < tick_ns)
+		tick_ns = sdn.watchdog_us * 1000 / 4 > 50000000ull ? sdn.watchdog_us * 1000 / 4 : 50000000ull;
 	while (joined < gw.nthreads) {
-		struct timespec ts = {0, 200 * 1000 * 1000};
+		notify_tick(&gw, &sdn, &ns, joined, signals);
+		struct timespec ts = {(time_t)(tick_ns / 1000000000ull), (long)(tick_ns % 1000000000ull)};
 		int sig = sigtimedwait(&sigs, NULL, &ts);
 		if (sig == SIGHUP) {
 			if (signals)
@@ -412,6 +493,8 @@ int main(int argc, char **argv)
 			if (signals == 1) {
 				log_info("%s: draining (again to stop at once)", sig == SIGINT ? "SIGINT" : "SIGTERM");
 				__atomic_store_n(&gw_draining, 1, __ATOMIC_RELAXED);
+				sdn_send(&sdn, "STOPPING=1\nSTATUS=draining: goaway sent, closing the rest in %lld ms",
+					 (long long)cfg->drain_ms);
 				ctrl_all(&gw, &ctl, CTRL_DRAIN, joined, NULL);
 			} else if (signals == 2) {
 				log_info("stopping now");
@@ -434,5 +517,6 @@ int main(int argc, char **argv)
 	free(gw.listen);
 	free(cfg->listen.v);
 	free(live); /* every worker has finished with it */
+	sdn_close(&sdn);
 	return 0;
 }

@@ -913,6 +913,11 @@ void worker_after_wait(struct worker *w)
 		close_all(w);
 		w->hard_stop = w->tick + 2 * GW_LINGER_TICKS;
 	}
+	if ((int)w->id == w->gw->stall_thread && (int64_t)w->tick * GW_TICK_MS >= w->gw->stall_after_ms) {
+		log_warn("test hook: thread %u stops turning its loop (--inject-stall)", w->id);
+		for (;;)
+			pause(); /* wedged: only the watchdog (or SIGKILL) ends this */
+	}
 }
 
 void *worker_main(void *arg)

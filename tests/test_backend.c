@@ -34,7 +34,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <stddef.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -2471,6 +2474,51 @@ Test(backend, sighup_reloads_without_dropping_links, .timeout = 60)
 	tc_close(&a);
 	all_alive();
 	unlink(conf);
+}
+
+/* Type=notify: every backend says READY=1 once it listens for gateways
+ * (and every gateway once its links are up), STOPPING=1 on SIGTERM. */
+Test(backend, systemd_ready_and_stopping, .timeout = 60)
+{
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	char name[64];
+	snprintf(name, sizeof name, "@betest-notify-%d", (int)getpid());
+	memcpy(sa.sun_path, name, strlen(name));
+	sa.sun_path[0] = 0;
+	cr_assert_eq(bind(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name))), 0);
+	struct timeval tv = {0, 300 * 1000};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setenv("NOTIFY_SOCKET", name, 1);
+	topo_start(NULL);
+	unsetenv("NOTIFY_SOCKET");
+	char m[600];
+	int be_ready = 0, gw_ready = 0;
+	for (int64_t t0 = tc_now_ms(); (be_ready < NBE || gw_ready < NGW) && tc_now_ms() - t0 < 15000;) {
+		ssize_t n = recv(fd, m, sizeof m - 1, 0);
+		if (n <= 0)
+			continue;
+		m[n] = 0;
+		if (strncmp(m, "READY=1\nSTATUS=node ", 20) == 0)
+			be_ready++;
+		else if (strncmp(m, "READY=1\n", 8) == 0 && strstr(m, "backend links up"))
+			gw_ready++;
+	}
+	cr_assert_eq(be_ready, NBE, "READY=1 from %d of %d backends", be_ready, NBE);
+	cr_assert_eq(gw_ready, NGW, "READY=1 from %d of %d gateways", gw_ready, NGW);
+	T.be[0].expect_dead = 1;
+	cr_assert_eq(tc_server_signal(&T.be[0].srv, SIGTERM), 0);
+	int stopping = 0;
+	for (int64_t t0 = tc_now_ms(); !stopping && tc_now_ms() - t0 < 5000;) {
+		ssize_t n = recv(fd, m, sizeof m - 1, 0);
+		if (n > 0) {
+			m[n] = 0;
+			stopping = strncmp(m, "STOPPING=1", 10) == 0;
+		}
+	}
+	cr_assert(stopping, "no STOPPING=1 from the backend on SIGTERM");
+	close(fd);
 }
 
 Test(backend, store_io_error_fails_the_iteration_safely, .timeout = 40)

@@ -23,7 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <stddef.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1778,6 +1781,74 @@ static int pongs_until_rate_limited(struct tc_conn *c)
 	cr_assert(fr.f.type == PROTO_ERROR && fr.f.error.code == PROTO_E_RATE_LIMITED, "after %d PONGs: got %s",
 		  pongs, describe(&fr));
 	return pongs;
+}
+
+/* Receive one datagram from fd within ms into buf (NUL-terminated); 0 on timeout. */
+static int recv_dgram(int fd, char *buf, size_t cap, int ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	ssize_t n = recv(fd, buf, cap - 1, 0);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	return 1;
+}
+
+/* Type=notify: READY=1 with a STATUS once up, WATCHDOG=1 while every worker
+ * loop turns and not once one is wedged (here by the --inject-stall test
+ * hook: thread 1 stops at 3 s), STOPPING=1 on SIGTERM. */
+Test(gateway, systemd_ready_watchdog_and_stopping, .timeout = 60)
+{
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	char name[64];
+	snprintf(name, sizeof name, "@gwtest-notify-%d", (int)getpid());
+	memcpy(sa.sun_path, name, strlen(name));
+	sa.sun_path[0] = 0;
+	cr_assert_eq(bind(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name))), 0,
+		     "bind: %s", strerror(errno));
+	setenv("NOTIFY_SOCKET", name, 1);
+	setenv("WATCHDOG_USEC", "600000", 1);
+	gw_start("--inject-stall", "1:3s", NULL);
+	unsetenv("NOTIFY_SOCKET");
+	unsetenv("WATCHDOG_USEC");
+	int64_t t0 = tc_now_ms();
+	char m[600];
+	int ready = 0, wd_before = 0;
+	while (tc_now_ms() - t0 < 2200 && recv_dgram(fd, m, sizeof m, 300)) {
+		if (strncmp(m, "READY=1\nSTATUS=", 15) == 0)
+			ready = 1;
+		wd_before += strcmp(m, "WATCHDOG=1") == 0;
+	}
+	cr_assert(ready, "no READY=1 with a STATUS");
+	cr_assert_geq(wd_before, 2, "%d WATCHDOG=1 in 2 s with a 600 ms watchdog", wd_before);
+	/* thread 1 wedges at 3 s: after a check period no more WATCHDOG=1 */
+	wait_log("WATCHDOG=1 withheld", 6000);
+	while (recv(fd, m, sizeof m, MSG_DONTWAIT) > 0)
+		; /* what was sent before it wedged */
+	int64_t since = tc_now_ms();
+	int wd_after = 0;
+	while (tc_now_ms() - since < 1500)
+		if (recv_dgram(fd, m, sizeof m, 200)) {
+			wd_after += strcmp(m, "WATCHDOG=1") == 0;
+			cr_log_info("after the wedge, +%lld ms: %s", (long long)(tc_now_ms() - since), m);
+		}
+	cr_assert_eq(wd_after, 0, "WATCHDOG=1 sent while a thread is wedged");
+	wait_log("thread 1 has not turned its loop", 1000);
+	/* the main thread still answers: SIGTERM says STOPPING=1 */
+	cr_assert_eq(tc_server_signal(&G.srv, SIGTERM), 0);
+	int stopping = 0;
+	for (int64_t t = tc_now_ms(); !stopping && tc_now_ms() - t < 3000;)
+		if (recv_dgram(fd, m, sizeof m, 300))
+			stopping = strncmp(m, "STOPPING=1", 10) == 0;
+	cr_assert(stopping, "no STOPPING=1 after SIGTERM");
+	/* a wedged thread never finishes its drain: what systemd's watchdog would do */
+	tc_server_signal(&G.srv, SIGKILL);
+	tc_server_stop(&G.srv, 5000);
+	G.started = 0;
+	close(fd);
 }
 
 /* SIGHUP used to end the gateway (exit 129: every connection dropped, a
