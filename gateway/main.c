@@ -303,11 +303,11 @@ int main(int argc, char **argv)
 		return 1;
 	memset(live, 0, sizeof *live);
 	live->cfg = *cfg;
+	gw.live = live; /* reachable from here until the workers take it */
 	if (load_keys(cfg, &live->keys, err, sizeof err) != 0) {
 		log_error("%s", err);
 		return 2; /* a configuration error: restarting will not help */
 	}
-	gw.live = live;
 	gw.nlisten = cfg->listen.n;
 	gw.listen = calloc(gw.nlisten, sizeof *gw.listen);
 	if (!gw.listen)

@@ -164,8 +164,30 @@ static void help(const struct opt *opts, size_t n, const char *usage)
 	       "--version", "print the version (" CHAT_VERSION ") and exit");
 }
 
+/* String values of config files, kept for the process's lifetime (a
+ * config struct points at them, and a reload parses the file again while the
+ * running config still points at the old ones): a list reachable from here.
+ * Only the thread that parses options (main) touches it. */
+struct kept {
+	struct kept *next;
+	char s[];
+};
+static struct kept *kept_strings;
+
+static char *keep(const char *s)
+{
+	size_t n = strlen(s) + 1;
+	struct kept *k = malloc(sizeof *k + n);
+	if (!k)
+		return NULL;
+	memcpy(k->s, s, n);
+	k->next = kept_strings;
+	kept_strings = k;
+	return k->s;
+}
+
 /* Read a config file into (name, value) pairs and apply those not given on
- * the command line. The file's text is kept (values point into it). */
+ * the command line. String values are kept (see keep). */
 static int load_config(const struct opt *opts, size_t n, const char *path, unsigned char *from_cli,
 		       unsigned char *given, char *err, size_t errlen)
 {
@@ -209,7 +231,9 @@ static int load_config(const struct opt *opts, size_t n, const char *path, unsig
 		size_t idx = (size_t)(o - opts);
 		if (from_cli[idx])
 			continue;
-		char *copy = val ? strdup(val) : NULL;
+		/* strings are kept (the config points at them); numbers are parsed
+		 * from the line */
+		char *copy = val && (o->type == OPT_STR || o->type == OPT_LIST) ? keep(val) : val;
 		if (val && !copy) {
 			fclose(f);
 			snprintf(err, errlen, "out of memory");
