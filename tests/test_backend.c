@@ -2476,6 +2476,51 @@ Test(backend, sighup_reloads_without_dropping_links, .timeout = 60)
 	unlink(conf);
 }
 
+/* gwstat against a live gateway and backend: rows fit 120 columns (were 140), the
+ * backend's mailbox column is the mailbox (it showed the session count: two
+ * human() results shared a buffer), msgin counts messages only, and a node
+ * that does not answer makes it exit 1 (it exited 0). */
+Test(backend, gwstat_rows_are_right, .timeout = 60)
+{
+	topo_start(NULL);
+	uint64_t ua = user_of(1, 51000), off = user_of(0, 52000);
+	struct tc_conn a;
+	open_login(&a, 0, ua);
+	for (uint64_t k = 1; k <= 7; k++) {
+		send_msg(&a, k, off, "for the mailbox");
+		expect_ack(&a, k, PROTO_ACK_STORED, "stored for an offline user");
+	}
+	expect_stat(&T.be[0], "store_mailbox_entries", '=', 7, 3000);
+	char path[PATH_MAX + 32], gws[32], bes[32], dead[32], out[PATH_MAX + 64];
+	snprintf(path, sizeof path, "%s/tools/gwstat", tc_build_dir());
+	snprintf(gws, sizeof gws, "127.0.0.1:%u", T.gw[0].stats);
+	snprintf(bes, sizeof bes, "127.0.0.1:%u", T.be[0].stats);
+	snprintf(out, sizeof out, "%s/%s.gwstat.out", T.logdir, test_name());
+	const char *argv[] = {path, "--count", "1", "--interval", "300ms", gws, bes, NULL};
+	cr_assert_eq(tc_run(path, (char *const *)argv, out, out, 10000), 0);
+	char *o = tc_read_file(out, NULL);
+	cr_assert_not_null(o);
+	const char *be_row = NULL;
+	for (char *line = strtok(o, "\n"); line; line = strtok(NULL, "\n")) {
+		cr_assert_leq(strlen(line), 120, "a row wider than 120 columns: %s", line);
+		if (strstr(line, bes) && strstr(line, " be "))
+			be_row = line;
+	}
+	cr_assert_not_null(be_row, "no backend row");
+	/* the columns after "be": sess links stor/s dlvr/s rcpt/s cmit/s c_ms linkq f/b mailbx */
+	char sess[16], mailbox[16];
+	cr_assert_eq(sscanf(strstr(be_row, " be ") + 4, "%15s %*s %*s %*s %*s %*s %*s %*s %*s %15s", sess, mailbox), 2,
+		     "row: %s", be_row);
+	cr_assert_str_eq(mailbox, "7", "mailbox column in: %s", be_row);
+	cr_assert_str_neq(sess, "7", "the session count is not the mailbox");
+	free(o);
+	snprintf(dead, sizeof dead, "127.0.0.1:%u", T.gw[0].port); /* a port that does not speak HTTP /stats */
+	const char *argv2[] = {path, "--count", "1", "--interval", "100ms", dead, NULL};
+	cr_assert_eq(tc_run(path, (char *const *)argv2, out, out, 10000), 1, "a node that does not answer exits 1");
+	tc_close(&a);
+	all_alive();
+}
+
 /* Type=notify: every backend says READY=1 once it listens for gateways
  * (and every gateway once its links are up), STOPPING=1 on SIGTERM. */
 Test(backend, systemd_ready_and_stopping, .timeout = 60)

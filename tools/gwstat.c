@@ -4,11 +4,15 @@
  *
  *   gwstat [--interval 2s] [--count N] 127.0.0.1:9100 127.0.0.1:9101 ...
  *
- * Gateway columns: connections, logged in, accepts/s, messages in/out per
- * second, KB/s in/out, dist link queue and frames per batch, slow consumers,
- * errors/s, CPU %, RSS MB and bytes per connection. Backend columns: sessions,
- * stored/s, delivered/s, receipts/s, commits/s and mean commit ms, link
- * queue, frames per batch, store size, CPU %, RSS MB.
+ * Gateway columns: connections, logged in, accepts/s, messages in (SEND)
+ * and out (DELIVER) per second, KB/s in/out, dist link queue and frames per
+ * batch, slow consumers, errors/s, CPU %, RSS MB and bytes per connection.
+ * Backend columns: sessions, links up, stored/s, delivered/s, receipts/s,
+ * commits/s and mean commit ms, link queue, frames per batch, mailbox
+ * entries, CPU %, RSS MB. Rows fit 120 columns.
+ *
+ * Exit status: 0, or 1 when a node did not answer its last poll (so
+ * `gwstat --count 1 HOST:PORT` is a health check), 2 for bad arguments.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -136,14 +140,13 @@ static void row_gateway(const struct node *n, const char *ts)
 	char a[6][16];
 	const char *j = n->cur;
 	double conns = jnum(j, "conns");
-	double in = rate(n, "frames_in_send") + rate(n, "frames_in_receipt") + rate(n, "frames_in_group");
-	double out = rate(n, "frames_out_deliver") + rate(n, "frames_out_receipt");
+	double in = rate(n, "frames_in_send"), out = rate(n, "frames_out_deliver"); /* messages, not receipts */
 	double errs = rate(n, "closed_protocol") + rate(n, "closed_error") + rate(n, "no_route") + rate(n, "store_timeouts") +
 		      rate(n, "link_try_again");
 	double batches = delta(n, "link_batches_out");
 	double fpb = batches > 0 ? delta(n, "link_frames_out") / batches : 0;
 	double rss = jnum(j, "rss_bytes");
-	printf("%s %-21s gw %7s %7s %7.0f %8s %8s %7.0f %7.0f %6.0fk %5.1f %5.0f %6.0f %5.0f%% %6.0f %5.0f\n", ts, n->name,
+	printf("%s %-15.15s gw %6s %6s %6.0f %6s %6s %6.0f %6.0f %5.0fk %4.1f %4.0f %5.0f %4.0f%% %5.0f %5.0f\n", ts, n->name,
 	       human(conns, a[0], 16), human(jnum(j, "logged_in"), a[1], 16), rate(n, "accepted"), human(in, a[2], 16),
 	       human(out, a[3], 16), rate(n, "bytes_in") / 1024, rate(n, "bytes_out") / 1024,
 	       jnum(j, "link_queue_bytes") / 1024, fpb, delta(n, "slow_consumers"), errs, rate(n, "cpu_s") * 100,
@@ -152,18 +155,18 @@ static void row_gateway(const struct node *n, const char *ts)
 
 static void row_backend(const struct node *n, const char *ts)
 {
-	char a[4][16];
+	char a[5][16]; /* one buffer per human() in the printf: they are all read after all are written */
 	const char *j = n->cur;
 	double commits = delta(n, "commits");
 	double cms = commits > 0 ? delta(n, "commit_ns_total") / commits / 1e6 : 0;
 	double batches = delta(n, "link_batches_out");
 	double fpb = batches > 0 ? delta(n, "link_frames_out") / batches : 0;
-	printf("%s %-21s be %7s %7s %8s %8s %7.0f %7.0f %6.2f %6.0fk %5.1f %7s %5.0f%% %6.0f\n", ts, n->name,
+	printf("%s %-15.15s be %6s %6s %6s %6s %6.0f %6.0f %5.2f %5.0fk %4.1f %6s %4.0f%% %5.0f\n", ts, n->name,
 	       human(jnum(j, "sessions"), a[0], 16), human(jnum(j, "links_up"), a[1], 16),
 	       human(rate(n, "stored"), a[2], 16),
 	       human(rate(n, "delivered_online") + rate(n, "delivered_login"), a[3], 16), rate(n, "receipts_in"),
 	       commits / (n->cur_t - n->prev_t > 0 ? n->cur_t - n->prev_t : 1), cms, jnum(j, "link_queue_bytes") / 1024, fpb,
-	       human(jnum(j, "store_mailbox_entries"), a[0], 16), rate(n, "cpu_s") * 100, jnum(j, "rss_bytes") / 1048576);
+	       human(jnum(j, "store_mailbox_entries"), a[4], 16), rate(n, "cpu_s") * 100, jnum(j, "rss_bytes") / 1048576);
 }
 
 int main(int argc, char **argv)
@@ -199,9 +202,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "gwstat: %s\n", err);
 		return 2;
 	}
+	static const char *def[] = {"127.0.0.1:9100"};
+	const char **given = targets.v; /* malloc'ed by opts_parse, or NULL */
 	if (targets.n == 0) {
 		targets.n = 1;
-		static const char *def[] = {"127.0.0.1:9100"};
 		targets.v = def;
 	}
 	if (targets.n > MAXN) {
@@ -218,6 +222,7 @@ int main(int argc, char **argv)
 		}
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	int silent = 0; /* a node did not answer the last poll */
 	for (int64_t row = 0; count == 0 || row <= count; row++) {
 		double now = (double)clock_mono_ns() / 1e9;
 		for (size_t i = 0; i < targets.n; i++) {
@@ -235,18 +240,25 @@ int main(int argc, char **argv)
 		}
 		if (row > 0) {
 			if (row % 20 == 1) {
-				printf("time     node                  gw   conns  login  acc/s    msgin   msgout   KBin/s  KBout/s  linkq   f/b  slow  err/s  cpu%%  rssMB B/conn\n");
-				printf("time     node                  be sessions  links  stored/s deliver/s rcpt/s commit/s  c_ms  linkq   f/b mailbox  cpu%%  rssMB\n");
+				/* the widths of the rows' formats */
+				printf("%-8s %-15s gw %6s %6s %6s %6s %6s %6s %6s %6s %4s %4s %5s %5s %5s %5s\n", "time", "node",
+				       "conns", "login", "acc/s", "msgin", "msgout", "KBin/s", "KBou/s", "linkq", "f/b", "slow",
+				       "err/s", "cpu%", "rssMB", "B/con");
+				printf("%-8s %-15s be %6s %6s %6s %6s %6s %6s %5s %6s %4s %6s %5s %5s\n", "time", "node", "sess",
+				       "links", "stor/s", "dlvr/s", "rcpt/s", "cmit/s", "c_ms", "linkq", "f/b", "mailbx", "cpu%",
+				       "rssMB");
 			}
 			time_t t = time(NULL);
 			struct tm tm;
 			char ts[16];
 			localtime_r(&t, &tm);
 			strftime(ts, sizeof ts, "%H:%M:%S", &tm);
+			silent = 0;
 			for (size_t i = 0; i < targets.n; i++) {
 				struct node *n = &nodes[i];
+				silent |= !n->cur;
 				if (!n->cur)
-					printf("%s %-21s -- no answer from /stats\n", ts, n->name);
+					printf("%s %-15.15s -- no answer from /stats\n", ts, n->name);
 				else if (is_backend(n->cur))
 					row_backend(n, ts);
 				else
@@ -263,6 +275,6 @@ int main(int argc, char **argv)
 		free(nodes[i].cur);
 	}
 	free(av);
-	free(targets.v);
-	return 0;
+	free(given);
+	return silent ? 1 : 0;
 }
