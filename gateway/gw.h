@@ -276,7 +276,7 @@ struct worker {
 	uint64_t start_ns, now_ns, wall_ms;
 	uint32_t tick;
 	uint64_t rng;
-	int draining, stopping;
+	int draining, stopping, lameduck;
 	uint32_t drain_deadline, hard_stop; /* ticks: close the rest; give up on them */
 	const char *ring_mode;
 	/* dist link: one per backend */
@@ -338,7 +338,7 @@ void worker_after_wait(struct worker *w);
 void worker_adopt(struct worker *w, uint32_t slot);
 
 /* Commands from the main thread (MSG_RING res). */
-enum gw_ctrl { CTRL_DRAIN = 1, CTRL_STOP = 2, CTRL_RELOAD = 3 /* pointer: the new struct gw_live */ };
+enum gw_ctrl { CTRL_DRAIN = 1, CTRL_STOP = 2, CTRL_RELOAD = 3 /* pointer: the new struct gw_live */, CTRL_LAMEDUCK = 4 };
 
 /* user_data kinds */
 enum gw_ud {
@@ -479,7 +479,10 @@ static inline unsigned gw_home(const struct gw *gw, uint64_t user)
 struct mbuf;
 int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **ctype);
 
-/* Set by main when draining (for /healthz). */
+/* The node's phase, set by main, read by the stats thread (/healthz,
+ * /metrics): serving, lame duck (SIGUSR2: not accepting, GOAWAY sent,
+ * serving who stays) or draining (SIGTERM). */
+enum { GW_SERVING = 0, GW_LAMEDUCK = 1, GW_DRAINING = 2 };
 extern int gw_draining;
 
 #endif

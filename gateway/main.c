@@ -34,6 +34,7 @@ static const char usage[] =
 	"use --threads above the core count to hold more under a low RLIMIT_NOFILE.\n"
 	"Signals: SIGTERM/SIGINT drain (goaway, close after --drain-timeout); twice: stop now.\n"
 	"SIGHUP reloads the options marked so below and the auth secret files (connections stay);\n"
+	"SIGUSR2: lame duck (stop accepting, GOAWAY to clients, serve those who stay; /healthz 503).\n"
 	"a configuration that does not parse or load is refused and the running one stays.\n";
 
 static void ctrl_all(struct gw *gw, struct io_uring *ctl, int cmd, unsigned from, void *ptr)
@@ -423,6 +424,7 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGPIPE);
 	sigaddset(&sigs, SIGHUP);
 	sigaddset(&sigs, SIGUSR1);
+	sigaddset(&sigs, SIGUSR2);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* workers inherit it; main waits for them */
 
 	pthread_barrier_init(&gw.start, NULL, gw.nthreads + 1);
@@ -486,13 +488,23 @@ int main(int argc, char **argv)
 				log_info("SIGHUP while draining: ignored");
 			else
 				reload(&gw, &ctl, joined, argc, argv, &live);
+		} else if (sig == SIGUSR2) {
+			if (signals || __atomic_load_n(&gw_draining, __ATOMIC_RELAXED) != GW_SERVING) {
+				log_info("SIGUSR2: already %s", signals ? "draining" : "a lame duck");
+			} else {
+				log_info("SIGUSR2: lame duck: not accepting, clients told to go away, those who stay served; "
+					 "SIGTERM to drain and exit");
+				__atomic_store_n(&gw_draining, GW_LAMEDUCK, __ATOMIC_RELAXED);
+				sdn_send(&sdn, "STATUS=lame duck: not accepting, clients told to go away");
+				ctrl_all(&gw, &ctl, CTRL_LAMEDUCK, joined, NULL);
+			}
 		} else if (sig == SIGUSR1) {
 			log_info("SIGUSR1: nothing to reopen (logs go to stderr); SIGHUP reloads the configuration");
 		} else if (sig == SIGINT || sig == SIGTERM) {
 			signals++;
 			if (signals == 1) {
 				log_info("%s: draining (again to stop at once)", sig == SIGINT ? "SIGINT" : "SIGTERM");
-				__atomic_store_n(&gw_draining, 1, __ATOMIC_RELAXED);
+				__atomic_store_n(&gw_draining, GW_DRAINING, __ATOMIC_RELAXED);
 				sdn_send(&sdn, "STOPPING=1\nSTATUS=draining: goaway sent, closing the rest in %lld ms",
 					 (long long)cfg->drain_ms);
 				ctrl_all(&gw, &ctl, CTRL_DRAIN, joined, NULL);

@@ -123,7 +123,7 @@ static const struct gw_metric table[] = {
 #define NTABLE (sizeof table / sizeof table[0])
 
 /* Extra figures computed at read time. */
-enum { X_CAPACITY, X_THREAD_CAPACITY, X_THREADS, X_DRAINING, X_ALLOC, X_RESIDENT, X_N };
+enum { X_CAPACITY, X_THREAD_CAPACITY, X_THREADS, X_DRAINING, X_LAMEDUCK, X_ALLOC, X_RESIDENT, X_N };
 static const struct metric_desc extra[X_N] = {
 	{"gateway_capacity", NULL, "capacity", METRIC_GAUGE, "Connections this gateway can hold", 0},
 	{"gateway_thread_capacity", NULL, "thread_capacity", METRIC_GAUGE,
@@ -131,6 +131,8 @@ static const struct metric_desc extra[X_N] = {
 	{"gateway_threads", NULL, "threads", METRIC_GAUGE, "Worker threads (one io_uring each)", 0},
 	{"gateway_draining", NULL, "draining", METRIC_GAUGE,
 	 "1 once a drain started (SIGTERM): the node is going away on purpose", 0},
+	{"gateway_lame_duck", NULL, "lame_duck", METRIC_GAUGE,
+	 "1 in lame duck (SIGUSR2): not accepting, clients told to go, those who stay served", 0},
 	{"gateway_allocated_bytes", NULL, "allocated_bytes", METRIC_GAUGE, "Bytes allocated (jemalloc stats.allocated)", 0},
 	{"gateway_allocator_resident_bytes", NULL, "allocator_resident_bytes", METRIC_GAUGE,
 	 "Allocator resident bytes (jemalloc stats.resident)", 0},
@@ -158,14 +160,15 @@ static void allocator(double *allocated, double *resident)
 #endif
 }
 
-int gw_draining; /* set by main on SIGTERM; read here for /healthz */
+int gw_draining; /* GW_SERVING, GW_LAMEDUCK or GW_DRAINING: set by main, read here */
 
 int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **ctype)
 {
 	struct gw *gw = arg;
 	if (strcmp(path, "/healthz") == 0) {
 		int d = __atomic_load_n(&gw_draining, __ATOMIC_RELAXED);
-		mbuf_printf(body, d ? "draining\n" : "ok\n");
+		/* not 200 in lame duck either: a load balancer sends no new clients */
+		mbuf_printf(body, d == GW_DRAINING ? "draining\n" : d == GW_LAMEDUCK ? "lame duck\n" : "ok\n");
 		return d ? 503 : 200;
 	}
 	int prom = strcmp(path, "/metrics") == 0, json = strcmp(path, "/stats") == 0;
@@ -188,7 +191,9 @@ int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **c
 	xv[X_THREAD_CAPACITY] = (double)(gw->slots - GW_SLOT_RESERVE);
 	xv[X_CAPACITY] = (double)gw->nthreads * xv[X_THREAD_CAPACITY];
 	xv[X_THREADS] = gw->nthreads;
-	xv[X_DRAINING] = __atomic_load_n(&gw_draining, __ATOMIC_RELAXED) ? 1 : 0;
+	int phase = __atomic_load_n(&gw_draining, __ATOMIC_RELAXED);
+	xv[X_DRAINING] = phase == GW_DRAINING;
+	xv[X_LAMEDUCK] = phase == GW_LAMEDUCK;
 	allocator(&xv[X_ALLOC], &xv[X_RESIDENT]);
 	metrics_process_values(gw->started_wall_ms, pv);
 	struct metric_desc d[NTABLE];

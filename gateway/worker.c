@@ -650,22 +650,33 @@ static void on_timer(void *arg, uint32_t slot)
 
 /* ---- drain ------------------------------------------------------------------ */
 
-static void start_drain(struct worker *w)
+/* Stop accepting and tell every logged-in client to go (GOAWAY, reconnect
+ * delays spread over --goaway-spread). drain (SIGTERM): also refuse the
+ * connections not logged in and new logins, and close the rest at the
+ * deadline; lame duck (SIGUSR2): keep serving whoever stays. */
+static void go_away(struct worker *w, int drain)
 {
-	if (w->draining)
+	if (w->draining || (!drain && w->lameduck))
 		return;
-	w->draining = 1;
-	w->drain_deadline = w->tick + ms_to_ticks(w->settings->cfg.drain_ms);
+	const struct gw_config *cfg = &w->settings->cfg;
+	if (drain) {
+		w->draining = 1;
+		w->drain_deadline = w->tick + ms_to_ticks(cfg->drain_ms);
+	} else {
+		w->lameduck = 1;
+	}
 	for (size_t i = 0; i < w->gw->nlisten; i++) {
+		if (w->lfd[i] < 0)
+			continue; /* closed by a lame duck before the drain */
 		if (w->lactive[i])
 			submit_cancel(w, ud_make(UD_ACCEPT, 0, (uint32_t)i));
 		close(w->lfd[i]);
 		w->lfd[i] = -1;
 	}
-	const struct gw_config *cfg = &w->settings->cfg;
+	unsigned told = 0;
 	for (uint32_t s = 0; s < w->slots; s++) {
 		struct conn *c = conn_of(w, s);
-		if (c->state == CS_NEW) {
+		if (c->state == CS_NEW && drain) {
 			/* not logged in, and no LOGIN of it is being handled: ERROR */
 			conn_fail(w, s, PROTO_E_SHUTTING_DOWN, CLOSE_SHUTDOWN, "the server is shutting down");
 		} else if (c->state == CS_LIVE && !(c->flags & CF_GOAWAY)) {
@@ -676,10 +687,13 @@ static void start_drain(struct worker *w)
 			f.goaway.hint = proto_text(cfg->goaway_hint);
 			conn_out_frame(w, s, &f);
 			c->flags |= CF_GOAWAY;
+			told++;
 		}
 	}
-	log_info("draining: %u connections told to go away; closing them in %lld ms", w->live,
-		 (long long)cfg->drain_ms);
+	if (drain)
+		log_info("draining: %u connections told to go away; closing them in %lld ms", told, (long long)cfg->drain_ms);
+	else
+		log_info("lame duck: not accepting; %u connections told to go away, those who stay are served", told);
 }
 
 static void close_all(struct worker *w)
@@ -850,10 +864,12 @@ static void dispatch(void *arg, const struct io_uring_cqe *cqe)
 	case UD_CTRL:
 		if (cqe->res == CTRL_RELOAD) {
 			take_live(w, ud_pointer(cqe->user_data));
+		} else if (cqe->res == CTRL_LAMEDUCK) {
+			go_away(w, 0);
 		} else if (cqe->res == CTRL_DRAIN) {
-			start_drain(w);
+			go_away(w, 1);
 		} else if (cqe->res == CTRL_STOP) {
-			start_drain(w);
+			go_away(w, 1);
 			w->stopping = 1;
 			close_all(w);
 		}

@@ -1461,6 +1461,49 @@ Test(gateway, keepalive, .timeout = 30)
 
 /* ---- shutdown ---------------------------------------------------------------------- */
 
+/* SIGUSR2: lame duck. The gateway stops accepting, tells its clients to go
+ * (GOAWAY), keeps serving those who stay for as long as they stay, and says
+ * so in /healthz (503) and /metrics; SIGTERM then drains and exits as
+ * usual. (SIGUSR2 used to kill the gateway.) */
+Test(gateway, sigusr2_lame_duck_serves_who_stays, .timeout = 30)
+{
+	gw_start("--drain-timeout", "1s", "--goaway-spread", "500ms", NULL);
+	struct tc_conn a, b;
+	struct tc_frame fr;
+	uint64_t ua = 17101, ub = user_with_home(17102, ua, 0);
+	open_login(&a, ua);
+	open_login(&b, ub);
+	cr_assert_eq(tc_server_signal(&G.srv, SIGUSR2), 0);
+	expect_type(&a, &fr, PROTO_GOAWAY, 1500, "a on SIGUSR2");
+	expect_type(&b, &fr, PROTO_GOAWAY, 1500, "b on SIGUSR2");
+	char body[64];
+	int st = tc_http_get(G.stats, "/healthz", 1000, body, sizeof body);
+	cr_assert_eq(st, 503, "/healthz in lame duck: %d", st);
+	cr_assert_str_eq(body, "lame duck\n");
+	cr_assert_eq(stats_num("lame_duck"), 1);
+	cr_assert_eq(stats_num("draining"), 0);
+	/* not accepting */
+	struct tc_conn n;
+	if (tc_connect(&n, G.port, 0, 1000) == 0) {
+		long r = tc_login(&n, &G.secret, 17103, &fr, 1000);
+		cr_assert(r <= 0, "a new client was served in lame duck: %s", describe(&fr));
+		tc_close(&n);
+	}
+	/* those who stay are served, past what a drain would have allowed */
+	tc_sleep_ms(1500);
+	send_msg(&a, 9, ub, "still served");
+	expect_type(&b, &fr, PROTO_DELIVER, RECV_MS, "delivery in lame duck");
+	expect_type(&a, &fr, PROTO_ACK, RECV_MS, "ACK in lame duck");
+	ping_ok(&b, "ok", "b in lame duck");
+	gw_alive();
+	/* SIGTERM still drains and exits */
+	cr_assert_eq(tc_server_signal(&G.srv, SIGTERM), 0);
+	tc_close(&a);
+	tc_close(&b);
+	cr_assert_eq(tc_server_wait(&G.srv, 5000), 0, "no exit after SIGTERM; log:\n%s", log_tail());
+	cr_assert(WIFEXITED(G.srv.status) && WEXITSTATUS(G.srv.status) == 0, "exit status 0x%x", G.srv.status);
+}
+
 Test(gateway, graceful_shutdown, .timeout = 30)
 {
 	gw_start("--drain-timeout", "2s", "--goaway-spread", "500ms", NULL);
