@@ -9,7 +9,8 @@
  * A live line goes to stderr every second; the final report to stdout, and
  * optionally JSON (--report), CSV (--csv) and an SVG plot (--svg).
  * Exit status: 0, or 1 when messages were lost, the error rate passed
- * --max-error-rate, or the connection target was not reached.
+ * --max-error-rate, or the connection target was not reached; 3 when the
+ * run was fine but --report, --csv or --svg could not be written.
  */
 #include <errno.h>
 #include <math.h>
@@ -151,12 +152,13 @@ static void svg_panel(FILE *f, const struct sample *s, size_t n, int y0, const c
 	}
 }
 
-static void write_svg(const char *path, const struct sample *s, size_t n, const char *title)
+/* Returns 0, or -1 (logged) when the file could not be written. */
+static int write_svg(const char *path, const struct sample *s, size_t n, const char *title)
 {
 	FILE *f = fopen(path, "w");
 	if (!f) {
 		log_error("--svg %s: %s", path, strerror(errno));
-		return;
+		return -1;
 	}
 	fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"800\" height=\"640\" font-family=\"sans-serif\">\n"
 		   "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n<text x=\"70\" y=\"20\" font-size=\"15\">%s</text>\n",
@@ -168,7 +170,11 @@ static void write_svg(const char *path, const struct sample *s, size_t n, const 
 	svg_panel(f, s, n, 450, "delivery latency (worst thread, per second)", "us", offsetof(struct sample, p50_us), "p50",
 		  offsetof(struct sample, p99_us), "p99");
 	fprintf(f, "</svg>\n");
-	fclose(f);
+	if (ferror(f) | fclose(f)) {
+		log_error("--svg %s: write failed", path);
+		return -1;
+	}
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -500,10 +506,12 @@ int main(int argc, char **argv)
 							   : "FAIL: error rate over --max-error-rate")
 					 : "ok");
 
+	int out_failed = 0; /* an output file could not be written */
 	if (cfg->report) {
 		FILE *f = fopen(cfg->report, "w");
 		if (!f) {
 			log_error("--report %s: %s", cfg->report, strerror(errno));
+			out_failed = 1;
 		} else {
 			fprintf(f, "{\"config\":{\"scenario\":\"%s\",\"connections\":%lld,\"threads\":%u,\"targets\":%zu,"
 				   "\"sources\":%u,\"connect_rate\":%lld,\"rate_per_user\":%g,\"size\":%lld,\"duration_s\":%g,"
@@ -545,7 +553,10 @@ int main(int argc, char **argv)
 					(long long)cfg->watch_pid, gw_cpu_run, msgs_run > 0 ? gw_cpu_run / msgs_run * 1e6 : 0,
 					w0.rss_kb, w_ramp.rss_kb, gw_rss_per_conn);
 			fprintf(f, "},\n \"result\":\"%s\"}\n", fail ? "fail" : "ok");
-			fclose(f);
+			if (ferror(f) | fclose(f)) {
+				log_error("--report %s: write failed", cfg->report);
+				out_failed = 1;
+			}
 		}
 	}
 	if (cfg->csv && series) {
@@ -558,19 +569,24 @@ int main(int argc, char **argv)
 					series[i].connect_rate, series[i].send_rate, series[i].deliver_rate,
 					(unsigned long long)series[i].errors, series[i].p50_us, series[i].p99_us,
 					series[i].watch_cpu, series[i].watch_rss_mb);
-			fclose(f);
+			if (ferror(f) | fclose(f)) {
+				log_error("--csv %s: write failed", cfg->csv);
+				out_failed = 1;
+			}
 		} else {
 			log_error("--csv %s: %s", cfg->csv, strerror(errno));
+			out_failed = 1;
 		}
 	}
 	if (cfg->svg && series) {
 		char title[160];
 		snprintf(title, sizeof title, "loadgen %s: %lld connections, %g msg/s per user", scen_names[sc],
 			 (long long)cfg->connections, cfg->rate);
-		write_svg(cfg->svg, series, ns, title);
+		if (write_svg(cfg->svg, series, ns, title) != 0)
+			out_failed = 1;
 	}
 	free(series);
 	free(lg.t);
 	free(lg.targets);
-	return fail ? 1 : 0;
+	return fail ? 1 : out_failed ? 3 : 0;
 }

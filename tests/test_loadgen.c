@@ -945,6 +945,38 @@ Test(loadgen, storm_through_backend_no_loss, .timeout = 30)
 
 /* ---- 8. CSV and SVG -------------------------------------------------------------- */
 
+/* An output file that cannot be written is an error (exit 3; it was 0 with
+ * a log line nobody reads in a script). */
+Test(loadgen, unwritable_outputs_fail_the_run, .timeout = 30)
+{
+	gw_start(0);
+	lg_run("unwritable", "--targets", target(0), "--scenario", "idle", "--connections", "4", "--duration", "500ms",
+	       "--svg", "/nonexistent-dir/plot.svg", NULL);
+	cr_assert_eq(LG.rc, 3, M("--svg to an unwritable path"));
+	cr_assert(strstr(LG.err, "--svg /nonexistent-dir/plot.svg"), "stderr:\n%s", LG.err);
+	lg_run("unwritable-csv", "--targets", target(0), "--scenario", "idle", "--connections", "4", "--duration",
+	       "500ms", "--csv", "/nonexistent-dir/series.csv", NULL);
+	cr_assert_eq(LG.rc, 3, M("--csv to an unwritable path"));
+}
+
+/* --connect-rate is the ramp's rate: a burst of 100 saved-up connects per
+ * thread made 200/s ramp at 331/s and 300/s at 878/s. */
+Test(loadgen, ramp_follows_connect_rate, .timeout = 60)
+{
+	gw_start(0);
+	static const int rates[] = {200, 400};
+	for (int i = 0; i < 2; i++) {
+		char rate[16], conns[16];
+		snprintf(rate, sizeof rate, "%d", rates[i]);
+		snprintf(conns, sizeof conns, "%d", rates[i] * 2); /* a 2 s ramp */
+		lg_run("ramp-rate", "--targets", target(0), "--scenario", "idle", "--connections", conns, "--connect-rate",
+		       rate, "--duration", "200ms", NULL);
+		report_ok(&LG);
+		double ramp = R("connections.ramp_s"), got = (double)rates[i] * 2 / ramp;
+		cr_assert(got > rates[i] * 0.8 && got < rates[i] * 1.2, M("--connect-rate %d ramped at %.0f/s", rates[i], got));
+	}
+}
+
 Test(loadgen, csv_and_svg_written, .timeout = 30)
 {
 	gw_start(0);
