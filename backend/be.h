@@ -134,7 +134,8 @@ int be_setup(struct be *b, char *err, size_t errlen);
 void be_teardown(struct be *b);
 void be_turn(struct be *b, uint64_t wait_ns);
 void be_attach(struct be *b, int fd);
-int be_stats_http(void *arg, const char *path, struct mbuf *body, const char **ctype);
+struct httpd_req;
+int be_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, const char **ctype);
 extern int be_draining;
 
 #endif

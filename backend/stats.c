@@ -7,6 +7,7 @@
 
 #include "backend/be.h"
 #include "runtime/clock.h"
+#include "runtime/httpd.h"
 #include "runtime/metrics.h"
 
 int be_draining;
@@ -84,8 +85,13 @@ static const struct be_metric table[] = {
 #define NTABLE (sizeof table / sizeof table[0])
 
 
-int be_stats_http(void *arg, const char *path, struct mbuf *body, const char **ctype)
+int be_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, const char **ctype)
 {
+	const char *path = req->path;
+	if (strcmp(req->method, "GET") != 0) {
+		mbuf_printf(body, "GET only\n");
+		return 405;
+	}
 	struct be *b = arg;
 	if (strcmp(path, "/healthz") == 0) {
 		int d = __atomic_load_n(&be_draining, __ATOMIC_RELAXED);

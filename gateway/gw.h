@@ -120,7 +120,7 @@ struct gw_counters {
 	uint64_t parse_errors[PROTO_E_FATAL_LIMIT];
 	uint64_t deliver_local, deliver_cross, deliver_remote, deliver_offline, no_route;
 	uint64_t receipts_routed, kicks, slow_consumers, rate_limited, enobufs, prelogin_too_big, linger_cut;
-	uint64_t receipts_dropped, receipt_acks;
+	uint64_t receipts_dropped, receipt_acks, admin_kicks;
 	uint64_t xbatches_out, xbatches_in, xrecords_out, xrecords_in;
 	uint64_t loops, cqes, sends;
 	uint64_t routed_remote, stored_acks, store_refused, store_timeouts, link_try_again, sessions_out, answers_lost;
@@ -338,7 +338,13 @@ void worker_after_wait(struct worker *w);
 void worker_adopt(struct worker *w, uint32_t slot);
 
 /* Commands from the main thread (MSG_RING res). */
-enum gw_ctrl { CTRL_DRAIN = 1, CTRL_STOP = 2, CTRL_RELOAD = 3 /* pointer: the new struct gw_live */, CTRL_LAMEDUCK = 4 };
+enum gw_ctrl {
+	CTRL_DRAIN = 1,
+	CTRL_STOP = 2,
+	CTRL_RELOAD = 3, /* pointer: the new struct gw_live */
+	CTRL_LAMEDUCK = 4,
+	CTRL_ADMIN = 5, /* pointer: a struct gw_admin (gateway/admin.h) */
+};
 
 /* user_data kinds */
 enum gw_ud {
@@ -385,8 +391,12 @@ struct proto_frame conn_login_result(const struct worker *w, unsigned status, ui
 /* conn_end with LOGIN_RESULT status as the last frame. */
 void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status);
 
-/* conn_end with KICKED (replaced by a newer login) as the last frame. */
-void conn_kick(struct worker *w, uint32_t slot);
+/* conn_end with KICKED as the last frame: reason PROTO_KICK_ELSEWHERE (a
+ * newer login) or PROTO_KICK_ADMIN (the admin interface). */
+void conn_kick(struct worker *w, uint32_t slot, unsigned reason);
+
+/* Output bytes queued for the connection (waiting and in flight). */
+uint32_t conn_queued(const struct conn *c);
 
 static inline struct conn *conn_of(struct worker *w, uint32_t slot)
 {
@@ -477,7 +487,8 @@ static inline unsigned gw_home(const struct gw *gw, uint64_t user)
 
 /* ---- stats.c -------------------------------------------------------------- */
 struct mbuf;
-int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **ctype);
+struct httpd_req;
+int gw_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, const char **ctype);
 
 /* The node's phase, set by main, read by the stats thread (/healthz,
  * /metrics): serving, lame duck (SIGUSR2: not accepting, GOAWAY sent,

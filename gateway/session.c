@@ -278,7 +278,7 @@ static void login_complete(struct worker *w, uint32_t slot, uint64_t user, uint8
 	c->last_rx = w->tick; /* from now on: the keepalive clock */
 	uint32_t old = session_find(w, user);
 	if (old != UINT32_MAX && old != slot)
-		conn_kick(w, old); /* the newest login wins; closing drops it from dir */
+		conn_kick(w, old, PROTO_KICK_ELSEWHERE); /* the newest login wins; closing drops it from dir */
 	if (u64map_put(&w->dir, user, connref_make(slot, c->gen)) != 0) {
 		log_rl(LOG_ERROR, "out of memory in the user directory");
 		conn_refuse_login(w, slot, PROTO_E_INTERNAL);
@@ -412,7 +412,7 @@ void session_kick_remote(struct worker *w, const struct dist_frame *f)
 		return;
 	struct conn *c = conn_of(w, slot);
 	if (c->state == CS_LIVE && c->gen == gen && c->user == f->kick.user)
-		conn_kick(w, slot);
+		conn_kick(w, slot, PROTO_KICK_ELSEWHERE);
 }
 
 /* ---- input --------------------------------------------------------------- */

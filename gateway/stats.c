@@ -14,8 +14,10 @@
 #include <jemalloc/jemalloc.h>
 #endif
 
+#include "gateway/admin.h"
 #include "gateway/gw.h"
 #include "runtime/clock.h"
+#include "runtime/httpd.h"
 #include "runtime/metrics.h"
 
 struct gw_metric {
@@ -87,6 +89,7 @@ static const struct gw_metric table[] = {
 	C_("receipt_acks_total", NULL, "receipt_acks", "Stored receipts acknowledged by clients (protocol 2)",
 	   receipt_acks),
 	C_("kicks_total", NULL, "kicks", "Sessions taken over by a newer login", kicks),
+	C_("admin_kicks_total", NULL, "admin_kicks", "Sessions closed through the admin interface", admin_kicks),
 	C_("slow_consumers_total", NULL, "slow_consumers", "Connections cut off for not reading", slow_consumers),
 	C_("rate_limited_total", NULL, "rate_limited", "Connections cut off for rate abuse", rate_limited),
 	C_("recv_enobufs_total", NULL, "recv_enobufs", "Receives that found no provided buffer", enobufs),
@@ -162,9 +165,18 @@ static void allocator(double *allocated, double *resident)
 
 int gw_draining; /* GW_SERVING, GW_LAMEDUCK or GW_DRAINING: set by main, read here */
 
-int gw_stats_http(void *arg, const char *path, struct mbuf *body, const char **ctype)
+int gw_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, const char **ctype)
 {
+	const char *path = req->path;
 	struct gw *gw = arg;
+	if (strncmp(path, "/admin/", 7) == 0) {
+		*ctype = "application/json";
+		return gw_admin_http(gw, req, body);
+	}
+	if (strcmp(req->method, "GET") != 0) {
+		mbuf_printf(body, "GET only here; POST is for /admin/\n");
+		return 405;
+	}
 	if (strcmp(path, "/healthz") == 0) {
 		int d = __atomic_load_n(&gw_draining, __ATOMIC_RELAXED);
 		/* not 200 in lame duck either: a load balancer sends no new clients */

@@ -27,6 +27,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "gateway/admin.h"
 #include "gateway/gw.h"
 #include "runtime/clock.h"
 #include "runtime/log.h"
@@ -69,7 +70,7 @@ static void flush_later(struct worker *w, uint32_t slot)
 	c->flags |= CF_QUEUED;
 }
 
-static uint32_t queued_bytes(const struct conn *c)
+uint32_t conn_queued(const struct conn *c)
 {
 	uint32_t n = c->out ? c->out->len : 0;
 	if ((c->flags & CF_SEND) && c->sending)
@@ -106,7 +107,7 @@ static int out_frame(struct worker *w, uint32_t slot, const struct proto_frame *
 		return -1;
 	}
 	if (n > room) {
-		uint32_t q = queued_bytes(c);
+		uint32_t q = conn_queued(c);
 		/* A consumer is slow when output piles up behind a send it does not
 		 * take. Without a send in flight, this iteration's output is offered
 		 * to the socket at its end: allow a burst of up to 4x the bound. */
@@ -306,11 +307,14 @@ void conn_refuse_login(struct worker *w, uint32_t slot, unsigned status)
 		 &f);
 }
 
-void conn_kick(struct worker *w, uint32_t slot)
+void conn_kick(struct worker *w, uint32_t slot, unsigned reason)
 {
 	struct proto_frame f = {.type = PROTO_KICKED};
-	f.kicked.reason = PROTO_KICK_ELSEWHERE;
-	CNT_ADD(w, kicks, 1);
+	f.kicked.reason = (uint8_t)reason;
+	if (reason == PROTO_KICK_ADMIN)
+		CNT_ADD(w, admin_kicks, 1);
+	else
+		CNT_ADD(w, kicks, 1);
 	conn_end(w, slot, CLOSE_KICKED, &f);
 }
 
@@ -864,6 +868,8 @@ static void dispatch(void *arg, const struct io_uring_cqe *cqe)
 	case UD_CTRL:
 		if (cqe->res == CTRL_RELOAD) {
 			take_live(w, ud_pointer(cqe->user_data));
+		} else if (cqe->res == CTRL_ADMIN) {
+			gw_admin_handle(w, ud_pointer(cqe->user_data));
 		} else if (cqe->res == CTRL_LAMEDUCK) {
 			go_away(w, 0);
 		} else if (cqe->res == CTRL_DRAIN) {

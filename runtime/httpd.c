@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,6 +32,7 @@
 
 struct hconn {
 	int fd; /* -1: free */
+	int local; /* the peer is on a loopback address */
 	int64_t deadline_ms, opened_ms;
 	size_t in;            /* bytes of head read */
 	char head[HTTPD_HEAD_MAX + 1];
@@ -72,20 +75,23 @@ static void hc_close(struct hconn *c)
 static void render(struct httpd *h, struct hconn *c)
 {
 	c->head[c->in] = 0;
-	char path[256] = "";
+	char method[8] = "", path[256] = "";
 	int status;
 	const char *ctype = "text/plain; charset=utf-8";
 	struct mbuf body = {0};
-	if (sscanf(c->head, "GET %255s HTTP/", path) != 1) {
+	if (sscanf(c->head, "%7[A-Z] %255s HTTP/", method, path) != 2 ||
+	    (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)) {
 		status = 400;
-		mbuf_printf(&body, "only GET is served\n");
+		mbuf_printf(&body, "only GET and POST are served\n");
 	} else {
 		char *q = strchr(path, '?');
 		if (q)
-			*q = 0;
-		status = h->handler(h->arg, path, &body, &ctype);
+			*q++ = 0;
+		struct httpd_req r = {method, path, q ? q : "", c->local};
+		status = h->handler(h->arg, &r, &body, &ctype);
 	}
 	const char *reason = status == 200 ? "OK" : status == 404 ? "Not Found" : status == 503 ? "Service Unavailable"
+			   : status == 403 ? "Forbidden" : status == 405 ? "Method Not Allowed" : status == 504 ? "Gateway Timeout"
 			   : "Bad Request";
 	mbuf_printf(&c->out,
 		    "HTTP/1.0 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n", status,
@@ -139,10 +145,43 @@ static int hc_write(struct hconn *c)
 	return -1; /* all sent: close */
 }
 
+static int is_loopback(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+	if (ss->ss_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+		return IN6_IS_ADDR_LOOPBACK(a) ||
+		       (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return ss->ss_family == AF_UNIX;
+}
+
+const char *httpd_query(const char *query, const char *name, char *out, size_t cap)
+{
+	size_t nl = strlen(name);
+	for (const char *p = query; p && *p;) {
+		const char *end = strchr(p, '&');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		if (len > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
+			size_t vl = len - nl - 1;
+			if (vl >= cap)
+				vl = cap - 1;
+			memcpy(out, p + nl + 1, vl);
+			out[vl] = 0;
+			return out;
+		}
+		p = end ? end + 1 : NULL;
+	}
+	return NULL;
+}
+
 static void on_accept(struct httpd *h)
 {
 	for (;;) {
-		int fd = accept4(h->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof ss;
+		int fd = accept4(h->fd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC | SOCK_NONBLOCK);
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE) {
 				/* the listener stays readable: stop polling it for a while
@@ -167,6 +206,7 @@ static void on_accept(struct httpd *h)
 			slot = oldest;
 		}
 		slot->fd = fd;
+		slot->local = is_loopback(&ss);
 		slot->opened_ms = now_ms();
 		slot->deadline_ms = slot->opened_ms + HTTPD_DEADLINE_MS;
 	}

@@ -1,6 +1,7 @@
 /* httpd.h: the small HTTP/1.0 server behind --stats-listen.
  *
- * One thread of its own, one request per connection, GET only, request head
+ * One thread of its own, one request per connection, GET and POST (the
+ * query string carries the parameters; a body is not read), request head
  * <= 4 KiB: it serves operators and scrapers, never the message path.
  * Connections are served concurrently (non-blocking sockets, one poll
  * loop, up to 64 at once, the oldest closed for a new one past that), each
@@ -17,9 +18,21 @@
 #include "runtime/addr.h"
 #include "runtime/mbuf.h"
 
-/* Fill body for path (e.g. "/metrics"); return the HTTP status (200, 404) and
+/* One request. */
+struct httpd_req {
+	const char *method; /* "GET" or "POST" */
+	const char *path;   /* "/metrics", without the query */
+	const char *query;  /* after '?', "" when none (not decoded) */
+	int local;          /* the peer is on a loopback address */
+};
+
+/* Fill body for the request; return the HTTP status (200, 404, 405...) and
  * set *ctype. */
-typedef int (*httpd_handler)(void *arg, const char *path, struct mbuf *body, const char **ctype);
+typedef int (*httpd_handler)(void *arg, const struct httpd_req *r, struct mbuf *body, const char **ctype);
+
+/* The value of name in a query string ("id=42&x=1"), copied into out (at
+ * most cap - 1 bytes, no decoding); NULL when absent. */
+const char *httpd_query(const char *query, const char *name, char *out, size_t cap);
 
 struct httpd;
 

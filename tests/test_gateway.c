@@ -1461,6 +1461,56 @@ Test(gateway, keepalive, .timeout = 30)
 
 /* ---- shutdown ---------------------------------------------------------------------- */
 
+static void wait_log(const char *what, int timeout_ms);
+
+/* Run tools/gwctl against this gateway; its stdout (static) in *out. */
+static int gwctl(char **out, const char *cmd, const char *arg)
+{
+	char path[PATH_MAX + 32], stats[32], op[PATH_MAX + 64];
+	snprintf(path, sizeof path, "%s/tools/gwctl", tc_build_dir());
+	snprintf(stats, sizeof stats, "127.0.0.1:%u", G.stats);
+	snprintf(op, sizeof op, "%s/tests/gateway-e2e/gwctl.%d.out", tc_build_dir(), (int)getpid());
+	const char *argv[] = {path, "--stats", stats, cmd, arg, NULL};
+	int rc = tc_run(path, (char *const *)argv, op, op, 10000);
+	static char *o;
+	free(o);
+	o = tc_read_file(op, NULL);
+	*out = o ? o : (char *)"";
+	return rc;
+}
+
+/* The admin interface (tools/gwctl): where a user is, kick it, log level. */
+Test(gateway, admin_finds_and_kicks_a_user, .timeout = 30)
+{
+	gw_start(NULL);
+	struct tc_conn a;
+	struct tc_frame fr;
+	open_login(&a, 19001);
+	char *out;
+	cr_assert_eq(gwctl(&out, "user", "19001"), 0, "gwctl user: %s", out);
+	char want[64];
+	snprintf(want, sizeof want, "\"thread\":%u,", home_of(19001, G.threads));
+	cr_assert(strstr(out, "\"online\":true") && strstr(out, want), "gwctl user: %s (want %s)", out, want);
+	cr_assert(strstr(out, "\"protocol\":1"), "%s", out);
+	cr_assert_eq(gwctl(&out, "user", "19002"), 1, "a user not logged in: %s", out);
+	cr_assert(strstr(out, "\"online\":false"), "%s", out);
+	cr_assert_eq(gwctl(&out, "kick", "19001"), 0, "gwctl kick: %s", out);
+	expect_type(&a, &fr, PROTO_KICKED, RECV_MS, "kicked by the admin");
+	cr_assert_eq(fr.f.kicked.reason, PROTO_KICK_ADMIN);
+	expect_closed(&a, EOF_MS, "after the admin kick");
+	cr_assert_eq(wait_stat_eq("admin_kicks", 1, 3000), 1);
+	cr_assert_eq(stats_num("kicks"), 0, "an admin kick is not a newer login");
+	cr_assert_eq(gwctl(&out, "user", "19001"), 1, "still there after the kick: %s", out);
+	cr_assert_eq(gwctl(&out, "log-level", "loud"), 1, "a bad level: %s", out);
+	cr_assert_eq(gwctl(&out, "log-level", "debug"), 0, "%s", out);
+	wait_log("admin: log level debug", 2000);
+	/* mutating requests want POST */
+	char body[128];
+	int st = tc_http_get(G.stats, "/admin/kick?id=19001", 1000, body, sizeof body);
+	cr_assert_eq(st, 405, "GET /admin/kick: %d", st);
+	gw_alive();
+}
+
 /* SIGUSR2: lame duck. The gateway stops accepting, tells its clients to go
  * (GOAWAY), keeps serving those who stay for as long as they stay, and says
  * so in /healthz (503) and /metrics; SIGTERM then drains and exits as

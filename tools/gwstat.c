@@ -26,6 +26,7 @@
 
 #include "runtime/addr.h"
 #include "runtime/clock.h"
+#include "runtime/httpc.h"
 #include "runtime/opts.h"
 
 #define MAXN 64
@@ -38,54 +39,16 @@ struct node {
 	int ok;
 };
 
-/* GET /stats; returns a malloc'ed body or NULL. Bounded by a 2 s timeout. */
+/* GET /stats; returns a malloc'ed body or NULL (no 200 answer). */
 static char *get_stats(const struct addr *a)
 {
-	int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return NULL;
-	struct timeval tv = {2, 0};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-	if (connect(fd, (const struct sockaddr *)&a->ss, a->len) != 0) {
-		close(fd);
-		return NULL;
+	int status = 0;
+	char *body = httpc_request(a, "GET", "/stats", &status);
+	if (body && status != 200) {
+		free(body);
+		body = NULL;
 	}
-	const char req[] = "GET /stats HTTP/1.0\r\n\r\n";
-	if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof req - 1)) {
-		close(fd);
-		return NULL;
-	}
-	size_t cap = 65536, len = 0;
-	char *buf = malloc(cap);
-	for (; buf;) {
-		if (len + 1 >= cap) {
-			if (cap >= (16u << 20))
-				break;
-			char *nb = realloc(buf, cap *= 2);
-			if (!nb) {
-				free(buf);
-				buf = NULL;
-				break;
-			}
-			buf = nb;
-		}
-		ssize_t n = recv(fd, buf + len, cap - 1 - len, 0);
-		if (n <= 0)
-			break;
-		len += (size_t)n;
-	}
-	close(fd);
-	if (!buf)
-		return NULL;
-	buf[len] = 0;
-	char *body = strstr(buf, "\r\n\r\n");
-	if (!body || strncmp(buf, "HTTP/1.0 200", 12) != 0) {
-		free(buf);
-		return NULL;
-	}
-	memmove(buf, body + 4, strlen(body + 4) + 1);
-	return buf;
+	return body;
 }
 
 /* Numeric value of "key": in a flat JSON object (first occurrence). */
