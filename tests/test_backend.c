@@ -2514,6 +2514,18 @@ Test(backend, gwstat_rows_are_right, .timeout = 60)
 	cr_assert_str_eq(mailbox, "7", "mailbox column in: %s", be_row);
 	cr_assert_str_neq(sess, "7", "the session count is not the mailbox");
 	free(o);
+	/* the per-thread view: the fullest thread of the gateway, with a's connection on it */
+	const char *argv3[] = {path, "--count", "1", "--interval", "300ms", "--top", "1", gws, NULL};
+	cr_assert_eq(tc_run(path, (char *const *)argv3, out, out, 10000), 0);
+	o = tc_read_file(out, NULL);
+	cr_assert_not_null(o);
+	unsigned rows = 0, conns = 0, tid;
+	for (char *line = strtok(o, "\n"); line; line = strtok(NULL, "\n"))
+		if (sscanf(line, " thread %u %u", &tid, &conns) == 2)
+			rows++;
+	cr_assert_eq(rows, 1, "--top 1: %u thread rows", rows);
+	cr_assert_eq(conns, 1, "the fullest thread holds a's connection");
+	free(o);
 	snprintf(dead, sizeof dead, "127.0.0.1:%u", T.gw[0].port); /* a port that does not speak HTTP /stats */
 	const char *argv2[] = {path, "--count", "1", "--interval", "100ms", dead, NULL};
 	cr_assert_eq(tc_run(path, (char *const *)argv2, out, out, 10000), 1, "a node that does not answer exits 1");

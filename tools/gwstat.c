@@ -116,6 +116,60 @@ static void row_gateway(const struct node *n, const char *ts)
 	       rss / 1048576, conns > 0 ? rss / conns : 0);
 }
 
+/* One gateway thread's figures from /stats "per_thread". */
+struct thread_row {
+	unsigned id;
+	double conns, logged_in, queue_bytes, loops, prev_loops;
+};
+
+/* Parse "per_thread":[{...},...] of a /stats body into rows (at most cap). */
+static size_t thread_rows(const char *json, struct thread_row *rows, size_t cap)
+{
+	const char *p = json ? strstr(json, "\"per_thread\":[") : NULL;
+	size_t n = 0;
+	while (p && n < cap && (p = strchr(p, '{')) && !(strchr(p, ']') && strchr(p, ']') < p)) {
+		const char *end = strchr(p, '}');
+		if (!end)
+			break;
+		char one[512];
+		size_t len = (size_t)(end - p + 1) < sizeof one - 1 ? (size_t)(end - p + 1) : sizeof one - 1;
+		memcpy(one, p, len);
+		one[len] = 0;
+		rows[n] = (struct thread_row){(unsigned)n, jnum(one, "conns"), jnum(one, "logged_in"),
+					      jnum(one, "queue_bytes"), jnum(one, "loops"), 0};
+		n++;
+		p = end + 1;
+		if (*p != ',')
+			break;
+	}
+	return n;
+}
+
+static int by_conns(const void *a, const void *b)
+{
+	const struct thread_row *x = a, *y = b;
+	return x->conns < y->conns ? 1 : x->conns > y->conns ? -1 : (int)x->id - (int)y->id;
+}
+
+/* Under a gateway's row: its threads (all, or the `top` fullest), with
+ * connections, logins, output queued and loop turns per second. */
+static void rows_threads(const struct node *n, long top)
+{
+	struct thread_row cur[256], prev[256];
+	size_t nc = thread_rows(n->cur, cur, 256), np = thread_rows(n->prev, prev, 256);
+	double dt = n->cur_t - n->prev_t;
+	for (size_t i = 0; i < nc; i++)
+		cur[i].prev_loops = i < np ? prev[i].loops : cur[i].loops;
+	if (top > 0)
+		qsort(cur, nc, sizeof cur[0], by_conns);
+	size_t show = top > 0 && (size_t)top < nc ? (size_t)top : nc;
+	char a[2][16];
+	for (size_t i = 0; i < show; i++)
+		printf("%8s   thread %-6u   %6s %6s queueKB %-8.0f loops/s %.0f\n", "", cur[i].id, human(cur[i].conns, a[0], 16),
+		       human(cur[i].logged_in, a[1], 16), cur[i].queue_bytes / 1024,
+		       dt > 0 && np ? (cur[i].loops - cur[i].prev_loops) / dt : 0);
+}
+
 static void row_backend(const struct node *n, const char *ts)
 {
 	char a[5][16]; /* one buffer per human() in the printf: they are all read after all are written */
@@ -134,12 +188,15 @@ static void row_backend(const struct node *n, const char *ts)
 
 int main(int argc, char **argv)
 {
-	int64_t interval_ms = 2000, count = 0;
+	int64_t interval_ms = 2000, count = 0, top = 0;
+	int threads = 0;
 	struct opt_list targets = {0};
 	const struct opt opts[] = {
 		{"interval", OPT_MS, &interval_ms, "2s", 100, 3600000, "time between rows", 0},
 		{"count", OPT_INT, &count, "0", 0, 1000000000, "stop after this many rows per node (0 = until Ctrl-C)", 0},
 		{"node", OPT_LIST, &targets, NULL, 0, 0, "stats endpoint HOST:PORT (or give them as arguments)", 0},
+		{"threads", OPT_FLAG, &threads, NULL, 0, 0, "under each gateway, one row per worker thread", 0},
+		{"top", OPT_INT, &top, "0", 0, 256, "under each gateway, its N fullest threads (by connections)", 0},
 	};
 	/* bare HOST:PORT arguments are --node values */
 	char **av = calloc((size_t)argc * 2 + 1, sizeof *av);
@@ -148,15 +205,18 @@ int main(int argc, char **argv)
 		return 1;
 	av[ac++] = argv[0];
 	for (int i = 1; i < argc; i++) {
-		if (argv[i][0] != '-' && (i == 1 || argv[i - 1][0] != '-' || strchr(argv[i - 1], '=') ||
-					  strcmp(argv[i - 1], "--help") == 0)) {
+		/* a word after an option that takes a value is that value */
+		const char *prev = i > 1 ? argv[i - 1] : "";
+		int takes_value = !strchr(prev, '=') &&
+				  (strcmp(prev, "--interval") == 0 || strcmp(prev, "--count") == 0 ||
+				   strcmp(prev, "--top") == 0 || strcmp(prev, "--node") == 0 || strcmp(prev, "--config") == 0);
+		if (argv[i][0] != '-' && !takes_value)
 			av[ac++] = "--node";
-		}
 		av[ac++] = argv[i];
 	}
 	char err[256];
 	int r = opts_parse(opts, sizeof opts / sizeof opts[0], ac, av,
-			   "usage: gwstat [--interval 2s] [--count N] HOST:PORT [HOST:PORT...]\n"
+			   "usage: gwstat [--interval 2s] [--count N] [--threads | --top N] HOST:PORT [HOST:PORT...]\n"
 			   "Polls the /stats endpoints of gateways and backends and prints one row per node per interval.",
 			   err, sizeof err);
 	if (r == 1)
@@ -224,8 +284,11 @@ int main(int argc, char **argv)
 					printf("%s %-15.15s -- no answer from /stats\n", ts, n->name);
 				else if (is_backend(n->cur))
 					row_backend(n, ts);
-				else
+				else {
 					row_gateway(n, ts);
+					if (threads || top)
+						rows_threads(n, threads ? 0 : top);
+				}
 			}
 		}
 		if (count && row == count)
