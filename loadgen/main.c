@@ -119,36 +119,106 @@ static int watch_read(int pid, struct watch *w)
 
 static const char *const scen_names[] = {"idle", "chat", "churn", "storm", "group"};
 
-static void svg_panel(FILE *f, const struct sample *s, size_t n, int y0, const char *title, const char *unit,
-		      size_t off1, const char *l1, size_t off2, const char *l2)
+/* A tick step near range / target: 1, 2 or 5 times a power of ten. */
+static double nice_step(double range, int target)
 {
-	double mx = 1e-9, tmax = n ? s[n - 1].t : 1;
-	for (size_t i = 0; i < n; i++) {
-		double a = *(const double *)((const char *)&s[i] + off1), b = off2 ? *(const double *)((const char *)&s[i] + off2) : 0;
-		if (a > mx)
-			mx = a;
-		if (b > mx)
-			mx = b;
-	}
-	const int x0 = 70, w = 700, h = 160;
-	fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"14\" font-weight=\"bold\">%s</text>\n", x0, y0 - 8, title);
-	fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#999\"/>\n", x0, y0, w, h);
-	fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\" text-anchor=\"end\">%.4g %s</text>\n", x0 - 4, y0 + 10, mx, unit);
-	fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\" text-anchor=\"end\">0</text>\n", x0 - 4, y0 + h);
-	fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\" text-anchor=\"end\">%.0f s</text>\n", x0 + w, y0 + h + 14, tmax);
-	const char *colors[2] = {"#1f77b4", "#d62728"};
-	size_t offs[2] = {off1, off2};
-	const char *labels[2] = {l1, l2};
-	for (int k = 0; k < 2; k++) {
-		if (!offs[k])
-			continue;
-		fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", colors[k]);
-		for (size_t i = 0; i < n; i++) {
-			double v = *(const double *)((const char *)&s[i] + offs[k]);
-			fprintf(f, "%.1f,%.1f ", x0 + (tmax > 0 ? s[i].t / tmax : 0) * w, y0 + h - v / mx * h);
+	double raw = range > 0 ? range / target : 1, mag = pow(10, floor(log10(raw))), r = raw / mag;
+	return (r < 1.5 ? 1 : r < 3 ? 2 : r < 7 ? 5 : 10) * mag;
+}
+
+/* 1500 -> "1.5k", 2000000 -> "2M". */
+static const char *short_num(double v, char *b, size_t n)
+{
+	if (v >= 1e6)
+		snprintf(b, n, "%.4gM", v / 1e6);
+	else if (v >= 1e3)
+		snprintf(b, n, "%.4gk", v / 1e3);
+	else
+		snprintf(b, n, "%.4g", v);
+	return b;
+}
+
+static double sample_at(const struct sample *s, size_t off)
+{
+	return *(const double *)((const char *)s + off);
+}
+
+/* One panel: two series over time, gridlines and labelled ticks on both
+ * axes, a legend; logy: a logarithmic y axis in decades (latency, where p50
+ * and p99 differ by orders of magnitude). The first series is drawn dashed
+ * over the second, so equal lines (sent and delivered when all keep up)
+ * both show. */
+static void svg_panel(FILE *f, const struct sample *s, size_t n, int y0, const char *title, const char *unit,
+		      size_t off1, const char *l1, size_t off2, const char *l2, int logy)
+{
+	const int x0 = 90, w = 680, h = 150;
+	double mx = 0, mn = INFINITY, tmax = n ? s[n - 1].t : 1;
+	for (size_t i = 0; i < n; i++)
+		for (int k = 0; k < 2; k++) {
+			double v = sample_at(&s[i], k ? off2 : off1);
+			if (v > mx)
+				mx = v;
+			if (v > 0 && v < mn)
+				mn = v;
 		}
-		fprintf(f, "\"/>\n<text x=\"%d\" y=\"%d\" font-size=\"11\" fill=\"%s\">%s</text>\n", x0 + 10 + k * 180,
-			y0 + 14, colors[k], labels[k]);
+	if (tmax <= 0)
+		tmax = 1;
+	double lo = 0, hi, step;
+	if (logy) {
+		lo = pow(10, floor(log10(isfinite(mn) ? mn : 1)));
+		hi = pow(10, ceil(log10(mx > lo ? mx : lo * 10)));
+		if (hi <= lo)
+			hi = lo * 10;
+		step = 10; /* a factor: one gridline per decade */
+	} else {
+		step = nice_step(mx > 0 ? mx : 1, 4);
+		hi = ceil((mx > 0 ? mx : 1) / step) * step;
+	}
+#define YPOS(v) (logy ? y0 + h - (log10((v) > lo ? (v) : lo) - log10(lo)) / (log10(hi) - log10(lo)) * h \
+		      : y0 + h - (v) / hi * h)
+	char b[48];
+	fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"14\" font-weight=\"bold\">%s%s</text>\n", x0, y0 - 10, title,
+		logy ? " (log scale)" : "");
+	for (double v = logy ? lo : 0; v <= hi * 1.0001; v = logy ? v * step : v + step) {
+		double y = YPOS(v);
+		fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#e0e0e0\"/>\n", x0, y, x0 + w, y);
+		if (strcmp(unit, "us") == 0) /* a time: in its own unit */
+			snprintf(b, sizeof b, "%.4g %s", v >= 1e6 ? v / 1e6 : v >= 1e3 ? v / 1e3 : v,
+				 v >= 1e6 ? "s" : v >= 1e3 ? "ms" : "us");
+		else {
+			char num[16];
+			snprintf(b, sizeof b, "%s%s%s", short_num(v, num, sizeof num), *unit ? " " : "", unit);
+		}
+		fprintf(f, "<text x=\"%d\" y=\"%.1f\" font-size=\"11\" text-anchor=\"end\">%s</text>\n", x0 - 6, y + 4, b);
+	}
+	double ts = nice_step(tmax, 8);
+	for (double t = 0; t <= tmax * 1.0001; t += ts) {
+		double x = x0 + t / tmax * w;
+		fprintf(f, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#e0e0e0\"/>\n", x, y0, x, y0 + h);
+		fprintf(f, "<text x=\"%.1f\" y=\"%d\" font-size=\"11\" text-anchor=\"middle\">%.4g</text>\n", x, y0 + h + 14, t);
+	}
+	fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\" text-anchor=\"end\">seconds</text>\n", x0 + w, y0 + h + 28);
+	fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#666\"/>\n", x0, y0, w, h);
+	static const char *const colors[2] = {"#1f77b4", "#d62728"};
+	const size_t offs[2] = {off1, off2};
+	const char *labels[2] = {l1, l2};
+	for (int k = 1; k >= 0; k--) { /* the first series last: on top */
+		fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"%s\"%s points=\"", colors[k], k ? "2.5" : "1.5",
+			k ? "" : " stroke-dasharray=\"6,3\"");
+		for (size_t i = 0; i < n; i++)
+			fprintf(f, "%.1f,%.1f ", x0 + s[i].t / tmax * w, YPOS(sample_at(&s[i], offs[k])));
+		fprintf(f, "\"/>\n");
+	}
+#undef YPOS
+	/* legend, inside the panel at its top right */
+	int lx = x0 + w - 150, ly = y0 + 8;
+	fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"142\" height=\"40\" fill=\"white\" fill-opacity=\"0.85\" stroke=\"#999\"/>\n",
+		lx, ly);
+	for (int k = 0; k < 2; k++) {
+		int yy = ly + 14 + k * 16;
+		fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"%s\" stroke-width=\"%s\"%s/>\n", lx + 8, yy - 4,
+			lx + 36, yy - 4, colors[k], k ? "2.5" : "1.5", k ? "" : " stroke-dasharray=\"6,3\"");
+		fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">%s</text>\n", lx + 44, yy, labels[k]);
 	}
 }
 
@@ -160,15 +230,15 @@ static int write_svg(const char *path, const struct sample *s, size_t n, const c
 		log_error("--svg %s: %s", path, strerror(errno));
 		return -1;
 	}
-	fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"800\" height=\"640\" font-family=\"sans-serif\">\n"
+	fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"800\" height=\"680\" font-family=\"sans-serif\">\n"
 		   "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n<text x=\"70\" y=\"20\" font-size=\"15\">%s</text>\n",
 		title);
-	svg_panel(f, s, n, 50, "connections", "", offsetof(struct sample, open_d), "open",
-		  offsetof(struct sample, logged_in_d), "logged in");
-	svg_panel(f, s, n, 250, "messages per second", "/s", offsetof(struct sample, send_rate), "sent",
-		  offsetof(struct sample, deliver_rate), "delivered");
-	svg_panel(f, s, n, 450, "delivery latency (worst thread, per second)", "us", offsetof(struct sample, p50_us), "p50",
-		  offsetof(struct sample, p99_us), "p99");
+	svg_panel(f, s, n, 60, "connections", "", offsetof(struct sample, open_d), "open",
+		  offsetof(struct sample, logged_in_d), "logged in", 0);
+	svg_panel(f, s, n, 270, "messages per second", "/s", offsetof(struct sample, send_rate), "sent",
+		  offsetof(struct sample, deliver_rate), "delivered", 0);
+	svg_panel(f, s, n, 480, "delivery latency (worst thread, per second)", "us", offsetof(struct sample, p50_us), "p50",
+		  offsetof(struct sample, p99_us), "p99", 1);
 	fprintf(f, "</svg>\n");
 	if (ferror(f) | fclose(f)) {
 		log_error("--svg %s: write failed", path);

@@ -1052,6 +1052,17 @@ Test(loadgen, csv_and_svg_written, .timeout = 30)
 		cr_assert_eq(pairs, rows, "polyline %d has %d points for %d samples", polylines, pairs, rows);
 	}
 	cr_assert_eq(polylines, 6, "3 panels x 2 lines");
+	/* a plot for a report: gridlines with labelled ticks on both axes, the
+	 * latency axis in decades, a legend, "sent" dashed over "delivered" */
+	int gridlines = 0;
+	for (const char *p = svg; (p = strstr(p, "<line ")); p++)
+		gridlines++;
+	cr_assert_geq(gridlines, 3 * (3 + 3), "%d <line>s: gridlines and legend samples", gridlines);
+	cr_assert(strstr(svg, "(log scale)"), "the latency axis is not logarithmic");
+	cr_assert(strstr(svg, " us</text>") || strstr(svg, " ms</text>"), "latency ticks are not labelled in time units");
+	cr_assert(strstr(svg, ">seconds</text>"), "no time axis label");
+	cr_assert(strstr(svg, "stroke-dasharray"), "no dashed series: sent hides under delivered");
+	cr_assert(strstr(svg, ">sent</text>") && strstr(svg, ">delivered</text>") && strstr(svg, ">p99</text>"), "legend");
 	free(svg);
 }
 
