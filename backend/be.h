@@ -27,6 +27,7 @@
 #include "runtime/cluster.h"
 #include "runtime/counter.h"
 #include "runtime/link.h"
+#include "runtime/metrics.h"
 #include "runtime/msgid.h"
 #include "runtime/opts.h"
 #include "runtime/peerauth.h"
@@ -57,6 +58,7 @@ struct be_counters {
 	uint64_t backlog;
 	uint64_t store_messages, store_mailbox, store_groups, store_receipts, store_used_bytes;
 	struct link_stats link; /* all links (runtime/link.h LINK_STATS), slots since reused included */
+	struct metrics_lat lat_commit; /* commit durations (runtime/metrics.h) */
 } __attribute__((aligned(64)));
 
 /* Counters of what a commit makes true: a failed commit puts them back to

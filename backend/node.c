@@ -1019,6 +1019,7 @@ static void commit(struct be *b)
 	b->in_txn = 0;
 	CNT_ADD(b, commits, 1);
 	CNT_ADD(b, commit_ns_total, dt);
+	metrics_lat_add(&b->cnt.lat_commit, dt);
 	if (dt > b->cnt.commit_ns_max)
 		CNT_SET(b, commit_ns_max, dt);
 	if (r != 0) {

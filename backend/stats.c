@@ -110,12 +110,15 @@ int be_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, con
 		vals[i] = (double)__atomic_load_n((const uint64_t *)((const char *)&b->cnt + table[i].off), __ATOMIC_RELAXED);
 	}
 	static const struct metric_desc extra[MP_N] = METRICS_PROCESS_ROWS("backend");
+	struct metrics_lat lat = {0};
+	metrics_lat_load(&lat, &b->cnt.lat_commit);
 	double xv[MP_N];
 	metrics_process_values(b->started_wall_ms, xv);
 	if (prom) {
 		*ctype = "text/plain; version=0.0.4; charset=utf-8";
 		metrics_prom(body, d, NTABLE, vals);
 		metrics_prom(body, extra, MP_N, xv);
+		metrics_prom_lat(body, "backend_commit_duration_seconds", "Store commits, fsync included", &lat);
 		return 200;
 	}
 	*ctype = "application/json";
@@ -124,6 +127,7 @@ int be_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, con
 	metrics_json_fields(body, extra, MP_N, xv);
 	mbuf_put(body, ",", 1);
 	metrics_json_fields(body, d, NTABLE, vals);
+	metrics_json_lat(body, "commit", &lat);
 	mbuf_printf(body, "}\n");
 	return 200;
 }

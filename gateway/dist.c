@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "gateway/gw.h"
+#include "runtime/clock.h"
 #include "gateway/pendq.h"
 #include "runtime/log.h"
 
@@ -56,9 +57,10 @@ static void fail_pending(struct worker *w, unsigned li, uint32_t older_than_tick
  * their answers (see pendq.h): try_again for them now. */
 static void answered(struct worker *w, unsigned li, uint32_t othread, uint64_t oconn, uint64_t ref)
 {
-	struct gw_pend lost[64];
+	struct gw_pend lost[64], hit;
 	size_t n;
-	pendq_answered(&w->pend[li], othread, oconn, ref, lost, sizeof lost / sizeof lost[0], &n);
+	if (pendq_answered(&w->pend[li], othread, oconn, ref, &hit, lost, sizeof lost / sizeof lost[0], &n))
+		metrics_lat_add(&w->cnt.lat_backend, clock_mono_ns() - hit.t0_ns);
 	for (size_t i = 0; i < n; i++) {
 		answer(w, lost[i].othread, lost[i].oconn, lost[i].what, lost[i].ref, 0, PROTO_E_TRY_AGAIN, 0);
 		CNT_ADD(w, answers_lost, 1);
@@ -318,7 +320,7 @@ static unsigned add_request(struct worker *w, size_t li, const struct dist_frame
 			    uint64_t ref, uint8_t what)
 {
 	struct link *l = &w->links[li];
-	struct gw_pend p = {oconn, ref, othread, w->tick, what};
+	struct gw_pend p = {oconn, ref, othread, w->tick, what, w->now_ns};
 	if (link_add(l, f) != 0) {
 		CNT_ADD(w, link_try_again, 1);
 		return PROTO_E_TRY_AGAIN;

@@ -44,6 +44,7 @@
 #include "runtime/cluster.h"
 #include "runtime/counter.h"
 #include "runtime/link.h"
+#include "runtime/metrics.h"
 #include "runtime/msgid.h"
 #include "runtime/opts.h"
 #include "runtime/peerauth.h"
@@ -129,6 +130,10 @@ struct gw_counters {
 	uint64_t conns, logged_in, queue_bytes, queue_max, wheel_size, dir_size, partial_bufs;
 	uint64_t pending_stores;
 	struct link_stats link; /* all this thread's links (runtime/link.h LINK_STATS) */
+	/* latency measured here (runtime/metrics.h): SEND handled to DELIVER
+	 * queued, on this thread and through another; a request's ROUTE queued
+	 * to the backend's answer (its durable commit included) */
+	struct metrics_lat lat_local, lat_cross, lat_backend;
 } __attribute__((aligned(64)));
 
 /* One link's figures, published by its thread each tick for /stats. */
@@ -217,6 +222,7 @@ struct xm_hdr {
 struct xm_deliver { /* deliver to `to` (on the receiving thread) and answer with XM_RESULT */
 	struct xm_hdr h;
 	uint64_t from, to, smid, time_ms, cmid;
+	uint64_t t0_ns;       /* when the sender's SEND was handled (CLOCK_MONOTONIC) */
 	uint32_t oslot, ogen; /* sender's connection on the sending thread */
 	uint32_t body_len;
 	uint32_t pad;

@@ -71,8 +71,8 @@ void pendq_pop(struct gw_pendq *q)
 	q->len--;
 }
 
-int pendq_answered(struct gw_pendq *q, uint32_t othread, uint64_t oconn, uint64_t ref, struct gw_pend *lost,
-		   size_t max, size_t *nlost)
+int pendq_answered(struct gw_pendq *q, uint32_t othread, uint64_t oconn, uint64_t ref, struct gw_pend *hit_out,
+		   struct gw_pend *lost, size_t max, size_t *nlost)
 {
 	*nlost = 0;
 	if (!q->len || !u64map_get(&q->keys, key_of(othread, oconn, ref)))
@@ -95,6 +95,8 @@ int pendq_answered(struct gw_pendq *q, uint32_t othread, uint64_t oconn, uint64_
 	/* remove the answered one (now at index i - give) */
 	size_t at = i - give;
 	struct gw_pend hit = q->v[(q->head + at) % q->cap];
+	if (hit_out)
+		*hit_out = hit;
 	for (size_t j = at; j > 0; j--)
 		q->v[(q->head + j) % q->cap] = q->v[(q->head + j - 1) % q->cap];
 	q->v[q->head] = hit;

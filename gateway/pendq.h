@@ -26,6 +26,7 @@ struct gw_pend {
 	uint64_t oconn, ref; /* the sender's connection, its cmid or request id */
 	uint32_t othread, tick;
 	uint8_t what; /* enum xr_what */
+	uint64_t t0_ns; /* when the request was queued to the backend */
 };
 
 struct gw_pendq {
@@ -49,10 +50,11 @@ const struct gw_pend *pendq_oldest(const struct gw_pendq *q);
 void pendq_pop(struct gw_pendq *q);
 
 /* An answer for (othread, oconn, ref) arrived. Returns 0 when no entry waits
- * for it (nothing changes); else removes it, and moves the entries older
- * than it (their answers were lost) to lost[0..*nlost) (at most max; any
- * beyond stay for the timeout), and returns 1. */
-int pendq_answered(struct gw_pendq *q, uint32_t othread, uint64_t oconn, uint64_t ref, struct gw_pend *lost,
-		   size_t max, size_t *nlost);
+ * for it (nothing changes); else removes it (a copy in *hit when hit is not
+ * NULL), and moves the entries older than it (their answers were lost) to
+ * lost[0..*nlost) (at most max; any beyond stay for the timeout), and
+ * returns 1. */
+int pendq_answered(struct gw_pendq *q, uint32_t othread, uint64_t oconn, uint64_t ref, struct gw_pend *hit,
+		   struct gw_pend *lost, size_t max, size_t *nlost);
 
 #endif

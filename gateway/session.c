@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "gateway/gw.h"
+#include "runtime/clock.h"
 #include "runtime/log.h"
 
 /* ---- delivery ---------------------------------------------------------------- */
@@ -124,6 +125,7 @@ static void handle_send(struct worker *w, uint32_t slot, const struct proto_fram
 					   f->send.body.len);
 		if (st == 0) {
 			CNT_ADD(w, deliver_local, 1);
+			metrics_lat_add(&w->cnt.lat_local, clock_mono_ns() - w->now_ns);
 			answer_send(w, slot, f->send.cmid, smid, 0);
 			return;
 		}
@@ -144,6 +146,7 @@ static void handle_send(struct worker *w, uint32_t slot, const struct proto_fram
 	x->smid = msgid_next(&w->ids, w->wall_ms);
 	x->time_ms = w->wall_ms;
 	x->cmid = f->send.cmid;
+	x->t0_ns = w->now_ns;
 	x->oslot = slot;
 	x->ogen = c->gen;
 	x->body_len = f->send.body.len;
@@ -242,6 +245,7 @@ void session_xbatch(struct worker *w, const struct xbatch *b)
 				deliver_here(w, x->to, x->from, 0, x->smid, x->time_ms, x->cmid, x->body, x->body_len);
 			if (st == 0) {
 				CNT_ADD(w, deliver_cross, 1);
+				metrics_lat_add(&w->cnt.lat_cross, clock_mono_ns() - x->t0_ns);
 			} else {
 				/* not connected here: to its backend; the STORE_ACK goes straight
 				 * to the sender's thread */

@@ -211,11 +211,31 @@ int gw_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, con
 	struct metric_desc d[NTABLE];
 	for (size_t i = 0; i < NTABLE; i++)
 		d[i] = table[i].d;
+	/* latency measured inside the gateway (gw.h, gw_counters.lat_*) */
+	static const struct {
+		const char *name, *key, *help;
+		size_t off;
+	} lats[] = {
+		{"gateway_deliver_local_seconds", "deliver_local",
+		 "SEND handled to DELIVER queued, sender and recipient on one thread", offsetof(struct gw_counters, lat_local)},
+		{"gateway_deliver_cross_thread_seconds", "deliver_cross_thread",
+		 "SEND handled to DELIVER queued on the recipient's home thread", offsetof(struct gw_counters, lat_cross)},
+		{"gateway_backend_answer_seconds", "backend_answer",
+		 "Request queued to a backend to its answer (the durable commit included)",
+		 offsetof(struct gw_counters, lat_backend)},
+	};
+	struct metrics_lat lat[sizeof lats / sizeof lats[0]];
+	memset(lat, 0, sizeof lat);
+	for (size_t k = 0; k < sizeof lats / sizeof lats[0]; k++)
+		for (unsigned t = 0; t < gw->nthreads; t++)
+			metrics_lat_load(&lat[k], (const struct metrics_lat *)((const char *)&gw->w[t].cnt + lats[k].off));
 	if (prom) {
 		*ctype = "text/plain; version=0.0.4; charset=utf-8";
 		metrics_prom(body, d, NTABLE, vals);
 		metrics_prom(body, extra, X_N, xv);
 		metrics_prom(body, proc, MP_N, pv);
+		for (size_t k = 0; k < sizeof lats / sizeof lats[0]; k++)
+			metrics_prom_lat(body, lats[k].name, lats[k].help, &lat[k]);
 		/* per thread: users hash to threads, so they fill unevenly and the
 		 * fullest one, not the total, says when logins start to be refused */
 		char labels[GW_MAX_THREADS][24];
@@ -237,6 +257,8 @@ int gw_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, con
 	metrics_json_fields(body, extra, X_N, xv);
 	mbuf_put(body, ",", 1);
 	metrics_json_fields(body, d, NTABLE, vals);
+	for (size_t k = 0; k < sizeof lats / sizeof lats[0]; k++)
+		metrics_json_lat(body, lats[k].key, &lat[k]);
 	mbuf_printf(body, ",\"per_thread\":[");
 	for (unsigned t = 0; t < gw->nthreads; t++) {
 		const struct gw_counters *c = &gw->w[t].cnt;

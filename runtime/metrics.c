@@ -97,3 +97,62 @@ void metrics_process_values(uint64_t started_wall_ms, double v[MP_N])
 	struct rlimit rl;
 	v[MP_MAX_FDS] = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (double)rl.rlim_cur : 0;
 }
+
+const uint64_t metrics_lat_bounds_ns[METRICS_LAT_N] = {
+	10000ull,     25000ull,     50000ull,      100000ull,     250000ull,      500000ull,     1000000ull,
+	2500000ull,   5000000ull,   10000000ull,   25000000ull,   50000000ull,    100000000ull,  250000000ull,
+	500000000ull, 1000000000ull, 2500000000ull, 5000000000ull, 10000000000ull,
+};
+
+void metrics_lat_load(struct metrics_lat *sum, const struct metrics_lat *h)
+{
+	for (unsigned i = 0; i <= METRICS_LAT_N; i++)
+		sum->b[i] += __atomic_load_n(&h->b[i], __ATOMIC_RELAXED);
+	sum->count += __atomic_load_n(&h->count, __ATOMIC_RELAXED);
+	sum->sum_ns += __atomic_load_n(&h->sum_ns, __ATOMIC_RELAXED);
+}
+
+void metrics_prom_lat(struct mbuf *b, const char *name, const char *help, const struct metrics_lat *h)
+{
+	mbuf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	uint64_t cum = 0;
+	for (unsigned i = 0; i < METRICS_LAT_N; i++) {
+		cum += h->b[i];
+		mbuf_printf(b, "%s_bucket{le=\"", name);
+		num(b, (double)metrics_lat_bounds_ns[i] / 1e9, 1);
+		mbuf_printf(b, "\"} %llu\n", (unsigned long long)cum);
+	}
+	cum += h->b[METRICS_LAT_N];
+	mbuf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum ", name, (unsigned long long)cum, name);
+	num(b, (double)h->sum_ns / 1e9, 1);
+	mbuf_printf(b, "\n%s_count %llu\n", name, (unsigned long long)cum);
+}
+
+/* The upper bound of the bucket holding percentile p, in us (the largest
+ * bound when it is past them; 0 when empty). */
+static double lat_pct_us(const struct metrics_lat *h, double p)
+{
+	uint64_t total = 0;
+	for (unsigned i = 0; i <= METRICS_LAT_N; i++)
+		total += h->b[i];
+	if (!total)
+		return 0;
+	uint64_t want = (uint64_t)ceil((double)total * p / 100.0), cum = 0;
+	for (unsigned i = 0; i < METRICS_LAT_N; i++) {
+		cum += h->b[i];
+		if (cum >= want)
+			return (double)metrics_lat_bounds_ns[i] / 1e3;
+	}
+	return (double)metrics_lat_bounds_ns[METRICS_LAT_N - 1] / 1e3;
+}
+
+void metrics_json_lat(struct mbuf *b, const char *key, const struct metrics_lat *h)
+{
+	uint64_t total = 0;
+	for (unsigned i = 0; i <= METRICS_LAT_N; i++)
+		total += h->b[i];
+	mbuf_printf(b, ",\"%s_count\":%llu,\"%s_p50_us\":", key, (unsigned long long)total, key);
+	num(b, lat_pct_us(h, 50), 0);
+	mbuf_printf(b, ",\"%s_p99_us\":", key);
+	num(b, lat_pct_us(h, 99), 0);
+}

@@ -52,6 +52,36 @@ enum { MP_BUILD, MP_UPTIME, MP_START, MP_CPU, MP_RSS, MP_FDS, MP_MAX_FDS, MP_N }
 		{"process_max_fds", NULL, "max_fds", METRIC_GAUGE, "RLIMIT_NOFILE (ring tables of direct descriptors are not counted in open_fds)", 0}, \
 	}
 
+/* A latency histogram measured inside a server, exported as a Prometheus
+ * histogram: fixed buckets from 10 us to 10 s (1-2.5-5 steps), one writer
+ * thread (metrics_lat_add, relaxed atomic stores) and readers summing with
+ * metrics_lat_load; values in nanoseconds, exported in seconds. */
+#define METRICS_LAT_N 19
+extern const uint64_t metrics_lat_bounds_ns[METRICS_LAT_N];
+struct metrics_lat {
+	uint64_t b[METRICS_LAT_N + 1]; /* the last: over the largest bound */
+	uint64_t count, sum_ns;
+};
+
+static inline void metrics_lat_add(struct metrics_lat *h, uint64_t ns)
+{
+	unsigned i = 0;
+	while (i < METRICS_LAT_N && ns > metrics_lat_bounds_ns[i])
+		i++;
+	__atomic_store_n(&h->b[i], h->b[i] + 1, __ATOMIC_RELAXED);
+	__atomic_store_n(&h->count, h->count + 1, __ATOMIC_RELAXED);
+	__atomic_store_n(&h->sum_ns, h->sum_ns + ns, __ATOMIC_RELAXED);
+}
+
+/* *sum += *h, read with relaxed loads (h written by another thread). */
+void metrics_lat_load(struct metrics_lat *sum, const struct metrics_lat *h);
+
+/* Append name's Prometheus histogram (name_bucket{le=...}, name_sum in
+ * seconds, name_count), or for JSON "key_count", "key_p50_us", "key_p99_us"
+ * (bucket upper bounds) with a leading comma. */
+void metrics_prom_lat(struct mbuf *b, const char *name, const char *help, const struct metrics_lat *h);
+void metrics_json_lat(struct mbuf *b, const char *key, const struct metrics_lat *h);
+
 /* Fill v[0..MP_N) for a process started at started_wall_ms (wall clock). */
 void metrics_process_values(uint64_t started_wall_ms, double v[MP_N]);
 

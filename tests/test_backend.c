@@ -2491,6 +2491,12 @@ Test(backend, gwstat_rows_are_right, .timeout = 60)
 		expect_ack(&a, k, PROTO_ACK_STORED, "stored for an offline user");
 	}
 	expect_stat(&T.be[0], "store_mailbox_entries", '=', 7, 3000);
+	/* the latency histograms measured inside the servers counted them */
+	cr_assert_geq(stat_num(&T.be[0], "commit_count"), 1, "backend commit histogram");
+	int64_t answered = 0;
+	for (int i = 0; i < NGW; i++)
+		answered += stat_num(&T.gw[i], "backend_answer_count");
+	cr_assert_geq(answered, 7, "gateway backend answer histogram: %lld", (long long)answered);
 	char path[PATH_MAX + 32], gws[32], bes[32], dead[32], out[PATH_MAX + 64];
 	snprintf(path, sizeof path, "%s/tools/gwstat", tc_build_dir());
 	snprintf(gws, sizeof gws, "127.0.0.1:%u", T.gw[0].stats);

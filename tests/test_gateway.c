@@ -1668,6 +1668,32 @@ Test(gateway, stats_endpoint, .timeout = 30)
 	gw_alive();
 }
 
+/* Latency measured inside the gateway: a delivery on one thread and one
+ * across threads are each counted in their histogram. */
+Test(gateway, latency_histograms_count_deliveries, .timeout = 30)
+{
+	gw_start(NULL);
+	uint64_t ua = 20001, same = user_with_home(20002, ua, 1), other = user_with_home(20100, ua, 0);
+	struct tc_conn a, b, c;
+	struct tc_frame fr;
+	open_login(&a, ua);
+	open_login(&b, same);
+	open_login(&c, other);
+	send_msg(&a, 1, same, "same thread");
+	expect_type(&b, &fr, PROTO_DELIVER, RECV_MS, "same thread");
+	send_msg(&a, 2, other, "across threads");
+	expect_type(&c, &fr, PROTO_DELIVER, RECV_MS, "across threads");
+	static char body[131072];
+	cr_assert_eq(tc_http_get(G.stats, "/metrics", 2000, body, sizeof body), 200);
+	cr_assert(strstr(body, "\ngateway_deliver_local_seconds_count 1\n"), "local:\n%.4000s", body);
+	cr_assert(strstr(body, "\ngateway_deliver_cross_thread_seconds_count 1\n"), "cross thread");
+	cr_assert(strstr(body, "# TYPE gateway_backend_answer_seconds histogram\n"), "backend answer histogram");
+	cr_assert_eq(tc_http_get(G.stats, "/stats", 2000, body, sizeof body), 200);
+	cr_assert_eq(tc_json_num(body, "deliver_local_count"), 1);
+	cr_assert_gt(tc_json_num(body, "deliver_cross_thread_p50_us"), 0);
+	gw_alive();
+}
+
 /* ---- operations (issue 12) ---------------------------------------------------------- */
 
 /* Run the gateway binary with argv (argv[0] filled in) to completion;

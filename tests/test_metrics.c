@@ -496,3 +496,33 @@ Test(metrics, non_finite_values_render_validly)
 	cr_assert_eq(json_flat_object(b.p, keys, got, 3), 3, "not valid JSON: %s", b.p);
 	mbuf_free(&b);
 }
+
+/* ---- latency histograms ---------------------------------------------------------- */
+
+/* Prometheus histogram: cumulative buckets in seconds, +Inf equal to
+ * _count, _sum in seconds; JSON: count and the p50/p99 bucket bounds. */
+Test(metrics, latency_histogram_renders)
+{
+	struct metrics_lat h = {0}, sum = {0};
+	metrics_lat_add(&h, 5000);          /* <= 10 us */
+	metrics_lat_add(&h, 10000);         /* <= 10 us: bounds are inclusive */
+	metrics_lat_add(&h, 30000);         /* <= 50 us */
+	metrics_lat_add(&h, 20000000000ull); /* over 10 s */
+	metrics_lat_load(&sum, &h);
+	metrics_lat_load(&sum, &h); /* two threads alike */
+	struct mbuf b = {0};
+	metrics_prom_lat(&b, "x_seconds", "X", &sum);
+	cr_assert(strstr(b.p, "# TYPE x_seconds histogram\n"), "%s", b.p);
+	cr_assert(strstr(b.p, "x_seconds_bucket{le=\"1e-05\"} 4\n"), "%s", b.p);
+	cr_assert(strstr(b.p, "x_seconds_bucket{le=\"2.5e-05\"} 4\n"), "%s", b.p);
+	cr_assert(strstr(b.p, "x_seconds_bucket{le=\"5e-05\"} 6\n"), "%s", b.p);
+	cr_assert(strstr(b.p, "x_seconds_bucket{le=\"10\"} 6\n"), "%s", b.p);
+	cr_assert(strstr(b.p, "x_seconds_bucket{le=\"+Inf\"} 8\n"), "%s", b.p);
+	cr_assert(strstr(b.p, "x_seconds_count 8\n"), "%s", b.p);
+	cr_assert(strstr(b.p, "x_seconds_sum 40.00009\n"), "%s", b.p);
+	mbuf_free(&b);
+	b = (struct mbuf){0};
+	metrics_json_lat(&b, "x", &sum);
+	cr_assert_str_eq(b.p, ",\"x_count\":8,\"x_p50_us\":10,\"x_p99_us\":10000000");
+	mbuf_free(&b);
+}

@@ -26,7 +26,10 @@ static void push(uint64_t ref)
 
 static int answer(uint64_t ref, struct gw_pend *lost, size_t max, size_t *n)
 {
-	return pendq_answered(&q, (uint32_t)(ref % 3), 1000 + ref, ref, lost, max, n);
+	struct gw_pend hit;
+	int r = pendq_answered(&q, (uint32_t)(ref % 3), 1000 + ref, ref, &hit, lost, max, n);
+	cr_assert(!r || (hit.ref == ref && hit.oconn == 1000 + ref), "the entry answered is not the one handed back");
+	return r;
 }
 
 Test(pendq, answers_in_order)
