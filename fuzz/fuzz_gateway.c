@@ -169,6 +169,8 @@ static void open_conn(int k)
 	peer[k] = sv[0];
 	slot_of[k] = s;
 	worker_adopt(w, s);
+	if ((k & 1) && w->conns[s].state == CS_NEW)
+		w->conns[s].flags |= CF_PROXY; /* odd clients come through a ",proxy" listener */
 }
 
 static void close_peer(int k)

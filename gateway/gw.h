@@ -121,7 +121,7 @@ struct gw_counters {
 	uint64_t parse_errors[PROTO_E_FATAL_LIMIT];
 	uint64_t deliver_local, deliver_cross, deliver_remote, deliver_offline, no_route;
 	uint64_t receipts_routed, kicks, slow_consumers, rate_limited, enobufs, prelogin_too_big, linger_cut;
-	uint64_t receipts_dropped, receipt_acks, admin_kicks;
+	uint64_t receipts_dropped, receipt_acks, admin_kicks, proxy_headers;
 	uint64_t xbatches_out, xbatches_in, xrecords_out, xrecords_in;
 	uint64_t loops, cqes, sends;
 	uint64_t routed_remote, stored_acks, store_refused, store_timeouts, link_try_again, sessions_out, answers_lost;
@@ -179,6 +179,7 @@ enum conn_state { CS_FREE = 0, CS_NEW, CS_HANDOFF, CS_LIVE, CS_CLOSING };
 #define CF_GOAWAY 0x0200u    /* goaway sent */
 #define CF_SHUT_DONE 0x0400u /* shutdown(WR) done */
 #define CF_V2 0x0800u        /* LIVE: speaks protocol 2 (DELIVER with cmid, acks stored receipts) */
+#define CF_PROXY 0x1000u     /* NEW, from a ",proxy" listener: the PROXY header is still to come */
 
 /* One connection; the index in the array is its fixed-file slot. All zeros
  * is a free slot. 64 bytes: a million of them is 64 MB. */
@@ -309,6 +310,7 @@ struct gw {
 	int64_t stall_after_ms; /* ...this long after start */
 	struct gw_live *live;   /* the first one, which every worker starts with */
 	struct addr *listen; /* parsed cfg.listen */
+	uint8_t *listen_proxy; /* per listener: ",proxy": connections start with a PROXY header */
 	size_t nlisten;
 	unsigned nthreads;
 	uint32_t slots;

@@ -214,7 +214,9 @@ static size_t gw_options(struct gw_config *cfg, struct opt *out)
 {
 	const struct opt opts[] = {
 		{"listen", OPT_LIST, &cfg->listen, "127.0.0.1:5222", 0, 0,
-		 "client listener IP:PORT (0.0.0.0:PORT for all addresses; one SO_REUSEPORT socket per thread)", 0},
+		 "client listener IP:PORT (0.0.0.0:PORT for all addresses; one SO_REUSEPORT socket per thread); "
+		 "IP:PORT,proxy behind a load balancer that starts each connection with a PROXY protocol v1 or v2 "
+		 "header", 0},
 		{"stats-listen", OPT_STR, &cfg->stats_listen, "127.0.0.1:9100", 0, 0,
 		 "HTTP stats endpoint (/metrics, /stats, /healthz); \"off\" to disable", 0},
 		{"auth-secret-file", OPT_STR, &cfg->secret_file, NULL, 0, 0,
@@ -311,10 +313,24 @@ int main(int argc, char **argv)
 	}
 	gw.nlisten = cfg->listen.n;
 	gw.listen = calloc(gw.nlisten, sizeof *gw.listen);
-	if (!gw.listen)
+	gw.listen_proxy = calloc(gw.nlisten, 1);
+	if (!gw.listen || !gw.listen_proxy)
 		return 1;
 	for (size_t i = 0; i < gw.nlisten; i++) {
-		if (addr_parse(cfg->listen.v[i], &gw.listen[i], err, sizeof err) != 0) {
+		/* IP:PORT, or IP:PORT,proxy: behind a load balancer speaking PROXY */
+		char a1[128];
+		snprintf(a1, sizeof a1, "%s", cfg->listen.v[i]);
+		char *comma = strchr(a1, ',');
+		if (comma) {
+			if (strcmp(comma, ",proxy") != 0) {
+				fprintf(stderr, "gateway: --listen %s: after the address only \",proxy\" may follow\n",
+					cfg->listen.v[i]);
+				return 2;
+			}
+			*comma = 0;
+			gw.listen_proxy[i] = 1;
+		}
+		if (addr_parse(a1, &gw.listen[i], err, sizeof err) != 0) {
 			fprintf(stderr, "gateway: --listen: %s\n", err);
 			return 2;
 		}
@@ -448,7 +464,8 @@ int main(int argc, char **argv)
 		 CHAT_VERSION, (long long)cfg->node, gw.nthreads, gw.slots - GW_SLOT_RESERVE,
 		 (unsigned long long)gw.nthreads * (gw.slots - GW_SLOT_RESERVE), (unsigned long long)rl.rlim_cur);
 	for (size_t i = 0; i < gw.nlisten; i++)
-		log_info("listening on %s", addr_str(&gw.listen[i], a, sizeof a));
+		log_info("listening on %s%s", addr_str(&gw.listen[i], a, sizeof a),
+			 gw.listen_proxy[i] ? " (PROXY protocol: every connection starts with its header)" : "");
 	if (gw.cluster.n)
 		log_info("%zu backend(s) from %s; every thread links to each", gw.cluster.n, cfg->cluster_file);
 	else
@@ -527,6 +544,7 @@ int main(int argc, char **argv)
 	free(gw.w);
 	free(gw.ring_fds);
 	free(gw.listen);
+	free(gw.listen_proxy);
 	free(cfg->listen.v);
 	free(live); /* every worker has finished with it */
 	sdn_close(&sdn);

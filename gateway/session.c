@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "gateway/gw.h"
+#include "proto/proxy.h"
 #include "runtime/clock.h"
 #include "runtime/log.h"
 
@@ -528,6 +529,49 @@ static int over_frame_rate(struct worker *w, uint32_t slot, const struct proto_f
 
 /* The body of session_input; the caller marks the connection's input as in
  * use around it (see session_input). */
+/* A connection from a ",proxy" listener: its first bytes are a PROXY
+ * header (proto/proxy.h). Takes what of (p, n) belongs to it: returns the
+ * bytes used (all of them while the header is incomplete: they wait in the
+ * carry), or -1 when the connection was closed for a bad header. */
+static long proxy_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
+{
+	struct conn *c = conn_of(w, slot);
+	uint8_t buf[PROXY_MAX];
+	const uint8_t *q = p;
+	size_t qn = n, had = 0;
+	if (c->in) { /* the header's start came in an earlier receive */
+		had = c->in->len;
+		size_t add = n < sizeof buf - had ? n : sizeof buf - had;
+		memcpy(buf, c->in->data, had);
+		memcpy(buf + had, p, add);
+		q = buf;
+		qn = had + add;
+	}
+	struct proxy_hdr h;
+	long r = proxy_parse(q, qn, &h);
+	if (r == PROXY_NEED_MORE && qn < PROXY_MAX) {
+		conn_input_drop(w, slot);
+		if (carry_start(&c->in, q, qn, h.need > qn ? h.need : (uint32_t)qn + 1) != 0) {
+			conn_close(w, slot, CLOSE_ERROR);
+			return -1;
+		}
+		CNT_ADD(w, partial_bufs, 1);
+		return (long)n;
+	}
+	conn_input_drop(w, slot);
+	if (r <= 0) {
+		conn_fail(w, slot, PROTO_E_BAD_FRAME, CLOSE_PROTOCOL, "malformed PROXY protocol header");
+		return -1;
+	}
+	c->flags &= (uint16_t)~CF_PROXY;
+	CNT_ADD(w, proxy_headers, 1);
+	if (LOG_LEVEL() >= LOG_DEBUG) {
+		char s[64];
+		log_debug("slot %u: PROXY header: client %s", slot, proxy_src_str(&h, s, sizeof s));
+	}
+	return r - (long)had; /* what of this receive the header took */
+}
+
 static int input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 {
 	struct conn *c = conn_of(w, slot);
@@ -535,6 +579,20 @@ static int input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 	if (rate_exceeded(w, c, n, 0)) {
 		CNT_ADD(w, rate_limited, 1);
 		conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "bytes per second over the limit");
+		return -1;
+	}
+	if (c->flags & CF_PROXY) {
+		long used = proxy_input(w, slot, p, n);
+		if (used < 0)
+			return -1;
+		p += used;
+		n -= (size_t)used;
+		if (c->flags & CF_PROXY)
+			return 0; /* the header is not complete yet */
+	} else if (c->state == CS_NEW && !c->in && n >= 2 && proxy_sniff(p, n)) {
+		/* a load balancer's header on a listener not set up for it: say so */
+		conn_fail(w, slot, PROTO_E_BAD_FRAME, CLOSE_PROTOCOL,
+			  "PROXY protocol header on a listener not configured for it (--listen IP:PORT,proxy)");
 		return -1;
 	}
 	/* complete a frame carried over from the last receive */

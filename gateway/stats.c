@@ -90,6 +90,7 @@ static const struct gw_metric table[] = {
 	   receipt_acks),
 	C_("kicks_total", NULL, "kicks", "Sessions taken over by a newer login", kicks),
 	C_("admin_kicks_total", NULL, "admin_kicks", "Sessions closed through the admin interface", admin_kicks),
+	C_("proxy_headers_total", NULL, "proxy_headers", "PROXY protocol headers taken on ,proxy listeners", proxy_headers),
 	C_("slow_consumers_total", NULL, "slow_consumers", "Connections cut off for not reading", slow_consumers),
 	C_("rate_limited_total", NULL, "rate_limited", "Connections cut off for rate abuse", rate_limited),
 	C_("recv_enobufs_total", NULL, "recv_enobufs", "Receives that found no provided buffer", enobufs),

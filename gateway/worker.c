@@ -527,7 +527,10 @@ static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 			log_rl(LOG_WARN, "accept: %s", strerror(-cqe->res));
 		return;
 	}
-	worker_adopt(w, (uint32_t)cqe->res);
+	uint32_t slot = (uint32_t)cqe->res;
+	worker_adopt(w, slot);
+	if (slot < w->slots && w->gw->listen_proxy && w->gw->listen_proxy[li] && conn_of(w, slot)->state == CS_NEW)
+		conn_of(w, slot)->flags |= CF_PROXY;
 }
 
 void worker_adopt(struct worker *w, uint32_t slot)

@@ -1694,6 +1694,67 @@ Test(gateway, latency_histograms_count_deliveries, .timeout = 30)
 	gw_alive();
 }
 
+/* Behind a load balancer: a ",proxy" listener takes a PROXY v1 or v2 header
+ * first (whole or cut across writes) and then the client protocol; a bad
+ * header is refused; a header sent to a plain listener is refused with a
+ * message that says why. */
+Test(gateway, proxy_protocol_listener, .timeout = 30)
+{
+	int pfd;
+	unsigned pport = tc_port_reserve(&pfd);
+	char plisten[48];
+	snprintf(plisten, sizeof plisten, "127.0.0.1:%u,proxy", pport);
+	gw_start("--listen", plisten, NULL);
+	uint8_t login[128], buf[256];
+	struct tc_conn c;
+	struct tc_frame fr;
+	/* v1, header and LOGIN in one write */
+	size_t ln = tc_enc_login(login, sizeof login, &G.secret, 21001, 0, 1);
+	const char v1[] = "PROXY TCP4 203.0.113.7 127.0.0.1 40001 5222\r\n";
+	memcpy(buf, v1, sizeof v1 - 1);
+	memcpy(buf + sizeof v1 - 1, login, ln);
+	cr_assert_eq(tc_connect(&c, pport, 0, 3000), 0);
+	send_raw(&c, buf, sizeof v1 - 1 + ln);
+	expect_login_result(&c, &fr, PROTO_OK, "LOGIN after a v1 header");
+	tc_close(&c);
+	/* v2, the header cut in two writes, then LOGIN */
+	static const uint8_t v2[] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x11,
+				     0x00, 0x0c, 203,  0,    113,  8,    127,  0,    0,    1,    0x9c, 0x42, 0x14, 0x6e};
+	ln = tc_enc_login(login, sizeof login, &G.secret, 21002, 0, 1);
+	cr_assert_eq(tc_connect(&c, pport, 0, 3000), 0);
+	send_raw(&c, v2, 7);
+	tc_sleep_ms(50);
+	memcpy(buf, v2 + 7, sizeof v2 - 7);
+	memcpy(buf + sizeof v2 - 7, login, ln);
+	send_raw(&c, buf, sizeof v2 - 7 + ln);
+	expect_login_result(&c, &fr, PROTO_OK, "LOGIN after a v2 header in two writes");
+	tc_close(&c);
+	cr_assert_eq(wait_stat_eq("proxy_headers", 2, 3000), 2);
+	/* a malformed header */
+	cr_assert_eq(tc_connect(&c, pport, 0, 3000), 0);
+	const char bad[] = "PROXY TCP4 203.0.113.7 127.0.0.1 99999 5222\r\n";
+	send_raw(&c, bad, sizeof bad - 1);
+	expect_error(&c, PROTO_E_BAD_FRAME, 0, RECV_MS, "a malformed PROXY header");
+	expect_closed(&c, EOF_MS, "after a malformed PROXY header");
+	/* no header where one is required: the client protocol's LOGIN is not one */
+	cr_assert_eq(tc_connect(&c, pport, 0, 3000), 0);
+	send_raw(&c, login, ln);
+	expect_error(&c, PROTO_E_BAD_FRAME, 0, RECV_MS, "a LOGIN where the PROXY header must be");
+	tc_close(&c);
+	/* a header on the plain listener */
+	cr_assert_eq(tc_connect(&c, G.port, 0, 3000), 0);
+	send_raw(&c, v1, sizeof v1 - 1);
+	expect_type(&c, &fr, PROTO_ERROR, RECV_MS, "a PROXY header on a plain listener");
+	cr_assert(fr.f.error.text.len && memmem(fr.f.error.text.p, fr.f.error.text.len, "not configured", 14),
+		  "ERROR text: %.*s", (int)fr.f.error.text.len, (const char *)fr.f.error.text.p);
+	tc_close(&c);
+	/* and a login on it still works */
+	open_login(&c, 21003);
+	tc_close(&c);
+	tc_port_release(pfd);
+	gw_alive();
+}
+
 /* ---- operations (issue 12) ---------------------------------------------------------- */
 
 /* Run the gateway binary with argv (argv[0] filled in) to completion;
