@@ -282,7 +282,7 @@ int main(int argc, char **argv)
 	int signals = 0;
 	for (;;) {
 		uint64_t loops = __atomic_load_n(&b.cnt.loops, __ATOMIC_RELAXED), period, held;
-		if (sdn_watchdog(&sdn, &wd, &loops, 0, 1, clock_mono_ns() / 1000000, 300, &period) &&
+		if (sdn_watchdog(&sdn, &wd, &loops, NULL, 1, clock_mono_ns() / 1000000, 300, &period) &&
 		    log_rl_allow(&stuck_rl, &held))
 			log_error("the node thread has not turned its loop for %llu ms (a commit stuck in fsync?): "
 				  "WATCHDOG=1 withheld", (unsigned long long)period);

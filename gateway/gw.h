@@ -284,6 +284,7 @@ struct worker {
 	uint32_t tick;
 	uint64_t rng;
 	int draining, stopping, lameduck;
+	int finished; /* set (release) as worker_main returns: the watchdog stops watching it */
 	uint32_t drain_deadline, hard_stop; /* ticks: close the rest; give up on them */
 	const char *ring_mode;
 	/* dist link: one per backend */

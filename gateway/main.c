@@ -197,10 +197,13 @@ static void notify_tick(struct gw *gw, struct sdnotify *n, struct notify_state *
 		s->next_status_ms = now + 5000;
 	}
 	uint64_t loops[GW_MAX_THREADS], period;
-	for (unsigned t = 0; t < gw->nthreads; t++)
+	uint8_t done[GW_MAX_THREADS];
+	for (unsigned t = 0; t < gw->nthreads; t++) {
 		loops[t] = cnt_load(&gw->w[t], offsetof(struct gw_counters, loops));
+		done[t] = t < joined || __atomic_load_n(&gw->w[t].finished, __ATOMIC_ACQUIRE);
+	}
 	/* a loop turns at least once a tick */
-	unsigned stuck = sdn_watchdog(n, &s->wd, loops, joined, gw->nthreads, now, 2 * GW_TICK_MS, &period);
+	unsigned stuck = sdn_watchdog(n, &s->wd, loops, done, gw->nthreads, now, 2 * GW_TICK_MS, &period);
 	uint64_t held;
 	if (stuck && log_rl_allow(&s->stuck_rl, &held))
 		log_error("thread %u has not turned its loop for %llu ms: WATCHDOG=1 withheld (systemd restarts the "

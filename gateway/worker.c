@@ -985,5 +985,6 @@ void *worker_main(void *arg)
 	if (w->live)
 		log_warn("thread %u exits with %u connections still closing", w->id, w->live);
 	worker_teardown(w);
+	__atomic_store_n(&w->finished, 1, __ATOMIC_RELEASE);
 	return NULL;
 }

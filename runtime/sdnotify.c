@@ -65,8 +65,8 @@ void sdn_close(struct sdnotify *n)
 	n->fd = -1;
 }
 
-unsigned sdn_watchdog(struct sdnotify *n, struct sdn_watch *w, const uint64_t *loops, unsigned from, unsigned nloops,
-		      uint64_t now_ms, uint64_t min_period_ms, uint64_t *period_ms)
+unsigned sdn_watchdog(struct sdnotify *n, struct sdn_watch *w, const uint64_t *loops, const uint8_t *done,
+		      unsigned nloops, uint64_t now_ms, uint64_t min_period_ms, uint64_t *period_ms)
 {
 	if (n->fd < 0 || !n->watchdog_us || now_ms < w->next_ms)
 		return 0;
@@ -76,8 +76,8 @@ unsigned sdn_watchdog(struct sdnotify *n, struct sdn_watch *w, const uint64_t *l
 	*period_ms = period;
 	w->next_ms = now_ms + period;
 	unsigned stuck = 0;
-	for (unsigned t = from; t < nloops && t < SDN_MAX_LOOPS; t++) {
-		if (w->primed && loops[t] == w->last[t] && !stuck)
+	for (unsigned t = 0; t < nloops && t < SDN_MAX_LOOPS; t++) {
+		if (w->primed && loops[t] == w->last[t] && !stuck && !(done && done[t]))
 			stuck = t + 1;
 		w->last[t] = loops[t];
 	}

@@ -48,11 +48,13 @@ struct sdn_watch {
 	uint64_t last[SDN_MAX_LOOPS];
 };
 
-/* Call often (at least every min_period_ms); loops[i] for i in from..n are
- * the live threads' counters (n <= SDN_MAX_LOOPS). Returns 0 when nothing was
- * due or WATCHDOG=1 was sent, or 1 + the index of a thread whose loop has not
- * turned for *period_ms (WATCHDOG=1 withheld: the caller logs it). */
-unsigned sdn_watchdog(struct sdnotify *n, struct sdn_watch *w, const uint64_t *loops, unsigned from, unsigned nloops,
-		      uint64_t now_ms, uint64_t min_period_ms, uint64_t *period_ms);
+/* Call often (at least every min_period_ms); loops[i] for i < n are the
+ * threads' counters (n <= SDN_MAX_LOOPS), done[i] (NULL: none) set for a
+ * thread that has finished (a drain ends threads one by one: those are not
+ * wedged). Returns 0 when nothing was due or WATCHDOG=1 was sent, or 1 + the
+ * index of a thread whose loop has not turned for *period_ms (WATCHDOG=1
+ * withheld: the caller logs it). */
+unsigned sdn_watchdog(struct sdnotify *n, struct sdn_watch *w, const uint64_t *loops, const uint8_t *done,
+		      unsigned nloops, uint64_t now_ms, uint64_t min_period_ms, uint64_t *period_ms);
 
 #endif

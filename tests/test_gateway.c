@@ -2031,6 +2031,46 @@ Test(gateway, systemd_ready_watchdog_and_stopping, .timeout = 60)
 	close(fd);
 }
 
+/* During a drain threads finish one by one; one that has finished is not
+ * wedged: WATCHDOG=1 goes on while the others drain (it stopped, and a
+ * drain longer than WatchdogSec would have been killed). */
+Test(gateway, systemd_watchdog_goes_on_through_a_drain, .timeout = 60)
+{
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	char name[64];
+	snprintf(name, sizeof name, "@gwtest-drain-%d", (int)getpid());
+	memcpy(sa.sun_path, name, strlen(name));
+	sa.sun_path[0] = 0;
+	cr_assert_eq(bind(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name))), 0);
+	setenv("NOTIFY_SOCKET", name, 1);
+	setenv("WATCHDOG_USEC", "600000", 1);
+	gw_start("--threads", "2", "--drain-timeout", "4s", NULL);
+	unsetenv("NOTIFY_SOCKET");
+	unsetenv("WATCHDOG_USEC");
+	/* one client, on thread 0: thread 1 has nothing to drain and finishes first */
+	uint64_t u = 22001;
+	while (home_of(u, 2) != 0)
+		u++;
+	struct tc_conn c;
+	open_login(&c, u);
+	cr_assert_eq(tc_server_signal(&G.srv, SIGTERM), 0);
+	char m[600];
+	while (recv(fd, m, sizeof m, MSG_DONTWAIT) > 0)
+		;
+	int wd = 0;
+	for (int64_t t0 = tc_now_ms(); tc_now_ms() - t0 < 2500;)
+		if (recv_dgram(fd, m, sizeof m, 200))
+			wd += strcmp(m, "WATCHDOG=1") == 0;
+	cr_assert_geq(wd, 3, "%d WATCHDOG=1 in 2.5 s of a drain", wd);
+	static char buf[16384];
+	tc_server_log_tail(&G.srv, buf, sizeof buf);
+	cr_assert_null(strstr(buf, "withheld"), "a finished thread was taken for a wedged one:\n%s", buf);
+	tc_close(&c);
+	close(fd);
+}
+
 /* SIGHUP used to end the gateway (exit 129: every connection dropped, a
  * reconnect storm on each logrotate). Now it reloads: messages keep flowing
  * through five reloads with no connection lost, the new rate limit is in
