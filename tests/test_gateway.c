@@ -1963,6 +1963,21 @@ static int pongs_until_rate_limited(struct tc_conn *c)
 	return pongs;
 }
 
+/* A datagram socket in the abstract namespace for NOTIFY_SOCKET; its name
+ * ("@gwtest-TAG-PID") in name. */
+static int notify_socket(const char *tag, char *name, size_t cap)
+{
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(name, cap, "@gwtest-%s-%d", tag, (int)getpid());
+	memcpy(sa.sun_path, name, strlen(name));
+	sa.sun_path[0] = 0;
+	cr_assert_eq(bind(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name))), 0,
+		     "bind: %s", strerror(errno));
+	return fd;
+}
+
 /* Receive one datagram from fd within ms into buf (NUL-terminated); 0 on timeout. */
 static int recv_dgram(int fd, char *buf, size_t cap, int ms)
 {
@@ -1980,15 +1995,8 @@ static int recv_dgram(int fd, char *buf, size_t cap, int ms)
  * hook: thread 1 stops at 3 s), STOPPING=1 on SIGTERM. */
 Test(gateway, systemd_ready_watchdog_and_stopping, .timeout = 60)
 {
-	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	cr_assert_geq(fd, 0);
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	char name[64];
-	snprintf(name, sizeof name, "@gwtest-notify-%d", (int)getpid());
-	memcpy(sa.sun_path, name, strlen(name));
-	sa.sun_path[0] = 0;
-	cr_assert_eq(bind(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name))), 0,
-		     "bind: %s", strerror(errno));
+	int fd = notify_socket("notify", name, sizeof name);
 	setenv("NOTIFY_SOCKET", name, 1);
 	setenv("WATCHDOG_USEC", "600000", 1);
 	gw_start("--inject-stall", "1:3s", NULL);
@@ -2036,14 +2044,8 @@ Test(gateway, systemd_ready_watchdog_and_stopping, .timeout = 60)
  * drain longer than WatchdogSec would have been killed). */
 Test(gateway, systemd_watchdog_goes_on_through_a_drain, .timeout = 60)
 {
-	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	cr_assert_geq(fd, 0);
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	char name[64];
-	snprintf(name, sizeof name, "@gwtest-drain-%d", (int)getpid());
-	memcpy(sa.sun_path, name, strlen(name));
-	sa.sun_path[0] = 0;
-	cr_assert_eq(bind(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name))), 0);
+	int fd = notify_socket("drain", name, sizeof name);
 	setenv("NOTIFY_SOCKET", name, 1);
 	setenv("WATCHDOG_USEC", "600000", 1);
 	gw_start("--threads", "2", "--drain-timeout", "4s", NULL);
