@@ -107,7 +107,7 @@ int be_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, con
 	struct metric_desc d[NTABLE];
 	for (size_t i = 0; i < NTABLE; i++) {
 		d[i] = table[i].d;
-		vals[i] = (double)__atomic_load_n((const uint64_t *)((const char *)&b->cnt + table[i].off), __ATOMIC_RELAXED);
+		vals[i] = (double)cnt_load(&b->cnt, table[i].off);
 	}
 	static const struct metric_desc extra[MP_N] = METRICS_PROCESS_ROWS("backend");
 	struct metrics_lat lat = {0};

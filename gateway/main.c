@@ -165,11 +165,6 @@ struct notify_state {
 };
 _Static_assert(GW_MAX_THREADS <= SDN_MAX_LOOPS, "the watchdog watches every worker");
 
-static uint64_t cnt_load(const struct worker *w, size_t off)
-{
-	return __atomic_load_n((const uint64_t *)((const char *)&w->cnt + off), __ATOMIC_RELAXED);
-}
-
 static void notify_tick(struct gw *gw, struct sdnotify *n, struct notify_state *s, unsigned joined, int stopping)
 {
 	if (n->fd < 0)
@@ -177,9 +172,9 @@ static void notify_tick(struct gw *gw, struct sdnotify *n, struct notify_state *
 	uint64_t now = clock_mono_ns() / 1000000;
 	uint64_t conns = 0, logged = 0, up = 0, want = (uint64_t)gw->nthreads * gw->cluster.n;
 	for (unsigned t = 0; t < gw->nthreads; t++) {
-		conns += cnt_load(&gw->w[t], offsetof(struct gw_counters, conns));
-		logged += cnt_load(&gw->w[t], offsetof(struct gw_counters, logged_in));
-		up += cnt_load(&gw->w[t], offsetof(struct gw_counters, link.up));
+		conns += cnt_load(&gw->w[t].cnt, offsetof(struct gw_counters, conns));
+		logged += cnt_load(&gw->w[t].cnt, offsetof(struct gw_counters, logged_in));
+		up += cnt_load(&gw->w[t].cnt, offsetof(struct gw_counters, link.up));
 	}
 	if (!s->ready && (up >= want || now >= s->ready_by_ms)) {
 		s->ready = 1;
@@ -199,7 +194,7 @@ static void notify_tick(struct gw *gw, struct sdnotify *n, struct notify_state *
 	uint64_t loops[GW_MAX_THREADS], period;
 	uint8_t done[GW_MAX_THREADS];
 	for (unsigned t = 0; t < gw->nthreads; t++) {
-		loops[t] = cnt_load(&gw->w[t], offsetof(struct gw_counters, loops));
+		loops[t] = cnt_load(&gw->w[t].cnt, offsetof(struct gw_counters, loops));
 		done[t] = t < joined || __atomic_load_n(&gw->w[t].finished, __ATOMIC_ACQUIRE);
 	}
 	/* a loop turns at least once a tick */

@@ -143,10 +143,6 @@ static const struct metric_desc extra[X_N] = {
 };
 static const struct metric_desc proc[MP_N] = METRICS_PROCESS_ROWS("gateway");
 
-static uint64_t load(const struct gw_counters *c, size_t off)
-{
-	return __atomic_load_n((const uint64_t *)((const char *)c + off), __ATOMIC_RELAXED);
-}
 
 
 static void allocator(double *allocated, double *resident)
@@ -193,7 +189,7 @@ int gw_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, con
 	for (size_t i = 0; i < NTABLE; i++) {
 		uint64_t s = 0, mx = 0;
 		for (unsigned t = 0; t < gw->nthreads; t++) {
-			uint64_t v = load(&gw->w[t].cnt, table[i].off);
+			uint64_t v = cnt_load(&gw->w[t].cnt, table[i].off);
 			s += v;
 			if (v > mx)
 				mx = v;
@@ -246,7 +242,7 @@ int gw_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, con
 			snprintf(labels[t], sizeof labels[t], "thread=\"%u\"", t);
 			td[t] = (struct metric_desc){"gateway_thread_connections", labels[t], "thread_conns", METRIC_GAUGE,
 						     "Connections held by one worker thread", 0};
-			tv[t] = (double)load(&gw->w[t].cnt, offsetof(struct gw_counters, conns));
+			tv[t] = (double)cnt_load(&gw->w[t].cnt, offsetof(struct gw_counters, conns));
 		}
 		metrics_prom(body, td, gw->nthreads, tv);
 		return 200;
@@ -264,11 +260,11 @@ int gw_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, con
 	for (unsigned t = 0; t < gw->nthreads; t++) {
 		const struct gw_counters *c = &gw->w[t].cnt;
 		mbuf_printf(body, "%s{\"conns\":%llu,\"logged_in\":%llu,\"queue_bytes\":%llu,\"loops\":%llu,\"cqes\":%llu}",
-			    t ? "," : "", (unsigned long long)load(c, offsetof(struct gw_counters, conns)),
-			    (unsigned long long)load(c, offsetof(struct gw_counters, logged_in)),
-			    (unsigned long long)load(c, offsetof(struct gw_counters, queue_bytes)),
-			    (unsigned long long)load(c, offsetof(struct gw_counters, loops)),
-			    (unsigned long long)load(c, offsetof(struct gw_counters, cqes)));
+			    t ? "," : "", (unsigned long long)cnt_load(c, offsetof(struct gw_counters, conns)),
+			    (unsigned long long)cnt_load(c, offsetof(struct gw_counters, logged_in)),
+			    (unsigned long long)cnt_load(c, offsetof(struct gw_counters, queue_bytes)),
+			    (unsigned long long)cnt_load(c, offsetof(struct gw_counters, loops)),
+			    (unsigned long long)cnt_load(c, offsetof(struct gw_counters, cqes)));
 	}
 	mbuf_printf(body, "],\"links\":[");
 	static const struct metric_desc link_rows[] = {
@@ -292,8 +288,7 @@ int gw_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, con
 #undef LP
 			double lv[NLINK];
 			for (size_t k = 0; k < NLINK; k++)
-				lv[k] = (double)__atomic_load_n((const uint64_t *)((const char *)&p->st + link_off[k]),
-								__ATOMIC_RELAXED);
+				lv[k] = (double)cnt_load(&p->st, link_off[k]);
 			metrics_json_fields(body, link_rows, NLINK, lv);
 			mbuf_put(body, "}", 1);
 		}

@@ -89,31 +89,20 @@ static long parse_v2(const uint8_t *buf, size_t len, struct proxy_hdr *h)
 		h->local = 1;
 		return (long)total;
 	}
-	switch (fp) {
-	case 0x11: /* TCP over IPv4 */
-		if (body < 12)
-			return PROXY_BAD;
-		h->family = AF_INET;
-		memcpy(h->src, a, 4);
-		memcpy(h->dst, a + 4, 4);
-		h->sport = (uint16_t)((a[8] << 8) | a[9]);
-		h->dport = (uint16_t)((a[10] << 8) | a[11]);
-		break;
-	case 0x21: /* TCP over IPv6 */
-		if (body < 36)
-			return PROXY_BAD;
-		h->family = AF_INET6;
-		memcpy(h->src, a, 16);
-		memcpy(h->dst, a + 16, 16);
-		h->sport = (uint16_t)((a[32] << 8) | a[33]);
-		h->dport = (uint16_t)((a[34] << 8) | a[35]);
-		break;
-	case 0x00: /* unspecified: no address (the spec: accept, use the real one) */
+	if (fp == 0x00) { /* unspecified: no address (the spec: accept, use the real one) */
 		h->local = 1;
-		break;
-	default:
-		return PROXY_BAD; /* UDP or unix sockets have no business on a chat listener */
+		return (long)total;
 	}
+	/* TCP over IPv4 or IPv6: source, destination, then the two ports; UDP or
+	 * unix sockets have no business on a chat listener */
+	size_t al = fp == 0x11 ? 4 : fp == 0x21 ? 16 : 0;
+	if (!al || body < 2 * al + 4)
+		return PROXY_BAD;
+	h->family = al == 4 ? AF_INET : AF_INET6;
+	memcpy(h->src, a, al);
+	memcpy(h->dst, a + al, al);
+	h->sport = (uint16_t)((a[2 * al] << 8) | a[2 * al + 1]);
+	h->dport = (uint16_t)((a[2 * al + 2] << 8) | a[2 * al + 3]);
 	return (long)total; /* TLVs after the addresses are skipped */
 }
 

@@ -10,9 +10,19 @@
  *
  *   CNT_ADD(owner, field, n)   owner->cnt.field += n
  *   CNT_SET(owner, field, v)   owner->cnt.field = v
+ *   cnt_load(base, off)        a reader's load of the uint64_t at base + off
+ *                              (tables of offsetof() rows, the stats thread)
  */
 #ifndef RUNTIME_COUNTER_H
 #define RUNTIME_COUNTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+static inline uint64_t cnt_load(const void *base, size_t off)
+{
+	return __atomic_load_n((const uint64_t *)((const char *)base + off), __ATOMIC_RELAXED);
+}
 
 #define CNT_ADD(o, field, n) __atomic_store_n(&(o)->cnt.field, (o)->cnt.field + (n), __ATOMIC_RELAXED)
 #define CNT_SET(o, field, v) __atomic_store_n(&(o)->cnt.field, (v), __ATOMIC_RELAXED)
