@@ -120,8 +120,14 @@ struct be {
 
 enum be_ud { BU_ACCEPT = 1, BU_LINK, BU_CTRL };
 /* Control messages from the main thread (MSG_RING, BU_CTRL): RELOAD
- * carries a malloc'd struct be_config the node thread takes and frees. */
+ * carries a malloc'd struct be_reload the node thread takes and frees. */
 enum be_ctrl { BE_CTRL_DRAIN = 1, BE_CTRL_STOP = 2, BE_CTRL_RELOAD = 3 };
+
+/* BE_CTRL_RELOAD's pointer: the whole new configuration and cluster keys. */
+struct be_reload {
+	struct be_config cfg;
+	struct peerauth_keys keys;
+};
 
 struct mbuf;
 

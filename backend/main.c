@@ -57,7 +57,7 @@ static size_t be_options(struct be_config *cfg, struct opt *out)
 		{"cluster", OPT_STR, &cfg->cluster_file, NULL, 0, 0, "cluster file (required)", 0},
 		{"cluster-secret-file", OPT_STR, &cfg->cluster_secret_file, NULL, 0, 0,
 		 "secret(s) the dist links authenticate with, one per line: the first signs, a second is also "
-		 "accepted (for rotation); required", 0},
+		 "accepted (for rotation); required; the path is fixed, SIGHUP reads the file again", 0},
 		{"data-dir", OPT_STR, &cfg->data_dir, NULL, 0, 0, "directory of the durable store (required; created if missing)", 0},
 		{"stats-listen", OPT_STR, &cfg->stats_listen, "127.0.0.1:9101", 0, 0,
 		 "HTTP stats endpoint (/metrics, /stats, /healthz); \"off\" to disable", 0},
@@ -98,8 +98,9 @@ static size_t be_options(struct be_config *cfg, struct opt *out)
 /* SIGHUP: parse the command line and --config again; the reloadable options
  * (OPT_RELOAD) go to the node thread, which takes the whole new config at
  * its next iteration; what needs a restart is said and left. *cur is the
- * configuration the node thread runs with (the main thread's own copy). */
-static void reload(struct be *b, struct be_config *cur, int argc, char **argv)
+ * configuration the node thread runs with (the main thread's own copy), and
+ * *keys its cluster secrets (the same). */
+static void reload(struct be *b, struct be_config *cur, struct peerauth_keys *keys, int argc, char **argv)
 {
 	struct be_config nc, next = *cur;
 	struct opt a[BE_OPTS_MAX], o[BE_OPTS_MAX], c[BE_OPTS_MAX];
@@ -117,17 +118,28 @@ static void reload(struct be *b, struct be_config *cur, int argc, char **argv)
 		log_error("SIGHUP: configuration refused, the running one stays: --log-level '%s'", nc.log_level);
 		return;
 	}
-	unsigned changed = opts_reload(a, o, c, n);
-	if (!changed) {
-		log_info("SIGHUP: nothing to change");
-		return;
-	}
-	struct be_config *msg = aligned_alloc(64, (sizeof *msg + 63) & ~(size_t)63);
+	struct be_reload *msg = aligned_alloc(64, (sizeof *msg + 63) & ~(size_t)63);
 	if (!msg) {
 		log_error("SIGHUP: out of memory; the running configuration stays");
 		return;
 	}
-	*msg = next;
+	/* the cluster secret file (its path is fixed) is read again */
+	if (peerauth_load(&msg->keys, cur->cluster_secret_file, err, sizeof err) != 0) {
+		log_error("SIGHUP: configuration refused, the running one stays: --cluster-secret-file: %s", err);
+		free(msg);
+		return;
+	}
+	unsigned changed = opts_reload(a, o, c, n);
+	if (peerauth_reloaded(keys, &msg->keys)) {
+		*keys = msg->keys;
+		changed++;
+	}
+	if (!changed) {
+		log_info("SIGHUP: nothing to change");
+		free(msg);
+		return;
+	}
+	msg->cfg = next;
 	log_set_level((enum log_level)lvl);
 	ctrl(b, BE_CTRL_RELOAD, msg);
 	*cur = next;
@@ -245,6 +257,7 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGHUP);
 	sigaddset(&sigs, SIGUSR1);
 	struct be_config cur = b.cfg; /* the main thread's copy: b.cfg is the node thread's from here on */
+	struct peerauth_keys cur_keys = b.keys; /* ...and of b.keys */
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	pthread_barrier_init(&b.start, NULL, 2);
 	if (pthread_create(&b.thread, NULL, be_main, &b) != 0) {
@@ -289,7 +302,7 @@ int main(int argc, char **argv)
 		struct timespec ts = {0, 100 * 1000 * 1000};
 		int sig = sigtimedwait(&sigs, NULL, &ts);
 		if (sig == SIGHUP && !signals) {
-			reload(&b, &cur, argc, argv);
+			reload(&b, &cur, &cur_keys, argc, argv);
 		} else if (sig == SIGHUP) {
 			log_info("SIGHUP while stopping: ignored");
 		} else if (sig == SIGUSR1) {

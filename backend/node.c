@@ -1060,8 +1060,9 @@ static void dispatch(void *arg, const struct io_uring_cqe *cqe)
 	}
 	case BU_CTRL:
 		if (cqe->res == BE_CTRL_RELOAD) {
-			struct be_config *nc = ud_pointer(cqe->user_data);
-			b->cfg = *nc; /* only the node thread reads b->cfg once it runs */
+			struct be_reload *nc = ud_pointer(cqe->user_data);
+			b->cfg = nc->cfg; /* only the node thread reads b->cfg and b->keys once it runs */
+			b->keys = nc->keys; /* links up stay up; the next handshakes use these */
 			free(nc);
 		} else if (cqe->res == BE_CTRL_DRAIN) {
 			b->draining = 1;

@@ -75,6 +75,14 @@ static void check_gauges(void)
 	}
 	CHECK(live == w->live);
 	CHECK(closing == w->closing);
+	/* every counted connection is in the per-source table once: a row's
+	 * counters add up to them exactly */
+	uint64_t counted = 0, row = 0;
+	for (uint32_t s = 0; s < w->slots; s++)
+		counted += w->conns[s].state != CS_FREE && (w->conns[s].flags & CF_SRC) && w->peers[s].fam;
+	for (uint32_t i = 0; i <= gw.srclim.mask; i++)
+		row += gw.srclim.conns[i];
+	CHECK(row == counted);
 	CHECK(partial == w->cnt.partial_bufs);
 	CHECK(queued == w->cnt.queue_bytes);
 	CHECK(logged == w->cnt.logged_in);
@@ -105,6 +113,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	cfg->link_batch = 16 << 10;
 	cfg->link_sockbuf = 0;
 	cfg->store_timeout_ms = 10000;
+	cfg->src_max_conns = 1;
+	CHECK(srclim_init(&gw.srclim, SLOTS) == 0);
 	uint8_t key[32];
 	memset(key, 7, sizeof key);
 	static struct gw_live live;
@@ -124,7 +134,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	unlink(cluster_path);
 	uint8_t ck[40];
 	memset(ck, 9, sizeof ck);
-	CHECK(peerauth_add(&gw.cluster_keys, ck, sizeof ck) == 0);
+	CHECK(peerauth_add(&live.cluster, ck, sizeof ck) == 0);
 	gw.nthreads = 1;
 	gw.stall_thread = -1;
 	gw.slots = SLOTS;
@@ -168,9 +178,12 @@ static void open_conn(int k)
 	fcntl(sv[0], F_SETFL, O_NONBLOCK);
 	peer[k] = sv[0];
 	slot_of[k] = s;
-	worker_adopt(w, s);
-	if ((k & 1) && w->conns[s].state == CS_NEW)
-		w->conns[s].flags |= CF_PROXY; /* odd clients come through a ",proxy" listener */
+	/* five sources (clients 0 and 5 share one, --max-conns-per-source 1):
+	 * the limit is met; odd clients come through a ",proxy" listener */
+	struct src from = {0};
+	uint8_t ip[4] = {192, 0, 2, (uint8_t)(k % 5)};
+	src_set(&from, AF_INET, ip, (uint16_t)(1000 + k));
+	worker_adopt(w, s, &from, k & 1);
 }
 
 static void close_peer(int k)

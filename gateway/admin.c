@@ -31,6 +31,7 @@ void gw_admin_handle(struct worker *w, struct gw_admin *a)
 		a->queue_bytes = conn_queued(c);
 		a->rcpt_owed = c->rcpt_owed;
 		a->idle_ms = (uint64_t)(w->tick - c->last_rx) * GW_TICK_MS;
+		a->peer = w->peers[slot];
 		if (a->op == GW_ADMIN_KICK) {
 			log_info("admin: user %llu kicked (thread %u, slot %u)", (unsigned long long)a->user, w->id, slot);
 			conn_kick(w, slot, PROTO_KICK_ADMIN);
@@ -99,10 +100,17 @@ static int user_op(struct gw *gw, const struct httpd_req *r, struct mbuf *body, 
 		mbuf_printf(body, "{\"user\":%llu,\"online\":false}\n", user);
 		status = 404;
 	} else {
+		char remote[80], since[32];
+		struct tm tm;
+		time_t t = (time_t)a->peer.since;
+		if (!gmtime_r(&t, &tm) || !strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%SZ", &tm))
+			snprintf(since, sizeof since, "unknown");
 		mbuf_printf(body,
 			    "{\"user\":%llu,\"online\":true,\"thread\":%u,\"slot\":%u,\"generation\":%u,\"protocol\":%u,"
+			    "\"remote\":\"%s\",\"connected_since\":\"%s\",\"connected_s\":%lld,"
 			    "\"queue_bytes\":%llu,\"receipts_owed\":%llu,\"idle_ms\":%llu%s}\n",
-			    user, gw_home(gw, user), a->slot, a->gen, a->version, (unsigned long long)a->queue_bytes,
+			    user, gw_home(gw, user), a->slot, a->gen, a->version, src_str(&a->peer, remote, sizeof remote),
+			    since, (long long)(time(NULL) - t), (unsigned long long)a->queue_bytes,
 			    (unsigned long long)a->rcpt_owed, (unsigned long long)a->idle_ms,
 			    op == GW_ADMIN_KICK ? ",\"kicked\":true" : "");
 	}

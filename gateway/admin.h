@@ -3,8 +3,9 @@
  * the management network may scrape, not kick):
  *
  *   GET  /admin/user?id=N      where user N is: thread, slot, protocol
- *                              version, output queued, receipts owed, idle
- *                              time; 404 when not logged in here
+ *                              version, remote address, connected since,
+ *                              output queued, receipts owed, idle time;
+ *                              404 when not logged in here
  *   POST /admin/kick?id=N      close user N's session (KICKED, reason admin)
  *   POST /admin/lameduck       as SIGUSR2: stop accepting, GOAWAY, serve who stays
  *   POST /admin/drain          as SIGTERM: drain and exit
@@ -23,6 +24,7 @@
 #include <stdint.h>
 
 #include "runtime/mbuf.h"
+#include "runtime/srclimit.h"
 
 #define GW_ADMIN_WAIT_MS 1000
 
@@ -40,6 +42,7 @@ struct gw_admin {
 	uint32_t slot, gen;
 	uint8_t version;
 	uint64_t queue_bytes, rcpt_owed, idle_ms;
+	struct src peer; /* remote address, connected since */
 	int done; /* release-stored by the worker */
 	int refs; /* the asker and the worker: the last to let go frees it */
 } __attribute__((aligned(16)));

@@ -249,7 +249,7 @@ int gw_dist_setup(struct worker *w, char *err, size_t errlen)
 			return -1;
 		}
 		struct link *l = &w->links[i];
-		link_init(l, (unsigned)i, UD_LINK, &ops, w, &w->gw->cluster_keys, DIST_ROLE_GATEWAY, (uint32_t)cfg->node,
+		link_init(l, (unsigned)i, UD_LINK, &ops, w, &w->settings->cluster, DIST_ROLE_GATEWAY, (uint32_t)cfg->node,
 			  w->id, w->gw->nthreads, (size_t)cfg->link_batch, (size_t)cfg->link_queue, (int)cfg->link_sockbuf);
 		l->expect_role = DIST_ROLE_BACKEND;
 		link_connect(l, &w->ring, &cl->nodes[i].addr, w->now_ns);
@@ -271,6 +271,12 @@ void gw_dist_teardown(struct worker *w)
 	free(w->pub);
 	free(w->resync);
 	w->links = NULL;
+}
+
+void gw_dist_rekey(struct worker *w)
+{
+	for (size_t i = 0; w->links && i < w->gw->cluster.n; i++)
+		w->links[i].keys = &w->settings->cluster;
 }
 
 void gw_dist_complete(struct worker *w, const struct io_uring_cqe *cqe)

@@ -35,6 +35,7 @@
 
 #include <assert.h>
 #include <liburing.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdint.h>
 
@@ -48,6 +49,7 @@
 #include "runtime/msgid.h"
 #include "runtime/opts.h"
 #include "runtime/peerauth.h"
+#include "runtime/srclimit.h"
 #include "runtime/token.h"
 #include "runtime/u64map.h"
 #include "runtime/uring.h"
@@ -59,6 +61,12 @@
 #define GW_SLOT_RESERVE 64u      /* table slots kept free to answer "server full" */
 #define GW_MAX_THREADS 256u      /* msgid thread field */
 #define GW_BATCH_MAX 4096u       /* completions handled per iteration before flushing */
+/* Accepts armed per listener per thread. Each is a single-shot accept with
+ * its own address buffer (a multishot accept gives no peer address, and the
+ * kernel has no io_uring getpeername): connections taken per listener per
+ * loop iteration, at most. */
+#define GW_ACCEPTS 64u
+_Static_assert(GW_ACCEPTS <= 64, "a listener's armed accepts are bits of a uint64_t");
 #define GW_LINGER_TICKS 20u      /* after a fatal error frame: read and drop for 2 s, then close */
 #define GW_LINGER_BYTES (64u << 10) /* ...but at most this much: a peer that sends more is cut at once */
 /* Per link: the bound of the state lane (session announcements), apart
@@ -93,6 +101,7 @@ struct gw_config {
 	const char *inject_stall; /* tests: "THREAD:DURATION", that worker stops turning its loop then */
 	const char *cluster_secret_file;
 	int64_t link_queue, link_batch, link_sockbuf, store_timeout_ms;
+	int64_t src_max_conns, src_accept_rate; /* per source address (runtime/srclimit.h), 0 = no limit */
 };
 
 /* ---- counters: per thread, written by the owner only ---------------------- */
@@ -109,6 +118,7 @@ enum gw_close_reason {
 	CLOSE_STALL,
 	CLOSE_SHUTDOWN,
 	CLOSE_FULL,
+	CLOSE_SOURCE,        /* over a per-source limit */
 	CLOSE_REASONS
 };
 
@@ -126,6 +136,7 @@ struct gw_counters {
 	uint64_t loops, cqes, sends;
 	uint64_t routed_remote, stored_acks, store_refused, store_timeouts, link_try_again, sessions_out, answers_lost;
 	uint64_t resyncs, session_announce_deferred;
+	uint64_t src_too_many, src_too_fast; /* connections refused by the per-source limits */
 	/* gauges */
 	uint64_t conns, logged_in, queue_bytes, queue_max, wheel_size, dir_size, partial_bufs;
 	uint64_t pending_stores;
@@ -154,6 +165,12 @@ struct obuf {
 };
 
 
+/* An armed accept's peer address. */
+struct gw_accept {
+	struct sockaddr_in6 sa; /* large enough for either family */
+	socklen_t len;
+};
+
 /* A login moving to the user's home thread with the socket. */
 struct handoff {
 	uint64_t user, resume;
@@ -161,6 +178,8 @@ struct handoff {
 	uint32_t rl_bytes; /* the rate limit window moves along */
 	uint16_t rl_frames, rl_window;
 	uint8_t version;
+	uint8_t src_counted; /* the source count (srclimit) moves with the socket */
+	struct src src;
 	uint8_t data[];
 } __attribute__((aligned(16)));
 
@@ -180,6 +199,7 @@ enum conn_state { CS_FREE = 0, CS_NEW, CS_HANDOFF, CS_LIVE, CS_CLOSING };
 #define CF_SHUT_DONE 0x0400u /* shutdown(WR) done */
 #define CF_V2 0x0800u        /* LIVE: speaks protocol 2 (DELIVER with cmid, acks stored receipts) */
 #define CF_PROXY 0x1000u     /* NEW, from a ",proxy" listener: the PROXY header is still to come */
+#define CF_SRC 0x2000u       /* counted in the per-source table (gw.srclim): released when it ends */
 
 /* One connection; the index in the array is its fixed-file slot. All zeros
  * is a free slot. 64 bytes: a million of them is 64 MB. */
@@ -270,8 +290,10 @@ struct worker {
 	uint32_t live;     /* slots in use */
 	uint32_t closing;  /* ...of which closing (they do not count against capacity) */
 	uint32_t input_slot; /* connection whose input session_input is handling (UINT32_MAX: none) */
+	struct src *peers; /* per slot: where the connection comes from, since when */
 	int *lfd;          /* listener fds, one per --listen */
-	uint8_t *lactive;  /* multishot accept armed per listener */
+	uint64_t *larmed;  /* per listener: which of its GW_ACCEPTS accepts are armed (bit k) */
+	struct gw_accept *acc; /* GW_ACCEPTS per listener: each armed accept's peer address */
 	struct u64map dir; /* user -> connref_make(slot, gen), for users whose home is here */
 	struct wheel wheel;
 	uint32_t *flush;   /* slots with output to send this iteration */
@@ -302,6 +324,7 @@ struct worker {
 struct gw_live {
 	struct gw_config cfg;
 	struct token_keys keys; /* current auth secret, and the previous one during a rotation */
+	struct peerauth_keys cluster; /* the cluster secret(s) (--cluster-secret-file): links authenticate with them */
 	unsigned refs;          /* workers holding it */
 };
 
@@ -321,7 +344,7 @@ struct gw {
 	int start_failed;
 	uint64_t started_wall_ms;
 	struct cluster cluster; /* n == 0: no backends */
-	struct peerauth_keys cluster_keys;
+	struct srclim srclim; /* connections and accept rate per source address, all threads */
 };
 
 /* ---- worker.c ------------------------------------------------------------ */
@@ -344,7 +367,6 @@ void worker_after_wait(struct worker *w);
 
 /* A new socket in the ring's fixed-file table at `slot` (what an accept
  * completion brings): a connection waiting for its LOGIN. */
-void worker_adopt(struct worker *w, uint32_t slot);
 
 /* Commands from the main thread (MSG_RING res). */
 enum gw_ctrl {
@@ -393,6 +415,17 @@ static inline void conn_close(struct worker *w, uint32_t slot, enum gw_close_rea
 
 /* conn_end with ERROR code (a fatal one) and text as the last frame. */
 void conn_fail(struct worker *w, uint32_t slot, unsigned code, enum gw_close_reason why, const char *text);
+
+/* A new socket in the fixed-file slot (accepted; fuzzers add their own),
+ * from peer; proxy: it came through a ",proxy" listener (its PROXY header
+ * names the source, and the limits are applied when it has come). */
+void worker_adopt(struct worker *w, uint32_t slot, const struct src *peer, int proxy);
+
+/* Apply the per-source limits (--max-conns-per-source,
+ * --accept-rate-per-source) to a new connection whose peer (w->peers[slot])
+ * is known: admitted (counted, CF_SRC), 0; or refused with ERROR
+ * source_limit and closed, -1. */
+int conn_admit_source(struct worker *w, uint32_t slot);
 
 /* The LOGIN_RESULT this gateway answers with (status, agreed version). */
 struct proto_frame conn_login_result(const struct worker *w, unsigned status, uint8_t version);
@@ -448,6 +481,9 @@ void session_gone(struct worker *w, uint32_t slot);
 /* ---- dist.c: the links to the backends ------------------------------------ */
 int gw_dist_setup(struct worker *w, char *err, size_t errlen);
 void gw_dist_teardown(struct worker *w);
+/* A reload (take_live): the links authenticate with w->settings' cluster
+ * keys from their next handshake on; links up stay up. */
+void gw_dist_rekey(struct worker *w);
 void gw_dist_complete(struct worker *w, const struct io_uring_cqe *cqe);
 void gw_dist_tick(struct worker *w);  /* every iteration */
 void gw_dist_flush(struct worker *w); /* end of iteration */

@@ -118,9 +118,15 @@ static void reload(struct gw *gw, struct io_uring *ctl, unsigned from, int argc,
 		log_error("SIGHUP: configuration refused, the running one stays: %s", err);
 		goto out;
 	}
+	if (gw->cluster.n && peerauth_load(&nl->cluster, (*cur)->cfg.cluster_secret_file, err, sizeof err) != 0) {
+		log_error("SIGHUP: configuration refused, the running one stays: --cluster-secret-file: %s", err);
+		goto out;
+	}
 	nl->cfg = (*cur)->cfg;
 	gw_options(&nl->cfg, c);
 	unsigned changed = opts_reload(a, b, c, n);
+	if (gw->cluster.n && peerauth_reloaded(&(*cur)->cluster, &nl->cluster))
+		changed++;
 	const struct token_keys *ok = &(*cur)->keys;
 	int keys_changed = ok->n != nl->keys.n;
 	for (unsigned i = 0; !keys_changed && i < ok->n; i++)
@@ -242,6 +248,13 @@ static size_t gw_options(struct gw_config *cfg, struct opt *out)
 		{"rate-bytes", OPT_SIZE, &cfg->rate_bytes, "4m", 0, 1ll << 40,
 		 "bytes per second per connection before it is cut off (0 = no limit)", OPT_RELOAD},
 		{"max-body", OPT_INT, &cfg->max_body, "16384", 1, PROTO_MAX_BODY, "largest message body accepted", OPT_RELOAD},
+		{"max-conns-per-source", OPT_INT, &cfg->src_max_conns, "0", 0, 100000000,
+		 "connections one source address (an IPv4 address, an IPv6 /64; behind a ,proxy listener the "
+		 "header's) may hold; more get ERROR source_limit (0 = no limit)",
+		 OPT_RELOAD},
+		{"accept-rate-per-source", OPT_INT, &cfg->src_accept_rate, "0", 0, 100000000,
+		 "new connections a second from one source address; more get ERROR source_limit (0 = no limit)",
+		 OPT_RELOAD},
 		{"recv-buffer", OPT_SIZE, &cfg->recv_buf, "4k", 256, 1 << 20, "bytes per provided receive buffer", 0},
 		{"recv-pool", OPT_SIZE, &cfg->recv_pool, "32m", 64 << 10, 1ll << 34,
 		 "bytes of receive buffers for all threads together (idle connections hold none)", 0},
@@ -258,7 +271,7 @@ static size_t gw_options(struct gw_config *cfg, struct opt *out)
 		 "included); without it messages for users not connected here get ERROR no_route", 0},
 		{"cluster-secret-file", OPT_STR, &cfg->cluster_secret_file, NULL, 0, 0,
 		 "secret(s) the dist links authenticate with, one per line (the first signs; a second is also "
-		 "accepted, for rotation); required with --cluster", 0},
+		 "accepted, for rotation); required with --cluster; the path is fixed, SIGHUP reads the file again", 0},
 		{"link-queue", OPT_SIZE, &cfg->link_queue, "16m", 64 << 10, 1ll << 34,
 		 "bytes queued per backend link (per thread) before senders get ERROR try_again", 0},
 		{"link-batch", OPT_SIZE, &cfg->link_batch, "256k", 0, DIST_MAX_FRAME - 64,
@@ -354,7 +367,7 @@ int main(int argc, char **argv)
 				"tools/mint-token --new-secret FILE makes one)\n");
 		return 2;
 	}
-	if (cfg->cluster_file && peerauth_load(&gw.cluster_keys, cfg->cluster_secret_file, err, sizeof err) != 0) {
+	if (cfg->cluster_file && peerauth_load(&live->cluster, cfg->cluster_secret_file, err, sizeof err) != 0) {
 		fprintf(stderr, "gateway: --cluster-secret-file: %s\n", err);
 		return 2;
 	}
@@ -441,6 +454,10 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGUSR2);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* workers inherit it; main waits for them */
 
+	if (srclim_init(&gw.srclim, (uint64_t)gw.nthreads * gw.slots) != 0) {
+		log_error("per-source table: out of memory");
+		return 1;
+	}
 	pthread_barrier_init(&gw.start, NULL, gw.nthreads + 1);
 	for (unsigned i = 0; i < gw.nthreads; i++) {
 		gw.w[i].gw = &gw;

@@ -356,6 +356,8 @@ static void handoff(struct worker *w, uint32_t slot, const struct proto_frame *l
 	h->resume = login->login.resume;
 	h->version = proto_version_agree(login->login.version);
 	h->len = (uint32_t)n;
+	h->src = w->peers[slot];
+	h->src_counted = (c->flags & CF_SRC) != 0;
 	if (n)
 		memcpy(h->data, rest, n);
 	c->handoff = h;
@@ -569,6 +571,11 @@ static long proxy_input(struct worker *w, uint32_t slot, const uint8_t *p, size_
 		char s[64];
 		log_debug("slot %u: PROXY header: client %s", slot, proxy_src_str(&h, s, sizeof s));
 	}
+	/* the client is the header's source (a LOCAL header: the proxy's own
+	 * check, no client address, never limited) */
+	src_set(&w->peers[slot], h.local ? 0 : h.family, h.src, h.sport);
+	if (conn_admit_source(w, slot) != 0)
+		return -1;
 	return r - (long)had; /* what of this receive the header took */
 }
 

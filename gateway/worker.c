@@ -467,6 +467,8 @@ static void conn_free(struct worker *w, uint32_t slot)
 	uint32_t gen = connref_next_gen(c->gen);
 	if (c->state == CS_CLOSING)
 		w->closing--;
+	if (c->flags & CF_SRC)
+		srclim_release(&w->gw->srclim, &w->peers[slot]);
 	memset(c, 0, sizeof *c);
 	c->gen = gen;
 	w->live--;
@@ -503,19 +505,63 @@ static struct conn *conn_new(struct worker *w, uint32_t slot)
 	return c;
 }
 
-static void arm_accept(struct worker *w, unsigned li)
+static void conn_start(struct worker *w, uint32_t slot);
+
+/* Arm every accept of listener li that is not armed: single-shot accepts,
+ * each with its own peer address buffer (GW_ACCEPTS in gw.h). */
+static void arm_accepts(struct worker *w, unsigned li)
 {
-	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
-	io_uring_prep_multishot_accept_direct(sqe, w->lfd[li], NULL, NULL, 0);
-	sqe->user_data = ud_make(UD_ACCEPT, 0, li);
-	w->lactive[li] = 1;
+	uint64_t free_bits = ~w->larmed[li] & (GW_ACCEPTS == 64 ? ~0ull : (1ull << GW_ACCEPTS) - 1);
+	while (free_bits) {
+		unsigned k = (unsigned)__builtin_ctzll(free_bits);
+		free_bits &= free_bits - 1;
+		struct gw_accept *a = &w->acc[li * GW_ACCEPTS + k];
+		a->len = sizeof a->sa;
+		struct io_uring_sqe *sqe = ring_sqe(&w->ring);
+		io_uring_prep_accept(sqe, w->lfd[li], (struct sockaddr *)&a->sa, &a->len, 0);
+		/* the kernel picks a free direct slot (the raw field: liburing
+		 * 2.3's accept_direct helper adds 1 to the index it is given) */
+		sqe->file_index = IORING_FILE_INDEX_ALLOC;
+		sqe->user_data = ud_make(UD_ACCEPT, k, li);
+		w->larmed[li] |= 1ull << k;
+	}
+}
+
+/* The per-source limits (runtime/srclimit.h) for a new connection whose
+ * peer is known; refuses it (an ERROR, then a close) when over one.
+ * Returns 0 admitted, -1 refused. */
+int conn_admit_source(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	const struct gw_config *cfg = &w->settings->cfg;
+	enum src_verdict v = srclim_admit(&w->gw->srclim, &w->peers[slot], (uint32_t)(w->wall_ms / 1000),
+					  (uint32_t)cfg->src_max_conns, (uint32_t)cfg->src_accept_rate);
+	if (v == SRC_OK) {
+		c->flags |= CF_SRC;
+		return 0;
+	}
+	char s[64];
+	src_str(&w->peers[slot], s, sizeof s);
+	if (v == SRC_TOO_FAST) {
+		CNT_ADD(w, src_too_fast, 1);
+		log_rl(LOG_WARN, "%s: over --accept-rate-per-source (%lld new connections a second); refused", s,
+		       (long long)cfg->src_accept_rate);
+		conn_fail(w, slot, PROTO_E_SOURCE_LIMIT, CLOSE_SOURCE, "too many new connections from your address");
+	} else {
+		CNT_ADD(w, src_too_many, 1);
+		log_rl(LOG_WARN, "%s: over --max-conns-per-source (%lld connections); refused", s,
+		       (long long)cfg->src_max_conns);
+		conn_fail(w, slot, PROTO_E_SOURCE_LIMIT, CLOSE_SOURCE, "too many connections from your address");
+	}
+	return -1;
 }
 
 static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 {
-	unsigned li = ud_slot(cqe->user_data);
-	if (!(cqe->flags & IORING_CQE_F_MORE))
-		w->lactive[li] = 0; /* re-armed by the loop (after a tick if it failed) */
+	unsigned li = ud_slot(cqe->user_data), k = ud_gen(cqe->user_data);
+	if (li >= w->gw->nlisten || k >= GW_ACCEPTS)
+		return;
+	w->larmed[li] &= ~(1ull << k); /* re-armed by the loop (after a tick if it failed) */
 	if (cqe->res < 0) {
 		if (cqe->res == -ECANCELED)
 			return;
@@ -527,17 +573,30 @@ static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 			log_rl(LOG_WARN, "accept: %s", strerror(-cqe->res));
 		return;
 	}
-	uint32_t slot = (uint32_t)cqe->res;
-	worker_adopt(w, slot);
-	if (slot < w->slots && w->gw->listen_proxy && w->gw->listen_proxy[li] && conn_of(w, slot)->state == CS_NEW)
-		conn_of(w, slot)->flags |= CF_PROXY;
+	const struct gw_accept *a = &w->acc[li * GW_ACCEPTS + k];
+	struct src peer;
+	src_from_sockaddr(&peer, (const struct sockaddr *)&a->sa, a->len);
+	worker_adopt(w, (uint32_t)cqe->res, &peer, w->gw->listen_proxy && w->gw->listen_proxy[li]);
 }
 
-void worker_adopt(struct worker *w, uint32_t slot)
+void worker_adopt(struct worker *w, uint32_t slot, const struct src *peer, int proxy)
 {
 	if (slot >= w->slots || !conn_new(w, slot))
 		return;
 	CNT_ADD(w, accepted, 1);
+	w->peers[slot] = *peer;
+	w->peers[slot].since = (uint32_t)(w->wall_ms / 1000);
+	if (proxy)
+		conn_of(w, slot)->flags |= CF_PROXY; /* the source is the PROXY header's: admitted there */
+	else if (conn_admit_source(w, slot) != 0)
+		return;
+	conn_start(w, slot);
+}
+
+/* A new connection, its source admitted: refused when draining or full,
+ * else its first receive and its login deadline. */
+static void conn_start(struct worker *w, uint32_t slot)
+{
 	if (w->draining) {
 		/* no LOGIN came on it: an ERROR, not an answer to a LOGIN */
 		conn_fail(w, slot, PROTO_E_SHUTTING_DOWN, CLOSE_SHUTDOWN, "the server is shutting down");
@@ -582,16 +641,18 @@ static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
 static void on_handoff_in(struct worker *w, const struct io_uring_cqe *cqe)
 {
 	struct handoff *h = ud_pointer(cqe->user_data);
-	if (cqe->res < 0) {
-		log_rl(LOG_WARN, "a moved login arrived with error %s", strerror(-cqe->res));
-		free(h);
-		return;
-	}
 	uint32_t slot = (uint32_t)cqe->res;
-	if (slot >= w->slots || !conn_new(w, slot)) {
+	if (cqe->res < 0 || slot >= w->slots || !conn_new(w, slot)) {
+		if (cqe->res < 0)
+			log_rl(LOG_WARN, "a moved login arrived with error %s", strerror(-cqe->res));
+		if (h->src_counted)
+			srclim_release(&w->gw->srclim, &h->src);
 		free(h);
 		return;
 	}
+	w->peers[slot] = h->src;
+	if (h->src_counted)
+		conn_of(w, slot)->flags |= CF_SRC;
 	CNT_ADD(w, handoffs_in, 1);
 	session_handoff_in(w, slot, h);
 	free(h);
@@ -675,8 +736,14 @@ static void go_away(struct worker *w, int drain)
 	for (size_t i = 0; i < w->gw->nlisten; i++) {
 		if (w->lfd[i] < 0)
 			continue; /* closed by a lame duck before the drain */
-		if (w->lactive[i])
-			submit_cancel(w, ud_make(UD_ACCEPT, 0, (uint32_t)i));
+		if (w->larmed[i]) {
+			struct io_uring_sqe *sqe = ring_sqe(&w->ring);
+			io_uring_prep_cancel_fd(sqe, w->lfd[i], IORING_ASYNC_CANCEL_ALL);
+			sqe->user_data = ud_make(UD_CANCEL, 0, 0);
+			/* now: the kernel finds the accepts by the descriptor, which
+			 * is closed below */
+			io_uring_submit(&w->ring);
+		}
 		close(w->lfd[i]);
 		w->lfd[i] = -1;
 	}
@@ -789,10 +856,18 @@ int worker_setup(struct worker *w, char *err, size_t errlen)
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
+	w->peers = mmap(NULL, (size_t)w->slots * sizeof *w->peers, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (w->peers == MAP_FAILED) {
+		w->peers = NULL;
+		snprintf(err, errlen, "peer table: %s", strerror(errno));
+		return -1;
+	}
 	w->lfd = calloc(gw->nlisten, sizeof *w->lfd);
-	w->lactive = calloc(gw->nlisten, 1);
+	w->larmed = calloc(gw->nlisten, sizeof *w->larmed);
+	w->acc = calloc((size_t)gw->nlisten * GW_ACCEPTS, sizeof *w->acc);
 	w->xout = calloc(gw->nthreads, sizeof *w->xout);
-	if (!w->lfd || !w->lactive || !w->xout) {
+	if (!w->lfd || !w->larmed || !w->acc || !w->xout) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
@@ -827,11 +902,14 @@ void worker_teardown(struct worker *w)
 		}
 		munmap(w->conns, (size_t)w->slots * sizeof(struct conn));
 	}
+	if (w->peers)
+		munmap(w->peers, (size_t)w->slots * sizeof *w->peers);
 	gw_dist_teardown(w);
 	bufring_free(&w->ring, &w->br);
 	io_uring_queue_exit(&w->ring);
 	free(w->lfd);
-	free(w->lactive);
+	free(w->larmed);
+	free(w->acc);
 	free(w->xout);
 	free(w->flush);
 	free(w->rearm);
@@ -845,6 +923,7 @@ static void take_live(struct worker *w, struct gw_live *nl)
 {
 	struct gw_live *old = w->settings;
 	w->settings = nl;
+	gw_dist_rekey(w); /* the links point at the keys in it */
 	if (old && __atomic_sub_fetch(&old->refs, 1, __ATOMIC_ACQ_REL) == 0)
 		free(old);
 }
@@ -917,8 +996,8 @@ int worker_before_wait(struct worker *w)
 	if (w->draining)
 		return !(w->live == 0 || (w->hard_stop && w->tick >= w->hard_stop));
 	for (unsigned i = 0; i < w->gw->nlisten; i++)
-		if (!w->lactive[i] && w->lfd[i] >= 0)
-			arm_accept(w, i); /* a failed accept is re-armed here, a tick later at most */
+		if (w->lfd[i] >= 0)
+			arm_accepts(w, i); /* a failed accept is re-armed here, a tick later at most */
 	return 1;
 }
 
@@ -970,7 +1049,7 @@ void *worker_main(void *arg)
 		log_info("ring mode %s, %u provided buffers of %u bytes per thread", w->ring_mode, w->br.entries,
 			 w->br.size);
 	for (unsigned i = 0; i < gw->nlisten; i++)
-		arm_accept(w, i);
+		arm_accepts(w, i);
 	while (worker_before_wait(w)) {
 		uint64_t next_tick_ns = w->start_ns + (uint64_t)w->tick * GW_TICK_MS * 1000000ull;
 		uint64_t wait = next_tick_ns > w->now_ns ? next_tick_ns - w->now_ns : 1000;

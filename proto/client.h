@@ -122,6 +122,7 @@ static inline int proto_frame_index(unsigned type)
 	X(SHUTTING_DOWN, 15, shutting_down, FATAL)                                           \
 	X(INTERNAL, 16, internal, FATAL)                                                     \
 	X(WRITE_STALL, 17, write_stall, FATAL)                                               \
+	X(SOURCE_LIMIT, 18, source_limit, FATAL)  /* too many connections, or new ones a second, from the client's address */ \
 	X(NO_ROUTE, 32, no_route, REQUEST)        /* recipient not here and no backend configured */ \
 	X(TRY_AGAIN, 33, try_again, REQUEST)      /* backend unreachable or its queue full */ \
 	X(MAILBOX_FULL, 34, mailbox_full, REQUEST)                                           \

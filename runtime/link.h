@@ -179,6 +179,8 @@ struct link {
 	int authed;          /* the peer authenticated on this connection (ops->on_up ran) */
 	int close_after_send; /* an ERROR is pending: close once it has left (or after 1 s) */
 	/* handshake */
+	/* the owner may point it at new keys between events (a reload): links up
+	 * stay up, the next handshake uses them (one in flight may fail and retry) */
 	const struct peerauth_keys *keys;
 	uint8_t nonce[DIST_NONCE];
 	uint8_t hello_mine[LINK_HELLO_MAX], hello_peer[LINK_HELLO_MAX];

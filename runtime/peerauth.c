@@ -9,6 +9,8 @@
 
 #include <sodium.h>
 
+#include "runtime/log.h"
+
 
 static const char auth_label[] = "GWDL2 auth";
 static const char id_label[] = "GWDL key id";
@@ -152,4 +154,21 @@ int peerauth_verify(const struct peerauth_keys *k, uint32_t id, unsigned dir, co
 	int r = crypto_verify_32(want, mac) == 0 ? 0 : -1;
 	sodium_memzero(want, sizeof want);
 	return r;
+}
+
+int peerauth_reloaded(const struct peerauth_keys *cur, const struct peerauth_keys *next)
+{
+	int changed = cur->n != next->n;
+	for (unsigned i = 0; !changed && i < cur->n; i++)
+		changed = cur->id[i] != next->id[i];
+	if (!changed)
+		return 0;
+	if (next->n > 1)
+		log_info("SIGHUP: cluster secrets: key %08x signs, key %08x is also accepted (links up stay up; new ones "
+			 "use these)",
+			 next->id[0], next->id[1]);
+	else
+		log_info("SIGHUP: cluster secret: key %08x; no other key is accepted (links up stay up; new ones use it)",
+			 next->id[0]);
+	return 1;
 }

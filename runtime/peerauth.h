@@ -64,6 +64,10 @@ static inline uint32_t peerauth_sign_id(const struct peerauth_keys *k)
 /* Whether a key with this id is held. */
 int peerauth_has(const struct peerauth_keys *k, uint32_t id);
 
+/* A reload read the secret file again: whether next holds other keys than
+ * cur; if so, logs which key signs and which are accepted now. */
+int peerauth_reloaded(const struct peerauth_keys *cur, const struct peerauth_keys *next);
+
 /* Fill out with PEERAUTH_NONCE random bytes. */
 void peerauth_nonce(uint8_t out[PEERAUTH_NONCE]);
 

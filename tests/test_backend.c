@@ -2025,6 +2025,17 @@ Test(backend, heartbeat_flood_is_bounded, .timeout = 60)
 	all_alive();
 }
 
+/* A peer announcing k's signing key in its HELLO is refused (auth_failed). */
+static void expect_key_refused(unsigned port, const struct peerauth_keys *k, const char *what)
+{
+	static struct raw r;
+	raw_open(&r, port);
+	raw_hello_key(&r, DIST_VERSION, DIST_ROLE_GATEWAY, RAW_NODE, peerauth_sign_id(k));
+	cr_assert_eq(raw_read(&r, 0, 5000), 0, "%s is not refused", what);
+	cr_assert_eq(r.error_code, PROTO_E_AUTH_FAILED, "%s: error %u", what, r.error_code);
+	tc_close(&r.c);
+}
+
 /* Two secrets: every node accepts both, whichever it signs with, so a
  * secret is rotated without a link refused; a node with neither is refused. */
 Test(backend, cluster_secret_rotation, .timeout = 40)
@@ -2076,10 +2087,85 @@ Test(backend, cluster_secret_rotation, .timeout = 40)
 	uint8_t key[48];
 	memset(key, 'z', sizeof key);
 	cr_assert_eq(peerauth_add(&other, key, sizeof key), 0);
-	raw_open(&r, T.be[0].port);
-	raw_hello_key(&r, DIST_VERSION, DIST_ROLE_GATEWAY, RAW_NODE, peerauth_sign_id(&other));
-	cr_assert_eq(raw_read(&r, 0, 5000), 0, "a peer with an unrelated secret is not refused");
-	cr_assert_eq(r.error_code, PROTO_E_AUTH_FAILED);
+	expect_key_refused(T.be[0].port, &other, "a peer with an unrelated secret");
+	free(old);
+	free(nw);
+	tc_close(&a);
+	tc_close(&b);
+	all_alive();
+}
+
+/* Rotating the cluster secret with SIGHUP and no restart: every node reads
+ * its --cluster-secret-file again; links up stay up through each step, the
+ * next handshakes use the new keys (a restarted backend and the gateways
+ * agree on the new secret alone), the old secret is refused at the end, and
+ * a file that does not load is refused with the running keys kept. */
+static void write_secrets(const char *path, const char *first, const char *second)
+{
+	FILE *f = fopen(path, "w");
+	cr_assert(f, "cannot write %s", path);
+	fprintf(f, "%s%s", first, second ? second : "");
+	cr_assert_eq(fclose(f), 0);
+}
+
+static void sighup_all(const char *want_log)
+{
+	for (int i = 0; i < NBE; i++)
+		cr_assert_eq(tc_server_signal(&T.be[i].srv, SIGHUP), 0);
+	for (int i = 0; i < NGW; i++)
+		cr_assert_eq(tc_server_signal(&T.gw[i].srv, SIGHUP), 0);
+	for (int i = 0; i < NBE; i++)
+		cr_assert(log_has(&T.be[i], want_log, 5000), "backend %u: no '%s' in its log:\n%s", T.be[i].node, want_log,
+			  proc_tail(&T.be[i]));
+	for (int i = 0; i < NGW; i++)
+		cr_assert(log_has(&T.gw[i], want_log, 5000), "gateway %u: no '%s' in its log:\n%s", T.gw[i].node, want_log,
+			  proc_tail(&T.gw[i]));
+}
+
+Test(backend, cluster_secret_reload_rotates_without_restart, .timeout = 60)
+{
+	topo_start(NULL);
+	char next[PATH_MAX + 32];
+	snprintf(next, sizeof next, "%s/next.secret", T.tmp);
+	cr_assert_eq(tc_secret_new(next, NULL), 0);
+	char *old = tc_read_file(T.cluster_secret, NULL), *nw = tc_read_file(next, NULL);
+	cr_assert(old && nw);
+	static struct peerauth_keys old_keys;
+	old_keys = *test_keys();
+	/* 1. both, the old one signing; 2. both, the new one signing; 3. the new one */
+	write_secrets(T.cluster_secret, old, nw);
+	sighup_all("is also accepted (links up stay up");
+	write_secrets(T.cluster_secret, nw, old);
+	uint32_t new_id = test_keys()->id[0];
+	char want[96];
+	snprintf(want, sizeof want, "cluster secrets: key %08x signs", new_id);
+	sighup_all(want);
+	write_secrets(T.cluster_secret, nw, NULL);
+	snprintf(want, sizeof want, "cluster secret: key %08x; no other key", new_id);
+	sighup_all(want);
+	for (int i = 0; i < NGW; i++)
+		cr_assert_eq(stat_num(&T.gw[i], "link_reconnects"), 0, "gateway %u's links dropped in the reloads",
+			     T.gw[i].node);
+	wait_links();
+	/* new handshakes: a backend restarted (it reads the new secret alone)
+	 * and the gateways, which now sign with it, link again */
+	be_kill9(0);
+	be_restart(0, 1);
+	wait_links();
+	uint64_t ua = user_of(0, 29000), ub = user_of(1, 30000);
+	struct tc_conn a, b;
+	open_login(&a, 0, ua);
+	open_login(&b, 1, ub);
+	send_msg(&a, 1, ub, "after the rotation");
+	expect_deliver(&b, ua, 0, "after the rotation", "delivery after a rotation by SIGHUP");
+	/* the old secret is refused now, by the backend that never restarted too */
+	static struct raw r;
+	expect_key_refused(T.be[1].port, &old_keys, "a peer with the old secret");
+	/* a file that does not load is refused; the running keys stay */
+	write_secrets(T.cluster_secret, "short\n", NULL);
+	sighup_all("configuration refused, the running one stays: --cluster-secret-file");
+	write_secrets(T.cluster_secret, nw, NULL);
+	raw_login_link(&r, T.be[1].port, RAW_NODE);
 	tc_close(&r.c);
 	free(old);
 	free(nw);

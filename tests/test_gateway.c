@@ -1856,6 +1856,16 @@ Test(gateway, short_secret_is_a_configuration_error, .timeout = 30)
 	unlink(secret);
 }
 
+/* A file of this process under the build's tests/gateway-e2e/ (made if
+ * missing): name.PID.ext in out. */
+static void e2e_path(char *out, size_t cap, const char *name, const char *ext)
+{
+	mkdir(tc_build_dir(), 0755);
+	snprintf(out, cap, "%s/tests/gateway-e2e", tc_build_dir());
+	mkdir(out, 0755);
+	snprintf(out, cap, "%s/tests/gateway-e2e/%s.%d.%s", tc_build_dir(), name, (int)getpid(), ext);
+}
+
 static void write_text(const char *path, const char *text)
 {
 	FILE *f = fopen(path, "w");
@@ -2081,10 +2091,7 @@ Test(gateway, systemd_watchdog_goes_on_through_a_drain, .timeout = 60)
 Test(gateway, sighup_reloads_without_dropping_a_connection, .timeout = 90)
 {
 	char conf[PATH_MAX + 64];
-	mkdir(tc_build_dir(), 0755);
-	snprintf(conf, sizeof conf, "%s/tests/gateway-e2e", tc_build_dir());
-	mkdir(conf, 0755);
-	snprintf(conf, sizeof conf, "%s/tests/gateway-e2e/reload.%d.conf", tc_build_dir(), (int)getpid());
+	e2e_path(conf, sizeof conf, "reload", "conf");
 	write_text(conf, "rate-frames = 2000\n");
 	gw_start("--config", conf, NULL);
 	enum { PAIRS = 8, ROUNDS = 5, PER = 40 };
@@ -2140,12 +2147,9 @@ Test(gateway, sighup_reloads_without_dropping_a_connection, .timeout = 90)
 Test(gateway, sighup_rotates_the_auth_secret, .timeout = 60)
 {
 	char conf[PATH_MAX + 64], prev[PATH_MAX + 64], third_path[PATH_MAX + 64];
-	mkdir(tc_build_dir(), 0755);
-	snprintf(conf, sizeof conf, "%s/tests/gateway-e2e", tc_build_dir());
-	mkdir(conf, 0755);
-	snprintf(conf, sizeof conf, "%s/tests/gateway-e2e/rotate.%d.conf", tc_build_dir(), (int)getpid());
-	snprintf(prev, sizeof prev, "%s/tests/gateway-e2e/rotate.%d.prev", tc_build_dir(), (int)getpid());
-	snprintf(third_path, sizeof third_path, "%s/tests/gateway-e2e/rotate.%d.third", tc_build_dir(), (int)getpid());
+	e2e_path(conf, sizeof conf, "rotate", "conf");
+	e2e_path(prev, sizeof prev, "rotate", "prev");
+	e2e_path(third_path, sizeof third_path, "rotate", "third");
 	write_text(conf, "# nothing yet\n");
 	gw_start("--config", conf, NULL);
 	struct token_secret old = G.secret, fresh, third;
@@ -2200,6 +2204,117 @@ Test(gateway, sighup_rotates_the_auth_secret, .timeout = 60)
 	unlink(conf);
 	unlink(prev);
 	unlink(third_path);
+	gw_alive();
+}
+
+/* Per-source limits (issue 12): --max-conns-per-source and
+ * --accept-rate-per-source refuse a source over them with ERROR
+ * source_limit at accept, before any LOGIN; the source is the socket's peer,
+ * or behind a ",proxy" listener the PROXY header's (the load balancer's own
+ * address is not one); connections that end give their room back; both
+ * limits reload on SIGHUP, and a limit set by a reload counts the
+ * connections already there. The admin lookup shows where a user comes
+ * from and since when. */
+static int proxy_login(struct tc_conn *c, unsigned pport, const char *ip, uint16_t sport, uint64_t user,
+		       struct tc_frame *fr)
+{
+	uint8_t buf[256];
+	int n = snprintf((char *)buf, sizeof buf, "PROXY TCP4 %s 127.0.0.1 %u 5222\r\n", ip, sport);
+	size_t ln = tc_enc_login(buf + n, sizeof buf - (size_t)n, &G.secret, user, 0, 1);
+	cr_assert_eq(tc_connect(c, pport, 0, 3000), 0);
+	send_raw(c, buf, (size_t)n + ln);
+	long r = tc_recv_frame(c, fr, RECV_MS);
+	cr_assert_gt(r, 0, "no answer to a LOGIN behind PROXY from %s: %s", ip, tc_status_name(r));
+	return fr->f.type == PROTO_LOGIN_RESULT && fr->f.login_result.status == PROTO_OK;
+}
+
+static void expect_source_refused(struct tc_conn *c, const char *what)
+{
+	expect_error(c, PROTO_E_SOURCE_LIMIT, 0, RECV_MS, what);
+	expect_closed(c, EOF_MS, what);
+	tc_close(c);
+}
+
+Test(gateway, per_source_limits, .timeout = 60)
+{
+	char conf[PATH_MAX + 64];
+	e2e_path(conf, sizeof conf, "srclimit", "conf");
+	write_text(conf, "max-conns-per-source = 2\n");
+	int pfd;
+	unsigned pport = tc_port_reserve(&pfd);
+	char plisten[48];
+	snprintf(plisten, sizeof plisten, "127.0.0.1:%u,proxy", pport);
+	gw_start("--config", conf, "--listen", plisten, NULL);
+	struct tc_conn a1, a2, x;
+	struct tc_frame fr;
+	/* the plain listener: this test's address, 127.0.0.1, may hold two */
+	open_login(&a1, 41001);
+	open_login(&a2, 41002);
+	cr_assert_eq(tc_connect(&x, G.port, 0, 3000), 0);
+	expect_source_refused(&x, "a third connection from 127.0.0.1");
+	cr_assert_eq(wait_stat_eq("source_refused_connections", 1, 3000), 1);
+	cr_assert_eq(wait_stat_eq("closed_source_limit", 1, 3000), 1);
+	/* where a user comes from, and since when */
+	char *out;
+	cr_assert_eq(gwctl(&out, "user", "41001"), 0, "gwctl user: %s", out);
+	cr_assert(strstr(out, "\"remote\":\"127.0.0.1:"), "no remote address: %s", out);
+	cr_assert(strstr(out, "\"connected_since\":\"20"), "no connected_since: %s", out);
+	/* behind the proxy listener the header's source counts, per source */
+	struct tc_conn p1, p2, p3, q1;
+	cr_assert(proxy_login(&p1, pport, "203.0.113.7", 40001, 41011, &fr), "first from .7: %s", describe(&fr));
+	cr_assert(proxy_login(&p2, pport, "203.0.113.7", 40002, 41012, &fr), "second from .7: %s", describe(&fr));
+	cr_assert(!proxy_login(&p3, pport, "203.0.113.7", 40003, 41013, &fr), "a third from .7 was served");
+	cr_assert_eq(fr.f.type, PROTO_ERROR, "%s", describe(&fr));
+	cr_assert_eq(fr.f.error.code, PROTO_E_SOURCE_LIMIT, "%s", describe(&fr));
+	expect_closed(&p3, EOF_MS, "a third from 203.0.113.7");
+	tc_close(&p3);
+	cr_assert(proxy_login(&q1, pport, "203.0.113.8", 40004, 41014, &fr), "another source: %s", describe(&fr));
+	cr_assert_eq(gwctl(&out, "user", "41011"), 0, "gwctl user: %s", out);
+	cr_assert(strstr(out, "\"remote\":\"203.0.113.7:40001\""), "the PROXY source is the remote: %s", out);
+	cr_assert_eq(wait_stat_eq("source_refused_connections", 2, 3000), 2);
+	/* a connection that ends gives its room back */
+	tc_close(&a1);
+	cr_assert_eq(wait_stat_eq("logged_in", 4, 3000), 4);
+	struct tc_conn a3;
+	open_login(&a3, 41003);
+	/* SIGHUP: no connection limit, three new connections a second; the
+	 * limit counts what is there already */
+	write_text(conf, "max-conns-per-source = 0\naccept-rate-per-source = 3\n");
+	sighup_and_wait("SIGHUP: --accept-rate-per-source 0 -> 3");
+	tc_sleep_ms(1100); /* the connections above were this second's first attempts */
+	enum { N = 12 };
+	static struct tc_conn b[N];
+	int served = 0, refused = 0;
+	for (int i = 0; i < N; i++) {
+		cr_assert_eq(tc_connect(&b[i], G.port, 0, 3000), 0);
+		long r = tc_login(&b[i], &G.secret, 41100 + (uint64_t)i, &fr, RECV_MS);
+		cr_assert_gt(r, 0, "connection %d: %s", i, tc_status_name(r));
+		if (fr.f.type == PROTO_LOGIN_RESULT && fr.f.login_result.status == PROTO_OK) {
+			served++;
+		} else {
+			cr_assert_eq(fr.f.type, PROTO_ERROR, "connection %d: %s", i, describe(&fr));
+			cr_assert_eq(fr.f.error.code, PROTO_E_SOURCE_LIMIT, "connection %d: %s", i, describe(&fr));
+			refused++;
+		}
+	}
+	/* 12 in well under two seconds: at most two windows of 3 */
+	cr_assert(served >= 3 && served <= 6, "served %d of %d at 3 a second", served, N);
+	cr_assert_eq(wait_stat_eq("source_refused_rate", refused, 3000), refused);
+	/* another second, and a limit of 2 set now refuses: this source holds more */
+	write_text(conf, "max-conns-per-source = 2\n");
+	sighup_and_wait("SIGHUP: --max-conns-per-source 0 -> 2");
+	tc_sleep_ms(1100);
+	cr_assert_eq(tc_connect(&x, G.port, 0, 3000), 0);
+	expect_source_refused(&x, "over a limit set by a reload");
+	for (int i = 0; i < N; i++)
+		tc_close(&b[i]);
+	tc_close(&a2);
+	tc_close(&a3);
+	tc_close(&p1);
+	tc_close(&p2);
+	tc_close(&q1);
+	tc_port_release(pfd);
+	unlink(conf);
 	gw_alive();
 }
 

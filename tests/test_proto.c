@@ -1177,8 +1177,9 @@ Test(names, err_names)
 	cr_assert_str_eq(proto_err_name(PROTO_E_NOT_ALLOWED), "not_allowed");
 	cr_assert_str_eq(proto_err_name(PROTO_E_SLOW_DOWN), "slow_down");
 	cr_assert_str_eq(proto_err_name(PROTO_E_STORE_FULL), "store_full");
+	cr_assert_str_eq(proto_err_name(PROTO_E_SOURCE_LIMIT), "source_limit");
 	/* the gap between the fatal and per-request codes, and past the end */
-	static const unsigned unknown[] = {18, 20, 31, 42, 43, 255, 256, 1000, UINT32_MAX};
+	static const unsigned unknown[] = {19, 20, 31, 42, 43, 255, 256, 1000, UINT32_MAX};
 	for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
 		cr_assert_not_null(proto_err_name(unknown[i]));
 		cr_assert_str_eq(proto_err_name(unknown[i]), "unknown", "code %u", unknown[i]);
