@@ -8,23 +8,17 @@
 
 #include "runtime/srclimit.h"
 
-static struct src v4(const char *ip, uint16_t port)
-{
-	struct src s = {0};
-	uint8_t a[4];
-	cr_assert_eq(inet_pton(AF_INET, ip, a), 1);
-	src_set(&s, AF_INET, a, port);
-	return s;
-}
-
-static struct src v6(const char *ip, uint16_t port)
+/* The source of ip (of family fam), port. */
+static struct src mk(int fam, const char *ip, uint16_t port)
 {
 	struct src s = {0};
 	uint8_t a[16];
-	cr_assert_eq(inet_pton(AF_INET6, ip, a), 1);
-	src_set(&s, AF_INET6, a, port);
+	cr_assert_eq(inet_pton(fam, ip, a), 1, "%s", ip);
+	src_set(&s, fam, a, port);
 	return s;
 }
+#define v4(ip, port) mk(AF_INET, ip, port)
+#define v6(ip, port) mk(AF_INET6, ip, port)
 
 Test(srclimit, addresses_and_their_text)
 {
