@@ -681,6 +681,68 @@ Test(backend, topology_links_up, .timeout = 30)
 	all_alive();
 }
 
+/* Every metric the shipped alert rules and dashboard name (deploy/monitoring/)
+ * is one a running gateway or backend exports: a counter renamed in the
+ * servers would leave an alert that never fires and an empty panel. Names
+ * are the words starting gateway_, backend_ or process_ in either file;
+ * each must begin a sample line of /metrics ("name{" or "name "); a
+ * "$name" is a dashboard variable. */
+static int metric_exported(const char *body, const char *name, size_t len)
+{
+	for (const char *p = body; (p = strstr(p, name)) != NULL; p++) {
+		if (p != body && p[-1] != '\n')
+			continue;
+		if (strncmp(p, name, len) == 0 && (p[len] == '{' || p[len] == ' '))
+			return 1;
+	}
+	return 0;
+}
+
+Test(backend, monitoring_files_name_exported_metrics, .timeout = 30)
+{
+	topo_start(NULL);
+	static char gm[1 << 20], bm[1 << 20];
+	cr_assert_eq(tc_http_get(T.gw[0].stats, "/metrics", 2000, gm, sizeof gm), 200);
+	cr_assert_eq(tc_http_get(T.be[0].stats, "/metrics", 2000, bm, sizeof bm), 200);
+	static const char *const files[] = {"deploy/monitoring/chat-alerts.yml", "deploy/monitoring/grafana-dashboard.json"};
+	for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+		char path[PATH_MAX + 64];
+		snprintf(path, sizeof path, "%s", files[f]);
+		if (access(path, R_OK) != 0) /* run from elsewhere than the source root */
+			snprintf(path, sizeof path, "%s/../%s", tc_build_dir(), files[f]);
+		size_t len;
+		char *text = tc_read_file(path, &len);
+		cr_assert_not_null(text, "cannot read %s", path);
+		unsigned names = 0;
+		for (size_t i = 0; i < len; i++) {
+			static const char *const prefix[] = {"gateway_", "backend_", "process_"};
+			size_t k = 0;
+			while (k < 3 && strncmp(text + i, prefix[k], strlen(prefix[k])) != 0)
+				k++;
+			if (k == 3 || (i > 0 && (text[i - 1] == '_' || text[i - 1] == '$' || (text[i - 1] >= 'a' && text[i - 1] <= 'z') ||
+						 (text[i - 1] >= '0' && text[i - 1] <= '9'))))
+				continue;
+			if (i >= 9 && strncmp(text + i - 9, "\"name\": \"", 9) == 0)
+				continue; /* the dashboard's variable definitions */
+			size_t e = i;
+			while (e < len && (text[e] == '_' || (text[e] >= 'a' && text[e] <= 'z') || (text[e] >= '0' && text[e] <= '9')))
+				e++;
+			char name[128];
+			cr_assert_lt(e - i, sizeof name);
+			memcpy(name, text + i, e - i);
+			name[e - i] = 0;
+			const char *body = k == 1 ? bm : gm;
+			cr_assert(metric_exported(body, name, e - i) || (k == 2 && metric_exported(bm, name, e - i)),
+				  "%s names %s, which the %s does not export", files[f], name, k == 1 ? "backend" : "gateway");
+			names++;
+			i = e;
+		}
+		cr_assert_gt(names, 20, "%s: only %u metric names found", files[f], names);
+		free(text);
+	}
+	all_alive();
+}
+
 /* ---- 2. 1:1 across gateways ------------------------------------------------------------- */
 
 Test(backend, one_to_one_across_gateways, .timeout = 30)
