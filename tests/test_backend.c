@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <stddef.h>
 #include <sys/stat.h>
@@ -422,9 +423,25 @@ static void be_kill9(int i)
 	p->started = 0;
 }
 
-/* Start backend i again on the same port and data directory. */
+/* Start backend i again on the same port and data directory. The killed
+ * process's listening socket can outlive it for a moment (its io_uring is
+ * torn down asynchronously after exit), so first wait until the port can be
+ * bound again as the backend binds it (SO_REUSEADDR), up to 5 s. */
 static void be_restart(int i, int wait_up)
 {
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)T.be[i].port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	for (int64_t deadline = tc_now_ms() + 5000;;) {
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
+		int one = 1;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		int r = bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 ? listen(fd, 1) : -1;
+		close(fd);
+		if (r == 0 || tc_now_ms() > deadline)
+			break;
+		tc_sleep_ms(20);
+	}
 	be_spawn(i);
 	if (wait_up)
 		proc_wait_up(&T.be[i], "backend");
