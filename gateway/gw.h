@@ -365,9 +365,6 @@ void worker_teardown(struct worker *w);
 int worker_before_wait(struct worker *w);
 void worker_after_wait(struct worker *w);
 
-/* A new socket in the ring's fixed-file table at `slot` (what an accept
- * completion brings): a connection waiting for its LOGIN. */
-
 /* Commands from the main thread (MSG_RING res). */
 enum gw_ctrl {
 	CTRL_DRAIN = 1,

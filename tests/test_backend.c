@@ -645,6 +645,19 @@ static uint64_t expect_deliver(struct tc_conn *c, uint64_t from, uint64_t group,
 	return f->deliver.smid;
 }
 
+/* ua logged in on gateway 0 sends body to ub logged in on gateway 1, who
+ * receives it (through ub's backend); both connections are closed after. */
+static void expect_chat_across(uint64_t ua, uint64_t ub, const char *body, const char *what)
+{
+	struct tc_conn a, b;
+	open_login(&a, 0, ua);
+	open_login(&b, 1, ub);
+	send_msg(&a, 1, ub, body);
+	expect_deliver(&b, ua, 0, body, what);
+	tc_close(&a);
+	tc_close(&b);
+}
+
 static void expect_receipt(struct tc_conn *c, uint8_t kind, uint64_t peer, uint64_t smid, const char *what)
 {
 	struct tc_frame fr;
@@ -2150,12 +2163,7 @@ Test(backend, cluster_secret_rotation, .timeout = 40)
 	for (int i = 0; i < NGW; i++)
 		proc_wait_up(&T.gw[i], "gateway");
 	wait_links();
-	uint64_t ua = user_of(1, 27000), ub = user_of(0, 28000);
-	struct tc_conn a, b;
-	open_login(&a, 0, ua);
-	open_login(&b, 1, ub);
-	send_msg(&a, 1, ub, "mid-rotation");
-	expect_deliver(&b, ua, 0, "mid-rotation", "delivery mid-rotation");
+	expect_chat_across(user_of(1, 27000), user_of(0, 28000), "mid-rotation", "delivery mid-rotation");
 	/* a peer holding only the old secret is still fine (step 1 nodes); one
 	 * holding an unrelated secret is refused */
 	snprintf(T.cluster_secret, sizeof T.cluster_secret, "%s", keep);
@@ -2169,8 +2177,6 @@ Test(backend, cluster_secret_rotation, .timeout = 40)
 	expect_key_refused(T.be[0].port, &other, "a peer with an unrelated secret");
 	free(old);
 	free(nw);
-	tc_close(&a);
-	tc_close(&b);
 	all_alive();
 }
 
@@ -2231,12 +2237,8 @@ Test(backend, cluster_secret_reload_rotates_without_restart, .timeout = 60)
 	be_kill9(0);
 	be_restart(0, 1);
 	wait_links();
-	uint64_t ua = user_of(0, 29000), ub = user_of(1, 30000);
-	struct tc_conn a, b;
-	open_login(&a, 0, ua);
-	open_login(&b, 1, ub);
-	send_msg(&a, 1, ub, "after the rotation");
-	expect_deliver(&b, ua, 0, "after the rotation", "delivery after a rotation by SIGHUP");
+	expect_chat_across(user_of(0, 29000), user_of(1, 30000), "after the rotation",
+			   "delivery after a rotation by SIGHUP");
 	/* the old secret is refused now, by the backend that never restarted too */
 	static struct raw r;
 	expect_key_refused(T.be[1].port, &old_keys, "a peer with the old secret");
@@ -2248,8 +2250,6 @@ Test(backend, cluster_secret_reload_rotates_without_restart, .timeout = 60)
 	tc_close(&r.c);
 	free(old);
 	free(nw);
-	tc_close(&a);
-	tc_close(&b);
 	all_alive();
 }
 
