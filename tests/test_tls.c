@@ -1,0 +1,541 @@
+/* test_tls.c: runtime/tls against libssl's own TLS 1.3 (a client whose
+ * record layer is OpenSSL's), in memory: handshakes for the three suites,
+ * records both ways, records cut at every byte, bad tags and lengths,
+ * KeyUpdate both ways, alerts, and our own client against our own server. */
+#include <criterion/criterion.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/carry.h"
+#include "runtime/tls.h"
+
+static char dir[] = "/tmp/test_tls.XXXXXX", cert[256], key[256];
+
+static void make_cert(void)
+{
+	cr_assert(mkdtemp(dir));
+	snprintf(cert, sizeof cert, "%s/cert.pem", dir);
+	snprintf(key, sizeof key, "%s/key.pem", dir);
+	char cmd[1024];
+	snprintf(cmd, sizeof cmd,
+		 "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s -out %s -days 2 "
+		 "-subj /CN=localhost -addext subjectAltName=DNS:localhost >/dev/null 2>&1",
+		 key, cert);
+	cr_assert_eq(system(cmd), 0, "openssl req failed");
+}
+
+static void rm_cert(void)
+{
+	unlink(cert);
+	unlink(key);
+	rmdir(dir);
+}
+
+TestSuite(tls, .init = make_cert, .fini = rm_cert);
+
+/* An OpenSSL client over memory BIOs. */
+struct peer {
+	SSL_CTX *ctx;
+	SSL *ssl;
+	BIO *in, *out; /* in: what we feed it; out: what it wrote */
+};
+
+static void peer_new(struct peer *p, const char *suites, const char *alpn, int max_version)
+{
+	p->ctx = SSL_CTX_new(TLS_client_method());
+	cr_assert(p->ctx);
+	SSL_CTX_set_min_proto_version(p->ctx, max_version == TLS1_2_VERSION ? TLS1_2_VERSION : TLS1_3_VERSION);
+	SSL_CTX_set_max_proto_version(p->ctx, max_version);
+	if (suites)
+		cr_assert(SSL_CTX_set_ciphersuites(p->ctx, suites));
+	if (alpn)
+		SSL_CTX_set_alpn_protos(p->ctx, (const unsigned char *)alpn, (unsigned)strlen(alpn));
+	SSL_CTX_set_session_cache_mode(p->ctx, SSL_SESS_CACHE_CLIENT);
+	p->ssl = SSL_new(p->ctx);
+	p->in = BIO_new(BIO_s_mem());
+	p->out = BIO_new(BIO_s_mem());
+	BIO_set_mem_eof_return(p->in, -1);
+	BIO_set_mem_eof_return(p->out, -1);
+	SSL_set_bio(p->ssl, p->in, p->out);
+	SSL_set_connect_state(p->ssl);
+}
+
+static void peer_free(struct peer *p)
+{
+	SSL_free(p->ssl);
+	SSL_CTX_free(p->ctx);
+}
+
+/* Take what the peer wrote. */
+static size_t peer_take(struct peer *p, uint8_t *buf, size_t cap)
+{
+	int n = BIO_read(p->out, buf, (int)cap);
+	return n > 0 ? (size_t)n : 0;
+}
+
+static void peer_give(struct peer *p, const uint8_t *b, size_t n)
+{
+	if (n)
+		cr_assert_eq(BIO_write(p->in, b, (int)n), (int)n);
+}
+
+struct srv {
+	struct tls_ctx *ctx;
+	struct tls_thread *th;
+	struct tls_conn tc;
+};
+
+static void srv_new(struct srv *s, int64_t ticket_period)
+{
+	char err[512];
+	struct tls_server_opts o = {.cert_file = cert, .key_file = key, .ticket_period_s = ticket_period};
+	s->ctx = tls_server_new(&o, err, sizeof err);
+	cr_assert(s->ctx, "%s", err);
+	s->th = tls_thread_new(err, sizeof err);
+	cr_assert(s->th, "%s", err);
+	memset(&s->tc, 0, sizeof s->tc);
+	cr_assert_eq(tls_conn_start(s->th, &s->tc, s->ctx), 0);
+}
+
+static void srv_free(struct srv *s)
+{
+	tls_conn_free(&s->tc);
+	tls_thread_free(s->th);
+	tls_ctx_free(s->ctx);
+}
+
+static uint8_t buf[1 << 20];
+
+/* Run the handshake to its end. Returns TLS_HS_DONE or TLS_HS_FAIL; any
+ * record bytes after the client's Finished are fed to tls_open into
+ * (*extra, *extran). */
+static int handshake(struct srv *s, struct peer *p, unsigned *why)
+{
+	for (int round = 0; round < 10; round++) {
+		int r = SSL_do_handshake(p->ssl);
+		(void)r;
+		size_t n = peer_take(p, buf, sizeof buf);
+		if (!n)
+			return -2; /* the peer gave up */
+		size_t used;
+		const uint8_t *out;
+		size_t outn;
+		int h = tls_handshake(s->th, &s->tc, buf, n, &used, &out, &outn, why);
+		peer_give(p, out, outn);
+		if (h == TLS_HS_FAIL)
+			return h;
+		if (h == TLS_HS_DONE) {
+			cr_assert_eq(used, n, "bytes after the client's Finished");
+			return h;
+		}
+	}
+	return -3;
+}
+
+/* The client's handshake finishes once it has read our flight. */
+static void peer_settle(struct peer *p)
+{
+	uint8_t b[16];
+	int r = SSL_read(p->ssl, b, sizeof b); /* takes the tickets too */
+	cr_assert(r <= 0);
+	cr_assert_eq(SSL_get_error(p->ssl, r), SSL_ERROR_WANT_READ);
+}
+
+/* Client -> server: SSL_write each piece, then tls_open all of it. */
+static size_t to_server(struct srv *s, struct peer *p, const char *msg, uint8_t *plain, int *ret)
+{
+	cr_assert_eq(SSL_write(p->ssl, msg, (int)strlen(msg)), (int)strlen(msg));
+	size_t n = peer_take(p, buf, sizeof buf);
+	const uint8_t *pl;
+	size_t pn;
+	*ret = tls_open(s->th, &s->tc, buf, n, &pl, &pn);
+	memcpy(plain, pl, pn);
+	return pn;
+}
+
+/* Server -> client: seal, give, SSL_read. */
+static void to_client(struct srv *s, struct peer *p, const char *msg)
+{
+	static uint8_t sealed[1 << 17];
+	size_t n = strlen(msg);
+	cr_assert_leq(tls_seal_bound(&s->tc, n), sizeof sealed);
+	size_t m = tls_seal(s->th, &s->tc, (const uint8_t *)msg, n, sealed);
+	cr_assert_gt(m, 0);
+	peer_give(p, sealed, m);
+	char got[1 << 16];
+	size_t have = 0;
+	while (have < n) {
+		int r = SSL_read(p->ssl, got + have, (int)(sizeof got - have));
+		cr_assert_gt(r, 0, "SSL_read: %d", SSL_get_error(p->ssl, r));
+		have += (size_t)r;
+	}
+	cr_assert_eq(have, n);
+	cr_assert(memcmp(got, msg, n) == 0);
+}
+
+static void round_trip(const char *suite, unsigned want_suite)
+{
+	struct srv s;
+	struct peer p;
+	unsigned why;
+	srv_new(&s, 3600);
+	peer_new(&p, suite, "\x04" "chat", TLS1_3_VERSION);
+	cr_assert_eq(handshake(&s, &p, &why), TLS_HS_DONE);
+	if (want_suite)
+		cr_assert_eq(s.tc.suite, want_suite, "%s", tls_suite_name(s.tc.suite));
+	else
+		cr_assert(s.tc.suite >= 1 && s.tc.suite <= 3);
+	cr_assert_eq(s.tc.state, TLS_S_OPEN);
+	cr_assert_eq(s.tc.tx_seq, 1, "one session ticket went out under the application key");
+	peer_settle(&p);
+	uint8_t plain[4096];
+	int ret;
+	size_t n = to_server(&s, &p, "hello gateway", plain, &ret);
+	cr_assert_eq(ret, 0);
+	cr_assert_eq(n, 13);
+	cr_assert(memcmp(plain, "hello gateway", 13) == 0);
+	to_client(&s, &p, "hello client");
+	to_client(&s, &p, "and again");
+	n = to_server(&s, &p, "second", plain, &ret);
+	cr_assert_eq(n, 6);
+	peer_free(&p);
+	srv_free(&s);
+}
+
+Test(tls, aes128_gcm) { round_trip("TLS_AES_128_GCM_SHA256", 1); }
+Test(tls, aes256_gcm) { round_trip("TLS_AES_256_GCM_SHA384", 2); }
+Test(tls, chacha20_poly1305) { round_trip("TLS_CHACHA20_POLY1305_SHA256", 3); }
+Test(tls, no_alpn_is_accepted) { round_trip(NULL, 0); }
+
+Test(tls, state_is_128_bytes) { cr_assert_eq(sizeof(struct tls_conn), 128); }
+
+static void ready(struct srv *s, struct peer *p, const char *suite)
+{
+	unsigned why;
+	srv_new(s, 3600);
+	peer_new(p, suite, "\x04" "chat", TLS1_3_VERSION);
+	cr_assert_eq(handshake(s, p, &why), TLS_HS_DONE);
+	peer_settle(p);
+}
+
+Test(tls, records_cut_at_every_byte)
+{
+	const char *suites[] = {"TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"};
+	for (unsigned si = 0; si < 2; si++) {
+		struct srv s;
+		struct peer p;
+		ready(&s, &p, suites[si]);
+		/* three records: 5 bytes, 300 bytes, 5 bytes */
+		static uint8_t wire[4096];
+		char big[301];
+		memset(big, 'x', 300);
+		big[300] = 0;
+		const char *msgs[] = {"one..", big, "three"};
+		size_t wn = 0;
+		for (unsigned i = 0; i < 3; i++) {
+			SSL_write(p.ssl, msgs[i], (int)strlen(msgs[i]));
+			wn += peer_take(&p, wire + wn, sizeof wire - wn);
+		}
+		uint64_t seq0 = s.tc.rx_seq;
+		for (size_t cut = 0; cut <= wn; cut++) {
+			/* every split of the same three records, as fresh copies of the state */
+			struct tls_conn save = s.tc;
+			static uint8_t a[4096], b[4096], got[4096];
+			size_t gn = 0;
+			memcpy(a, wire, cut);
+			memcpy(b, wire + cut, wn - cut);
+			const uint8_t *pl;
+			size_t pn;
+			cr_assert_eq(tls_open(s.th, &s.tc, a, cut, &pl, &pn), 0);
+			memcpy(got, pl, pn);
+			gn = pn;
+			cr_assert_eq(tls_open(s.th, &s.tc, b, wn - cut, &pl, &pn), 0, "cut at %zu", cut);
+			memcpy(got + gn, pl, pn);
+			gn += pn;
+			cr_assert_eq(gn, 310, "cut at %zu: %zu bytes", cut, gn);
+			cr_assert(memcmp(got, "one..", 5) == 0 && got[5] == 'x' && memcmp(got + 305, "three", 5) == 0);
+			cr_assert_eq(s.tc.rx_seq, seq0 + 3);
+			cr_assert_null(s.tc.part);
+			s.tc = save;
+		}
+		/* and one byte at a time */
+		static uint8_t got[4096];
+		size_t gn = 0;
+		for (size_t i = 0; i < wn; i++) {
+			uint8_t one = wire[i];
+			const uint8_t *pl;
+			size_t pn;
+			cr_assert_eq(tls_open(s.th, &s.tc, &one, 1, &pl, &pn), 0);
+			memcpy(got + gn, pl, pn);
+			gn += pn;
+		}
+		cr_assert_eq(gn, 310);
+		peer_free(&p);
+		srv_free(&s);
+	}
+}
+
+Test(tls, flipped_tag_bit_is_bad_record_mac)
+{
+	struct srv s;
+	struct peer p;
+	ready(&s, &p, NULL);
+	SSL_write(p.ssl, "good", 4);
+	SSL_write(p.ssl, "evil", 4);
+	size_t n = peer_take(&p, buf, sizeof buf);
+	buf[n - 1] ^= 0x01; /* the last tag byte of the second record */
+	const uint8_t *pl;
+	size_t pn;
+	cr_assert_eq(tls_open(s.th, &s.tc, buf, n, &pl, &pn), -TLS_A_BAD_RECORD_MAC);
+	cr_assert_eq(pn, 4, "the good record before it is handed on");
+	cr_assert(memcmp(pl, "good", 4) == 0);
+	uint8_t a[64];
+	size_t an = tls_alert(s.th, &s.tc, TLS_A_BAD_RECORD_MAC, a);
+	cr_assert_eq(an, TLS_OVERHEAD + 2);
+	cr_assert_eq(tls_alert(s.th, &s.tc, TLS_A_CLOSE_NOTIFY, a), 0, "one alert, then nothing");
+	peer_give(&p, a, an);
+	uint8_t b[16];
+	cr_assert_leq(SSL_read(p.ssl, b, sizeof b), 0);
+	unsigned long e = ERR_get_error();
+	cr_assert_str_eq(ERR_reason_error_string(e), "sslv3 alert bad record mac");
+	ERR_clear_error();
+	peer_free(&p);
+	srv_free(&s);
+}
+
+Test(tls, bad_lengths_and_types)
+{
+	struct {
+		uint8_t rec[8];
+		size_t n;
+		int want;
+	} cases[] = {
+		{{23, 3, 3, 0x41, 0x01}, 5, -TLS_A_RECORD_OVERFLOW},   /* 16641 bytes of ciphertext */
+		{{23, 3, 3, 0, 3, 1, 2, 3}, 8, -TLS_A_DECODE_ERROR},    /* shorter than a tag */
+		{{22, 3, 3, 0, 1, 1}, 6, -TLS_A_UNEXPECTED_MESSAGE},    /* a plaintext handshake record */
+		{{20, 3, 3, 0, 1, 1}, 6, -TLS_A_UNEXPECTED_MESSAGE},    /* change_cipher_spec after the handshake */
+	};
+	for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		struct srv s;
+		struct peer p;
+		ready(&s, &p, NULL);
+		const uint8_t *pl;
+		size_t pn;
+		memcpy(buf, cases[i].rec, cases[i].n);
+		cr_assert_eq(tls_open(s.th, &s.tc, buf, cases[i].n, &pl, &pn), cases[i].want, "case %u", i);
+		cr_assert_eq(s.tc.state, TLS_S_CLOSED);
+		peer_free(&p);
+		srv_free(&s);
+	}
+}
+
+Test(tls, client_key_update_is_answered)
+{
+	struct srv s;
+	struct peer p;
+	ready(&s, &p, "TLS_AES_256_GCM_SHA384");
+	cr_assert_eq(SSL_key_update(p.ssl, SSL_KEY_UPDATE_REQUESTED), 1);
+	uint8_t plain[256];
+	int ret;
+	size_t n = to_server(&s, &p, "after update", plain, &ret);
+	cr_assert_eq(ret, 0);
+	cr_assert_eq(n, 12);
+	cr_assert_eq(s.tc.rx_seq, 1, "the new key's first record");
+	cr_assert(tls_wants_write(&s.tc), "update_requested: ours must follow");
+	/* our answer goes out before the next data; the client reads through it */
+	to_client(&s, &p, "data under our new key");
+	cr_assert_not(tls_wants_write(&s.tc));
+	cr_assert_eq(s.tc.tx_seq, 1);
+	n = to_server(&s, &p, "more", plain, &ret);
+	cr_assert_eq(n, 4);
+	peer_free(&p);
+	srv_free(&s);
+}
+
+Test(tls, key_update_not_requested_and_ours)
+{
+	struct srv s;
+	struct peer p;
+	ready(&s, &p, NULL);
+	cr_assert_eq(SSL_key_update(p.ssl, SSL_KEY_UPDATE_NOT_REQUESTED), 1);
+	uint8_t plain[256];
+	int ret;
+	to_server(&s, &p, "x", plain, &ret);
+	cr_assert_eq(ret, 0);
+	cr_assert_not(tls_wants_write(&s.tc));
+	/* ours, asking the peer: it answers with its own */
+	tls_key_update(&s.tc, 1);
+	to_client(&s, &p, "rekeyed");
+	size_t n = to_server(&s, &p, "answered", plain, &ret);
+	cr_assert_eq(ret, 0);
+	cr_assert_eq(n, 8);
+	cr_assert_eq(s.tc.rx_seq, 1, "the peer's KeyUpdate moved our receive key");
+	peer_free(&p);
+	srv_free(&s);
+}
+
+Test(tls, send_key_updates_before_the_record_limit)
+{
+	struct srv s;
+	struct peer p;
+	ready(&s, &p, NULL);
+	/* pretend 2^23 - 1 records went out; the client does not count them,
+	 * so this reads as a gap in the sequence to it: check our side only */
+	s.tc.tx_seq = TLS_TX_RECORDS_PER_KEY - 1;
+	uint8_t sealed[256];
+	size_t m = tls_seal(s.th, &s.tc, (const uint8_t *)"x", 1, sealed);
+	cr_assert_eq(m, 2 * TLS_OVERHEAD + 5 + 1, "a KeyUpdate record, then the data");
+	cr_assert_eq(s.tc.tx_seq, 1);
+	peer_free(&p);
+	srv_free(&s);
+}
+
+Test(tls, close_notify_both_ways)
+{
+	struct srv s;
+	struct peer p;
+	ready(&s, &p, NULL);
+	uint8_t a[64];
+	size_t an = tls_alert(s.th, &s.tc, TLS_A_CLOSE_NOTIFY, a);
+	cr_assert_gt(an, 0);
+	peer_give(&p, a, an);
+	uint8_t b[16];
+	int r = SSL_read(p.ssl, b, sizeof b);
+	cr_assert_eq(SSL_get_error(p.ssl, r), SSL_ERROR_ZERO_RETURN);
+	cr_assert_eq(SSL_shutdown(p.ssl), 1);
+	size_t n = peer_take(&p, buf, sizeof buf);
+	const uint8_t *pl;
+	size_t pn;
+	cr_assert_eq(tls_open(s.th, &s.tc, buf, n, &pl, &pn), 1);
+	peer_free(&p);
+	srv_free(&s);
+}
+
+Test(tls, peer_fatal_alert)
+{
+	struct srv s;
+	struct peer p;
+	ready(&s, &p, NULL);
+	/* a record the client cannot open makes it send bad_record_mac */
+	uint8_t sealed[256];
+	size_t m = tls_seal(s.th, &s.tc, (const uint8_t *)"zz", 2, sealed);
+	sealed[m - 1] ^= 1;
+	peer_give(&p, sealed, m);
+	uint8_t b[16];
+	cr_assert_leq(SSL_read(p.ssl, b, sizeof b), 0);
+	ERR_clear_error();
+	size_t n = peer_take(&p, buf, sizeof buf);
+	cr_assert_gt(n, 0);
+	const uint8_t *pl;
+	size_t pn;
+	cr_assert_eq(tls_open(s.th, &s.tc, buf, n, &pl, &pn), 2);
+	peer_free(&p);
+	srv_free(&s);
+}
+
+Test(tls, wrong_alpn_fails)
+{
+	struct srv s;
+	struct peer p;
+	unsigned why;
+	srv_new(&s, 0);
+	peer_new(&p, NULL, "\x02h2", TLS1_3_VERSION);
+	cr_assert_eq(handshake(&s, &p, &why), TLS_HS_FAIL);
+	cr_assert_eq(why, TLS_HSF_alpn, "%s", tls_hs_fail_name(why));
+	peer_free(&p);
+	srv_free(&s);
+}
+
+Test(tls, tls12_fails)
+{
+	struct srv s;
+	struct peer p;
+	unsigned why;
+	srv_new(&s, 0);
+	peer_new(&p, NULL, NULL, TLS1_2_VERSION);
+	cr_assert_eq(handshake(&s, &p, &why), TLS_HS_FAIL);
+	cr_assert_eq(why, TLS_HSF_version, "%s", tls_hs_fail_name(why));
+	peer_free(&p);
+	srv_free(&s);
+}
+
+Test(tls, garbage_fails)
+{
+	struct srv s;
+	srv_new(&s, 0);
+	const char g[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+	size_t used, outn;
+	const uint8_t *out;
+	unsigned why;
+	cr_assert_eq(tls_handshake(s.th, &s.tc, (const uint8_t *)g, sizeof g - 1, &used, &out, &outn, &why), TLS_HS_FAIL);
+	cr_assert_eq(why, TLS_HSF_protocol);
+	srv_free(&s);
+}
+
+Test(tls, our_client_and_our_server)
+{
+	char err[512];
+	struct srv s;
+	srv_new(&s, 3600);
+	struct tls_client_opts co = {.ca_file = cert, .server_name = "localhost"};
+	struct tls_ctx *cctx = tls_client_new(&co, err, sizeof err);
+	cr_assert(cctx, "%s", err);
+	struct tls_thread *cth = tls_thread_new(err, sizeof err);
+	struct tls_conn cc = {0};
+	cr_assert_eq(tls_conn_start(cth, &cc, cctx), 0);
+	size_t used, outn;
+	const uint8_t *out;
+	unsigned why;
+	static uint8_t c2s[65536], s2c[65536];
+	size_t c2sn = 0, s2cn = 0;
+	cr_assert_eq(tls_handshake(cth, &cc, NULL, 0, &used, &out, &outn, &why), TLS_HS_MORE);
+	memcpy(c2s, out, outn);
+	c2sn = outn;
+	int sdone = 0, cdone = 0;
+	for (int round = 0; round < 6 && !(sdone && cdone); round++) {
+		if (c2sn && !sdone) {
+			int h = tls_handshake(s.th, &s.tc, c2s, c2sn, &used, &out, &outn, &why);
+			cr_assert_neq(h, TLS_HS_FAIL, "%s", tls_hs_fail_name(why));
+			memcpy(s2c, out, outn);
+			s2cn = outn;
+			c2sn = 0;
+			sdone = h == TLS_HS_DONE;
+		}
+		if (s2cn && !cdone) {
+			int h = tls_handshake(cth, &cc, s2c, s2cn, &used, &out, &outn, &why);
+			cr_assert_neq(h, TLS_HS_FAIL, "%s", tls_hs_fail_name(why));
+			memcpy(c2s, out, outn);
+			c2sn = outn;
+			cdone = h == TLS_HS_DONE;
+			cr_assert_eq(used, s2cn);
+			s2cn = 0;
+		}
+	}
+	cr_assert(sdone && cdone);
+	cr_assert_eq(s.tc.tx_seq, 1);
+	cr_assert_gt(s2cn, 0, "the server's last call wrote its session ticket");
+	/* the client's record layer takes the ticket (and drops it) */
+	const uint8_t *pl;
+	size_t pn;
+	cr_assert_eq(tls_open(cth, &cc, s2c, s2cn, &pl, &pn), 0);
+	cr_assert_eq(pn, 0);
+	cr_assert_eq(cc.rx_seq, 1);
+	size_t m = tls_seal(s.th, &s.tc, (const uint8_t *)"from server", 11, s2c);
+	cr_assert_eq(tls_open(cth, &cc, s2c, m, &pl, &pn), 0);
+	cr_assert_eq(pn, 11);
+	cr_assert(memcmp(pl, "from server", 11) == 0);
+	m = tls_seal(cth, &cc, (const uint8_t *)"from client", 11, c2s);
+	cr_assert_eq(tls_open(s.th, &s.tc, c2s, m, &pl, &pn), 0);
+	cr_assert_eq(pn, 11);
+	cr_assert(memcmp(pl, "from client", 11) == 0);
+	tls_conn_free(&cc);
+	tls_conn_free(&s.tc);
+	tls_thread_free(cth);
+	tls_ctx_free(cctx);
+	tls_thread_free(s.th);
+	tls_ctx_free(s.ctx);
+}
