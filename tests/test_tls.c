@@ -1,7 +1,8 @@
 /* test_tls.c: runtime/tls against libssl's own TLS 1.3 (a client whose
  * record layer is OpenSSL's), in memory: handshakes for the three suites,
  * records both ways, records cut at every byte, bad tags and lengths,
- * KeyUpdate both ways, alerts, and our own client against our own server. */
+ * KeyUpdate both ways, alerts, resumption with a ticket, and our own client
+ * against our own server. */
 #include <criterion/criterion.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -20,12 +21,9 @@ static void make_cert(void)
 	cr_assert(mkdtemp(dir));
 	snprintf(cert, sizeof cert, "%s/cert.pem", dir);
 	snprintf(key, sizeof key, "%s/key.pem", dir);
-	char cmd[1024];
-	snprintf(cmd, sizeof cmd,
-		 "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s -out %s -days 2 "
-		 "-subj /CN=localhost -addext subjectAltName=DNS:localhost >/dev/null 2>&1",
-		 key, cert);
-	cr_assert_eq(system(cmd), 0, "openssl req failed");
+	char cmd[512];
+	snprintf(cmd, sizeof cmd, "tools/tls-selfsigned %s 2 >/dev/null", dir); /* run from the repository root */
+	cr_assert_eq(system(cmd), 0, "tools/tls-selfsigned failed");
 }
 
 static void rm_cert(void)
@@ -54,7 +52,9 @@ static void peer_new(struct peer *p, const char *suites, const char *alpn, int m
 		cr_assert(SSL_CTX_set_ciphersuites(p->ctx, suites));
 	if (alpn)
 		SSL_CTX_set_alpn_protos(p->ctx, (const unsigned char *)alpn, (unsigned)strlen(alpn));
-	SSL_CTX_set_session_cache_mode(p->ctx, SSL_SESS_CACHE_CLIENT);
+	/* no client cache: freeing the context would flush it, which marks its
+	 * sessions not resumable */
+	SSL_CTX_set_session_cache_mode(p->ctx, SSL_SESS_CACHE_OFF);
 	p->ssl = SSL_new(p->ctx);
 	p->in = BIO_new(BIO_s_mem());
 	p->out = BIO_new(BIO_s_mem());
@@ -473,6 +473,74 @@ Test(tls, garbage_fails)
 	unsigned why;
 	cr_assert_eq(tls_handshake(s.th, &s.tc, (const uint8_t *)g, sizeof g - 1, &used, &out, &outn, &why), TLS_HS_FAIL);
 	cr_assert_eq(why, TLS_HSF_protocol);
+	srv_free(&s);
+}
+
+/* Free a peer whose session is to be resumed: a connection freed without
+ * a shutdown marks its session not resumable (libssl's "bad session"). */
+static void peer_free_keep_session(struct peer *p)
+{
+	SSL_set_shutdown(p->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+	peer_free(p);
+}
+
+Test(tls, resumption_with_a_ticket)
+{
+	struct srv s;
+	struct peer p;
+	ready(&s, &p, NULL);
+	SSL_SESSION *sess = SSL_get1_session(p.ssl);
+	cr_assert(sess && SSL_SESSION_is_resumable(sess));
+	cr_assert_not(s.tc.flags & TLS_F_RESUMED);
+	peer_free_keep_session(&p);
+	/* a second connection, on another thread's state: the ticket key is
+	 * derived from the context's secret and the period, not stored */
+	char err[256];
+	struct srv s2 = {.ctx = s.ctx, .th = tls_thread_new(err, sizeof err)};
+	cr_assert(s2.th, "%s", err);
+	cr_assert_eq(tls_conn_start(s2.th, &s2.tc, s.ctx), 0);
+	peer_new(&p, NULL, "\x04" "chat", TLS1_3_VERSION);
+	cr_assert_eq(SSL_set_session(p.ssl, sess), 1);
+	unsigned why;
+	cr_assert_eq(handshake(&s2, &p, &why), TLS_HS_DONE);
+	cr_assert(s2.tc.flags & TLS_F_RESUMED);
+	cr_assert(SSL_session_reused(p.ssl));
+	peer_settle(&p);
+	uint8_t plain[64];
+	int ret;
+	cr_assert_eq(to_server(&s2, &p, "resumed", plain, &ret), 7);
+	to_client(&s2, &p, "yes");
+	peer_free_keep_session(&p);
+	tls_conn_free(&s2.tc);
+	tls_thread_free(s2.th);
+	/* another server (another ticket secret) does not take it: a full handshake */
+	struct srv s3;
+	srv_new(&s3, 3600);
+	peer_new(&p, NULL, "\x04" "chat", TLS1_3_VERSION);
+	SSL_set_session(p.ssl, sess);
+	cr_assert_eq(handshake(&s3, &p, &why), TLS_HS_DONE);
+	cr_assert_not(s3.tc.flags & TLS_F_RESUMED);
+	cr_assert_not(SSL_session_reused(p.ssl));
+	peer_free(&p);
+	srv_free(&s3);
+	SSL_SESSION_free(sess);
+	srv_free(&s);
+}
+
+Test(tls, no_tickets_when_the_period_is_0)
+{
+	struct srv s;
+	struct peer p;
+	unsigned why;
+	srv_new(&s, 0);
+	peer_new(&p, NULL, "\x04" "chat", TLS1_3_VERSION);
+	cr_assert_eq(handshake(&s, &p, &why), TLS_HS_DONE);
+	cr_assert_eq(s.tc.tx_seq, 0, "no ticket record");
+	peer_settle(&p);
+	SSL_SESSION *sess = SSL_get1_session(p.ssl);
+	cr_assert_not(SSL_SESSION_is_resumable(sess));
+	SSL_SESSION_free(sess);
+	peer_free(&p);
 	srv_free(&s);
 }
 
