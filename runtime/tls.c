@@ -72,7 +72,22 @@ struct ticket_key {
 	uint8_t aes[32], mac[32];
 };
 
+struct keys {
+	uint8_t key[32], iv[IV_LEN];
+};
+
+/* Derived key and IV by the secret they come from: a pure function of
+ * (suite, secret), so an entry is right whoever asks; a busy connection
+ * derives once per key instead of at every call. */
+#define KEY_CACHE 256u
+struct key_entry {
+	uint8_t suite;
+	uint8_t secret[48];
+	struct keys k;
+};
+
 struct tls_thread {
+	struct key_entry kc[KEY_CACHE];
 	EVP_CIPHER_CTX *aead;
 	EVP_CIPHER *cipher[4];
 	EVP_CIPHER *ticket_cipher; /* AES-256-CBC, libssl's ticket format */
@@ -200,16 +215,36 @@ static int expand_label(struct tls_thread *th, unsigned suite, const uint8_t *se
 	return EVP_KDF_derive(th->label[s->hashlen == 48], out, outlen, p) > 0 ? 0 : -1;
 }
 
-struct keys {
-	uint8_t key[32], iv[IV_LEN];
-};
+static struct key_entry *key_slot(struct tls_thread *th, const uint8_t *secret)
+{
+	uint32_t h;
+	memcpy(&h, secret, sizeof h); /* a traffic secret is uniformly random */
+	return &th->kc[h % KEY_CACHE];
+}
 
 static int derive(struct tls_thread *th, unsigned suite, const uint8_t *secret, struct keys *k)
 {
-	return expand_label(th, suite, secret, "key", k->key, suites[suite].keylen) ||
-			       expand_label(th, suite, secret, "iv", k->iv, IV_LEN)
-		       ? -1
-		       : 0;
+	unsigned hl = suites[suite].hashlen;
+	struct key_entry *e = key_slot(th, secret);
+	if (e->suite == suite && CRYPTO_memcmp(e->secret, secret, hl) == 0) {
+		*k = e->k;
+		return 0;
+	}
+	if (expand_label(th, suite, secret, "key", k->key, suites[suite].keylen) ||
+	    expand_label(th, suite, secret, "iv", k->iv, IV_LEN))
+		return -1;
+	e->suite = (uint8_t)suite;
+	memcpy(e->secret, secret, hl);
+	e->k = *k;
+	return 0;
+}
+
+/* Forget the keys of a secret no longer in use. */
+static void key_forget(struct tls_thread *th, unsigned suite, const uint8_t *secret)
+{
+	struct key_entry *e = key_slot(th, secret);
+	if (suite && e->suite == suite && CRYPTO_memcmp(e->secret, secret, suites[suite].hashlen) == 0)
+		OPENSSL_cleanse(e, sizeof *e);
 }
 
 static int next_secret(struct tls_thread *th, unsigned suite, uint8_t *secret)
@@ -217,6 +252,7 @@ static int next_secret(struct tls_thread *th, unsigned suite, uint8_t *secret)
 	uint8_t n[48];
 	if (expand_label(th, suite, secret, "traffic upd", n, suites[suite].hashlen) != 0)
 		return -1;
+	key_forget(th, suite, secret);
 	memcpy(secret, n, suites[suite].hashlen);
 	OPENSSL_cleanse(n, sizeof n);
 	return 0;

@@ -8,9 +8,11 @@
  * callback, are kept; the SSL object is freed. From then on records are
  * opened and sealed here with libcrypto's AEAD (EVP), the key and IV
  * derived from the kept secret with libcrypto's TLS13-KDF (HKDF-Expand-
- * Label) at the start of each call. So an idle connection holds its two
- * secrets, two sequence numbers and a few bytes of state, nothing else; the
- * cipher and KDF contexts belong to the thread (struct tls_thread).
+ * Label), and kept in the thread's small cache of derived keys (by secret:
+ * a busy connection derives once per key, a cold one at its next call). So
+ * an idle connection holds its two secrets, two sequence numbers and a few
+ * bytes of state, nothing else; the cipher and KDF contexts and the key
+ * cache belong to the thread (struct tls_thread).
  *
  * What the record layer does (RFC 8446 section 5):
  * - records of up to 2^14 bytes of plaintext, in place: tls_open decrypts

@@ -607,3 +607,37 @@ Test(tls, our_client_and_our_server)
 	tls_thread_free(s.th);
 	tls_ctx_free(s.ctx);
 }
+
+Test(tls, key_cache_slot_shared_by_two_connections)
+{
+	/* two connections whose secrets share a cache slot (the first four
+	 * bytes), used in turn: each call must use its own keys */
+	char err[256];
+	struct tls_thread *th = tls_thread_new(err, sizeof err);
+	cr_assert(th, "%s", err);
+	struct tls_conn tx[2], rx[2];
+	memset(tx, 0, sizeof tx);
+	memset(rx, 0, sizeof rx);
+	for (unsigned i = 0; i < 2; i++) {
+		tx[i].state = rx[i].state = TLS_S_OPEN;
+		tx[i].suite = rx[i].suite = 1;
+		memset(tx[i].tx_secret, 0x33, sizeof tx[i].tx_secret);
+		tx[i].tx_secret[9] = (uint8_t)i;
+		memcpy(rx[i].rx_secret, tx[i].tx_secret, sizeof rx[i].rx_secret);
+	}
+	for (unsigned round = 0; round < 6; round++) {
+		unsigned i = round % 2, j = 1 - i;
+		uint8_t rec[128];
+		const uint8_t *pl;
+		size_t pn;
+		size_t m = tls_seal(th, &tx[i], (const uint8_t *)"abc", 3, rec);
+		struct tls_conn wrong = rx[j];
+		wrong.rx_seq = rx[i].rx_seq;
+		uint8_t copy[128];
+		memcpy(copy, rec, m);
+		cr_assert_eq(tls_open(th, &wrong, copy, m, &pl, &pn), -TLS_A_BAD_RECORD_MAC, "round %u", round);
+		cr_assert_eq(tls_open(th, &rx[i], rec, m, &pl, &pn), 0, "round %u", round);
+		cr_assert_eq(pn, 3);
+	}
+	tls_thread_free(th);
+}
