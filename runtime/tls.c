@@ -115,6 +115,12 @@ static void put_err(char *err, size_t errlen, const char *what)
 	ERR_clear_error();
 }
 
+/* The length field of the record header at h. */
+static inline size_t rec_len(const uint8_t *h)
+{
+	return (size_t)h[3] << 8 | h[4];
+}
+
 static int grow(uint8_t **p, size_t *cap, size_t need)
 {
 	if (*cap >= need)
@@ -280,27 +286,6 @@ static int alpn_select(SSL *s, const unsigned char **out, unsigned char *outlen,
 	return SSL_TLSEXT_ERR_OK;
 }
 
-static int unhex(const char *h, uint8_t *out, size_t max, size_t *n)
-{
-	size_t i = 0;
-	for (; h[0] && h[0] != ' ' && h[1]; h += 2) {
-		unsigned v = 0;
-		for (unsigned j = 0; j < 2; j++) {
-			char c = h[j];
-			unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0') : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
-					: c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10) : 16u;
-			if (d > 15)
-				return -1;
-			v = v * 16 + d;
-		}
-		if (i == max)
-			return -1;
-		out[i++] = (uint8_t)v;
-	}
-	*n = i;
-	return 0;
-}
-
 /* libssl's key log: the only place the traffic secrets leave it. Lines are
  * "LABEL <client random hex> <secret hex>"; the application ones are kept. */
 static void keylog(const SSL *s, const char *line)
@@ -317,8 +302,10 @@ static void keylog(const SSL *s, const char *line)
 	int rx = client == ((tc->flags & TLS_F_SERVER) != 0);
 	uint8_t *dst = rx ? tc->rx_secret : tc->tx_secret;
 	size_t n = 0;
-	if (unhex(p + 1, dst, 48, &n) != 0 || (n != 32 && n != 48))
+	if (!OPENSSL_hexstr2buf_ex(dst, 48, &n, p + 1, '\0') || (n != 32 && n != 48)) {
+		ERR_clear_error();
 		return;
+	}
 	tc->got |= (uint8_t)(rx ? 1 : 2);
 }
 
@@ -550,8 +537,7 @@ void tls_conn_free(struct tls_conn *tc)
 		SSL_free(tc->ssl);
 	else if (tc->part)
 		carry_free(&tc->part);
-	OPENSSL_cleanse(tc, sizeof *tc);
-	memset(tc, 0, sizeof *tc);
+	OPENSSL_cleanse(tc, sizeof *tc); /* zeroes it */
 }
 
 static unsigned fail_reason(void)
@@ -617,13 +603,12 @@ int tls_handshake(struct tls_thread *th, struct tls_conn *tc, const uint8_t *in,
 		if (tc->flags & TLS_F_SERVER)
 			for (size_t off = 0; off + TLS_HDR <= pend;) {
 				written += th->hsout[off] == CT_APP;
-				off += TLS_HDR + ((size_t)th->hsout[off + 3] << 8 | th->hsout[off + 4]);
+				off += TLS_HDR + rec_len(th->hsout + off);
 			}
 		if (SSL_session_reused(s))
 			tc->flags |= TLS_F_RESUMED;
 		SSL_free(s);
-		tc->ssl = NULL;
-		tc->part = NULL;
+		tc->part = NULL; /* shares the SSL pointer's place */
 		tc->suite = (uint8_t)suite;
 		tc->rx_seq = 0;
 		tc->tx_seq = written;
@@ -666,10 +651,12 @@ static size_t seal_record(struct tls_thread *th, struct tls_conn *tc, const stru
 	return TLS_HDR + len;
 }
 
-static int tx_keys(struct tls_thread *th, struct tls_conn *tc, struct keys *k)
+/* The thread's AEAD keyed for one direction of tc (enc: our sending
+ * side), its IV in k for the per-record nonces. */
+static int set_keys(struct tls_thread *th, struct tls_conn *tc, int enc, struct keys *k)
 {
-	if (derive(th, tc->suite, tc->tx_secret, k) != 0 ||
-	    !EVP_EncryptInit_ex2(th->aead, th->cipher[tc->suite], k->key, NULL, NULL)) {
+	if (derive(th, tc->suite, enc ? tc->tx_secret : tc->rx_secret, k) != 0 ||
+	    !EVP_CipherInit_ex2(th->aead, th->cipher[tc->suite], k->key, NULL, enc, NULL)) {
 		ERR_clear_error();
 		return -1;
 	}
@@ -696,14 +683,14 @@ size_t tls_seal(struct tls_thread *th, struct tls_conn *tc, const uint8_t *in, s
 		return 0;
 	struct keys k;
 	size_t o = 0, recs = (n + TLS_MAX_PLAIN - 1) / TLS_MAX_PLAIN;
-	if (tx_keys(th, tc, &k) != 0)
+	if (set_keys(th, tc, 1, &k) != 0)
 		return 0;
 	if (tc->tx_seq + recs >= TLS_TX_RECORDS_PER_KEY)
 		tc->flags |= TLS_F_KU_SEND;
 	if (tc->flags & TLS_F_KU_SEND) {
 		uint8_t ku[5] = {HS_KEY_UPDATE, 0, 0, 1, (tc->flags & TLS_F_KU_ASK) ? 1 : 0};
 		size_t r = seal_record(th, tc, &k, CT_HANDSHAKE, ku, sizeof ku, out);
-		if (!r || next_secret(th, tc->suite, tc->tx_secret) != 0 || tx_keys(th, tc, &k) != 0)
+		if (!r || next_secret(th, tc->suite, tc->tx_secret) != 0 || set_keys(th, tc, 1, &k) != 0)
 			goto fail;
 		o += r;
 		tc->tx_seq = 0;
@@ -732,7 +719,7 @@ size_t tls_alert(struct tls_thread *th, struct tls_conn *tc, unsigned desc, uint
 	uint8_t a[2] = {desc == TLS_A_CLOSE_NOTIFY || desc == TLS_A_USER_CANCELED ? 1 : 2, (uint8_t)desc};
 	struct keys k;
 	size_t r = 0;
-	if (tx_keys(th, tc, &k) == 0)
+	if (set_keys(th, tc, 1, &k) == 0)
 		r = seal_record(th, tc, &k, CT_ALERT, a, sizeof a, out);
 	OPENSSL_cleanse(&k, sizeof k);
 	tc->flags |= TLS_F_CLOSE_SENT;
@@ -771,16 +758,6 @@ static int open_record(struct tls_thread *th, struct tls_conn *tc, const struct 
 	if (*plen > TLS_MAX_PLAIN)
 		return -TLS_A_RECORD_OVERFLOW;
 	return p[TLS_HDR + i - 1];
-}
-
-static int rx_keys(struct tls_thread *th, struct tls_conn *tc, struct keys *k)
-{
-	if (derive(th, tc->suite, tc->rx_secret, k) != 0 ||
-	    !EVP_DecryptInit_ex2(th->aead, th->cipher[tc->suite], k->key, NULL, NULL)) {
-		ERR_clear_error();
-		return -1;
-	}
-	return 0;
 }
 
 /* What a non-data record says. Returns 0 to go on, 1 closed by the peer, 2
@@ -826,6 +803,19 @@ static int control(struct tls_thread *th, struct tls_conn *tc, int type, const u
 	return 0;
 }
 
+/* Open the record at p and act on it: CT_APP with its data at p + TLS_HDR
+ * (*plen bytes), or control()'s result for anything else (*plen 0). */
+static int open_one(struct tls_thread *th, struct tls_conn *tc, const struct keys *k, uint8_t *p, size_t len,
+		    size_t *plen, int *rekey)
+{
+	int type = open_record(th, tc, k, p, len, plen);
+	if (type == CT_APP || type < 0)
+		return type;
+	int r = control(th, tc, type, p + TLS_HDR, *plen, rekey);
+	*plen = 0;
+	return r;
+}
+
 int tls_open(struct tls_thread *th, struct tls_conn *tc, uint8_t *buf, size_t n, const uint8_t **plain,
 	     size_t *plain_len)
 {
@@ -846,7 +836,7 @@ int tls_open(struct tls_thread *th, struct tls_conn *tc, uint8_t *buf, size_t n,
 			i += t;
 			if (c->len < TLS_HDR)
 				return 0;
-			size_t len = (size_t)c->data[3] << 8 | c->data[4];
+			size_t len = rec_len(c->data);
 			if (len > TLS_MAX_CIPHER) {
 				ret = -TLS_A_RECORD_OVERFLOW;
 				goto out;
@@ -865,31 +855,29 @@ int tls_open(struct tls_thread *th, struct tls_conn *tc, uint8_t *buf, size_t n,
 		i += t;
 		if (c->len < c->need)
 			return 0;
-		if (rx_keys(th, tc, &k) != 0) {
+		if (set_keys(th, tc, 0, &k) != 0) {
 			ret = -TLS_A_INTERNAL_ERROR;
 			goto out;
 		}
 		keyed = 1;
 		size_t pl;
-		int type = open_record(th, tc, &k, c->data, c->len - TLS_HDR, &pl);
-		if (type == CT_APP) {
-			if (grow(&th->scratch, &th->scratch_cap, pl + n) != 0) {
+		int r = open_one(th, tc, &k, c->data, c->len - TLS_HDR, &pl, &rekey);
+		if (r == CT_APP) {
+			if (grow(&th->scratch, &th->scratch_cap, pl + n) == 0) {
+				memcpy(th->scratch, c->data + TLS_HDR, pl);
+				head = pl;
+			} else {
 				ret = -TLS_A_INTERNAL_ERROR;
-				goto out;
 			}
-			memcpy(th->scratch, c->data + TLS_HDR, pl);
-			head = pl;
-		} else if (type < 0) {
-			ret = type;
 		} else {
-			ret = control(th, tc, type, c->data + TLS_HDR, pl, &rekey);
+			ret = r;
 		}
 		carry_free(&tc->part);
 		if (ret)
 			goto out;
 	}
 	while (n - i >= TLS_HDR) {
-		size_t len = (size_t)buf[i + 3] << 8 | buf[i + 4];
+		size_t len = rec_len(buf + i);
 		if (len > TLS_MAX_CIPHER) {
 			ret = -TLS_A_RECORD_OVERFLOW;
 			goto out;
@@ -897,7 +885,7 @@ int tls_open(struct tls_thread *th, struct tls_conn *tc, uint8_t *buf, size_t n,
 		if (n - i < TLS_HDR + len)
 			break;
 		if (!keyed || rekey) {
-			if (rx_keys(th, tc, &k) != 0) {
+			if (set_keys(th, tc, 0, &k) != 0) {
 				ret = -TLS_A_INTERNAL_ERROR;
 				goto out;
 			}
@@ -905,14 +893,12 @@ int tls_open(struct tls_thread *th, struct tls_conn *tc, uint8_t *buf, size_t n,
 			rekey = 0;
 		}
 		size_t pl;
-		int type = open_record(th, tc, &k, buf + i, len, &pl);
-		if (type == CT_APP) {
+		int r = open_one(th, tc, &k, buf + i, len, &pl, &rekey);
+		if (r == CT_APP) {
 			memmove(buf + w, buf + i + TLS_HDR, pl);
 			w += pl;
-		} else if (type < 0) {
-			ret = type;
 		} else {
-			ret = control(th, tc, type, buf + i + TLS_HDR, pl, &rekey);
+			ret = r;
 		}
 		i += TLS_HDR + len;
 		if (ret)
@@ -923,7 +909,7 @@ int tls_open(struct tls_thread *th, struct tls_conn *tc, uint8_t *buf, size_t n,
 		 * its header is in */
 		size_t have = n - i, need = TLS_HDR;
 		if (have >= TLS_HDR)
-			need = TLS_HDR + ((size_t)buf[i + 3] << 8 | buf[i + 4]);
+			need = TLS_HDR + rec_len(buf + i);
 		struct carry *c = malloc(sizeof *c + need);
 		if (!c) {
 			ret = -TLS_A_INTERNAL_ERROR;
