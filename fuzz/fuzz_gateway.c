@@ -183,7 +183,7 @@ static void open_conn(int k)
 	struct src from = {0};
 	uint8_t ip[4] = {192, 0, 2, (uint8_t)(k % 5)};
 	src_set(&from, AF_INET, ip, (uint16_t)(1000 + k));
-	worker_adopt(w, s, &from, k & 1);
+	worker_adopt(w, s, &from, k & 1, 0);
 }
 
 static void close_peer(int k)

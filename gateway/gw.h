@@ -34,6 +34,7 @@
 #define GATEWAY_GW_H
 
 #include <assert.h>
+#include <stdlib.h>
 #include <liburing.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -50,6 +51,7 @@
 #include "runtime/opts.h"
 #include "runtime/peerauth.h"
 #include "runtime/srclimit.h"
+#include "runtime/tls.h"
 #include "runtime/token.h"
 #include "runtime/u64map.h"
 #include "runtime/uring.h"
@@ -77,6 +79,11 @@ _Static_assert(GW_ACCEPTS <= 64, "a listener's armed accepts are bits of a uint6
 /* ---- configuration (read-only after start) -------------------------------- */
 struct gw_config {
 	struct opt_list listen;
+	struct opt_list listen_tls;
+	const char *tls_cert, *tls_key, *tls_ticket_key_file;
+	int64_t tls_max_handshakes; /* per thread */
+	int64_t tls_handshake_timeout_ms;
+	int64_t tls_ticket_period_ms; /* 0: no session tickets */
 	const char *stats_listen;
 	const char *secret_file, *secret_prev_file;
 	int64_t threads;
@@ -105,20 +112,26 @@ struct gw_config {
 };
 
 /* ---- counters: per thread, written by the owner only ---------------------- */
+/* Why connections close: the enum and the /metrics label (stats.c). */
+#define GW_CLOSE_REASONS(X) \
+	X(PEER, "peer")                   /* client closed or reset */ \
+	X(ERROR, "error")                 /* socket error */ \
+	X(PROTOCOL, "protocol")           /* malformed frame or state violation */ \
+	X(AUTH, "auth")                   /* login refused */ \
+	X(LOGIN_TIMEOUT, "login_timeout") \
+	X(IDLE, "idle") \
+	X(KICKED, "kicked") \
+	X(SLOW, "slow_consumer") \
+	X(RATE, "rate_limited") \
+	X(STALL, "write_stall") \
+	X(SHUTDOWN, "shutdown") \
+	X(FULL, "full") \
+	X(SOURCE, "source_limit")         /* over a per-source limit */ \
+	X(TLS, "tls")                     /* TLS handshake failed, bad record, or the peer's alert */
 enum gw_close_reason {
-	CLOSE_PEER,          /* client closed or reset */
-	CLOSE_ERROR,         /* socket error */
-	CLOSE_PROTOCOL,      /* malformed frame or state violation */
-	CLOSE_AUTH,          /* login refused */
-	CLOSE_LOGIN_TIMEOUT,
-	CLOSE_IDLE,
-	CLOSE_KICKED,
-	CLOSE_SLOW,          /* slow consumer */
-	CLOSE_RATE,
-	CLOSE_STALL,
-	CLOSE_SHUTDOWN,
-	CLOSE_FULL,
-	CLOSE_SOURCE,        /* over a per-source limit */
+#define GW_CLOSE_ENUM(name, label) CLOSE_##name,
+	GW_CLOSE_REASONS(GW_CLOSE_ENUM)
+#undef GW_CLOSE_ENUM
 	CLOSE_REASONS
 };
 
@@ -137,8 +150,15 @@ struct gw_counters {
 	uint64_t routed_remote, stored_acks, store_refused, store_timeouts, link_try_again, sessions_out, answers_lost;
 	uint64_t resyncs, session_announce_deferred;
 	uint64_t src_too_many, src_too_fast; /* connections refused by the per-source limits */
+	/* TLS listeners: handshakes done (of which resumed with a ticket),
+	 * failed by reason, timed out, refused over --tls-max-handshakes;
+	 * loop time spent in them; records refused (bad tag, length, type);
+	 * fatal alerts and close_notify from clients; KeyUpdates received */
+	uint64_t tls_hs_done, tls_hs_resumed, tls_hs_failed[TLS_HS_FAIL_REASONS], tls_hs_timeouts, tls_hs_limited;
+	uint64_t tls_hs_ns, tls_bad_records, tls_alerts_in, tls_close_notify_in;
 	/* gauges */
 	uint64_t conns, logged_in, queue_bytes, queue_max, wheel_size, dir_size, partial_bufs;
+	uint64_t tls_conns, tls_handshaking;
 	uint64_t pending_stores;
 	struct link_stats link; /* all this thread's links (runtime/link.h LINK_STATS) */
 	/* latency measured here (runtime/metrics.h): SEND handled to DELIVER
@@ -157,10 +177,14 @@ struct gw_link_pub {
 /* ---- buffers ---------------------------------------------------------------- */
 
 /* Output queued for one connection: frames appended during an iteration and
- * sent with one send at its end. `off` is how much a send has taken. */
+ * sent with one send at its end. `off` is how much a send has taken. On a
+ * TLS connection data[0..sealed) is ready for the wire (handshake bytes,
+ * sealed records) and data[sealed..len) plaintext frames, sealed into as
+ * few records as they fit just before the send (worker.c flush_conn). */
 struct obuf {
 	uint32_t len, cap, off;
 	uint32_t since; /* tick the send started (write-stall check) */
+	uint32_t sealed;
 	uint8_t data[];
 };
 
@@ -179,8 +203,11 @@ struct handoff {
 	uint16_t rl_frames, rl_window;
 	uint8_t version;
 	uint8_t src_counted; /* the source count (srclimit) moves with the socket */
+	uint8_t tls;         /* a TLS connection: its record state moves in tc */
+	uint32_t wire;       /* TLS: bytes for the wire queued before the move (a session ticket): data[0..wire) */
 	struct src src;
-	uint8_t data[];
+	struct tls_conn tc;
+	uint8_t data[];      /* [wire bytes][len bytes of input after LOGIN] */
 } __attribute__((aligned(16)));
 
 /* ---- connection -------------------------------------------------------------- */
@@ -200,6 +227,7 @@ enum conn_state { CS_FREE = 0, CS_NEW, CS_HANDOFF, CS_LIVE, CS_CLOSING };
 #define CF_V2 0x0800u        /* LIVE: speaks protocol 2 (DELIVER with cmid, acks stored receipts) */
 #define CF_PROXY 0x1000u     /* NEW, from a ",proxy" listener: the PROXY header is still to come */
 #define CF_SRC 0x2000u       /* counted in the per-source table (gw.srclim): released when it ends */
+#define CF_TLS 0x4000u       /* from a TLS listener: bytes go through w->tls[slot] both ways */
 
 /* One connection; the index in the array is its fixed-file slot. All zeros
  * is a free slot. 64 bytes: a million of them is 64 MB. */
@@ -291,6 +319,9 @@ struct worker {
 	uint32_t closing;  /* ...of which closing (they do not count against capacity) */
 	uint32_t input_slot; /* connection whose input session_input is handling (UINT32_MAX: none) */
 	struct src *peers; /* per slot: where the connection comes from, since when */
+	struct tls_conn *tls; /* per slot: TLS record state (touched only for CF_TLS connections) */
+	struct tls_thread *tls_th;
+	uint32_t tls_hs;   /* TLS handshakes in progress (--tls-max-handshakes) */
 	int *lfd;          /* listener fds, one per --listen */
 	uint64_t *larmed;  /* per listener: which of its GW_ACCEPTS accepts are armed (bit k) */
 	struct gw_accept *acc; /* GW_ACCEPTS per listener: each armed accept's peer address */
@@ -325,8 +356,16 @@ struct gw_live {
 	struct gw_config cfg;
 	struct token_keys keys; /* current auth secret, and the previous one during a rotation */
 	struct peerauth_keys cluster; /* the cluster secret(s) (--cluster-secret-file): links authenticate with them */
+	struct tls_ctx *tls;    /* TLS listeners' certificate, key and ticket keys; NULL: none */
 	unsigned refs;          /* workers holding it */
 };
+
+static inline void gw_live_free(struct gw_live *l)
+{
+	if (l)
+		tls_ctx_free(l->tls); /* handshakes begun with it keep its SSL_CTX */
+	free(l);
+}
 
 struct gw {
 	struct gw_config cfg;   /* as started; workers read w->settings->cfg */
@@ -335,6 +374,8 @@ struct gw {
 	struct gw_live *live;   /* the first one, which every worker starts with */
 	struct addr *listen; /* parsed cfg.listen */
 	uint8_t *listen_proxy; /* per listener: ",proxy": connections start with a PROXY header */
+	uint8_t *listen_tls;   /* per listener: from --listen-tls */
+	uint8_t ticket_secret[32]; /* this process's, when no --tls-ticket-key-file names one */
 	size_t nlisten;
 	unsigned nthreads;
 	uint32_t slots;
@@ -396,6 +437,15 @@ enum gw_ud {
  * slow consumer (over --max-queue). */
 int conn_out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f);
 
+/* Append n bytes ready for the wire (TLS handshake bytes, a moved
+ * connection's sealed records) after what is queued; queued plaintext is
+ * sealed first. Returns 0, or -1 out of memory. */
+int conn_out_wire(struct worker *w, uint32_t slot, const uint8_t *p, size_t n);
+
+/* Mark slot a TLS connection with record state tc (copied: a moved
+ * connection's), or NULL: a new one, handshake to come. */
+void conn_set_tls(struct worker *w, uint32_t slot, const struct tls_conn *tc);
+
 /* The one door out (see the state diagram at the top): end the connection
  * in slot, counted under why. With a last frame (ERROR, LOGIN_RESULT,
  * KICKED: whatever ends it) it lingers: the frame is queued past the output
@@ -415,8 +465,9 @@ void conn_fail(struct worker *w, uint32_t slot, unsigned code, enum gw_close_rea
 
 /* A new socket in the fixed-file slot (accepted; fuzzers add their own),
  * from peer; proxy: it came through a ",proxy" listener (its PROXY header
- * names the source, and the limits are applied when it has come). */
-void worker_adopt(struct worker *w, uint32_t slot, const struct src *peer, int proxy);
+ * names the source, and the limits are applied when it has come); tls: it
+ * came through a --listen-tls listener (the worker has TLS state). */
+void worker_adopt(struct worker *w, uint32_t slot, const struct src *peer, int proxy, int tls);
 
 /* Apply the per-source limits (--max-conns-per-source,
  * --accept-rate-per-source) to a new connection whose peer (w->peers[slot])

@@ -63,7 +63,7 @@ static void ctrl_all(struct gw *gw, struct io_uring *ctl, int cmd, unsigned from
 	io_uring_cq_advance(ctl, n);
 }
 
-#define GW_OPTS_MAX 48
+#define GW_OPTS_MAX 56
 
 /* The auth secrets of c: --auth-secret-file signs, --auth-secret-previous-file
  * is also accepted. Returns 0, or -1 with a reason in err. */
@@ -83,6 +83,25 @@ static int load_keys(const struct gw_config *c, struct token_keys *k, char *err,
 
 static size_t gw_options(struct gw_config *cfg, struct opt *out);
 
+/* The TLS listeners' context from c's certificate, key and ticket options
+ * (the ticket secret: --tls-ticket-key-file's, else this process's random
+ * one). NULL with a reason in err. */
+static struct tls_ctx *make_tls(const struct gw_config *c, const uint8_t proc_secret[32], char *err, size_t errlen)
+{
+	uint8_t secret[32];
+	memcpy(secret, proc_secret, 32);
+	if (c->tls_ticket_key_file && tls_ticket_secret(c->tls_ticket_key_file, secret, err, errlen) != 0)
+		return NULL;
+	int64_t period = c->tls_ticket_period_ms / 1000;
+	struct tls_server_opts o = {.cert_file = c->tls_cert,
+				    .key_file = c->tls_key,
+				    .ticket_period_s = c->tls_ticket_period_ms > 0 && period == 0 ? 1 : period,
+				    .ticket_secret = secret};
+	struct tls_ctx *t = tls_server_new(&o, err, errlen);
+	memset(secret, 0, sizeof secret);
+	return t;
+}
+
 /* SIGHUP: parse the command line and --config again; take the reloadable
  * options (OPT_RELOAD) and the auth secrets, say what changed and what needs
  * a restart; a configuration that does not parse or load is refused and the
@@ -94,6 +113,8 @@ static void reload(struct gw *gw, struct io_uring *ctl, unsigned from, int argc,
 	struct gw_live *nl = aligned_alloc(64, (sizeof *nl + 63) & ~(size_t)63);
 	struct opt a[GW_OPTS_MAX], b[GW_OPTS_MAX], c[GW_OPTS_MAX];
 	char err[512];
+	if (nl)
+		memset(nl, 0, sizeof *nl);
 	if (!nc || !nl) {
 		log_error("SIGHUP: out of memory; the running configuration stays");
 		goto out;
@@ -122,9 +143,24 @@ static void reload(struct gw *gw, struct io_uring *ctl, unsigned from, int argc,
 		log_error("SIGHUP: configuration refused, the running one stays: --cluster-secret-file: %s", err);
 		goto out;
 	}
+	char was[512], now[512];
+	if ((*cur)->tls) {
+		/* the files are read again whether or not their names changed: a
+		 * renewed certificate lands under the same path */
+		if (!(nl->tls = make_tls(nc, gw->ticket_secret, err, sizeof err))) {
+			log_error("SIGHUP: configuration refused, the running one stays: TLS: %s", err);
+			goto out;
+		}
+		tls_ctx_cert_info((*cur)->tls, was, sizeof was);
+		tls_ctx_cert_info(nl->tls, now, sizeof now);
+	}
 	nl->cfg = (*cur)->cfg;
 	gw_options(&nl->cfg, c);
 	unsigned changed = opts_reload(a, b, c, n);
+	if (nl->tls && strcmp(was, now) != 0) {
+		log_info("SIGHUP: TLS certificate now %s", now);
+		changed++;
+	}
 	if (gw->cluster.n && peerauth_reloaded(&(*cur)->cluster, &nl->cluster))
 		changed++;
 	const struct token_keys *ok = &(*cur)->keys;
@@ -151,10 +187,12 @@ static void reload(struct gw *gw, struct io_uring *ctl, unsigned from, int argc,
 	*cur = nl; /* the workers free the one before once they all have this one */
 	nl = NULL;
 out:
-	if (nc)
+	if (nc) {
 		free(nc->listen.v);
+		free(nc->listen_tls.v);
+	}
 	free(nc);
-	free(nl);
+	gw_live_free(nl);
 }
 
 /* systemd: READY=1 once the listeners are up and every link too (or
@@ -220,7 +258,22 @@ static size_t gw_options(struct gw_config *cfg, struct opt *out)
 		{"listen", OPT_LIST, &cfg->listen, "127.0.0.1:5222", 0, 0,
 		 "client listener IP:PORT (0.0.0.0:PORT for all addresses; one SO_REUSEPORT socket per thread); "
 		 "IP:PORT,proxy behind a load balancer that starts each connection with a PROXY protocol v1 or v2 "
-		 "header", 0},
+		 "header; \"off\": no plain listener (TLS only)", 0},
+		{"listen-tls", OPT_LIST, &cfg->listen_tls, NULL, 0, 0,
+		 "TLS 1.3 client listener IP:PORT (ALPN \"" TLS_ALPN "\"); needs --tls-cert and --tls-key", 0},
+		{"tls-cert", OPT_STR, &cfg->tls_cert, NULL, 0, 0,
+		 "PEM certificate of the TLS listeners, the chain after it; SIGHUP reads it again (renewals)", OPT_RELOAD},
+		{"tls-key", OPT_STR, &cfg->tls_key, NULL, 0, 0, "PEM private key of --tls-cert", OPT_RELOAD},
+		{"tls-ticket-period", OPT_MS, &cfg->tls_ticket_period_ms, "1h", 0, 7 * 86400000ll,
+		 "session tickets: the ticket key changes this often, a ticket resumes during its period and the "
+		 "next; 0: no tickets (every reconnect a full handshake)", OPT_RELOAD},
+		{"tls-ticket-key-file", OPT_STR, &cfg->tls_ticket_key_file, NULL, 0, 0,
+		 "file whose contents (>= 16 bytes) the ticket keys are derived from: gateways behind one name "
+		 "share it so a ticket from one resumes on another; default: random per process", OPT_RELOAD},
+		{"tls-max-handshakes", OPT_INT, &cfg->tls_max_handshakes, "1024", 1, 1000000,
+		 "TLS handshakes in progress per thread; a connection starting one more is closed (counted)", OPT_RELOAD},
+		{"tls-handshake-timeout", OPT_MS, &cfg->tls_handshake_timeout_ms, "5s", 100, 3600000,
+		 "close a TLS connection whose handshake is not done by then (inside --login-timeout)", OPT_RELOAD},
 		{"stats-listen", OPT_STR, &cfg->stats_listen, "127.0.0.1:9100", 0, 0,
 		 "HTTP stats endpoint (/metrics, /stats, /healthz); \"off\" to disable", 0},
 		{"auth-secret-file", OPT_STR, &cfg->secret_file, NULL, 0, 0,
@@ -322,29 +375,59 @@ int main(int argc, char **argv)
 		log_error("%s", err);
 		return 2; /* a configuration error: restarting will not help */
 	}
-	gw.nlisten = cfg->listen.n;
-	gw.listen = calloc(gw.nlisten, sizeof *gw.listen);
-	gw.listen_proxy = calloc(gw.nlisten, 1);
-	if (!gw.listen || !gw.listen_proxy)
+	/* the listeners: --listen's (plain; "off" for none), then --listen-tls's */
+	size_t nall = cfg->listen.n + cfg->listen_tls.n;
+	gw.listen = calloc(nall ? nall : 1, sizeof *gw.listen);
+	gw.listen_proxy = calloc(nall ? nall : 1, 1);
+	gw.listen_tls = calloc(nall ? nall : 1, 1);
+	if (!gw.listen || !gw.listen_proxy || !gw.listen_tls)
 		return 1;
-	for (size_t i = 0; i < gw.nlisten; i++) {
+	for (size_t i = 0; i < nall; i++) {
+		int tls = i >= cfg->listen.n;
+		const char *v = tls ? cfg->listen_tls.v[i - cfg->listen.n] : cfg->listen.v[i];
+		if (!tls && strcmp(v, "off") == 0)
+			continue;
 		/* IP:PORT, or IP:PORT,proxy: behind a load balancer speaking PROXY */
 		char a1[128];
-		snprintf(a1, sizeof a1, "%s", cfg->listen.v[i]);
+		snprintf(a1, sizeof a1, "%s", v);
 		char *comma = strchr(a1, ',');
+		if (comma && tls) {
+			fprintf(stderr, "gateway: --listen-tls %s: a TLS listener takes no options (no PROXY header before "
+					"TLS yet)\n", v);
+			return 2;
+		}
 		if (comma) {
 			if (strcmp(comma, ",proxy") != 0) {
-				fprintf(stderr, "gateway: --listen %s: after the address only \",proxy\" may follow\n",
-					cfg->listen.v[i]);
+				fprintf(stderr, "gateway: --listen %s: after the address only \",proxy\" may follow\n", v);
 				return 2;
 			}
 			*comma = 0;
-			gw.listen_proxy[i] = 1;
+			gw.listen_proxy[gw.nlisten] = 1;
 		}
-		if (addr_parse(a1, &gw.listen[i], err, sizeof err) != 0) {
-			fprintf(stderr, "gateway: --listen: %s\n", err);
+		gw.listen_tls[gw.nlisten] = (uint8_t)tls;
+		if (addr_parse(a1, &gw.listen[gw.nlisten], err, sizeof err) != 0) {
+			fprintf(stderr, "gateway: --listen%s: %s\n", tls ? "-tls" : "", err);
 			return 2;
 		}
+		gw.nlisten++;
+	}
+	if (gw.nlisten == 0) {
+		fprintf(stderr, "gateway: no listener: --listen off needs a --listen-tls\n");
+		return 2;
+	}
+	if (cfg->listen_tls.n) {
+		if (!cfg->tls_cert || !cfg->tls_key) {
+			fprintf(stderr, "gateway: --listen-tls needs --tls-cert and --tls-key (tools/tls-selfsigned DIR makes "
+					"a pair for local runs)\n");
+			return 2;
+		}
+		if (tls_ticket_secret(NULL, gw.ticket_secret, err, sizeof err) != 0 ||
+		    !(live->tls = make_tls(cfg, gw.ticket_secret, err, sizeof err))) {
+			fprintf(stderr, "gateway: TLS: %s\n", err);
+			return 2;
+		}
+		char info[512];
+		log_info("TLS certificate %s", tls_ctx_cert_info(live->tls, info, sizeof info));
 	}
 	if (cfg->cluster_file && cluster_load(&gw.cluster, cfg->cluster_file, err, sizeof err) != 0) {
 		fprintf(stderr, "gateway: --cluster: %s\n", err);
@@ -480,7 +563,9 @@ int main(int argc, char **argv)
 		 (unsigned long long)gw.nthreads * (gw.slots - GW_SLOT_RESERVE), (unsigned long long)rl.rlim_cur);
 	for (size_t i = 0; i < gw.nlisten; i++)
 		log_info("listening on %s%s", addr_str(&gw.listen[i], a, sizeof a),
-			 gw.listen_proxy[i] ? " (PROXY protocol: every connection starts with its header)" : "");
+			 gw.listen_tls[i]     ? " (TLS 1.3, ALPN " TLS_ALPN ")"
+			 : gw.listen_proxy[i] ? " (PROXY protocol: every connection starts with its header)"
+					      : "");
 	if (gw.cluster.n)
 		log_info("%zu backend(s) from %s; every thread links to each", gw.cluster.n, cfg->cluster_file);
 	else
@@ -560,8 +645,10 @@ int main(int argc, char **argv)
 	free(gw.ring_fds);
 	free(gw.listen);
 	free(gw.listen_proxy);
+	free(gw.listen_tls);
 	free(cfg->listen.v);
-	free(live); /* every worker has finished with it */
+	free(cfg->listen_tls.v);
+	gw_live_free(live); /* every worker has finished with it */
 	sdn_close(&sdn);
 	return 0;
 }

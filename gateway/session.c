@@ -343,7 +343,16 @@ static void handoff(struct worker *w, uint32_t slot, const struct proto_frame *l
 {
 	struct conn *c = conn_of(w, slot);
 	unsigned home = gw_home(w->gw, c->user);
-	struct handoff *h = aligned_alloc(64, (sizeof *h + n + 63) & ~(size_t)63);
+	/* TLS: the records sealed here and not sent yet (the session ticket)
+	 * go first on the home thread; one still being sent could be passed by
+	 * the home thread's (never for a client that waited for our Finished) */
+	uint32_t wire = (c->flags & CF_TLS) && c->out ? c->out->sealed : 0;
+	if ((c->flags & CF_TLS) && (c->flags & CF_SEND)) {
+		c->state = CS_NEW;
+		conn_refuse_login(w, slot, PROTO_E_INTERNAL);
+		return;
+	}
+	struct handoff *h = aligned_alloc(64, (sizeof *h + wire + n + 63) & ~(size_t)63);
 	if (!h) {
 		c->state = CS_NEW;
 		conn_refuse_login(w, slot, PROTO_E_INTERNAL);
@@ -358,8 +367,14 @@ static void handoff(struct worker *w, uint32_t slot, const struct proto_frame *l
 	h->len = (uint32_t)n;
 	h->src = w->peers[slot];
 	h->src_counted = (c->flags & CF_SRC) != 0;
+	h->tls = (c->flags & CF_TLS) != 0;
+	h->wire = wire;
+	if (h->tls)
+		h->tc = w->tls[slot]; /* the slot's copy is wiped once the move succeeds (worker.c) */
+	if (wire)
+		memcpy(h->data, c->out->data, wire);
 	if (n)
-		memcpy(h->data, rest, n);
+		memcpy(h->data + wire, rest, n);
 	c->handoff = h;
 	wheel_del(&w->wheel, slot);
 	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
@@ -374,13 +389,25 @@ void session_handoff_in(struct worker *w, uint32_t slot, struct handoff *h)
 	c->rl_bytes = h->rl_bytes;
 	c->rl_frames = h->rl_frames;
 	c->rl_window = h->rl_window;
+	if (h->tls) {
+		if (!w->tls) { /* cannot happen: every thread has TLS state when a TLS listener exists */
+			tls_conn_free(&h->tc);
+			conn_close(w, slot, CLOSE_ERROR);
+			return;
+		}
+		conn_set_tls(w, slot, &h->tc);
+		if (h->wire && conn_out_wire(w, slot, h->data, h->wire) != 0) {
+			conn_close(w, slot, CLOSE_ERROR);
+			return;
+		}
+	}
 	if (w->live - w->closing > w->capacity) { /* it took a slot here: the capacity counts */
 		conn_refuse_login(w, slot, PROTO_E_SERVER_FULL);
 		return;
 	}
 	login_complete(w, slot, h->user, h->version, h->resume);
 	if (c->state == CS_LIVE && h->len)
-		session_input(w, slot, h->data, h->len);
+		session_input(w, slot, h->data + h->wire, h->len);
 }
 
 void session_gone(struct worker *w, uint32_t slot)

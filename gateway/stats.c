@@ -33,7 +33,13 @@ struct gw_metric {
 	{{"gateway_" name, labels, key, METRIC_MAX, help, 0}, offsetof(struct gw_counters, field)}
 #define LINK_ROW(f, kind, metric, labels, key, help, scale) \
 	{{"gateway_" metric, labels, key, METRIC_##kind, help, scale}, offsetof(struct gw_counters, link.f)},
-#define CLOSED(r, f) C_("conn_closed_total", "reason=\"" r "\"", "closed_" r, "Connections closed, by reason", closed[f])
+#define CLOSED(name, r) \
+	C_("conn_closed_total", "reason=\"" r "\"", "closed_" r, "Connections closed, by reason", closed[CLOSE_##name]),
+#define T_(name, labels, key, help, field, scale) \
+	{{"gateway_" name, labels, key, METRIC_COUNTER, help, scale}, offsetof(struct gw_counters, field)}
+#define HSFAIL(name, text) \
+	C_("tls_handshake_failures_total", "reason=\"" #name "\"", "tls_handshake_failed_" #name, \
+	   "TLS handshakes failed, by reason", tls_hs_failed[TLS_HSF_##name]),
 /* Per frame type and per fatal error code, generated from proto/client.h's
  * lists: frames in for the types a client may send, out for the server's. */
 #define FIN(N, code, t, dir) FIN_##dir(#t, PROTO_FI_##N)
@@ -56,19 +62,7 @@ static const struct gw_metric table[] = {
 	C_("conn_accepted_total", NULL, "accepted", "Connections accepted", accepted),
 	C_("conn_rejected_total", "reason=\"full\"", "rejected_full", "Connections refused", rejected_full),
 	C_("accept_errors_total", NULL, "accept_errors", "Failed accepts (table full, resources)", accept_errors),
-	CLOSED("peer", CLOSE_PEER),
-	CLOSED("error", CLOSE_ERROR),
-	CLOSED("protocol", CLOSE_PROTOCOL),
-	CLOSED("auth", CLOSE_AUTH),
-	CLOSED("login_timeout", CLOSE_LOGIN_TIMEOUT),
-	CLOSED("idle", CLOSE_IDLE),
-	CLOSED("kicked", CLOSE_KICKED),
-	CLOSED("slow_consumer", CLOSE_SLOW),
-	CLOSED("rate_limited", CLOSE_RATE),
-	CLOSED("write_stall", CLOSE_STALL),
-	CLOSED("shutdown", CLOSE_SHUTDOWN),
-	CLOSED("full", CLOSE_FULL),
-	CLOSED("source_limit", CLOSE_SOURCE),
+	GW_CLOSE_REASONS(CLOSED)
 	C_("handoffs_total", NULL, "handoffs", "Logins moved to the user's home thread", handoffs_out),
 	C_("handoff_failures_total", NULL, "handoff_failures", "Logins that could not be moved", handoff_failed),
 	C_("logins_total", "result=\"ok\"", "logins_ok", "Login attempts, by result", logins_ok),
@@ -95,6 +89,24 @@ static const struct gw_metric table[] = {
 	   "Connections refused by a per-source limit (--max-conns-per-source, --accept-rate-per-source)", src_too_many),
 	C_("source_refused_total", "reason=\"rate\"", "source_refused_rate",
 	   "Connections refused by a per-source limit (--max-conns-per-source, --accept-rate-per-source)", src_too_fast),
+	G_("tls_connections", NULL, "tls_conns", "Connections from TLS listeners now", tls_conns),
+	G_("tls_handshaking", NULL, "tls_handshaking", "TLS handshakes in progress", tls_handshaking),
+	C_("tls_handshakes_total", NULL, "tls_handshakes", "TLS handshakes completed", tls_hs_done),
+	C_("tls_resumed_total", NULL, "tls_resumed", "TLS handshakes that resumed a session with a ticket",
+	   tls_hs_resumed),
+	TLS_HS_FAILS(HSFAIL)
+	C_("tls_handshake_failures_total", "reason=\"timeout\"", "tls_handshake_failed_timeout",
+	   "TLS handshakes failed, by reason", tls_hs_timeouts),
+	C_("tls_handshake_failures_total", "reason=\"limit\"", "tls_handshake_failed_limit",
+	   "TLS handshakes failed, by reason", tls_hs_limited),
+	T_("tls_handshake_seconds_total", NULL, "tls_handshake_ns", "Loop time spent in TLS handshakes (libssl)",
+	   tls_hs_ns, 1e-9),
+	C_("tls_bad_records_total", NULL, "tls_bad_records",
+	   "TLS records refused (bad tag, length or type): alert sent, connection closed", tls_bad_records),
+	C_("tls_alerts_received_total", "type=\"fatal\"", "tls_alerts_fatal", "TLS alerts from clients",
+	   tls_alerts_in),
+	C_("tls_alerts_received_total", "type=\"close_notify\"", "tls_alerts_close_notify", "TLS alerts from clients",
+	   tls_close_notify_in),
 	C_("proxy_headers_total", NULL, "proxy_headers", "PROXY protocol headers taken on ,proxy listeners", proxy_headers),
 	C_("slow_consumers_total", NULL, "slow_consumers", "Connections cut off for not reading", slow_consumers),
 	C_("rate_limited_total", NULL, "rate_limited", "Connections cut off for rate abuse", rate_limited),

@@ -92,6 +92,111 @@ static void free_out(struct worker *w, struct conn *c)
 	}
 }
 
+/* Room for n more bytes in c's output buffer (grown by doubling). NULL
+ * when out of memory (logged). */
+static struct obuf *out_reserve(struct conn *c, size_t n)
+{
+	struct obuf *o = c->out;
+	if (o && o->cap - o->len >= n)
+		return o;
+	size_t need = (o ? o->len : 0) + n, cap = 256;
+	while (cap < need + sizeof *o)
+		cap *= 2;
+	struct obuf *g = realloc(o, cap);
+	if (!g) {
+		log_rl(LOG_ERROR, "out of memory for an output buffer");
+		return NULL;
+	}
+	if (!o)
+		g->len = g->off = g->since = g->sealed = 0;
+	g->cap = (uint32_t)(cap - sizeof *g);
+	return c->out = g;
+}
+
+static int seal_pending(struct worker *w, uint32_t slot);
+
+int conn_out_wire(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
+{
+	struct conn *c = conn_of(w, slot);
+	if (c->out && c->out->sealed < c->out->len && seal_pending(w, slot) != 0)
+		return -1;
+	struct obuf *o = out_reserve(c, n);
+	if (!o)
+		return -1;
+	memcpy(o->data + o->len, p, n);
+	o->len += (uint32_t)n;
+	o->sealed = o->len;
+	queue_gauge(w, (int64_t)n);
+	flush_later(w, slot);
+	return 0;
+}
+
+/* ---- TLS: sealing at flush time ------------------------------------------ */
+
+/* Seal the plaintext frames queued on a TLS connection (and a KeyUpdate of
+ * ours that is due) into as few records as they fit: one new buffer, the
+ * wire bytes before them copied over. Before the handshake is done there
+ * are no keys: plaintext is dropped (a frame ending a connection that has
+ * not finished its handshake goes unsaid; the close follows). Returns 0, or
+ * -1 on a library error or out of memory (close the connection). */
+static int seal_pending(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	struct tls_conn *tc = &w->tls[slot];
+	struct obuf *o = c->out;
+	size_t keep = o ? o->sealed : 0, plain = o ? o->len - o->sealed : 0;
+	if (!tls_can_send(tc)) {
+		if (plain) {
+			queue_gauge(w, -(int64_t)plain);
+			o->len = o->sealed;
+		}
+		return 0;
+	}
+	if (!plain && !tls_wants_write(tc))
+		return 0;
+	size_t need = sizeof *o + keep + tls_seal_bound(tc, plain) + TLS_OVERHEAD + 2, cap = 256;
+	while (cap < need)
+		cap *= 2;
+	struct obuf *g = malloc(cap);
+	if (!g) {
+		log_rl(LOG_ERROR, "out of memory sealing TLS records");
+		return -1;
+	}
+	static const uint8_t none[1];
+	if (keep)
+		memcpy(g->data, o->data, keep);
+	size_t m = tls_seal(w->tls_th, tc, plain ? o->data + keep : none, plain, g->data + keep);
+	if (m == 0) {
+		free(g);
+		log_rl(LOG_ERROR, "sealing a TLS record failed");
+		return -1;
+	}
+	g->off = g->since = 0;
+	g->cap = (uint32_t)(cap - sizeof *g);
+	g->len = g->sealed = (uint32_t)(keep + m);
+	queue_gauge(w, (int64_t)g->len - (int64_t)(o ? o->len : 0));
+	free(o);
+	c->out = g;
+	return 0;
+}
+
+/* Before a TLS connection's send: its frames sealed; when it is closing
+ * after a last frame, our close_notify after them. -1: close it. */
+static int tls_flush(struct worker *w, uint32_t slot)
+{
+	struct conn *c = conn_of(w, slot);
+	struct tls_conn *tc = &w->tls[slot];
+	if (seal_pending(w, slot) != 0)
+		return -1;
+	if ((c->flags & CF_LINGER) && tls_can_send(tc)) {
+		uint8_t a[TLS_OVERHEAD + 2];
+		size_t n = tls_alert(w->tls_th, tc, TLS_A_CLOSE_NOTIFY, a);
+		if (n && conn_out_wire(w, slot, a, n) != 0)
+			return -1;
+	}
+	return 0;
+}
+
 /* Queue f for slot. last: the frame that ends the connection (conn_end's),
  * which may pass the output bound; nothing is queued after it. */
 static int out_frame(struct worker *w, uint32_t slot, const struct proto_frame *f, int last)
@@ -118,18 +223,8 @@ static int out_frame(struct worker *w, uint32_t slot, const struct proto_frame *
 			conn_fail(w, slot, PROTO_E_SLOW_CONSUMER, CLOSE_SLOW, "output queue over its limit");
 			return -1;
 		}
-		size_t need = (o ? o->len : 0) + n, cap = 256;
-		while (cap < need + sizeof *o)
-			cap *= 2;
-		struct obuf *g = realloc(o, cap);
-		if (!g) {
-			log_rl(LOG_ERROR, "out of memory for an output buffer");
+		if (!(o = out_reserve(c, n)))
 			return -1;
-		}
-		if (!o)
-			g->len = g->off = g->since = 0;
-		g->cap = (uint32_t)(cap - sizeof *g);
-		c->out = o = g;
 		proto_encode(f, o->data + o->len, o->cap - o->len);
 	}
 	o->len += (uint32_t)n;
@@ -211,6 +306,13 @@ static void flush_conn(struct worker *w, uint32_t slot)
 	c->flags &= (uint16_t)~CF_QUEUED;
 	if (c->state == CS_FREE || c->state == CS_HANDOFF || (c->flags & (CF_SEND | CF_CLOSE)))
 		return;
+	if ((c->flags & CF_TLS) && c->state == CS_NEW && w->tls[slot].state == TLS_S_OPEN)
+		return; /* handshake done, LOGIN to come: the session ticket waits for it, and goes
+			 * from the user's home thread if the login moves there (session.c handoff) */
+	if ((c->flags & CF_TLS) && tls_flush(w, slot) != 0) {
+		conn_close(w, slot, CLOSE_ERROR);
+		return;
+	}
 	if (c->out && c->out->len) {
 		c->sending = c->out;
 		c->out = NULL;
@@ -252,6 +354,18 @@ static void enter_closing(struct worker *w, uint32_t slot, enum gw_close_reason 
 	wheel_add(&w->wheel, slot, w->tick + GW_LINGER_TICKS);
 }
 
+/* Closing with its output flushed first (the last frame, a TLS alert),
+ * then shutdown: see the state diagram in gw.h. */
+static void linger(struct worker *w, uint32_t slot, enum gw_close_reason why)
+{
+	struct conn *c = conn_of(w, slot);
+	enter_closing(w, slot, why);
+	c->flags |= CF_LINGER;
+	if (!(c->flags & CF_RECV))
+		conn_arm_recv(w, slot); /* read and drop until the peer closes: no RST over our last frame */
+	flush_later(w, slot);
+}
+
 void conn_end(struct worker *w, uint32_t slot, enum gw_close_reason why, const struct proto_frame *last)
 {
 	struct conn *c = conn_of(w, slot);
@@ -261,11 +375,7 @@ void conn_end(struct worker *w, uint32_t slot, enum gw_close_reason why, const s
 		if (c->state == CS_CLOSING)
 			return; /* it has had its last frame, or is being cut */
 		out_frame(w, slot, last, 1);
-		enter_closing(w, slot, why);
-		c->flags |= CF_LINGER;
-		if (!(c->flags & CF_RECV))
-			conn_arm_recv(w, slot); /* read and drop until the peer closes: no RST over our last frame */
-		flush_later(w, slot);
+		linger(w, slot, why);
 		return;
 	}
 	if (c->state != CS_CLOSING)
@@ -357,6 +467,105 @@ static void rearm_later(struct worker *w, uint32_t slot)
 	c->flags |= CF_REARM;
 }
 
+/* ---- TLS: the receive side ------------------------------------------------ */
+
+static void tls_hs_end(struct worker *w)
+{
+	w->tls_hs--;
+	CNT_SET(w, tls_handshaking, w->tls_hs);
+}
+
+/* End a TLS connection with an alert of ours (desc; a fatal one), sent
+ * after what is queued, then the usual lingering close. */
+static void tls_fail(struct worker *w, uint32_t slot, unsigned desc, enum gw_close_reason why)
+{
+	uint8_t a[TLS_OVERHEAD + 2];
+	size_t n = tls_alert(w->tls_th, &w->tls[slot], desc, a);
+	if (n && conn_out_wire(w, slot, a, n) != 0) {
+		conn_close(w, slot, CLOSE_ERROR);
+		return;
+	}
+	linger(w, slot, why);
+}
+
+/* Bytes received on a TLS connection (NEW or LIVE): the handshake's, then
+ * records, whose plaintext goes to session_input as a plain connection's
+ * bytes do. The receive buffer is ours: records are opened in place. */
+static void tls_input(struct worker *w, uint32_t slot, uint8_t *buf, size_t n)
+{
+	struct tls_conn *tc = &w->tls[slot];
+	const struct gw_live *live = w->settings;
+	if (tc->state == TLS_S_NONE) {
+		/* the first bytes: the handshake starts now (an idle socket holds no SSL object) */
+		if (w->tls_hs >= (uint64_t)live->cfg.tls_max_handshakes) {
+			CNT_ADD(w, tls_hs_limited, 1);
+			log_rl(LOG_WARN, "%u TLS handshakes in progress on this thread (--tls-max-handshakes); closing a new one",
+			       w->tls_hs);
+			conn_close(w, slot, CLOSE_TLS);
+			return;
+		}
+		if (!live->tls || tls_conn_start(w->tls_th, tc, live->tls) != 0) {
+			CNT_ADD(w, tls_hs_failed[TLS_HSF_internal], 1);
+			conn_close(w, slot, CLOSE_ERROR);
+			return;
+		}
+		w->tls_hs++;
+		CNT_SET(w, tls_handshaking, w->tls_hs);
+	}
+	if (tc->state == TLS_S_HANDSHAKE) {
+		size_t used = 0, outn = 0;
+		const uint8_t *out = NULL;
+		unsigned why = TLS_HSF_internal;
+		uint64_t t0 = clock_mono_ns();
+		int h = tls_handshake(w->tls_th, tc, buf, n, &used, &out, &outn, &why);
+		CNT_ADD(w, tls_hs_ns, clock_mono_ns() - t0);
+		if (outn && conn_out_wire(w, slot, out, outn) != 0) {
+			conn_close(w, slot, CLOSE_ERROR);
+			return;
+		}
+		if (h == TLS_HS_MORE)
+			return;
+		tls_hs_end(w);
+		if (h == TLS_HS_FAIL) {
+			tls_conn_free(tc); /* the SSL object goes now (its alert is queued, a copy) */
+			CNT_ADD(w, tls_hs_failed[why < TLS_HS_FAIL_REASONS ? why : TLS_HSF_internal], 1);
+			if (LOG_LEVEL() >= LOG_DEBUG) {
+				char s[64];
+				log_debug("%s: TLS handshake failed: %s", src_str(&w->peers[slot], s, sizeof s),
+					  tls_hs_fail_name(why));
+			}
+			linger(w, slot, CLOSE_TLS); /* libssl's alert is queued */
+			return;
+		}
+		CNT_ADD(w, tls_hs_done, 1);
+		if (tc->flags & TLS_F_RESUMED)
+			CNT_ADD(w, tls_hs_resumed, 1);
+		buf += used;
+		n -= used;
+		if (!n)
+			return;
+	}
+	const uint8_t *plain = NULL;
+	size_t pn = 0;
+	int r = tls_open(w->tls_th, tc, buf, n, &plain, &pn);
+	if (tls_wants_write(tc))
+		flush_later(w, slot); /* our KeyUpdate, asked for by the peer */
+	if (pn && session_input(w, slot, plain, pn) != 0)
+		return; /* closing or moved: the rest does not matter */
+	if (r == 0)
+		return;
+	if (r == 1) {
+		CNT_ADD(w, tls_close_notify_in, 1);
+		linger(w, slot, CLOSE_PEER); /* our close_notify answers (tls_flush) */
+	} else if (r == 2) {
+		CNT_ADD(w, tls_alerts_in, 1);
+		conn_close(w, slot, CLOSE_TLS);
+	} else {
+		CNT_ADD(w, tls_bad_records, 1);
+		tls_fail(w, slot, (unsigned)-r, CLOSE_TLS);
+	}
+}
+
 static void on_recv(struct worker *w, const struct io_uring_cqe *cqe)
 {
 	uint32_t slot = ud_slot(cqe->user_data);
@@ -378,7 +587,10 @@ static void on_recv(struct worker *w, const struct io_uring_cqe *cqe)
 			c->last_rx = w->tick;
 		c->flags &= (uint16_t)~CF_PING;
 		if (c->state == CS_NEW || c->state == CS_LIVE) {
-			session_input(w, slot, bufring_buf(&w->br, bid), (size_t)res);
+			if (c->flags & CF_TLS)
+				tls_input(w, slot, bufring_buf(&w->br, bid), (size_t)res);
+			else
+				session_input(w, slot, bufring_buf(&w->br, bid), (size_t)res);
 		} else if (c->state == CS_CLOSING && (c->flags & CF_LINGER)) {
 			/* read and drop, within a budget: a peer that keeps sending after
 			 * our error frame is cut at once rather than read for the whole
@@ -469,6 +681,12 @@ static void conn_free(struct worker *w, uint32_t slot)
 		w->closing--;
 	if (c->flags & CF_SRC)
 		srclim_release(&w->gw->srclim, &w->peers[slot]);
+	if (c->flags & CF_TLS) {
+		if (w->tls[slot].state == TLS_S_HANDSHAKE)
+			tls_hs_end(w);
+		tls_conn_free(&w->tls[slot]);
+		CNT_SET(w, tls_conns, w->cnt.tls_conns - 1);
+	}
 	memset(c, 0, sizeof *c);
 	c->gen = gen;
 	w->live--;
@@ -506,6 +724,18 @@ static struct conn *conn_new(struct worker *w, uint32_t slot)
 }
 
 static void conn_start(struct worker *w, uint32_t slot);
+
+/* When a connection not logged in is closed: the login timeout from its
+ * accept, and for TLS the handshake's, inside it. */
+static uint32_t new_deadline(const struct worker *w, uint32_t slot)
+{
+	const struct conn *c = &w->conns[slot];
+	const struct gw_config *cfg = &w->settings->cfg;
+	int64_t ms = cfg->login_timeout_ms;
+	if ((c->flags & CF_TLS) && w->tls[slot].state != TLS_S_OPEN && cfg->tls_handshake_timeout_ms < ms)
+		ms = cfg->tls_handshake_timeout_ms;
+	return c->last_rx + ms_to_ticks(ms);
+}
 
 /* Arm every accept of listener li that is not armed: single-shot accepts,
  * each with its own peer address buffer (GW_ACCEPTS in gw.h). */
@@ -576,14 +806,27 @@ static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 	const struct gw_accept *a = &w->acc[li * GW_ACCEPTS + k];
 	struct src peer;
 	src_from_sockaddr(&peer, (const struct sockaddr *)&a->sa, a->len);
-	worker_adopt(w, (uint32_t)cqe->res, &peer, w->gw->listen_proxy && w->gw->listen_proxy[li]);
+	worker_adopt(w, (uint32_t)cqe->res, &peer, w->gw->listen_proxy && w->gw->listen_proxy[li],
+		     w->gw->listen_tls && w->gw->listen_tls[li]);
 }
 
-void worker_adopt(struct worker *w, uint32_t slot, const struct src *peer, int proxy)
+void conn_set_tls(struct worker *w, uint32_t slot, const struct tls_conn *tc)
+{
+	if (tc)
+		w->tls[slot] = *tc;
+	else
+		memset(&w->tls[slot], 0, sizeof w->tls[slot]);
+	conn_of(w, slot)->flags |= CF_TLS;
+	CNT_SET(w, tls_conns, w->cnt.tls_conns + 1);
+}
+
+void worker_adopt(struct worker *w, uint32_t slot, const struct src *peer, int proxy, int tls)
 {
 	if (slot >= w->slots || !conn_new(w, slot))
 		return;
 	CNT_ADD(w, accepted, 1);
+	if (tls && w->tls)
+		conn_set_tls(w, slot, NULL);
 	w->peers[slot] = *peer;
 	w->peers[slot].since = (uint32_t)(w->wall_ms / 1000);
 	if (proxy)
@@ -610,7 +853,7 @@ static void conn_start(struct worker *w, uint32_t slot)
 		return;
 	}
 	conn_arm_recv(w, slot);
-	wheel_add(&w->wheel, slot, w->tick + ms_to_ticks(w->settings->cfg.login_timeout_ms));
+	wheel_add(&w->wheel, slot, new_deadline(w, slot));
 }
 
 static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
@@ -624,6 +867,10 @@ static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
 	if (cqe->res >= 0) {
 		/* the home thread owns the socket (and h) now; drop our table entry */
 		CNT_ADD(w, handoffs_out, 1);
+		if (c->flags & CF_TLS) { /* its record state went along (h->tc) */
+			memset(&w->tls[slot], 0, sizeof w->tls[slot]);
+			CNT_SET(w, tls_conns, w->cnt.tls_conns - 1);
+		}
 		c->state = CS_CLOSING;
 		w->closing++;
 		c->flags = 0;
@@ -647,6 +894,8 @@ static void on_handoff_in(struct worker *w, const struct io_uring_cqe *cqe)
 			log_rl(LOG_WARN, "a moved login arrived with error %s", strerror(-cqe->res));
 		if (h->src_counted)
 			srclim_release(&w->gw->srclim, &h->src);
+		if (h->tls)
+			tls_conn_free(&h->tc); /* a carried record moved with it */
 		free(h);
 		return;
 	}
@@ -683,10 +932,16 @@ static void on_timer(void *arg, uint32_t slot)
 	const struct gw_config *cfg = &w->settings->cfg;
 	switch (c->state) {
 	case CS_NEW:
-		if (w->tick - c->last_rx >= ms_to_ticks(cfg->login_timeout_ms))
+		if ((c->flags & CF_TLS) && w->tls[slot].state != TLS_S_OPEN &&
+		    w->tick - c->last_rx >= ms_to_ticks(cfg->tls_handshake_timeout_ms)) {
+			CNT_ADD(w, tls_hs_timeouts, 1);
+			conn_close(w, slot, CLOSE_LOGIN_TIMEOUT); /* no keys to say it with */
+		} else if (w->tick - c->last_rx >= ms_to_ticks(cfg->login_timeout_ms)) {
 			conn_fail(w, slot, PROTO_E_LOGIN_TIMEOUT, CLOSE_LOGIN_TIMEOUT, "no login in time");
-		else
-			wheel_add(&w->wheel, slot, c->last_rx + ms_to_ticks(cfg->login_timeout_ms));
+		} else {
+			uint32_t d = new_deadline(w, slot);
+			wheel_add(&w->wheel, slot, d > w->tick ? d : c->last_rx + ms_to_ticks(cfg->login_timeout_ms));
+		}
 		return;
 	case CS_LIVE: {
 		if ((c->flags & CF_SEND) && c->sending &&
@@ -863,6 +1118,17 @@ int worker_setup(struct worker *w, char *err, size_t errlen)
 		snprintf(err, errlen, "peer table: %s", strerror(errno));
 		return -1;
 	}
+	if (gw->live->tls) {
+		w->tls = mmap(NULL, (size_t)w->slots * sizeof *w->tls, PROT_READ | PROT_WRITE,
+			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (w->tls == MAP_FAILED) {
+			w->tls = NULL;
+			snprintf(err, errlen, "TLS state table: %s", strerror(errno));
+			return -1;
+		}
+		if (!(w->tls_th = tls_thread_new(err, errlen)))
+			return -1;
+	}
 	w->lfd = calloc(gw->nlisten, sizeof *w->lfd);
 	w->larmed = calloc(gw->nlisten, sizeof *w->larmed);
 	w->acc = calloc((size_t)gw->nlisten * GW_ACCEPTS, sizeof *w->acc);
@@ -899,11 +1165,16 @@ void worker_teardown(struct worker *w)
 			else
 				free(c->sending);
 			free(c->in);
+			if ((c->flags & CF_TLS) && c->state != CS_HANDOFF)
+				tls_conn_free(&w->tls[s]);
 		}
 		munmap(w->conns, (size_t)w->slots * sizeof(struct conn));
 	}
 	if (w->peers)
 		munmap(w->peers, (size_t)w->slots * sizeof *w->peers);
+	if (w->tls)
+		munmap(w->tls, (size_t)w->slots * sizeof *w->tls);
+	tls_thread_free(w->tls_th);
 	gw_dist_teardown(w);
 	bufring_free(&w->ring, &w->br);
 	io_uring_queue_exit(&w->ring);
@@ -925,7 +1196,7 @@ static void take_live(struct worker *w, struct gw_live *nl)
 	w->settings = nl;
 	gw_dist_rekey(w); /* the links point at the keys in it */
 	if (old && __atomic_sub_fetch(&old->refs, 1, __ATOMIC_ACQ_REL) == 0)
-		free(old);
+		gw_live_free(old);
 }
 
 static void dispatch(void *arg, const struct io_uring_cqe *cqe)

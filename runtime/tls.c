@@ -9,6 +9,8 @@
 #include <openssl/kdf.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,11 +100,28 @@ struct tls_thread {
 	size_t scratch_cap, hsout_cap;
 };
 
-static int ex_thread = -1;
+static int ex_thread = -1, ex_ctx = -1;
 static pthread_once_t ex_once = PTHREAD_ONCE_INIT;
+
+/* struct tls_ctx lives as long as its SSL_CTX, which the SSL objects of
+ * handshakes in progress hold a reference to (their ticket callback reads
+ * it): tls_ctx_free drops our reference, and libssl calls this when the
+ * last one goes. */
+static void ctx_gone(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+	(void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+	struct tls_ctx *c = ptr;
+	if (!c)
+		return;
+	OPENSSL_cleanse(c->ticket_secret, sizeof c->ticket_secret);
+	free(c->server_name);
+	free(c);
+}
+
 static void ex_init(void)
 {
 	ex_thread = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	ex_ctx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, ctx_gone);
 }
 
 static void put_err(char *err, size_t errlen, const char *what)
@@ -350,7 +369,7 @@ static int ticket_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPH
 		     int enc)
 {
 	struct tls_thread *th = SSL_get_ex_data(s, ex_thread);
-	const struct tls_ctx *ctx = SSL_CTX_get_app_data(SSL_get_SSL_CTX(s));
+	const struct tls_ctx *ctx = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(s), ex_ctx);
 	if (!th || !ctx || ctx->ticket_period_s <= 0)
 		return enc ? -1 : 0;
 	int64_t now = (int64_t)time(NULL) / ctx->ticket_period_s;
@@ -394,18 +413,78 @@ static struct tls_ctx *ctx_common(int server, char *err, size_t errlen)
 	}
 	c->server = server;
 	c->ssl = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
-	if (!c->ssl || !SSL_CTX_set_min_proto_version(c->ssl, TLS1_3_VERSION) ||
+	if (!c->ssl || !SSL_CTX_set_ex_data(c->ssl, ex_ctx, c)) {
+		put_err(err, errlen, "cannot make a TLS 1.3 context");
+		SSL_CTX_free(c->ssl);
+		free(c);
+		return NULL;
+	}
+	/* from here on the SSL_CTX owns c (ctx_gone) */
+	if (!SSL_CTX_set_min_proto_version(c->ssl, TLS1_3_VERSION) ||
 	    !SSL_CTX_set_max_proto_version(c->ssl, TLS1_3_VERSION) || !SSL_CTX_set_ciphersuites(c->ssl, SUITES_LIST)) {
 		put_err(err, errlen, "cannot make a TLS 1.3 context");
 		tls_ctx_free(c);
 		return NULL;
 	}
-	SSL_CTX_set_app_data(c->ssl, c);
 	SSL_CTX_set_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS);
 	SSL_CTX_set_options(c->ssl, SSL_OP_NO_COMPRESSION);
 	SSL_CTX_set_session_cache_mode(c->ssl, SSL_SESS_CACHE_OFF);
 	SSL_CTX_set_keylog_callback(c->ssl, keylog);
 	return c;
+}
+
+int tls_ticket_secret(const char *file, uint8_t out[32], char *err, size_t errlen)
+{
+	if (!file)
+		return RAND_bytes(out, 32) == 1 ? 0 : (snprintf(err, errlen, "no random bytes for the ticket secret"), -1);
+	FILE *f = fopen(file, "rb");
+	if (!f) {
+		snprintf(err, errlen, "%s: %s", file, strerror(errno));
+		return -1;
+	}
+	uint8_t b[4096];
+	size_t n = fread(b, 1, sizeof b, f);
+	int bad = ferror(f);
+	fclose(f);
+	while (n && (b[n - 1] == '\n' || b[n - 1] == '\r'))
+		n--;
+	if (bad || n < 16) {
+		snprintf(err, errlen, "%s: %s", file, bad ? "cannot read it" : "shorter than 16 bytes");
+		OPENSSL_cleanse(b, sizeof b);
+		return -1;
+	}
+	unsigned len = 32;
+	int ok = EVP_Digest(b, n, out, &len, EVP_sha256(), NULL);
+	OPENSSL_cleanse(b, sizeof b);
+	if (!ok) {
+		put_err(err, errlen, "SHA-256");
+		return -1;
+	}
+	return 0;
+}
+
+const char *tls_ctx_cert_info(const struct tls_ctx *ctx, char *buf, size_t cap)
+{
+	X509 *x = SSL_CTX_get0_certificate(ctx->ssl);
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdn = 0;
+	char subj[256] = "?", fp[3 * 32 + 1] = "", until[64] = "?";
+	if (!x) {
+		snprintf(buf, cap, "no certificate");
+		return buf;
+	}
+	X509_NAME_oneline(X509_get_subject_name(x), subj, sizeof subj);
+	if (X509_digest(x, EVP_sha256(), md, &mdn))
+		for (unsigned i = 0; i < mdn && i < 32; i++)
+			snprintf(fp + 3 * i, sizeof fp - 3 * i, "%02X%s", md[i], i + 1 < mdn ? ":" : "");
+	BIO *b = BIO_new(BIO_s_mem());
+	if (b && ASN1_TIME_print(b, X509_get0_notAfter(x))) {
+		int k = BIO_read(b, until, (int)sizeof until - 1);
+		until[k > 0 ? k : 0] = 0;
+	}
+	BIO_free(b);
+	snprintf(buf, cap, "%s, valid until %s, SHA-256 %s", subj, until, fp);
+	return buf;
 }
 
 struct tls_ctx *tls_server_new(const struct tls_server_opts *o, char *err, size_t errlen)
@@ -488,10 +567,7 @@ void tls_ctx_free(struct tls_ctx *c)
 {
 	if (!c)
 		return;
-	SSL_CTX_free(c->ssl);
-	OPENSSL_cleanse(c->ticket_secret, sizeof c->ticket_secret);
-	free(c->server_name);
-	free(c);
+	SSL_CTX_free(c->ssl); /* and c with it, once no handshake holds it (ctx_gone) */
 }
 
 /* ---- handshake ----------------------------------------------------------------- */
@@ -679,7 +755,7 @@ void tls_key_update(struct tls_conn *tc, int ask_peer)
 
 size_t tls_seal(struct tls_thread *th, struct tls_conn *tc, const uint8_t *in, size_t n, uint8_t *out)
 {
-	if (tc->state != TLS_S_OPEN || (tc->flags & TLS_F_CLOSE_SENT))
+	if (!tls_can_send(tc))
 		return 0;
 	struct keys k;
 	size_t o = 0, recs = (n + TLS_MAX_PLAIN - 1) / TLS_MAX_PLAIN;
@@ -714,7 +790,7 @@ fail:
 
 size_t tls_alert(struct tls_thread *th, struct tls_conn *tc, unsigned desc, uint8_t *out)
 {
-	if (tc->state == TLS_S_HANDSHAKE || tc->state == TLS_S_NONE || (tc->flags & TLS_F_CLOSE_SENT) || !tc->suite)
+	if (!tls_can_send(tc))
 		return 0;
 	uint8_t a[2] = {desc == TLS_A_CLOSE_NOTIFY || desc == TLS_A_USER_CANCELED ? 1 : 2, (uint8_t)desc};
 	struct keys k;

@@ -90,6 +90,16 @@ struct tls_server_opts {
 	const uint8_t *ticket_secret; /* 32 bytes the ticket keys are derived from (NULL: random) */
 };
 
+/* The 32-byte secret ticket keys are derived from: SHA-256 of a file's
+ * contents (at least 16 bytes; gateways behind one name share the file so
+ * a ticket from one resumes on another), or, with file NULL, random bytes
+ * (tickets last as long as the process). Returns 0, or -1 with err. */
+int tls_ticket_secret(const char *file, uint8_t out[32], char *err, size_t errlen);
+
+/* One line about a server context's certificate, for logs and to tell a
+ * reload that changed it: subject, expiry and SHA-256 fingerprint. */
+const char *tls_ctx_cert_info(const struct tls_ctx *ctx, char *buf, size_t cap);
+
 /* Returns NULL with a message in err. */
 struct tls_ctx *tls_server_new(const struct tls_server_opts *o, char *err, size_t errlen);
 
@@ -99,6 +109,8 @@ struct tls_client_opts {
 };
 struct tls_ctx *tls_client_new(const struct tls_client_opts *o, char *err, size_t errlen);
 
+/* Drop the caller's reference. Handshakes started on ctx keep it alive
+ * until they end, so a reload may free the old context at once. */
 void tls_ctx_free(struct tls_ctx *ctx);
 
 /* ---- per thread ------------------------------------------------------------- */
@@ -164,6 +176,14 @@ int tls_handshake(struct tls_thread *th, struct tls_conn *tc, const uint8_t *in,
 int tls_open(struct tls_thread *th, struct tls_conn *tc, uint8_t *buf, size_t n, const uint8_t **plain,
 	     size_t *plain_len);
 
+/* Whether tc may still send: the handshake is done and neither our
+ * close_notify nor a fatal alert of ours went out. The peer's close_notify
+ * (TLS_S_CLOSED) closes only its direction: we may answer, then close. */
+static inline int tls_can_send(const struct tls_conn *tc)
+{
+	return (tc->state == TLS_S_OPEN || tc->state == TLS_S_CLOSED) && tc->suite && !(tc->flags & TLS_F_CLOSE_SENT);
+}
+
 /* Whether tc has something to send even without data (a KeyUpdate). */
 static inline int tls_wants_write(const struct tls_conn *tc)
 {
@@ -175,7 +195,8 @@ size_t tls_seal_bound(const struct tls_conn *tc, size_t n);
 
 /* Seal n bytes of plaintext (n may be 0 for a pending KeyUpdate alone) into
  * as few records as the record size allows, at out (tls_seal_bound bytes).
- * Returns the bytes written, or 0 on a library error (close then). */
+ * Returns the bytes written, or 0 on a library error or when
+ * !tls_can_send (close then). */
 size_t tls_seal(struct tls_thread *th, struct tls_conn *tc, const uint8_t *in, size_t n, uint8_t *out);
 
 /* One alert record (close_notify warning, or a fatal one) into out

@@ -1,5 +1,6 @@
 /* tclient.c: blocking test client library (see tclient.h). */
 #include "tests/tclient.h"
+#include "runtime/tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -398,6 +399,104 @@ static void tc_track(uint8_t *buf, int add)
 	}
 }
 
+/* ---- TLS ------------------------------------------------------------------------ */
+
+static struct tls_ctx *tc_tls_ctx;
+static __thread struct tls_thread *tc_tls_th;
+
+int tc_tls_use(const char *ca_file)
+{
+	char err[512];
+	tls_ctx_free(tc_tls_ctx);
+	tc_tls_ctx = NULL;
+	if (!ca_file)
+		return 0;
+	struct tls_client_opts o = {.ca_file = ca_file, .server_name = "localhost"};
+	if (!(tc_tls_ctx = tls_client_new(&o, err, sizeof err))) {
+		fprintf(stderr, "tclient: TLS: %s\n", err);
+		return -1;
+	}
+	return 0;
+}
+
+int tc_tls_on(void)
+{
+	return tc_tls_ctx != NULL;
+}
+
+static struct tls_thread *tls_th(void)
+{
+	char err[256];
+	if (!tc_tls_th && !(tc_tls_th = tls_thread_new(err, sizeof err)))
+		fprintf(stderr, "tclient: TLS: %s\n", err);
+	return tc_tls_th;
+}
+
+static int send_all(int fd, const uint8_t *b, size_t n, int64_t deadline);
+static int plain_in(struct tc_conn *c, uint8_t *raw, size_t n);
+
+/* The client's handshake, blocking until deadline; records after it are
+ * opened into c->buf. Returns 0 or a TC_* code. */
+static int tls_client_handshake(struct tc_conn *c, int64_t deadline)
+{
+	struct tls_thread *th = tls_th();
+	if (!th || !(c->tls = calloc(1, sizeof *c->tls)) || tls_conn_start(th, c->tls, tc_tls_ctx) != 0)
+		return TC_IOERR;
+	static __thread uint8_t in[1 << 16];
+	size_t n = 0;
+	for (;;) {
+		size_t used = 0, outn = 0;
+		const uint8_t *out;
+		unsigned why;
+		int h = tls_handshake(th, c->tls, in, n, &used, &out, &outn, &why);
+		if (outn && send_all(c->fd, out, outn, deadline) != 0)
+			return TC_RESET;
+		if (h == TLS_HS_FAIL) {
+			fprintf(stderr, "tclient: TLS handshake failed: %s\n", tls_hs_fail_name(why));
+			return TC_IOERR;
+		}
+		if (h == TLS_HS_DONE)
+			return n > used ? plain_in(c, in + used, n - used) : 0;
+		struct pollfd pf = {c->fd, POLLIN, 0};
+		int left = remaining(deadline);
+		if (!left)
+			return TC_TIMEOUT;
+		if (poll(&pf, 1, left) < 0 && errno != EINTR)
+			return TC_IOERR;
+		ssize_t r = recv(c->fd, in, sizeof in, MSG_DONTWAIT);
+		if (r == 0)
+			return TC_EOF;
+		if (r < 0 && errno != EAGAIN && errno != EINTR)
+			return errno == ECONNRESET ? TC_RESET : TC_IOERR;
+		n = r > 0 ? (size_t)r : 0;
+	}
+}
+
+/* Received record bytes: their plaintext is appended to c->buf. Returns
+ * 0, or TC_EOF at the peer's close_notify (c->eof set), TC_RESET at its
+ * fatal alert, TC_IOERR on a bad record. */
+static int plain_in(struct tc_conn *c, uint8_t *raw, size_t n)
+{
+	const uint8_t *p;
+	size_t pn;
+	int r = tls_open(tls_th(), c->tls, raw, n, &p, &pn);
+	if (pn > TC_BUF_CAP - c->len)
+		return TC_IOERR; /* fill leaves room for a whole record */
+	memcpy(c->buf + c->len, p, pn);
+	c->len += pn;
+	if (tls_wants_write(c->tls)) { /* the server asked for our KeyUpdate */
+		uint8_t rec[64];
+		size_t m = tls_seal(tls_th(), c->tls, rec, 0, rec);
+		if (!m || send_all(c->fd, rec, m, tc_now_ms() + TC_SEND_TIMEOUT_MS) != 0)
+			return TC_IOERR;
+	}
+	if (r == 1) {
+		c->eof = 1;
+		return TC_EOF;
+	}
+	return r == 0 ? 0 : r == 2 ? TC_RESET : TC_IOERR;
+}
+
 int tc_connect(struct tc_conn *c, unsigned port, int rcvbuf, int timeout_ms)
 {
 	memset(c, 0, sizeof *c);
@@ -419,11 +518,32 @@ int tc_connect(struct tc_conn *c, unsigned port, int rcvbuf, int timeout_ms)
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 	c->fd = fd;
+	if (tc_tls_ctx) {
+		int r = tls_client_handshake(c, tc_now_ms() + timeout_ms);
+		if (r != 0 && r != TC_EOF) {
+			tc_close(c);
+			return r;
+		}
+	}
 	return 0;
+}
+
+int tc_connect_plain(struct tc_conn *c, unsigned port, int rcvbuf, int timeout_ms)
+{
+	struct tls_ctx *tls = tc_tls_ctx;
+	tc_tls_ctx = NULL;
+	int r = tc_connect(c, port, rcvbuf, timeout_ms);
+	tc_tls_ctx = tls;
+	return r;
 }
 
 void tc_close(struct tc_conn *c)
 {
+	if (c->tls) {
+		tls_conn_free(c->tls);
+		free(c->tls);
+		c->tls = NULL;
+	}
 	if (c->buf) {
 		if (c->fd >= 0)
 			close(c->fd);
@@ -436,15 +556,34 @@ void tc_close(struct tc_conn *c)
 
 int tc_shutdown_wr(struct tc_conn *c)
 {
-	return c->fd >= 0 ? shutdown(c->fd, SHUT_WR) : -1;
+	if (c->fd < 0)
+		return -1;
+	if (c->tls) {
+		uint8_t a[TLS_OVERHEAD + 2];
+		size_t n = tls_alert(tls_th(), c->tls, TLS_A_CLOSE_NOTIFY, a);
+		if (n && send_all(c->fd, a, n, tc_now_ms() + TC_SEND_TIMEOUT_MS) != 0)
+			return -1;
+	}
+	return shutdown(c->fd, SHUT_WR);
 }
 
 int tc_send_raw(struct tc_conn *c, const void *p, size_t n, int timeout_ms)
 {
-	const uint8_t *b = p;
 	int64_t deadline = tc_now_ms() + timeout_ms;
 	if (c->fd < 0)
 		return TC_IOERR;
+	if (!c->tls)
+		return send_all(c->fd, p, n, deadline);
+	uint8_t *rec = malloc(tls_seal_bound(c->tls, n));
+	size_t m = rec ? tls_seal(tls_th(), c->tls, n ? p : rec, n, rec) : 0;
+	int r = m ? send_all(c->fd, rec, m, deadline) : n ? TC_IOERR : 0;
+	free(rec);
+	return r;
+}
+
+static int send_all(int fd, const uint8_t *b, size_t n, int64_t deadline)
+{
+	struct tc_conn cc = {.fd = fd}, *c = &cc;
 	while (n) {
 		ssize_t w = send(c->fd, b, n, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (w > 0) {
@@ -499,15 +638,40 @@ static long fill(struct tc_conn *c, int64_t deadline)
 		if (c->len == TC_BUF_CAP)
 			return TC_IOERR; /* cannot happen: a frame fits */
 	}
+	if (c->tls && TC_BUF_CAP - c->len < 2 * TLS_RECORD_MAX) {
+		memmove(c->buf, c->buf + c->off, c->len - c->off);
+		c->len -= c->off;
+		c->off = 0;
+	}
 	for (;;) {
-		ssize_t r = recv(c->fd, c->buf + c->len, TC_BUF_CAP - c->len, MSG_DONTWAIT);
-		if (r > 0) {
-			c->len += (size_t)r;
-			return r;
-		}
-		if (r == 0) {
-			c->eof = 1;
-			return 0;
+		if (c->tls) {
+			/* records: their plaintext goes to c->buf (a carried record's
+			 * plaintext may exceed what one recv brings) */
+			static __thread uint8_t raw[TLS_RECORD_MAX];
+			size_t before = c->len;
+			ssize_t r = recv(c->fd, raw, sizeof raw, MSG_DONTWAIT);
+			if (r > 0) {
+				int st = plain_in(c, raw, (size_t)r);
+				if (st == TC_EOF || c->len > before)
+					return c->len > before ? (long)(c->len - before) : 0;
+				if (st < 0)
+					return st;
+				continue; /* a partial record, or only a ticket */
+			}
+			if (r == 0) {
+				c->eof = 1;
+				return 0;
+			}
+		} else {
+			ssize_t r = recv(c->fd, c->buf + c->len, TC_BUF_CAP - c->len, MSG_DONTWAIT);
+			if (r > 0) {
+				c->len += (size_t)r;
+				return r;
+			}
+			if (r == 0) {
+				c->eof = 1;
+				return 0;
+			}
 		}
 		if (errno == EINTR)
 			continue;
@@ -654,7 +818,7 @@ int tc_http_get(unsigned port, const char *path, int timeout_ms, char *body, siz
 	if (cap)
 		body[0] = 0;
 	struct tc_conn c;
-	int r = tc_connect(&c, port, 0, timeout_ms);
+	int r = tc_connect_plain(&c, port, 0, timeout_ms); /* stats endpoints are plain HTTP */
 	if (r != 0)
 		return r;
 	char req[512];

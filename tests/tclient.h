@@ -119,12 +119,24 @@ char *tc_server_log_tail(const struct tc_server *s, char *out, size_t cap);
 
 #define TC_BUF_CAP (4u * PROTO_MAX_FRAME_BYTES)
 
+struct tls_conn;
 struct tc_conn {
 	int fd;         /* -1 when closed */
-	int eof;        /* the peer's FIN was read */
-	size_t off, len; /* unread input is buf[off..len) */
+	int eof;        /* the peer's FIN (over TLS: its close_notify) was read */
+	size_t off, len; /* unread input is buf[off..len) (plaintext over TLS) */
 	uint8_t *buf;   /* TC_BUF_CAP bytes, owned by the conn */
+	struct tls_conn *tls; /* over TLS (tc_tls_use): the record state (runtime/tls.h); NULL plain */
 };
+
+/* From now on tc_connect speaks TLS 1.3 (the gateway's runtime/tls engine
+ * as a client, ALPN "chat", the server verified against ca_file as
+ * "localhost"), and sends, receives and shuts down through it; NULL: plain
+ * TCP again. For this process (criterion runs each test in its own).
+ * Returns 0, or -1 with a reason on stderr. */
+int tc_tls_use(const char *ca_file);
+
+/* Whether tc_connect speaks TLS now. */
+int tc_tls_on(void);
 
 /* Connect to 127.0.0.1:port. rcvbuf > 0 sets SO_RCVBUF before connecting (a
  * small window for slow-consumer tests); 0 leaves the kernel default.
@@ -133,11 +145,15 @@ struct tc_conn {
  * or a TC_* code with c->fd = -1. Free with tc_close(). */
 int tc_connect(struct tc_conn *c, unsigned port, int rcvbuf, int timeout_ms);
 
+/* tc_connect in plain TCP whatever tc_tls_use says (stats endpoints). */
+int tc_connect_plain(struct tc_conn *c, unsigned port, int rcvbuf, int timeout_ms);
+
 /* Close the socket and free the buffer; safe on a closed or zeroed conn
  * (fd 0 with no buffer counts as never opened). */
 void tc_close(struct tc_conn *c);
 
-/* Shut down our sending side (FIN) but keep reading. 0 or -1. */
+/* Shut down our sending side (FIN; over TLS our close_notify first) but
+ * keep reading. 0 or -1. */
 int tc_shutdown_wr(struct tc_conn *c);
 
 /* Send all n bytes, waiting up to timeout_ms for socket buffer space.
@@ -212,7 +228,7 @@ long tc_login_v(struct tc_conn *c, const struct token_secret *s, uint64_t user, 
 
 /* ---- HTTP --------------------------------------------------------------------- */
 
-/* GET http://127.0.0.1:port<path> (HTTP/1.0, Connection: close), waiting up to
+/* GET http://127.0.0.1:port<path> (plain HTTP, also under tc_tls_use; HTTP/1.0, Connection: close), waiting up to
  * timeout_ms in all. Copies the body (at most cap - 1 bytes) into body,
  * NUL-terminated. The whole response must fit TC_BUF_CAP (about 64 KiB; stats
  * pages do), else TC_IOERR. Returns the HTTP status code (> 0) or a TC_*

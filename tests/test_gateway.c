@@ -52,7 +52,17 @@ static struct {
 	char log_path[PATH_MAX + 128];
 	struct token_secret secret;
 	int started;
+	int tls; /* GW_TEST_TLS: the client port is a --listen-tls one, tclient speaks TLS */
+	char tls_dir[PATH_MAX + 128], tls_cert[PATH_MAX + 160], tls_key[PATH_MAX + 160];
 } G = {.port_fd = -1, .stats_fd = -1};
+
+/* A test that cannot run over TLS says why (the suite runs once more with
+ * GW_TEST_TLS=1: build/tests/test_gateway_tls). */
+#define PLAIN_ONLY(why)                                    \
+	do {                                                \
+		if (getenv("GW_TEST_TLS"))                  \
+			cr_skip_test("plain TCP only: %s", why); \
+	} while (0)
 
 
 static int has_opt(const char *const *extra, const char *name)
@@ -94,7 +104,23 @@ static void gw_start_v(const char *const *extra)
 	const char *argv[64];
 	size_t n = 0;
 	argv[n++] = gw_path;
-	argv[n++] = "--listen";
+	G.tls = getenv("GW_TEST_TLS") != NULL;
+	if (G.tls) {
+		/* the client port speaks TLS 1.3 with a certificate made for this test */
+		snprintf(G.tls_dir, sizeof G.tls_dir, "%s/%s.%d.tls", G.dir, name, (int)getpid());
+		snprintf(G.tls_cert, sizeof G.tls_cert, "%s/cert.pem", G.tls_dir);
+		snprintf(G.tls_key, sizeof G.tls_key, "%s/key.pem", G.tls_dir);
+		char *mk[] = {"tools/tls-selfsigned", G.tls_dir, NULL};
+		cr_assert_eq(tc_run(mk[0], mk, "/dev/null", "/dev/null", 20000), 0, "tools/tls-selfsigned failed");
+		cr_assert_eq(tc_tls_use(G.tls_cert), 0);
+		argv[n++] = "--listen";
+		argv[n++] = "off";
+		argv[n++] = "--tls-cert";
+		argv[n++] = G.tls_cert;
+		argv[n++] = "--tls-key";
+		argv[n++] = G.tls_key;
+	}
+	argv[n++] = G.tls ? "--listen-tls" : "--listen";
 	argv[n++] = listen;
 	argv[n++] = "--stats-listen";
 	argv[n++] = stats;
@@ -180,6 +206,12 @@ static void gw_fini(void)
 	G.port_fd = G.stats_fd = -1;
 	if (G.secret_path[0])
 		unlink(G.secret_path);
+	if (G.tls) {
+		unlink(G.tls_cert);
+		unlink(G.tls_key);
+		rmdir(G.tls_dir);
+		tc_tls_use(NULL);
+	}
 }
 
 TestSuite(gateway, .fini = gw_fini, .timeout = 30);
@@ -1278,6 +1310,7 @@ Test(gateway, burst_to_reading_client_is_not_slow_consumer, .timeout = 30)
 
 Test(gateway, server_full, .timeout = 40)
 {
+	PLAIN_ONLY("a TLS connection over capacity is closed before its handshake, without a frame (no keys to say it with)");
 	gw_start("--threads", "1", "--slots", "100", "--login-timeout", "60s", NULL);
 	cr_assert_eq(stats_num("capacity"), 36, "capacity with --threads 1 --slots 100");
 	enum { CAP = 36 };
@@ -1319,6 +1352,7 @@ Test(gateway, server_full, .timeout = 40)
  * to another thread) as well. */
 Test(gateway, server_full_login_while_refused_lingers, .timeout = 30)
 {
+	PLAIN_ONLY("a TLS connection over capacity is closed before its handshake, without a frame");
 	gw_start("--threads", "1", "--slots", "100", "--login-timeout", "60s", NULL);
 	enum { CAP = 36 };
 	static struct tc_conn c[CAP];
@@ -1700,6 +1734,7 @@ Test(gateway, latency_histograms_count_deliveries, .timeout = 30)
  * message that says why. */
 Test(gateway, proxy_protocol_listener, .timeout = 30)
 {
+	PLAIN_ONLY("a ,proxy listener is plain (no PROXY header before TLS yet)");
 	int pfd;
 	unsigned pport = tc_port_reserve(&pfd);
 	char plisten[48];
@@ -2237,6 +2272,7 @@ static void expect_source_refused(struct tc_conn *c, const char *what)
 
 Test(gateway, per_source_limits, .timeout = 60)
 {
+	PLAIN_ONLY("its second listener is a ,proxy one, and a refused TLS connection is closed before its handshake, without a frame");
 	char conf[PATH_MAX + 64];
 	e2e_path(conf, sizeof conf, "srclimit", "conf");
 	write_text(conf, "max-conns-per-source = 2\n");
@@ -2543,11 +2579,11 @@ Test(gateway, stats_endpoint_not_held_by_slow_clients, .timeout = 30)
 	enum { IDLE = 70 };
 	static struct tc_conn idle[IDLE];
 	for (int i = 0; i < IDLE; i++) {
-		int r = tc_connect(&idle[i], G.stats, 0, 2000);
+		int r = tc_connect_plain(&idle[i], G.stats, 0, 2000);
 		cr_assert_eq(r, 0, "idle connection %d: %s", i, tc_status_name(r));
 	}
 	struct tc_conn trickle;
-	cr_assert_eq(tc_connect(&trickle, G.stats, 0, 2000), 0);
+	cr_assert_eq(tc_connect_plain(&trickle, G.stats, 0, 2000), 0);
 	const char *req = "GET /metrics HTTP/1.0\r\n";
 	for (int round = 0; round < 5; round++) {
 		send_raw(&trickle, req + round, 1);

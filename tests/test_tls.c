@@ -415,6 +415,34 @@ Test(tls, close_notify_both_ways)
 	srv_free(&s);
 }
 
+/* The peer's close_notify closes its direction only: what we still had to
+ * say goes out, then our close_notify (the gateway's answer to a client
+ * that sent a request and closed). */
+Test(tls, answer_after_the_peers_close_notify)
+{
+	struct srv s;
+	struct peer p;
+	ready(&s, &p, NULL);
+	cr_assert_eq(SSL_write(p.ssl, "last", 4), 4);
+	cr_assert_eq(SSL_shutdown(p.ssl), 0, "our close_notify sent, the server's awaited");
+	size_t n = peer_take(&p, buf, sizeof buf);
+	const uint8_t *pl;
+	size_t pn;
+	cr_assert_eq(tls_open(s.th, &s.tc, buf, n, &pl, &pn), 1);
+	cr_assert_eq(pn, 4);
+	cr_assert(tls_can_send(&s.tc));
+	to_client(&s, &p, "answer");
+	uint8_t a[64];
+	size_t an = tls_alert(s.th, &s.tc, TLS_A_CLOSE_NOTIFY, a);
+	cr_assert_gt(an, 0);
+	cr_assert_not(tls_can_send(&s.tc));
+	cr_assert_eq(tls_seal(s.th, &s.tc, (const uint8_t *)"x", 1, buf), 0, "nothing after our close_notify");
+	peer_give(&p, a, an);
+	cr_assert_eq(SSL_shutdown(p.ssl), 1, "the client saw our close_notify");
+	peer_free(&p);
+	srv_free(&s);
+}
+
 Test(tls, peer_fatal_alert)
 {
 	struct srv s;
@@ -515,6 +543,36 @@ Test(tls, resumption_with_a_ticket)
 	peer_free(&p);
 	srv_free(&s3);
 	SSL_SESSION_free(sess);
+	srv_free(&s);
+}
+
+/* A reload frees the old context while handshakes begun on it go on: the
+ * ticket callback at their end still reads it (use after free under ASan
+ * before the context lived as long as its SSL_CTX). */
+Test(tls, context_freed_during_a_handshake)
+{
+	struct srv s;
+	struct peer p;
+	srv_new(&s, 3600);
+	peer_new(&p, NULL, "\x04" "chat", TLS1_3_VERSION);
+	SSL_do_handshake(p.ssl);
+	size_t n = peer_take(&p, buf, sizeof buf), used, outn;
+	const uint8_t *out;
+	unsigned why;
+	cr_assert_eq(tls_handshake(s.th, &s.tc, buf, n, &used, &out, &outn, &why), TLS_HS_MORE);
+	peer_give(&p, out, outn);
+	tls_ctx_free(s.ctx);
+	s.ctx = NULL;
+	SSL_do_handshake(p.ssl);
+	n = peer_take(&p, buf, sizeof buf);
+	cr_assert_eq(tls_handshake(s.th, &s.tc, buf, n, &used, &out, &outn, &why), TLS_HS_DONE);
+	cr_assert_eq(s.tc.tx_seq, 1, "the ticket was made with the freed context's key");
+	peer_give(&p, out, outn);
+	peer_settle(&p);
+	SSL_SESSION *sess = SSL_get1_session(p.ssl);
+	cr_assert(SSL_SESSION_is_resumable(sess));
+	SSL_SESSION_free(sess);
+	peer_free(&p);
 	srv_free(&s);
 }
 
