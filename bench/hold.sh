@@ -9,7 +9,8 @@
 # enough threads (rings) for N under RLIMIT_NOFILE: N / (limit - 64), plus one.
 # As root it raises net.core.somaxconn and the SYN backlog for the ramp (and
 # says so). Prints its figures last. Bounded: the loadgen gives up ramping after
-# 5 minutes and holds for 40 s.
+# 5 minutes and holds for 40 s. HOLD_TLS=1: every connection over TLS 1.3
+# (--listen-tls, loadgen --tls; a certificate made for the run).
 set -eu
 n=${1:-1000000}
 b=${2:-build}
@@ -53,14 +54,26 @@ rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 "$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
+tls=${HOLD_TLS:-0}
+lopt=--listen
+gwtls=
+lgtls=
+if [ "$tls" = 1 ]; then
+	"$(dirname "$0")/../tools/tls-selfsigned" "$tmp/tls" >/dev/null
+	lopt=--listen-tls
+	gwtls="--listen off --tls-cert $tmp/tls/cert.pem --tls-key $tmp/tls/key.pem"
+	lgtls="--tls --tls-ca $tmp/tls/cert.pem"
+	echo "hold: over TLS 1.3"
+fi
 # a previous run's gateway may still be closing its sockets: wait for the port
 for _ in $(seq 120); do
 	ss -Hltn "sport = :$port" 2>/dev/null | grep -q . || break
 	sleep 1
 done
 failed=0
-"$b/gateway/gateway" --auth-secret-file "$tmp/secret" --threads "$threads" \
-	--listen "127.0.0.1:$port" --listen "127.0.0.2:$port" --listen "127.0.0.3:$port" --listen "127.0.0.4:$port" \
+# shellcheck disable=SC2086
+"$b/gateway/gateway" --auth-secret-file "$tmp/secret" --threads "$threads" $gwtls \
+	$lopt "127.0.0.1:$port" $lopt "127.0.0.2:$port" $lopt "127.0.0.3:$port" $lopt "127.0.0.4:$port" \
 	--stats-listen "127.0.0.1:$stats" --recv-pool 16m --keepalive 900s --login-timeout 60s \
 	--log-level warn 2>"$tmp/gateway.log" &
 gw=$!
@@ -81,7 +94,8 @@ tcp0=$(slab TCP)
 kiocb0=$(slab io_kiocb)
 inode0=$(slab sock_inode_cache)
 
-"$b/loadgen/loadgen" --secret-file "$tmp/secret" --scenario idle --connections "$n" \
+# shellcheck disable=SC2086
+"$b/loadgen/loadgen" --secret-file "$tmp/secret" --scenario idle --connections "$n" $lgtls \
 	--targets "127.0.0.1:$port" --targets "127.0.0.2:$port" --targets "127.0.0.3:$port" --targets "127.0.0.4:$port" \
 	--sources 127.0.1.1-127.0.1.32 --connect-rate "${HOLD_RATE:-100000}" --inflight 1024 --ramp-timeout 300s \
 	--duration 40s --ping-interval 0 --recv-pool 16m --watch-pid "$gw" --report "$tmp/report.json" --quiet \
@@ -127,8 +141,8 @@ held=$(grep -o '"logged_in":[0-9]*' "$tmp/report.json" | head -n 1 | cut -d: -f2
 ramp_s=$(grep -o '"ramp_s":[0-9.]*' "$tmp/report.json" | head -n 1 | cut -d: -f2)
 awk -v n="$logged" -v rss0="$rss0" -v rss1="$rss1" -v free0="$free0" -v free1="$free1" -v lgrss="$lgrss" \
 	-v tcp0="$tcp0" -v tcp1="$tcp1" -v k0="$kiocb0" -v k1="$kiocb1" -v i0="$inode0" -v i1="$inode1" \
-	-v c0="$c0" -v c1="$c1" -v hz="$hz" -v ramp="$ramp_s" -v held="$held" -v thr="$threads" 'BEGIN {
-	printf "\n=== hold: %d connections logged in and held (gateway %d threads, loadgen on the same machine)\n", n, thr
+	-v c0="$c0" -v c1="$c1" -v hz="$hz" -v ramp="$ramp_s" -v held="$held" -v thr="$threads" -v tls="$tls" 'BEGIN {
+	printf "\n=== hold: %d connections logged in and held%s (gateway %d threads, loadgen on the same machine)\n", n, tls == 1 ? " over TLS 1.3" : "", thr
 	printf "gateway RSS          %8.1f MB -> %8.1f MB   = %6.0f bytes per connection (user space)\n", rss0/1024, rss1/1024, (rss1-rss0)*1024/n
 	printf "machine memory used  %8.1f MB               = %6.0f bytes per connection (both ends, kernel + user)\n", (free0-free1)/1024, (free0-free1)*1024/n
 	printf "loadgen RSS          %8.1f MB               = %6.0f bytes per connection\n", lgrss/1024, lgrss*1024/n

@@ -44,6 +44,7 @@
 #include "runtime/addr.h"
 #include "runtime/carry.h"
 #include "runtime/cluster.h"
+#include "runtime/connbuf.h"
 #include "runtime/counter.h"
 #include "runtime/link.h"
 #include "runtime/metrics.h"
@@ -176,17 +177,8 @@ struct gw_link_pub {
 
 /* ---- buffers ---------------------------------------------------------------- */
 
-/* Output queued for one connection: frames appended during an iteration and
- * sent with one send at its end. `off` is how much a send has taken. On a
- * TLS connection data[0..sealed) is ready for the wire (handshake bytes,
- * sealed records) and data[sealed..len) plaintext frames, sealed into as
- * few records as they fit just before the send (worker.c flush_conn). */
-struct obuf {
-	uint32_t len, cap, off;
-	uint32_t since; /* tick the send started (write-stall check) */
-	uint32_t sealed;
-	uint8_t data[];
-};
+/* Output: struct obuf (runtime/connbuf.h), `since` the tick its send
+ * started (write-stall check). */
 
 
 /* An armed accept's peer address. */
@@ -327,10 +319,8 @@ struct worker {
 	struct gw_accept *acc; /* GW_ACCEPTS per listener: each armed accept's peer address */
 	struct u64map dir; /* user -> connref_make(slot, gen), for users whose home is here */
 	struct wheel wheel;
-	uint32_t *flush;   /* slots with output to send this iteration */
-	size_t nflush, flush_cap;
-	uint32_t *rearm;   /* slots whose recv must be re-armed */
-	size_t nrearm, rearm_cap;
+	struct slotlist flush; /* slots with output to send this iteration */
+	struct slotlist rearm; /* slots whose recv must be re-armed */
 	struct xbatch **xout; /* per destination thread */
 	struct msgid_gen ids;
 	uint64_t start_ns, now_ns, wall_ms;

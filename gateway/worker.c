@@ -19,6 +19,7 @@
  *   send completes.
  */
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -42,15 +43,6 @@ static inline uint32_t ms_to_ticks(int64_t ms)
 	return (uint32_t)((ms + GW_TICK_MS - 1) / GW_TICK_MS);
 }
 
-static void *grow_array(void *p, size_t *cap, size_t elem)
-{
-	size_t n = *cap ? *cap * 2 : 1024;
-	void *q = realloc(p, n * elem);
-	if (q)
-		*cap = n;
-	return q;
-}
-
 /* ---- output ------------------------------------------------------------------ */
 
 static void flush_later(struct worker *w, uint32_t slot)
@@ -58,24 +50,16 @@ static void flush_later(struct worker *w, uint32_t slot)
 	struct conn *c = conn_of(w, slot);
 	if (c->flags & CF_QUEUED)
 		return;
-	if (w->nflush == w->flush_cap) {
-		uint32_t *f = grow_array(w->flush, &w->flush_cap, sizeof *f);
-		if (!f) {
-			log_rl(LOG_ERROR, "out of memory growing the flush list");
-			return;
-		}
-		w->flush = f;
+	if (slotlist_push(&w->flush, slot) != 0) {
+		log_rl(LOG_ERROR, "out of memory growing the flush list");
+		return;
 	}
-	w->flush[w->nflush++] = slot;
 	c->flags |= CF_QUEUED;
 }
 
 uint32_t conn_queued(const struct conn *c)
 {
-	uint32_t n = c->out ? c->out->len : 0;
-	if ((c->flags & CF_SEND) && c->sending)
-		n += c->sending->len - c->sending->off;
-	return n;
+	return obuf_queued(c->out, (c->flags & CF_SEND) ? c->sending : NULL);
 }
 
 static void queue_gauge(struct worker *w, int64_t delta)
@@ -92,91 +76,31 @@ static void free_out(struct worker *w, struct conn *c)
 	}
 }
 
-/* Room for n more bytes in c's output buffer (grown by doubling). NULL
- * when out of memory (logged). */
-static struct obuf *out_reserve(struct conn *c, size_t n)
-{
-	struct obuf *o = c->out;
-	if (o && o->cap - o->len >= n)
-		return o;
-	size_t need = (o ? o->len : 0) + n, cap = 256;
-	while (cap < need + sizeof *o)
-		cap *= 2;
-	struct obuf *g = realloc(o, cap);
-	if (!g) {
-		log_rl(LOG_ERROR, "out of memory for an output buffer");
-		return NULL;
-	}
-	if (!o)
-		g->len = g->off = g->since = g->sealed = 0;
-	g->cap = (uint32_t)(cap - sizeof *g);
-	return c->out = g;
-}
-
-static int seal_pending(struct worker *w, uint32_t slot);
-
 int conn_out_wire(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 {
-	struct conn *c = conn_of(w, slot);
-	if (c->out && c->out->sealed < c->out->len && seal_pending(w, slot) != 0)
+	long d = obuf_put_wire(&conn_of(w, slot)->out, w->tls_th, &w->tls[slot], p, n);
+	if (d < 0) {
+		log_rl(LOG_ERROR, "out of memory for TLS output (or a sealing failure)");
 		return -1;
-	struct obuf *o = out_reserve(c, n);
-	if (!o)
-		return -1;
-	memcpy(o->data + o->len, p, n);
-	o->len += (uint32_t)n;
-	o->sealed = o->len;
-	queue_gauge(w, (int64_t)n);
+	}
+	queue_gauge(w, d);
 	flush_later(w, slot);
 	return 0;
 }
 
 /* ---- TLS: sealing at flush time ------------------------------------------ */
 
-/* Seal the plaintext frames queued on a TLS connection (and a KeyUpdate of
- * ours that is due) into as few records as they fit: one new buffer, the
- * wire bytes before them copied over. Before the handshake is done there
- * are no keys: plaintext is dropped (a frame ending a connection that has
- * not finished its handshake goes unsaid; the close follows). Returns 0, or
- * -1 on a library error or out of memory (close the connection). */
+/* The plaintext frames queued on a TLS connection sealed (obuf_seal: before
+ * the handshake is done there are no keys, and a frame ending such a
+ * connection goes unsaid; the close follows). 0, or -1: close it. */
 static int seal_pending(struct worker *w, uint32_t slot)
 {
-	struct conn *c = conn_of(w, slot);
-	struct tls_conn *tc = &w->tls[slot];
-	struct obuf *o = c->out;
-	size_t keep = o ? o->sealed : 0, plain = o ? o->len - o->sealed : 0;
-	if (!tls_can_send(tc)) {
-		if (plain) {
-			queue_gauge(w, -(int64_t)plain);
-			o->len = o->sealed;
-		}
-		return 0;
-	}
-	if (!plain && !tls_wants_write(tc))
-		return 0;
-	size_t need = sizeof *o + keep + tls_seal_bound(tc, plain) + TLS_OVERHEAD + 2, cap = 256;
-	while (cap < need)
-		cap *= 2;
-	struct obuf *g = malloc(cap);
-	if (!g) {
-		log_rl(LOG_ERROR, "out of memory sealing TLS records");
+	long d = obuf_seal(&conn_of(w, slot)->out, w->tls_th, &w->tls[slot]);
+	if (d == LONG_MIN) {
+		log_rl(LOG_ERROR, "sealing TLS records failed (out of memory or a library error)");
 		return -1;
 	}
-	static const uint8_t none[1];
-	if (keep)
-		memcpy(g->data, o->data, keep);
-	size_t m = tls_seal(w->tls_th, tc, plain ? o->data + keep : none, plain, g->data + keep);
-	if (m == 0) {
-		free(g);
-		log_rl(LOG_ERROR, "sealing a TLS record failed");
-		return -1;
-	}
-	g->off = g->since = 0;
-	g->cap = (uint32_t)(cap - sizeof *g);
-	g->len = g->sealed = (uint32_t)(keep + m);
-	queue_gauge(w, (int64_t)g->len - (int64_t)(o ? o->len : 0));
-	free(o);
-	c->out = g;
+	queue_gauge(w, d);
 	return 0;
 }
 
@@ -223,8 +147,10 @@ static int out_frame(struct worker *w, uint32_t slot, const struct proto_frame *
 			conn_fail(w, slot, PROTO_E_SLOW_CONSUMER, CLOSE_SLOW, "output queue over its limit");
 			return -1;
 		}
-		if (!(o = out_reserve(c, n)))
+		if (!(o = obuf_reserve(&c->out, n))) {
+			log_rl(LOG_ERROR, "out of memory for an output buffer");
 			return -1;
+		}
 		proto_encode(f, o->data + o->len, o->cap - o->len);
 	}
 	o->len += (uint32_t)n;
@@ -455,15 +381,10 @@ static void rearm_later(struct worker *w, uint32_t slot)
 	struct conn *c = conn_of(w, slot);
 	if (c->flags & CF_REARM)
 		return;
-	if (w->nrearm == w->rearm_cap) {
-		uint32_t *r = grow_array(w->rearm, &w->rearm_cap, sizeof *r);
-		if (!r) {
-			conn_close(w, slot, CLOSE_ERROR);
-			return;
-		}
-		w->rearm = r;
+	if (slotlist_push(&w->rearm, slot) != 0) {
+		conn_close(w, slot, CLOSE_ERROR);
+		return;
 	}
-	w->rearm[w->nrearm++] = slot;
 	c->flags |= CF_REARM;
 }
 
@@ -1090,10 +1011,7 @@ int worker_setup(struct worker *w, char *err, size_t errlen)
 			 w->slots, strerror(-ret));
 		return -1;
 	}
-	unsigned per = (unsigned)((uint64_t)cfg->recv_pool / gw->nthreads / (uint64_t)cfg->recv_buf);
-	unsigned entries = pow2_clamp(per, 64, 32768);
-	while (entries > 64 && (uint64_t)entries * (uint64_t)cfg->recv_buf * gw->nthreads > (uint64_t)cfg->recv_pool)
-		entries /= 2;
+	unsigned entries = bufring_entries_for((uint64_t)cfg->recv_pool, gw->nthreads, (unsigned)cfg->recv_buf);
 	ret = bufring_setup(&w->ring, &w->br, entries, (unsigned)cfg->recv_buf, 1);
 	if (ret) {
 		snprintf(err, errlen, "provided buffer ring: %s", strerror(-ret));
@@ -1182,8 +1100,8 @@ void worker_teardown(struct worker *w)
 	free(w->larmed);
 	free(w->acc);
 	free(w->xout);
-	free(w->flush);
-	free(w->rearm);
+	slotlist_free(&w->flush);
+	slotlist_free(&w->rearm);
 	u64map_free(&w->dir);
 	wheel_free(&w->wheel);
 }
@@ -1251,18 +1169,18 @@ static void update_clock(struct worker *w)
 int worker_before_wait(struct worker *w)
 {
 	bufring_publish(&w->br);
-	for (size_t i = 0; i < w->nrearm; i++) {
-		uint32_t s = w->rearm[i];
+	for (size_t i = 0; i < w->rearm.n; i++) {
+		uint32_t s = w->rearm.v[i];
 		struct conn *c = conn_of(w, s);
 		c->flags &= (uint16_t)~CF_REARM;
 		if (conn_reads(c))
 			conn_arm_recv(w, s);
 	}
-	w->nrearm = 0;
+	w->rearm.n = 0;
 	xt_post(w);
-	for (size_t i = 0; i < w->nflush; i++)
-		flush_conn(w, w->flush[i]);
-	w->nflush = 0;
+	for (size_t i = 0; i < w->flush.n; i++)
+		flush_conn(w, w->flush.v[i]);
+	w->flush.n = 0;
 	gw_dist_flush(w);
 	if (w->draining)
 		return !(w->live == 0 || (w->hard_stop && w->tick >= w->hard_stop));

@@ -18,8 +18,13 @@
  * others receive (each member has one sender, so the same order check
  * applies). Groups live in backends: run it against gateways with --cluster.
  *
- * Connection states: IDLE -> CONNECTING -> LOGIN -> LIVE -> CLOSING -> IDLE
- * (IDLE connections wait in the connect queue or on a reconnect timer).
+ * Connection states: IDLE -> CONNECTING [-> TLS] -> LOGIN -> LIVE -> CLOSING
+ * -> IDLE (IDLE connections wait in the connect queue or on a reconnect
+ * timer; TLS: the handshake, with --tls).
+ *
+ * Output and its TLS sealing, the flush and re-arm lists and the buffer
+ * ring's size are the gateway's code (runtime/connbuf.h); a TLS connection's
+ * record state is 128 bytes in a per-thread table (runtime/tls.h).
  */
 #ifndef LOADGEN_LG_H
 #define LOADGEN_LG_H
@@ -32,9 +37,11 @@
 #include "proto/client.h"
 #include "runtime/addr.h"
 #include "runtime/carry.h"
+#include "runtime/connbuf.h"
 #include "runtime/counter.h"
 #include "runtime/hist.h"
 #include "runtime/opts.h"
+#include "runtime/tls.h"
 #include "runtime/token.h"
 #include "runtime/uring.h"
 #include "runtime/wheel.h"
@@ -55,6 +62,8 @@ struct lg_config {
 	int64_t recv_buf, recv_pool, rcvbuf, max_queue, watch_pid, ttl_ms, group_size;
 	double max_error_rate;
 	int receipts, quiet;
+	int tls, tls_insecure;      /* --tls: TLS 1.3 to the targets; verify against --tls-ca unless --tls-insecure */
+	const char *tls_ca, *tls_name;
 	const char *secret_file, *scenario_name, *report, *csv, *svg;
 	struct opt_list targets, sources;
 	enum lg_scenario scenario;
@@ -68,16 +77,12 @@ struct lg_counters {
 	uint64_t receipts_in, bytes_in, bytes_out, pings, pongs, skipped, blocked;
 	uint64_t open, logged_in, loops, cqes;
 	uint64_t groups_created, group_errors;
+	uint64_t tls_handshakes, tls_failed, tls_ns; /* --tls: done, failed (any reason), loop time in them */
 	uint64_t p50_ns, p99_ns, lat_count; /* last interval, published once a second */
 } __attribute__((aligned(64)));
 
 
-struct lbuf {
-	uint32_t len, cap, off;
-	uint8_t data[];
-};
-
-enum lc_state { LS_IDLE = 0, LS_CONNECTING, LS_LOGIN, LS_LIVE, LS_CLOSING };
+enum lc_state { LS_IDLE = 0, LS_CONNECTING, LS_TLS, LS_LOGIN, LS_LIVE, LS_CLOSING };
 
 #define LF_RECV 0x01u
 #define LF_SEND 0x02u
@@ -94,7 +99,7 @@ struct lconn {
 	uint32_t expect;  /* next sequence number expected from the peer */
 	uint32_t connects;
 	uint64_t window;  /* bit i: expect-1-i was received */
-	struct lbuf *out, *sending;
+	struct obuf *out, *sending;
 	struct carry *in; /* a partial frame carried between receives */
 	struct wheel_node tn;
 	uint8_t state, flags;
@@ -116,10 +121,10 @@ struct lthread {
 	uint32_t *queue;   /* connect queue (ring of slots) */
 	uint32_t qhead, qlen;
 	uint32_t inflight; /* connects in flight */
-	uint32_t *flush;
-	size_t nflush, flush_cap;
-	uint32_t *rearm; /* slots whose recv ended with ENOBUFS */
-	size_t nrearm, rearm_cap;
+	struct slotlist flush;
+	struct slotlist rearm; /* slots whose recv ended with ENOBUFS */
+	struct tls_conn *tls;  /* --tls: per slot */
+	struct tls_thread *tls_th;
 	struct wheel wheel;
 	struct hist lat, lat_interval;
 	uint64_t start_ns, now_ns, t0_send, sched_done, sender_rr;
@@ -136,6 +141,7 @@ struct lthread {
 struct lg {
 	struct lg_config cfg;
 	struct token_secret secret;
+	struct tls_ctx *tls; /* --tls: the client context */
 	struct addr *targets;
 	size_t ntargets;
 	uint32_t src_first, src_count; /* IPv4 sources, host order; count 0 = let the kernel pick */

@@ -39,6 +39,7 @@ struct totals {
 	uint64_t sent, acked, errors[PROTO_E_CODES], err_total, delivered, dup, reordered, injected_drop, injected_dup;
 	uint64_t receipts_in, bytes_in, bytes_out, pings, pongs, skipped, blocked, open, logged_in, loops, cqes;
 	uint64_t p50_ns, p99_ns, groups_created, group_errors;
+	uint64_t tls_handshakes, tls_failed, tls_ns;
 };
 
 static uint64_t ld(const uint64_t *p)
@@ -57,7 +58,7 @@ static void sum(const struct lg *lg, struct totals *s)
 		S(connects); S(connected); S(logins_ok); S(logins_failed); S(closed_by_server); S(goaway); S(kicked);
 		S(reconnects); S(sent); S(acked); S(delivered); S(dup); S(reordered); S(injected_drop); S(injected_dup);
 		S(receipts_in); S(bytes_in); S(bytes_out); S(pings); S(pongs); S(skipped); S(blocked); S(open);
-		S(logged_in); S(loops); S(cqes);
+		S(logged_in); S(loops); S(cqes); S(tls_handshakes); S(tls_failed); S(tls_ns);
 #undef S
 		for (int k = 0; k < 4; k++)
 			s->cerr[k] += ld(&c->connect_errors[k]);
@@ -289,6 +290,12 @@ int main(int argc, char **argv)
 		{"csv", OPT_STR, &cfg->csv, NULL, 0, 0, "write the per-second time series as CSV here", 0},
 		{"svg", OPT_STR, &cfg->svg, NULL, 0, 0, "plot connections, message rate and latency over time (SVG)", 0},
 		{"quiet", OPT_FLAG, &cfg->quiet, NULL, 0, 0, "no live line", 0},
+		{"tls", OPT_FLAG, &cfg->tls, NULL, 0, 0,
+		 "connect with TLS 1.3 (ALPN chat) to the gateways' --listen-tls ports; needs --tls-ca or --tls-insecure", 0},
+		{"tls-ca", OPT_STR, &cfg->tls_ca, NULL, 0, 0, "--tls: verify the gateways' certificate against this PEM file", 0},
+		{"tls-name", OPT_STR, &cfg->tls_name, "localhost", 0, 0, "--tls: the server name sent (SNI) and verified", 0},
+		{"tls-insecure", OPT_FLAG, &cfg->tls_insecure, NULL, 0, 0,
+		 "--tls: do not verify the certificate (measurements only, never against a real service)", 0},
 	};
 	char err[512];
 	int r = opts_parse(opts, sizeof opts / sizeof opts[0], argc, argv,
@@ -320,6 +327,20 @@ int main(int argc, char **argv)
 	}
 	if (token_secret_load(&lg.secret, cfg->secret_file, err, sizeof err) != 0) {
 		fprintf(stderr, "loadgen: %s\n", err);
+		return 2;
+	}
+	if (cfg->tls) {
+		if (!cfg->tls_ca && !cfg->tls_insecure) {
+			fprintf(stderr, "loadgen: --tls needs --tls-ca FILE (or --tls-insecure to skip verification)\n");
+			return 2;
+		}
+		struct tls_client_opts to = {.ca_file = cfg->tls_insecure ? NULL : cfg->tls_ca, .server_name = cfg->tls_name};
+		if (!(lg.tls = tls_client_new(&to, err, sizeof err))) {
+			fprintf(stderr, "loadgen: --tls: %s\n", err);
+			return 2;
+		}
+	} else if (cfg->tls_ca || cfg->tls_insecure) {
+		fprintf(stderr, "loadgen: --tls-ca and --tls-insecure go with --tls\n");
 		return 2;
 	}
 	randombytes_buf(&lg.cmid_base, sizeof lg.cmid_base);
@@ -555,6 +576,10 @@ int main(int argc, char **argv)
 		printf("  groups        %llu created (%llu refused), %lld members each: %llu deliveries owed\n",
 		       (unsigned long long)cur.groups_created, (unsigned long long)cur.group_errors,
 		       (long long)cfg->group_size, (unsigned long long)expected);
+	if (cfg->tls)
+		printf("  tls           %llu handshakes (%llu failed), %.3f s of loop time in them (%.0f us each)\n",
+		       (unsigned long long)cur.tls_handshakes, (unsigned long long)cur.tls_failed, (double)cur.tls_ns / 1e9,
+		       cur.tls_handshakes ? (double)cur.tls_ns / 1e3 / (double)cur.tls_handshakes : 0);
 	printf("  loadgen cpu   %.2f s total, %.2f s in run%s", cpu_all, cpu_run, "");
 	if (msgs_run > 0)
 		printf(" = %.3f s per million messages", cpu_run / msgs_run * 1e6);
@@ -611,6 +636,9 @@ int main(int argc, char **argv)
 				(unsigned long long)lat.count, (double)hist_percentile(&lat, 50) / 1e3,
 				(double)hist_percentile(&lat, 90) / 1e3, (double)hist_percentile(&lat, 99) / 1e3,
 				(double)hist_percentile(&lat, 99.9) / 1e3, (double)lat.max / 1e3);
+			fprintf(f, " \"tls\":{\"on\":%s,\"handshakes\":%llu,\"failed\":%llu,\"loop_s\":%.6f},\n",
+				cfg->tls ? "true" : "false", (unsigned long long)cur.tls_handshakes,
+				(unsigned long long)cur.tls_failed, (double)cur.tls_ns / 1e9);
 			fprintf(f, " \"errors\":{\"total\":%llu,\"rate\":%.6f", (unsigned long long)errs, err_rate);
 			for (int k = 0; k < PROTO_E_CODES; k++)
 				if (cur.errors[k])
@@ -658,5 +686,6 @@ int main(int argc, char **argv)
 	free(series);
 	free(lg.t);
 	free(lg.targets);
+	tls_ctx_free(lg.tls);
 	return fail ? 1 : out_failed ? 3 : 0;
 }

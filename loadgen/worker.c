@@ -7,6 +7,7 @@
  * table at the connection's slot and closed: the process fd table stays tiny.
  */
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -67,15 +68,8 @@ static void flush_later(struct lthread *t, uint32_t slot)
 	struct lconn *c = &t->c[slot];
 	if (c->flags & LF_QUEUED)
 		return;
-	if (t->nflush == t->flush_cap) {
-		size_t cap = t->flush_cap ? t->flush_cap * 2 : 4096;
-		uint32_t *f = realloc(t->flush, cap * sizeof *f);
-		if (!f)
-			return;
-		t->flush = f;
-		t->flush_cap = cap;
-	}
-	t->flush[t->nflush++] = slot;
+	if (slotlist_push(&t->flush, slot) != 0)
+		return;
 	c->flags |= LF_QUEUED;
 }
 
@@ -83,25 +77,14 @@ static void flush_later(struct lthread *t, uint32_t slot)
 static int out_frame(struct lthread *t, uint32_t slot, const struct proto_frame *f)
 {
 	struct lconn *c = &t->c[slot];
-	struct lbuf *o = c->out;
+	struct obuf *o = c->out;
 	size_t room = o ? o->cap - o->len : 0;
 	size_t n = proto_encode(f, o ? o->data + o->len : NULL, room);
 	if (n == 0)
 		return -1;
 	if (n > room) {
-		uint32_t q = (o ? o->len : 0) + (c->sending ? c->sending->len - c->sending->off : 0);
-		if (q + n > (uint64_t)t->lg->cfg.max_queue)
+		if (obuf_queued(o, c->sending) + n > (uint64_t)t->lg->cfg.max_queue || !(o = obuf_reserve(&c->out, n)))
 			return -1;
-		size_t cap = 512;
-		while (cap < sizeof *o + (o ? o->len : 0) + n)
-			cap *= 2;
-		struct lbuf *g = realloc(o, cap);
-		if (!g)
-			return -1;
-		if (!o)
-			g->len = g->off = 0;
-		g->cap = (uint32_t)(cap - sizeof *g);
-		c->out = o = g;
 		proto_encode(f, o->data + o->len, o->cap - o->len);
 	}
 	o->len += (uint32_t)n;
@@ -122,11 +105,25 @@ static void submit_send(struct lthread *t, uint32_t slot)
 
 static void reap(struct lthread *t, uint32_t slot);
 
+static inline int lc_reads(const struct lconn *c)
+{
+	return c->state == LS_TLS || c->state == LS_LOGIN || c->state == LS_LIVE;
+}
+
+static void lc_close(struct lthread *t, uint32_t slot, int reconnect);
+
 static void flush_conn(struct lthread *t, uint32_t slot)
 {
 	struct lconn *c = &t->c[slot];
 	c->flags &= (uint8_t)~LF_QUEUED;
-	if ((c->state != LS_LOGIN && c->state != LS_LIVE) || (c->flags & LF_SEND) || !c->out || !c->out->len)
+	if (!lc_reads(c) || (c->flags & LF_SEND))
+		return;
+	if (t->tls && obuf_seal(&c->out, t->tls_th, &t->tls[slot]) == LONG_MIN) {
+		log_rl(LOG_ERROR, "sealing TLS records failed");
+		lc_close(t, slot, 1);
+		return;
+	}
+	if (!c->out || !c->out->len)
 		return;
 	c->sending = c->out;
 	c->out = NULL;
@@ -146,12 +143,15 @@ static void enqueue_connect(struct lthread *t, uint32_t slot)
 	c->flags |= LF_INQ;
 }
 
-static void free_bufs(struct lconn *c)
+static void free_bufs(struct lthread *t, uint32_t slot)
 {
+	struct lconn *c = &t->c[slot];
 	free(c->out);
 	free(c->sending);
 	c->out = c->sending = NULL;
 	carry_free(&c->in);
+	if (t->tls)
+		tls_conn_free(&t->tls[slot]);
 }
 
 static void reap(struct lthread *t, uint32_t slot)
@@ -174,8 +174,8 @@ static void lc_close(struct lthread *t, uint32_t slot, int reconnect)
 		CNT_SET(t, logged_in, t->cnt.logged_in - 1);
 		c->flags |= LF_WAS_LIVE;
 	}
-	if (c->state == LS_CONNECTING)
-		t->inflight--;
+	if (c->state == LS_CONNECTING || c->state == LS_TLS)
+		t->inflight--; /* a handshake counts as part of its connect (--inflight) */
 	c->state = LS_CLOSING;
 	if (reconnect)
 		c->flags |= LF_RECONNECT;
@@ -262,6 +262,10 @@ static int start_connect(struct lthread *t, uint32_t slot)
 	return 0;
 }
 
+static void send_login(struct lthread *t, uint32_t slot);
+static int tls_step(struct lthread *t, uint32_t slot, uint8_t *in, size_t n);
+static int tls_records(struct lthread *t, uint32_t slot, uint8_t *buf, size_t n);
+
 static void arm_recv(struct lthread *t, uint32_t slot)
 {
 	struct lconn *c = &t->c[slot];
@@ -279,8 +283,8 @@ static void on_connect(struct lthread *t, const struct io_uring_cqe *cqe)
 	struct lconn *c = &t->c[slot];
 	if (!gen_ok(c, cqe->user_data) || c->state != LS_CONNECTING)
 		return;
-	t->inflight--;
 	if (cqe->res < 0) {
+		t->inflight--;
 		int e = -cqe->res, k = e == ECONNREFUSED ? 0 : e == ETIMEDOUT ? 1 : e == EADDRNOTAVAIL ? 2 : 3;
 		CNT_ADD(t, connect_errors[k], 1);
 		log_rl(LOG_WARN, "connect: %s", strerror(e));
@@ -291,6 +295,30 @@ static void on_connect(struct lthread *t, const struct io_uring_cqe *cqe)
 	}
 	CNT_ADD(t, connected, 1);
 	CNT_SET(t, open, t->cnt.open + 1);
+	if (t->tls) {
+		/* the ClientHello first; LOGIN once the handshake is done */
+		c->state = LS_TLS;
+		struct tls_conn *tc = &t->tls[slot];
+		memset(tc, 0, sizeof *tc);
+		if (tls_conn_start(t->tls_th, tc, t->lg->tls) != 0) {
+			CNT_ADD(t, tls_failed, 1);
+			lc_close(t, slot, 1); /* counts the connect as ended (--inflight) */
+			return;
+		}
+		if (tls_step(t, slot, NULL, 0) != 0)
+			return;
+		arm_recv(t, slot);
+		return;
+	}
+	t->inflight--;
+	send_login(t, slot);
+	arm_recv(t, slot);
+}
+
+/* LOGIN, as the first frame (after the TLS handshake with --tls). */
+static void send_login(struct lthread *t, uint32_t slot)
+{
+	struct lconn *c = &t->c[slot];
 	c->state = LS_LOGIN;
 	struct lg *lg = t->lg;
 	uint8_t tok[TOKEN_LEN];
@@ -301,7 +329,41 @@ static void on_connect(struct lthread *t, const struct io_uring_cqe *cqe)
 	f.login.user = user_of(t, slot);
 	f.login.token = (struct proto_bytes){tok, TOKEN_LEN};
 	out_frame(t, slot, &f);
-	arm_recv(t, slot);
+}
+
+/* Feed the handshake (n = 0: start it). Returns 0 while it goes on or
+ * once it is done (LOGIN queued, the bytes after it opened), -1 when the
+ * connection was closed. */
+static int tls_step(struct lthread *t, uint32_t slot, uint8_t *in, size_t n)
+{
+	struct tls_conn *tc = &t->tls[slot];
+	size_t used = 0, outn = 0;
+	const uint8_t *out = NULL;
+	unsigned why = TLS_HSF_internal;
+	uint64_t t0 = clock_mono_ns();
+	int h = tls_handshake(t->tls_th, tc, in, n, &used, &out, &outn, &why);
+	CNT_ADD(t, tls_ns, clock_mono_ns() - t0);
+	if (outn) {
+		if (obuf_put_wire(&t->c[slot].out, t->tls_th, tc, out, outn) < 0) {
+			lc_close(t, slot, 1);
+			return -1;
+		}
+		flush_later(t, slot);
+	}
+	if (h == TLS_HS_MORE)
+		return 0;
+	if (h == TLS_HS_FAIL) {
+		CNT_ADD(t, tls_failed, 1);
+		log_rl(LOG_WARN, "TLS handshake failed: %s", tls_hs_fail_name(why));
+		lc_close(t, slot, 1);
+		return -1;
+	}
+	CNT_ADD(t, tls_handshakes, 1);
+	t->inflight--;
+	send_login(t, slot);
+	if (n > used)
+		return tls_records(t, slot, in + used, n - used);
+	return 0;
 }
 
 /* ---- receiving ----------------------------------------------------------------- */
@@ -490,6 +552,28 @@ bad:
 	lc_close(t, slot, 1);
 }
 
+/* Records received on a TLS connection: their plaintext is input. 0, or
+ * -1 when the connection was closed (the server's close_notify or alert,
+ * or a bad record). */
+static int tls_records(struct lthread *t, uint32_t slot, uint8_t *buf, size_t n)
+{
+	struct tls_conn *tc = &t->tls[slot];
+	const uint8_t *plain;
+	size_t pn;
+	int r = tls_open(t->tls_th, tc, buf, n, &plain, &pn);
+	if (tls_wants_write(tc))
+		flush_later(t, slot); /* our KeyUpdate, asked for by the server */
+	if (pn)
+		input(t, slot, plain, pn);
+	if (r == 0 || t->c[slot].state == LS_CLOSING)
+		return t->c[slot].state == LS_CLOSING ? -1 : 0;
+	if (r < 0)
+		log_rl(LOG_ERROR, "bad TLS record from the server (alert %d)", -r);
+	CNT_ADD(t, closed_by_server, 1);
+	lc_close(t, slot, t->lg->phase < PH_DRAIN || t->lg->cfg.scenario == SC_IDLE);
+	return -1;
+}
+
 static void on_recv(struct lthread *t, const struct io_uring_cqe *cqe)
 {
 	uint32_t slot = ud_slot(cqe->user_data);
@@ -506,30 +590,28 @@ static void on_recv(struct lthread *t, const struct io_uring_cqe *cqe)
 		c->flags &= (uint8_t)~LF_RECV;
 	if (cqe->res > 0 && has_buf) {
 		CNT_ADD(t, bytes_in, (uint64_t)cqe->res);
-		if (c->state == LS_LOGIN || c->state == LS_LIVE)
-			input(t, slot, bufring_buf(&t->br, bid), (size_t)cqe->res);
+		uint8_t *b = bufring_buf(&t->br, bid);
+		if (c->state == LS_TLS)
+			tls_step(t, slot, b, (size_t)cqe->res);
+		else if ((c->state == LS_LOGIN || c->state == LS_LIVE) && t->tls)
+			tls_records(t, slot, b, (size_t)cqe->res);
+		else if (c->state == LS_LOGIN || c->state == LS_LIVE)
+			input(t, slot, b, (size_t)cqe->res);
 		bufring_put(&t->br, bid);
-		if (!more && (c->state == LS_LOGIN || c->state == LS_LIVE))
+		if (!more && lc_reads(c))
 			arm_recv(t, slot);
 	} else if (cqe->res == -ENOBUFS) {
 		/* the pool is empty: re-arm after this iteration's buffers are back,
 		 * not now (the kernel would answer ENOBUFS again at once: a spin) */
-		if ((c->state == LS_LOGIN || c->state == LS_LIVE) && !(c->flags & LF_REARM)) {
-			if (t->nrearm == t->rearm_cap) {
-				size_t cap = t->rearm_cap ? t->rearm_cap * 2 : 1024;
-				uint32_t *r = realloc(t->rearm, cap * sizeof *r);
-				if (!r) {
-					lc_close(t, slot, 1);
-					return;
-				}
-				t->rearm = r;
-				t->rearm_cap = cap;
+		if (lc_reads(c) && !(c->flags & LF_REARM)) {
+			if (slotlist_push(&t->rearm, slot) != 0) {
+				lc_close(t, slot, 1);
+				return;
 			}
-			t->rearm[t->nrearm++] = slot;
 			c->flags |= LF_REARM;
 		}
 	} else if (cqe->res != -ECANCELED) {
-		if (c->state == LS_LOGIN || c->state == LS_LIVE) {
+		if (lc_reads(c)) {
 			CNT_ADD(t, closed_by_server, 1);
 			lc_close(t, slot, t->lg->phase < PH_DRAIN || t->lg->cfg.scenario == SC_IDLE);
 		}
@@ -545,11 +627,11 @@ static void on_send(struct lthread *t, const struct io_uring_cqe *cqe)
 	if (!gen_ok(c, cqe->user_data))
 		return;
 	c->flags &= (uint8_t)~LF_SEND;
-	struct lbuf *s = c->sending;
+	struct obuf *s = c->sending;
 	if (cqe->res <= 0) {
 		free(s);
 		c->sending = NULL;
-		if (c->state == LS_LOGIN || c->state == LS_LIVE)
+		if (lc_reads(c))
 			lc_close(t, slot, 1);
 		reap(t, slot);
 		return;
@@ -574,7 +656,7 @@ static void on_close(struct lthread *t, const struct io_uring_cqe *cqe)
 		return;
 	int reconnect = (c->flags & LF_RECONNECT) != 0, was_open = c->flags & LF_WAS_LIVE;
 	(void)was_open;
-	free_bufs(c);
+	free_bufs(t, slot);
 	uint32_t gen = connref_next_gen(c->gen), connects = c->connects, seq = c->seq_out, expect = c->expect;
 	uint64_t window = c->window;
 	memset(c, 0, sizeof *c);
@@ -745,10 +827,7 @@ static int setup(struct lthread *t, char *err, size_t errlen)
 			 slots, strerror(-ret));
 		return -1;
 	}
-	unsigned per = (unsigned)((uint64_t)lg->cfg.recv_pool / lg->nthreads / (uint64_t)lg->cfg.recv_buf);
-	unsigned entries = pow2_clamp(per, 64, 32768);
-	while (entries > 64 && (uint64_t)entries * (uint64_t)lg->cfg.recv_buf * lg->nthreads > (uint64_t)lg->cfg.recv_pool)
-		entries /= 2;
+	unsigned entries = bufring_entries_for((uint64_t)lg->cfg.recv_pool, lg->nthreads, (unsigned)lg->cfg.recv_buf);
 	ret = bufring_setup(&t->ring, &t->br, entries, (unsigned)lg->cfg.recv_buf, 1);
 	if (ret) {
 		snprintf(err, errlen, "provided buffer ring: %s", strerror(-ret));
@@ -763,6 +842,17 @@ static int setup(struct lthread *t, char *err, size_t errlen)
 			t->c = NULL;
 		snprintf(err, errlen, "out of memory");
 		return -1;
+	}
+	if (lg->tls) {
+		t->tls = mmap(NULL, (size_t)slots * sizeof *t->tls, PROT_READ | PROT_WRITE,
+			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (t->tls == MAP_FAILED) {
+			t->tls = NULL;
+			snprintf(err, errlen, "TLS state table: %s", strerror(errno));
+			return -1;
+		}
+		if (!(t->tls_th = tls_thread_new(err, errlen)))
+			return -1;
 	}
 	if (lg->cfg.scenario == SC_GROUP) {
 		t->gid = calloc(slots, sizeof *t->gid);
@@ -783,14 +873,17 @@ static void teardown(struct lthread *t)
 {
 	if (t->c) {
 		for (uint32_t s = 0; s < t->n; s++)
-			free_bufs(&t->c[s]);
+			free_bufs(t, s);
 		munmap(t->c, (size_t)(t->n ? t->n : 1) * sizeof *t->c);
 	}
+	if (t->tls)
+		munmap(t->tls, (size_t)(t->n ? t->n : 1) * sizeof *t->tls);
+	tls_thread_free(t->tls_th);
 	bufring_free(&t->ring, &t->br);
 	io_uring_queue_exit(&t->ring);
 	free(t->queue);
-	free(t->flush);
-	free(t->rearm);
+	slotlist_free(&t->flush);
+	slotlist_free(&t->rearm);
 	free(t->gid);
 	wheel_free(&t->wheel);
 }
@@ -842,16 +935,16 @@ void *lg_worker_main(void *arg)
 			}
 		}
 		bufring_publish(&t->br);
-		for (size_t i = 0; i < t->nrearm; i++) {
-			struct lconn *c = &t->c[t->rearm[i]];
+		for (size_t i = 0; i < t->rearm.n; i++) {
+			struct lconn *c = &t->c[t->rearm.v[i]];
 			c->flags &= (uint8_t)~LF_REARM;
-			if ((c->state == LS_LOGIN || c->state == LS_LIVE) && !(c->flags & LF_RECV))
-				arm_recv(t, t->rearm[i]);
+			if (lc_reads(c) && !(c->flags & LF_RECV))
+				arm_recv(t, t->rearm.v[i]);
 		}
-		t->nrearm = 0;
-		for (size_t i = 0; i < t->nflush; i++)
-			flush_conn(t, t->flush[i]);
-		t->nflush = 0;
+		t->rearm.n = 0;
+		for (size_t i = 0; i < t->flush.n; i++)
+			flush_conn(t, t->flush.v[i]);
+		t->flush.n = 0;
 
 		uint64_t wait = LG_TICK_MS * 1000000ull;
 		if (sending && lg->cfg.rate > 0) {

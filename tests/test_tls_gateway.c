@@ -603,3 +603,32 @@ Test(tls_gateway, plain_and_tls_clients_together)
 		tc_close(&t[i]);
 	tc_close(&p);
 }
+
+/* The loadgen over TLS (the same connection engine as the gateway's:
+ * runtime/connbuf + runtime/tls): a chat run without loss, every
+ * connection a TLS handshake; and --tls without a CA is refused. */
+Test(tls_gateway, loadgen_chat_over_tls)
+{
+	start(NULL);
+	char lg[PATH_MAX + 32], target[48], out[PATH_MAX + 96], err[PATH_MAX + 96], report[PATH_MAX + 96];
+	snprintf(lg, sizeof lg, "%s/loadgen/loadgen", tc_build_dir());
+	snprintf(target, sizeof target, "127.0.0.1:%u", G.tls);
+	snprintf(out, sizeof out, "%s/lg.out", G.cert_dir);
+	snprintf(err, sizeof err, "%s/lg.err", G.cert_dir);
+	snprintf(report, sizeof report, "%s/lg.json", G.cert_dir);
+	char *argv[] = {lg, "--secret-file", G.secret_path, "--targets", target, "--tls", "--tls-ca", G.cert,
+			"--scenario", "chat", "--connections", "200", "--rate", "5", "--duration", "2s", "--receipts",
+			"--quiet", "--report", report, NULL};
+	int st = tc_run(lg, argv, out, err, 60000);
+	char *o = tc_read_file(out, NULL), *j = tc_read_file(report, NULL);
+	cr_assert_eq(st, 0, "loadgen --tls failed (%d):\n%s", st, o ? o : "");
+	cr_assert(j && strstr(j, "\"tls\":{\"on\":true,\"handshakes\":200,\"failed\":0"), "report: %s", j);
+	cr_assert(o && strstr(o, "lost 0, duplicated 0"), "%s", o);
+	free(o);
+	free(j);
+	cr_assert_eq(stat_num("tls_handshakes"), 200);
+	cr_assert_eq(stat_num("closed_tls"), 0);
+	char *bad[] = {lg, "--secret-file", G.secret_path, "--targets", target, "--tls", NULL};
+	cr_assert_eq(tc_run(lg, bad, out, err, 10000), 2, "--tls without --tls-ca or --tls-insecure");
+	cr_assert(file_has(err, "--tls needs --tls-ca"));
+}
