@@ -9,7 +9,7 @@
 # enough threads (rings) for N under RLIMIT_NOFILE: N / (limit - 64), plus one.
 # As root it raises net.core.somaxconn and the SYN backlog for the ramp (and
 # says so). Prints its figures last. Bounded: the loadgen gives up ramping after
-# 5 minutes and holds for 40 s. HOLD_TLS=1: every connection over TLS 1.3
+# 5 minutes (HOLD_RAMP_TIMEOUT) and holds for 40 s. HOLD_TLS=1: every connection over TLS 1.3
 # (--listen-tls, loadgen --tls; a certificate made for the run).
 set -eu
 n=${1:-1000000}
@@ -61,7 +61,9 @@ lgtls=
 if [ "$tls" = 1 ]; then
 	"$(dirname "$0")/../tools/tls-selfsigned" "$tmp/tls" >/dev/null
 	lopt=--listen-tls
-	gwtls="--listen off --tls-cert $tmp/tls/cert.pem --tls-key $tmp/tls/key.pem"
+	# the loadgen's --inflight 1024 per thread may all land on one gateway
+	# thread: room for them, so the ramp measures handshakes, not refusals
+	gwtls="--listen off --tls-cert $tmp/tls/cert.pem --tls-key $tmp/tls/key.pem --tls-max-handshakes 16384"
 	lgtls="--tls --tls-ca $tmp/tls/cert.pem"
 	echo "hold: over TLS 1.3"
 fi
@@ -97,7 +99,7 @@ inode0=$(slab sock_inode_cache)
 # shellcheck disable=SC2086
 "$b/loadgen/loadgen" --secret-file "$tmp/secret" --scenario idle --connections "$n" $lgtls \
 	--targets "127.0.0.1:$port" --targets "127.0.0.2:$port" --targets "127.0.0.3:$port" --targets "127.0.0.4:$port" \
-	--sources 127.0.1.1-127.0.1.32 --connect-rate "${HOLD_RATE:-100000}" --inflight 1024 --ramp-timeout 300s \
+	--sources 127.0.1.1-127.0.1.32 --connect-rate "${HOLD_RATE:-100000}" --inflight 1024 --ramp-timeout "${HOLD_RAMP_TIMEOUT:-300s}" \
 	--duration 40s --ping-interval 0 --recv-pool 16m --watch-pid "$gw" --report "$tmp/report.json" --quiet \
 	>"$tmp/loadgen.out" 2>"$tmp/loadgen.log" &
 lg=$!

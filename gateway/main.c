@@ -22,6 +22,7 @@
 #include "runtime/httpd.h"
 #include "runtime/log.h"
 #include "runtime/sdnotify.h"
+#include "runtime/sslmem.h"
 #include "runtime/version.h"
 
 static const char usage[] =
@@ -346,8 +347,9 @@ int main(int argc, char **argv)
 	static struct gw gw;
 	struct gw_config *cfg = &gw.cfg;
 	struct opt opts[GW_OPTS_MAX];
-	size_t nopts = gw_options(cfg, opts);
 	char err[512];
+	int ssl_mem = sslmem_init(err, sizeof err); /* before anything allocates in OpenSSL */
+	size_t nopts = gw_options(cfg, opts);
 	int r = opts_parse(opts, nopts, argc, argv, usage, err, sizeof err);
 	if (r == 1)
 		return 0;
@@ -361,6 +363,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	log_init("gateway", (enum log_level)lvl);
+	if (ssl_mem != 0)
+		log_warn("%s: TLS handshakes' memory may stay resident after them", err);
 	if (!cfg->secret_file) {
 		fprintf(stderr, "gateway: --auth-secret-file is required (see --help; tools/mint-token --new-secret FILE makes one)\n");
 		return 2;

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "loadgen/lg.h"
+#include "runtime/sslmem.h"
 #include "runtime/clock.h"
 #include "runtime/log.h"
 #include "runtime/metrics.h"
@@ -330,6 +331,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (cfg->tls) {
+		char e2[256];
+		if (sslmem_init(e2, sizeof e2) != 0)
+			log_warn("%s: TLS handshakes' memory may stay resident after them", e2);
 		if (!cfg->tls_ca && !cfg->tls_insecure) {
 			fprintf(stderr, "loadgen: --tls needs --tls-ca FILE (or --tls-insecure to skip verification)\n");
 			return 2;
