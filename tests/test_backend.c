@@ -88,6 +88,8 @@ static struct {
 	const char *const *be_extra; /* more backend options, NULL-terminated (set before topo_start) */
 	const char *be_tmpfs;        /* set: each backend's --data-dir is a tmpfs of this size, in a
 				      * mount namespace of its own (tmpfs_usable() first) */
+	int tls;                     /* GW_TEST_TLS: gateways' client ports are --listen-tls ones */
+	char tls_cert[PATH_MAX + 64], tls_key[PATH_MAX + 64];
 } T;
 
 
@@ -193,6 +195,17 @@ static void setup_env(void)
 	T.have_tmp = 1;
 	snprintf(T.secret_path, sizeof T.secret_path, "%s/secret", T.tmp);
 	cr_assert_eq(tc_secret_new(T.secret_path, &T.secret), 0, "cannot write secret %s", T.secret_path);
+	T.tls = getenv("GW_TEST_TLS") != NULL;
+	if (T.tls) {
+		/* the suite once more with every client over TLS (test_backend_tls) */
+		char dir[PATH_MAX + 32];
+		snprintf(dir, sizeof dir, "%s/tls", T.tmp);
+		snprintf(T.tls_cert, sizeof T.tls_cert, "%s/cert.pem", dir);
+		snprintf(T.tls_key, sizeof T.tls_key, "%s/key.pem", dir);
+		char *mk[] = {"tools/tls-selfsigned", dir, NULL};
+		cr_assert_eq(tc_run(mk[0], mk, "/dev/null", "/dev/null", 20000), 0, "tools/tls-selfsigned failed");
+		cr_assert_eq(tc_tls_use(T.tls_cert), 0);
+	}
 	for (int i = 0; i < NBE; i++) {
 		struct proc *p = &T.be[i];
 		p->port = tc_port_reserve(&p->port_fd);
@@ -301,7 +314,15 @@ static void gw_spawn(int i)
 	const char *argv[64];
 	size_t n = 0;
 	argv[n++] = path;
-	argv[n++] = "--listen";
+	if (T.tls) {
+		argv[n++] = "--listen";
+		argv[n++] = "off";
+		argv[n++] = "--tls-cert";
+		argv[n++] = T.tls_cert;
+		argv[n++] = "--tls-key";
+		argv[n++] = T.tls_key;
+	}
+	argv[n++] = T.tls ? "--listen-tls" : "--listen";
 	argv[n++] = listen;
 	argv[n++] = "--stats-listen";
 	argv[n++] = stats;
