@@ -507,6 +507,10 @@ void conn_timer_update(struct worker *w, uint32_t slot);
  * or -1 when the connection stopped taking input (closing or handed off). */
 int session_input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n);
 
+/* Count n bytes received against --rate-bytes (a TLS connection's, as
+ * they came off the wire). 0, or -1 when that closed the connection. */
+int session_rate_bytes(struct worker *w, uint32_t slot, size_t n);
+
 /* A handed-off connection arrived at its home thread in `slot`. */
 void session_handoff_in(struct worker *w, uint32_t slot, struct handoff *h);
 

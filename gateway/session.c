@@ -509,6 +509,15 @@ static int rate_exceeded(struct worker *w, struct conn *c, size_t bytes, unsigne
 	return (cfg->rate_bytes && b > (uint64_t)cfg->rate_bytes) || (cfg->rate_frames && fr > (uint64_t)cfg->rate_frames);
 }
 
+int session_rate_bytes(struct worker *w, uint32_t slot, size_t n)
+{
+	if (!rate_exceeded(w, conn_of(w, slot), n, 0))
+		return 0;
+	CNT_ADD(w, rate_limited, 1);
+	conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "bytes per second over the limit");
+	return -1;
+}
+
 static void parse_fail(struct worker *w, uint32_t slot, long r)
 {
 	static const char *const why[] = {
@@ -610,7 +619,9 @@ static int input(struct worker *w, uint32_t slot, const uint8_t *p, size_t n)
 {
 	struct conn *c = conn_of(w, slot);
 	struct proto_frame f;
-	if (rate_exceeded(w, c, n, 0)) {
+	/* TLS: the bytes on the wire were counted (worker.c tls_input): tiny
+	 * records cost the gateway far more than their plaintext says */
+	if (rate_exceeded(w, c, (c->flags & CF_TLS) ? 0 : n, 0)) {
 		CNT_ADD(w, rate_limited, 1);
 		conn_fail(w, slot, PROTO_E_RATE_LIMITED, CLOSE_RATE, "bytes per second over the limit");
 		return -1;

@@ -416,6 +416,8 @@ static void tls_input(struct worker *w, uint32_t slot, uint8_t *buf, size_t n)
 {
 	struct tls_conn *tc = &w->tls[slot];
 	const struct gw_live *live = w->settings;
+	if (session_rate_bytes(w, slot, n) != 0)
+		return;
 	if (tc->state == TLS_S_NONE) {
 		/* the first bytes: the handshake starts now (an idle socket holds no SSL object) */
 		if (w->tls_hs >= (uint64_t)live->cfg.tls_max_handshakes) {

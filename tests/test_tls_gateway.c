@@ -449,6 +449,35 @@ Test(tls_gateway, bad_record_closes_only_that_connection)
 	tc_close(&y);
 }
 
+/* --rate-bytes counts what comes off the wire: a client sending one tiny
+ * frame per record (23 bytes of record for 3 of frame) is cut by it, though
+ * its frames alone stay under the limit. */
+Test(tls_gateway, rate_limit_counts_record_bytes)
+{
+	start("--rate-bytes", "8k", "--rate-frames", "0", NULL);
+	struct tc_conn c, other;
+	open_login(&c, G.tls, 9001);
+	open_login(&other, G.tls, 9002);
+	uint8_t ping[16];
+	size_t pn = enc_ping(ping, sizeof ping, "");
+	int r = 0;
+	for (int i = 0; i < 600 && r == 0; i++)
+		r = tc_send_raw(&c, ping, pn, 2000); /* one record each */
+	cr_log_info("%zu bytes of frames in 600 records", 600 * pn);
+	cr_assert_lt(600 * pn, 8192, "the frames alone are under the limit");
+	struct tc_frame fr;
+	long got;
+	do
+		got = tc_recv_frame(&c, &fr, RECV_MS);
+	while (got > 0 && fr.f.type == PROTO_PONG);
+	cr_assert(got > 0 && fr.f.type == PROTO_ERROR && fr.f.error.code == PROTO_E_RATE_LIMITED,
+		  "cut for its record bytes: %s", got > 0 ? proto_type_name(fr.f.type) : tc_status_name(got));
+	cr_assert_eq(wait_stat("rate_limited", 1, 2000), 1);
+	ping_ok(&other, "another connection");
+	tc_close(&c);
+	tc_close(&other);
+}
+
 /* A silent socket on the TLS port is closed at --tls-handshake-timeout; a
  * handshake begun and not finished counts against --tls-max-handshakes
  * until it ends. */
