@@ -63,21 +63,29 @@ struct lg_config {
 	double max_error_rate;
 	int receipts, quiet;
 	int tls, tls_insecure;      /* --tls: TLS 1.3 to the targets; verify against --tls-ca unless --tls-insecure */
+	int tls_resume;             /* --tls-resume: session tickets (runtime/tls.h, client resumption) */
 	const char *tls_ca, *tls_name;
 	const char *secret_file, *scenario_name, *report, *csv, *svg;
 	struct opt_list targets, sources;
 	enum lg_scenario scenario;
 };
 
+/* The per-thread counters that main sums (one list: the struct fields,
+ * the totals and the sum come from it). tls_*: --tls handshakes done,
+ * resumed, failed (any reason), loop time in them. */
+#define LG_COUNTERS(X) \
+	X(connects) X(connected) X(logins_ok) X(logins_failed) X(closed_by_server) X(goaway) X(kicked) \
+	X(reconnects) X(sent) X(acked) X(delivered) X(dup) X(reordered) X(injected_drop) X(injected_dup) \
+	X(receipts_in) X(bytes_in) X(bytes_out) X(pings) X(pongs) X(skipped) X(blocked) X(open) X(logged_in) \
+	X(loops) X(cqes) X(groups_created) X(group_errors) X(tls_handshakes) X(tls_resumed) X(tls_failed) X(tls_ns)
+
 /* Per-thread counters: written by the owner, read by main (relaxed). */
 struct lg_counters {
-	uint64_t connects, connected, connect_errors[4]; /* refused, timeout, addr, other */
-	uint64_t logins_ok, logins_failed, closed_by_server, goaway, kicked, reconnects;
-	uint64_t sent, acked, errors[PROTO_E_CODES], delivered, dup, reordered, injected_drop, injected_dup;
-	uint64_t receipts_in, bytes_in, bytes_out, pings, pongs, skipped, blocked;
-	uint64_t open, logged_in, loops, cqes;
-	uint64_t groups_created, group_errors;
-	uint64_t tls_handshakes, tls_failed, tls_ns; /* --tls: done, failed (any reason), loop time in them */
+#define LG_COUNTER_FIELD(f) uint64_t f;
+	LG_COUNTERS(LG_COUNTER_FIELD)
+#undef LG_COUNTER_FIELD
+	uint64_t connect_errors[4]; /* refused, timeout, addr, other */
+	uint64_t errors[PROTO_E_CODES];
 	uint64_t p50_ns, p99_ns, lat_count; /* last interval, published once a second */
 } __attribute__((aligned(64)));
 

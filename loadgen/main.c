@@ -36,11 +36,10 @@ static void on_signal(int sig)
 }
 
 struct totals {
-	uint64_t connects, connected, cerr[4], logins_ok, logins_failed, closed_by_server, goaway, kicked, reconnects;
-	uint64_t sent, acked, errors[PROTO_E_CODES], err_total, delivered, dup, reordered, injected_drop, injected_dup;
-	uint64_t receipts_in, bytes_in, bytes_out, pings, pongs, skipped, blocked, open, logged_in, loops, cqes;
-	uint64_t p50_ns, p99_ns, groups_created, group_errors;
-	uint64_t tls_handshakes, tls_failed, tls_ns;
+#define TOTAL_FIELD(f) uint64_t f;
+	LG_COUNTERS(TOTAL_FIELD)
+#undef TOTAL_FIELD
+	uint64_t cerr[4], errors[PROTO_E_CODES], err_total, p50_ns, p99_ns;
 };
 
 static uint64_t ld(const uint64_t *p)
@@ -54,12 +53,8 @@ static void sum(const struct lg *lg, struct totals *s)
 	uint64_t wsum50 = 0, wn = 0;
 	for (unsigned i = 0; i < lg->nthreads; i++) {
 		const struct lg_counters *c = &lg->t[i].cnt;
-#define S(f) s->f += ld(&c->f)
-		S(groups_created); S(group_errors);
-		S(connects); S(connected); S(logins_ok); S(logins_failed); S(closed_by_server); S(goaway); S(kicked);
-		S(reconnects); S(sent); S(acked); S(delivered); S(dup); S(reordered); S(injected_drop); S(injected_dup);
-		S(receipts_in); S(bytes_in); S(bytes_out); S(pings); S(pongs); S(skipped); S(blocked); S(open);
-		S(logged_in); S(loops); S(cqes); S(tls_handshakes); S(tls_failed); S(tls_ns);
+#define S(f) s->f += ld(&c->f);
+		LG_COUNTERS(S)
 #undef S
 		for (int k = 0; k < 4; k++)
 			s->cerr[k] += ld(&c->connect_errors[k]);
@@ -297,6 +292,10 @@ int main(int argc, char **argv)
 		{"tls-name", OPT_STR, &cfg->tls_name, "localhost", 0, 0, "--tls: the server name sent (SNI) and verified", 0},
 		{"tls-insecure", OPT_FLAG, &cfg->tls_insecure, NULL, 0, 0,
 		 "--tls: do not verify the certificate (measurements only, never against a real service)", 0},
+		{"tls-resume", OPT_FLAG, &cfg->tls_resume, NULL, 0, 0,
+		 "--tls: resume with session tickets (each thread keeps the latest ticket and every handshake it starts "
+		 "offers it), so reconnects cost resumed handshakes",
+		 0},
 	};
 	char err[512];
 	int r = opts_parse(opts, sizeof opts / sizeof opts[0], argc, argv,
@@ -338,13 +337,15 @@ int main(int argc, char **argv)
 			fprintf(stderr, "loadgen: --tls needs --tls-ca FILE (or --tls-insecure to skip verification)\n");
 			return 2;
 		}
-		struct tls_client_opts to = {.ca_file = cfg->tls_insecure ? NULL : cfg->tls_ca, .server_name = cfg->tls_name};
+		struct tls_client_opts to = {.ca_file = cfg->tls_insecure ? NULL : cfg->tls_ca,
+					     .server_name = cfg->tls_name,
+					     .resume = cfg->tls_resume};
 		if (!(lg.tls = tls_client_new(&to, err, sizeof err))) {
 			fprintf(stderr, "loadgen: --tls: %s\n", err);
 			return 2;
 		}
-	} else if (cfg->tls_ca || cfg->tls_insecure) {
-		fprintf(stderr, "loadgen: --tls-ca and --tls-insecure go with --tls\n");
+	} else if (cfg->tls_ca || cfg->tls_insecure || cfg->tls_resume) {
+		fprintf(stderr, "loadgen: --tls-ca, --tls-insecure and --tls-resume go with --tls\n");
 		return 2;
 	}
 	randombytes_buf(&lg.cmid_base, sizeof lg.cmid_base);
@@ -581,8 +582,9 @@ int main(int argc, char **argv)
 		       (unsigned long long)cur.groups_created, (unsigned long long)cur.group_errors,
 		       (long long)cfg->group_size, (unsigned long long)expected);
 	if (cfg->tls)
-		printf("  tls           %llu handshakes (%llu failed), %.3f s of loop time in them (%.0f us each)\n",
-		       (unsigned long long)cur.tls_handshakes, (unsigned long long)cur.tls_failed, (double)cur.tls_ns / 1e9,
+		printf("  tls           %llu handshakes (%llu resumed, %llu failed), %.3f s of loop time in them (%.0f us each)\n",
+		       (unsigned long long)cur.tls_handshakes, (unsigned long long)cur.tls_resumed,
+		       (unsigned long long)cur.tls_failed, (double)cur.tls_ns / 1e9,
 		       cur.tls_handshakes ? (double)cur.tls_ns / 1e3 / (double)cur.tls_handshakes : 0);
 	printf("  loadgen cpu   %.2f s total, %.2f s in run%s", cpu_all, cpu_run, "");
 	if (msgs_run > 0)
@@ -640,8 +642,11 @@ int main(int argc, char **argv)
 				(unsigned long long)lat.count, (double)hist_percentile(&lat, 50) / 1e3,
 				(double)hist_percentile(&lat, 90) / 1e3, (double)hist_percentile(&lat, 99) / 1e3,
 				(double)hist_percentile(&lat, 99.9) / 1e3, (double)lat.max / 1e3);
-			fprintf(f, " \"tls\":{\"on\":%s,\"handshakes\":%llu,\"failed\":%llu,\"loop_s\":%.6f},\n",
-				cfg->tls ? "true" : "false", (unsigned long long)cur.tls_handshakes,
+			fprintf(f,
+				" \"tls\":{\"on\":%s,\"resume\":%s,\"handshakes\":%llu,\"resumed\":%llu,\"failed\":%llu,"
+				"\"loop_s\":%.6f},\n",
+				cfg->tls ? "true" : "false", cfg->tls_resume ? "true" : "false",
+				(unsigned long long)cur.tls_handshakes, (unsigned long long)cur.tls_resumed,
 				(unsigned long long)cur.tls_failed, (double)cur.tls_ns / 1e9);
 			fprintf(f, " \"errors\":{\"total\":%llu,\"rate\":%.6f", (unsigned long long)errs, err_rate);
 			for (int k = 0; k < PROTO_E_CODES; k++)

@@ -359,6 +359,8 @@ static int tls_step(struct lthread *t, uint32_t slot, uint8_t *in, size_t n)
 		return -1;
 	}
 	CNT_ADD(t, tls_handshakes, 1);
+	if (tc->flags & TLS_F_RESUMED)
+		CNT_ADD(t, tls_resumed, 1);
 	t->inflight--;
 	send_login(t, slot);
 	if (n > used)

@@ -63,6 +63,7 @@ struct tls_ctx {
 	int64_t ticket_period_s;
 	uint8_t ticket_secret[32];
 	char *server_name;
+	int resume; /* client: offer the thread's session, keep the tickets that come */
 };
 
 /* A ticket key: derived from the context's ticket secret and the period
@@ -98,6 +99,17 @@ struct tls_thread {
 	struct ticket_key tk[2];
 	uint8_t *scratch, *hsout;
 	size_t scratch_cap, hsout_cap;
+	/* Client resumption: the session the thread's next handshakes offer,
+	 * and the one connection (the donor) whose SSL object is kept after its
+	 * handshake until its server's ticket comes, for libssl to turn into a
+	 * session (only the SSL object knows the resumption secret). */
+	SSL_SESSION *session;
+	const struct tls_ctx *session_ctx;
+	time_t session_renew; /* get a newer ticket from here on */
+	SSL *donor;
+	uint32_t donor_id, next_donor_id;
+	uint64_t donor_rx;      /* records handed to the donor's libssl */
+	int64_t donor_since_ns;
 };
 
 static int ex_thread = -1, ex_ctx = -1;
@@ -156,6 +168,17 @@ static int grow(uint8_t **p, size_t *cap, size_t need)
 }
 
 /* ---- thread ---------------------------------------------------------------- */
+
+/* Let the thread's donor SSL object go (client resumption; see
+ * client_done), keeping its session resumable. */
+static void donor_free(struct tls_thread *th)
+{
+	if (!th->donor)
+		return;
+	SSL_set_shutdown(th->donor, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+	SSL_free(th->donor);
+	th->donor = NULL;
+}
 
 struct tls_thread *tls_thread_new(char *err, size_t errlen)
 {
@@ -222,6 +245,8 @@ void tls_thread_free(struct tls_thread *th)
 	EVP_KDF_CTX_free(th->label[1]);
 	EVP_KDF_CTX_free(th->hkdf);
 	OPENSSL_cleanse(th->tk, sizeof th->tk);
+	donor_free(th);
+	SSL_SESSION_free(th->session);
 	free(th->scratch);
 	free(th->hsout);
 	free(th);
@@ -532,11 +557,28 @@ fail:
 	return NULL;
 }
 
+/* libssl made a session of a ticket the donor's server sent: the
+ * thread's next handshakes offer it. Takes the caller's reference. (Not a
+ * new-session callback: that needs the client session cache mode, and in
+ * it libssl marks a TLS 1.3 session not resumable once it was used.) */
+static void take_session(struct tls_thread *th, const struct tls_ctx *ctx, SSL_SESSION *sess)
+{
+	uint32_t life = SSL_SESSION_get_ticket_lifetime_hint(sess);
+	long t = SSL_SESSION_get_timeout(sess);
+	if (!life || (t > 0 && (unsigned long)t < life))
+		life = t > 0 ? (uint32_t)t : 0;
+	SSL_SESSION_free(th->session);
+	th->session = sess;
+	th->session_ctx = ctx;
+	th->session_renew = time(NULL) + life / 2;
+}
+
 struct tls_ctx *tls_client_new(const struct tls_client_opts *o, char *err, size_t errlen)
 {
 	struct tls_ctx *c = ctx_common(0, err, errlen);
 	if (!c)
 		return NULL;
+	c->resume = o->resume != 0;
 	static const unsigned char alpn[] = "\x04" TLS_ALPN;
 	if (SSL_CTX_set_alpn_protos(c->ssl, alpn, sizeof alpn - 1) != 0) {
 		put_err(err, errlen, "cannot set ALPN");
@@ -601,6 +643,12 @@ int tls_conn_start(struct tls_thread *th, struct tls_conn *tc, const struct tls_
 			ERR_clear_error();
 			return -1;
 		}
+		if (ctx->resume && th->session && th->session_ctx == ctx && SSL_SESSION_is_resumable(th->session) &&
+		    SSL_set_session(s, th->session) != 1) {
+			SSL_free(s);
+			ERR_clear_error();
+			return -1;
+		}
 	}
 	tc->ssl = s;
 	tc->state = TLS_S_HANDSHAKE;
@@ -630,6 +678,51 @@ static unsigned fail_reason(void)
 		why = TLS_HSF_internal;
 	ERR_clear_error();
 	return why;
+}
+
+/* How long a donor waits for its ticket before a newer handshake takes
+ * its place (its connection may have closed, or the server sends none). */
+#define DONOR_WAIT_NS 2000000000ll
+
+static int64_t mono_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000000ll + t.tv_nsec;
+}
+
+/* A client's handshake is done. With resumption on, the thread may need a
+ * (newer) session: then this connection becomes the donor and its SSL
+ * object is kept. Returns the SSL object to free (NULL when kept). */
+static SSL *client_done(struct tls_thread *th, struct tls_conn *tc, SSL *s)
+{
+	const struct tls_ctx *ctx = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(s), ex_ctx);
+	if (!ctx || !ctx->resume)
+		return s;
+	/* freed without a shutdown, libssl would mark the session it used
+	 * (the thread's, when resumed) not resumable */
+	SSL_set_shutdown(s, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+	if (th->session && (th->session_ctx != ctx || !SSL_session_reused(s))) {
+		SSL_SESSION_free(th->session); /* refused (its ticket key is gone, say) */
+		th->session = NULL;
+	}
+	if (th->session && time(NULL) < th->session_renew)
+		return s;
+	int64_t now = mono_ns();
+	if (th->donor && now - th->donor_since_ns < DONOR_WAIT_NS)
+		return s; /* one is waiting already */
+	donor_free(th);
+	SSL_set_shutdown(s, 0); /* it reads the ticket yet */
+	(void)BIO_reset(SSL_get_rbio(s)); /* what follows the handshake comes through tls_open */
+	(void)BIO_reset(SSL_get_wbio(s));
+	SSL_set_app_data(s, NULL); /* tc is not ours to write to any more */
+	th->donor = s;
+	th->donor_id = ++th->next_donor_id ? th->next_donor_id : ++th->next_donor_id;
+	th->donor_rx = 0;
+	th->donor_since_ns = now;
+	tc->ticket_id = th->donor_id;
+	tc->flags |= TLS_F_TICKET;
+	return NULL;
 }
 
 int tls_handshake(struct tls_thread *th, struct tls_conn *tc, const uint8_t *in, size_t n, size_t *used,
@@ -683,6 +776,8 @@ int tls_handshake(struct tls_thread *th, struct tls_conn *tc, const uint8_t *in,
 			}
 		if (SSL_session_reused(s))
 			tc->flags |= TLS_F_RESUMED;
+		if (!(tc->flags & TLS_F_SERVER))
+			s = client_done(th, tc, s);
 		SSL_free(s);
 		tc->part = NULL; /* shares the SSL pointer's place */
 		tc->suite = (uint8_t)suite;
@@ -703,8 +798,8 @@ int tls_handshake(struct tls_thread *th, struct tls_conn *tc, const uint8_t *in,
 
 /* Seal one record of inner type `type` from in[0..n) (n <= TLS_MAX_PLAIN)
  * at out, with k (the AEAD keyed already). Returns its size or 0. */
-static size_t seal_record(struct tls_thread *th, struct tls_conn *tc, const struct keys *k, uint8_t type,
-			  const uint8_t *in, size_t n, uint8_t *out)
+static size_t seal_at(struct tls_thread *th, uint64_t seq, const struct keys *k, uint8_t type, const uint8_t *in,
+		      size_t n, uint8_t *out)
 {
 	size_t len = n + 1 + TLS_TAG;
 	uint8_t iv[IV_LEN];
@@ -714,7 +809,7 @@ static size_t seal_record(struct tls_thread *th, struct tls_conn *tc, const stru
 	out[2] = 3;
 	out[3] = (uint8_t)(len >> 8);
 	out[4] = (uint8_t)len;
-	nonce(k, tc->tx_seq, iv);
+	nonce(k, seq, iv);
 	if (!EVP_EncryptInit_ex2(th->aead, NULL, NULL, iv, NULL) || !EVP_EncryptUpdate(th->aead, NULL, &ol, out, TLS_HDR) ||
 	    (n && !EVP_EncryptUpdate(th->aead, out + TLS_HDR, &ol, in, (int)n)) ||
 	    !EVP_EncryptUpdate(th->aead, out + TLS_HDR + n, &ol, &type, 1) ||
@@ -723,8 +818,16 @@ static size_t seal_record(struct tls_thread *th, struct tls_conn *tc, const stru
 		ERR_clear_error();
 		return 0;
 	}
-	tc->tx_seq++;
 	return TLS_HDR + len;
+}
+
+/* seal_at with tc's send sequence number, which it moves on. */
+static size_t seal_record(struct tls_thread *th, struct tls_conn *tc, const struct keys *k, uint8_t type,
+			  const uint8_t *in, size_t n, uint8_t *out)
+{
+	size_t r = seal_at(th, tc->tx_seq, k, type, in, n, out);
+	tc->tx_seq += r != 0;
+	return r;
 }
 
 /* The thread's AEAD keyed for one direction of tc (enc: our sending
@@ -836,6 +939,50 @@ static int open_record(struct tls_thread *th, struct tls_conn *tc, const struct 
 	return p[TLS_HDR + i - 1];
 }
 
+/* A NewSessionTicket message m[0..n) came to the donor connection tc:
+ * sealed again as the record libssl expects next (the same receive key,
+ * its own count of records), libssl reads it, and the session it makes is
+ * the thread's. The thread's AEAD is left keyed for sending: the caller
+ * keys it again. A failure costs only the ticket. */
+static void donor_ticket(struct tls_thread *th, struct tls_conn *tc, const uint8_t *m, size_t n)
+{
+	SSL *s = th->donor;
+	if (!(tc->flags & TLS_F_TICKET) || !s || tc->ticket_id != th->donor_id)
+		return;
+	struct keys k;
+	uint8_t one;
+	size_t r = 0;
+	if (grow(&th->hsout, &th->hsout_cap, n + TLS_OVERHEAD) == 0 && derive(th, tc->suite, tc->rx_secret, &k) == 0 &&
+	    EVP_CipherInit_ex2(th->aead, th->cipher[tc->suite], k.key, NULL, 1, NULL))
+		r = seal_at(th, th->donor_rx, &k, CT_HANDSHAKE, m, n, th->hsout);
+	OPENSSL_cleanse(&k, sizeof k);
+	th->donor_rx++;
+	int got = 0;
+	if (r && BIO_write(SSL_get_rbio(s), th->hsout, (int)r) == (int)r) {
+		const SSL_SESSION *before = SSL_get0_session(s);
+		int had = before && SSL_SESSION_has_ticket(before);
+		ERR_clear_error();
+		int e = SSL_read(s, &one, 1);
+		SSL_SESSION *now = SSL_get0_session(s);
+		/* a new ticket: the session gained one, or (after a resumption)
+		 * libssl made a new session for it; the old one is the thread's,
+		 * which holds it, so its address is not reused */
+		if (now && SSL_SESSION_has_ticket(now) && (!had || now != before) && SSL_SESSION_is_resumable(now)) {
+			SSL_SESSION_up_ref(now);
+			take_session(th, SSL_CTX_get_ex_data(SSL_get_SSL_CTX(s), ex_ctx), now);
+			got = 1;
+		} else if (e <= 0 && SSL_get_error(s, e) != SSL_ERROR_WANT_READ) {
+			got = 1; /* broken: let it go */
+		}
+	}
+	ERR_clear_error();
+	(void)BIO_reset(SSL_get_wbio(s));
+	if (r && !got)
+		return; /* a ticket libssl did not take yet (a second one may come) */
+	donor_free(th);
+	tc->flags &= (uint8_t)~TLS_F_TICKET;
+}
+
 /* What a non-data record says. Returns 0 to go on, 1 closed by the peer, 2
  * the peer's alert, -alert; *rekey when the receive key moved on. */
 static int control(struct tls_thread *th, struct tls_conn *tc, int type, const uint8_t *m, size_t n, int *rekey)
@@ -868,10 +1015,14 @@ static int control(struct tls_thread *th, struct tls_conn *tc, int type, const u
 				return -TLS_A_INTERNAL_ERROR;
 			tc->rx_seq = 0;
 			*rekey = 1;
+			tc->flags &= (uint8_t)~TLS_F_TICKET; /* the donor's libssl has the old key */
 			if (m[4])
 				tc->flags |= TLS_F_KU_SEND; /* answered with update_not_requested */
 		} else if (m[0] != HS_NEW_SESSION_TICKET || (tc->flags & TLS_F_SERVER)) {
 			return -TLS_A_UNEXPECTED_MESSAGE;
+		} else if (tc->flags & TLS_F_TICKET) {
+			donor_ticket(th, tc, m, 4 + len);
+			*rekey = 1;
 		}
 		m += 4 + len;
 		n -= 4 + len;

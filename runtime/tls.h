@@ -22,7 +22,8 @@
  * - inner content types: application data is handed on; an alert ends the
  *   connection (close_notify cleanly); a KeyUpdate moves the receive key
  *   on and, when the peer asks, ours too (sent before the next data); a
- *   NewSessionTicket is dropped on the client side; every other handshake
+ *   NewSessionTicket is taken by a client that resumes (below) and dropped
+ *   by one that does not; every other handshake
  *   message, a bad length, a bad tag or an unexpected type is fatal, with
  *   the alert RFC 8446 names for it;
  * - our send key is updated before 2^23 records (TLS_TX_RECORDS_PER_KEY),
@@ -80,6 +81,21 @@ enum tls_hs_fail {
 };
 const char *tls_hs_fail_name(unsigned reason);
 
+/* Client resumption (tls_client_opts.resume): libssl alone can turn a
+ * ticket into a session (the resumption secret never leaves its SSL
+ * object), and an SSL object is what a connection must not keep. So each
+ * thread holds one session, which every handshake it starts offers, and
+ * when it has none (or it is past half its lifetime, or the server refused
+ * it) the next connection whose handshake completes becomes the thread's
+ * donor: its SSL object stays (one per thread, not per connection) until
+ * its server's NewSessionTicket arrives through tls_open, which seals the
+ * message again as the record that SSL object expects next (same receive
+ * key, its own sequence number) and lets libssl read it. A donor whose
+ * ticket has not come in 2 s is replaced by the next handshake. A ticket is
+ * thus offered by many connections of a thread (RFC 8446 C.4 asks clients
+ * not to reuse one: this is for load generation and tests, and servers that
+ * take stateless tickets, as ours does, accept it). */
+
 /* ---- contexts (immutable, shareable) -------------------------------------- */
 struct tls_ctx;
 
@@ -106,6 +122,7 @@ struct tls_ctx *tls_server_new(const struct tls_server_opts *o, char *err, size_
 struct tls_client_opts {
 	const char *ca_file; /* verify the server against it; NULL: do not verify (--tls-insecure) */
 	const char *server_name; /* SNI and the name checked; NULL: none */
+	int resume; /* resume with session tickets (see "Client resumption" above) */
 };
 struct tls_ctx *tls_client_new(const struct tls_client_opts *o, char *err, size_t errlen);
 
@@ -126,6 +143,7 @@ enum tls_state { TLS_S_NONE = 0, TLS_S_HANDSHAKE, TLS_S_OPEN, TLS_S_CLOSED };
 #define TLS_F_KU_ASK 0x04u   /* ...and asks the peer to update too */
 #define TLS_F_RESUMED 0x08u  /* the handshake resumed a session */
 #define TLS_F_CLOSE_SENT 0x10u /* our close_notify or fatal alert went out: nothing more */
+#define TLS_F_TICKET 0x20u   /* client: the thread's donor, its ticket awaited (ticket_id) */
 
 struct carry;
 struct tls_conn {
@@ -139,7 +157,7 @@ struct tls_conn {
 	uint8_t suite;   /* 1 AES-128-GCM/SHA-256, 2 AES-256-GCM/SHA-384, 3 ChaCha20-Poly1305/SHA-256 */
 	uint8_t flags;   /* TLS_F_* */
 	uint8_t got;     /* handshake: which secrets the key log has given (bits 0, 1) */
-	uint8_t pad[4];
+	uint32_t ticket_id; /* TLS_F_TICKET: which of the thread's donors this is */
 };
 _Static_assert(sizeof(struct tls_conn) == 128, "a TLS connection's state is 128 bytes");
 

@@ -593,29 +593,23 @@ Test(tls, no_tickets_when_the_period_is_0)
 	srv_free(&s);
 }
 
-Test(tls, our_client_and_our_server)
+/* Our client's handshake with our server (s->tc started), to its end.
+ * What the server wrote last (its ticket, if any) is left in s2c. */
+static uint8_t c2s[65536], s2c[65536];
+static size_t ours_handshake(struct srv *s, struct tls_thread *cth, struct tls_conn *cc, const struct tls_ctx *cctx)
 {
-	char err[512];
-	struct srv s;
-	srv_new(&s, 3600);
-	struct tls_client_opts co = {.ca_file = cert, .server_name = "localhost"};
-	struct tls_ctx *cctx = tls_client_new(&co, err, sizeof err);
-	cr_assert(cctx, "%s", err);
-	struct tls_thread *cth = tls_thread_new(err, sizeof err);
-	struct tls_conn cc = {0};
-	cr_assert_eq(tls_conn_start(cth, &cc, cctx), 0);
 	size_t used, outn;
 	const uint8_t *out;
 	unsigned why;
-	static uint8_t c2s[65536], s2c[65536];
 	size_t c2sn = 0, s2cn = 0;
-	cr_assert_eq(tls_handshake(cth, &cc, NULL, 0, &used, &out, &outn, &why), TLS_HS_MORE);
+	cr_assert_eq(tls_conn_start(cth, cc, cctx), 0);
+	cr_assert_eq(tls_handshake(cth, cc, NULL, 0, &used, &out, &outn, &why), TLS_HS_MORE);
 	memcpy(c2s, out, outn);
 	c2sn = outn;
 	int sdone = 0, cdone = 0;
 	for (int round = 0; round < 6 && !(sdone && cdone); round++) {
 		if (c2sn && !sdone) {
-			int h = tls_handshake(s.th, &s.tc, c2s, c2sn, &used, &out, &outn, &why);
+			int h = tls_handshake(s->th, &s->tc, c2s, c2sn, &used, &out, &outn, &why);
 			cr_assert_neq(h, TLS_HS_FAIL, "%s", tls_hs_fail_name(why));
 			memcpy(s2c, out, outn);
 			s2cn = outn;
@@ -623,7 +617,7 @@ Test(tls, our_client_and_our_server)
 			sdone = h == TLS_HS_DONE;
 		}
 		if (s2cn && !cdone) {
-			int h = tls_handshake(cth, &cc, s2c, s2cn, &used, &out, &outn, &why);
+			int h = tls_handshake(cth, cc, s2c, s2cn, &used, &out, &outn, &why);
 			cr_assert_neq(h, TLS_HS_FAIL, "%s", tls_hs_fail_name(why));
 			memcpy(c2s, out, outn);
 			c2sn = outn;
@@ -633,28 +627,166 @@ Test(tls, our_client_and_our_server)
 		}
 	}
 	cr_assert(sdone && cdone);
+	return s2cn;
+}
+
+static struct tls_thread *new_thread(void)
+{
+	char err[512];
+	struct tls_thread *th = tls_thread_new(err, sizeof err);
+	cr_assert(th, "%s", err);
+	return th;
+}
+
+static struct tls_ctx *our_client(int resume)
+{
+	char err[512];
+	struct tls_client_opts co = {.ca_file = cert, .server_name = "localhost", .resume = resume};
+	struct tls_ctx *cctx = tls_client_new(&co, err, sizeof err);
+	cr_assert(cctx, "%s", err);
+	return cctx;
+}
+
+/* Data both ways on an open pair. */
+static void both_ways(struct srv *s, struct tls_thread *cth, struct tls_conn *cc)
+{
+	const uint8_t *pl;
+	size_t pn;
+	size_t m = tls_seal(s->th, &s->tc, (const uint8_t *)"down", 4, s2c);
+	cr_assert_eq(tls_open(cth, cc, s2c, m, &pl, &pn), 0);
+	cr_assert(pn == 4 && memcmp(pl, "down", 4) == 0);
+	m = tls_seal(cth, cc, (const uint8_t *)"up", 2, c2s);
+	cr_assert_eq(tls_open(s->th, &s->tc, c2s, m, &pl, &pn), 0);
+	cr_assert(pn == 2 && memcmp(pl, "up", 2) == 0);
+}
+
+Test(tls, our_client_and_our_server)
+{
+	struct srv s;
+	srv_new(&s, 3600);
+	struct tls_ctx *cctx = our_client(0);
+	struct tls_thread *cth = new_thread();
+	struct tls_conn cc = {0};
+	size_t s2cn = ours_handshake(&s, cth, &cc, cctx);
 	cr_assert_eq(s.tc.tx_seq, 1);
 	cr_assert_gt(s2cn, 0, "the server's last call wrote its session ticket");
+	cr_assert_not(cc.flags & TLS_F_TICKET, "no resumption asked: no donor");
 	/* the client's record layer takes the ticket (and drops it) */
 	const uint8_t *pl;
 	size_t pn;
 	cr_assert_eq(tls_open(cth, &cc, s2c, s2cn, &pl, &pn), 0);
 	cr_assert_eq(pn, 0);
 	cr_assert_eq(cc.rx_seq, 1);
-	size_t m = tls_seal(s.th, &s.tc, (const uint8_t *)"from server", 11, s2c);
-	cr_assert_eq(tls_open(cth, &cc, s2c, m, &pl, &pn), 0);
-	cr_assert_eq(pn, 11);
-	cr_assert(memcmp(pl, "from server", 11) == 0);
-	m = tls_seal(cth, &cc, (const uint8_t *)"from client", 11, c2s);
-	cr_assert_eq(tls_open(s.th, &s.tc, c2s, m, &pl, &pn), 0);
-	cr_assert_eq(pn, 11);
-	cr_assert(memcmp(pl, "from client", 11) == 0);
+	both_ways(&s, cth, &cc);
 	tls_conn_free(&cc);
-	tls_conn_free(&s.tc);
 	tls_thread_free(cth);
 	tls_ctx_free(cctx);
-	tls_thread_free(s.th);
-	tls_ctx_free(s.ctx);
+	srv_free(&s);
+}
+
+/* The server's ticket and a data record after it reach the client cut at
+ * `cut` (n: no cut). The ticket must be taken and the data read. */
+static void take_ticket(struct srv *s, struct tls_thread *cth, struct tls_conn *cc, size_t s2cn, size_t cut)
+{
+	size_t m = tls_seal(s->th, &s->tc, (const uint8_t *)"hello", 5, s2c + s2cn);
+	cr_assert_gt(m, 0);
+	size_t n = s2cn + m;
+	if (cut > n)
+		cut = n;
+	uint8_t got[16];
+	size_t gn = 0;
+	const uint8_t *pl;
+	size_t pn;
+	cr_assert_eq(tls_open(cth, cc, s2c, cut, &pl, &pn), 0, "cut %zu", cut);
+	memcpy(got, pl, pn);
+	gn = pn;
+	if (cut < n) {
+		cr_assert_eq(tls_open(cth, cc, s2c + cut, n - cut, &pl, &pn), 0, "cut %zu", cut);
+		memcpy(got + gn, pl, pn);
+		gn += pn;
+	}
+	cr_assert(gn == 5 && memcmp(got, "hello", 5) == 0, "cut %zu", cut);
+	cr_assert_not(cc->flags & TLS_F_TICKET, "cut %zu: the ticket was taken", cut);
+	cr_assert_eq(cc->rx_seq, 2);
+}
+
+Test(tls, our_client_resumes_with_a_ticket_it_took)
+{
+	struct srv s;
+	srv_new(&s, 3600);
+	struct tls_ctx *cctx = our_client(1);
+	struct tls_thread *cth = new_thread();
+	struct tls_conn cc = {0};
+	size_t s2cn = ours_handshake(&s, cth, &cc, cctx);
+	cr_assert_not(cc.flags & TLS_F_RESUMED);
+	cr_assert(cc.flags & TLS_F_TICKET, "the thread has no session: this connection is its donor");
+	take_ticket(&s, cth, &cc, s2cn, SIZE_MAX);
+	both_ways(&s, cth, &cc);
+	tls_conn_free(&cc);
+	tls_conn_free(&s.tc);
+	/* the next connections of the thread resume, and need no donor */
+	for (int i = 0; i < 3; i++) {
+		cr_assert_eq(tls_conn_start(s.th, &s.tc, s.ctx), 0);
+		s2cn = ours_handshake(&s, cth, &cc, cctx);
+		cr_assert(cc.flags & TLS_F_RESUMED, "connection %d", i);
+		cr_assert(s.tc.flags & TLS_F_RESUMED, "connection %d", i);
+		cr_assert_not(cc.flags & TLS_F_TICKET);
+		const uint8_t *pl;
+		size_t pn;
+		cr_assert_eq(tls_open(cth, &cc, s2c, s2cn, &pl, &pn), 0, "its new ticket is dropped");
+		cr_assert_eq(pn, 0);
+		both_ways(&s, cth, &cc);
+		tls_conn_free(&cc);
+		tls_conn_free(&s.tc);
+	}
+	/* a server that cannot open the ticket (another ticket secret): a full
+	 * handshake, the session is dropped, and this connection takes the
+	 * new server's ticket */
+	struct srv s2;
+	srv_new(&s2, 3600);
+	s2cn = ours_handshake(&s2, cth, &cc, cctx);
+	cr_assert_not(cc.flags & TLS_F_RESUMED);
+	cr_assert(cc.flags & TLS_F_TICKET);
+	take_ticket(&s2, cth, &cc, s2cn, SIZE_MAX);
+	tls_conn_free(&cc);
+	tls_conn_free(&s2.tc);
+	cr_assert_eq(tls_conn_start(s2.th, &s2.tc, s2.ctx), 0);
+	ours_handshake(&s2, cth, &cc, cctx);
+	cr_assert(cc.flags & TLS_F_RESUMED);
+	tls_conn_free(&cc);
+	srv_free(&s2);
+	tls_thread_free(cth);
+	tls_ctx_free(cctx);
+	srv_free(&s);
+}
+
+Test(tls, ticket_taken_whatever_the_cut)
+{
+	/* the ticket record (then data) cut at every byte, so that its record
+	 * completes in the carry, or the data's does after the ticket */
+	struct srv s;
+	srv_new(&s, 3600);
+	struct tls_ctx *cctx = our_client(1);
+	size_t n = 0;
+	for (size_t cut = 1; cut == 1 || cut < n; cut++) {
+		struct tls_thread *cth = new_thread(); /* no session: a donor each time */
+		struct tls_conn cc = {0};
+		size_t s2cn = ours_handshake(&s, cth, &cc, cctx);
+		n = s2cn + 5 + TLS_OVERHEAD;
+		cr_assert(cc.flags & TLS_F_TICKET);
+		take_ticket(&s, cth, &cc, s2cn, cut);
+		tls_conn_free(&cc);
+		tls_conn_free(&s.tc);
+		cr_assert_eq(tls_conn_start(s.th, &s.tc, s.ctx), 0);
+		ours_handshake(&s, cth, &cc, cctx);
+		cr_assert(cc.flags & TLS_F_RESUMED, "cut %zu", cut);
+		tls_conn_free(&cc);
+		tls_conn_free(&s.tc);
+		cr_assert_eq(tls_conn_start(s.th, &s.tc, s.ctx), 0);
+		tls_thread_free(cth);
+	}
+	tls_ctx_free(cctx);
+	srv_free(&s);
 }
 
 Test(tls, key_cache_slot_shared_by_two_connections)

@@ -633,25 +633,36 @@ Test(tls_gateway, plain_and_tls_clients_together)
 	tc_close(&p);
 }
 
+/* The loadgen and the files of its run. */
+struct lg_files {
+	char lg[PATH_MAX + 32], target[48], out[PATH_MAX + 96], err[PATH_MAX + 96], report[PATH_MAX + 96];
+};
+static void lg_files(struct lg_files *L)
+{
+	snprintf(L->lg, sizeof L->lg, "%s/loadgen/loadgen", tc_build_dir());
+	snprintf(L->target, sizeof L->target, "127.0.0.1:%u", G.tls);
+	snprintf(L->out, sizeof L->out, "%s/lg.out", G.cert_dir);
+	snprintf(L->err, sizeof L->err, "%s/lg.err", G.cert_dir);
+	snprintf(L->report, sizeof L->report, "%s/lg.json", G.cert_dir);
+}
+
 /* The loadgen over TLS (the same connection engine as the gateway's:
  * runtime/connbuf + runtime/tls): a chat run without loss, every
  * connection a TLS handshake; and --tls without a CA is refused. */
 Test(tls_gateway, loadgen_chat_over_tls)
 {
 	start(NULL);
-	char lg[PATH_MAX + 32], target[48], out[PATH_MAX + 96], err[PATH_MAX + 96], report[PATH_MAX + 96];
-	snprintf(lg, sizeof lg, "%s/loadgen/loadgen", tc_build_dir());
-	snprintf(target, sizeof target, "127.0.0.1:%u", G.tls);
-	snprintf(out, sizeof out, "%s/lg.out", G.cert_dir);
-	snprintf(err, sizeof err, "%s/lg.err", G.cert_dir);
-	snprintf(report, sizeof report, "%s/lg.json", G.cert_dir);
+	struct lg_files L;
+	lg_files(&L);
+	char *lg = L.lg, *target = L.target, *out = L.out, *err = L.err, *report = L.report;
 	char *argv[] = {lg, "--secret-file", G.secret_path, "--targets", target, "--tls", "--tls-ca", G.cert,
 			"--scenario", "chat", "--connections", "200", "--rate", "5", "--duration", "2s", "--receipts",
 			"--quiet", "--report", report, NULL};
 	int st = tc_run(lg, argv, out, err, 60000);
 	char *o = tc_read_file(out, NULL), *j = tc_read_file(report, NULL);
 	cr_assert_eq(st, 0, "loadgen --tls failed (%d):\n%s", st, o ? o : "");
-	cr_assert(j && strstr(j, "\"tls\":{\"on\":true,\"handshakes\":200,\"failed\":0"), "report: %s", j);
+	cr_assert(j && strstr(j, "\"tls\":{\"on\":true,\"resume\":false,\"handshakes\":200,\"resumed\":0,\"failed\":0"),
+		  "report: %s", j);
 	cr_assert(o && strstr(o, "lost 0, duplicated 0"), "%s", o);
 	free(o);
 	free(j);
@@ -660,4 +671,47 @@ Test(tls_gateway, loadgen_chat_over_tls)
 	char *bad[] = {lg, "--secret-file", G.secret_path, "--targets", target, "--tls", NULL};
 	cr_assert_eq(tc_run(lg, bad, out, err, 10000), 2, "--tls without --tls-ca or --tls-insecure");
 	cr_assert(file_has(err, "--tls needs --tls-ca"));
+	char *bad2[] = {lg, "--secret-file", G.secret_path, "--targets", target, "--tls-resume", NULL};
+	cr_assert_eq(tc_run(lg, bad2, out, err, 10000), 2, "--tls-resume without --tls");
+	cr_assert(file_has(err, "go with --tls"));
+}
+
+/* A number from the loadgen's JSON report: "key":N after `section`. */
+static long long report_num(const char *j, const char *section, const char *key)
+{
+	const char *s = j ? strstr(j, section) : NULL;
+	char k[64];
+	snprintf(k, sizeof k, "\"%s\":", key);
+	const char *p = s ? strstr(s, k) : NULL;
+	cr_assert(p, "no %s in %s of the report: %s", key, section, j ? j : "(none)");
+	return strtoll(p + strlen(k), NULL, 10);
+}
+
+/* loadgen --tls-resume: with churn, the reconnects resume with the
+ * ticket the thread took (the gateway counts the same resumptions), and
+ * nothing is lost. */
+Test(tls_gateway, loadgen_reconnects_resume)
+{
+	start(NULL);
+	struct lg_files L;
+	lg_files(&L);
+	char *lg = L.lg, *target = L.target, *out = L.out, *err = L.err, *report = L.report;
+	char *argv[] = {lg, "--secret-file", G.secret_path, "--targets", target, "--tls", "--tls-ca", G.cert,
+			"--tls-resume", "--threads", "2", "--scenario", "churn", "--connections", "40", "--churn-rate",
+			"100", "--rate", "0", "--duration", "3s", "--quiet", "--report", report, NULL};
+	int st = tc_run(lg, argv, out, err, 60000);
+	char *o = tc_read_file(out, NULL), *j = tc_read_file(report, NULL);
+	cr_assert_eq(st, 0, "loadgen --tls --tls-resume failed (%d):\n%s", st, o ? o : "");
+	long long hs = report_num(j, "\"tls\"", "handshakes"), res = report_num(j, "\"tls\"", "resumed");
+	cr_assert_eq(report_num(j, "\"tls\"", "failed"), 0, "%s", j);
+	cr_assert(strstr(j, "\"resume\":true"), "%s", j);
+	cr_assert_gt(hs, 100, "churn reconnected: %s", j);
+	/* the first 40 come before any ticket; after them, every reconnect
+	 * but the few a donor waits on resumes */
+	cr_assert_geq(res, hs - 40 - 10, "resumed %lld of %lld: %s", res, hs, j);
+	cr_assert_eq(stat_num("tls_resumed"), res, "the gateway counts as many resumed");
+	cr_assert_eq(stat_num("tls_handshakes"), hs);
+	cr_assert_eq(stat_num("closed_tls"), 0);
+	free(o);
+	free(j);
 }
