@@ -820,9 +820,9 @@ static const char *on_hello(void *arg, struct link *l, const struct dist_frame *
 		snprintf(why, sizeof why, "node %u is not a gateway in the cluster file", hello->hello.node);
 		return why;
 	}
-	if (hello->hello.threads > 256) {
-		snprintf(why, sizeof why, "gateway %u says it runs %u threads (at most 256)", hello->hello.node,
-			 hello->hello.threads);
+	if (hello->hello.threads > MSGID_MAX_THREADS) {
+		snprintf(why, sizeof why, "gateway %u says it runs %u threads (at most %u)", hello->hello.node,
+			 hello->hello.threads, MSGID_MAX_THREADS);
 		return why;
 	}
 	return NULL;
@@ -1092,7 +1092,7 @@ int be_setup(struct be *b, char *err, size_t errlen)
 	for (uint32_t i = 0; i < BE_MAX_LINKS; i++)
 		b->links[i].fd = -1;
 	b->ring_fd = b->ring.ring_fd;
-	msgid_init(&b->ids, (unsigned)b->cfg.node, 0);
+	msgid_init(&b->ids, (unsigned)b->cfg.node, 0, 1);
 	if (b->lfd >= 0)
 		arm_accept(b);
 	return 0;
@@ -1169,7 +1169,7 @@ void be_turn(struct be *b, uint64_t wait_ns)
 	if (b->cfg.dedup_window_ms > 0 && b->in_txn) {
 		uint64_t now = b->wall_ms - MSGID_EPOCH_MS, win = (uint64_t)b->cfg.dedup_window_ms;
 		if (now > win && store_req_begin(b->store, STORE_REQ_DRAIN, 256, 0) == 0)
-			store_req_end(b->store, store_dedup_prune(b->store, msgid_make(b->wall_ms - win, 0, 0, 0), 256) >= 0);
+			store_req_end(b->store, store_dedup_prune(b->store, msgid_make(b->wall_ms - win, 0, 0), 256) >= 0);
 	}
 	/* durable first, then everything that depends on it leaves */
 	commit(b);

@@ -51,8 +51,11 @@
 #include "proto/wire.h"
 #include "runtime/cluster.h"
 
-/* Bumped whenever a value layout changes; store_open refuses other values. */
-#define STORE_FORMAT 1u
+/* Bumped whenever a key or value layout changes; store_open refuses other
+ * values. 2: the smids in keys and values are message ids of layout 3
+ * (runtime/msgid.h: the node id moved to bits 23..13), so a format-1
+ * store's smids would name other nodes (receipts would go astray). */
+#define STORE_FORMAT 2u
 
 /* Message value header: offsets of its fields, then the body at MSG_HDR. */
 enum {
@@ -298,7 +301,10 @@ static int open_dbs(struct store *s, char *err, size_t errlen)
 		v = mval(b, sizeof b);
 		rc = mdb_put(txn, s->meta, &k, &v, 0);
 	} else if (rc == 0 && (v.mv_size != 4 || get_u32(v.mv_data) != STORE_FORMAT)) {
-		snprintf(err, errlen, "store: unsupported data format (want version %u)", STORE_FORMAT);
+		snprintf(err, errlen,
+			 "store: data format %u, this backend reads format %u only (format 1: message ids of dist "
+			 "version 2; drain that store with the backend that wrote it, or move it away)",
+			 v.mv_size == 4 ? get_u32(v.mv_data) : 0, STORE_FORMAT);
 		goto fail;
 	}
 	if (rc) {

@@ -206,8 +206,8 @@ static int inner_frame(struct rd *in, struct dist_frame *f, uint8_t *members, si
 {
 	static uint8_t body[2048];
 	unsigned t = take(in) % 6;
-	uint64_t now_id = (b.wall_ms - MSGID_EPOCH_MS) << 24;
-	uint64_t smid = now_id - ((uint64_t)take(in) << 24) | ((uint64_t)(11 + take(in) % 2) << 18) | take(in);
+	unsigned ago = take(in), node = 11 + take(in) % 2;
+	uint64_t smid = msgid_make(b.wall_ms - ago, node, take(in));
 	memset(f, 0, sizeof *f);
 	switch (t) {
 	case 0: {

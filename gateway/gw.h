@@ -62,7 +62,7 @@
 #define GW_TICK_MS 100u          /* timing wheel tick */
 #define GW_WHEEL_BITS 13u        /* 8192 buckets x 100 ms = 819 s per turn */
 #define GW_SLOT_RESERVE 64u      /* table slots kept free to answer "server full" */
-#define GW_MAX_THREADS 256u      /* msgid thread field */
+#define GW_MAX_THREADS MSGID_MAX_THREADS /* the threads of a node its msgids tell apart */
 #define GW_BATCH_MAX 4096u       /* completions handled per iteration before flushing */
 /* Accepts armed per listener per thread. Each is a single-shot accept with
  * its own address buffer (a multishot accept gives no peer address, and the

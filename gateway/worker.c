@@ -1062,7 +1062,7 @@ int worker_setup(struct worker *w, char *err, size_t errlen)
 		if (w->lfd[i] < 0)
 			return -1;
 	}
-	msgid_init(&w->ids, (unsigned)cfg->node, w->id);
+	msgid_init(&w->ids, (unsigned)cfg->node, w->id, gw->nthreads);
 	w->rng = clock_mono_ns() ^ ((uint64_t)w->id << 32);
 	return gw_dist_setup(w, err, errlen);
 }

@@ -19,7 +19,7 @@
 
 #include "proto/client.h"
 
-#define DIST_VERSION 2
+#define DIST_VERSION 3 /* 3: message ids of layout 3, node ids 1..2047 (runtime/msgid.h) */
 #define DIST_MAGIC "GWDL"
 #define DIST_MAX_FRAME (1u << 20)               /* top-level L: a whole batch */
 #define DIST_MAX_INNER (PROTO_MAX_BODY + 256u)  /* L of one inner frame */

@@ -38,18 +38,19 @@ int cluster_load(struct cluster *c, const char *path, char *err, size_t errlen)
 			fclose(f);
 			return -1;
 		}
-		if (cluster_find(c, (uint32_t)id) >= 0 || cluster_is_gateway(c, (uint32_t)id)) {
+		if (c->kind[id] != CLUSTER_NONE) {
 			snprintf(err, errlen, "%s:%d: node %lu listed twice (ids are unique across backends and gateways)",
 				 path, lineno, id);
 			fclose(f);
 			return -1;
 		}
 		if (is_gw) {
-			c->gateways[c->ngateways++] = (uint32_t)id; /* ids are unique and <= 63: it fits */
+			c->kind[id] = CLUSTER_GATEWAY;
+			c->ngateways++;
 			continue;
 		}
-		if (c->n == CLUSTER_MAX) {
-			snprintf(err, errlen, "%s:%d: more than %d backends", path, lineno, CLUSTER_MAX);
+		if (c->n == CLUSTER_MAX_BACKENDS) {
+			snprintf(err, errlen, "%s:%d: more than %u backends", path, lineno, CLUSTER_MAX_BACKENDS);
 			fclose(f);
 			return -1;
 		}
@@ -63,6 +64,7 @@ int cluster_load(struct cluster *c, const char *path, char *err, size_t errlen)
 		n->node = (uint32_t)id;
 		n->seed = hash64(0x6261636b656e64ull ^ id); /* depends on the node id only, not on order */
 		c->n++;
+		c->kind[id] = (uint16_t)c->n;
 	}
 	fclose(f);
 	if (c->n == 0) {
@@ -88,16 +90,13 @@ size_t cluster_user_owner(const struct cluster *c, uint64_t user)
 
 int cluster_is_gateway(const struct cluster *c, uint32_t node)
 {
-	for (size_t i = 0; i < c->ngateways; i++)
-		if (c->gateways[i] == node)
-			return 1;
-	return 0;
+	return node <= MSGID_MAX_NODE && c->kind[node] == CLUSTER_GATEWAY;
 }
 
 int cluster_find(const struct cluster *c, uint32_t node)
 {
-	for (size_t i = 0; i < c->n; i++)
-		if (c->nodes[i].node == node)
-			return (int)i;
-	return -1;
+	if (node > MSGID_MAX_NODE)
+		return -1;
+	unsigned k = c->kind[node];
+	return k == CLUSTER_NONE || k == CLUSTER_GATEWAY ? -1 : (int)k - 1;
 }

@@ -9,7 +9,8 @@
  * Every node of the cluster is listed: a backend links only with gateways
  * listed here (and the cluster secret, runtime/peerauth.h), a gateway only
  * with the backend it expects at that address. Node ids are unique across
- * both kinds.
+ * both kinds, 1..2047 (the 11 bits a message id gives them,
+ * runtime/msgid.h), with at most 1,024 backends among them.
  *
  * Ownership:
  * - a user belongs to the backend with the highest hash64(user, node seed)
@@ -28,8 +29,10 @@
 #include <stdint.h>
 
 #include "runtime/addr.h"
+#include "runtime/msgid.h"
 
-#define CLUSTER_MAX 64
+#define CLUSTER_MAX_BACKENDS 1024u
+#define CLUSTER_MAX_NODES MSGID_MAX_NODE /* gateways and backends together: ids 1..2047 */
 
 struct cluster_node {
 	uint32_t node;
@@ -37,11 +40,16 @@ struct cluster_node {
 	uint64_t seed;
 };
 
+/* What a node id is, by id (the one index behind cluster_find and
+ * cluster_is_gateway: O(1) per message however large the cluster). */
+#define CLUSTER_NONE 0       /* not listed */
+#define CLUSTER_GATEWAY 0xffffu /* a gateway; else backend index + 1 */
+
 struct cluster {
 	size_t n; /* backends */
-	struct cluster_node nodes[CLUSTER_MAX];
+	struct cluster_node nodes[CLUSTER_MAX_BACKENDS];
 	size_t ngateways;
-	uint32_t gateways[CLUSTER_MAX]; /* gateway node ids */
+	uint16_t kind[MSGID_MAX_NODE + 1]; /* CLUSTER_NONE, CLUSTER_GATEWAY or backend index + 1 */
 };
 
 /* Parse the file. Returns 0, or -1 with a reason (file:line) in err. */

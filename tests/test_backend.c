@@ -60,9 +60,10 @@
 #define START_MS 5000 /* a process's stats endpoint answering */
 #define LINKS_MS 10000 /* every link up (reconnects back off up to 5 s) */
 
-static const unsigned be_node_id[NBE] = {11, 12};
-static const unsigned gw_node_id[NGW] = {1, 2};
-#define RAW_NODE 40 /* a gateway listed in the cluster file for the tests' hand-driven dist peers */
+/* node ids on both sides of the old 6-bit limit (63): layout 3 takes 1..2047 */
+static const unsigned be_node_id[NBE] = {11, 1999};
+static const unsigned gw_node_id[NGW] = {1, 1500};
+#define RAW_NODE 2040 /* a gateway listed in the cluster file for the tests' hand-driven dist peers */
 
 /* ---- fixture ------------------------------------------------------------------ */
 
@@ -1883,16 +1884,23 @@ Test(backend, hello_mismatch_gets_error, .timeout = 30)
 {
 	topo_start(NULL);
 	struct proc *p = &T.be[0];
-	/* HELLO with another version: ERROR (version), then a close */
+	/* HELLO with another version: ERROR (version), then a close; version
+	 * 2 (the 6-bit node ids of the old message id layout) included */
 	static struct raw r;
-	raw_open(&r, p->port);
-	raw_hello(&r, DIST_VERSION + 1, DIST_ROLE_GATEWAY, 41);
-	long st = raw_read(&r, 0, 5000);
-	cr_assert_eq(st, 0, "HELLO version %d: want a close, got %s", DIST_VERSION + 1, tc_status_name(st));
-	cr_assert_eq(r.seen[DIST_ERROR], 1, "HELLO version %d: no ERROR frame before the close (frames: hello %u)",
-		     DIST_VERSION + 1, r.seen[DIST_HELLO]);
-	cr_assert_eq(r.error_code, PROTO_E_VERSION, "ERROR code %d, want version (%d)", r.error_code, PROTO_E_VERSION);
-	tc_close(&r.c);
+	const int versions[] = {DIST_VERSION - 1, DIST_VERSION + 1};
+	cr_assert_eq(DIST_VERSION, 3);
+	for (int i = 0; i < 2; i++) {
+		raw_open(&r, p->port);
+		raw_hello(&r, (uint8_t)versions[i], DIST_ROLE_GATEWAY, 41);
+		long st = raw_read(&r, 0, 5000);
+		cr_assert_eq(st, 0, "HELLO version %d: want a close, got %s", versions[i], tc_status_name(st));
+		cr_assert_eq(r.seen[DIST_ERROR], 1, "HELLO version %d: no ERROR frame before the close (frames: hello %u)",
+			     versions[i], r.seen[DIST_HELLO]);
+		cr_assert_eq(r.error_code, PROTO_E_VERSION, "ERROR code %d, want version (%d)", r.error_code,
+			     PROTO_E_VERSION);
+		tc_close(&r.c);
+	}
+	long st;
 	/* HELLO from a peer claiming to be a backend: ERROR and a close too */
 	raw_open(&r, p->port);
 	raw_hello(&r, DIST_VERSION, DIST_ROLE_BACKEND, 42);
@@ -2393,7 +2401,7 @@ Test(backend, forged_receipts_do_not_fill_a_mailbox, .timeout = 60)
 	struct tc_conn x, f;
 	open_login(&x, 1, forger);
 	/* forger's own message to a real user, to learn a real smid shape */
-	uint64_t now_id = msgid_make(tc_wall_s() * 1000, 0, 0, 0);
+	uint64_t now_ms = tc_wall_s() * 1000;
 	enum { N = 300 };
 	static uint8_t buf[N * 48];
 	size_t n = 0;
@@ -2402,17 +2410,17 @@ Test(backend, forged_receipts_do_not_fill_a_mailbox, .timeout = 60)
 		/* read receipts "about" made-up messages of backend 11 */
 		r.receipt.kind = PROTO_RCPT_READ;
 		r.receipt.peer = victim;
-		r.receipt.smid = now_id | ((uint64_t)T.be[0].node << 18) | i;
+		r.receipt.smid = msgid_make(now_ms, T.be[0].node, (unsigned)i);
 		n += proto_encode(&r, buf + n, sizeof buf - n);
 		/* delivered receipts about made-up messages of backend 12 */
 		r.receipt.kind = PROTO_RCPT_DELIVERED;
-		r.receipt.smid = now_id | ((uint64_t)T.be[1].node << 18) | i;
+		r.receipt.smid = msgid_make(now_ms, T.be[1].node, (unsigned)i);
 		n += proto_encode(&r, buf + n, sizeof buf - n);
 	}
 	send_raw(&x, buf, n);
 	/* and some about no message at all: an unknown node, the future */
-	send_receipt(&x, PROTO_RCPT_READ, victim, now_id | (50ull << 18));
-	send_receipt(&x, PROTO_RCPT_READ, victim, msgid_make(tc_wall_s() * 1000 + 3600000, 11, 0, 0));
+	send_receipt(&x, PROTO_RCPT_READ, victim, msgid_make(now_ms, 50, 0));
+	send_receipt(&x, PROTO_RCPT_READ, victim, msgid_make(tc_wall_s() * 1000 + 3600000, 11, 0));
 	ping_ok(&x, "forger after its receipts");
 	expect_stat(&T.be[1], "receipts_unverified", '>', N, 5000);
 	expect_stat(&T.gw[1], "receipts_dropped", '>', 2, 3000);
@@ -2587,9 +2595,9 @@ Test(backend, store_fault_fails_only_its_request, .timeout = 60)
 	be_cycle(0);
 	open_login(&b, 1, ub);
 	uint64_t off2 = user_of(0, 44500);
-	send_receipt(&b, PROTO_RCPT_READ, off2, msgid_make(tc_wall_s() * 1000, 1, 0, 1));
+	send_receipt(&b, PROTO_RCPT_READ, off2, msgid_make(tc_wall_s() * 1000, 1, 1));
 	expect_stat(&T.be[0], "requests_failed", '=', 1, 3000);
-	send_receipt(&b, PROTO_RCPT_READ, off2, msgid_make(tc_wall_s() * 1000, 1, 0, 2));
+	send_receipt(&b, PROTO_RCPT_READ, off2, msgid_make(tc_wall_s() * 1000, 1, 2));
 	expect_stat(&T.be[0], "store_receipts", '=', 1, 3000);
 	tc_close(&b);
 

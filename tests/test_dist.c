@@ -338,9 +338,9 @@ Test(roundtrip, top_level_types)
 Test(roundtrip, hello_bytes)
 {
 	struct dist_frame f = {.type = DIST_HELLO,
-			       .hello = {.version = 2, .role = DIST_ROLE_GATEWAY, .node = 1, .thread = 3, .threads = 8,
+			       .hello = {.version = 3, .role = DIST_ROLE_GATEWAY, .node = 1, .thread = 3, .threads = 8,
 					 .key_id = 0x81, .nonce = nonce}};
-	static const uint8_t head[] = {0x2c, 0x41, 'G', 'W', 'D', 'L', 0x02, 0x01, 0x01, 0x03, 0x08, 0x81, 0x01};
+	static const uint8_t head[] = {0x2c, 0x41, 'G', 'W', 'D', 'L', 0x03, 0x01, 0x01, 0x03, 0x08, 0x81, 0x01};
 	cr_assert_eq(dist_encode(&f, enc, sizeof enc), sizeof head + DIST_NONCE);
 	cr_assert(memcmp(enc, head, sizeof head) == 0);
 	cr_assert(memcmp(enc + sizeof head, nonce, DIST_NONCE) == 0);
@@ -717,24 +717,24 @@ struct pcase {
 };
 
 static const struct pcase payload_cases[] = {
-	{"hello", DIST_HELLO, "47 57 44 4c 02 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", OK},
-	{"hello backend", DIST_HELLO, "47 57 44 4c 02 02 05 00 01 00 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", OK},
+	{"hello", DIST_HELLO, "47 57 44 4c 03 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", OK},
+	{"hello backend", DIST_HELLO, "47 57 44 4c 03 02 05 00 01 00 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", OK},
 	{"hello version 1 (fields not read)", DIST_HELLO, "47 57 44 4c 01 01 01 03 08", OK},
-	{"hello other version", DIST_HELLO, "47 57 44 4c 03 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f 00", OK},
+	{"hello other version (2)", DIST_HELLO, "47 57 44 4c 02 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f 00", OK},
 	{"hello wrong magic", DIST_HELLO, "47 57 44 4d 02 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello lowercase magic", DIST_HELLO, "67 77 64 6c 02 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello lowercase magic", DIST_HELLO, "67 77 64 6c 03 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
 	{"hello magic only 3 bytes", DIST_HELLO, "47 57 44", BAD},
 	{"hello empty", DIST_HELLO, "", BAD},
-	{"hello role 0", DIST_HELLO, "47 57 44 4c 02 00 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello role 3", DIST_HELLO, "47 57 44 4c 02 03 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello node 0", DIST_HELLO, "47 57 44 4c 02 01 00 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello threads 0", DIST_HELLO, "47 57 44 4c 02 01 01 00 00 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello thread >= threads", DIST_HELLO, "47 57 44 4c 02 01 01 08 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello node 2^32", DIST_HELLO, "47 57 44 4c 02 01 80 80 80 80 10 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello key id 2^32", DIST_HELLO, "47 57 44 4c 02 01 01 03 08 80 80 80 80 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello nonce short", DIST_HELLO, "47 57 44 4c 02 01 01 03 08 07 00 01 02", BAD},
-	{"hello nonce missing", DIST_HELLO, "47 57 44 4c 02 01 01 03 08 07", BAD},
-	{"hello trailing byte", DIST_HELLO, "47 57 44 4c 02 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f 00", BAD},
+	{"hello role 0", DIST_HELLO, "47 57 44 4c 03 00 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello role 3", DIST_HELLO, "47 57 44 4c 03 03 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello node 0", DIST_HELLO, "47 57 44 4c 03 01 00 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello threads 0", DIST_HELLO, "47 57 44 4c 03 01 01 00 00 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello thread >= threads", DIST_HELLO, "47 57 44 4c 03 01 01 08 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello node 2^32", DIST_HELLO, "47 57 44 4c 03 01 80 80 80 80 10 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello key id 2^32", DIST_HELLO, "47 57 44 4c 03 01 01 03 08 80 80 80 80 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello nonce short", DIST_HELLO, "47 57 44 4c 03 01 01 03 08 07 00 01 02", BAD},
+	{"hello nonce missing", DIST_HELLO, "47 57 44 4c 03 01 01 03 08 07", BAD},
+	{"hello trailing byte", DIST_HELLO, "47 57 44 4c 03 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f 00", BAD},
 
 	{"auth", DIST_AUTH, "00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", OK},
 	{"auth short", DIST_AUTH, "00 01 02", BAD},

@@ -9,6 +9,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <lmdb.h>
 #include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -189,6 +190,33 @@ Test(store, open_failure_reports_error)
 	err[0] = 0;
 	cr_assert_null(store_open(dbdir, MAP_BYTES, err, sizeof err));
 	cr_assert_neq(err[0], 0);
+}
+
+/* A store of another format (format 1: message ids of the old layout) is
+ * refused with a message that says what to do, and left untouched. */
+Test(store, other_format_is_refused)
+{
+	st = open_map(MAP_BYTES);
+	store_close(st);
+	st = NULL;
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi meta;
+	cr_assert_eq(mdb_env_create(&env), 0);
+	cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
+	cr_assert_eq(mdb_env_set_mapsize(env, MAP_BYTES), 0);
+	cr_assert_eq(mdb_env_open(env, dbdir, 0, 0600), 0);
+	cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+	uint32_t one = 1;
+	MDB_val k = {6, "format"}, v = {4, &one};
+	cr_assert_eq(mdb_put(txn, meta, &k, &v, 0), 0);
+	cr_assert_eq(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	char err[256] = "";
+	cr_assert_null(store_open(dbdir, MAP_BYTES, err, sizeof err));
+	cr_assert(strstr(err, "data format 1, this backend reads format 2 only"), "err: %s", err);
+	cr_assert(strstr(err, "drain that store"), "err: %s", err);
 }
 
 /* ---- put and scan ----------------------------------------------------------------- */
