@@ -50,6 +50,7 @@
 
 #include "proto/wire.h"
 #include "runtime/cluster.h"
+#include "runtime/u64map.h"
 
 /* Bumped whenever a key or value layout changes; store_open refuses other
  * values. 2: the smids in keys and values are message ids of layout 3
@@ -78,9 +79,23 @@ struct keep {
 	uint64_t v[];
 };
 
+/* The per-user counts, in memory (see "Counts" in store.h): by enum cnt. */
+enum cnt { CNT_MBOX, CNT_SENDERS, CNT_RCPTS, CNT_MAPS };
+
+/* What a count was before the open transaction changed it: undone, newest
+ * first, when the transaction (or the request's nested one) is dropped. */
+struct undo {
+	uint64_t user;
+	uint32_t old;
+	uint8_t map;
+};
+
 struct store {
 	MDB_env *env;
-	MDB_dbi msgs, mbox, counts, dedup, groups, meta, senders, rcpts, rcounts;
+	MDB_dbi msgs, mbox, dedup, groups, meta, rcpts;
+	struct u64map cnt[CNT_MAPS]; /* user -> count, only non-zero ones */
+	struct undo *undo;           /* count changes of the open transaction */
+	size_t nundo, undo_cap, undo_child; /* undo_child: where the request's nested transaction began */
 	MDB_txn *txn;         /* the open write transaction, or NULL */
 	MDB_txn *child;       /* the request's nested transaction, or NULL */
 	int first_err;        /* the first failure of txn, mapped (see txn_err) */
@@ -111,6 +126,7 @@ struct store {
 /* ---- small helpers ----------------------------------------------------------- */
 
 static void room_sample(struct store *s, MDB_txn *txn, uint64_t file_pages, uint64_t psize);
+static void undo_to(struct store *s, size_t to);
 static uint64_t tree_pages(struct store *s, MDB_txn *txn);
 
 /* The transaction the current request writes into. */
@@ -284,8 +300,8 @@ static int open_dbs(struct store *s, char *err, size_t errlen)
 		snprintf(err, errlen, "store: begin: %s", mdb_strerror(rc));
 		return -1;
 	}
-	static const char *const names[] = {"msgs", "mbox", "counts", "dedup", "groups", "meta", "senders", "rcpts", "rcounts"};
-	MDB_dbi *dbis[] = {&s->msgs, &s->mbox, &s->counts, &s->dedup, &s->groups, &s->meta, &s->senders, &s->rcpts, &s->rcounts};
+	static const char *const names[] = {"msgs", "mbox", "dedup", "groups", "meta", "rcpts"};
+	MDB_dbi *dbis[] = {&s->msgs, &s->mbox, &s->dedup, &s->groups, &s->meta, &s->rcpts};
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
 		rc = mdb_dbi_open(txn, names[i], MDB_CREATE, dbis[i]);
 		if (rc) {
@@ -320,6 +336,60 @@ static int open_dbs(struct store *s, char *err, size_t errlen)
 fail:
 	mdb_txn_abort(txn);
 	return -1;
+}
+
+/* The counts, from what the databases hold: a user's mailbox entries, the
+ * references of the messages each sender sent, a user's stored receipts.
+ * Linear in the entries stored (about a second per ten million). */
+static int count_rebuild(struct store *s, char *err, size_t errlen)
+{
+	MDB_txn *txn;
+	MDB_cursor *c;
+	MDB_val k, v;
+	int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+	if (rc) {
+		snprintf(err, errlen, "store: counts: %s", mdb_strerror(rc));
+		return -1;
+	}
+	const MDB_dbi dbs[] = {s->mbox, s->msgs, s->rcpts};
+	const enum cnt maps[] = {CNT_MBOX, CNT_SENDERS, CNT_RCPTS};
+	for (int i = 0; i < 3 && rc == 0; i++) {
+		if ((rc = mdb_cursor_open(txn, dbs[i], &c)) != 0)
+			break;
+		for (int op = MDB_FIRST; (rc = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT) {
+			uint64_t user, add = 1;
+			if (maps[i] == CNT_SENDERS) {
+				/* a message value: its kind, sender and references */
+				if (v.mv_size < MSG_HDR || ((const uint8_t *)v.mv_data)[MSG_OFF_KIND] != STORE_MSG)
+					continue;
+				user = get_u64((const uint8_t *)v.mv_data + MSG_OFF_FROM);
+				add = get_u32((const uint8_t *)v.mv_data + MSG_OFF_REFS);
+			} else {
+				if (k.mv_size < 8)
+					continue;
+				user = wire_be64_get(k.mv_data);
+			}
+			if (!user || !add)
+				continue;
+			uint64_t *p = u64map_get(&s->cnt[maps[i]], user);
+			uint64_t n = (p ? *p : 0) + add;
+			if (u64map_put(&s->cnt[maps[i]], user, n > UINT32_MAX ? UINT32_MAX : n) != 0) {
+				rc = ENOMEM;
+				break;
+			}
+		}
+		mdb_cursor_close(c);
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+	}
+	mdb_txn_abort(txn);
+	if (rc) {
+		snprintf(err, errlen, "store: counts: %s", rc == ENOMEM ? "out of memory" : mdb_strerror(rc));
+		for (int i = 0; i < CNT_MAPS; i++)
+			u64map_free(&s->cnt[i]);
+		return -1;
+	}
+	return 0;
 }
 
 struct store *store_open(const char *dir, size_t map_bytes, char *err, size_t errlen)
@@ -378,7 +448,7 @@ struct store *store_open(const char *dir, size_t map_bytes, char *err, size_t er
 		snprintf(err, errlen, "store: reader check %s: %s", dir, mdb_strerror(rc));
 		goto fail;
 	}
-	if (open_dbs(s, err, errlen) != 0)
+	if (open_dbs(s, err, errlen) != 0 || count_rebuild(s, err, errlen) != 0)
 		goto fail;
 	s->fd = -1;
 	mdb_filehandle_t fd;
@@ -412,6 +482,9 @@ void store_close(struct store *s)
 	store_abort(s); /* uncommitted writes are dropped, as on a crash */
 	mdb_env_close(s->env);
 	close(s->lock_fd);
+	for (int i = 0; i < CNT_MAPS; i++)
+		u64map_free(&s->cnt[i]);
+	free(s->undo);
 	free(s->tmp);
 	free(s);
 }
@@ -453,6 +526,7 @@ static void child_end(struct store *s, int keep)
 			s->first_err = map_err(rc); /* merging into the parent failed: the parent is unusable */
 	} else {
 		mdb_txn_abort(s->child);
+		undo_to(s, s->undo_child); /* its count changes go with it */
 	}
 	s->child = NULL;
 	s->child_err = 0;
@@ -474,8 +548,11 @@ int store_commit(struct store *s)
 	/* LMDB frees the transaction whether or not the commit succeeded. */
 	s->txn = NULL;
 	keep_free(s);
-	if (rc)
+	if (rc) {
+		undo_to(s, 0); /* nothing of it is on disk: nor in the counts */
 		return txn_err(s, rc);
+	}
+	s->nundo = 0;
 	struct stat fst;
 	if (s->fd >= 0 && fstat(s->fd, &fst) == 0) {
 		uint64_t now = (uint64_t)fst.st_blocks * 512;
@@ -496,71 +573,90 @@ void store_abort(struct store *s)
 		mdb_txn_abort(s->txn);
 		s->txn = NULL;
 	}
+	undo_to(s, 0);
 	keep_free(s);
 }
 
 /* ---- mailboxes --------------------------------------------------------------------- */
 
-/* A u32 per user in db (counts: mailbox entries; senders: undelivered
- * entries whose message the user sent; rcounts: stored receipts). */
-static int u32_get(struct store *s, MDB_dbi db, uint64_t user, uint32_t *n)
+/* A count per user (CNT_MBOX: mailbox entries; CNT_SENDERS: undelivered
+ * entries whose message the user sent; CNT_RCPTS: stored receipts), in
+ * memory: derived from the databases at open (count_rebuild), changed with
+ * the transaction, put back by the undo log when it is dropped. */
+static int u32_get(struct store *s, enum cnt map, uint64_t user, uint32_t *n)
 {
-	uint8_t kb[8];
-	wire_be64_put(kb, user);
-	MDB_val k = mval(kb, 8), v;
-	int rc = mdb_get(T(s), db, &k, &v);
-	if (rc == MDB_NOTFOUND) {
-		*n = 0;
-		return 0;
-	}
-	if (rc)
-		return txn_err(s, rc);
-	if (v.mv_size != 4)
-		return -EIO;
-	*n = get_u32(v.mv_data);
+	const uint64_t *v = user ? u64map_get(&s->cnt[map], user) : NULL;
+	*n = v ? (uint32_t)*v : 0;
 	return 0;
 }
 
-/* Store a user's u32; 0 deletes the key so that db holds only users with a
- * count. */
-static int u32_set(struct store *s, MDB_dbi db, uint64_t user, uint32_t n)
+/* Out of memory for a count: the transaction (or the request's nested one)
+ * cannot be kept, as after a failed LMDB write. */
+static int mem_err(struct store *s)
 {
-	uint8_t kb[8], vb[4];
-	wire_be64_put(kb, user);
-	MDB_val k = mval(kb, 8);
-	int rc;
-	if (n == 0) {
-		rc = mdb_del(T(s), db, &k, NULL);
-		if (rc == MDB_NOTFOUND)
-			rc = 0;
-	} else {
-		put_u32(vb, n);
-		MDB_val v = mval(vb, 4);
-		rc = mdb_put(T(s), db, &k, &v, 0);
+	int *first = s->child ? &s->child_err : &s->first_err;
+	if (!*first)
+		*first = -ENOMEM;
+	return -ENOMEM;
+}
+
+/* Set a user's count (0 removes it), remembering the old one for undo. */
+static int u32_set(struct store *s, enum cnt map, uint64_t user, uint32_t n)
+{
+	if (!user)
+		return -EINVAL;
+	uint32_t old;
+	u32_get(s, map, user, &old);
+	if (old == n)
+		return 0;
+	if (s->nundo == s->undo_cap) {
+		size_t cap = s->undo_cap ? s->undo_cap * 2 : 256;
+		struct undo *u = realloc(s->undo, cap * sizeof *u);
+		if (!u)
+			return mem_err(s);
+		s->undo = u;
+		s->undo_cap = cap;
 	}
-	return rc ? txn_err(s, rc) : 0;
+	if (n == 0)
+		u64map_del(&s->cnt[map], user);
+	else if (u64map_put(&s->cnt[map], user, n) != 0)
+		return mem_err(s);
+	s->undo[s->nundo++] = (struct undo){.user = user, .old = old, .map = (uint8_t)map};
+	return 0;
+}
+
+/* Put the counts back as they were before undo entry `to`. */
+static void undo_to(struct store *s, size_t to)
+{
+	while (s->nundo > to) {
+		const struct undo *u = &s->undo[--s->nundo];
+		if (u->old == 0)
+			u64map_del(&s->cnt[u->map], u->user);
+		else
+			(void)u64map_put(&s->cnt[u->map], u->user, u->old); /* the key was there: no allocation */
+	}
 }
 
 /* A count for the API: 0 also when the store fails (the caller cannot tell,
  * and a refused write follows anyway). */
-static uint32_t count_of(struct store *s, MDB_dbi db, uint64_t user)
+static uint32_t count_of(struct store *s, enum cnt map, uint64_t user)
 {
 	uint32_t c;
-	if (ready(s) != 0 || u32_get(s, db, user, &c) != 0)
+	if (ready(s) != 0 || u32_get(s, map, user, &c) != 0)
 		return 0;
 	return c;
 }
 
-/* Add delta, saturating at 0 (a count that drifted, e.g. data from before it
- * was kept, never wraps around) and at 2^32 - 1. */
-static int u32_add(struct store *s, MDB_dbi db, uint64_t user, int64_t delta)
+/* Add delta, saturating at 0 (a count that drifted never wraps around) and
+ * at 2^32 - 1. */
+static int u32_add(struct store *s, enum cnt map, uint64_t user, int64_t delta)
 {
 	uint32_t c;
-	int rc = u32_get(s, db, user, &c);
+	int rc = u32_get(s, map, user, &c);
 	if (rc)
 		return rc;
 	int64_t n = (int64_t)c + delta;
-	return u32_set(s, db, user, n < 0 ? 0 : n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
+	return u32_set(s, map, user, n < 0 ? 0 : n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
 }
 
 /* Pages in use by every database (free list included) against the map, in
@@ -576,8 +672,8 @@ static int u32_add(struct store *s, MDB_dbi db, uint64_t user, int64_t delta)
 static uint64_t tree_pages(struct store *s, MDB_txn *txn)
 {
 	uint64_t pages = 0;
-	MDB_dbi dbis[] = {0 /* FREE_DBI: the free list */, 1 /* MAIN_DBI */, s->msgs, s->mbox, s->counts, s->dedup,
-			  s->groups, s->meta, s->senders, s->rcpts, s->rcounts};
+	MDB_dbi dbis[] = {0 /* FREE_DBI: the free list */, 1 /* MAIN_DBI */, s->msgs, s->mbox, s->dedup,
+			  s->groups, s->meta, s->rcpts};
 	for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
 		MDB_stat d;
 		if (mdb_stat(txn, dbis[i], &d) == 0)
@@ -674,6 +770,7 @@ int store_req_begin(struct store *s, enum store_req kind, size_t writes, size_t 
 			return map_err(rc);
 		}
 		s->child_err = 0;
+		s->undo_child = s->nundo;
 	}
 	s->in_req = 1;
 	return 0;
@@ -733,7 +830,7 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 	uint32_t refs = 0;
 	for (size_t i = 0; i < n; i++) {
 		uint32_t c;
-		if ((rc = u32_get(s, s->counts, rcpt[i], &c)) != 0)
+		if ((rc = u32_get(s, CNT_MBOX, rcpt[i], &c)) != 0)
 			return rc;
 		if (c >= mailbox_max)
 			continue;
@@ -746,7 +843,7 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 			continue; /* the same user twice in rcpt: one entry */
 		if (rc)
 			return txn_err(s, rc);
-		if ((rc = u32_set(s, s->counts, rcpt[i], c + 1)) != 0)
+		if ((rc = u32_set(s, CNT_MBOX, rcpt[i], c + 1)) != 0)
 			return rc;
 		refs++;
 	}
@@ -754,7 +851,7 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 		*added = refs;
 	if (refs == 0)
 		return n == 1 ? STORE_E_FULL : 0;
-	if (m->kind == STORE_MSG && (rc = u32_add(s, s->senders, m->from, refs)) != 0)
+	if (m->kind == STORE_MSG && (rc = u32_add(s, CNT_SENDERS, m->from, refs)) != 0)
 		return rc;
 
 	v = mval(NULL, (size_t)MSG_HDR + m->len);
@@ -800,7 +897,7 @@ static int msg_unref(struct store *s, uint64_t smid, uint64_t *from, uint32_t *l
 	}
 	if (rc)
 		return txn_err(s, rc);
-	return counted ? u32_add(s, s->senders, *from, -1) : 0;
+	return counted ? u32_add(s, CNT_SENDERS, *from, -1) : 0;
 }
 
 int store_ack(struct store *s, uint64_t user, uint64_t smid, uint64_t *from, uint32_t *len)
@@ -828,18 +925,18 @@ int store_ack(struct store *s, uint64_t user, uint64_t smid, uint64_t *from, uin
 	if (rc)
 		return txn_err(s, rc);
 	uint32_t c;
-	if ((rc = u32_get(s, s->counts, user, &c)) != 0)
+	if ((rc = u32_get(s, CNT_MBOX, user, &c)) != 0)
 		return rc;
 	/* c == 0 would mean the count drifted below the entries; leave it at 0
 	 * rather than wrap around and lock the mailbox as full. */
-	if (c > 0 && (rc = u32_set(s, s->counts, user, c - 1)) != 0)
+	if (c > 0 && (rc = u32_set(s, CNT_MBOX, user, c - 1)) != 0)
 		return rc;
 	return msg_unref(s, smid, from, len);
 }
 
 uint32_t store_sender_count(struct store *s, uint64_t from)
 {
-	return count_of(s, s->senders, from);
+	return count_of(s, CNT_SENDERS, from);
 }
 
 /* ---- stored receipts ------------------------------------------------------------------ */
@@ -881,7 +978,7 @@ int store_rcpt_put(struct store *s, uint64_t owner, uint64_t peer, uint64_t smid
 	if (rc != MDB_NOTFOUND)
 		return txn_err(s, rc);
 	uint32_t total;
-	if ((rc = u32_get(s, s->rcounts, owner, &total)) != 0)
+	if ((rc = u32_get(s, CNT_RCPTS, owner, &total)) != 0)
 		return rc;
 	/* at most per_peer records per (owner, peer): the oldest gives way (an
 	 * owner with fewer than per_peer in all cannot have that many from one
@@ -920,7 +1017,7 @@ int store_rcpt_put(struct store *s, uint64_t owner, uint64_t peer, uint64_t smid
 		*dropped = 1;
 	} else if (total >= max_total) {
 		return STORE_E_FULL; /* nothing written */
-	} else if ((rc = u32_add(s, s->rcounts, owner, 1)) != 0) {
+	} else if ((rc = u32_add(s, CNT_RCPTS, owner, 1)) != 0) {
 		return rc;
 	}
 	uint8_t kv = kind;
@@ -944,7 +1041,7 @@ int store_rcpt_del(struct store *s, uint64_t owner, uint64_t peer, uint64_t smid
 		return STORE_E_NOTFOUND;
 	if (rc)
 		return txn_err(s, rc);
-	return u32_add(s, s->rcounts, owner, -1);
+	return u32_add(s, CNT_RCPTS, owner, -1);
 }
 
 long store_rcpt_scan(struct store *s, uint64_t owner, struct store_rcpt_pos *pos, size_t max,
@@ -991,7 +1088,7 @@ long store_rcpt_scan(struct store *s, uint64_t owner, struct store_rcpt_pos *pos
 
 uint32_t store_rcpt_count(struct store *s, uint64_t owner)
 {
-	return count_of(s, s->rcounts, owner);
+	return count_of(s, CNT_RCPTS, owner);
 }
 
 /* The callback must not write to the store: the cursor walks pages that a
@@ -1049,7 +1146,7 @@ long store_scan(struct store *s, uint64_t user, uint64_t after, size_t max,
 
 uint32_t store_count(struct store *s, uint64_t user)
 {
-	return count_of(s, s->counts, user);
+	return count_of(s, CNT_MBOX, user);
 }
 
 /* ---- dedup ------------------------------------------------------------------------- */
@@ -1332,7 +1429,7 @@ void store_get_stats(struct store *s, struct store_stats *st)
 	st->dedup_entries = entries(txn, s->dedup);
 	st->groups = entries(txn, s->groups);
 	st->receipts = entries(txn, s->rcpts);
-	st->senders = entries(txn, s->senders);
+	st->senders = s->cnt[CNT_SENDERS].count;
 	if (ro)
 		mdb_txn_abort(ro);
 }

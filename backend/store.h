@@ -7,17 +7,24 @@
  *           storage); deleted when the last reference goes.
  *   mbox    (user, smid) -> nothing: a user's undelivered messages, in smid
  *           order (smids from one backend increase over time).
- *   counts  user -> number of mailbox entries (for the per-user bound).
  *   dedup   (from, cmid) -> smid: a resent message (the client retried after
  *           a lost ack) gets its first smid back and is not stored twice.
  *   groups  gid -> owner and the member list, denormalised in one value.
- *   meta    counters that must survive restarts (next group id).
- *   senders from -> number of mailbox entries whose message `from` sent
- *           (the per-sender bound on undelivered stored messages).
+ *   meta    counters that must survive restarts (next group id), the format.
  *   rcpts   (owner, peer, smid) -> kind: receipts waiting for user `owner`
  *           ("peer received/read your message smid"), kept apart from the
  *           mailbox and its bound, coalesced per message, bounded per peer.
- *   rcounts owner -> number of its stored receipts.
+ *
+ * Counts: a user's mailbox entries (the per-user bound), the mailbox
+ * entries whose message a user sent (the per-sender bound on undelivered
+ * stored messages) and a user's stored receipts are kept in memory, not in
+ * LMDB: they follow from mbox, msgs (each message's sender and references)
+ * and rcpts, are rebuilt from them at open (linear in what is stored), and
+ * change with the transaction (an undo log puts them back when it, or a
+ * request's nested transaction, is dropped). That takes two of the four
+ * B-trees a message touched at random places, and their pages at every
+ * commit, out of the write path (format 2; measured in BENCHMARKS.md "Dist
+ * link"). Memory: about 32 to 64 bytes per user with something stored.
  *
  * Group commit: the backend's loop opens one write transaction per iteration
  * (store_begin), does every write of that iteration in it, and commits

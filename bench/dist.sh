@@ -26,6 +26,9 @@ trap cleanup EXIT INT TERM
 num() { grep -o "\"$1\":[0-9.e+-]*" "$2" | head -n 1 | cut -d: -f2; }
 get() { curl -s "http://127.0.0.1:$1/stats" >"$2"; }
 cpu() { awk '{print ($14 + $15)}' "/proc/$1/stat"; }
+# a process's user and system CPU ticks, apart
+beu() { awk '{print $14}' "/proc/$1/stat"; }
+bes() { awk '{print $15}' "/proc/$1/stat"; }
 
 "$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
 "$b/tools/mint-token" --new-secret "$tmp/cluster.secret" 2>/dev/null
@@ -50,21 +53,22 @@ one() {
 	g2=$!
 	pids="$be $g1 $g2"
 	sleep 1
-	n=2000
+	n=${DIST_CONNS:-2000}
 	rate=$(awk -v t="$2" -v n="$n" 'BEGIN {printf "%.4f", t / n}')
-	c0=$(($(cpu "$be") + $(cpu "$g1") + $(cpu "$g2")))
+	c0=$(($(cpu "$be") + $(cpu "$g1") + $(cpu "$g2"))) u0=$(beu "$be") s0=$(bes "$be") gu0=$(beu "$g1") gs0=$(bes "$g1")
 	get $((base + 12)) "$tmp/g1a.json"
 	get $((base + 11)) "$tmp/bea.json"
 	"$b/loadgen/loadgen" --secret-file "$tmp/secret" --scenario chat --connections "$n" --rate "$rate" \
 		--targets "127.0.0.1:$((base + 2))" --targets "127.0.0.1:$((base + 3))" --receipts --duration 5s \
 		--drain 5s --quiet --max-error-rate 1 --report "$tmp/$3.json" >"$tmp/$3.out" 2>&1 || true
-	c1=$(($(cpu "$be") + $(cpu "$g1") + $(cpu "$g2")))
+	c1=$(($(cpu "$be") + $(cpu "$g1") + $(cpu "$g2"))) u1=$(beu "$be") s1=$(bes "$be") gu1=$(beu "$g1") gs1=$(bes "$g1")
 	get $((base + 12)) "$tmp/g1b.json"
 	get $((base + 11)) "$tmp/beb.json"
 	kill -TERM $pids 2>/dev/null || true
 	wait $pids 2>/dev/null || true
 	pids=
 	awk -v name="$3" -v offered="$2" -v hz="$(getconf CLK_TCK)" -v c0="$c0" -v c1="$c1" \
+		-v bu=$((u1 - u0)) -v bs=$((s1 - s0)) -v gu=$((gu1 - gu0)) -v gs=$((gs1 - gs0)) \
 		-v d="$(num delivered "$tmp/$3.json")" -v dps="$(num delivered_per_s "$tmp/$3.json")" \
 		-v p50="$(num p50 "$tmp/$3.json")" -v p99="$(num p99 "$tmp/$3.json")" -v lost="$(num lost "$tmp/$3.json")" \
 		-v fa="$(num link_frames_out "$tmp/g1a.json")" -v fb="$(num link_frames_out "$tmp/g1b.json")" \
@@ -73,14 +77,15 @@ one() {
 		-v ra="$(num routed_remote "$tmp/g1a.json")" -v rb="$(num routed_remote "$tmp/g1b.json")" \
 		-v ca="$(num commits "$tmp/bea.json")" -v cb="$(num commits "$tmp/beb.json")" 'BEGIN {
 		fr = fb - fa; bt = bb - ba; by = yb - ya; r = rb - ra
-		printf "%-12s offered %7.0f/s delivered %7.0f/s p50 %8.1f us p99 %9.1f us | gw1->be %6.1f frames/batch %5.1f B/msg | commits %5.0f | servers %5.1f us CPU/msg | lost %s\n",
+		printf "%-12s offered %7.0f/s delivered %7.0f/s p50 %8.1f us p99 %9.1f us | gw1->be %6.1f frames/batch %5.1f B/msg | commits %5.0f | servers %5.1f us CPU/msg, backend %4.1f user + %4.1f sys, gateway 1 %4.1f + %4.1f | lost %s\n",
 			name, offered, dps, p50, p99, (bt > 0 ? fr / bt : 0), (r > 0 ? by / r : 0), cb - ca,
-			(d > 0 ? (c1 - c0) / hz / d * 1e6 : 0), lost
+			(d > 0 ? (c1 - c0) / hz / d * 1e6 : 0), (d > 0 ? bu / hz / d * 1e6 : 0), (d > 0 ? bs / hz / d * 1e6 : 0),
+			(d > 0 ? gu / hz / d * 1e6 : 0), (d > 0 ? gs / hz / d * 1e6 : 0), lost
 	}'
 }
 
 results=
-for total in 2000 10000 30000; do
+for total in ${DIST_RATES:-2000 10000 30000}; do
 	results="$results$(one 256k "$total" "batch-$total")
 $(one 0 "$total" "nobatch-$total")
 "
@@ -90,5 +95,7 @@ cat <<EOF
 === dist link: 2 gateways (1 thread each) + 1 backend, every message through the backend, delivered receipts on
 $results
 (frames/batch and bytes/msg: gateway 1's link to the backend, sends and receipts both counted in frames;
- commits: backend group commits during the run; CPU: gateways + backend, per delivered message)
+ commits: backend group commits during the run; CPU: gateways + backend, per delivered message, and the
+ backend's own user and system time per delivered message, and gateway 1's (half the senders and
+ recipients))
 EOF

@@ -992,6 +992,63 @@ Test(store, isolated_request_failure_is_undone_alone)
 	cr_assert_eq(store_dedup_get(st, 1, 2, &smid), STORE_E_NOTFOUND);
 }
 
+/* The per-user counts live in memory (store.h "Counts"): they follow the
+ * transaction (a dropped request, an abort) and come back from the data
+ * after a reopen. */
+Test(store, counts_follow_the_transaction_and_survive_reopen)
+{
+	st = open_map(MAP_BYTES);
+	put1(1, 1, 2, "a");
+	put1(2, 1, 3, "b");
+	cr_assert_eq(store_rcpt_put(st, 7, 8, 100, PROTO_RCPT_READ, 64, 100, NULL), 0);
+	commit();
+	cr_assert_eq(mailbox_of(2), 1);
+	cr_assert_eq(store_sender_count(st, 1), 2);
+	/* a request whose nested transaction is dropped after its put changed the counts */
+	store_inject(st, STORE_OP_DEDUP, -ENOSPC, 1);
+	cr_assert_eq(store_req_begin(st, STORE_REQ_ADMIT, 8, 64), 0);
+	struct store_msg m = msg(3, 1, 2, "dropped");
+	uint64_t to = 2;
+	cr_assert_eq(store_put(st, &m, &to, 1, 100, NULL), 0);
+	cr_assert_eq(mailbox_of(2), 2, "inside the request");
+	cr_assert_eq(store_sender_count(st, 1), 3);
+	cr_assert_eq(store_dedup_put(st, 1, 3, 3), -ENOSPC);
+	cr_assert_eq(store_req_end(st, 0), 0);
+	cr_assert_eq(mailbox_of(2), 1, "the dropped request's count change went with it");
+	cr_assert_eq(store_sender_count(st, 1), 2);
+	/* an aborted transaction: its counts go too */
+	put1(4, 5, 2, "aborted");
+	cr_assert_eq(store_rcpt_put(st, 7, 9, 101, PROTO_RCPT_READ, 64, 100, NULL), 0);
+	cr_assert_eq(mailbox_of(2), 2);
+	store_abort(st);
+	cr_assert_eq(mailbox_of(2), 1);
+	cr_assert_eq(store_sender_count(st, 5), 0);
+	cr_assert_eq(store_rcpt_count(st, 7), 1);
+	/* a delete, committed */
+	uint64_t from = 0;
+	cr_assert_eq(store_ack(st, 2, 1, &from, NULL), 0);
+	cr_assert_eq(from, 1);
+	commit();
+	cr_assert_eq(mailbox_of(2), 0);
+	cr_assert_eq(store_sender_count(st, 1), 1);
+	/* a group message counts once per member mailbox for its sender */
+	uint64_t members[3] = {20, 21, 22};
+	struct store_msg g = msg(5, 30, 0, "group");
+	size_t added = 0;
+	cr_assert_eq(store_put(st, &g, members, 3, 100, &added), 0);
+	cr_assert_eq(added, 3);
+	commit();
+	reopen();
+	cr_assert_eq(mailbox_of(2), 0);
+	cr_assert_eq(mailbox_of(3), 1);
+	cr_assert_eq(mailbox_of(21), 1);
+	cr_assert_eq(store_sender_count(st, 1), 1);
+	cr_assert_eq(store_sender_count(st, 30), 3, "rebuilt from the message's references");
+	cr_assert_eq(store_rcpt_count(st, 7), 1);
+	cr_assert_eq(stats().senders, 2);
+	store_abort(st);
+}
+
 /* An I/O error outside an isolated request fails the iteration: nothing of
  * it commits, and the next iteration starts clean. */
 Test(store, io_error_in_the_transaction_fails_the_commit)
