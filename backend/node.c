@@ -315,7 +315,7 @@ static int flush_user(struct be *b, struct be_backlog *e)
 		if (!window_room(b, e, 0))
 			return 1;
 		long n = store_scan(b->store, e->user, e->after, BE_FLUSH_PER_USER, flush_one, &x);
-		if (x.receipts_done && req_begin(b, STORE_REQ_DRAIN, 4 * x.receipts_done, 0) == 0) {
+		if (x.receipts_done && req_begin(b, STORE_REQ_DRAIN, 2 * x.receipts_done, 0) == 0) {
 			int ok = 1;
 			for (size_t i = 0; i < x.receipts_done && ok; i++)
 				ok = store_ack(b->store, e->user, x.receipts[i], NULL, NULL) >= 0;
@@ -329,7 +329,7 @@ static int flush_user(struct be *b, struct be_backlog *e)
 		x.sent = 0;
 	}
 	long n = store_rcpt_scan(b->store, e->user, &e->rpos, BE_FLUSH_PER_USER, flush_rcpt, &x);
-	if (x.ngone && req_begin(b, STORE_REQ_DRAIN, 3 * x.ngone, 0) == 0) {
+	if (x.ngone && req_begin(b, STORE_REQ_DRAIN, 2 * x.ngone, 0) == 0) {
 		int ok = 1;
 		for (size_t i = 0; i < x.ngone && ok; i++)
 			ok = store_rcpt_del(b->store, e->user, x.gone[i].peer, x.gone[i].smid) >= 0;
@@ -527,7 +527,7 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 		st = PROTO_E_SLOW_DOWN;
 	}
 	if (!st)
-		st = req_begin(b, STORE_REQ_ADMIT, 3 * n + 4, (size_t)m.len + 64);
+		st = req_begin(b, STORE_REQ_ADMIT, n + 3, (size_t)m.len + 64);
 	if (st) {
 		free(members_copy);
 		answer_route(l, f, 0, st);
@@ -572,7 +572,7 @@ static void notify_receipt(struct be *b, uint64_t owner, uint64_t peer, uint8_t 
 {
 	struct link *dl = forward ? user_link(b, owner, NULL) : NULL;
 	if (!dl) {
-		if (req_begin(b, STORE_REQ_ADMIT, 6, 0) != 0)
+		if (req_begin(b, STORE_REQ_ADMIT, 3, 0) != 0)
 			return; /* counted there */
 		int dropped = 0;
 		int r = store_rcpt_put(b->store, owner, peer, smid, kind, BE_RCPT_PER_PEER,
@@ -599,7 +599,7 @@ static void on_receipt(struct be *b, const struct dist_frame *f)
 	uint64_t reader = f->receipt.from, sender = f->receipt.to;
 	int verified = 0;
 	if ((f->receipt.flags & DIST_RCPT_DELETE) && f->receipt.kind == PROTO_RCPT_DELIVERED &&
-	    req_begin(b, STORE_REQ_DRAIN, 8, 0) == 0) {
+	    req_begin(b, STORE_REQ_DRAIN, 3, 0) == 0) {
 		uint64_t from = 0;
 		uint32_t len = 0;
 		int r = store_ack(b->store, reader, f->receipt.smid, &from, &len);
@@ -632,7 +632,7 @@ static void on_receipt_ack(struct be *b, const struct dist_frame *f)
 	/* clients acknowledge every receipt, kept or forwarded: most find nothing */
 	if (txn(b) != 0 || store_rcpt_count(b->store, f->receipt_ack.user) == 0)
 		return;
-	if (req_begin(b, STORE_REQ_DRAIN, 4, 0) != 0)
+	if (req_begin(b, STORE_REQ_DRAIN, 2, 0) != 0)
 		return;
 	int r = store_rcpt_del(b->store, f->receipt_ack.user, f->receipt_ack.peer, f->receipt_ack.smid);
 	req_end(b, r >= 0);

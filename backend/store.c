@@ -104,6 +104,9 @@ struct store {
 	int in_req, req_ok;
 	uint64_t map_pages, psize, base_pages; /* base: pages in the file at txn begin */
 	uint64_t charge;                       /* upper bound of pages this txn may allocate */
+	uint64_t pages_exact, pages_charge;    /* pages counted in this txn, and the charge then */
+	int pages_valid;                       /* ...and whether every write since was charged */
+	unsigned depth, depth_writes;          /* the charge's depth (depth_sample) and writes since */
 	/* fault injection (tests) */
 	unsigned fault_ops, fault_left;
 	int fault_err;
@@ -285,6 +288,8 @@ static int need_txn(struct store *s)
 static int ready(struct store *s)
 {
 	int rc = need_txn(s);
+	if (!s->in_req)
+		s->pages_valid = 0; /* a write outside a request is not charged (used_permille) */
 	return rc ? rc : poisoned(s);
 }
 
@@ -502,6 +507,8 @@ int store_begin(struct store *s)
 	}
 	s->first_err = 0;
 	s->charge = 0;
+	s->pages_valid = 0;
+	s->depth = 0; /* looked at by the first request */
 	MDB_envinfo info;
 	MDB_stat st;
 	if (mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &st) == 0 && st.ms_psize) {
@@ -666,6 +673,30 @@ static int u32_add(struct store *s, enum cnt map, uint64_t user, int64_t delta)
 #define STORE_FULL_PERMILLE 900u
 #define STORE_HARD_PERMILLE 980u
 #define STORE_DEPTH 8u /* B-tree depth bound for the page charge (4 KiB pages, far more entries than we hold) */
+#define STORE_DEPTH_EVERY 512u /* writes charged between two looks at the trees' depth */
+
+/* The depth the page charge assumes: the deepest tree's now, plus two. A
+ * write splits at most one leaf, and a leaf of our keys (at most 24 bytes)
+ * splits only after some 25 inserts into it, so STORE_DEPTH_EVERY writes add
+ * at most some 20 leaves: not enough to deepen a tree by two levels (a
+ * branch page holds well over 50 keys). So looking again every
+ * STORE_DEPTH_EVERY writes keeps the bound. Capped at STORE_DEPTH. */
+static void depth_sample(struct store *s, MDB_txn *txn)
+{
+	MDB_dbi dbis[] = {0 /* FREE_DBI */, 1 /* MAIN_DBI */, s->msgs, s->mbox, s->dedup, s->groups, s->meta, s->rcpts};
+	unsigned d = 0;
+	for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
+		MDB_stat st;
+		if (mdb_stat(txn, dbis[i], &st) != 0) {
+			d = STORE_DEPTH;
+			break;
+		}
+		if (st.ms_depth > d)
+			d = st.ms_depth;
+	}
+	s->depth = d + 2 < STORE_DEPTH ? d + 2 : STORE_DEPTH;
+	s->depth_writes = 0;
+}
 
 /* Pages in use by every database, the free list's own pages included, as
  * txn sees them. */
@@ -684,12 +715,27 @@ static uint64_t tree_pages(struct store *s, MDB_txn *txn)
 
 static uint64_t used_permille(struct store *s)
 {
+	/* Counting the pages asks every tree (a tenth of a request's cost): an
+	 * upper bound does while it is clearly below the lowest threshold. The
+	 * pages counted in this transaction plus every request's charge since
+	 * is one, as long as every write since belonged to a request (ready()
+	 * drops the count otherwise). */
+	if (s->txn && s->map_pages && s->pages_valid) {
+		uint64_t bound = s->pages_exact + (s->charge - s->pages_charge);
+		if (bound * 1000 < s->map_pages * (uint64_t)STORE_FULL_PERMILLE)
+			return bound * 1000 / s->map_pages;
+	}
 	MDB_envinfo info;
 	MDB_stat st;
 	if (mdb_env_info(s->env, &info) != 0 || mdb_env_stat(s->env, &st) != 0 || !st.ms_psize)
 		return 0;
-	uint64_t total = info.me_mapsize / st.ms_psize;
-	return total ? tree_pages(s, T(s)) * 1000 / total : 1000;
+	uint64_t total = info.me_mapsize / st.ms_psize, pages = tree_pages(s, T(s));
+	if (s->txn) {
+		s->pages_exact = pages;
+		s->pages_charge = s->charge;
+		s->pages_valid = 1;
+	}
+	return total ? pages * 1000 / total : 1000;
 }
 
 /* What the store can still grow by, as txn sees it: the file system's free
@@ -758,7 +804,10 @@ int store_req_begin(struct store *s, enum store_req kind, size_t writes, size_t 
 	 * transaction can fail for want of space, and the request writes straight
 	 * into it. Near the end, the request gets a nested transaction of its own,
 	 * so that a full map fails this request only. */
-	uint64_t pages = (uint64_t)writes * (2 * STORE_DEPTH + 1) + bytes / (s->psize ? s->psize : 4096) + 2;
+	if (!s->depth || s->depth_writes + writes > STORE_DEPTH_EVERY)
+		depth_sample(s, T(s));
+	s->depth_writes += writes;
+	uint64_t pages = (uint64_t)writes * (2 * s->depth + 1) + bytes / (s->psize ? s->psize : 4096) + 2;
 	uint64_t margin = s->map_pages / 100 + 16; /* the free list's own pages at commit */
 	int edge = !s->map_pages || s->base_pages + s->charge + pages + margin > s->map_pages ||
 		   (s->fault_left && s->fault_err == -ENOSPC);
