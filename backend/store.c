@@ -84,7 +84,7 @@ enum cnt { CNT_MBOX, CNT_SENDERS, CNT_RCPTS, CNT_MAPS };
 
 /* What a count was before the open transaction changed it: undone, newest
  * first, when the transaction (or the request's nested one) is dropped. */
-struct undo {
+struct cnt_undo {
 	uint64_t user;
 	uint32_t old;
 	uint8_t map;
@@ -94,7 +94,7 @@ struct store {
 	MDB_env *env;
 	MDB_dbi msgs, mbox, dedup, groups, meta, rcpts;
 	struct u64map cnt[CNT_MAPS]; /* user -> count, only non-zero ones */
-	struct undo *undo;           /* count changes of the open transaction */
+	struct cnt_undo *undo;       /* count changes of the open transaction */
 	size_t nundo, undo_cap, undo_child; /* undo_child: where the request's nested transaction began */
 	MDB_txn *txn;         /* the open write transaction, or NULL */
 	MDB_txn *child;       /* the request's nested transaction, or NULL */
@@ -618,7 +618,7 @@ static int u32_set(struct store *s, enum cnt map, uint64_t user, uint32_t n)
 		return 0;
 	if (s->nundo == s->undo_cap) {
 		size_t cap = s->undo_cap ? s->undo_cap * 2 : 256;
-		struct undo *u = realloc(s->undo, cap * sizeof *u);
+		struct cnt_undo *u = realloc(s->undo, cap * sizeof *u);
 		if (!u)
 			return mem_err(s);
 		s->undo = u;
@@ -628,7 +628,7 @@ static int u32_set(struct store *s, enum cnt map, uint64_t user, uint32_t n)
 		u64map_del(&s->cnt[map], user);
 	else if (u64map_put(&s->cnt[map], user, n) != 0)
 		return mem_err(s);
-	s->undo[s->nundo++] = (struct undo){.user = user, .old = old, .map = (uint8_t)map};
+	s->undo[s->nundo++] = (struct cnt_undo){.user = user, .old = old, .map = (uint8_t)map};
 	return 0;
 }
 
@@ -636,7 +636,7 @@ static int u32_set(struct store *s, enum cnt map, uint64_t user, uint32_t n)
 static void undo_to(struct store *s, size_t to)
 {
 	while (s->nundo > to) {
-		const struct undo *u = &s->undo[--s->nundo];
+		const struct cnt_undo *u = &s->undo[--s->nundo];
 		if (u->old == 0)
 			u64map_del(&s->cnt[u->map], u->user);
 		else
