@@ -16,6 +16,9 @@
 #   - what the clients saw: messages acknowledged and not delivered by the
 #     end (lost), try_again answers, reconnects.
 # Bounded: about 60 s. Ports from FAULT_PORT (default 27400).
+# FAULT_MODE=kill: SIGKILL instead of SIGSTOP, and the backend started again
+# on the same data dir after the pause: every message acknowledged `stored`
+# must be delivered after the restart (lost 0), the in-memory counts rebuilt.
 set -eu
 b=${1:-build}
 base=${FAULT_PORT:-27400}
@@ -23,6 +26,7 @@ lq=${FAULT_LINK_QUEUE:-1m}
 stop_s=${FAULT_STOP_S:-15}
 conns=${FAULT_CONNECTIONS:-2000}
 rate=${FAULT_RATE:-2.5} # messages per second per user
+mode=${FAULT_MODE:-stop}
 tmp=$(mktemp -d /tmp/fault.XXXXXX)
 pids=
 cleanup() {
@@ -45,9 +49,12 @@ now_ms() { echo $(($(date +%s%N) / 1000000)); }
 "$b/tools/mint-token" --new-secret "$tmp/cluster.secret" 2>/dev/null
 printf 'backend 11 127.0.0.1:%s\ngateway 1\ngateway 2\n' "$((base + 1))" >"$tmp/cluster.conf"
 
-"$b/backend/backend" --node 11 --cluster "$tmp/cluster.conf" --cluster-secret-file "$tmp/cluster.secret" \
-	--data-dir "$tmp/data" --stats-listen "127.0.0.1:$((base + 11))" --log-level warn 2>"$tmp/be.log" &
-be=$!
+start_backend() {
+	"$b/backend/backend" --node 11 --cluster "$tmp/cluster.conf" --cluster-secret-file "$tmp/cluster.secret" \
+		--data-dir "$tmp/data" --stats-listen "127.0.0.1:$((base + 11))" --log-level warn 2>>"$tmp/be.log" &
+	be=$!
+}
+start_backend
 pids=$be
 for g in 1 2; do
 	"$b/gateway/gateway" --node $g --threads 1 --cluster "$tmp/cluster.conf" \
@@ -74,9 +81,14 @@ lg=$!
 sleep "$warm"
 
 r1=$(rss_kb "$g1") r2=$(rss_kb "$g2")
-kill -STOP "$be"
+if [ "$mode" = kill ]; then
+	kill -KILL "$be"
+	wait "$be" 2>/dev/null || true
+else
+	kill -STOP "$be"
+fi
 t_stop=$(now_ms)
-echo "fault: backend stopped" >&2
+echo "fault: backend ${mode}ed" >&2
 m1=$r1 m2=$r2
 while [ $(($(now_ms) - t_stop)) -lt $((stop_s * 1000)) ]; do
 	x=$(rss_kb "$g1") y=$(rss_kb "$g2")
@@ -86,7 +98,12 @@ while [ $(($(now_ms) - t_stop)) -lt $((stop_s * 1000)) ]; do
 done
 q1=$(stat1 $((base + 12)) link_queue_bytes) q2=$(stat1 $((base + 13)) link_queue_bytes)
 d1=$(stat1 $((base + 12)) deliver_remote) d2=$(stat1 $((base + 13)) deliver_remote)
-kill -CONT "$be"
+if [ "$mode" = kill ]; then
+	start_backend
+	pids="$be $g1 $g2"
+else
+	kill -CONT "$be"
+fi
 t_cont=$(now_ms)
 echo "fault: backend resumed" >&2
 t_up='' t_first=''
@@ -119,9 +136,9 @@ lq_b=$(awk -v s="$lq" 'BEGIN { n = s + 0; u = substr(s, length(s)); if (u == "k"
 j=$tmp/lg.json
 cat <<EOF
 
-=== backend stopped ${stop_s} s under load: 2 gateways (1 thread each) + 1 backend, $conns clients, $rate msg/s each ($(awk -v c="$conns" -v r="$rate" 'BEGIN {print c * r}')/s offered)
+=== backend $( [ "$mode" = kill ] && echo "killed (SIGKILL) and started again after" || echo stopped) ${stop_s} s under load: 2 gateways (1 thread each) + 1 backend, $conns clients, $rate msg/s each ($(awk -v c="$conns" -v r="$rate" 'BEGIN {print c * r}')/s offered)
 delivery rate before the stop: $pre msg/s
 gateway RSS growth during the stop: gw1 $((m1 - r1)) KiB, gw2 $((m2 - r2)) KiB; --link-queue $lq per thread; /stats link_queue_bytes at the end of the stop: gw1 $((q1 / 1024)) KiB, gw2 $((q2 / 1024)) KiB ($(awk -v q="$q1" -v b="$lq_b" 'BEGIN {printf "%.0f%%", q / b * 100}') of the bound)
-after SIGCONT: links up again: $(since "$t_up"), first delivery through the backend to a user who stayed online: $(since "$t_first"), delivery rate back to 90%: $( [ "$back_ms" = never ] && echo never || echo "$back_ms ms") (1 s resolution)
+after $( [ "$mode" = kill ] && echo "the restart" || echo SIGCONT): links up again: $(since "$t_up"), first delivery through the backend to a user who stayed online: $(since "$t_first"), delivery rate back to 90%: $( [ "$back_ms" = never ] && echo never || echo "$back_ms ms") (1 s resolution)
 clients: sent $(num sent "$j"), acknowledged $(num acked "$j"), delivered $(num delivered "$j"), lost $(num lost "$j"), duplicated $(num duplicated "$j"), try_again $(x=$(num try_again "$j"); echo "${x:-0}"), reconnects $(num reconnects "$j"), kicked $(num kicked "$j"), closed by server $(num closed_by_server "$j")
 EOF
