@@ -17,16 +17,9 @@
 set -eu
 b=${1:-build}
 base=${DIST_PORT:-27300}
-tmp=$(mktemp -d /tmp/dist.XXXXXX)
-pids=
-cleanup() {
-	for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
-	sleep 0.5
-	for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
-	rm -rf "$tmp"
-	true
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_setup dist
 num() { grep -o "\"$1\":[0-9.e+-]*" "$2" | head -n 1 | cut -d: -f2; }
 get() { curl -s "http://127.0.0.1:$1/stats" >"$2"; }
 cpu() { awk '{print ($14 + $15)}' "/proc/$1/stat"; }
@@ -74,15 +67,15 @@ one() {
 	awk -v name="$3" -v offered="$2" -v hz="$(getconf CLK_TCK)" -v c0="$c0" -v c1="$c1" \
 		-v bu=$((u1 - u0)) -v bs=$((s1 - s0)) -v gu=$((gu1 - gu0)) -v gs=$((gs1 - gs0)) \
 		-v d="$(num delivered "$tmp/$3.json")" -v dps="$(num delivered_per_s "$tmp/$3.json")" \
-		-v p50="$(num p50 "$tmp/$3.json")" -v p99="$(num p99 "$tmp/$3.json")" -v lost="$(num lost "$tmp/$3.json")" \
+		-v p50="$(num p50 "$tmp/$3.json")" -v p99="$(num p99 "$tmp/$3.json")" -v p999="$(num p999 "$tmp/$3.json")" -v lost="$(num lost "$tmp/$3.json")" \
 		-v fa="$(num link_frames_out "$tmp/g1a.json")" -v fb="$(num link_frames_out "$tmp/g1b.json")" \
 		-v ba="$(num link_batches_out "$tmp/g1a.json")" -v bb="$(num link_batches_out "$tmp/g1b.json")" \
 		-v ya="$(num link_bytes_out "$tmp/g1a.json")" -v yb="$(num link_bytes_out "$tmp/g1b.json")" \
 		-v ra="$(num routed_remote "$tmp/g1a.json")" -v rb="$(num routed_remote "$tmp/g1b.json")" \
 		-v ca="$(num commits "$tmp/bea.json")" -v cb="$(num commits "$tmp/beb.json")" 'BEGIN {
 		fr = fb - fa; bt = bb - ba; by = yb - ya; r = rb - ra
-		printf "%-12s offered %7.0f/s delivered %7.0f/s p50 %8.1f us p99 %9.1f us | gw1->be %6.1f frames/batch %5.1f B/msg | commits %5.0f | servers %5.1f us CPU/msg, backend %4.1f user + %4.1f sys, gateway 1 %4.1f + %4.1f | lost %s\n",
-			name, offered, dps, p50, p99, (bt > 0 ? fr / bt : 0), (r > 0 ? by / r : 0), cb - ca,
+		printf "%-12s offered %7.0f/s delivered %7.0f/s p50 %8.1f us p99 %9.1f us p99.9 %9.1f us | gw1->be %6.1f frames/batch %5.1f B/msg | commits %5.0f | servers %5.1f us CPU/msg, backend %4.1f user + %4.1f sys, gateway 1 %4.1f + %4.1f | lost %s\n",
+			name, offered, dps, p50, p99, p999, (bt > 0 ? fr / bt : 0), (r > 0 ? by / r : 0), cb - ca,
 			(d > 0 ? (c1 - c0) / hz / d * 1e6 : 0), (d > 0 ? bu / hz / d * 1e6 : 0), (d > 0 ? bs / hz / d * 1e6 : 0),
 			(d > 0 ? gu / hz / d * 1e6 : 0), (d > 0 ? gs / hz / d * 1e6 : 0), lost
 	}'

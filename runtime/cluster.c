@@ -9,6 +9,8 @@
 #include "runtime/msgid.h"
 #include "runtime/u64map.h"
 
+static void owners_build(struct cluster *c);
+
 int cluster_load(struct cluster *c, const char *path, char *err, size_t errlen)
 {
 	memset(c, 0, sizeof *c);
@@ -71,21 +73,31 @@ int cluster_load(struct cluster *c, const char *path, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: no backends listed", path);
 		return -1;
 	}
+	owners_build(c);
 	return 0;
+}
+
+/* The owner of every bucket: the backend with the highest
+ * hash64(bucket ^ seed) (rendezvous hashing over buckets). */
+static void owners_build(struct cluster *c)
+{
+	for (uint32_t k = 0; k < CLUSTER_BUCKETS; k++) {
+		size_t best = 0;
+		uint64_t best_h = 0;
+		for (size_t i = 0; i < c->n; i++) {
+			uint64_t h = hash64(k ^ c->nodes[i].seed);
+			if (i == 0 || h > best_h) {
+				best_h = h;
+				best = i;
+			}
+		}
+		c->owner[k] = (uint16_t)best;
+	}
 }
 
 size_t cluster_user_owner(const struct cluster *c, uint64_t user)
 {
-	size_t best = 0;
-	uint64_t best_h = 0;
-	for (size_t i = 0; i < c->n; i++) {
-		uint64_t h = hash64(user ^ c->nodes[i].seed);
-		if (i == 0 || h > best_h) {
-			best_h = h;
-			best = i;
-		}
-	}
-	return best;
+	return c->owner[cluster_bucket(user)];
 }
 
 int cluster_is_gateway(const struct cluster *c, uint32_t node)

@@ -13,9 +13,12 @@
  * runtime/msgid.h), with at most 1,024 backends among them.
  *
  * Ownership:
- * - a user belongs to the backend with the highest hash64(user, node seed)
- *   (rendezvous hashing): adding or removing a backend moves only the users
- *   of that backend (about 1/n of them);
+ * - a user belongs to the owner of its bucket (the top 16 bits of
+ *   hash64(user)), and a bucket to the backend with the highest
+ *   hash64(bucket ^ node seed) (rendezvous hashing over 65,536 buckets,
+ *   computed once at load): adding or removing a backend moves only the
+ *   buckets of that backend (about 1/n of the users), and finding an owner
+ *   is one hash and a table read however many backends there are;
  * - a group id carries its backend's node id in bits 48..62 (assigned at
  *   creation; cluster_group_id below), so groups never move;
  * - a server message id carries its generator's node id (runtime/msgid.h),
@@ -30,6 +33,7 @@
 
 #include "runtime/addr.h"
 #include "runtime/msgid.h"
+#include "runtime/u64map.h"
 
 #define CLUSTER_MAX_BACKENDS 1024u
 #define CLUSTER_MAX_NODES MSGID_MAX_NODE /* gateways and backends together: ids 1..2047 */
@@ -45,12 +49,22 @@ struct cluster_node {
 #define CLUSTER_NONE 0       /* not listed */
 #define CLUSTER_GATEWAY 0xffffu /* a gateway; else backend index + 1 */
 
+#define CLUSTER_BUCKET_BITS 16u
+#define CLUSTER_BUCKETS (1u << CLUSTER_BUCKET_BITS)
+
 struct cluster {
 	size_t n; /* backends */
 	struct cluster_node nodes[CLUSTER_MAX_BACKENDS];
 	size_t ngateways;
 	uint16_t kind[MSGID_MAX_NODE + 1]; /* CLUSTER_NONE, CLUSTER_GATEWAY or backend index + 1 */
+	uint16_t owner[CLUSTER_BUCKETS];   /* bucket -> index of its backend */
 };
+
+/* A user's bucket (see "Ownership" above). */
+static inline uint32_t cluster_bucket(uint64_t user)
+{
+	return (uint32_t)(hash64(user) >> (64 - CLUSTER_BUCKET_BITS));
+}
 
 /* Parse the file. Returns 0, or -1 with a reason (file:line) in err. */
 int cluster_load(struct cluster *c, const char *path, char *err, size_t errlen);

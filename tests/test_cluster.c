@@ -97,3 +97,40 @@ Test(cluster, refusals)
 	cr_assert_eq(load(err, sizeof err), -1);
 	cr_assert(strstr(err, "more than 1024 backends"), "%s", err);
 }
+
+static void load_backends(struct cluster *into, const unsigned *ids, size_t n)
+{
+	FILE *f = open_file();
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, "backend %u 127.0.0.1:%zu\n", ids[i], 7000 + i);
+	fclose(f);
+	char err[256];
+	cr_assert_eq(load(err, sizeof err), 0, "%s", err);
+	memcpy(into, &c, sizeof c);
+}
+
+/* Ownership: a user's bucket, then rendezvous over the backends for that
+ * bucket; adding a backend moves only the users it takes (about 1/n). */
+Test(cluster, owners_move_only_to_a_new_backend)
+{
+	static struct cluster three, four;
+	const unsigned ids[] = {11, 12, 13, 14};
+	load_backends(&three, ids, 3);
+	load_backends(&four, ids, 4);
+	unsigned moved = 0, total = 100000;
+	for (uint64_t u = 1; u <= total; u++) {
+		size_t a = cluster_user_owner(&three, u), b = cluster_user_owner(&four, u);
+		/* the definition, written out */
+		uint32_t k = (uint32_t)(hash64(u) >> 48);
+		size_t want = 0;
+		for (size_t i = 1; i < 3; i++)
+			if (hash64(k ^ three.nodes[i].seed) > hash64(k ^ three.nodes[want].seed))
+				want = i;
+		cr_assert_eq(a, want, "user %llu", (unsigned long long)u);
+		if (a != b) {
+			cr_assert_eq(four.nodes[b].node, 14, "user %llu moved between old backends", (unsigned long long)u);
+			moved++;
+		}
+	}
+	cr_assert(moved > total / 5 && moved < total * 3 / 10, "%u of %u users moved to the 4th backend", moved, total);
+}
