@@ -14,6 +14,8 @@
 #   DIST_CONNS    loadgen connections (2000)
 #   DIST_RATES    offered totals, comma or space separated (2000,10000,30000)
 #   DIST_NOBATCH  0: skip the runs without batching
+#   DIST_BACKENDS 1 or 2 (the users spread over both; commits and the
+#                 backend CPU are both backends' together)
 set -eu
 b=${1:-build}
 base=${DIST_PORT:-27300}
@@ -29,15 +31,27 @@ bes() { awk '{print $15}' "/proc/$1/stat"; }
 
 "$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
 "$b/tools/mint-token" --new-secret "$tmp/cluster.secret" 2>/dev/null
-printf 'backend 11 127.0.0.1:%s\ngateway 1\ngateway 2\n' "$((base + 1))" >"$tmp/cluster.conf"
+nbe=${DIST_BACKENDS:-1}
+[ "$nbe" = 1 ] || [ "$nbe" = 2 ] || { echo "dist.sh: DIST_BACKENDS is 1 or 2" >&2; exit 2; }
+{
+	printf 'backend 11 127.0.0.1:%s\n' "$((base + 1))"
+	[ "$nbe" = 1 ] || printf 'backend 12 127.0.0.1:%s\n' "$((base + 4))"
+	printf 'gateway 1\ngateway 2\n'
+} >"$tmp/cluster.conf"
 
 # one configuration: start, load, measure, stop. $1 = batch size, $2 = total rate, $3 = name
 one() {
-	rm -rf "$tmp/data"
+	rm -rf "$tmp/data" "$tmp/data2"
 	"$b/backend/backend" --node 11 --cluster "$tmp/cluster.conf" --cluster-secret-file "$tmp/cluster.secret" \
 		--data-dir "$tmp/data" --link-batch "$1" \
 		--stats-listen "127.0.0.1:$((base + 11))" --log-level warn 2>"$tmp/be.log" &
-	be=$!
+	be=$! be2=
+	if [ "$nbe" = 2 ]; then
+		"$b/backend/backend" --node 12 --cluster "$tmp/cluster.conf" --cluster-secret-file "$tmp/cluster.secret" \
+			--data-dir "$tmp/data2" --link-batch "$1" \
+			--stats-listen "127.0.0.1:$((base + 14))" --log-level warn 2>"$tmp/be2.log" &
+		be2=$!
+	fi
 	"$b/gateway/gateway" --node 1 --threads 1 --cluster "$tmp/cluster.conf" --cluster-secret-file "$tmp/cluster.secret" \
 		--auth-secret-file "$tmp/secret" \
 		--listen "127.0.0.1:$((base + 2))" --stats-listen "127.0.0.1:$((base + 12))" --link-batch "$1" \
@@ -48,19 +62,25 @@ one() {
 		--listen "127.0.0.1:$((base + 3))" --stats-listen "127.0.0.1:$((base + 13))" --link-batch "$1" \
 		--rate-frames 0 --rate-bytes 0 --log-level warn 2>"$tmp/g2.log" &
 	g2=$!
-	pids="$be $g1 $g2"
+	pids="$be $be2 $g1 $g2"
 	sleep 1
 	n=${DIST_CONNS:-2000}
 	rate=$(awk -v t="$2" -v n="$n" 'BEGIN {printf "%.4f", t / n}')
 	c0=$(($(cpu "$be") + $(cpu "$g1") + $(cpu "$g2"))) u0=$(beu "$be") s0=$(bes "$be") gu0=$(beu "$g1") gs0=$(bes "$g1")
+	[ -z "$be2" ] || { c0=$((c0 + $(cpu "$be2"))) u0=$((u0 + $(beu "$be2"))) s0=$((s0 + $(bes "$be2"))); }
 	get $((base + 12)) "$tmp/g1a.json"
 	get $((base + 11)) "$tmp/bea.json"
+	echo '{"commits":0}' >"$tmp/be2a.json"
+	[ -z "$be2" ] || get $((base + 14)) "$tmp/be2a.json"
 	"$b/loadgen/loadgen" --secret-file "$tmp/secret" --scenario chat --connections "$n" --rate "$rate" \
 		--targets "127.0.0.1:$((base + 2))" --targets "127.0.0.1:$((base + 3))" --receipts --duration 5s \
 		--drain 5s --quiet --max-error-rate 1 --report "$tmp/$3.json" >"$tmp/$3.out" 2>&1 || true
 	c1=$(($(cpu "$be") + $(cpu "$g1") + $(cpu "$g2"))) u1=$(beu "$be") s1=$(bes "$be") gu1=$(beu "$g1") gs1=$(bes "$g1")
+	[ -z "$be2" ] || { c1=$((c1 + $(cpu "$be2"))) u1=$((u1 + $(beu "$be2"))) s1=$((s1 + $(bes "$be2"))); }
 	get $((base + 12)) "$tmp/g1b.json"
 	get $((base + 11)) "$tmp/beb.json"
+	echo '{"commits":0}' >"$tmp/be2b.json"
+	[ -z "$be2" ] || get $((base + 14)) "$tmp/be2b.json"
 	kill -TERM $pids 2>/dev/null || true
 	wait $pids 2>/dev/null || true
 	pids=
@@ -72,7 +92,8 @@ one() {
 		-v ba="$(num link_batches_out "$tmp/g1a.json")" -v bb="$(num link_batches_out "$tmp/g1b.json")" \
 		-v ya="$(num link_bytes_out "$tmp/g1a.json")" -v yb="$(num link_bytes_out "$tmp/g1b.json")" \
 		-v ra="$(num routed_remote "$tmp/g1a.json")" -v rb="$(num routed_remote "$tmp/g1b.json")" \
-		-v ca="$(num commits "$tmp/bea.json")" -v cb="$(num commits "$tmp/beb.json")" 'BEGIN {
+		-v ca="$(($(num commits "$tmp/bea.json") + $(num commits "$tmp/be2a.json")))" \
+		-v cb="$(($(num commits "$tmp/beb.json") + $(num commits "$tmp/be2b.json")))" 'BEGIN {
 		fr = fb - fa; bt = bb - ba; by = yb - ya; r = rb - ra
 		printf "%-12s offered %7.0f/s delivered %7.0f/s p50 %8.1f us p99 %9.1f us p99.9 %9.1f us | gw1->be %6.1f frames/batch %5.1f B/msg | commits %5.0f | servers %5.1f us CPU/msg, backend %4.1f user + %4.1f sys, gateway 1 %4.1f + %4.1f | lost %s\n",
 			name, offered, dps, p50, p99, p999, (bt > 0 ? fr / bt : 0), (r > 0 ? by / r : 0), cb - ca,
@@ -90,7 +111,7 @@ for total in $(echo "${DIST_RATES:-2000 10000 30000}" | tr , ' '); do
 done
 cat <<EOF
 
-=== dist link: 2 gateways (1 thread each) + 1 backend, every message through the backend, delivered receipts on, ${DIST_CONNS:-2000} connections
+=== dist link: 2 gateways (1 thread each) + $nbe backend(s), every message through the backend, delivered receipts on, ${DIST_CONNS:-2000} connections
 $results
 (frames/batch and bytes/msg: gateway 1's link to the backend, sends and receipts both counted in frames;
  commits: backend group commits during the run; CPU: gateways + backend, per delivered message, and the
