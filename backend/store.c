@@ -85,7 +85,7 @@ enum cnt { CNT_MBOX, CNT_SENDERS, CNT_RCPTS, CNT_MAPS };
 /* What a count was before the open transaction changed it: undone, newest
  * first, when the transaction (or the request's nested one) is dropped. */
 struct cnt_undo {
-	uint64_t user;
+	uint64_t key; /* the map's key: user + 1 */
 	uint32_t old;
 	uint8_t map;
 };
@@ -374,11 +374,12 @@ static int count_rebuild(struct store *s, char *err, size_t errlen)
 					continue;
 				user = wire_be64_get(k.mv_data);
 			}
-			if (!user || !add)
+			uint64_t key = user + 1; /* cnt_key */
+			if (!add || !key)
 				continue;
-			uint64_t *p = u64map_get(&s->cnt[maps[i]], user);
+			uint64_t *p = u64map_get(&s->cnt[maps[i]], key);
 			uint64_t n = (p ? *p : 0) + add;
-			if (u64map_put(&s->cnt[maps[i]], user, n > UINT32_MAX ? UINT32_MAX : n) != 0) {
+			if (u64map_put(&s->cnt[maps[i]], key, n > UINT32_MAX ? UINT32_MAX : n) != 0) {
 				rc = ENOMEM;
 				break;
 			}
@@ -592,7 +593,8 @@ void store_abort(struct store *s)
  * the transaction, put back by the undo log when it is dropped. */
 static int u32_get(struct store *s, enum cnt map, uint64_t user, uint32_t *n)
 {
-	const uint64_t *v = user ? u64map_get(&s->cnt[map], user) : NULL;
+	uint64_t key = user + 1; /* the maps' keys are user + 1 (u64map keys are non-zero) */
+	const uint64_t *v = key ? u64map_get(&s->cnt[map], key) : NULL;
 	*n = v ? (uint32_t)*v : 0;
 	return 0;
 }
@@ -610,8 +612,9 @@ static int mem_err(struct store *s)
 /* Set a user's count (0 removes it), remembering the old one for undo. */
 static int u32_set(struct store *s, enum cnt map, uint64_t user, uint32_t n)
 {
-	if (!user)
-		return -EINVAL;
+	uint64_t key = user + 1;
+	if (!key)
+		return -EINVAL; /* UINT64_MAX: not a user id */
 	uint32_t old;
 	u32_get(s, map, user, &old);
 	if (old == n)
@@ -625,10 +628,10 @@ static int u32_set(struct store *s, enum cnt map, uint64_t user, uint32_t n)
 		s->undo_cap = cap;
 	}
 	if (n == 0)
-		u64map_del(&s->cnt[map], user);
-	else if (u64map_put(&s->cnt[map], user, n) != 0)
+		u64map_del(&s->cnt[map], key);
+	else if (u64map_put(&s->cnt[map], key, n) != 0)
 		return mem_err(s);
-	s->undo[s->nundo++] = (struct cnt_undo){.user = user, .old = old, .map = (uint8_t)map};
+	s->undo[s->nundo++] = (struct cnt_undo){.key = key, .old = old, .map = (uint8_t)map};
 	return 0;
 }
 
@@ -638,9 +641,9 @@ static void undo_to(struct store *s, size_t to)
 	while (s->nundo > to) {
 		const struct cnt_undo *u = &s->undo[--s->nundo];
 		if (u->old == 0)
-			u64map_del(&s->cnt[u->map], u->user);
+			u64map_del(&s->cnt[u->map], u->key);
 		else
-			(void)u64map_put(&s->cnt[u->map], u->user, u->old); /* the key was there: no allocation */
+			(void)u64map_put(&s->cnt[u->map], u->key, u->old); /* the key was there: no allocation */
 	}
 }
 

@@ -22,7 +22,6 @@ base=${DIST_PORT:-27300}
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
 bench_setup dist
-num() { grep -o "\"$1\":[0-9.e+-]*" "$2" | head -n 1 | cut -d: -f2; }
 get() { curl -s "http://127.0.0.1:$1/stats" >"$2"; }
 cpu() { awk '{print ($14 + $15)}' "/proc/$1/stat"; }
 # a process's user and system CPU ticks, apart

@@ -27,20 +27,12 @@ stop_s=${FAULT_STOP_S:-15}
 conns=${FAULT_CONNECTIONS:-2000}
 rate=${FAULT_RATE:-2.5} # messages per second per user
 mode=${FAULT_MODE:-stop}
-tmp=$(mktemp -d /tmp/fault.XXXXXX)
-pids=
-cleanup() {
-	for p in $pids; do kill -CONT "$p" 2>/dev/null || true; kill -TERM "$p" 2>/dev/null || true; done
-	sleep 0.5
-	for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
-	rm -rf "$tmp"
-	true
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_setup fault
 for x in "$b/backend/backend" "$b/gateway/gateway" "$b/loadgen/loadgen" "$b/tools/mint-token"; do
 	[ -x "$x" ] || { echo "fault.sh: $x missing: run ninja first" >&2; exit 2; }
 done
-num() { grep -o "\"$1\":[0-9.e+-]*" "$2" | head -n 1 | cut -d: -f2; }
 stat1() { curl -s --max-time 1 "http://127.0.0.1:$1/stats" | grep -o "\"$2\":[0-9]*" | head -n 1 | cut -d: -f2; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }

@@ -14,15 +14,9 @@
 set -eu
 b=${1:-build}
 port=${TP_PORT:-26222}
-tmp=$(mktemp -d /tmp/tp.XXXXXX)
-gw=
-cleanup() {
-	[ -n "$gw" ] && kill -TERM "$gw" 2>/dev/null && sleep 0.5 && kill -KILL "$gw" 2>/dev/null || true
-	rm -rf "$tmp"
-	true
-}
-trap cleanup EXIT INT TERM
-num() { grep -o "\"$1\":[0-9.e+-]*" "$2" | head -n 1 | cut -d: -f2; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_setup tp
 
 for _ in $(seq 60); do
 	ss -Hltn "sport = :$port" 2>/dev/null | grep -q . || break
@@ -33,6 +27,7 @@ done
 	--listen "127.0.0.2:$port" --stats-listen off --rate-frames 0 --rate-bytes 0 --max-queue 4m \
 	--log-level warn 2>"$tmp/gateway.log" &
 gw=$!
+pids=$gw
 sleep 0.5
 
 # run CONNS RATE_PER_USER NAME: one 5 s chat run; report in $tmp/NAME.json

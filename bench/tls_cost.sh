@@ -15,15 +15,9 @@ b=${1:-build}
 port=${TC_PORT:-27222}
 tport=${TC_TLS_PORT:-27223}
 stats=${TC_STATS:-29300}
-tmp=$(mktemp -d /tmp/tlscost.XXXXXX)
-gw=
-cleanup() {
-	[ -n "$gw" ] && kill -TERM "$gw" 2>/dev/null && sleep 0.5 && kill -KILL "$gw" 2>/dev/null || true
-	rm -rf "$tmp"
-	true
-}
-trap cleanup EXIT INT TERM
-num() { grep -o "\"$1\":[0-9.e+-]*" "$2" | head -n 1 | cut -d: -f2; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_setup tlscost
 
 "$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
 "$(dirname "$0")/../tools/tls-selfsigned" "$tmp/tls" >/dev/null
@@ -32,6 +26,7 @@ num() { grep -o "\"$1\":[0-9.e+-]*" "$2" | head -n 1 | cut -d: -f2; }
 	--stats-listen "127.0.0.1:$stats" --rate-frames 0 --rate-bytes 0 --max-queue 4m \
 	--log-level warn 2>"$tmp/gateway.log" &
 gw=$!
+pids=$gw
 sleep 0.5
 kill -0 "$gw" || { cat "$tmp/gateway.log" >&2; exit 1; }
 

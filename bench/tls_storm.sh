@@ -18,14 +18,9 @@ n=${1:-20000}
 b=${2:-build}
 tport=${TC_TLS_PORT:-27233}
 stats=${TC_STATS:-29310}
-tmp=$(mktemp -d /tmp/tlsstorm.XXXXXX)
-gw=
-cleanup() {
-	[ -n "$gw" ] && kill -TERM "$gw" 2>/dev/null && sleep 0.5 && kill -KILL "$gw" 2>/dev/null || true
-	rm -rf "$tmp"
-	true
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_setup tlsstorm
 stat() { curl -s "http://127.0.0.1:$stats/stats" | grep -o "\"$1\":[0-9]*" | head -n 1 | cut -d: -f2; }
 
 "$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
@@ -35,6 +30,7 @@ stat() { curl -s "http://127.0.0.1:$stats/stats" | grep -o "\"$1\":[0-9]*" | hea
 	--stats-listen "127.0.0.1:$stats" --rate-frames 0 --rate-bytes 0 --tls-max-handshakes 16384 \
 	--log-level warn 2>"$tmp/gateway.log" &
 gw=$!
+pids=$gw
 sleep 0.5
 kill -0 "$gw" || { cat "$tmp/gateway.log" >&2; exit 1; }
 

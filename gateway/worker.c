@@ -24,7 +24,6 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1019,10 +1018,8 @@ int worker_setup(struct worker *w, char *err, size_t errlen)
 		snprintf(err, errlen, "provided buffer ring: %s", strerror(-ret));
 		return -1;
 	}
-	size_t bytes = (size_t)w->slots * sizeof(struct conn);
-	w->conns = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (w->conns == MAP_FAILED) {
-		w->conns = NULL;
+	w->conns = slot_table_map(w->slots, sizeof(struct conn));
+	if (!w->conns) {
 		snprintf(err, errlen, "connection table: %s", strerror(errno));
 		return -1;
 	}
@@ -1031,18 +1028,14 @@ int worker_setup(struct worker *w, char *err, size_t errlen)
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
-	w->peers = mmap(NULL, (size_t)w->slots * sizeof *w->peers, PROT_READ | PROT_WRITE,
-			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (w->peers == MAP_FAILED) {
-		w->peers = NULL;
+	w->peers = slot_table_map(w->slots, sizeof *w->peers);
+	if (!w->peers) {
 		snprintf(err, errlen, "peer table: %s", strerror(errno));
 		return -1;
 	}
 	if (gw->live->tls) {
-		w->tls = mmap(NULL, (size_t)w->slots * sizeof *w->tls, PROT_READ | PROT_WRITE,
-			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-		if (w->tls == MAP_FAILED) {
-			w->tls = NULL;
+		w->tls = slot_table_map(w->slots, sizeof *w->tls);
+		if (!w->tls) {
 			snprintf(err, errlen, "TLS state table: %s", strerror(errno));
 			return -1;
 		}
@@ -1088,12 +1081,10 @@ void worker_teardown(struct worker *w)
 			if ((c->flags & CF_TLS) && c->state != CS_HANDOFF)
 				tls_conn_free(&w->tls[s]);
 		}
-		munmap(w->conns, (size_t)w->slots * sizeof(struct conn));
+		slot_table_unmap(w->conns, w->slots, sizeof(struct conn));
 	}
-	if (w->peers)
-		munmap(w->peers, (size_t)w->slots * sizeof *w->peers);
-	if (w->tls)
-		munmap(w->tls, (size_t)w->slots * sizeof *w->tls);
+	slot_table_unmap(w->peers, w->slots, sizeof *w->peers);
+	slot_table_unmap(w->tls, w->slots, sizeof *w->tls);
 	tls_thread_free(w->tls_th);
 	gw_dist_teardown(w);
 	bufring_free(&w->ring, &w->br);

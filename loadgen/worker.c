@@ -12,7 +12,6 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -835,21 +834,16 @@ static int setup(struct lthread *t, char *err, size_t errlen)
 		snprintf(err, errlen, "provided buffer ring: %s", strerror(-ret));
 		return -1;
 	}
-	t->c = mmap(NULL, (size_t)slots * sizeof *t->c, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-		    -1, 0);
+	t->c = slot_table_map(slots, sizeof *t->c);
 	t->queue = calloc(slots, sizeof *t->queue);
-	if (t->c == MAP_FAILED || !t->queue ||
+	if (!t->c || !t->queue ||
 	    wheel_init(&t->wheel, LG_WHEEL_BITS, t->c, sizeof *t->c, offsetof(struct lconn, tn), 1) != 0) {
-		if (t->c == MAP_FAILED)
-			t->c = NULL;
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
 	if (lg->tls) {
-		t->tls = mmap(NULL, (size_t)slots * sizeof *t->tls, PROT_READ | PROT_WRITE,
-			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-		if (t->tls == MAP_FAILED) {
-			t->tls = NULL;
+		t->tls = slot_table_map(slots, sizeof *t->tls);
+		if (!t->tls) {
 			snprintf(err, errlen, "TLS state table: %s", strerror(errno));
 			return -1;
 		}
@@ -876,10 +870,9 @@ static void teardown(struct lthread *t)
 	if (t->c) {
 		for (uint32_t s = 0; s < t->n; s++)
 			free_bufs(t, s);
-		munmap(t->c, (size_t)(t->n ? t->n : 1) * sizeof *t->c);
+		slot_table_unmap(t->c, t->n ? t->n : 1, sizeof *t->c);
 	}
-	if (t->tls)
-		munmap(t->tls, (size_t)(t->n ? t->n : 1) * sizeof *t->tls);
+	slot_table_unmap(t->tls, t->n ? t->n : 1, sizeof *t->tls);
 	tls_thread_free(t->tls_th);
 	bufring_free(&t->ring, &t->br);
 	io_uring_queue_exit(&t->ring);

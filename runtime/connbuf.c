@@ -1,9 +1,10 @@
-/* connbuf.c: connection output buffers, slot lists, ring sizing (connbuf.h). */
+/* connbuf.c: connection output buffers, slot lists and tables, ring sizing (connbuf.h). */
 #include "runtime/connbuf.h"
 
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "runtime/tls.h"
 #include "runtime/uring.h"
@@ -104,4 +105,16 @@ unsigned bufring_entries_for(uint64_t pool, unsigned threads, unsigned size)
 	while (entries > 64 && (uint64_t)entries * size * threads > pool)
 		entries /= 2;
 	return entries;
+}
+
+void *slot_table_map(size_t n, size_t size)
+{
+	void *t = mmap(NULL, n * size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	return t == MAP_FAILED ? NULL : t;
+}
+
+void slot_table_unmap(void *t, size_t n, size_t size)
+{
+	if (t)
+		munmap(t, n * size);
 }

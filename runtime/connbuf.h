@@ -70,4 +70,11 @@ void slotlist_free(struct slotlist *l);
  * (the smallest ring holds 64 whatever the pool). */
 unsigned bufring_entries_for(uint64_t pool, unsigned threads, unsigned size);
 
+/* A per-slot table of n entries of `size` bytes, zeroed: anonymous memory
+ * reserved, not committed (MAP_NORESERVE), so a table sized for every slot
+ * costs only the pages its connections touch. NULL with errno on failure.
+ * slot_table_unmap takes the same n and size (a NULL table is a no-op). */
+void *slot_table_map(size_t n, size_t size);
+void slot_table_unmap(void *t, size_t n, size_t size);
+
 #endif

@@ -424,6 +424,20 @@ int tc_tls_on(void)
 	return tc_tls_ctx != NULL;
 }
 
+int tc_tls_test_mode(const char *dir, char *cert, char *key, size_t cap)
+{
+	if (!getenv("GW_TEST_TLS"))
+		return 0;
+	if ((size_t)snprintf(cert, cap, "%s/cert.pem", dir) >= cap || (size_t)snprintf(key, cap, "%s/key.pem", dir) >= cap)
+		return -1;
+	char *mk[] = {"tools/tls-selfsigned", (char *)dir, NULL};
+	if (tc_run(mk[0], mk, "/dev/null", "/dev/null", 20000) != 0) {
+		fprintf(stderr, "tclient: tools/tls-selfsigned %s failed\n", dir);
+		return -1;
+	}
+	return tc_tls_use(cert) == 0 ? 1 : -1;
+}
+
 static struct tls_thread *tls_th(void)
 {
 	char err[256];

@@ -138,6 +138,12 @@ int tc_tls_use(const char *ca_file);
 /* Whether tc_connect speaks TLS now. */
 int tc_tls_on(void);
 
+/* The suites' TLS mode (GW_TEST_TLS set: test_gateway_tls, test_backend_tls):
+ * make a self-signed pair for localhost in dir (tools/tls-selfsigned; its
+ * paths into cert and key, cap bytes each) and tc_tls_use it. Returns 1 in
+ * TLS mode, 0 without GW_TEST_TLS, -1 on failure. */
+int tc_tls_test_mode(const char *dir, char *cert, char *key, size_t cap);
+
 /* Connect to 127.0.0.1:port. rcvbuf > 0 sets SO_RCVBUF before connecting (a
  * small window for slow-consumer tests); 0 leaves the kernel default.
  * Sets TCP_NODELAY and, as a backstop behind the poll-based timeouts,

@@ -196,17 +196,11 @@ static void setup_env(void)
 	T.have_tmp = 1;
 	snprintf(T.secret_path, sizeof T.secret_path, "%s/secret", T.tmp);
 	cr_assert_eq(tc_secret_new(T.secret_path, &T.secret), 0, "cannot write secret %s", T.secret_path);
-	T.tls = getenv("GW_TEST_TLS") != NULL;
-	if (T.tls) {
-		/* the suite once more with every client over TLS (test_backend_tls) */
-		char dir[PATH_MAX + 32];
-		snprintf(dir, sizeof dir, "%s/tls", T.tmp);
-		snprintf(T.tls_cert, sizeof T.tls_cert, "%s/cert.pem", dir);
-		snprintf(T.tls_key, sizeof T.tls_key, "%s/key.pem", dir);
-		char *mk[] = {"tools/tls-selfsigned", dir, NULL};
-		cr_assert_eq(tc_run(mk[0], mk, "/dev/null", "/dev/null", 20000), 0, "tools/tls-selfsigned failed");
-		cr_assert_eq(tc_tls_use(T.tls_cert), 0);
-	}
+	/* GW_TEST_TLS: the suite once more with every client over TLS (test_backend_tls) */
+	char dir[PATH_MAX + 32];
+	snprintf(dir, sizeof dir, "%s/tls", T.tmp);
+	T.tls = tc_tls_test_mode(dir, T.tls_cert, T.tls_key, sizeof T.tls_cert);
+	cr_assert_geq(T.tls, 0, "TLS test mode: no certificate");
 	for (int i = 0; i < NBE; i++) {
 		struct proc *p = &T.be[i];
 		p->port = tc_port_reserve(&p->port_fd);

@@ -104,15 +104,11 @@ static void gw_start_v(const char *const *extra)
 	const char *argv[64];
 	size_t n = 0;
 	argv[n++] = gw_path;
-	G.tls = getenv("GW_TEST_TLS") != NULL;
+	/* GW_TEST_TLS: the client port speaks TLS 1.3 with a certificate made for this test */
+	snprintf(G.tls_dir, sizeof G.tls_dir, "%s/%s.%d.tls", G.dir, name, (int)getpid());
+	G.tls = tc_tls_test_mode(G.tls_dir, G.tls_cert, G.tls_key, sizeof G.tls_cert);
+	cr_assert_geq(G.tls, 0, "TLS test mode: no certificate");
 	if (G.tls) {
-		/* the client port speaks TLS 1.3 with a certificate made for this test */
-		snprintf(G.tls_dir, sizeof G.tls_dir, "%s/%s.%d.tls", G.dir, name, (int)getpid());
-		snprintf(G.tls_cert, sizeof G.tls_cert, "%s/cert.pem", G.tls_dir);
-		snprintf(G.tls_key, sizeof G.tls_key, "%s/key.pem", G.tls_dir);
-		char *mk[] = {"tools/tls-selfsigned", G.tls_dir, NULL};
-		cr_assert_eq(tc_run(mk[0], mk, "/dev/null", "/dev/null", 20000), 0, "tools/tls-selfsigned failed");
-		cr_assert_eq(tc_tls_use(G.tls_cert), 0);
 		argv[n++] = "--listen";
 		argv[n++] = "off";
 		argv[n++] = "--tls-cert";
