@@ -27,6 +27,13 @@
 #include "runtime/log.h"
 
 #define HTTPD_MAX_CONN 64
+/* The kernel's accept queue: well above HTTPD_MAX_CONN, so that a burst of
+ * connections (scrapers, or idle ones that the oldest-gives-way rule will
+ * close) does not overflow it. An overflowing queue drops the handshake's
+ * last ACK, and the next connection, /healthz included, waits for the
+ * kernel's 1 s retransmission (seen as a 1,031 ms /healthz in
+ * gateway/stats_endpoint_not_held_by_slow_clients). */
+#define HTTPD_BACKLOG 1024
 #define HTTPD_HEAD_MAX 4096
 #define HTTPD_DEADLINE_MS 2000
 
@@ -279,7 +286,7 @@ struct httpd *httpd_start(const struct addr *a, httpd_handler handler, void *arg
 	h->fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	int one = 1;
 	if (h->fd < 0 || setsockopt(h->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-	    bind(h->fd, (const struct sockaddr *)&a->ss, a->len) != 0 || listen(h->fd, 64) != 0) {
+	    bind(h->fd, (const struct sockaddr *)&a->ss, a->len) != 0 || listen(h->fd, HTTPD_BACKLOG) != 0) {
 		char s[64];
 		snprintf(err, errlen, "stats listener %s: %s", addr_str(a, s, sizeof s), strerror(errno));
 		goto fail;
