@@ -90,6 +90,13 @@ struct cnt_undo {
 	uint8_t map;
 };
 
+/* The maps' key of a user: user + 1 (u64map keys are non-zero); 0 for
+ * UINT64_MAX, which is no user id. */
+static inline uint64_t cnt_key(uint64_t user)
+{
+	return user + 1;
+}
+
 struct store {
 	MDB_env *env;
 	MDB_dbi msgs, mbox, dedup, groups, meta, rcpts;
@@ -374,7 +381,7 @@ static int count_rebuild(struct store *s, char *err, size_t errlen)
 					continue;
 				user = wire_be64_get(k.mv_data);
 			}
-			uint64_t key = user + 1; /* cnt_key */
+			uint64_t key = cnt_key(user);
 			if (!add || !key)
 				continue;
 			uint64_t *p = u64map_get(&s->cnt[maps[i]], key);
@@ -591,12 +598,11 @@ void store_abort(struct store *s)
  * entries whose message the user sent; CNT_RCPTS: stored receipts), in
  * memory: derived from the databases at open (count_rebuild), changed with
  * the transaction, put back by the undo log when it is dropped. */
-static int u32_get(struct store *s, enum cnt map, uint64_t user, uint32_t *n)
+static uint32_t u32_get(struct store *s, enum cnt map, uint64_t user)
 {
-	uint64_t key = user + 1; /* the maps' keys are user + 1 (u64map keys are non-zero) */
+	uint64_t key = cnt_key(user);
 	const uint64_t *v = key ? u64map_get(&s->cnt[map], key) : NULL;
-	*n = v ? (uint32_t)*v : 0;
-	return 0;
+	return v ? (uint32_t)*v : 0;
 }
 
 /* Out of memory for a count: the transaction (or the request's nested one)
@@ -612,11 +618,10 @@ static int mem_err(struct store *s)
 /* Set a user's count (0 removes it), remembering the old one for undo. */
 static int u32_set(struct store *s, enum cnt map, uint64_t user, uint32_t n)
 {
-	uint64_t key = user + 1;
+	uint64_t key = cnt_key(user);
 	if (!key)
-		return -EINVAL; /* UINT64_MAX: not a user id */
-	uint32_t old;
-	u32_get(s, map, user, &old);
+		return -EINVAL;
+	uint32_t old = u32_get(s, map, user);
 	if (old == n)
 		return 0;
 	if (s->nundo == s->undo_cap) {
@@ -651,21 +656,14 @@ static void undo_to(struct store *s, size_t to)
  * and a refused write follows anyway). */
 static uint32_t count_of(struct store *s, enum cnt map, uint64_t user)
 {
-	uint32_t c;
-	if (ready(s) != 0 || u32_get(s, map, user, &c) != 0)
-		return 0;
-	return c;
+	return ready(s) != 0 ? 0 : u32_get(s, map, user);
 }
 
 /* Add delta, saturating at 0 (a count that drifted never wraps around) and
  * at 2^32 - 1. */
 static int u32_add(struct store *s, enum cnt map, uint64_t user, int64_t delta)
 {
-	uint32_t c;
-	int rc = u32_get(s, map, user, &c);
-	if (rc)
-		return rc;
-	int64_t n = (int64_t)c + delta;
+	int64_t n = (int64_t)u32_get(s, map, user) + delta;
 	return u32_set(s, map, user, n < 0 ? 0 : n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
 }
 
@@ -678,6 +676,34 @@ static int u32_add(struct store *s, enum cnt map, uint64_t user, int64_t delta)
 #define STORE_DEPTH 8u /* B-tree depth bound for the page charge (4 KiB pages, far more entries than we hold) */
 #define STORE_DEPTH_EVERY 512u /* writes charged between two looks at the trees' depth */
 
+/* Every database, the free list's own pages included, as txn sees them:
+ * the pages in use, and the deepest tree (STORE_DEPTH if one cannot say). */
+static uint64_t trees_stat(struct store *s, MDB_txn *txn, unsigned *depth)
+{
+	uint64_t pages = 0;
+	unsigned d = 0;
+	MDB_dbi dbis[] = {0 /* FREE_DBI: the free list */, 1 /* MAIN_DBI */, s->msgs, s->mbox, s->dedup,
+			  s->groups, s->meta, s->rcpts};
+	for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
+		MDB_stat st;
+		if (mdb_stat(txn, dbis[i], &st) != 0) {
+			d = STORE_DEPTH;
+			continue;
+		}
+		pages += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+		if (st.ms_depth > d)
+			d = st.ms_depth;
+	}
+	if (depth)
+		*depth = d;
+	return pages;
+}
+
+static uint64_t tree_pages(struct store *s, MDB_txn *txn)
+{
+	return trees_stat(s, txn, NULL);
+}
+
 /* The depth the page charge assumes: the deepest tree's now, plus two. A
  * write splits at most one leaf, and a leaf of our keys (at most 24 bytes)
  * splits only after some 25 inserts into it, so STORE_DEPTH_EVERY writes add
@@ -686,34 +712,10 @@ static int u32_add(struct store *s, enum cnt map, uint64_t user, int64_t delta)
  * STORE_DEPTH_EVERY writes keeps the bound. Capped at STORE_DEPTH. */
 static void depth_sample(struct store *s, MDB_txn *txn)
 {
-	MDB_dbi dbis[] = {0 /* FREE_DBI */, 1 /* MAIN_DBI */, s->msgs, s->mbox, s->dedup, s->groups, s->meta, s->rcpts};
-	unsigned d = 0;
-	for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
-		MDB_stat st;
-		if (mdb_stat(txn, dbis[i], &st) != 0) {
-			d = STORE_DEPTH;
-			break;
-		}
-		if (st.ms_depth > d)
-			d = st.ms_depth;
-	}
+	unsigned d;
+	(void)trees_stat(s, txn, &d);
 	s->depth = d + 2 < STORE_DEPTH ? d + 2 : STORE_DEPTH;
 	s->depth_writes = 0;
-}
-
-/* Pages in use by every database, the free list's own pages included, as
- * txn sees them. */
-static uint64_t tree_pages(struct store *s, MDB_txn *txn)
-{
-	uint64_t pages = 0;
-	MDB_dbi dbis[] = {0 /* FREE_DBI: the free list */, 1 /* MAIN_DBI */, s->msgs, s->mbox, s->dedup,
-			  s->groups, s->meta, s->rcpts};
-	for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
-		MDB_stat d;
-		if (mdb_stat(txn, dbis[i], &d) == 0)
-			pages += d.ms_branch_pages + d.ms_leaf_pages + d.ms_overflow_pages;
-	}
-	return pages;
 }
 
 static uint64_t used_permille(struct store *s)
@@ -881,9 +883,7 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 	 * order is invisible to readers. */
 	uint32_t refs = 0;
 	for (size_t i = 0; i < n; i++) {
-		uint32_t c;
-		if ((rc = u32_get(s, CNT_MBOX, rcpt[i], &c)) != 0)
-			return rc;
+		uint32_t c = u32_get(s, CNT_MBOX, rcpt[i]);
 		if (c >= mailbox_max)
 			continue;
 		uint8_t bk[16], one = 0;
@@ -976,9 +976,7 @@ int store_ack(struct store *s, uint64_t user, uint64_t smid, uint64_t *from, uin
 		return STORE_E_NOTFOUND;
 	if (rc)
 		return txn_err(s, rc);
-	uint32_t c;
-	if ((rc = u32_get(s, CNT_MBOX, user, &c)) != 0)
-		return rc;
+	uint32_t c = u32_get(s, CNT_MBOX, user);
 	/* c == 0 would mean the count drifted below the entries; leave it at 0
 	 * rather than wrap around and lock the mailbox as full. */
 	if (c > 0 && (rc = u32_set(s, CNT_MBOX, user, c - 1)) != 0)
@@ -1029,9 +1027,7 @@ int store_rcpt_put(struct store *s, uint64_t owner, uint64_t peer, uint64_t smid
 	}
 	if (rc != MDB_NOTFOUND)
 		return txn_err(s, rc);
-	uint32_t total;
-	if ((rc = u32_get(s, CNT_RCPTS, owner, &total)) != 0)
-		return rc;
+	uint32_t total = u32_get(s, CNT_RCPTS, owner);
 	/* at most per_peer records per (owner, peer): the oldest gives way (an
 	 * owner with fewer than per_peer in all cannot have that many from one
 	 * peer: no need to count them) */
