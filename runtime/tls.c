@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "runtime/carry.h"
+#include "runtime/clock.h"
 
 #define CT_CCS 20
 #define CT_ALERT 21
@@ -109,7 +110,7 @@ struct tls_thread {
 	SSL *donor;
 	uint32_t donor_id, next_donor_id;
 	uint64_t donor_rx;      /* records handed to the donor's libssl */
-	int64_t donor_since_ns;
+	uint64_t donor_since_ns;
 };
 
 static int ex_thread = -1, ex_ctx = -1;
@@ -682,14 +683,7 @@ static unsigned fail_reason(void)
 
 /* How long a donor waits for its ticket before a newer handshake takes
  * its place (its connection may have closed, or the server sends none). */
-#define DONOR_WAIT_NS 2000000000ll
-
-static int64_t mono_ns(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000000000ll + t.tv_nsec;
-}
+#define DONOR_WAIT_NS 2000000000ull
 
 /* A client's handshake is done. With resumption on, the thread may need a
  * (newer) session: then this connection becomes the donor and its SSL
@@ -708,7 +702,7 @@ static SSL *client_done(struct tls_thread *th, struct tls_conn *tc, SSL *s)
 	}
 	if (th->session && time(NULL) < th->session_renew)
 		return s;
-	int64_t now = mono_ns();
+	uint64_t now = clock_mono_ns();
 	if (th->donor && now - th->donor_since_ns < DONOR_WAIT_NS)
 		return s; /* one is waiting already */
 	donor_free(th);
@@ -830,16 +824,22 @@ static size_t seal_record(struct tls_thread *th, struct tls_conn *tc, const stru
 	return r;
 }
 
-/* The thread's AEAD keyed for one direction of tc (enc: our sending
- * side), its IV in k for the per-record nonces. */
-static int set_keys(struct tls_thread *th, struct tls_conn *tc, int enc, struct keys *k)
+/* The thread's AEAD keyed with secret's key, to encrypt (enc) or decrypt,
+ * its IV in k for the per-record nonces. */
+static int key_aead(struct tls_thread *th, unsigned suite, const uint8_t *secret, int enc, struct keys *k)
 {
-	if (derive(th, tc->suite, enc ? tc->tx_secret : tc->rx_secret, k) != 0 ||
-	    !EVP_CipherInit_ex2(th->aead, th->cipher[tc->suite], k->key, NULL, enc, NULL)) {
+	if (derive(th, suite, secret, k) != 0 || !EVP_CipherInit_ex2(th->aead, th->cipher[suite], k->key, NULL, enc, NULL)) {
 		ERR_clear_error();
 		return -1;
 	}
 	return 0;
+}
+
+/* The thread's AEAD keyed for one direction of tc (enc: our sending
+ * side), its IV in k for the per-record nonces. */
+static int set_keys(struct tls_thread *th, struct tls_conn *tc, int enc, struct keys *k)
+{
+	return key_aead(th, tc->suite, enc ? tc->tx_secret : tc->rx_secret, enc, k);
 }
 
 size_t tls_seal_bound(const struct tls_conn *tc, size_t n)
@@ -952,8 +952,8 @@ static void donor_ticket(struct tls_thread *th, struct tls_conn *tc, const uint8
 	struct keys k;
 	uint8_t one;
 	size_t r = 0;
-	if (grow(&th->hsout, &th->hsout_cap, n + TLS_OVERHEAD) == 0 && derive(th, tc->suite, tc->rx_secret, &k) == 0 &&
-	    EVP_CipherInit_ex2(th->aead, th->cipher[tc->suite], k.key, NULL, 1, NULL))
+	/* sealed with the receive key: the record as the server sealed it */
+	if (grow(&th->hsout, &th->hsout_cap, n + TLS_OVERHEAD) == 0 && key_aead(th, tc->suite, tc->rx_secret, 1, &k) == 0)
 		r = seal_at(th, th->donor_rx, &k, CT_HANDSHAKE, m, n, th->hsout);
 	OPENSSL_cleanse(&k, sizeof k);
 	th->donor_rx++;
