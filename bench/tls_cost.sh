@@ -19,16 +19,7 @@ stats=${TC_STATS:-29300}
 . "$(dirname "$0")/lib.sh"
 bench_setup tlscost
 
-"$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
-"$(dirname "$0")/../tools/tls-selfsigned" "$tmp/tls" >/dev/null
-"$b/gateway/gateway" --auth-secret-file "$tmp/secret" --threads 2 --listen "127.0.0.1:$port" \
-	--listen-tls "127.0.0.1:$tport" --tls-cert "$tmp/tls/cert.pem" --tls-key "$tmp/tls/key.pem" \
-	--stats-listen "127.0.0.1:$stats" --rate-frames 0 --rate-bytes 0 --max-queue 4m \
-	--log-level warn 2>"$tmp/gateway.log" &
-gw=$!
-pids=$gw
-sleep 0.5
-kill -0 "$gw" || { cat "$tmp/gateway.log" >&2; exit 1; }
+bench_tls_gateway "$b" "$stats" --threads 2 --listen "127.0.0.1:$port" --listen-tls "127.0.0.1:$tport" --max-queue 4m
 
 # run MODE RATE_PER_USER: one 5 s chat run; its report in $tmp/MODE-RATE.json
 run() {

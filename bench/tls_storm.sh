@@ -23,16 +23,7 @@ stats=${TC_STATS:-29310}
 bench_setup tlsstorm
 stat() { curl -s "http://127.0.0.1:$stats/stats" | grep -o "\"$1\":[0-9]*" | head -n 1 | cut -d: -f2; }
 
-"$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
-"$(dirname "$0")/../tools/tls-selfsigned" "$tmp/tls" >/dev/null
-"$b/gateway/gateway" --auth-secret-file "$tmp/secret" --threads 2 --listen off \
-	--listen-tls "127.0.0.1:$tport" --tls-cert "$tmp/tls/cert.pem" --tls-key "$tmp/tls/key.pem" \
-	--stats-listen "127.0.0.1:$stats" --rate-frames 0 --rate-bytes 0 --tls-max-handshakes 16384 \
-	--log-level warn 2>"$tmp/gateway.log" &
-gw=$!
-pids=$gw
-sleep 0.5
-kill -0 "$gw" || { cat "$tmp/gateway.log" >&2; exit 1; }
+bench_tls_gateway "$b" "$stats" --threads 2 --listen off --listen-tls "127.0.0.1:$tport" --tls-max-handshakes 16384
 
 # storm MODE [loadgen options]: one run; the storm's figures in $tmp/MODE.fig
 storm() {
