@@ -328,6 +328,13 @@ struct worker {
 	uint64_t rng;
 	int draining, stopping, lameduck;
 	int finished; /* set (release) as worker_main returns: the watchdog stops watching it */
+	/* Cross-thread posts (batches, login moves) this worker made and
+	 * completions of them it consumed (a batch read or back as failed, a move
+	 * arrived or failed); written by this worker only, read by the others
+	 * (relaxed; left_loop release/acquire) so that at exit no worker closes its
+	 * ring while a post to it is in flight (worker.c, quiesce). */
+	uint64_t xposted, xtaken;
+	int left_loop;
 	uint32_t drain_deadline, hard_stop; /* ticks: close the rest; give up on them */
 	const char *ring_mode;
 	/* dist link: one per backend */

@@ -380,6 +380,7 @@ static void handoff(struct worker *w, uint32_t slot, const struct proto_frame *l
 	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
 	ring_prep_send_fd(sqe, w->gw->ring_fds[home], slot, ud_ptr(UD_HANDOFF_IN, h),
 			  ud_make(UD_HANDOFF_OUT, c->gen, slot));
+	__atomic_store_n(&w->xposted, w->xposted + 1, __ATOMIC_RELAXED);
 }
 
 void session_handoff_in(struct worker *w, uint32_t slot, struct handoff *h)

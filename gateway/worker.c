@@ -778,6 +778,12 @@ static void conn_start(struct worker *w, uint32_t slot)
 	wheel_add(&w->wheel, slot, new_deadline(w, slot));
 }
 
+/* One completion of a cross-thread post consumed (see struct worker). */
+static void xtaken(struct worker *w)
+{
+	__atomic_store_n(&w->xtaken, w->xtaken + 1, __ATOMIC_RELAXED);
+}
+
 static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
 {
 	uint32_t slot = ud_slot(cqe->user_data);
@@ -800,6 +806,7 @@ static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
 		submit_close(w, slot);
 		return;
 	}
+	xtaken(w);
 	CNT_ADD(w, handoff_failed, 1);
 	log_rl(LOG_WARN, "moving a login to its home thread failed: %s", strerror(-cqe->res));
 	free(h);
@@ -807,11 +814,13 @@ static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
 	conn_refuse_login(w, slot, cqe->res == -ENFILE ? PROTO_E_SERVER_FULL : PROTO_E_INTERNAL);
 }
 
-static void on_handoff_in(struct worker *w, const struct io_uring_cqe *cqe)
+/* A moved login that arrived (or, with quiet, must be dropped: the loop has ended). */
+static void on_handoff_in(struct worker *w, const struct io_uring_cqe *cqe, int quiet)
 {
 	struct handoff *h = ud_pointer(cqe->user_data);
 	uint32_t slot = (uint32_t)cqe->res;
-	if (cqe->res < 0 || slot >= w->slots || !conn_new(w, slot)) {
+	xtaken(w);
+	if (quiet || cqe->res < 0 || slot >= w->slots || !conn_new(w, slot)) {
 		if (cqe->res < 0)
 			log_rl(LOG_WARN, "a moved login arrived with error %s", strerror(-cqe->res));
 		if (h->src_counted)
@@ -1122,12 +1131,16 @@ static void dispatch(void *arg, const struct io_uring_cqe *cqe)
 	case UD_XIN: {
 		struct xbatch *b = ud_pointer(cqe->user_data);
 		CNT_ADD(w, xbatches_in, 1);
+		xtaken(w);
 		session_xbatch(w, b);
 		free(b);
 		break;
 	}
-	case UD_XFAIL: xt_on_fail(w, cqe); break;
-	case UD_HANDOFF_IN: on_handoff_in(w, cqe); break;
+	case UD_XFAIL:
+		xtaken(w);
+		xt_on_fail(w, cqe);
+		break;
+	case UD_HANDOFF_IN: on_handoff_in(w, cqe, 0); break;
 	case UD_HANDOFF_OUT: on_handoff_out(w, cqe); break;
 	case UD_CTRL:
 		if (cqe->res == CTRL_RELOAD) {
@@ -1206,6 +1219,63 @@ void worker_after_wait(struct worker *w)
 	}
 }
 
+/* After the loop: what another worker posts to this one must still land
+ * in a live ring and be freed here. So the last posts go out, then this
+ * worker reaps (dropping batches and moved logins unread) until every
+ * worker has left its loop and every post made is consumed; each worker's
+ * post count is final once it has left. Bounded: a worker that never gets
+ * here (a wedged thread) costs 2 s and whatever it still had in flight. */
+static void quiesce(struct worker *w)
+{
+	struct gw *gw = w->gw;
+	io_uring_submit(&w->ring);
+	__atomic_store_n(&w->left_loop, 1, __ATOMIC_RELEASE);
+	uint64_t give_up = clock_mono_ns() + 2000000000ull;
+	for (;;) {
+		struct io_uring_cqe *cqe;
+		unsigned head, n = 0;
+		io_uring_for_each_cqe(&w->ring, head, cqe) {
+			n++;
+			switch (ud_kind(cqe->user_data)) {
+			case UD_XIN:
+			case UD_XFAIL:
+				xtaken(w);
+				free(ud_pointer(cqe->user_data));
+				break;
+			case UD_HANDOFF_IN: on_handoff_in(w, cqe, 1); break;
+			case UD_HANDOFF_OUT: {
+				struct conn *c = conn_of(w, ud_slot(cqe->user_data));
+				if (cqe->res < 0)
+					xtaken(w); /* h stays with its slot: worker_teardown frees it */
+				else if (gen_ok(c, cqe->user_data) && c->state == CS_HANDOFF)
+					c->handoff = NULL; /* the home thread has it (and frees it) */
+				break;
+			}
+			default: break;
+			}
+		}
+		io_uring_cq_advance(&w->ring, n);
+		uint64_t posted = 0, taken = 0;
+		unsigned left = 0;
+		for (unsigned t = 0; t < gw->nthreads; t++)
+			left += (unsigned)__atomic_load_n(&gw->w[t].left_loop, __ATOMIC_ACQUIRE);
+		for (unsigned t = 0; left == gw->nthreads && t < gw->nthreads; t++) {
+			posted += __atomic_load_n(&gw->w[t].xposted, __ATOMIC_RELAXED);
+			taken += __atomic_load_n(&gw->w[t].xtaken, __ATOMIC_RELAXED);
+		}
+		if (left == gw->nthreads && taken == posted)
+			return;
+		if (clock_mono_ns() > give_up) {
+			log_warn("thread %u: %u of %u threads have ended their loop, %llu of %llu cross-thread posts consumed; "
+				 "exiting anyway", w->id, left, gw->nthreads, (unsigned long long)taken, (unsigned long long)posted);
+			return;
+		}
+		CNT_ADD(w, loops, 1); /* the watchdog sees this loop turn */
+		struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 1000000};
+		io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
+	}
+}
+
 void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -1245,6 +1315,7 @@ void *worker_main(void *arg)
 	}
 	if (w->live)
 		log_warn("thread %u exits with %u connections still closing", w->id, w->live);
+	quiesce(w);
 	worker_teardown(w);
 	__atomic_store_n(&w->finished, 1, __ATOMIC_RELEASE);
 	return NULL;

@@ -48,6 +48,7 @@ void xt_post(struct worker *w)
 		w->xout[d] = NULL;
 		struct io_uring_sqe *sqe = ring_sqe(&w->ring);
 		ring_prep_msg_ptr(sqe, w->gw->ring_fds[d], UD_XIN, b, 0, UD_XFAIL);
+		__atomic_store_n(&w->xposted, w->xposted + 1, __ATOMIC_RELAXED);
 		CNT_ADD(w, xbatches_out, 1);
 	}
 }
