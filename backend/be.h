@@ -1,7 +1,11 @@
 /* be.h: the backend node's types, shared by its modules. Not a public API.
  *
- * A backend is one event-loop thread (io_uring) with the durable store
- * (store.h, LMDB) and one link per gateway thread (runtime/link.h). It
+ * A backend runs one or more node threads (the cluster file's `threads`),
+ * shared nothing: each is an event loop (io_uring) with its own listener
+ * (the listed port + its number), its own durable store (store.h, LMDB)
+ * and one link per gateway thread (runtime/link.h), and owns its part of
+ * the backend's users and groups (runtime/cluster.h). `struct be` is one
+ * node thread. Each
  * - keeps the session directory: which gateway node, thread and connection
  *   each online user is on, from SESSION_UP/DOWN (every gateway thread tells
  *   every backend), dropped for a gateway thread whose link is lost;
@@ -87,9 +91,12 @@ struct be_backlog {
 struct be {
 	struct be_counters cnt;
 	struct be_config cfg;
-	struct cluster cluster;
+	const struct cluster *cluster; /* read-only, shared by the node threads */
 	struct peerauth_keys keys; /* the cluster secret(s) */
 	int self; /* this node's index in the cluster */
+	uint32_t thread, threads; /* this node thread's number, and how many the node runs */
+	uint32_t link_self;       /* cluster link index of this node thread */
+	struct be *all;           /* the node's threads, [0, threads): read at start-up and by the stats thread */
 	struct store *store;
 	struct io_uring ring;
 	int lfd;
@@ -110,9 +117,9 @@ struct be {
 	struct be_committed txn_base; /* BE_COMMITTED_COUNTERS when the transaction began */
 	uint64_t txn_smid0;           /* the first smid stored in it (0: none yet) */
 	uint64_t next_publish;
-	pthread_t thread;
+	pthread_t thread_id;
 	int ring_fd; /* for the main thread's control messages */
-	pthread_barrier_t start;
+	pthread_barrier_t *start; /* the node's threads and the main thread */
 	int start_failed;
 	uint64_t started_wall_ms;
 	const char *ring_mode;

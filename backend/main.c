@@ -1,16 +1,21 @@
 /* main.c: the backend binary: options, start-up, signals, shutdown.
  *
- * One node thread runs the loop (node.c); the main thread waits for signals
- * and serves nothing else; the stats endpoint has its own thread. SIGTERM or
- * SIGINT: stop accepting, finish the iteration (commit), close the links,
- * exit 0. Gateways queue for it meanwhile and reconnect when it is back.
+ * The node threads run the loops (node.c), as many as the cluster file
+ * gives this node (`threads`), each with its listener (port + its number)
+ * and its store (the data dir itself for one thread, else its
+ * thread-K-of-N subdirectory); the main thread waits for signals and serves
+ * nothing else; the stats endpoint has its own thread. SIGTERM or SIGINT:
+ * stop accepting, finish the iteration (commit), close the links, exit 0.
+ * Gateways queue for it meanwhile and reconnect when it is back.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "backend/be.h"
@@ -99,8 +104,9 @@ static size_t be_options(struct be_config *cfg, struct opt *out)
  * (OPT_RELOAD) go to the node thread, which takes the whole new config at
  * its next iteration; what needs a restart is said and left. *cur is the
  * configuration the node thread runs with (the main thread's own copy), and
- * *keys its cluster secrets (the same). */
-static void reload(struct be *b, struct be_config *cur, struct peerauth_keys *keys, int argc, char **argv)
+ * *keys its cluster secrets (the same). Every node thread gets its copy. */
+static void reload(struct be *all, uint32_t threads, struct be_config *cur, struct peerauth_keys *keys, int argc,
+		   char **argv)
 {
 	struct be_config nc, next = *cur;
 	struct opt a[BE_OPTS_MAX], o[BE_OPTS_MAX], c[BE_OPTS_MAX];
@@ -118,37 +124,100 @@ static void reload(struct be *b, struct be_config *cur, struct peerauth_keys *ke
 		log_error("SIGHUP: configuration refused, the running one stays: --log-level '%s'", nc.log_level);
 		return;
 	}
-	struct be_reload *msg = aligned_alloc(64, (sizeof *msg + 63) & ~(size_t)63);
-	if (!msg) {
-		log_error("SIGHUP: out of memory; the running configuration stays");
-		return;
-	}
 	/* the cluster secret file (its path is fixed) is read again */
-	if (peerauth_load(&msg->keys, cur->cluster_secret_file, err, sizeof err) != 0) {
+	struct peerauth_keys nk;
+	if (peerauth_load(&nk, cur->cluster_secret_file, err, sizeof err) != 0) {
 		log_error("SIGHUP: configuration refused, the running one stays: --cluster-secret-file: %s", err);
-		free(msg);
 		return;
 	}
 	unsigned changed = opts_reload(a, o, c, n);
-	if (peerauth_reloaded(keys, &msg->keys)) {
-		*keys = msg->keys;
+	if (peerauth_reloaded(keys, &nk)) {
+		*keys = nk;
 		changed++;
 	}
 	if (!changed) {
 		log_info("SIGHUP: nothing to change");
-		free(msg);
 		return;
 	}
-	msg->cfg = next;
+	struct be_reload *msg[CLUSTER_MAX_THREADS];
+	for (uint32_t k = 0; k < threads; k++) {
+		msg[k] = aligned_alloc(64, (sizeof *msg[k] + 63) & ~(size_t)63);
+		if (!msg[k]) {
+			log_error("SIGHUP: out of memory; the running configuration stays");
+			while (k)
+				free(msg[--k]);
+			return;
+		}
+		msg[k]->cfg = next;
+		msg[k]->keys = *keys;
+	}
 	log_set_level((enum log_level)lvl);
-	ctrl(b, BE_CTRL_RELOAD, msg);
+	for (uint32_t k = 0; k < threads; k++)
+		ctrl(&all[k], BE_CTRL_RELOAD, msg[k]);
 	*cur = next;
 }
 
+/* The data dir of a node of `threads` threads: DIR itself for one thread,
+ * DIR/thread-K-of-N for each of N. One written with another thread count
+ * (its users hashed to other threads) is refused: 0, or -1 with err. */
+static int data_dir_check(const char *dir, uint32_t threads, char *err, size_t errlen)
+{
+	if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+		snprintf(err, errlen, "mkdir %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	DIR *d = opendir(dir);
+	if (!d) {
+		snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+		return -1;
+	}
+	struct dirent *e;
+	unsigned other = 0;
+	while ((e = readdir(d))) {
+		unsigned k, n;
+		char tail;
+		if (strcmp(e->d_name, "data.mdb") == 0)
+			n = 1;
+		else if (sscanf(e->d_name, "thread-%u-of-%u%c", &k, &n, &tail) != 2)
+			continue;
+		if (n != threads)
+			other = n;
+	}
+	closedir(d);
+	if (other) {
+		snprintf(err, errlen,
+			 "%s holds the store of this node with %u thread(s); the cluster file gives it %u. Users hash to "
+			 "other threads when the count changes: run it with threads %u until its messages are delivered, "
+			 "or move the data dir away",
+			 dir, other, threads, other);
+		return -1;
+	}
+	return 0;
+}
+
+static void stores_close(struct be *all, uint32_t n)
+{
+	for (uint32_t k = 0; k < n; k++) {
+		if (all[k].lfd >= 0)
+			close(all[k].lfd);
+		if (all[k].store)
+			store_close(all[k].store);
+	}
+}
+
+static void ctrl_all(struct be *all, uint32_t n, int cmd)
+{
+	for (uint32_t k = 0; k < n; k++)
+		ctrl(&all[k], cmd, NULL);
+}
+
+
 int main(int argc, char **argv)
 {
-	static struct be b;
-	struct be_config *cfg = &b.cfg;
+	static struct be all[CLUSTER_MAX_THREADS];
+	static struct cluster cluster;
+	struct be_config cfg_, *cfg = &cfg_;
+	memset(cfg, 0, sizeof *cfg);
 	struct opt opts[BE_OPTS_MAX];
 	size_t nopts = be_options(cfg, opts);
 	char err[512];
@@ -170,22 +239,29 @@ int main(int argc, char **argv)
 				"tools/mint-token --new-secret FILE makes a secret)\n");
 		return 2;
 	}
-	if (peerauth_load(&b.keys, cfg->cluster_secret_file, err, sizeof err) != 0) {
+	struct peerauth_keys keys;
+	if (peerauth_load(&keys, cfg->cluster_secret_file, err, sizeof err) != 0) {
 		fprintf(stderr, "backend: --cluster-secret-file: %s\n", err);
 		return 2;
 	}
-	if (cluster_load(&b.cluster, cfg->cluster_file, err, sizeof err) != 0) {
+	if (cluster_load(&cluster, cfg->cluster_file, err, sizeof err) != 0) {
 		fprintf(stderr, "backend: --cluster: %s\n", err);
 		return 2;
 	}
-	b.self = cluster_find(&b.cluster, (uint32_t)cfg->node);
-	if (b.self < 0) {
+	int self = cluster_find(&cluster, (uint32_t)cfg->node);
+	if (self < 0) {
 		fprintf(stderr, "backend: node %lld is not in %s\n", (long long)cfg->node, cfg->cluster_file);
 		return 2;
 	}
-	struct addr la = b.cluster.nodes[b.self].addr, sa;
+	const uint32_t threads = cluster.nodes[self].threads;
+	struct addr la = cluster.nodes[self].addr, sa;
 	if (cfg->listen && addr_parse(cfg->listen, &la, err, sizeof err) != 0) {
 		fprintf(stderr, "backend: --listen: %s\n", err);
+		return 2;
+	}
+	if (addr_port(&la) + threads - 1 > 65535) {
+		fprintf(stderr, "backend: --listen: %u threads need ports %u..%u\n", threads, addr_port(&la),
+			addr_port(&la) + threads - 1);
 		return 2;
 	}
 	int stats_on = strcmp(cfg->stats_listen, "off") != 0;
@@ -193,20 +269,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "backend: --stats-listen: %s\n", err);
 		return 2;
 	}
-	b.store = store_open(cfg->data_dir, (size_t)cfg->store_size, err, sizeof err);
-	if (!b.store) {
-		log_error("store: %s", err);
-		return 1;
-	}
-	store_set_min_free(b.store, (uint64_t)cfg->store_min_free);
-	if (store_disk_low(b.store)) {
-		struct store_stats st;
-		store_get_stats(b.store, &st);
-		log_warn("store: %s has %llu MiB for the store, below --store-min-free (%llu MiB): new messages get "
-			 "store_full until space is freed",
-			 cfg->data_dir, (unsigned long long)(st.disk_room_bytes >> 20),
-			 (unsigned long long)(cfg->store_min_free >> 20));
-	}
+	unsigned fault_mask = 0, fault_count = 0;
+	int fault_err = 0;
 	if (cfg->inject_store_fault) {
 		/* OPS:ERR:COUNT, e.g. msg+dedup:eio:1 (a test hook) */
 		static const struct {
@@ -218,8 +282,7 @@ int main(int argc, char **argv)
 			     {"receipt", STORE_OP_RECEIPT},
 			     {"delete", STORE_OP_DELETE}};
 		char ops[64], e[16];
-		unsigned count = 0, mask = 0;
-		int ok = sscanf(cfg->inject_store_fault, "%63[a-z+]:%15[a-z]:%u", ops, e, &count) == 3 &&
+		int ok = sscanf(cfg->inject_store_fault, "%63[a-z+]:%15[a-z]:%u", ops, e, &fault_count) == 3 &&
 			 (strcmp(e, "eio") == 0 || strcmp(e, "enospc") == 0);
 		for (char *t = ok ? strtok(ops, "+") : NULL; t; t = strtok(NULL, "+")) {
 			size_t k;
@@ -228,27 +291,77 @@ int main(int argc, char **argv)
 			if (k == sizeof names / sizeof names[0])
 				ok = 0;
 			else
-				mask |= names[k].op;
+				fault_mask |= names[k].op;
 		}
 		if (!ok) {
 			fprintf(stderr, "backend: --inject-store-fault: want OPS:ERR:COUNT (OPS msg, group, dedup, receipt, "
 					"delete joined by +; ERR eio or enospc)\n");
-			store_close(b.store);
 			return 2;
 		}
-		store_inject(b.store, mask, strcmp(e, "eio") == 0 ? -EIO : -ENOSPC, count);
-		log_warn("test hook: store writes fail as asked (--inject-store-fault %s)", cfg->inject_store_fault);
+		fault_err = strcmp(e, "eio") == 0 ? -EIO : -ENOSPC;
 	}
-	b.lfd = socket(la.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	int one = 1;
-	char a[64];
-	if (b.lfd < 0 || setsockopt(b.lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-	    bind(b.lfd, (struct sockaddr *)&la.ss, la.len) != 0 || listen(b.lfd, 1024) != 0) {
-		log_error("listen on %s: %s", addr_str(&la, a, sizeof a), strerror(errno));
-		store_close(b.store);
+	if (data_dir_check(cfg->data_dir, threads, err, sizeof err) != 0) {
+		log_error("store: %s", err);
 		return 1;
 	}
-	b.started_wall_ms = clock_wall_ms();
+	uint64_t started = clock_wall_ms();
+	pthread_barrier_t start;
+	pthread_barrier_init(&start, NULL, threads + 1);
+	char a[64];
+	for (uint32_t k = 0; k < threads; k++) {
+		struct be *b = &all[k];
+		b->lfd = -1;
+	}
+	for (uint32_t k = 0; k < threads; k++) {
+		struct be *b = &all[k];
+		b->cfg = *cfg;
+		b->keys = keys;
+		b->cluster = &cluster;
+		b->self = self;
+		b->thread = k;
+		b->threads = threads;
+		b->link_self = cluster.nodes[self].link0 + k;
+		b->all = all;
+		b->start = &start;
+		b->started_wall_ms = started;
+		char dir[PATH_MAX];
+		if (threads == 1)
+			snprintf(dir, sizeof dir, "%s", cfg->data_dir);
+		else
+			snprintf(dir, sizeof dir, "%s/thread-%u-of-%u", cfg->data_dir, k, threads);
+		/* the map size is the node's: each thread's store gets its part */
+		size_t map = (size_t)cfg->store_size / threads;
+		b->store = store_open(dir, map < (1u << 20) ? 1u << 20 : map, err, sizeof err);
+		if (!b->store) {
+			log_error("store: %s", err);
+			stores_close(all, threads);
+			return 1;
+		}
+		store_set_min_free(b->store, (uint64_t)cfg->store_min_free);
+		if (store_disk_low(b->store) && k == 0) {
+			struct store_stats st;
+			store_get_stats(b->store, &st);
+			log_warn("store: %s has %llu MiB for the store, below --store-min-free (%llu MiB): new messages get "
+				 "store_full until space is freed",
+				 cfg->data_dir, (unsigned long long)(st.disk_room_bytes >> 20),
+				 (unsigned long long)(cfg->store_min_free >> 20));
+		}
+		if (fault_mask) {
+			store_inject(b->store, fault_mask, fault_err, fault_count);
+			if (k == 0)
+				log_warn("test hook: store writes fail as asked (--inject-store-fault %s)", cfg->inject_store_fault);
+		}
+		struct addr ta = la;
+		addr_set_port(&ta, addr_port(&la) + k);
+		b->lfd = socket(ta.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		int one = 1;
+		if (b->lfd < 0 || setsockopt(b->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+		    bind(b->lfd, (struct sockaddr *)&ta.ss, ta.len) != 0 || listen(b->lfd, 1024) != 0) {
+			log_error("listen on %s (node thread %u): %s", addr_str(&ta, a, sizeof a), k, strerror(errno));
+			stores_close(all, threads);
+			return 1;
+		}
+	}
 	sigset_t sigs;
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
@@ -256,32 +369,39 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGPIPE);
 	sigaddset(&sigs, SIGHUP);
 	sigaddset(&sigs, SIGUSR1);
-	struct be_config cur = b.cfg; /* the main thread's copy: b.cfg is the node thread's from here on */
-	struct peerauth_keys cur_keys = b.keys; /* ...and of b.keys */
+	struct be_config cur = *cfg; /* the main thread's copy: each b->cfg is its node thread's from here on */
+	struct peerauth_keys cur_keys = keys; /* ...and of b->keys */
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-	pthread_barrier_init(&b.start, NULL, 2);
-	if (pthread_create(&b.thread, NULL, be_main, &b) != 0) {
-		log_error("cannot start the node thread");
+	for (uint32_t k = 0; k < threads; k++) {
+		if (pthread_create(&all[k].thread_id, NULL, be_main, &all[k]) != 0) {
+			/* the threads started wait at the barrier: nothing to undo but exit */
+			log_error("cannot start node thread %u", k);
+			return 1;
+		}
+	}
+	pthread_barrier_wait(&start);
+	int failed = 0;
+	for (uint32_t k = 0; k < threads; k++)
+		failed |= __atomic_load_n(&all[k].start_failed, __ATOMIC_RELAXED);
+	if (failed) {
+		for (uint32_t k = 0; k < threads; k++)
+			pthread_join(all[k].thread_id, NULL);
+		stores_close(all, threads);
 		return 1;
 	}
-	pthread_barrier_wait(&b.start);
-	if (b.start_failed) {
-		pthread_join(b.thread, NULL);
-		store_close(b.store);
-		return 1;
-	}
-	log_info("version %s, node %lld: gateways link to %s; store in %s; %zu backend(s) in the cluster", CHAT_VERSION,
-		 (long long)cfg->node,
-		 addr_str(&la, a, sizeof a), cfg->data_dir, b.cluster.n);
+	log_info("version %s, node %lld: %u node thread(s), gateways link to %s%s; store in %s; %zu backend(s) in the "
+		 "cluster",
+		 CHAT_VERSION, (long long)cfg->node, threads, addr_str(&la, a, sizeof a), threads > 1 ? " and the ports after it" : "",
+		 cfg->data_dir, cluster.n);
 	struct httpd *httpd = NULL;
 	if (stats_on) {
-		httpd = httpd_start(&sa, be_stats_http, &b, err, sizeof err);
+		httpd = httpd_start(&sa, be_stats_http, &all[0], err, sizeof err);
 		if (!httpd) {
 			log_error("--stats-listen %s: %s (--stats-listen off runs without it)", cfg->stats_listen, err);
-			ctrl(&b, BE_CTRL_STOP, NULL);
-			pthread_join(b.thread, NULL);
-			close(b.lfd);
-			store_close(b.store);
+			ctrl_all(all, threads, BE_CTRL_STOP);
+			for (uint32_t k = 0; k < threads; k++)
+				pthread_join(all[k].thread_id, NULL);
+			stores_close(all, threads);
 			return 1;
 		}
 		log_info("stats on http://%s/metrics (also /stats, /healthz)", addr_str(&sa, a, sizeof a));
@@ -293,16 +413,23 @@ int main(int argc, char **argv)
 	struct sdn_watch wd = {0};
 	struct log_rl stuck_rl = {0};
 	int signals = 0;
-	for (;;) {
-		uint64_t loops = __atomic_load_n(&b.cnt.loops, __ATOMIC_RELAXED), period, held;
-		if (sdn_watchdog(&sdn, &wd, &loops, NULL, 1, clock_mono_ns() / 1000000, 300, &period) &&
-		    log_rl_allow(&stuck_rl, &held))
-			log_error("the node thread has not turned its loop for %llu ms (a commit stuck in fsync?): "
-				  "WATCHDOG=1 withheld", (unsigned long long)period);
+	uint32_t joined = 0;
+	while (joined < threads) {
+		uint64_t loops[CLUSTER_MAX_THREADS], period, held;
+		uint8_t done[CLUSTER_MAX_THREADS];
+		for (uint32_t k = 0; k < threads; k++) {
+			loops[k] = __atomic_load_n(&all[k].cnt.loops, __ATOMIC_RELAXED);
+			done[k] = k < joined;
+		}
+		unsigned stuck = sdn_watchdog(&sdn, &wd, loops, done, threads, clock_mono_ns() / 1000000, 300, &period);
+		if (stuck && log_rl_allow(&stuck_rl, &held))
+			log_error("node thread %u has not turned its loop for %llu ms (a commit stuck in fsync?): "
+				  "WATCHDOG=1 withheld",
+				  stuck - 1, (unsigned long long)period);
 		struct timespec ts = {0, 100 * 1000 * 1000};
 		int sig = sigtimedwait(&sigs, NULL, &ts);
 		if (sig == SIGHUP && !signals) {
-			reload(&b, &cur, &cur_keys, argc, argv);
+			reload(all, threads, &cur, &cur_keys, argc, argv);
 		} else if (sig == SIGHUP) {
 			log_info("SIGHUP while stopping: ignored");
 		} else if (sig == SIGUSR1) {
@@ -312,14 +439,14 @@ int main(int argc, char **argv)
 			log_info("%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
 			sdn_send(&sdn, "STOPPING=1");
 			__atomic_store_n(&be_draining, 1, __ATOMIC_RELAXED);
-			ctrl(&b, signals == 1 ? BE_CTRL_DRAIN : BE_CTRL_STOP, NULL);
+			ctrl_all(all, threads, signals == 1 ? BE_CTRL_DRAIN : BE_CTRL_STOP);
 		}
-		if (pthread_tryjoin_np(b.thread, NULL) == 0)
-			break;
+		/* the threads stop in any order; they are joined in theirs */
+		while (joined < threads && pthread_tryjoin_np(all[joined].thread_id, NULL) == 0)
+			joined++;
 	}
 	httpd_stop(httpd);
-	close(b.lfd);
-	store_close(b.store);
+	stores_close(all, threads);
 	sdn_close(&sdn);
 	log_info("stopped cleanly");
 	return 0;

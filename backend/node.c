@@ -407,7 +407,7 @@ static void on_session_up(struct be *b, struct link *l, const struct dist_frame 
 		struct link *ol = &b->links[dir_link(*old)];
 		/* a login on another gateway node replaces this one: the user's owner
 		 * tells the old gateway (the same node kicks by itself) */
-		if (ol->peer_node != l->peer_node && (int)cluster_user_owner(&b->cluster, user) == b->self &&
+		if (ol->peer_node != l->peer_node && cluster_user_link(b->cluster, user) == b->link_self &&
 		    ol->state == LINK_UP) {
 			struct dist_frame k = {.type = DIST_KICK};
 			k.kick.user = user;
@@ -748,7 +748,7 @@ static unsigned group_op(struct be *b, const struct dist_frame *f, uint64_t *gid
 		if (st == 0) {
 			int r;
 			if (f->group_op.op == PROTO_GROUP_CREATE) {
-				r = store_group_next_id(b->store, (uint32_t)b->cfg.node, &gid);
+				r = store_group_next_id(b->store, (uint32_t)b->cfg.node, b->thread, b->threads, &gid);
 				if (r == 0)
 					r = store_group_create(b->store, gid, owner, v, n);
 			} else if (n == 0) {
@@ -814,9 +814,9 @@ static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 static const char *on_hello(void *arg, struct link *l, const struct dist_frame *hello)
 {
 	struct be *b = arg;
-	static char why[96];
+	static __thread char why[96];
 	(void)l;
-	if (!cluster_is_gateway(&b->cluster, hello->hello.node)) {
+	if (!cluster_is_gateway(b->cluster, hello->hello.node)) {
 		snprintf(why, sizeof why, "node %u is not a gateway in the cluster file", hello->hello.node);
 		return why;
 	}
@@ -942,7 +942,7 @@ void be_attach(struct be *b, int fd)
 	struct link *l = &b->links[i];
 	link_stats_retire(&b->retired, &l->st); /* published counters never go back */
 	link_free(l);
-	link_init(l, i, BU_LINK, &ops, b, &b->keys, DIST_ROLE_BACKEND, (uint32_t)b->cfg.node, 0, 1,
+	link_init(l, i, BU_LINK, &ops, b, &b->keys, DIST_ROLE_BACKEND, (uint32_t)b->cfg.node, b->thread, b->threads,
 		  (size_t)b->cfg.link_batch, (size_t)b->cfg.link_queue, (int)b->cfg.link_sockbuf);
 	l->expect_role = DIST_ROLE_GATEWAY;
 	link_attach(l, &b->ring, fd, b->now_ns);
@@ -1092,7 +1092,7 @@ int be_setup(struct be *b, char *err, size_t errlen)
 	for (uint32_t i = 0; i < BE_MAX_LINKS; i++)
 		b->links[i].fd = -1;
 	b->ring_fd = b->ring.ring_fd;
-	msgid_init(&b->ids, (unsigned)b->cfg.node, 0, 1);
+	msgid_init(&b->ids, (unsigned)b->cfg.node, b->thread, b->threads);
 	if (b->lfd >= 0)
 		arm_accept(b);
 	return 0;
@@ -1118,15 +1118,20 @@ void *be_main(void *arg)
 {
 	struct be *b = arg;
 	char err[256];
-	log_thread("node");
+	char name[16];
+	snprintf(name, sizeof name, b->threads > 1 ? "node%u" : "node", b->thread);
+	log_thread(name);
 	b->now_ns = clock_mono_ns();
 	b->wall_ms = clock_wall_ms();
 	if (be_setup(b, err, sizeof err) != 0) {
 		log_error("%s", err);
-		b->start_failed = 1;
+		__atomic_store_n(&b->start_failed, 1, __ATOMIC_RELAXED);
 	}
-	pthread_barrier_wait(&b->start);
-	if (b->start_failed) {
+	pthread_barrier_wait(b->start);
+	int failed = 0;
+	for (uint32_t k = 0; k < b->threads; k++)
+		failed |= __atomic_load_n(&b->all[k].start_failed, __ATOMIC_RELAXED);
+	if (failed) {
 		be_teardown(b);
 		return NULL;
 	}

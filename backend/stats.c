@@ -1,5 +1,6 @@
 /* stats.c: the backend's numbers for /metrics, /stats and /healthz (read on
- * the stats thread with relaxed loads of the node thread's counters). */
+ * the stats thread with relaxed loads of the node threads' counters, summed
+ * over the threads but for the rows of max_row). */
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -85,6 +86,16 @@ static const struct be_metric table[] = {
 #define NTABLE (sizeof table / sizeof table[0])
 
 
+/* Rows the node threads each hold whole (every thread has the full session
+ * directory; the disk and its reserve are shared) or that are a maximum:
+ * the node's value is the largest of its threads', not their sum. */
+static int max_row(size_t off)
+{
+	return off == offsetof(struct be_counters, sessions) || off == offsetof(struct be_counters, commit_ns_max) ||
+	       off == offsetof(struct be_counters, store_disk_free) ||
+	       off == offsetof(struct be_counters, store_disk_reserve);
+}
+
 int be_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, const char **ctype)
 {
 	const char *path = req->path;
@@ -105,13 +116,18 @@ int be_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, con
 	}
 	double vals[NTABLE];
 	struct metric_desc d[NTABLE];
+	struct metrics_lat lat = {0};
 	for (size_t i = 0; i < NTABLE; i++) {
 		d[i] = table[i].d;
-		vals[i] = (double)cnt_load(&b->cnt, table[i].off);
+		vals[i] = 0;
+		for (uint32_t k = 0; k < b->threads; k++) {
+			double v = (double)cnt_load(&b->all[k].cnt, table[i].off);
+			vals[i] = max_row(table[i].off) ? (v > vals[i] ? v : vals[i]) : vals[i] + v;
+		}
 	}
+	for (uint32_t k = 0; k < b->threads; k++)
+		metrics_lat_load(&lat, &b->all[k].cnt.lat_commit);
 	static const struct metric_desc extra[MP_N] = METRICS_PROCESS_ROWS("backend");
-	struct metrics_lat lat = {0};
-	metrics_lat_load(&lat, &b->cnt.lat_commit);
 	double xv[MP_N];
 	metrics_process_values(b->started_wall_ms, xv);
 	if (prom) {
@@ -122,8 +138,8 @@ int be_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, con
 		return 200;
 	}
 	*ctype = "application/json";
-	mbuf_printf(body, "{\"role\":\"backend\",\"version\":\"%s\",\"node\":%lld,", CHAT_VERSION,
-		    (long long)b->cluster.nodes[b->self].node);
+	mbuf_printf(body, "{\"role\":\"backend\",\"version\":\"%s\",\"node\":%lld,\"threads\":%u,", CHAT_VERSION,
+		    (long long)b->cluster->nodes[b->self].node, b->threads);
 	metrics_json_fields(body, extra, MP_N, xv);
 	mbuf_put(body, ",", 1);
 	metrics_json_fields(body, d, NTABLE, vals);

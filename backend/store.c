@@ -1410,9 +1410,9 @@ int store_group_delete(struct store *s, uint64_t gid)
 /* The counter is written in the caller's transaction: an id handed out in a
  * transaction that is then aborted may be handed out again, which is safe
  * because nothing that used it was committed either. */
-int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid)
+int store_group_next_id(struct store *s, uint32_t node, uint32_t thread, uint32_t threads, uint64_t *gid)
 {
-	if (node > CLUSTER_GID_NODE_MAX)
+	if (node > CLUSTER_GID_NODE_MAX || threads == 0 || thread >= threads)
 		return -EINVAL; /* it would not fit the group id (runtime/cluster.h) */
 	int rc = ready(s);
 	if (rc)
@@ -1429,7 +1429,9 @@ int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid)
 	} else if (rc != MDB_NOTFOUND) {
 		return txn_err(s, rc);
 	}
-	if (next == 0 || next > CLUSTER_GID_COUNTER_MAX)
+	/* the n-th id of this thread: counter n * threads + thread (never 0) */
+	uint64_t counter = next * threads + thread;
+	if (next == 0 || next > CLUSTER_GID_COUNTER_MAX / threads || counter > CLUSTER_GID_COUNTER_MAX)
 		return -EOVERFLOW;
 	uint8_t vb[8];
 	put_u64(vb, next + 1);
@@ -1437,7 +1439,7 @@ int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid)
 	rc = mdb_put(T(s), s->meta, &k, &v, 0);
 	if (rc)
 		return txn_err(s, rc);
-	*gid = cluster_group_id(node, next);
+	*gid = cluster_group_id(node, counter);
 	return 0;
 }
 

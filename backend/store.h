@@ -211,9 +211,11 @@ int store_group_get(struct store *s, uint64_t gid, uint64_t *owner, const uint64
 /* Replace the member list (the caller computes it). */
 int store_group_set(struct store *s, uint64_t gid, uint64_t owner, const uint64_t *members, size_t n);
 int store_group_delete(struct store *s, uint64_t gid);
-/* Allocate the next group id (persisted; never reused). Ids are
- * (node << 48) | counter so that two backends never hand out the same id. */
-int store_group_next_id(struct store *s, uint32_t node, uint64_t *gid);
+/* Allocate the next group id (persisted; never reused) for node thread
+ * `thread` of `threads`. Ids are cluster_group_id(node, counter) with
+ * counter % threads == thread (runtime/cluster.h), so that two backends, or
+ * two threads of one, never hand out the same id. */
+int store_group_next_id(struct store *s, uint32_t node, uint32_t thread, uint32_t threads, uint64_t *gid);
 
 struct store_stats {
 	uint64_t messages, mailbox_entries, dedup_entries, groups, receipts, senders, map_used_bytes, map_bytes;

@@ -340,7 +340,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(w->dir.count == 0);
 	/* the backend "took" what was queued for it, so every input starts with
 	 * an empty link queue (a full one refuses before reading a frame) */
-	for (size_t i = 0; i < gw.cluster.n; i++)
+	for (size_t i = 0; i < gw.cluster.nlinks; i++)
 		link_drop_held(&w->links[i]);
 	return 0;
 }

@@ -66,7 +66,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	CHECK(f);
 	fprintf(f, "backend 11 127.0.0.1:1\nbackend 12 127.0.0.1:2\ngateway 1\ngateway 2\n");
 	fclose(f);
-	CHECK(cluster_load(&b.cluster, path, err, sizeof err) == 0);
+	static struct cluster cluster;
+	CHECK(cluster_load(&cluster, path, err, sizeof err) == 0);
+	b.cluster = &cluster;
 	unlink(path);
 	uint8_t key[40];
 	memset(key, 9, sizeof key);
@@ -81,7 +83,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	cfg->sender_max = 40;
 	cfg->receipt_max = 30;
 	cfg->fanout_rate = 200;
-	b.self = cluster_find(&b.cluster, 11);
+	b.self = cluster_find(&cluster, 11);
+	b.thread = 0;
+	b.threads = 1;
+	b.link_self = cluster.nodes[b.self].link0;
+	b.all = &b;
 	b.store = store_open(dir, 8u << 20, err, sizeof err);
 	CHECK(b.store);
 	b.lfd = -1;

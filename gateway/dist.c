@@ -1,15 +1,16 @@
 /* dist.c: a gateway thread's links to the backends (runtime/link.c), and the
  * requests waiting for a backend's answer.
  *
- * Every worker thread holds one link to each backend in the cluster file.
- * What goes where (runtime/cluster.h):
- *   message to an offline user       -> the user's owner (rendezvous hash)
- *   message to a group, group ops    -> the node inside the group id
+ * Every worker thread holds one link to each thread of each backend in the
+ * cluster file (link index: runtime/cluster.h). What goes where:
+ *   message to an offline user       -> the user's owner thread (rendezvous
+ *                                       hash, then a thread of that backend)
+ *   message to a group, group ops    -> the thread inside the group id
  *                                       (create: the creator's owner)
- *   receipt DELETE                   -> the node inside the message id
+ *   receipt DELETE                   -> the thread inside the message id
  *   receipt NOTIFY                   -> the original sender's owner
- *   session up/down                  -> every backend (each keeps a full
- *                                       directory, so the backend holding a
+ *   session up/down                  -> every backend thread (each keeps a
+ *                                       full directory, so the one holding a
  *                                       group's mailboxes can deliver too)
  *
  * Requests waiting for an answer (STORE_ACK, GROUP_RESULT) are remembered per
@@ -75,10 +76,18 @@ static const char *on_hello(void *arg, struct link *l, const struct dist_frame *
 {
 	struct worker *w = arg;
 	static __thread char why[96];
-	uint32_t want = w->gw->cluster.nodes[l->idx].node;
+	const struct cluster *cl = &w->gw->cluster;
+	const struct cluster_node *n = &cl->nodes[cl->link_node[l->idx]];
+	uint32_t want = n->node, thread = l->idx - n->link0;
 	if (hello->hello.node != want) {
 		snprintf(why, sizeof why, "backend says it is node %u; the cluster file lists node %u at this address",
 			 hello->hello.node, want);
+		return why;
+	}
+	if (hello->hello.thread != thread || hello->hello.threads != n->threads) {
+		snprintf(why, sizeof why,
+			 "backend %u says it is thread %u of %u here; the cluster file has thread %u of %u at this port",
+			 want, hello->hello.thread, hello->hello.threads, thread, n->threads);
 		return why;
 	}
 	return NULL;
@@ -235,15 +244,15 @@ int gw_dist_setup(struct worker *w, char *err, size_t errlen)
 	if (!cl->n)
 		return 0;
 	const struct gw_config *cfg = &w->settings->cfg;
-	w->links = calloc(cl->n, sizeof *w->links);
-	w->pend = calloc(cl->n, sizeof *w->pend);
-	w->pub = calloc(cl->n, sizeof *w->pub);
-	w->resync = calloc(cl->n, sizeof *w->resync);
+	w->links = calloc(cl->nlinks, sizeof *w->links);
+	w->pend = calloc(cl->nlinks, sizeof *w->pend);
+	w->pub = calloc(cl->nlinks, sizeof *w->pub);
+	w->resync = calloc(cl->nlinks, sizeof *w->resync);
 	if (!w->links || !w->pend || !w->pub || !w->resync) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
-	for (size_t i = 0; i < cl->n; i++) {
+	for (size_t i = 0; i < cl->nlinks; i++) {
 		if (pendq_init(&w->pend[i]) != 0) {
 			snprintf(err, errlen, "out of memory");
 			return -1;
@@ -252,7 +261,9 @@ int gw_dist_setup(struct worker *w, char *err, size_t errlen)
 		link_init(l, (unsigned)i, UD_LINK, &ops, w, &w->settings->cluster, DIST_ROLE_GATEWAY, (uint32_t)cfg->node,
 			  w->id, w->gw->nthreads, (size_t)cfg->link_batch, (size_t)cfg->link_queue, (int)cfg->link_sockbuf);
 		l->expect_role = DIST_ROLE_BACKEND;
-		link_connect(l, &w->ring, &cl->nodes[i].addr, w->now_ns);
+		const struct cluster_node *n = &cl->nodes[cl->link_node[i]];
+		struct addr a = cluster_thread_addr(cl, cl->link_node[i], (uint32_t)i - n->link0);
+		link_connect(l, &w->ring, &a, w->now_ns);
 	}
 	return 0;
 }
@@ -261,7 +272,7 @@ void gw_dist_teardown(struct worker *w)
 {
 	if (!w->links)
 		return;
-	for (size_t i = 0; i < w->gw->cluster.n; i++) {
+	for (size_t i = 0; i < w->gw->cluster.nlinks; i++) {
 		link_free(&w->links[i]);
 		pendq_free(&w->pend[i]);
 		resync_free(&w->resync[i]);
@@ -275,14 +286,14 @@ void gw_dist_teardown(struct worker *w)
 
 void gw_dist_rekey(struct worker *w)
 {
-	for (size_t i = 0; w->links && i < w->gw->cluster.n; i++)
+	for (size_t i = 0; w->links && i < w->gw->cluster.nlinks; i++)
 		w->links[i].keys = &w->settings->cluster;
 }
 
 void gw_dist_complete(struct worker *w, const struct io_uring_cqe *cqe)
 {
 	uint32_t i = ud_slot(cqe->user_data);
-	if (w->links && i < w->gw->cluster.n)
+	if (w->links && i < w->gw->cluster.nlinks)
 		link_complete(&w->links[i], &w->ring, cqe, w->now_ns);
 }
 
@@ -293,7 +304,7 @@ void gw_dist_tick(struct worker *w)
 	uint32_t timeout = (uint32_t)(w->settings->cfg.store_timeout_ms / GW_TICK_MS);
 	uint64_t pending = 0;
 	struct link_stats sum = {0};
-	for (size_t i = 0; i < w->gw->cluster.n; i++) {
+	for (size_t i = 0; i < w->gw->cluster.nlinks; i++) {
 		struct link *l = &w->links[i];
 		link_tick(l, &w->ring, w->now_ns);
 		if (w->tick > timeout)
@@ -305,7 +316,8 @@ void gw_dist_tick(struct worker *w)
 		link_stats_merge(&sum, &one);
 		link_stats_publish(&p->st, &one);
 		__atomic_store_n(&p->state, (uint64_t)l->state, __ATOMIC_RELAXED);
-		__atomic_store_n(&p->node, w->gw->cluster.nodes[i].node, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->node, w->gw->cluster.nodes[w->gw->cluster.link_node[i]].node, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->thread, i - w->gw->cluster.nodes[w->gw->cluster.link_node[i]].link0, __ATOMIC_RELAXED);
 		__atomic_store_n(&p->pending, (uint64_t)w->pend[i].len, __ATOMIC_RELAXED);
 	}
 	CNT_SET(w, pending_stores, pending);
@@ -314,7 +326,7 @@ void gw_dist_tick(struct worker *w)
 
 void gw_dist_flush(struct worker *w)
 {
-	for (size_t i = 0; w->links && i < w->gw->cluster.n; i++) {
+	for (size_t i = 0; w->links && i < w->gw->cluster.nlinks; i++) {
 		resync_step(w, (unsigned)i);
 		link_flush(&w->links[i], &w->ring, w->now_ns);
 	}
@@ -342,7 +354,7 @@ unsigned gw_dist_route(struct worker *w, uint32_t othread, uint64_t oconn, uint6
 	const struct cluster *cl = &w->gw->cluster;
 	if (!cl->n)
 		return PROTO_E_NO_ROUTE;
-	int li = group ? cluster_find(cl, cluster_group_node(group)) : (int)cluster_user_owner(cl, to);
+	int li = group ? cluster_group_link(cl, group) : (int)cluster_user_link(cl, to);
 	if (li < 0)
 		return PROTO_E_NO_SUCH_GROUP;
 	struct dist_frame f = {.type = DIST_ROUTE};
@@ -363,7 +375,7 @@ unsigned gw_dist_route(struct worker *w, uint32_t othread, uint64_t oconn, uint6
 
 void gw_dist_receipt(struct worker *w, int li, uint8_t flags, uint8_t kind, uint64_t from, uint64_t to, uint64_t smid)
 {
-	if (!w->links || li < 0 || (size_t)li >= w->gw->cluster.n)
+	if (!w->links || li < 0 || (size_t)li >= w->gw->cluster.nlinks)
 		return;
 	struct dist_frame f = {.type = DIST_RECEIPT};
 	f.receipt.kind = kind;
@@ -372,7 +384,7 @@ void gw_dist_receipt(struct worker *w, int li, uint8_t flags, uint8_t kind, uint
 	f.receipt.to = to;
 	f.receipt.smid = smid;
 	if (link_add(&w->links[li], &f) != 0)
-		log_rl(LOG_WARN, "link to backend %u is full: a receipt was dropped", w->gw->cluster.nodes[li].node);
+		log_rl(LOG_WARN, "link to backend %u is full: a receipt was dropped", w->links[li].peer_node);
 }
 
 void gw_dist_receipt_ack(struct worker *w, uint64_t user, uint64_t peer, uint64_t smid)
@@ -386,7 +398,7 @@ void gw_dist_receipt_ack(struct worker *w, uint64_t user, uint64_t peer, uint64_
 	f.receipt_ack.smid = smid;
 	/* a checked delivered receipt is kept by the backend that stored the
 	 * message, any other by the owner of the user it is for */
-	int stored = cluster_find(cl, msgid_node(smid)), owner = (int)cluster_user_owner(cl, user);
+	int stored = cluster_msg_link(cl, smid), owner = (int)cluster_user_link(cl, user);
 	if (stored >= 0)
 		link_add(&w->links[stored], &f);
 	if (owner != stored)
@@ -395,7 +407,7 @@ void gw_dist_receipt_ack(struct worker *w, uint64_t user, uint64_t peer, uint64_
 
 void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, uint64_t resume, int acks)
 {
-	for (size_t i = 0; w->links && i < w->gw->cluster.n; i++) {
+	for (size_t i = 0; w->links && i < w->gw->cluster.nlinks; i++) {
 		struct link *l = &w->links[i];
 		if (l->state != LINK_UP)
 			continue; /* announced by the resync when it comes up */
@@ -404,8 +416,7 @@ void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, ui
 			 * any) tells the backend every session there is then */
 			w->resync[i].again = 1;
 			CNT_ADD(w, session_announce_deferred, 1);
-			log_rl(LOG_WARN, "link to backend %u: announcement lane full; a resync follows",
-			       w->gw->cluster.nodes[i].node);
+			log_rl(LOG_WARN, "link to backend %u: announcement lane full; a resync follows", l->peer_node);
 		}
 	}
 }
@@ -416,8 +427,8 @@ unsigned gw_dist_group(struct worker *w, uint32_t slot, const struct proto_frame
 	if (!cl->n)
 		return PROTO_E_NO_ROUTE;
 	struct conn *c = conn_of(w, slot);
-	int li = f->group.op == PROTO_GROUP_CREATE ? (int)cluster_user_owner(cl, c->user)
-						   : cluster_find(cl, cluster_group_node(f->group.group));
+	int li = f->group.op == PROTO_GROUP_CREATE ? (int)cluster_user_link(cl, c->user)
+						   : cluster_group_link(cl, f->group.group);
 	if (li < 0)
 		return PROTO_E_NO_SUCH_GROUP;
 	struct dist_frame d = {.type = DIST_GROUP_OP};

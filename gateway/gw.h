@@ -170,7 +170,7 @@ struct gw_counters {
 
 /* One link's figures, published by its thread each tick for /stats. */
 struct gw_link_pub {
-	uint64_t state, node, pending;
+	uint64_t state, node, thread, pending; /* thread: the backend's */
 	struct link_stats st;
 };
 
@@ -545,7 +545,7 @@ unsigned gw_dist_route(struct worker *w, uint32_t othread, uint64_t oconn, uint6
 		       uint64_t group, const uint8_t *body, uint32_t len);
 
 /* A receipt from user `from` about message smid of user `to` to backend
- * index li (cluster_find / cluster_user_owner) with these DIST_RCPT_* flags. */
+ * thread link li (cluster_msg_link / cluster_user_link) with these DIST_RCPT_* flags. */
 void gw_dist_receipt(struct worker *w, int li, uint8_t flags, uint8_t kind, uint64_t from, uint64_t to, uint64_t smid);
 
 /* User `user` has the receipt from `peer` about smid: to every backend that

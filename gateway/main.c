@@ -215,7 +215,7 @@ static void notify_tick(struct gw *gw, struct sdnotify *n, struct notify_state *
 	if (n->fd < 0)
 		return;
 	uint64_t now = clock_mono_ns() / 1000000;
-	uint64_t conns = 0, logged = 0, up = 0, want = (uint64_t)gw->nthreads * gw->cluster.n;
+	uint64_t conns = 0, logged = 0, up = 0, want = (uint64_t)gw->nthreads * gw->cluster.nlinks;
 	for (unsigned t = 0; t < gw->nthreads; t++) {
 		conns += cnt_load(&gw->w[t].cnt, offsetof(struct gw_counters, conns));
 		logged += cnt_load(&gw->w[t].cnt, offsetof(struct gw_counters, logged_in));
@@ -571,7 +571,8 @@ int main(int argc, char **argv)
 			 : gw.listen_proxy[i] ? " (PROXY protocol: every connection starts with its header)"
 					      : "");
 	if (gw.cluster.n)
-		log_info("%zu backend(s) from %s; every thread links to each", gw.cluster.n, cfg->cluster_file);
+		log_info("%zu backend(s) with %zu thread(s) in all from %s; every thread links to each", gw.cluster.n,
+			 gw.cluster.nlinks, cfg->cluster_file);
 	else
 		log_info("no --cluster: local delivery only (no_route for users not connected here)");
 	struct io_uring ctl;

@@ -174,7 +174,7 @@ static int receipt_here(struct worker *w, uint64_t to, uint64_t from, uint8_t ki
 static void receipt_notify_here(struct worker *w, uint64_t to, uint64_t from, uint8_t kind, uint64_t smid)
 {
 	if (receipt_here(w, to, from, kind, smid) != 0 && gw_dist_on(w))
-		gw_dist_receipt(w, (int)cluster_user_owner(&w->gw->cluster, to), DIST_RCPT_NOTIFY, kind, from, to, smid);
+		gw_dist_receipt(w, (int)cluster_user_link(&w->gw->cluster, to), DIST_RCPT_NOTIFY, kind, from, to, smid);
 }
 
 /* Whether smid can be a message id of this cluster: made by one of its nodes
@@ -210,7 +210,7 @@ static void handle_receipt(struct worker *w, uint32_t slot, const struct proto_f
 		gw_dist_receipt_ack(w, c->user, peer, smid);
 		return;
 	}
-	int stored = gw_dist_on(w) ? cluster_find(&w->gw->cluster, msgid_node(smid)) : -1;
+	int stored = gw_dist_on(w) ? cluster_msg_link(&w->gw->cluster, smid) : -1;
 	if (f->receipt.kind == PROTO_RCPT_DELIVERED && stored >= 0) {
 		gw_dist_receipt(w, stored, DIST_RCPT_DELETE | DIST_RCPT_NOTIFY, f->receipt.kind, c->user, peer, smid);
 		return;

@@ -297,11 +297,12 @@ int gw_stats_http(void *arg, const struct httpd_req *req, struct mbuf *body, con
 	enum { NLINK = sizeof link_rows / sizeof link_rows[0] };
 	for (unsigned t = 0, first = 1; t < gw->nthreads; t++) {
 		const struct gw_link_pub *pub = gw->w[t].pub;
-		for (size_t i = 0; pub && i < gw->cluster.n; i++, first = 0) {
+		for (size_t i = 0; pub && i < gw->cluster.nlinks; i++, first = 0) {
 			const struct gw_link_pub *p = &pub[i];
 #define LP(f) (unsigned long long)__atomic_load_n(&p->f, __ATOMIC_RELAXED)
-			mbuf_printf(body, "%s{\"thread\":%u,\"backend\":%llu,\"state\":\"%s\",\"pending\":%llu,", first ? "" : ",",
-				    t, LP(node), link_state_name((unsigned)LP(state)), LP(pending));
+			mbuf_printf(body,
+				    "%s{\"thread\":%u,\"backend\":%llu,\"backend_thread\":%llu,\"state\":\"%s\",\"pending\":%llu,",
+				    first ? "" : ",", t, LP(node), LP(thread), link_state_name((unsigned)LP(state)), LP(pending));
 #undef LP
 			double lv[NLINK];
 			for (size_t k = 0; k < NLINK; k++)

@@ -26,17 +26,21 @@ int cluster_load(struct cluster *c, const char *path, char *err, size_t errlen)
 		char *hash = strchr(line, '#');
 		if (hash)
 			*hash = 0;
-		char kind[32], node[32], addr[128], extra[8];
-		int k = sscanf(line, "%31s %31s %127s %7s", kind, node, addr, extra);
+		char kind[32], node[32], addr[128], tkw[16], tn[16], extra[8];
+		int k = sscanf(line, "%31s %31s %127s %15s %15s %7s", kind, node, addr, tkw, tn, extra);
 		if (k <= 0)
 			continue;
-		char *end;
+		char *end, *tend = NULL;
 		unsigned long id = k >= 2 ? strtoul(node, &end, 10) : 0;
+		unsigned long threads = k == 5 ? strtoul(tn, &tend, 10) : 1;
 		int is_gw = strcmp(kind, "gateway") == 0;
-		if ((is_gw ? k != 2 : k != 3 || strcmp(kind, "backend") != 0) || *end || id < 1 || id > MSGID_MAX_NODE) {
+		if ((is_gw ? k != 2 : (k != 3 && k != 5) || strcmp(kind, "backend") != 0) || *end || id < 1 ||
+		    id > MSGID_MAX_NODE ||
+		    (k == 5 && (strcmp(tkw, "threads") != 0 || *tend || threads < 1 || threads > CLUSTER_MAX_THREADS))) {
 			snprintf(err, errlen,
-				 "%s:%d: want \"backend NODE_ID IP:PORT\" or \"gateway NODE_ID\" with NODE_ID 1..%u", path,
-				 lineno, MSGID_MAX_NODE);
+				 "%s:%d: want \"backend NODE_ID IP:PORT [threads N]\" or \"gateway NODE_ID\" with NODE_ID 1..%u "
+				 "and N 1..%u",
+				 path, lineno, MSGID_MAX_NODE, CLUSTER_MAX_THREADS);
 			fclose(f);
 			return -1;
 		}
@@ -63,8 +67,23 @@ int cluster_load(struct cluster *c, const char *path, char *err, size_t errlen)
 			fclose(f);
 			return -1;
 		}
+		if (addr_port(&n->addr) + threads - 1 > 65535) {
+			snprintf(err, errlen, "%s:%d: %lu threads need ports %u..%lu", path, lineno, threads,
+				 addr_port(&n->addr), addr_port(&n->addr) + threads - 1);
+			fclose(f);
+			return -1;
+		}
+		if (c->nlinks + threads > CLUSTER_MAX_LINKS) {
+			snprintf(err, errlen, "%s:%d: more than %u backend threads in all", path, lineno, CLUSTER_MAX_LINKS);
+			fclose(f);
+			return -1;
+		}
 		n->node = (uint32_t)id;
 		n->seed = hash64(0x6261636b656e64ull ^ id); /* depends on the node id only, not on order */
+		n->threads = (uint32_t)threads;
+		n->link0 = (uint32_t)c->nlinks;
+		for (unsigned long t = 0; t < threads; t++)
+			c->link_node[c->nlinks++] = (uint16_t)c->n;
 		c->n++;
 		c->kind[id] = (uint16_t)c->n;
 	}
@@ -103,6 +122,34 @@ size_t cluster_user_owner(const struct cluster *c, uint64_t user)
 int cluster_is_gateway(const struct cluster *c, uint32_t node)
 {
 	return node <= MSGID_MAX_NODE && c->kind[node] == CLUSTER_GATEWAY;
+}
+
+uint32_t cluster_user_link(const struct cluster *c, uint64_t user)
+{
+	const struct cluster_node *n = &c->nodes[c->owner[cluster_bucket(user)]];
+	return n->link0 + cluster_user_thread(user, n->threads);
+}
+
+int cluster_msg_link(const struct cluster *c, uint64_t smid)
+{
+	int i = cluster_find(c, msgid_node(smid));
+	return i < 0 ? -1 : (int)(c->nodes[i].link0 + msgid_thread(smid, c->nodes[i].threads));
+}
+
+int cluster_group_link(const struct cluster *c, uint64_t gid)
+{
+	int i = cluster_find(c, cluster_group_node(gid));
+	if (i < 0)
+		return -1;
+	uint64_t counter = gid & CLUSTER_GID_COUNTER_MAX;
+	return (int)(c->nodes[i].link0 + counter % c->nodes[i].threads);
+}
+
+struct addr cluster_thread_addr(const struct cluster *c, size_t i, uint32_t k)
+{
+	struct addr a = c->nodes[i].addr;
+	addr_set_port(&a, addr_port(&a) + k);
+	return a;
 }
 
 int cluster_find(const struct cluster *c, uint32_t node)

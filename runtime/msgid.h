@@ -93,6 +93,14 @@ static inline uint32_t msgid_node(uint64_t id)
 	return (uint32_t)(id >> MSGID_NODE_SHIFT) & MSGID_MAX_NODE;
 }
 
+/* Thread number of the generator that made an id, on a node of `threads`
+ * threads (the one it was made with). */
+static inline unsigned msgid_thread(uint64_t id, unsigned threads)
+{
+	unsigned b = msgid_thread_bits(threads);
+	return b ? (unsigned)((id & MSGID_LOW_MASK) >> (MSGID_NODE_SHIFT - b)) : 0;
+}
+
 /* Wall-clock milliseconds encoded in an id. */
 static inline uint64_t msgid_time_ms(uint64_t id)
 {

@@ -162,6 +162,32 @@ unsigned tc_port_reserve(int *fd_out)
 	return port;
 }
 
+unsigned tc_port_reserve_n(unsigned n, int *fds)
+{
+	for (int attempt = 0; attempt < 64; attempt++) {
+		unsigned first = tc_port_reserve(&fds[0]), k;
+		if (!first)
+			return 0;
+		for (k = 1; k < n; k++) {
+			unsigned got;
+			/* exclusive first: that fails on any user of the port, a
+			 * reservation included; then held the way tc_port_reserve holds */
+			int probe = first + k > 65535 ? -1 : bind_loopback(first + k, 0, &got);
+			if (probe < 0)
+				break;
+			close(probe);
+			if ((fds[k] = bind_loopback(first + k, 1, &got)) < 0)
+				break;
+		}
+		if (k == n)
+			return first;
+		while (k)
+			tc_port_release(fds[--k]);
+	}
+	errno = EADDRINUSE;
+	return 0;
+}
+
 void tc_port_release(int fd)
 {
 	if (fd >= 0)

@@ -71,6 +71,11 @@ unsigned tc_port_reserve(int *fd);
 /* Release a reservation from tc_port_reserve(); ignores fd < 0. */
 void tc_port_release(int fd);
 
+/* n consecutive ports (a backend's node threads listen on port + k): like
+ * tc_port_reserve, each held by fds[k] until released. Returns the first,
+ * or 0 when no run of n free ports was found. */
+unsigned tc_port_reserve_n(unsigned n, int *fds);
+
 /* ---- server process --------------------------------------------------------------- */
 
 struct tc_server {

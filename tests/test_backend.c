@@ -64,6 +64,11 @@
 static const unsigned be_node_id[NBE] = {11, 1999};
 static const unsigned gw_node_id[NGW] = {1, 1500};
 #define RAW_NODE 2040 /* a gateway listed in the cluster file for the tests' hand-driven dist peers */
+/* Node threads of each backend (the cluster file's threads): 2 here, 1 in
+ * test_backend_tls (GW_TEST_BE_THREADS), so the suite runs both shapes.
+ * Links: a gateway thread holds one per backend thread. */
+#define BE_THREADS_MAX 4
+static unsigned BT = 2;
 
 /* ---- fixture ------------------------------------------------------------------ */
 
@@ -73,6 +78,7 @@ struct proc {
 	int expect_dead; /* stopped or killed on purpose */
 	unsigned node, port, stats, runs;
 	int port_fd, stats_fd;
+	int xport_fd[BE_THREADS_MAX - 1]; /* backends: the ports of node threads 1.. */
 	char log[PATH_MAX + 160];
 	char data[PATH_MAX + 64]; /* backends: --data-dir */
 };
@@ -108,8 +114,12 @@ static char *proc_tail(const struct proc *p)
 static void t_init(void)
 {
 	memset(&T, 0, sizeof T);
+	const char *bt = getenv("GW_TEST_BE_THREADS");
+	BT = bt && atoi(bt) >= 1 && atoi(bt) <= BE_THREADS_MAX ? (unsigned)atoi(bt) : 2;
 	for (int i = 0; i < NBE; i++) {
 		T.be[i].port_fd = T.be[i].stats_fd = -1;
+		for (int k = 0; k < BE_THREADS_MAX - 1; k++)
+			T.be[i].xport_fd[k] = -1;
 		T.be[i].node = be_node_id[i];
 	}
 	for (int i = 0; i < NGW; i++) {
@@ -168,6 +178,8 @@ static void t_fini(void)
 	for (int i = 0; i < NBE; i++) {
 		tc_port_release(T.be[i].port_fd);
 		tc_port_release(T.be[i].stats_fd);
+		for (int k = 0; k < BE_THREADS_MAX - 1; k++)
+			tc_port_release(T.be[i].xport_fd[k]);
 	}
 	for (int i = 0; i < NGW; i++) {
 		tc_port_release(T.gw[i].port_fd);
@@ -203,7 +215,13 @@ static void setup_env(void)
 	cr_assert_geq(T.tls, 0, "TLS test mode: no certificate");
 	for (int i = 0; i < NBE; i++) {
 		struct proc *p = &T.be[i];
-		p->port = tc_port_reserve(&p->port_fd);
+		int fds[BE_THREADS_MAX];
+		p->port = tc_port_reserve_n(BT, fds);
+		if (p->port) {
+			p->port_fd = fds[0];
+			for (unsigned k = 1; k < BT; k++)
+				p->xport_fd[k - 1] = fds[k];
+		}
 		p->stats = tc_port_reserve(&p->stats_fd);
 		cr_assert(p->port && p->stats, "no free port: %s", strerror(errno));
 		snprintf(p->data, sizeof p->data, "%s/be%u", T.tmp, p->node);
@@ -219,7 +237,7 @@ static void setup_env(void)
 	cr_assert(f, "cannot write %s: %s", T.cluster_path, strerror(errno));
 	fprintf(f, "# test_backend %s\n", test_name());
 	for (int i = 0; i < NBE; i++)
-		fprintf(f, "backend %u 127.0.0.1:%u\n", T.be[i].node, T.be[i].port);
+		fprintf(f, "backend %u 127.0.0.1:%u threads %u\n", T.be[i].node, T.be[i].port, BT);
 	for (int i = 0; i < NGW; i++)
 		fprintf(f, "gateway %u\n", T.gw[i].node);
 	fprintf(f, "gateway %u # hand-driven dist peers of the tests\n", RAW_NODE);
@@ -383,10 +401,10 @@ static void wait_links(void)
 	for (int i = 0; i < NBE; i++)
 		live += T.be[i].started && !T.be[i].expect_dead;
 	for (int i = 0; i < NGW; i++)
-		expect_stat(&T.gw[i], "links_up", '=', GW_THREADS * live, LINKS_MS);
+		expect_stat(&T.gw[i], "links_up", '=', GW_THREADS * live * (int)BT, LINKS_MS);
 	for (int i = 0; i < NBE; i++)
 		if (T.be[i].started && !T.be[i].expect_dead)
-			expect_stat(&T.be[i], "links_up", '=', GW_THREADS * NGW, LINKS_MS);
+			expect_stat(&T.be[i], "links_up", '=', GW_THREADS * NGW * (int)BT, LINKS_MS);
 }
 
 /* Start the cluster; gateway options besides the defaults as NULL-terminated
@@ -445,7 +463,8 @@ static void be_kill9(int i)
  * bound again as the backend binds it (SO_REUSEADDR), up to 5 s. */
 static void be_restart(int i, int wait_up)
 {
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)T.be[i].port),
+	for (unsigned k = 0; k < BT; k++) {
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(T.be[i].port + k)),
 				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	for (int64_t deadline = tc_now_ms() + 5000;;) {
 		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -457,6 +476,7 @@ static void be_restart(int i, int wait_up)
 		if (r == 0 || tc_now_ms() > deadline)
 			break;
 		tc_sleep_ms(20);
+	}
 	}
 	be_spawn(i);
 	if (wait_up)
@@ -471,6 +491,21 @@ static uint64_t user_of(int be, uint64_t from)
 	for (uint64_t u = from;; u++)
 		if ((int)cluster_user_owner(&T.cl, u) == be)
 			return u;
+}
+
+/* A user id >= from owned by node thread t of backend be. */
+static uint64_t user_of_thread(int be, unsigned t, uint64_t from)
+{
+	for (uint64_t u = from;; u++)
+		if (cluster_user_link(&T.cl, u) == T.cl.nodes[be].link0 + t)
+			return u;
+}
+
+/* The port of the node thread that owns user u (for hand-driven links). */
+static unsigned owner_port(uint64_t u)
+{
+	int be = (int)cluster_user_owner(&T.cl, u);
+	return T.be[be].port + (cluster_user_link(&T.cl, u) - T.cl.nodes[be].link0);
 }
 
 /* ---- client helpers --------------------------------------------------------------- */
@@ -1434,7 +1469,7 @@ static void load_pump(int wait_ms, int rcpts)
 static int links_all_up(void)
 {
 	for (int i = 0; i < NGW; i++)
-		if (stat_num(&T.gw[i], "links_up") != GW_THREADS * NBE)
+		if (stat_num(&T.gw[i], "links_up") != GW_THREADS * NBE * (int)BT)
 			return 0;
 	return 1;
 }
@@ -1577,7 +1612,7 @@ Test(backend, backend_down_senders_get_errors, .timeout = 40)
 	open_login(&y, 1, uy);
 	be_kill9(victim);
 	for (int i = 0; i < NGW; i++)
-		expect_stat(&T.gw[i], "links_up", '=', GW_THREADS * (NBE - 1), 5000);
+		expect_stat(&T.gw[i], "links_up", '=', GW_THREADS * (NBE - 1) * (int)BT, 5000);
 
 	/* a message for an offline user of the dead backend: try_again by the
 	 * store timeout at the latest (in practice sooner: every failed reconnect
@@ -1855,7 +1890,7 @@ Test(backend, malformed_dist_frames, .timeout = 40)
 
 	/* the backend kept serving the real gateways: their links never dropped */
 	all_alive();
-	expect_stat(p, "links_up", '=', GW_THREADS * NGW, 3000);
+	expect_stat(p, "links_up", '=', GW_THREADS * NGW * (int)BT, 3000);
 	for (int i = 0; i < NGW; i++)
 		cr_assert_eq(stat_num(&T.gw[i], "link_reconnects"), 0, "gateway %u's links were disturbed", T.gw[i].node);
 	uint64_t ua = user_of(1, 17000), ub = user_of(0, 18000);
@@ -1905,7 +1940,7 @@ Test(backend, hello_mismatch_gets_error, .timeout = 30)
 
 	/* the backend keeps serving */
 	all_alive();
-	expect_stat(p, "links_up", '=', GW_THREADS * NGW, 3000);
+	expect_stat(p, "links_up", '=', GW_THREADS * NGW * (int)BT, 3000);
 }
 
 /* ---- 10. durability across a clean restart ------------------------------------------------ */
@@ -1945,7 +1980,7 @@ Test(backend, restart_keeps_stored_messages, .timeout = 40)
 	tc_server_stop(&bv->srv, 0);
 	bv->started = 0;
 	for (int i = 0; i < NGW; i++)
-		expect_stat(&T.gw[i], "links_up", '=', GW_THREADS * (NBE - 1), 5000);
+		expect_stat(&T.gw[i], "links_up", '=', GW_THREADS * (NBE - 1) * (int)BT, 5000);
 
 	be_restart(victim, 1);
 	wait_links();
@@ -2057,7 +2092,7 @@ Test(backend, unauthenticated_peer_refused, .timeout = 40)
 
 	/* nothing reached the victim, the real links never dropped */
 	expect_silent(&v, 500, "the victim after the forged frames");
-	expect_stat(p, "links_up", '=', GW_THREADS * NGW, 3000);
+	expect_stat(p, "links_up", '=', GW_THREADS * NGW * (int)BT, 3000);
 	for (int i = 0; i < NGW; i++)
 		cr_assert_eq(stat_num(&T.gw[i], "link_reconnects"), 0, "gateway %u's links were disturbed", T.gw[i].node);
 	cr_assert_eq(stat_num(p, "stored"), 0, "a forged message was stored");
@@ -2072,9 +2107,9 @@ Test(backend, authenticated_peer_served, .timeout = 30)
 	topo_start(NULL);
 	static struct raw r;
 	raw_login_link(&r, T.be[0].port, RAW_NODE);
-	expect_stat(&T.be[0], "links_up", '=', GW_THREADS * NGW + 1, 3000);
+	expect_stat(&T.be[0], "links_up", '=', GW_THREADS * NGW * (int)BT + 1, 3000);
 	tc_close(&r.c);
-	expect_stat(&T.be[0], "links_up", '=', GW_THREADS * NGW, 3000);
+	expect_stat(&T.be[0], "links_up", '=', GW_THREADS * NGW * (int)BT, 3000);
 	all_alive();
 }
 
@@ -2136,7 +2171,7 @@ Test(backend, heartbeat_flood_is_bounded, .timeout = 60)
 	tc_close(&r.c);
 	tc_close(&a);
 	tc_close(&b);
-	expect_stat(p, "links_up", '=', GW_THREADS * NGW, 5000);
+	expect_stat(p, "links_up", '=', GW_THREADS * NGW * (int)BT, 5000);
 	all_alive();
 }
 
@@ -2503,8 +2538,9 @@ Test(backend, per_sender_bound_on_undelivered_messages, .timeout = 40)
 	open_login(&a, 0, ua);
 	int stored = 0, slowed = 0;
 	for (uint64_t k = 1; k <= 25; k++) {
-		/* different recipients (all offline), all owned by backend 11 */
-		send_msg(&a, k, user_of(0, 41000 + k * 50), "to someone offline");
+		/* different recipients (all offline), all owned by backend 11's first
+		 * thread (the bound is a node thread's: each keeps its own counts) */
+		send_msg(&a, k, user_of_thread(0, 0, 41000 + k * 50), "to someone offline");
 	}
 	count_answers(&a, 25, PROTO_E_SLOW_DOWN, &stored, &slowed);
 	cr_assert_eq(stored, 20, "%d stored under --sender-max 20", stored);
@@ -2813,7 +2849,7 @@ Test(backend, full_store_refuses_writes_not_links, .timeout = 60)
 	memset(body, 'f', PROTO_MAX_BODY);
 	int stored = 0, full = 0;
 	uint64_t first_to = 0;
-	for (uint64_t k = 1; k <= 80 && full < 3; k++) {
+	for (uint64_t k = 1; k <= 80 * BT && full < 3; k++) {
 		uint64_t to = user_of(0, 49000 + k * 100);
 		if (!first_to)
 			first_to = to;
@@ -2929,6 +2965,102 @@ Test(backend, login_backlog_one_entry_per_user, .timeout = 60)
 	all_alive();
 }
 
+/* Node threads (the cluster file's "threads"): each owns its users, its
+ * store and its links, and the node's /stats adds them up. The thread count
+ * is one fact in the cluster file: a data dir written with another count is
+ * refused (users would hash to other threads), and a gateway whose cluster
+ * file gives a backend another count refuses its links (HELLO's thread and
+ * threads), saying so. */
+Test(backend, node_threads_own_their_users_and_one_count_rules, .timeout = 60)
+{
+	topo_start(NULL);
+	struct proc *p = &T.be[0];
+	cr_assert_eq(stat_num(p, "threads"), BT);
+	uint64_t ua = user_of(1, 90000);
+	struct tc_conn a, o;
+	open_login(&a, 0, ua);
+	uint64_t to[BE_THREADS_MAX];
+	for (unsigned t = 0; t < BT; t++) {
+		to[t] = user_of_thread(0, t, 90100 + 100 * t);
+		send_msg(&a, 1 + t, to[t], "for a node thread");
+		expect_ack(&a, 1 + t, PROTO_ACK_STORED, "stored by the recipient's node thread");
+	}
+	expect_stat(p, "stored", '=', BT, 3000);
+	expect_stat(p, "store_mailbox_entries", '=', BT, 3000);
+	for (unsigned t = 0; t < BT; t++) {
+		open_login(&o, 1, to[t]);
+		uint64_t smid = expect_deliver(&o, ua, 0, "for a node thread", "at login, from its node thread");
+		send_receipt(&o, PROTO_RCPT_DELIVERED, ua, smid); /* to the thread inside smid */
+		expect_receipt(&a, PROTO_RCPT_DELIVERED, to[t], smid, "the sender, told by the recipient's thread");
+		tc_close(&o);
+	}
+	tc_close(&a);
+	expect_stat(p, "store_mailbox_entries", '=', 0, 3000);
+
+	/* another thread count in the cluster file: the data dir is refused */
+	char other[PATH_MAX + 48], line[128];
+	snprintf(other, sizeof other, "%s/cluster-other.conf", T.tmp);
+	FILE *in = fopen(T.cluster_path, "r"), *out = fopen(other, "w");
+	cr_assert(in && out);
+	while (fgets(line, sizeof line, in)) {
+		unsigned node, port, th;
+		if (sscanf(line, "backend %u 127.0.0.1:%u threads %u", &node, &port, &th) == 3 && node == p->node)
+			fprintf(out, "backend %u 127.0.0.1:%u threads %u\n", node, port, BT + 1);
+		else
+			fputs(line, out);
+	}
+	fclose(in);
+	cr_assert_eq(fclose(out), 0);
+	p->expect_dead = 1;
+	int st = tc_server_stop(&p->srv, 5000);
+	cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "backend did not stop cleanly (0x%x)", (unsigned)st);
+	p->started = 0;
+	char path[PATH_MAX + 32], node[16], log[PATH_MAX + 64];
+	snprintf(path, sizeof path, "%s/backend/backend", tc_build_dir());
+	snprintf(node, sizeof node, "%u", p->node);
+	snprintf(log, sizeof log, "%s/%s.other.log", T.logdir, test_name());
+	const char *argv[] = {path, "--node", node, "--cluster", other, "--cluster-secret-file", T.cluster_secret,
+			      "--data-dir", p->data, "--stats-listen", "off", NULL};
+	int rc = tc_run(path, (char *const *)argv, log, log, 10000);
+	char *text = tc_read_file(log, NULL);
+	cr_assert_eq(rc, 1, "a backend with another thread count on the data dir: exit %d; log:\n%s", rc,
+		     text ? text : "");
+	char want[96];
+	snprintf(want, sizeof want, "holds the store of this node with %u thread(s); the cluster file gives it %u", BT,
+		 BT + 1);
+	cr_assert(text && strstr(text, want), "the refusal does not say '%s':\n%s", want, text ? text : "");
+	free(text);
+	be_restart(0, 1);
+	wait_links();
+
+	/* a gateway told another thread count refuses the backend's links */
+	struct proc g = {0};
+	g.port_fd = g.stats_fd = -1;
+	g.node = RAW_NODE;
+	g.port = tc_port_reserve(&g.port_fd);
+	g.stats = tc_port_reserve(&g.stats_fd);
+	char gpath[PATH_MAX + 32], gnode[16], listen[64], stats[64], secret[PATH_MAX + 48];
+	snprintf(gpath, sizeof gpath, "%s/gateway/gateway", tc_build_dir());
+	snprintf(gnode, sizeof gnode, "%u", RAW_NODE);
+	snprintf(listen, sizeof listen, "127.0.0.1:%u", g.port);
+	snprintf(stats, sizeof stats, "127.0.0.1:%u", g.stats);
+	snprintf(secret, sizeof secret, "%s/other.secret", T.tmp);
+	cr_assert_eq(tc_secret_new(secret, NULL), 0);
+	const char *gargv[] = {gpath, "--node", gnode, "--threads", "1", "--listen", listen, "--stats-listen", stats,
+			       "--auth-secret-file", secret, "--cluster", other, "--cluster-secret-file",
+			       T.cluster_secret, NULL};
+	snprintf(g.log, sizeof g.log, "%s/%s.gwother.log", T.logdir, test_name());
+	cr_assert_eq(tc_server_start(&g.srv, gpath, (char *const *)gargv, g.log), 0);
+	snprintf(want, sizeof want, "says it is thread 0 of %u here; the cluster file has thread 0 of %u", BT, BT + 1);
+	int seen = log_has(&g, want, 5000);
+	tc_server_signal(&g.srv, SIGTERM);
+	tc_server_stop(&g.srv, 3000);
+	tc_port_release(g.port_fd);
+	tc_port_release(g.stats_fd);
+	cr_assert(seen, "the gateway's log does not say '%s'", want);
+	all_alive();
+}
+
 /* Review findings on the handshake: (a) a connection that never
  * authenticated costs the backend nothing when it goes (it walked the whole
  * session directory: ~21 ms a close at 2M sessions), so it is not counted as
@@ -2966,16 +3098,16 @@ Test(backend, idle_handshakes_cannot_lock_gateways_out, .timeout = 60)
 			}
 		}
 		up = stat_num(g, "links_up");
-		if (up == GW_THREADS * NBE)
+		if (up == GW_THREADS * NBE * (int)BT)
 			break;
 		tc_sleep_ms(20);
 	}
-	cr_assert_eq(up, GW_THREADS * NBE, "gateway 1 has %lld of %d links with idle sockets flooding a backend",
-		     (long long)up, GW_THREADS * NBE);
+	cr_assert_eq(up, GW_THREADS * NBE * (int)BT, "gateway 1 has %lld of %d links with idle sockets flooding a backend",
+		     (long long)up, GW_THREADS * NBE * (int)BT);
 	for (int i = 0; i < IDLE; i++)
 		tc_close(&idle[i]);
 	/* only the gateway's own old links count as lost: none of the idle ones */
-	expect_stat(p, "links_lost", '=', lost0 + GW_THREADS, 3000);
+	expect_stat(p, "links_lost", '=', lost0 + GW_THREADS * (int)BT, 3000);
 	all_alive();
 }
 
@@ -3053,7 +3185,7 @@ Test(backend, online_users_survive_a_backend_hang_with_a_full_queue, .timeout = 
 	 * 0's link to the hung backend fills (16 KiB messages to offline users
 	 * it owns) until senders get try_again: what waits is in the queue, not
 	 * in a send */
-	expect_stat(&T.gw[0], "links_up", '<', GW_THREADS * NBE - 1, 6000);
+	expect_stat(&T.gw[0], "links_up", '<', GW_THREADS * NBE * (int)BT - 1, 6000);
 	static char big[PROTO_MAX_BODY + 1];
 	memset(big, 'q', PROTO_MAX_BODY);
 	int again = 0;
@@ -3113,7 +3245,7 @@ Test(backend, every_session_announced_past_the_queue_bound, .timeout = 90)
 	 * its port must be gone for it to listen there again) */
 	be_kill9(0);
 	for (int i = 0; i < NGW; i++)
-		expect_stat(&T.gw[i], "links_up", '=', GW_THREADS * (NBE - 1), 5000);
+		expect_stat(&T.gw[i], "links_up", '=', GW_THREADS * (NBE - 1) * (int)BT, 5000);
 	be_restart(0, 1);
 	wait_links();
 	int64_t got = wait_stat(&T.be[0], "sessions", '>', N, 20000);
@@ -3197,7 +3329,7 @@ Test(backend, link_queue_bound_is_a_memory_bound, .timeout = 60)
 	struct tc_conn a;
 	open_login(&a, 0, ua);
 	be_kill9(0);
-	expect_stat(&T.gw[0], "links_up", '=', GW_THREADS * (NBE - 1), 6000);
+	expect_stat(&T.gw[0], "links_up", '=', GW_THREADS * (NBE - 1) * (int)BT, 6000);
 	int64_t rss0 = stat_num(&T.gw[0], "rss_bytes"), al0 = stat_num(&T.gw[0], "allocated_bytes");
 	enum { N = 4000 };
 	for (uint64_t k = 1; k <= N; k++) {
@@ -3264,7 +3396,7 @@ Test(backend, same_session_announced_again_is_not_a_new_login, .timeout = 30)
 		expect_ack(&a, k, PROTO_ACK_STORED, "stored for x");
 	}
 	static struct raw r;
-	raw_login_link(&r, T.be[0].port, RAW_NODE);
+	raw_login_link(&r, owner_port(x), RAW_NODE);
 	raw_session_up(&r, x, 77, 1);
 	raw_read(&r, 0, 1200);
 	cr_assert_eq(r.inner[DIST_ROUTE], 3, "x's stored messages at its login: %u", r.inner[DIST_ROUTE]);

@@ -817,28 +817,44 @@ Test(store, group_next_id_persisted)
 {
 	st = open_map(MAP_BYTES);
 	uint64_t gid = 0;
-	cr_assert_eq(store_group_next_id(st, 3, &gid), 0);
+	cr_assert_eq(store_group_next_id(st, 3, 0, 1, &gid), 0);
 	cr_assert_eq(gid, ((uint64_t)3 << 48) | 1);
-	cr_assert_eq(store_group_next_id(st, 3, &gid), 0);
+	cr_assert_eq(store_group_next_id(st, 3, 0, 1, &gid), 0);
 	cr_assert_eq(gid, ((uint64_t)3 << 48) | 2);
 	commit();
 
 	/* Aborted: the id was never used durably, so it comes again. */
-	cr_assert_eq(store_group_next_id(st, 3, &gid), 0);
+	cr_assert_eq(store_group_next_id(st, 3, 0, 1, &gid), 0);
 	cr_assert_eq(gid, ((uint64_t)3 << 48) | 3);
 	store_abort(st);
 	reopen();
 	/* the largest node the layout holds (runtime/cluster.h), and its id
 	 * still a valid SEND recipient (bit 63 clear: node 0xffff set it before) */
-	cr_assert_eq(store_group_next_id(st, CLUSTER_GID_NODE_MAX, &gid), 0);
+	cr_assert_eq(store_group_next_id(st, CLUSTER_GID_NODE_MAX, 0, 1, &gid), 0);
 	cr_assert_eq(gid, ((uint64_t)CLUSTER_GID_NODE_MAX << 48) | 3);
 	cr_assert_leq(gid, PROTO_MAX_USER);
 	cr_assert_eq(cluster_group_node(gid), CLUSTER_GID_NODE_MAX);
-	cr_assert_eq(store_group_next_id(st, CLUSTER_GID_NODE_MAX + 1, &gid), -EINVAL);
+	cr_assert_eq(store_group_next_id(st, CLUSTER_GID_NODE_MAX + 1, 0, 1, &gid), -EINVAL);
 	commit();
 	reopen();
-	cr_assert_eq(store_group_next_id(st, 1, &gid), 0);
+	cr_assert_eq(store_group_next_id(st, 1, 0, 1, &gid), 0);
 	cr_assert_eq(gid, ((uint64_t)1 << 48) | 4);
+}
+
+/* A node thread's group ids name it (counter % threads == thread), so a
+ * gateway finds the thread from the id alone (cluster_group_link). */
+Test(store, group_ids_name_their_node_thread)
+{
+	st = open_map(MAP_BYTES);
+	uint64_t gid = 0;
+	for (int i = 1; i <= 3; i++) {
+		cr_assert_eq(store_group_next_id(st, 7, 2, 3, &gid), 0);
+		cr_assert_eq(gid & CLUSTER_GID_COUNTER_MAX, (uint64_t)i * 3 + 2);
+		cr_assert_eq(cluster_group_node(gid), 7);
+	}
+	cr_assert_eq(store_group_next_id(st, 7, 3, 3, &gid), -EINVAL);
+	cr_assert_eq(store_group_next_id(st, 7, 0, 0, &gid), -EINVAL);
+	commit();
 }
 
 /* ---- full map ---------------------------------------------------------------------- */
@@ -1098,7 +1114,7 @@ Test(store, every_kind_of_write_can_fail)
 		uint64_t to = 3;
 		switch (kinds[k].op) {
 		case STORE_OP_MSG: r = store_put(st, &m, &to, 1, 100, NULL); break;
-		case STORE_OP_GROUP: r = store_group_next_id(st, 1, &gid); break;
+		case STORE_OP_GROUP: r = store_group_next_id(st, 1, 0, 1, &gid); break;
 		case STORE_OP_DEDUP: r = store_dedup_put(st, 1, 5, 5); break;
 		case STORE_OP_RECEIPT: r = store_rcpt_put(st, 7, 8, 101, PROTO_RCPT_READ, 64, 100, NULL); break;
 		default: r = store_ack(st, 2, 1, NULL, NULL); break;
