@@ -16,6 +16,7 @@
 #   DIST_NOBATCH  0: skip the runs without batching
 #   DIST_BACKENDS 1 or 2 (the users spread over both; commits and the
 #                 backend CPU are both backends' together)
+#   DIST_BE_THREADS node threads per backend (1; the cluster file's threads)
 set -eu
 b=${1:-build}
 base=${DIST_PORT:-27300}
@@ -32,9 +33,12 @@ bes() { awk '{print $15}' "/proc/$1/stat"; }
 "$b/tools/mint-token" --new-secret "$tmp/cluster.secret" 2>/dev/null
 nbe=${DIST_BACKENDS:-1}
 [ "$nbe" = 1 ] || [ "$nbe" = 2 ] || { echo "dist.sh: DIST_BACKENDS is 1 or 2" >&2; exit 2; }
+bt=${DIST_BE_THREADS:-1}
+[ "$bt" -ge 1 ] && [ "$bt" -le 16 ] || { echo "dist.sh: DIST_BE_THREADS is 1..16" >&2; exit 2; }
+# backend node thread k listens on its port + k: 20.. and 40.. above base
 {
-	printf 'backend 11 127.0.0.1:%s\n' "$((base + 1))"
-	[ "$nbe" = 1 ] || printf 'backend 12 127.0.0.1:%s\n' "$((base + 4))"
+	printf 'backend 11 127.0.0.1:%s threads %s\n' "$((base + 20))" "$bt"
+	[ "$nbe" = 1 ] || printf 'backend 12 127.0.0.1:%s threads %s\n' "$((base + 40))" "$bt"
 	printf 'gateway 1\ngateway 2\n'
 } >"$tmp/cluster.conf"
 
@@ -110,7 +114,7 @@ for total in $(echo "${DIST_RATES:-2000 10000 30000}" | tr , ' '); do
 done
 cat <<EOF
 
-=== dist link: 2 gateways (1 thread each) + $nbe backend(s), every message through the backend, delivered receipts on, ${DIST_CONNS:-2000} connections
+=== dist link: 2 gateways (1 thread each) + $nbe backend(s) of $bt node thread(s), every message through the backend, delivered receipts on, ${DIST_CONNS:-2000} connections
 $results
 (frames/batch and bytes/msg: gateway 1's link to the backend, sends and receipts both counted in frames;
  commits: backend group commits during the run; CPU: gateways + backend, per delivered message, and the
