@@ -16,6 +16,7 @@
 #   - what the clients saw: messages acknowledged and not delivered by the
 #     end (lost), try_again answers, reconnects.
 # Bounded: about 60 s. Ports from FAULT_PORT (default 27400).
+# FAULT_BE_THREADS: the backend's node threads (1).
 # FAULT_MODE=kill: SIGKILL instead of SIGSTOP, and the backend started again
 # on the same data dir after the pause: every message acknowledged `stored`
 # must be delivered after the restart (lost 0), the in-memory counts rebuilt.
@@ -39,7 +40,8 @@ now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 "$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
 "$b/tools/mint-token" --new-secret "$tmp/cluster.secret" 2>/dev/null
-printf 'backend 11 127.0.0.1:%s\ngateway 1\ngateway 2\n' "$((base + 1))" >"$tmp/cluster.conf"
+bt=${FAULT_BE_THREADS:-1} # node threads of the backend (the cluster file's threads); ports from base + 20
+printf 'backend 11 127.0.0.1:%s threads %s\ngateway 1\ngateway 2\n' "$((base + 20))" "$bt" >"$tmp/cluster.conf"
 
 start_backend() {
 	"$b/backend/backend" --node 11 --cluster "$tmp/cluster.conf" --cluster-secret-file "$tmp/cluster.secret" \
@@ -58,7 +60,7 @@ done
 set -- $pids
 g1=$2 g2=$3
 for _ in $(seq 50); do
-	[ "$(stat1 $((base + 12)) links_up)" = 1 ] && [ "$(stat1 $((base + 13)) links_up)" = 1 ] && break
+	[ "$(stat1 $((base + 12)) links_up)" = "$bt" ] && [ "$(stat1 $((base + 13)) links_up)" = "$bt" ] && break
 	sleep 0.2
 done
 
@@ -100,7 +102,7 @@ t_cont=$(now_ms)
 echo "fault: backend resumed" >&2
 t_up='' t_first=''
 while [ $(($(now_ms) - t_cont)) -lt 20000 ] && { [ -z "$t_up" ] || [ -z "$t_first" ]; }; do
-	if [ -z "$t_up" ] && [ "$(stat1 $((base + 12)) links_up)" = 1 ] && [ "$(stat1 $((base + 13)) links_up)" = 1 ]; then
+	if [ -z "$t_up" ] && [ "$(stat1 $((base + 12)) links_up)" = "$bt" ] && [ "$(stat1 $((base + 13)) links_up)" = "$bt" ]; then
 		t_up=$(now_ms)
 	fi
 	if [ -z "$t_first" ]; then
@@ -130,7 +132,7 @@ cat <<EOF
 
 === backend $( [ "$mode" = kill ] && echo "killed (SIGKILL) and started again after" || echo stopped) ${stop_s} s under load: 2 gateways (1 thread each) + 1 backend, $conns clients, $rate msg/s each ($(awk -v c="$conns" -v r="$rate" 'BEGIN {print c * r}')/s offered)
 delivery rate before the stop: $pre msg/s
-gateway RSS growth during the stop: gw1 $((m1 - r1)) KiB, gw2 $((m2 - r2)) KiB; --link-queue $lq per thread; /stats link_queue_bytes at the end of the stop: gw1 $((q1 / 1024)) KiB, gw2 $((q2 / 1024)) KiB ($(awk -v q="$q1" -v b="$lq_b" 'BEGIN {printf "%.0f%%", q / b * 100}') of the bound)
+gateway RSS growth during the stop: gw1 $((m1 - r1)) KiB, gw2 $((m2 - r2)) KiB; --link-queue $lq per link ($bt link(s) per gateway thread); /stats link_queue_bytes at the end of the stop: gw1 $((q1 / 1024)) KiB, gw2 $((q2 / 1024)) KiB ($(awk -v q="$q1" -v b="$lq_b" -v n="$bt" 'BEGIN {printf "%.0f%%", q / b / n * 100}') of the bound)
 after $( [ "$mode" = kill ] && echo "the restart" || echo SIGCONT): links up again: $(since "$t_up"), first delivery through the backend to a user who stayed online: $(since "$t_first"), delivery rate back to 90%: $( [ "$back_ms" = never ] && echo never || echo "$back_ms ms") (1 s resolution)
 clients: sent $(num sent "$j"), acknowledged $(num acked "$j"), delivered $(num delivered "$j"), lost $(num lost "$j"), duplicated $(num duplicated "$j"), try_again $(x=$(num try_again "$j"); echo "${x:-0}"), reconnects $(num reconnects "$j"), kicked $(num kicked "$j"), closed by server $(num closed_by_server "$j")
 EOF
