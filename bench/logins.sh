@@ -7,10 +7,13 @@
 # session to every backend today (PROTOCOL.md 4.3), so each backend's
 # directory holds all N users whatever B is, and a login costs B
 # SESSION_UPs: the figures say what that costs. Prints its figures last.
+#   LOGINS_BE_THREADS  node threads per backend (1): each keeps the whole
+#                      directory, and a login costs B x threads SESSION_UPs
 set -eu
 n=${1:-20000}
 b=${2:-build}
 base=${LOGINS_PORT:-27500}
+bt=${LOGINS_BE_THREADS:-1}
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
 bench_setup logins
@@ -25,7 +28,7 @@ one() {
 	nb=$1
 	: >"$tmp/cluster.conf"
 	for i in $(seq "$nb"); do
-		printf 'backend %d 127.0.0.1:%d\n' $((10 + i)) $((base + i)) >>"$tmp/cluster.conf"
+		printf 'backend %d 127.0.0.1:%d threads %d\n' $((10 + i)) $((base + 100 + 20 * i)) "$bt" >>"$tmp/cluster.conf"
 	done
 	printf 'gateway 1\ngateway 2\n' >>"$tmp/cluster.conf"
 	bes=
@@ -46,7 +49,7 @@ one() {
 	done
 	pids="$bes $gws"
 	for _ in $(seq 100); do
-		[ "$(stat1 $((base + 41)) links_up)" = "$nb" ] && [ "$(stat1 $((base + 42)) links_up)" = "$nb" ] && break
+		[ "$(stat1 $((base + 41)) links_up)" = $((nb * bt)) ] && [ "$(stat1 $((base + 42)) links_up)" = $((nb * bt)) ] && break
 		sleep 0.1
 	done
 	set -- $bes
@@ -80,7 +83,7 @@ one 1
 one 4
 
 echo
-echo "=== logins through the backends: $n users over 2 gateways (1 thread each), loadgen on the same 2 cores"
+echo "=== logins through the backends ($bt node thread(s) each): $n users over 2 gateways (1 thread each), loadgen on the same 2 cores"
 printf '%-9s %16s %22s %26s %s\n' backends "logins/s (ramp)" "SESSION_UPs per login" "directory B/user/backend" "(backend 1: sessions held)"
 for nb in 1 4; do
 	read -r x s1 dmem ups ramp <"$tmp/r.$nb"
