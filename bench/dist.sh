@@ -96,10 +96,11 @@ one() {
 		-v ya="$(num link_bytes_out "$tmp/g1a.json")" -v yb="$(num link_bytes_out "$tmp/g1b.json")" \
 		-v ra="$(num routed_remote "$tmp/g1a.json")" -v rb="$(num routed_remote "$tmp/g1b.json")" \
 		-v ca="$(($(num commits "$tmp/bea.json") + $(num commits "$tmp/be2a.json")))" \
-		-v cb="$(($(num commits "$tmp/beb.json") + $(num commits "$tmp/be2b.json")))" 'BEGIN {
+		-v cb="$(($(num commits "$tmp/beb.json") + $(num commits "$tmp/be2b.json")))" \
+		-v cp50="$(num commit_p50_us "$tmp/beb.json")" -v cp99="$(num commit_p99_us "$tmp/beb.json")" 'BEGIN {
 		fr = fb - fa; bt = bb - ba; by = yb - ya; r = rb - ra
-		printf "%-12s offered %7.0f/s delivered %7.0f/s p50 %8.1f us p99 %9.1f us p99.9 %9.1f us | gw1->be %6.1f frames/batch %5.1f B/msg | commits %5.0f | servers %5.1f us CPU/msg, backend %4.1f user + %4.1f sys, gateway 1 %4.1f + %4.1f | lost %s\n",
-			name, offered, dps, p50, p99, p999, (bt > 0 ? fr / bt : 0), (r > 0 ? by / r : 0), cb - ca,
+		printf "%-12s offered %7.0f/s delivered %7.0f/s p50 %8.1f us p99 %9.1f us p99.9 %9.1f us | gw1->be %6.1f frames/batch %5.1f B/msg | commits %5.0f, p50 %5.1f p99 %5.1f ms | servers %5.1f us CPU/msg, backend %4.1f user + %4.1f sys, gateway 1 %4.1f + %4.1f | lost %s\n",
+			name, offered, dps, p50, p99, p999, (bt > 0 ? fr / bt : 0), (r > 0 ? by / r : 0), cb - ca, cp50 / 1000, cp99 / 1000,
 			(d > 0 ? (c1 - c0) / hz / d * 1e6 : 0), (d > 0 ? bu / hz / d * 1e6 : 0), (d > 0 ? bs / hz / d * 1e6 : 0),
 			(d > 0 ? gu / hz / d * 1e6 : 0), (d > 0 ? gs / hz / d * 1e6 : 0), lost
 	}'
@@ -117,7 +118,8 @@ cat <<EOF
 === dist link: 2 gateways (1 thread each) + $nbe backend(s) of $bt node thread(s), every message through the backend, delivered receipts on, ${DIST_CONNS:-2000} connections
 $results
 (frames/batch and bytes/msg: gateway 1's link to the backend, sends and receipts both counted in frames;
- commits: backend group commits during the run; CPU: gateways + backend, per delivered message, and the
+ commits: backend group commits during the run, and backend 1's commit duration (fsync included) since it
+ started; CPU: gateways + backend, per delivered message, and the
  backend's own user and system time per delivered message, and gateway 1's (half the senders and
  recipients))
 EOF
