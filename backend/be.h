@@ -121,6 +121,7 @@ struct be {
 	int ring_fd; /* for the main thread's control messages */
 	pthread_barrier_t *start; /* the node's threads and the main thread */
 	int start_failed;
+	int finished; /* set (release) as be_main returns: the watchdog stops watching it */
 	uint64_t started_wall_ms;
 	const char *ring_mode;
 };

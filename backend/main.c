@@ -419,7 +419,7 @@ int main(int argc, char **argv)
 		uint8_t done[CLUSTER_MAX_THREADS];
 		for (uint32_t k = 0; k < threads; k++) {
 			loops[k] = __atomic_load_n(&all[k].cnt.loops, __ATOMIC_RELAXED);
-			done[k] = k < joined;
+			done[k] = k < joined || __atomic_load_n(&all[k].finished, __ATOMIC_ACQUIRE);
 		}
 		unsigned stuck = sdn_watchdog(&sdn, &wd, loops, done, threads, clock_mono_ns() / 1000000, 300, &period);
 		if (stuck && log_rl_allow(&stuck_rl, &held))

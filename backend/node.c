@@ -1157,6 +1157,7 @@ void *be_main(void *arg)
 	}
 	publish(b);
 	be_teardown(b);
+	__atomic_store_n(&b->finished, 1, __ATOMIC_RELEASE);
 	return NULL;
 }
 

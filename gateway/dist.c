@@ -399,9 +399,9 @@ void gw_dist_receipt_ack(struct worker *w, uint64_t user, uint64_t peer, uint64_
 	/* a checked delivered receipt is kept by the backend that stored the
 	 * message, any other by the owner of the user it is for */
 	int stored = cluster_msg_link(cl, smid), owner = (int)cluster_user_link(cl, user);
-	if (stored >= 0)
+	if (stored >= 0 && (size_t)stored < cl->nlinks)
 		link_add(&w->links[stored], &f);
-	if (owner != stored)
+	if (owner != stored && (size_t)owner < cl->nlinks)
 		link_add(&w->links[owner], &f);
 }
 

@@ -328,13 +328,17 @@ struct worker {
 	uint64_t rng;
 	int draining, stopping, lameduck;
 	int finished; /* set (release) as worker_main returns: the watchdog stops watching it */
-	/* Cross-thread posts (batches, login moves) this worker made and
-	 * completions of them it consumed (a batch read or back as failed, a move
-	 * arrived or failed); written by this worker only, read by the others
-	 * (relaxed; left_loop release/acquire) so that at exit no worker closes its
-	 * ring while a post to it is in flight (worker.c, quiesce). */
+	/* Cross-thread posts this worker made (a batch counts 1; a login move 2:
+	 * its arrival at the home thread and its completion here) and completions
+	 * of them it consumed (a batch read or back as failed; a move arrived, or
+	 * its completion here: 1 when it moved, 2 when it failed); written by this
+	 * worker only, read by the others (relaxed; drained and left_loop
+	 * release/acquire) so that at exit no worker closes its ring while a post
+	 * to it is in flight (worker.c, quiesce). drained: this worker's drain is
+	 * over (no connection left, or given up on); every worker keeps turning
+	 * its loop until all are drained, so none drops what another still sends. */
 	uint64_t xposted, xtaken;
-	int left_loop;
+	int drained, left_loop;
 	uint32_t drain_deadline, hard_stop; /* ticks: close the rest; give up on them */
 	const char *ring_mode;
 	/* dist link: one per backend */

@@ -187,6 +187,8 @@ static int smid_plausible(const struct worker *w, uint64_t smid)
 	if (node == 0 || (node != (uint32_t)gw->cfg.node && cluster_find(&gw->cluster, node) < 0 &&
 			  !cluster_is_gateway(&gw->cluster, node)))
 		return 0;
+	if (cluster_find(&gw->cluster, node) >= 0 && cluster_msg_link(&gw->cluster, smid) < 0)
+		return 0; /* a backend's, naming a node thread it does not have */
 	return msgid_time_ms(smid) <= w->wall_ms + 60000; /* clocks of the nodes may differ a little */
 }
 
@@ -380,7 +382,7 @@ static void handoff(struct worker *w, uint32_t slot, const struct proto_frame *l
 	struct io_uring_sqe *sqe = ring_sqe(&w->ring);
 	ring_prep_send_fd(sqe, w->gw->ring_fds[home], slot, ud_ptr(UD_HANDOFF_IN, h),
 			  ud_make(UD_HANDOFF_OUT, c->gen, slot));
-	__atomic_store_n(&w->xposted, w->xposted + 1, __ATOMIC_RELAXED);
+	__atomic_store_n(&w->xposted, w->xposted + 2, __ATOMIC_RELAXED); /* arrival there, completion here */
 }
 
 void session_handoff_in(struct worker *w, uint32_t slot, struct handoff *h)

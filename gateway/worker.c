@@ -778,15 +778,21 @@ static void conn_start(struct worker *w, uint32_t slot)
 	wheel_add(&w->wheel, slot, new_deadline(w, slot));
 }
 
-/* One completion of a cross-thread post consumed (see struct worker). */
+/* n completions of cross-thread posts consumed (see struct worker). */
+static void xtaken_n(struct worker *w, unsigned n)
+{
+	__atomic_store_n(&w->xtaken, w->xtaken + n, __ATOMIC_RELAXED);
+}
+
 static void xtaken(struct worker *w)
 {
-	__atomic_store_n(&w->xtaken, w->xtaken + 1, __ATOMIC_RELAXED);
+	xtaken_n(w, 1);
 }
 
 static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
 {
 	uint32_t slot = ud_slot(cqe->user_data);
+	xtaken_n(w, cqe->res >= 0 ? 1 : 2); /* failed: it never arrives there */
 	struct conn *c = conn_of(w, slot);
 	if (!gen_ok(c, cqe->user_data) || c->state != CS_HANDOFF)
 		return;
@@ -806,7 +812,6 @@ static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
 		submit_close(w, slot);
 		return;
 	}
-	xtaken(w);
 	CNT_ADD(w, handoff_failed, 1);
 	log_rl(LOG_WARN, "moving a login to its home thread failed: %s", strerror(-cqe->res));
 	free(h);
@@ -1172,6 +1177,17 @@ static void update_clock(struct worker *w)
 	w->tick = (uint32_t)((w->now_ns - w->start_ns) / (GW_TICK_MS * 1000000ull)) + 1;
 }
 
+/* Whether every worker's drain is over (each keeps serving the others'
+ * batches until then: a drained one may still be some sender's recipient
+ * thread, and its ring must stay open for their posts). */
+static int all_drained(const struct gw *gw)
+{
+	for (unsigned t = 0; t < gw->nthreads; t++)
+		if (!__atomic_load_n(&gw->w[t].drained, __ATOMIC_ACQUIRE))
+			return 0;
+	return 1;
+}
+
 int worker_before_wait(struct worker *w)
 {
 	bufring_publish(&w->br);
@@ -1188,8 +1204,11 @@ int worker_before_wait(struct worker *w)
 		flush_conn(w, w->flush.v[i]);
 	w->flush.n = 0;
 	gw_dist_flush(w);
-	if (w->draining)
-		return !(w->live == 0 || (w->hard_stop && w->tick >= w->hard_stop));
+	if (w->draining) {
+		if (!w->drained && (w->live == 0 || (w->hard_stop && w->tick >= w->hard_stop)))
+			__atomic_store_n(&w->drained, 1, __ATOMIC_RELEASE);
+		return !(w->drained && all_drained(w->gw));
+	}
 	for (unsigned i = 0; i < w->gw->nlisten; i++)
 		if (w->lfd[i] >= 0)
 			arm_accepts(w, i); /* a failed accept is re-armed here, a tick later at most */
@@ -1219,12 +1238,12 @@ void worker_after_wait(struct worker *w)
 	}
 }
 
-/* After the loop: what another worker posts to this one must still land
- * in a live ring and be freed here. So the last posts go out, then this
- * worker reaps (dropping batches and moved logins unread) until every
- * worker has left its loop and every post made is consumed; each worker's
- * post count is final once it has left. Bounded: a worker that never gets
- * here (a wedged thread) costs 2 s and whatever it still had in flight. */
+/* After the loop (every worker drained): what another worker posted to
+ * this one must still land in a live ring and be freed here. So the last
+ * posts go out, then this worker reaps (dropping batches and moved logins
+ * unread) until every worker has left its loop and every post made is
+ * consumed; each worker's post count is final once it has left. Bounded:
+ * 2 s after this worker left, whatever is still in flight is given up. */
 static void quiesce(struct worker *w)
 {
 	struct gw *gw = w->gw;
@@ -1245,10 +1264,18 @@ static void quiesce(struct worker *w)
 			case UD_HANDOFF_IN: on_handoff_in(w, cqe, 1); break;
 			case UD_HANDOFF_OUT: {
 				struct conn *c = conn_of(w, ud_slot(cqe->user_data));
-				if (cqe->res < 0)
-					xtaken(w); /* h stays with its slot: worker_teardown frees it */
-				else if (gen_ok(c, cqe->user_data) && c->state == CS_HANDOFF)
-					c->handoff = NULL; /* the home thread has it (and frees it) */
+				xtaken_n(w, cqe->res >= 0 ? 1 : 2);
+				if (!gen_ok(c, cqe->user_data) || c->state != CS_HANDOFF)
+					break;
+				if (cqe->res >= 0) {
+					c->handoff = NULL; /* the home thread has it, TLS state included */
+				} else {
+					/* still ours: worker_teardown frees the slot as a new one,
+					 * its TLS state too */
+					free(c->handoff);
+					c->handoff = NULL;
+					c->state = CS_NEW;
+				}
 				break;
 			}
 			default: break;

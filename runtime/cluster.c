@@ -133,7 +133,12 @@ uint32_t cluster_user_link(const struct cluster *c, uint64_t user)
 int cluster_msg_link(const struct cluster *c, uint64_t smid)
 {
 	int i = cluster_find(c, msgid_node(smid));
-	return i < 0 ? -1 : (int)(c->nodes[i].link0 + msgid_thread(smid, c->nodes[i].threads));
+	if (i < 0)
+		return -1;
+	/* a thread count that is no power of two leaves thread numbers no
+	 * thread has: such an id was made by nobody (a client may send anything) */
+	unsigned t = msgid_thread(smid, c->nodes[i].threads);
+	return t < c->nodes[i].threads ? (int)(c->nodes[i].link0 + t) : -1;
 }
 
 int cluster_group_link(const struct cluster *c, uint64_t gid)

@@ -103,7 +103,8 @@ static inline uint32_t cluster_user_thread(uint64_t user, uint32_t threads)
 }
 
 /* Link index of the backend thread that made server message id smid, or -1
- * when no backend of this cluster made it. */
+ * when no backend thread of this cluster can have made it (another node, or
+ * a thread number past the backend's count). */
 int cluster_msg_link(const struct cluster *c, uint64_t smid);
 
 /* Link index of the backend thread owning group gid, or -1. */

@@ -13,9 +13,10 @@
  * More ids in one millisecond than the sequence holds borrow the next
  * millisecond, so ids stay unique and increasing under any load; the clock
  * catches up when the burst ends. Node ids must be unique across gateways
- * and backends; a node's threads share its 13 low bits, so the split is
- * the node's business and only bits 23..13 are read by others
- * (msgid_node). This is layout 3 (dist protocol version 3, PROTOCOL.md
+ * and backends; a node's threads share its 13 low bits. Others read bits
+ * 23..13 (msgid_node) and, of a backend's ids, its thread number
+ * (msgid_thread with the backend's thread count from the cluster file: a
+ * receipt goes to the node thread that stored the message). This is layout 3 (dist protocol version 3, PROTOCOL.md
  * 4.3); layout 2 had 6 node bits and 8 thread bits for every node.
  */
 #ifndef RUNTIME_MSGID_H

@@ -186,6 +186,11 @@ Test(cluster, backend_threads_and_their_links)
 		}
 		cr_assert_eq(cluster_group_link(&c, cluster_group_id(13, 3 * 7 + k)), 5 + (int)k);
 	}
+	/* 3 threads take 2 bits: thread number 3 names no thread (a client may
+	 * send such an id in a receipt; it used to index one link too far) */
+	struct msgid_gen g3;
+	msgid_init(&g3, 13, 3, 4);
+	cr_assert_eq(cluster_msg_link(&c, msgid_next(&g3, MSGID_EPOCH_MS + 7)), -1);
 	cr_assert_eq(cluster_group_link(&c, cluster_group_id(12, 99)), 4);
 	cr_assert_eq(cluster_group_link(&c, cluster_group_id(1, 99)), -1, "a gateway makes no groups");
 	struct msgid_gen g;

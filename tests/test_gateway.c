@@ -1662,6 +1662,42 @@ Test(gateway, stops_cleanly_with_cross_thread_traffic_in_flight, .timeout = 60)
 	}
 }
 
+/* Regression: a worker with no connections ended its loop as soon as the
+ * drain began, while the others still served their clients: what they sent
+ * to it was dropped (a message to a user homed there got no answer), and
+ * once it had closed its ring their posts failed and were retried in a
+ * busy loop. Every worker now turns its loop until all are drained. */
+Test(gateway, a_drained_thread_still_answers_the_others, .timeout = 30)
+{
+	gw_start("--threads", "2", "--drain-timeout", "3s", "--goaway-spread", "100ms", NULL);
+	struct tc_conn a;
+	struct tc_frame fr;
+	uint64_t ua = 32001, ub = user_with_home(32002, ua, 0); /* ub's home thread has no connection */
+	open_login(&a, ua);
+	tc_sleep_ms(100); /* the socket of a's move closes on its first thread */
+	cr_assert_eq(tc_server_signal(&G.srv, SIGTERM), 0);
+	expect_type(&a, &fr, PROTO_GOAWAY, 1500, "on SIGTERM");
+	for (uint64_t k = 1; k <= 3; k++) {
+		tc_sleep_ms(300);
+		send_msg(&a, 50 + k, ub, "to the drained thread");
+		expect_error(&a, PROTO_E_NO_ROUTE, 50 + k, RECV_MS, "offline recipient homed on a drained thread");
+	}
+	int64_t t0 = tc_now_ms();
+	tc_close(&a);
+	cr_assert_eq(tc_server_wait(&G.srv, 3000), 0, "gateway still running %lld ms after its last client left; log:\n%s",
+		     (long long)(tc_now_ms() - t0), log_tail());
+	cr_assert(WIFEXITED(G.srv.status) && WEXITSTATUS(G.srv.status) == 0, "gateway exit status 0x%x; log:\n%s",
+		  G.srv.status, log_tail());
+	FILE *f = fopen(G.log_path, "r");
+	cr_assert_not_null(f);
+	char line[512];
+	int failed_posts = 0;
+	while (fgets(line, sizeof line, f))
+		failed_posts += strstr(line, "posting a batch to thread") != NULL;
+	fclose(f);
+	cr_assert_eq(failed_posts, 0, "cross-thread posts failed during the drain");
+}
+
 Test(gateway, shutdown_closes_after_drain_timeout, .timeout = 30)
 {
 	gw_start("--drain-timeout", "2s", NULL);
