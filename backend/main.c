@@ -38,15 +38,22 @@ static const char usage[] =
 	"Signals: SIGTERM/SIGINT stop cleanly (commit, close links, exit 0); SIGHUP reloads\n"
 	"the options marked so below (a configuration that does not parse is refused).\n";
 
-static void ctrl(struct be *b, int cmd, void *ptr)
+/* Post a control message to node thread b. Returns 0, or -errno when it
+ * could not be posted (then ptr is still the caller's). */
+static int ctrl(struct be *b, int cmd, void *ptr)
 {
 	struct io_uring r;
-	if (io_uring_queue_init(4, &r, 0) != 0)
-		return;
+	int ret = io_uring_queue_init(4, &r, 0);
+	if (ret != 0)
+		return ret;
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&r);
 	io_uring_prep_msg_ring(sqe, b->ring_fd, (unsigned)cmd, ud_ptr(BU_CTRL, ptr), 0);
-	io_uring_submit_and_wait(&r, 1);
+	struct io_uring_cqe *cqe;
+	ret = io_uring_submit_and_wait(&r, 1);
+	if (ret >= 0 && io_uring_peek_cqe(&r, &cqe) == 0)
+		ret = cqe->res < 0 ? cqe->res : 0;
 	io_uring_queue_exit(&r);
+	return ret < 0 ? ret : 0;
 }
 
 #define BE_OPTS_MAX 40
@@ -152,8 +159,13 @@ static void reload(struct be *all, uint32_t threads, struct be_config *cur, stru
 		msg[k]->keys = *keys;
 	}
 	log_set_level((enum log_level)lvl);
-	for (uint32_t k = 0; k < threads; k++)
-		ctrl(&all[k], BE_CTRL_RELOAD, msg[k]);
+	for (uint32_t k = 0; k < threads; k++) {
+		int r = ctrl(&all[k], BE_CTRL_RELOAD, msg[k]);
+		if (r != 0) {
+			log_error("SIGHUP: node thread %u keeps its configuration: %s", k, strerror(-r));
+			free(msg[k]);
+		}
+	}
 	*cur = next;
 }
 
@@ -207,8 +219,13 @@ static void stores_close(struct be *all, uint32_t n)
 
 static void ctrl_all(struct be *all, uint32_t n, int cmd)
 {
-	for (uint32_t k = 0; k < n; k++)
-		ctrl(&all[k], cmd, NULL);
+	for (uint32_t k = 0; k < n; k++) {
+		if (__atomic_load_n(&all[k].finished, __ATOMIC_ACQUIRE))
+			continue; /* stopped already (its ring may be gone) */
+		int r = ctrl(&all[k], cmd, NULL);
+		if (r != 0 && r != -EBADF)
+			log_error("cannot signal node thread %u: %s", k, strerror(-r));
+	}
 }
 
 

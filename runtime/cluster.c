@@ -11,6 +11,20 @@
 
 static void owners_build(struct cluster *c);
 
+/* Whether two addresses name the same host (ports aside). */
+static int same_host(const struct addr *a, const struct addr *b)
+{
+	if (a->ss.ss_family != b->ss.ss_family)
+		return 0;
+	if (a->ss.ss_family == AF_INET)
+		return ((const struct sockaddr_in *)&a->ss)->sin_addr.s_addr ==
+		       ((const struct sockaddr_in *)&b->ss)->sin_addr.s_addr;
+	if (a->ss.ss_family == AF_INET6)
+		return memcmp(&((const struct sockaddr_in6 *)&a->ss)->sin6_addr,
+			      &((const struct sockaddr_in6 *)&b->ss)->sin6_addr, sizeof(struct in6_addr)) == 0;
+	return 0;
+}
+
 int cluster_load(struct cluster *c, const char *path, char *err, size_t errlen)
 {
 	memset(c, 0, sizeof *c);
@@ -72,6 +86,17 @@ int cluster_load(struct cluster *c, const char *path, char *err, size_t errlen)
 				 addr_port(&n->addr), addr_port(&n->addr) + threads - 1);
 			fclose(f);
 			return -1;
+		}
+		unsigned p0 = addr_port(&n->addr), p1 = p0 + (unsigned)threads - 1;
+		for (size_t j = 0; j < c->n; j++) {
+			const struct cluster_node *o = &c->nodes[j];
+			unsigned q0 = addr_port(&o->addr), q1 = q0 + o->threads - 1;
+			if (same_host(&n->addr, &o->addr) && p0 <= q1 && q0 <= p1) {
+				snprintf(err, errlen, "%s:%d: ports %u..%u of backend %lu overlap ports %u..%u of backend %u",
+					 path, lineno, p0, p1, id, q0, q1, o->node);
+				fclose(f);
+				return -1;
+			}
 		}
 		if (c->nlinks + threads > CLUSTER_MAX_LINKS) {
 			snprintf(err, errlen, "%s:%d: more than %u backend threads in all", path, lineno, CLUSTER_MAX_LINKS);

@@ -210,9 +210,18 @@ Test(cluster, thread_refusals)
 		refused(line, bad[i][1]);
 	}
 	refused("backend 1 127.0.0.1:65535 threads 2\n", "need ports 65535..65536");
+	/* a backend's port range may not meet another's on the same host */
+	refused("backend 1 127.0.0.1:7000 threads 4\nbackend 2 127.0.0.1:7003\n",
+		"ports 7003..7003 of backend 2 overlap ports 7000..7003 of backend 1");
+	refused("backend 1 127.0.0.1:7005 threads 2\nbackend 2 127.0.0.1:7000 threads 8\n", "overlap");
+	FILE *g = open_file();
+	fputs("backend 1 127.0.0.1:7000 threads 4\nbackend 2 127.0.0.2:7000 threads 4\nbackend 3 127.0.0.1:7004\n", g);
+	fclose(g);
+	char gerr[256];
+	cr_assert_eq(load(gerr, sizeof gerr), 0, "ranges on other hosts, or next to each other, are fine: %s", gerr);
 	FILE *f = open_file();
 	for (unsigned i = 0; i < 257; i++)
-		fprintf(f, "backend %u 127.0.%u.1:7000 threads 64\n", i + 1, i % 250);
+		fprintf(f, "backend %u 127.0.%u.%u:7000 threads 64\n", i + 1, i / 250, i % 250 + 1);
 	fclose(f);
 	refused_file("more than 16384 backend threads", "257 backends of 64 threads");
 }
