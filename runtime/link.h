@@ -57,6 +57,8 @@
 #include <liburing.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "proto/dist.h"
 #include "runtime/addr.h"
@@ -74,6 +76,9 @@
 #define LINK_OUT_HANDSHAKE_NS 30000000000ull
 #define LINK_HELLO_MAX 96u /* an encoded HELLO (about 55 bytes) */
 #define LINK_CTRL_BUF 320u /* every pending control frame at once */
+#define LINK_SEND_IOV 16u  /* traffic batches one send takes (one sendmsg): a loop that
+			    * turns slowly still sends all it made (one batch per
+			    * iteration capped a busy backend's output) */
 #define LINK_HEARTBEAT_NS 1000000000ull
 #define LINK_DEAD_NS 3000000000ull
 #define LINK_BACKOFF_MIN_NS 100000000ull
@@ -208,10 +213,11 @@ struct link {
 		struct link_out *head, *tail;
 		size_t bytes; /* memory held by its closed batches */
 	} lane[2];
-	struct link_out *sending; /* a batch, or NULL with ctrl_buf in flight */
+	struct link_out *sending; /* the batches in flight (a chain), or NULL with ctrl_buf */
 	int sent_state;           /* the last batch sent was from the state lane */
-	const uint8_t *tx_p; /* what the send in flight sends */
-	size_t tx_len, tx_off;
+	struct iovec tx_iov[LINK_SEND_IOV]; /* what the send in flight sends: tx_iov[tx_at..tx_n) */
+	unsigned tx_n, tx_at;
+	struct msghdr tx_msg;
 	uint64_t seq_out;
 	int64_t credit;
 	uint64_t consumed;
