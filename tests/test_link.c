@@ -227,6 +227,42 @@ Test(link, handshake_and_batches_both_ways)
 	cr_assert_str_eq(link_state_name(99), "unknown");
 }
 
+/* A send takes several queued batches (one sendmsg); through small socket
+ * buffers the kernel cuts it anywhere, inside a batch or between two, and
+ * the rest follows in order: every frame arrives once, in order. */
+Test(link, batches_of_one_send_arrive_whole_and_in_order)
+{
+	connect_pair();
+	cr_assert(turn_until(both_up, 3000), "handshake");
+	int small = 4096;
+	cr_assert_eq(setsockopt(sides[0].l.fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+	static uint8_t body[3000];
+	memset(body, 'b', sizeof body);
+	enum { BATCHES = 40, PER = 7 };
+	for (int b = 0; b < BATCHES; b++) {
+		for (int i = 0; i < PER; i++) {
+			struct dist_frame f = {.type = DIST_ROUTE};
+			f.route.from = 5000 + (uint64_t)(b * PER + i);
+			f.route.to = 7;
+			f.route.body = (struct proto_bytes){body, sizeof body - (size_t)(b * 13 + i)};
+			cr_assert_eq(link_add(&sides[0].l, &f), 0);
+		}
+		link_flush(&sides[0].l, &ring, clock_mono_ns()); /* a batch each, queued before the sends drain */
+	}
+	uint64_t before = sides[0].l.st.batches_out;
+	for (int k = 0; k < 2000 && sides[1].frames < BATCHES * PER; k++)
+		turn(5);
+	cr_assert_eq(sides[1].frames, BATCHES * PER, "%u frames of %d arrived; %llu batches out, %llu bytes, credit %lld, stalls %llu, state %s",
+		     sides[1].frames, BATCHES * PER, (unsigned long long)sides[0].l.st.batches_out,
+		     (unsigned long long)sides[0].l.st.bytes_out, (long long)sides[0].l.credit,
+		     (unsigned long long)sides[0].l.st.credit_stalls, link_state_name(sides[1].l.state));
+	cr_assert_eq(sides[1].last_from, 5000 + BATCHES * PER - 1, "in order");
+	cr_assert_geq(sides[0].l.st.batches_out - before, BATCHES - 1);
+	cr_assert_eq(link_queued(&sides[0].l), 0);
+	cr_assert_eq(sides[0].l.state, LINK_UP);
+	cr_assert_eq(sides[1].l.state, LINK_UP);
+}
+
 /* Session announcements are state: added after a queue full of traffic
  * that waited for the peer, they still reach it first (the state lane), so
  * a backend that comes back knows who is online before it works through
