@@ -33,8 +33,10 @@ static const char usage[] =
 	"session directory, stores messages durably (LMDB in --data-dir) before\n"
 	"acknowledging them, delivers them to online users or at their next login,\n"
 	"routes receipts and owns groups. The cluster file lists every backend\n"
-	"(\"backend ID IP:PORT\" lines, this node's included) and every gateway\n"
-	"(\"gateway ID\"); links are authenticated with the cluster secret.\n"
+	"(\"backend ID IP:PORT [threads N]\" lines, this node's included) and every\n"
+	"gateway (\"gateway ID\"); links are authenticated with the cluster secret.\n"
+	"With threads N the backend runs N shared-nothing node threads (one per\n"
+	"core): thread k listens on PORT + k and keeps DIR/thread-K-of-N.\n"
 	"Signals: SIGTERM/SIGINT stop cleanly (commit, close links, exit 0); SIGHUP reloads\n"
 	"the options marked so below (a configuration that does not parse is refused).\n";
 

@@ -321,7 +321,7 @@ static size_t gw_options(struct gw_config *cfg, struct opt *out)
 		 "direct descriptors per thread; 0 = min(RLIMIT_NOFILE, 1048576)", 0},
 		{"log-level", OPT_STR, &cfg->log_level, "info", 0, 0, "error, warn, info or debug", OPT_RELOAD},
 		{"cluster", OPT_STR, &cfg->cluster_file, NULL, 0, 0,
-		 "cluster file listing the backends (\"backend ID IP:PORT\") and gateways (\"gateway ID\", this one "
+		 "cluster file listing the backends (\"backend ID IP:PORT [threads N]\") and gateways (\"gateway ID\", this one "
 		 "included); without it messages for users not connected here get ERROR no_route", 0},
 		{"cluster-secret-file", OPT_STR, &cfg->cluster_secret_file, NULL, 0, 0,
 		 "secret(s) the dist links authenticate with, one per line (the first signs; a second is also "
