@@ -78,7 +78,7 @@ static const char *on_hello(void *arg, struct link *l, const struct dist_frame *
 	static __thread char why[96];
 	const struct cluster *cl = &w->gw->cluster;
 	const struct cluster_node *n = &cl->nodes[cl->link_node[l->idx]];
-	uint32_t want = n->node, thread = l->idx - n->link0;
+	uint32_t want = n->node, thread = cluster_link_thread(cl, l->idx);
 	if (hello->hello.node != want) {
 		snprintf(why, sizeof why, "backend says it is node %u; the cluster file lists node %u at this address",
 			 hello->hello.node, want);
@@ -261,8 +261,7 @@ int gw_dist_setup(struct worker *w, char *err, size_t errlen)
 		link_init(l, (unsigned)i, UD_LINK, &ops, w, &w->settings->cluster, DIST_ROLE_GATEWAY, (uint32_t)cfg->node,
 			  w->id, w->gw->nthreads, (size_t)cfg->link_batch, (size_t)cfg->link_queue, (int)cfg->link_sockbuf);
 		l->expect_role = DIST_ROLE_BACKEND;
-		const struct cluster_node *n = &cl->nodes[cl->link_node[i]];
-		struct addr a = cluster_thread_addr(cl, cl->link_node[i], (uint32_t)i - n->link0);
+		struct addr a = cluster_link_addr(cl, (uint32_t)i);
 		link_connect(l, &w->ring, &a, w->now_ns);
 	}
 	return 0;
@@ -317,7 +316,7 @@ void gw_dist_tick(struct worker *w)
 		link_stats_publish(&p->st, &one);
 		__atomic_store_n(&p->state, (uint64_t)l->state, __ATOMIC_RELAXED);
 		__atomic_store_n(&p->node, w->gw->cluster.nodes[w->gw->cluster.link_node[i]].node, __ATOMIC_RELAXED);
-		__atomic_store_n(&p->thread, i - w->gw->cluster.nodes[w->gw->cluster.link_node[i]].link0, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->thread, cluster_link_thread(&w->gw->cluster, (uint32_t)i), __ATOMIC_RELAXED);
 		__atomic_store_n(&p->pending, (uint64_t)w->pend[i].len, __ATOMIC_RELAXED);
 	}
 	CNT_SET(w, pending_stores, pending);

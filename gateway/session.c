@@ -184,10 +184,10 @@ static int smid_plausible(const struct worker *w, uint64_t smid)
 {
 	const struct gw *gw = w->gw;
 	uint32_t node = msgid_node(smid);
-	if (node == 0 || (node != (uint32_t)gw->cfg.node && cluster_find(&gw->cluster, node) < 0 &&
-			  !cluster_is_gateway(&gw->cluster, node)))
+	int backend = cluster_find(&gw->cluster, node) >= 0;
+	if (node == 0 || (node != (uint32_t)gw->cfg.node && !backend && !cluster_is_gateway(&gw->cluster, node)))
 		return 0;
-	if (cluster_find(&gw->cluster, node) >= 0 && cluster_msg_link(&gw->cluster, smid) < 0)
+	if (backend && cluster_msg_link(&gw->cluster, smid) < 0)
 		return 0; /* a backend's, naming a node thread it does not have */
 	return msgid_time_ms(smid) <= w->wall_ms + 60000; /* clocks of the nodes may differ a little */
 }

@@ -789,7 +789,9 @@ static void xtaken(struct worker *w)
 	xtaken_n(w, 1);
 }
 
-static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
+/* A login move's completion here (with quiet, after the loop: the slot is
+ * settled but nothing is sent or closed; worker_teardown frees it). */
+static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe, int quiet)
 {
 	uint32_t slot = ud_slot(cqe->user_data);
 	xtaken_n(w, cqe->res >= 0 ? 1 : 2); /* failed: it never arrives there */
@@ -809,14 +811,16 @@ static void on_handoff_out(struct worker *w, const struct io_uring_cqe *cqe)
 		w->closing++;
 		c->flags = 0;
 		wheel_del(&w->wheel, slot);
-		submit_close(w, slot);
+		if (!quiet)
+			submit_close(w, slot);
 		return;
 	}
 	CNT_ADD(w, handoff_failed, 1);
 	log_rl(LOG_WARN, "moving a login to its home thread failed: %s", strerror(-cqe->res));
 	free(h);
-	c->state = CS_NEW;
-	conn_refuse_login(w, slot, cqe->res == -ENFILE ? PROTO_E_SERVER_FULL : PROTO_E_INTERNAL);
+	c->state = CS_NEW; /* its TLS state is ours again */
+	if (!quiet)
+		conn_refuse_login(w, slot, cqe->res == -ENFILE ? PROTO_E_SERVER_FULL : PROTO_E_INTERNAL);
 }
 
 /* A moved login that arrived (or, with quiet, must be dropped: the loop has ended). */
@@ -1146,7 +1150,7 @@ static void dispatch(void *arg, const struct io_uring_cqe *cqe)
 		xt_on_fail(w, cqe);
 		break;
 	case UD_HANDOFF_IN: on_handoff_in(w, cqe, 0); break;
-	case UD_HANDOFF_OUT: on_handoff_out(w, cqe); break;
+	case UD_HANDOFF_OUT: on_handoff_out(w, cqe, 0); break;
 	case UD_CTRL:
 		if (cqe->res == CTRL_RELOAD) {
 			take_live(w, ud_pointer(cqe->user_data));
@@ -1262,22 +1266,7 @@ static void quiesce(struct worker *w)
 				free(ud_pointer(cqe->user_data));
 				break;
 			case UD_HANDOFF_IN: on_handoff_in(w, cqe, 1); break;
-			case UD_HANDOFF_OUT: {
-				struct conn *c = conn_of(w, ud_slot(cqe->user_data));
-				xtaken_n(w, cqe->res >= 0 ? 1 : 2);
-				if (!gen_ok(c, cqe->user_data) || c->state != CS_HANDOFF)
-					break;
-				if (cqe->res >= 0) {
-					c->handoff = NULL; /* the home thread has it, TLS state included */
-				} else {
-					/* still ours: worker_teardown frees the slot as a new one,
-					 * its TLS state too */
-					free(c->handoff);
-					c->handoff = NULL;
-					c->state = CS_NEW;
-				}
-				break;
-			}
+			case UD_HANDOFF_OUT: on_handoff_out(w, cqe, 1); break;
 			default: break;
 			}
 		}

@@ -81,13 +81,12 @@ int cluster_load(struct cluster *c, const char *path, char *err, size_t errlen)
 			fclose(f);
 			return -1;
 		}
-		if (addr_port(&n->addr) + threads - 1 > 65535) {
-			snprintf(err, errlen, "%s:%d: %lu threads need ports %u..%lu", path, lineno, threads,
-				 addr_port(&n->addr), addr_port(&n->addr) + threads - 1);
+		unsigned p0 = addr_port(&n->addr), p1 = p0 + (unsigned)threads - 1;
+		if (p1 > 65535) {
+			snprintf(err, errlen, "%s:%d: %lu threads need ports %u..%u", path, lineno, threads, p0, p1);
 			fclose(f);
 			return -1;
 		}
-		unsigned p0 = addr_port(&n->addr), p1 = p0 + (unsigned)threads - 1;
 		for (size_t j = 0; j < c->n; j++) {
 			const struct cluster_node *o = &c->nodes[j];
 			unsigned q0 = addr_port(&o->addr), q1 = q0 + o->threads - 1;
@@ -175,10 +174,10 @@ int cluster_group_link(const struct cluster *c, uint64_t gid)
 	return (int)(c->nodes[i].link0 + counter % c->nodes[i].threads);
 }
 
-struct addr cluster_thread_addr(const struct cluster *c, size_t i, uint32_t k)
+struct addr cluster_link_addr(const struct cluster *c, uint32_t li)
 {
-	struct addr a = c->nodes[i].addr;
-	addr_set_port(&a, addr_port(&a) + k);
+	struct addr a = c->nodes[c->link_node[li]].addr;
+	addr_set_port(&a, addr_port(&a) + cluster_link_thread(c, li));
 	return a;
 }
 

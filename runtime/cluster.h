@@ -110,8 +110,14 @@ int cluster_msg_link(const struct cluster *c, uint64_t smid);
 /* Link index of the backend thread owning group gid, or -1. */
 int cluster_group_link(const struct cluster *c, uint64_t gid);
 
-/* Thread k of backend index i: its address (thread 0's port + k). */
-struct addr cluster_thread_addr(const struct cluster *c, size_t i, uint32_t k);
+/* Which thread of its backend (c->link_node[li]) link li reaches. */
+static inline uint32_t cluster_link_thread(const struct cluster *c, uint32_t li)
+{
+	return li - c->nodes[c->link_node[li]].link0;
+}
+
+/* The address of link li's backend thread (thread 0's port + its number). */
+struct addr cluster_link_addr(const struct cluster *c, uint32_t li);
 
 /* Whether `node` is listed as a gateway. */
 int cluster_is_gateway(const struct cluster *c, uint32_t node);

@@ -159,8 +159,9 @@ Test(cluster, backend_threads_and_their_links)
 		cr_assert_eq(c.nodes[i].threads, threads[i]);
 		for (uint32_t k = 0; k < threads[i]; k++) {
 			cr_assert_eq(c.link_node[link0[i] + k], i);
-			struct addr a = cluster_thread_addr(&c, i, k);
+			struct addr a = cluster_link_addr(&c, link0[i] + k);
 			cr_assert_eq(addr_port(&a), addr_port(&c.nodes[i].addr) + k);
+			cr_assert_eq(cluster_link_thread(&c, link0[i] + k), k);
 		}
 	}
 	/* every thread owns users, each user its owner's thread */
