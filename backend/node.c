@@ -354,6 +354,16 @@ static void window_acked(struct be *b, uint64_t user, uint64_t smid, uint32_t le
 	e->progress_ns = b->now_ns;
 }
 
+/* Whether user's login is still sending its stored messages: a new one
+ * waits in the mailbox for that scan (which reaches it, in order) rather
+ * than going out at once, ahead of older ones and a second time when the
+ * scan comes to it before its delivered receipt is in. */
+static int backlog_sending(const struct be *b, uint64_t user)
+{
+	uint64_t *at = u64map_get(&b->backlog_of, user);
+	return at && !b->backlog[*at].receipts;
+}
+
 /* A (new) login of user: its stored items from the start, one backlog entry
  * per user however many logins come. */
 static void backlog_start(struct be *b, uint64_t user)
@@ -551,7 +561,7 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 	answer_route(l, f, m.smid, 0);
 	for (size_t i = 0; i < n; i++) {
 		struct link *dl = user_link(b, rcpt[i], NULL);
-		if (!dl)
+		if (!dl || backlog_sending(b, rcpt[i]))
 			continue;
 		m.to = rcpt[i];
 		if (send_item(dl, rcpt[i], &m) == 0) {
