@@ -86,7 +86,8 @@ static size_t be_options(struct be_config *cfg, struct opt *out)
 		 "largest batch on a link (0: no batching, for comparison)", 0},
 		{"link-sockbuf", OPT_SIZE, &cfg->link_sockbuf, "1m", 0, 1 << 30, "SO_SNDBUF/SO_RCVBUF of gateway links", 0},
 		{"dedup-window", OPT_MS, &cfg->dedup_window_ms, "10m", 0, 86400000ll * 7,
-		 "remember (sender, cmid) this long so a resent message is not stored twice", OPT_RELOAD},
+		 "remember (sender, cmid) this long so a resent message is not stored twice (memory: 32-64 bytes "
+		 "per message stored in the window)", OPT_RELOAD},
 		{"sender-max", OPT_INT, &cfg->sender_max, "100000", 1, 1000000000,
 		 "undelivered stored messages (mailbox entries) one sender may have here before ERROR slow_down", OPT_RELOAD},
 		{"receipt-max", OPT_INT, &cfg->receipt_max, "10000", 1, 100000000,

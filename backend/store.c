@@ -6,7 +6,9 @@
  *                                        values, but a byte costs nothing and
  *                                        keeps tools such as mdb_dump happy)
  *   counts  be64(user)                -> u32 entries in that user's mailbox
- *   dedup   be64(from) be64(cmid)     -> u64 smid
+ *   dlog    be64(smid)                -> u64 from, u64 cmid: the dedup
+ *                                        records, in time order (see
+ *                                        "Dedup" below)
  *   groups  be64(gid)                 -> u64 owner, u64 members[n]
  *   meta    "next_gid"                -> u64 next group counter (from 1)
  *           "format"                  -> u32 layout version (STORE_FORMAT)
@@ -32,6 +34,17 @@
  * caller must abort, as store.h says; calls on it and store_commit answer
  * with the first failure's code rather than LMDB's generic MDB_BAD_TXN.
  * Nothing is logged here: the caller logs.
+ *
+ * Dedup: a (from, cmid) -> smid record per stored message, kept for the
+ * dedup window. As a B-tree keyed by (from, cmid) every record landed on a
+ * page of its own (the keys are random), and its page was written again at
+ * the commit: about 80% of the bytes a commit wrote (6.7 of 8.2 KB per
+ * message, BENCHMARKS.md "Store writes"). Now the records are a log keyed by
+ * smid, so they are appended at the end (a page holds a hundred of them)
+ * and pruned from the front, and the lookup is an index in memory rebuilt
+ * from the log at open: hash(from, cmid) -> smid in a u64map (16-byte slots,
+ * load <= 1/2), checked against the log's record on a hit, so a hash
+ * collision can only miss a resend, never take a new message for one.
  */
 #include "backend/store.h"
 
@@ -55,8 +68,11 @@
 /* Bumped whenever a key or value layout changes; store_open refuses other
  * values. 2: the smids in keys and values are message ids of layout 3
  * (runtime/msgid.h: the node id moved to bits 23..13), so a format-1
- * store's smids would name other nodes (receipts would go astray). */
-#define STORE_FORMAT 2u
+ * store's smids would name other nodes (receipts would go astray). 3: the
+ * dedup records are the log `dlog` (format 2's tree `dedup` is moved into
+ * it at open, in one transaction). */
+#define STORE_FORMAT 3u
+#define STORE_FORMAT_DEDUP_TREE 2u /* the one older format store_open upgrades */
 
 /* Message value header: offsets of its fields, then the body at MSG_HDR. */
 enum {
@@ -79,14 +95,15 @@ struct keep {
 	uint64_t v[];
 };
 
-/* The per-user counts, in memory (see "Counts" in store.h): by enum cnt. */
-enum cnt { CNT_MBOX, CNT_SENDERS, CNT_RCPTS, CNT_MAPS };
+/* The per-user counts, in memory (see "Counts" in store.h), and the dedup
+ * index (see "Dedup" at the top): by enum cnt. */
+enum cnt { CNT_MBOX, CNT_SENDERS, CNT_RCPTS, CNT_DEDUP, CNT_MAPS };
 
 /* What a count was before the open transaction changed it: undone, newest
  * first, when the transaction (or the request's nested one) is dropped. */
 struct cnt_undo {
-	uint64_t key; /* the map's key: user + 1 */
-	uint32_t old;
+	uint64_t key; /* the map's key: user + 1 (a count), hash (the dedup index) */
+	uint64_t old;
 	uint8_t map;
 };
 
@@ -99,8 +116,8 @@ static inline uint64_t cnt_key(uint64_t user)
 
 struct store {
 	MDB_env *env;
-	MDB_dbi msgs, mbox, dedup, groups, meta, rcpts;
-	struct u64map cnt[CNT_MAPS]; /* user -> count, only non-zero ones */
+	MDB_dbi msgs, mbox, dlog, groups, meta, rcpts;
+	struct u64map cnt[CNT_MAPS]; /* user -> count, only non-zero ones; the dedup index */
 	struct cnt_undo *undo;       /* count changes of the open transaction */
 	size_t nundo, undo_cap, undo_child; /* undo_child: where the request's nested transaction began */
 	MDB_txn *txn;         /* the open write transaction, or NULL */
@@ -120,8 +137,6 @@ struct store {
 	struct keep *keep;    /* store_group_get copies, valid until txn ends */
 	uint8_t *tmp;         /* scratch for rewriting a message value */
 	size_t tmp_cap;
-	uint8_t prune_key[16]; /* where store_dedup_prune goes on */
-	bool prune_have;       /* false: start at the first entry */
 	/* the file system under the data file (see store_set_min_free) */
 	int fd;                       /* the data file (LMDB's) */
 	int lock_fd;                  /* DIR/LOCK, flock'ed: one process per data dir */
@@ -302,8 +317,37 @@ static int ready(struct store *s)
 
 /* ---- open / close -------------------------------------------------------------- */
 
+/* Format 2 kept the dedup records in a tree keyed by (from, cmid): move them
+ * into the log and drop the tree, in open_dbs' transaction (all or nothing). */
+static int dedup_tree_to_log(struct store *s, MDB_txn *txn)
+{
+	MDB_dbi old;
+	int rc = mdb_dbi_open(txn, "dedup", 0, &old);
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc)
+		return rc;
+	MDB_cursor *c;
+	if ((rc = mdb_cursor_open(txn, old, &c)) != 0)
+		return rc;
+	MDB_val k, v;
+	for (int op = MDB_FIRST; (rc = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT) {
+		if (k.mv_size != 16 || v.mv_size != 8)
+			continue; /* not a record format 2 wrote */
+		uint8_t lk[8], lv[16];
+		wire_be64_put(lk, get_u64(v.mv_data));
+		put_u64(lv, wire_be64_get(k.mv_data));
+		put_u64(lv + 8, wire_be64_get((const uint8_t *)k.mv_data + 8));
+		MDB_val nk = mval(lk, 8), nv = mval(lv, 16);
+		if ((rc = mdb_put(txn, s->dlog, &nk, &nv, 0)) != 0)
+			break;
+	}
+	mdb_cursor_close(c);
+	return rc == MDB_NOTFOUND ? mdb_drop(txn, old, 1) : rc;
+}
+
 /* Open the named databases and check (or, when new, write) the format, in
- * the first transaction. */
+ * the first transaction; a format-2 store is upgraded there. */
 static int open_dbs(struct store *s, char *err, size_t errlen)
 {
 	MDB_txn *txn;
@@ -312,8 +356,8 @@ static int open_dbs(struct store *s, char *err, size_t errlen)
 		snprintf(err, errlen, "store: begin: %s", mdb_strerror(rc));
 		return -1;
 	}
-	static const char *const names[] = {"msgs", "mbox", "dedup", "groups", "meta", "rcpts"};
-	MDB_dbi *dbis[] = {&s->msgs, &s->mbox, &s->dedup, &s->groups, &s->meta, &s->rcpts};
+	static const char *const names[] = {"msgs", "mbox", "dlog", "groups", "meta", "rcpts"};
+	MDB_dbi *dbis[] = {&s->msgs, &s->mbox, &s->dlog, &s->groups, &s->meta, &s->rcpts};
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
 		rc = mdb_dbi_open(txn, names[i], MDB_CREATE, dbis[i]);
 		if (rc) {
@@ -323,6 +367,13 @@ static int open_dbs(struct store *s, char *err, size_t errlen)
 	}
 	MDB_val k = mval("format", 6), v;
 	rc = mdb_get(txn, s->meta, &k, &v);
+	if (rc == 0 && v.mv_size == 4 && get_u32(v.mv_data) == STORE_FORMAT_DEDUP_TREE) {
+		if ((rc = dedup_tree_to_log(s, txn)) != 0) {
+			snprintf(err, errlen, "store: moving format 2's dedup records: %s", mdb_strerror(rc));
+			goto fail;
+		}
+		rc = MDB_NOTFOUND; /* written as format 3 below */
+	}
 	if (rc == MDB_NOTFOUND) {
 		uint8_t b[4];
 		put_u32(b, STORE_FORMAT);
@@ -330,9 +381,9 @@ static int open_dbs(struct store *s, char *err, size_t errlen)
 		rc = mdb_put(txn, s->meta, &k, &v, 0);
 	} else if (rc == 0 && (v.mv_size != 4 || get_u32(v.mv_data) != STORE_FORMAT)) {
 		snprintf(err, errlen,
-			 "store: data format %u, this backend reads format %u only (format 1: message ids of dist "
-			 "version 2; drain that store with the backend that wrote it, or move it away)",
-			 v.mv_size == 4 ? get_u32(v.mv_data) : 0, STORE_FORMAT);
+			 "store: data format %u, this backend reads formats %u and %u only (format 1: message ids of "
+			 "dist version 2; drain that store with the backend that wrote it, or move it away)",
+			 v.mv_size == 4 ? get_u32(v.mv_data) : 0, STORE_FORMAT_DEDUP_TREE, STORE_FORMAT);
 		goto fail;
 	}
 	if (rc) {
@@ -350,9 +401,17 @@ fail:
 	return -1;
 }
 
+/* The dedup index's key of (from, cmid): never 0 (u64map's empty key). */
+static uint64_t dedup_hash(uint64_t from, uint64_t cmid)
+{
+	uint64_t h = hash64(hash64(from) ^ cmid);
+	return h ? h : 1;
+}
+
 /* The counts, from what the databases hold: a user's mailbox entries, the
- * references of the messages each sender sent, a user's stored receipts.
- * Linear in the entries stored (about a second per ten million). */
+ * references of the messages each sender sent, a user's stored receipts;
+ * and the dedup index. Linear in the entries stored (about a second per ten
+ * million). */
 static int count_rebuild(struct store *s, char *err, size_t errlen)
 {
 	MDB_txn *txn;
@@ -387,6 +446,22 @@ static int count_rebuild(struct store *s, char *err, size_t errlen)
 			uint64_t *p = u64map_get(&s->cnt[maps[i]], key);
 			uint64_t n = (p ? *p : 0) + add;
 			if (u64map_put(&s->cnt[maps[i]], key, n > UINT32_MAX ? UINT32_MAX : n) != 0) {
+				rc = ENOMEM;
+				break;
+			}
+		}
+		mdb_cursor_close(c);
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+	}
+	/* the dedup index, from the log in smid order: the newest record of a
+	 * (from, cmid) is the one it keeps, as store_dedup_put does */
+	if (rc == 0 && (rc = mdb_cursor_open(txn, s->dlog, &c)) == 0) {
+		for (int op = MDB_FIRST; (rc = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT) {
+			if (k.mv_size != 8 || v.mv_size != 16)
+				continue;
+			uint64_t h = dedup_hash(get_u64(v.mv_data), get_u64((const uint8_t *)v.mv_data + 8));
+			if (u64map_put(&s->cnt[CNT_DEDUP], h, wire_be64_get(k.mv_data)) != 0) {
 				rc = ENOMEM;
 				break;
 			}
@@ -615,13 +690,11 @@ static int mem_err(struct store *s)
 	return -ENOMEM;
 }
 
-/* Set a user's count (0 removes it), remembering the old one for undo. */
-static int u32_set(struct store *s, enum cnt map, uint64_t user, uint32_t n)
+/* Set a map's value of key (0 removes it), remembering the old one for undo. */
+static int map_set(struct store *s, enum cnt map, uint64_t key, uint64_t n)
 {
-	uint64_t key = cnt_key(user);
-	if (!key)
-		return -EINVAL;
-	uint32_t old = u32_get(s, map, user);
+	const uint64_t *at = u64map_get(&s->cnt[map], key);
+	uint64_t old = at ? *at : 0;
 	if (old == n)
 		return 0;
 	if (s->nundo == s->undo_cap) {
@@ -638,6 +711,13 @@ static int u32_set(struct store *s, enum cnt map, uint64_t user, uint32_t n)
 		return mem_err(s);
 	s->undo[s->nundo++] = (struct cnt_undo){.key = key, .old = old, .map = (uint8_t)map};
 	return 0;
+}
+
+/* Set a user's count (0 removes it), remembering the old one for undo. */
+static int u32_set(struct store *s, enum cnt map, uint64_t user, uint32_t n)
+{
+	uint64_t key = cnt_key(user);
+	return key ? map_set(s, map, key, n) : -EINVAL;
 }
 
 /* Put the counts back as they were before undo entry `to`. */
@@ -682,7 +762,7 @@ static uint64_t trees_stat(struct store *s, MDB_txn *txn, unsigned *depth)
 {
 	uint64_t pages = 0;
 	unsigned d = 0;
-	MDB_dbi dbis[] = {0 /* FREE_DBI: the free list */, 1 /* MAIN_DBI */, s->msgs, s->mbox, s->dedup,
+	MDB_dbi dbis[] = {0 /* FREE_DBI: the free list */, 1 /* MAIN_DBI */, s->msgs, s->mbox, s->dlog,
 			  s->groups, s->meta, s->rcpts};
 	for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
 		MDB_stat st;
@@ -1197,12 +1277,24 @@ uint32_t store_count(struct store *s, uint64_t user)
 	return count_of(s, CNT_MBOX, user);
 }
 
-/* ---- dedup ------------------------------------------------------------------------- */
+/* ---- dedup (see "Dedup" at the top) ------------------------------------------------ */
 
-static void dedup_key(uint8_t k[16], uint64_t from, uint64_t cmid)
+/* Whether the log's record of smid is (from, cmid): *yes. */
+static int dlog_is(struct store *s, uint64_t smid, uint64_t from, uint64_t cmid, int *yes)
 {
-	wire_be64_put(k, from);
-	wire_be64_put(k + 8, cmid);
+	*yes = 0;
+	uint8_t kb[8];
+	wire_be64_put(kb, smid);
+	MDB_val k = mval(kb, 8), v;
+	int rc = mdb_get(T(s), s->dlog, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc)
+		return txn_err(s, rc);
+	if (v.mv_size != 16)
+		return -EIO;
+	*yes = get_u64(v.mv_data) == from && get_u64((const uint8_t *)v.mv_data + 8) == cmid;
+	return 0;
 }
 
 int store_dedup_get(struct store *s, uint64_t from, uint64_t cmid, uint64_t *smid)
@@ -1210,42 +1302,45 @@ int store_dedup_get(struct store *s, uint64_t from, uint64_t cmid, uint64_t *smi
 	int rc = ready(s);
 	if (rc)
 		return rc;
-	uint8_t kb[16];
-	dedup_key(kb, from, cmid);
-	MDB_val k = mval(kb, 16), v;
-	rc = mdb_get(T(s), s->dedup, &k, &v);
-	if (rc == MDB_NOTFOUND)
+	const uint64_t *at = u64map_get(&s->cnt[CNT_DEDUP], dedup_hash(from, cmid));
+	if (!at)
 		return STORE_E_NOTFOUND;
-	if (rc)
-		return txn_err(s, rc);
-	if (v.mv_size != 8)
-		return -EIO;
-	*smid = get_u64(v.mv_data);
+	uint64_t found = *at;
+	int yes;
+	if ((rc = dlog_is(s, found, from, cmid, &yes)) != 0)
+		return rc;
+	if (!yes)
+		return STORE_E_NOTFOUND; /* another (from, cmid) of the same hash */
+	*smid = found;
 	return 0;
 }
 
-/* Overwrites an existing entry: the caller looks up first and records only
+/* Replaces an existing entry of (from, cmid) in the index (the older log
+ * record stays until pruned): the caller looks up first and records only
  * for a message it has just stored. */
 int store_dedup_put(struct store *s, uint64_t from, uint64_t cmid, uint64_t smid)
 {
+	if (!smid)
+		return -EINVAL;
 	int rc = ready(s);
 	if (rc)
 		return rc;
 	if ((rc = fault(s, STORE_OP_DEDUP)) != 0)
 		return rc;
-	uint8_t kb[16], vb[8];
-	dedup_key(kb, from, cmid);
-	put_u64(vb, smid);
-	MDB_val k = mval(kb, 16), v = mval(vb, 8);
-	rc = mdb_put(T(s), s->dedup, &k, &v, 0);
-	return rc ? txn_err(s, rc) : 0;
+	uint8_t kb[8], vb[16];
+	wire_be64_put(kb, smid);
+	put_u64(vb, from);
+	put_u64(vb + 8, cmid);
+	MDB_val k = mval(kb, 8), v = mval(vb, 16);
+	rc = mdb_put(T(s), s->dlog, &k, &v, 0);
+	if (rc)
+		return txn_err(s, rc);
+	return map_set(s, CNT_DEDUP, dedup_hash(from, cmid), smid);
 }
 
-/* Walks on from where the previous call stopped (s->prune_key), wraps to the
- * first entry at the end and stops at the latest where this call started, so
- * no entry is visited twice by one call. The position is only a hint: after
- * an aborted transaction it may name a key that no longer exists, and
- * MDB_SET_RANGE then starts at the next one. */
+/* The log is in smid order: delete from its front while the smid is below
+ * `before`, at most max records; the index forgets a record's key when it
+ * still names that record. */
 long store_dedup_prune(struct store *s, uint64_t before, size_t max)
 {
 	int rc = ready(s);
@@ -1254,53 +1349,34 @@ long store_dedup_prune(struct store *s, uint64_t before, size_t max)
 	if (max == 0)
 		return 0;
 	MDB_cursor *c;
-	rc = mdb_cursor_open(T(s), s->dedup, &c);
+	rc = mdb_cursor_open(T(s), s->dlog, &c);
 	if (rc)
 		return txn_err(s, rc);
-	uint8_t start[16];
-	bool from_middle = s->prune_have, wrapped = false;
-	memcpy(start, s->prune_key, sizeof start);
-	MDB_val k = mval(start, 16), v;
-	rc = from_middle ? mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) : mdb_cursor_get(c, &k, &v, MDB_FIRST);
-	size_t visited = 0;
+	MDB_val k, v;
 	long deleted = 0;
-	for (;;) {
-		if (rc == MDB_NOTFOUND) {
-			if (from_middle && !wrapped) {
-				wrapped = true;
-				rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
-				continue;
-			}
-			s->prune_have = false; /* next call starts at the first */
-			rc = 0;
+	int err = 0;
+	/* after a delete the cursor stands on the next record, and MDB_NEXT
+	 * returns that one (LMDB's C_DEL) */
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		uint64_t smid = k.mv_size == 8 ? wire_be64_get(k.mv_data) : 0; /* another size: not ours, gone */
+		if ((size_t)deleted == max || smid >= before)
 			break;
-		}
-		if (rc)
-			break;
-		bool full_circle = wrapped && k.mv_size == 16 && memcmp(k.mv_data, start, 16) >= 0;
-		if (visited == max || full_circle) {
-			/* Resume here next time. */
-			if (k.mv_size == 16) {
-				memcpy(s->prune_key, k.mv_data, 16);
-				s->prune_have = true;
-			} else {
-				s->prune_have = false;
-			}
-			break;
-		}
-		visited++;
-		if (v.mv_size == 8 && get_u64(v.mv_data) < before) {
-			/* After a delete the cursor stands on the next entry and
-			 * MDB_NEXT returns that one (LMDB's C_DEL). */
-			rc = mdb_cursor_del(c, 0);
-			if (rc)
+		if (v.mv_size == 16) {
+			uint64_t h = dedup_hash(get_u64(v.mv_data), get_u64((const uint8_t *)v.mv_data + 8));
+			const uint64_t *at = u64map_get(&s->cnt[CNT_DEDUP], h);
+			if (at && *at == smid && (err = map_set(s, CNT_DEDUP, h, 0)) != 0)
 				break;
-			deleted++;
 		}
-		rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+		if ((rc = mdb_cursor_del(c, 0)) != 0)
+			break;
+		deleted++;
 	}
 	mdb_cursor_close(c);
-	return rc ? txn_err(s, rc) : deleted;
+	if (err)
+		return err;
+	if (rc && rc != MDB_NOTFOUND)
+		return txn_err(s, rc);
+	return deleted;
 }
 
 /* ---- groups ------------------------------------------------------------------------ */
@@ -1476,7 +1552,7 @@ void store_get_stats(struct store *s, struct store_stats *st)
 	}
 	st->messages = entries(txn, s->msgs);
 	st->mailbox_entries = entries(txn, s->mbox);
-	st->dedup_entries = entries(txn, s->dedup);
+	st->dedup_entries = entries(txn, s->dlog);
 	st->groups = entries(txn, s->groups);
 	st->receipts = entries(txn, s->rcpts);
 	st->senders = s->cnt[CNT_SENDERS].count;

@@ -7,8 +7,13 @@
  *           storage); deleted when the last reference goes.
  *   mbox    (user, smid) -> nothing: a user's undelivered messages, in smid
  *           order (smids from one backend increase over time).
- *   dedup   (from, cmid) -> smid: a resent message (the client retried after
- *           a lost ack) gets its first smid back and is not stored twice.
+ *   dlog    smid -> (from, cmid), in smid (time) order: a resent message
+ *           (the client retried after a lost ack) gets its first smid back
+ *           and is not stored twice. Looked up through an index in memory
+ *           (hash(from, cmid) -> smid, rebuilt from the log at open: 32 to 64
+ *           bytes per record, so per message of the dedup window); appended
+ *           at the end and pruned from the front, where a tree keyed by
+ *           (from, cmid) wrote a page of its own per message (format 2).
  *   groups  gid -> owner and the member list, denormalised in one value.
  *   meta    counters that must survive restarts (next group id), the format.
  *   rcpts   (owner, peer, smid) -> kind: receipts waiting for user `owner`
@@ -196,11 +201,12 @@ long store_scan(struct store *s, uint64_t user, uint64_t after, size_t max,
 /* Mailbox entries of a user (0 also when the store fails). */
 uint32_t store_count(struct store *s, uint64_t user);
 
-/* Dedup of resent messages: look up / record (from, cmid) -> smid. */
+/* Dedup of resent messages: look up / record (from, cmid) -> smid (smid not
+ * 0; a second record of (from, cmid) replaces the first in the lookup). */
 int store_dedup_get(struct store *s, uint64_t from, uint64_t cmid, uint64_t *smid);
 int store_dedup_put(struct store *s, uint64_t from, uint64_t cmid, uint64_t smid);
-/* Forget dedup entries whose smid is below `before` (smids encode time),
- * visiting at most max entries per call (incremental). Returns how many were
+/* Forget dedup records whose smid is below `before` (smids encode time),
+ * oldest first, at most max per call (incremental). Returns how many were
  * deleted, or -errno. */
 long store_dedup_prune(struct store *s, uint64_t before, size_t max);
 

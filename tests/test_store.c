@@ -215,8 +215,77 @@ Test(store, other_format_is_refused)
 	mdb_env_close(env);
 	char err[256] = "";
 	cr_assert_null(store_open(dbdir, MAP_BYTES, err, sizeof err));
-	cr_assert(strstr(err, "data format 1, this backend reads format 2 only"), "err: %s", err);
+	cr_assert(strstr(err, "data format 1, this backend reads formats 2 and 3 only"), "err: %s", err);
 	cr_assert(strstr(err, "drain that store"), "err: %s", err);
+}
+
+/* A format-2 store (dedup records in the tree `dedup`, keyed by
+ * (from, cmid)) opens as format 3: its records are in the log, found as
+ * before, the old tree is gone, and a backend of format 2 would now refuse
+ * it rather than miss them. */
+static int dedup_has(uint64_t from, uint64_t cmid);
+
+Test(store, format_2_dedup_records_move_into_the_log)
+{
+	st = open_map(MAP_BYTES);
+	store_close(st);
+	st = NULL;
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi meta, dedup;
+	cr_assert_eq(mdb_env_create(&env), 0);
+	cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
+	cr_assert_eq(mdb_env_set_mapsize(env, MAP_BYTES), 0);
+	cr_assert_eq(mdb_env_open(env, dbdir, 0, 0600), 0);
+	cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+	cr_assert_eq(mdb_drop(txn, meta, 0), 0); /* as format 2 left it: no dlog yet */
+	uint32_t two = 2;
+	MDB_val k = {6, "format"}, v = {4, &two};
+	cr_assert_eq(mdb_put(txn, meta, &k, &v, 0), 0);
+	MDB_dbi dlog;
+	cr_assert_eq(mdb_dbi_open(txn, "dlog", 0, &dlog), 0);
+	cr_assert_eq(mdb_drop(txn, dlog, 1), 0);
+	cr_assert_eq(mdb_dbi_open(txn, "dedup", MDB_CREATE, &dedup), 0);
+	for (uint64_t c = 1; c <= 300; c++) {
+		uint8_t kb[16];
+		uint64_t smid = 1000 + c, from = 7;
+		for (int i = 0; i < 8; i++) {
+			kb[i] = (uint8_t)(from >> (56 - 8 * i)); /* big-endian */
+			kb[8 + i] = (uint8_t)(c >> (56 - 8 * i));
+		}
+		MDB_val dk = {16, kb}, dv = {8, &smid};
+		cr_assert_eq(mdb_put(txn, dedup, &dk, &dv, 0), 0);
+	}
+	cr_assert_eq(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+
+	char err[256] = "";
+	st = store_open(dbdir, MAP_BYTES, err, sizeof err);
+	cr_assert_not_null(st, "format 2 refused: %s", err);
+	uint64_t smid = 0;
+	cr_assert_eq(store_dedup_get(st, 7, 150, &smid), 0);
+	cr_assert_eq(smid, 1150);
+	cr_assert_eq(stats().dedup_entries, 300);
+	cr_assert_eq(store_dedup_prune(st, 1101, 1000), 100, "the moved records are in smid order");
+	cr_assert(!dedup_has(7, 100));
+	cr_assert(dedup_has(7, 101));
+	commit();
+	store_close(st);
+	st = NULL;
+
+	cr_assert_eq(mdb_env_create(&env), 0);
+	cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
+	cr_assert_eq(mdb_env_open(env, dbdir, 0, 0600), 0);
+	cr_assert_eq(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	cr_assert_eq(mdb_dbi_open(txn, "dedup", 0, &dedup), MDB_NOTFOUND, "the old tree is still there");
+	cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+	cr_assert_eq(mdb_get(txn, meta, &k, &v), 0);
+	uint32_t fmt;
+	memcpy(&fmt, v.mv_data, 4);
+	cr_assert_eq(fmt, 3);
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
 }
 
 /* ---- put and scan ----------------------------------------------------------------- */
@@ -593,10 +662,11 @@ Test(store, dedup_get_put)
 	cr_assert_eq(stats().dedup_entries, 2);
 }
 
-static void dedup_fill(uint64_t from, uint64_t lo, uint64_t hi)
+/* from's cmids lo..hi-1, each with smid base + cmid */
+static void dedup_fill(uint64_t from, uint64_t lo, uint64_t hi, uint64_t base)
 {
 	for (uint64_t c = lo; c < hi; c++)
-		cr_assert_eq(store_dedup_put(st, from, c, c), 0);
+		cr_assert_eq(store_dedup_put(st, from, c, base + c), 0);
 }
 
 static int dedup_has(uint64_t from, uint64_t cmid)
@@ -610,110 +680,110 @@ static int dedup_has(uint64_t from, uint64_t cmid)
 Test(store, dedup_prune_by_smid)
 {
 	st = open_map(MAP_BYTES);
-	dedup_fill(1, 0, 100); /* cmid == smid */
-	dedup_fill(2, 0, 100);
+	dedup_fill(1, 1, 101, 0);   /* smid 1..100 */
+	dedup_fill(2, 1, 101, 100); /* smid 101..200 */
 	commit();
-	cr_assert_eq(store_dedup_prune(st, 50, 1000), 100);
+	cr_assert_eq(store_dedup_prune(st, 51, 1000), 50);
 	commit();
-	cr_assert_eq(stats().dedup_entries, 100);
-	cr_assert(!dedup_has(1, 49));
-	cr_assert(dedup_has(1, 50));
-	cr_assert(!dedup_has(2, 0));
-	cr_assert(dedup_has(2, 99));
+	cr_assert_eq(stats().dedup_entries, 150);
+	cr_assert(!dedup_has(1, 50));
+	cr_assert(dedup_has(1, 51));
+	cr_assert(dedup_has(2, 1));
+	cr_assert_eq(store_dedup_prune(st, 151, 1000), 100);
+	cr_assert(!dedup_has(1, 100));
+	cr_assert(!dedup_has(2, 50));
+	cr_assert(dedup_has(2, 51));
 	cr_assert_eq(store_dedup_prune(st, 0, 1000), 0);
-	cr_assert_eq(store_dedup_prune(st, 50, 0), 0);
+	cr_assert_eq(store_dedup_prune(st, 300, 0), 0);
+	commit();
+	reopen(); /* the index is rebuilt from what is left */
+	cr_assert(!dedup_has(2, 50));
+	cr_assert(dedup_has(2, 100));
+	cr_assert_eq(stats().dedup_entries, 50);
 }
 
-Test(store, dedup_prune_is_incremental_and_wraps)
+/* Thousands of records over many LMDB pages, in steps: each call takes the
+ * oldest (the cursor must not skip the record after a deleted one at a page
+ * boundary), and what is left is always the newest. */
+Test(store, dedup_prune_takes_the_oldest_in_steps)
 {
 	st = open_map(MAP_BYTES);
-	dedup_fill(1, 0, 100);
-
-	/* Ten at a time from the start. */
-	cr_assert_eq(store_dedup_prune(st, 100, 10), 10);
-	cr_assert(!dedup_has(1, 9));
-	cr_assert(dedup_has(1, 10));
-
-	/* From where it stopped (10) to the end, deleting 10..29; then round to
-	 * the first entry, which is past the start: one lap, no more. */
-	cr_assert_eq(store_dedup_prune(st, 30, 1000), 20);
-	cr_assert(dedup_has(1, 30));
+	for (uint64_t from = 1; from <= 3; from++)
+		dedup_fill(from, 0, 1000, from * 1000 + 1); /* smid 1001..3999 */
 	commit();
-	cr_assert_eq(stats().dedup_entries, 70);
-
-	/* New entries behind the position are reached by wrapping around. */
-	dedup_fill(1, 0, 5);
-	cr_assert_eq(store_dedup_prune(st, 5, 1000), 5);
-	cr_assert(!dedup_has(1, 4));
-	cr_assert(dedup_has(1, 30), "entries at and after the position are kept");
-
-	/* Small steps visit everything eventually: 70 entries, 7 per call. */
 	long total = 0;
-	for (int i = 0; i < 20; i++) {
-		long n = store_dedup_prune(st, UINT64_MAX, 7);
-		cr_assert_geq(n, 0);
-		cr_assert_leq(n, 7);
+	for (int i = 0; i < 200; i++) {
+		long n = store_dedup_prune(st, 3001, 37);
+		cr_assert(n >= 0 && n <= 37, "call %d: %ld", i, n);
 		total += n;
+		uint64_t left = 3000 - (uint64_t)total;
+		cr_assert_eq(stats().dedup_entries, left);
+		if (n == 0)
+			break;
 	}
-	cr_assert_eq(total, 70);
+	cr_assert_eq(total, 2000);
+	for (uint64_t from = 1; from <= 3; from++)
+		for (uint64_t c = 0; c < 1000; c++)
+			cr_assert_eq(dedup_has(from, c), from == 3, "from %llu cmid %llu", (unsigned long long)from,
+				     (unsigned long long)c);
+	commit();
+	cr_assert_eq(store_dedup_prune(st, UINT64_MAX, 100000), 1000);
 	commit();
 	cr_assert_eq(stats().dedup_entries, 0);
 	cr_assert_eq(store_dedup_prune(st, UINT64_MAX, 7), 0, "empty");
 }
 
-/* Entries that stay (smid above `before`) at the front must not stall the
- * walk: each call goes on where the last one stopped, and after a full lap it
- * stops where it started. */
-Test(store, dedup_prune_resumes_where_it_stopped)
+/* A (from, cmid) recorded again names its newest smid; pruning the older
+ * record does not forget the newer one. */
+Test(store, dedup_newest_record_wins_and_outlives_the_older)
 {
 	st = open_map(MAP_BYTES);
-	for (uint64_t c = 0; c < 50; c++)
-		cr_assert_eq(store_dedup_put(st, 1, c, 1000), 0); /* kept */
-	dedup_fill(2, 0, 50);                                     /* smid 0..49 */
-	for (int i = 0; i < 5; i++)
-		cr_assert_eq(store_dedup_prune(st, 500, 10), 0, "call %d: the kept half", i);
-	for (int i = 0; i < 5; i++)
-		cr_assert_eq(store_dedup_prune(st, 500, 10), 10, "call %d: the prunable half", i);
+	uint64_t smid = 0;
+	cr_assert_eq(store_dedup_put(st, 1, 5, 10), 0);
+	cr_assert_eq(store_dedup_put(st, 1, 5, 20), 0);
+	cr_assert_eq(store_dedup_get(st, 1, 5, &smid), 0);
+	cr_assert_eq(smid, 20);
 	commit();
-	cr_assert_eq(stats().dedup_entries, 50);
-
-	/* Position at cmid 5 of the 50 kept; one lap from there ends there. */
-	cr_assert_eq(store_dedup_prune(st, 500, 5), 0);
-	cr_assert_eq(store_dedup_prune(st, 500, 1000), 0);
-	/* Make entries on both sides of cmid 5 prunable: a walk resuming at 5
-	 * reaches 7 first; one restarting at the first entry would take 0..2. */
-	for (uint64_t c = 0; c < 10; c++)
-		if (c < 3 || c > 6)
-			cr_assert_eq(store_dedup_put(st, 1, c, 0), 0);
-	cr_assert_eq(store_dedup_prune(st, 500, 3), 1);
-	cr_assert(!dedup_has(1, 7));
-	cr_assert(dedup_has(1, 0));
+	reopen();
+	cr_assert_eq(store_dedup_get(st, 1, 5, &smid), 0);
+	cr_assert_eq(smid, 20, "rebuilt from the log: the newest record");
+	cr_assert_eq(store_dedup_prune(st, 15, 100), 1);
+	cr_assert_eq(store_dedup_get(st, 1, 5, &smid), 0);
+	cr_assert_eq(smid, 20);
+	cr_assert_eq(store_dedup_prune(st, 25, 100), 1);
+	cr_assert_eq(store_dedup_get(st, 1, 5, &smid), STORE_E_NOTFOUND);
+	cr_assert_eq(store_dedup_put(st, 1, 6, 0), -EINVAL, "smid 0 is no message");
 }
 
-/* Thousands of entries span many LMDB pages: one call from the start deletes
- * every prunable entry, including those right after a deleted one at a page
- * boundary (the cursor must not skip after a delete). */
-Test(store, dedup_prune_one_pass_over_many_pages)
+/* The index in memory goes with the transaction: what an abort drops, it
+ * drops (puts and prunes alike). */
+Test(store, dedup_index_follows_commit_and_abort)
 {
 	st = open_map(MAP_BYTES);
-	for (uint64_t from = 1; from <= 3; from++)
-		for (uint64_t c = 0; c < 1000; c++)
-			cr_assert_eq(store_dedup_put(st, from, c, c % 3 ? 1000000 : 5), 0);
+	cr_assert_eq(store_dedup_put(st, 1, 5, 10), 0);
+	store_abort(st);
+	cr_assert(!dedup_has(1, 5), "an aborted put is still found");
+	cr_assert_eq(store_dedup_put(st, 1, 5, 10), 0);
 	commit();
-	cr_assert_eq(store_dedup_prune(st, 1000, 100000), 3 * 334);
-	commit();
-	cr_assert_eq(stats().dedup_entries, 3000 - 3 * 334);
-	for (uint64_t from = 1; from <= 3; from++)
-		for (uint64_t c = 0; c < 1000; c++)
-			cr_assert_eq(dedup_has(from, c), c % 3 != 0, "from %llu cmid %llu", (unsigned long long)from,
-				     (unsigned long long)c);
-	/* Everything, in steps, across pages. */
-	long total = 0, n;
-	for (int i = 0; i < 100 && (n = store_dedup_prune(st, UINT64_MAX, 37)) >= 0; i++)
-		total += n;
-	cr_assert_eq(total, 3000 - 3 * 334);
-	commit();
-	cr_assert_eq(stats().dedup_entries, 0);
+	cr_assert_eq(store_dedup_prune(st, 100, 100), 1);
+	cr_assert(!dedup_has(1, 5));
+	store_abort(st);
+	cr_assert(dedup_has(1, 5), "an aborted prune forgot the record");
+	cr_assert_eq(stats().dedup_entries, 1);
+}
+
+/* The index holds a hash: a hit is checked against the log's record, so
+ * another (from, cmid) never passes for a resend. Two records of one smid
+ * (which only a caller's mistake can write) are such a case. */
+Test(store, dedup_hit_is_checked_against_the_record)
+{
+	st = open_map(MAP_BYTES);
+	uint64_t smid = 0;
+	cr_assert_eq(store_dedup_put(st, 1, 5, 10), 0);
+	cr_assert_eq(store_dedup_put(st, 2, 7, 10), 0); /* the log's record of 10 is now (2, 7) */
+	cr_assert_eq(store_dedup_get(st, 1, 5, &smid), STORE_E_NOTFOUND);
+	cr_assert_eq(store_dedup_get(st, 2, 7, &smid), 0);
+	cr_assert_eq(smid, 10);
 }
 
 /* ---- groups ---------------------------------------------------------------------- */
