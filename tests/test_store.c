@@ -192,20 +192,34 @@ Test(store, open_failure_reports_error)
 	cr_assert_neq(err[0], 0);
 }
 
-/* A store of another format (format 1: message ids of the old layout) is
- * refused with a message that says what to do, and left untouched. */
-Test(store, other_format_is_refused)
+/* The test's data dir opened with LMDB itself, to write what another
+ * version would have. */
+static MDB_env *raw_env(void)
 {
-	st = open_map(MAP_BYTES);
-	store_close(st);
-	st = NULL;
 	MDB_env *env;
-	MDB_txn *txn;
-	MDB_dbi meta;
 	cr_assert_eq(mdb_env_create(&env), 0);
 	cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
 	cr_assert_eq(mdb_env_set_mapsize(env, MAP_BYTES), 0);
 	cr_assert_eq(mdb_env_open(env, dbdir, 0, 0600), 0);
+	return env;
+}
+
+/* ...after a store was made there (and closed). */
+static MDB_env *store_made_then_raw(void)
+{
+	st = open_map(MAP_BYTES);
+	store_close(st);
+	st = NULL;
+	return raw_env();
+}
+
+/* A store of another format (format 1: message ids of the old layout) is
+ * refused with a message that says what to do, and left untouched. */
+Test(store, other_format_is_refused)
+{
+	MDB_env *env = store_made_then_raw();
+	MDB_txn *txn;
+	MDB_dbi meta;
 	cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
 	cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
 	uint32_t one = 1;
@@ -227,16 +241,9 @@ static int dedup_has(uint64_t from, uint64_t cmid);
 
 Test(store, format_2_dedup_records_move_into_the_log)
 {
-	st = open_map(MAP_BYTES);
-	store_close(st);
-	st = NULL;
-	MDB_env *env;
+	MDB_env *env = store_made_then_raw();
 	MDB_txn *txn;
 	MDB_dbi meta, dedup;
-	cr_assert_eq(mdb_env_create(&env), 0);
-	cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
-	cr_assert_eq(mdb_env_set_mapsize(env, MAP_BYTES), 0);
-	cr_assert_eq(mdb_env_open(env, dbdir, 0, 0600), 0);
 	cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
 	cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
 	cr_assert_eq(mdb_drop(txn, meta, 0), 0); /* as format 2 left it: no dlog yet */
@@ -274,9 +281,7 @@ Test(store, format_2_dedup_records_move_into_the_log)
 	store_close(st);
 	st = NULL;
 
-	cr_assert_eq(mdb_env_create(&env), 0);
-	cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
-	cr_assert_eq(mdb_env_open(env, dbdir, 0, 0600), 0);
+	env = raw_env();
 	cr_assert_eq(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
 	cr_assert_eq(mdb_dbi_open(txn, "dedup", 0, &dedup), MDB_NOTFOUND, "the old tree is still there");
 	cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
