@@ -8,7 +8,8 @@
 # For each offered rate, twice: with batching (the default 256 KiB batches)
 # and with --link-batch 0 (every frame its own batch and send). Reports
 # delivered messages/s, latency, frames per batch and bytes per message on
-# the gateway->backend link, backend commits/s, and CPU per message of the
+# the gateway->backend link, backend commits/s and bytes written to storage
+# per message, and CPU per message of the
 # three servers together (and the backend's and gateway 1's user and system
 # time apart). Bounded: 5 s per run.
 #   DIST_CONNS    loadgen connections (2000)
@@ -28,6 +29,8 @@ cpu() { awk '{print ($14 + $15)}' "/proc/$1/stat"; }
 # a process's user and system CPU ticks, apart
 beu() { awk '{print $14}' "/proc/$1/stat"; }
 bes() { awk '{print $15}' "/proc/$1/stat"; }
+# bytes a process has had written to storage (its commits' pages)
+wrb() { awk '/^write_bytes/ {print $2}' "/proc/$1/io"; }
 
 "$b/tools/mint-token" --new-secret "$tmp/secret" 2>/dev/null
 "$b/tools/mint-token" --new-secret "$tmp/cluster.secret" 2>/dev/null
@@ -70,7 +73,8 @@ one() {
 	n=${DIST_CONNS:-2000}
 	rate=$(awk -v t="$2" -v n="$n" 'BEGIN {printf "%.4f", t / n}')
 	c0=$(($(cpu "$be") + $(cpu "$g1") + $(cpu "$g2"))) u0=$(beu "$be") s0=$(bes "$be") gu0=$(beu "$g1") gs0=$(bes "$g1")
-	[ -z "$be2" ] || { c0=$((c0 + $(cpu "$be2"))) u0=$((u0 + $(beu "$be2"))) s0=$((s0 + $(bes "$be2"))); }
+	w0=$(wrb "$be")
+	[ -z "$be2" ] || { c0=$((c0 + $(cpu "$be2"))) u0=$((u0 + $(beu "$be2"))) s0=$((s0 + $(bes "$be2"))) w0=$((w0 + $(wrb "$be2"))); }
 	get $((base + 12)) "$tmp/g1a.json"
 	get $((base + 11)) "$tmp/bea.json"
 	echo '{"commits":0}' >"$tmp/be2a.json"
@@ -79,7 +83,8 @@ one() {
 		--targets "127.0.0.1:$((base + 2))" --targets "127.0.0.1:$((base + 3))" --receipts --duration 5s \
 		--drain 5s --quiet --max-error-rate 1 --report "$tmp/$3.json" >"$tmp/$3.out" 2>&1 || true
 	c1=$(($(cpu "$be") + $(cpu "$g1") + $(cpu "$g2"))) u1=$(beu "$be") s1=$(bes "$be") gu1=$(beu "$g1") gs1=$(bes "$g1")
-	[ -z "$be2" ] || { c1=$((c1 + $(cpu "$be2"))) u1=$((u1 + $(beu "$be2"))) s1=$((s1 + $(bes "$be2"))); }
+	w1=$(wrb "$be")
+	[ -z "$be2" ] || { c1=$((c1 + $(cpu "$be2"))) u1=$((u1 + $(beu "$be2"))) s1=$((s1 + $(bes "$be2"))) w1=$((w1 + $(wrb "$be2"))); }
 	get $((base + 12)) "$tmp/g1b.json"
 	get $((base + 11)) "$tmp/beb.json"
 	echo '{"commits":0}' >"$tmp/be2b.json"
@@ -88,7 +93,7 @@ one() {
 	wait $pids 2>/dev/null || true
 	pids=
 	awk -v name="$3" -v offered="$2" -v hz="$(getconf CLK_TCK)" -v c0="$c0" -v c1="$c1" \
-		-v bu=$((u1 - u0)) -v bs=$((s1 - s0)) -v gu=$((gu1 - gu0)) -v gs=$((gs1 - gs0)) \
+		-v bu=$((u1 - u0)) -v bs=$((s1 - s0)) -v wr=$((w1 - w0)) -v gu=$((gu1 - gu0)) -v gs=$((gs1 - gs0)) \
 		-v d="$(num delivered "$tmp/$3.json")" -v dps="$(num delivered_per_s "$tmp/$3.json")" \
 		-v p50="$(num p50 "$tmp/$3.json")" -v p99="$(num p99 "$tmp/$3.json")" -v p999="$(num p999 "$tmp/$3.json")" -v lost="$(num lost "$tmp/$3.json")" \
 		-v fa="$(num link_frames_out "$tmp/g1a.json")" -v fb="$(num link_frames_out "$tmp/g1b.json")" \
@@ -99,8 +104,8 @@ one() {
 		-v cb="$(($(num commits "$tmp/beb.json") + $(num commits "$tmp/be2b.json")))" \
 		-v cp50="$(num commit_p50_us "$tmp/beb.json")" -v cp99="$(num commit_p99_us "$tmp/beb.json")" 'BEGIN {
 		fr = fb - fa; bt = bb - ba; by = yb - ya; r = rb - ra
-		printf "%-12s offered %7.0f/s delivered %7.0f/s p50 %8.1f us p99 %9.1f us p99.9 %9.1f us | gw1->be %6.1f frames/batch %5.1f B/msg | commits %5.0f, p50 %5.1f p99 %5.1f ms | servers %5.1f us CPU/msg, backend %4.1f user + %4.1f sys, gateway 1 %4.1f + %4.1f | lost %s\n",
-			name, offered, dps, p50, p99, p999, (bt > 0 ? fr / bt : 0), (r > 0 ? by / r : 0), cb - ca, cp50 / 1000, cp99 / 1000,
+		printf "%-12s offered %7.0f/s delivered %7.0f/s p50 %8.1f us p99 %9.1f us p99.9 %9.1f us | gw1->be %6.1f frames/batch %5.1f B/msg | commits %5.0f, p50 %5.1f p99 %5.1f ms, %5.0f B written/msg | servers %5.1f us CPU/msg, backend %4.1f user + %4.1f sys, gateway 1 %4.1f + %4.1f | lost %s\n",
+			name, offered, dps, p50, p99, p999, (bt > 0 ? fr / bt : 0), (r > 0 ? by / r : 0), cb - ca, cp50 / 1000, cp99 / 1000, (d > 0 ? wr / d : 0),
 			(d > 0 ? (c1 - c0) / hz / d * 1e6 : 0), (d > 0 ? bu / hz / d * 1e6 : 0), (d > 0 ? bs / hz / d * 1e6 : 0),
 			(d > 0 ? gu / hz / d * 1e6 : 0), (d > 0 ? gs / hz / d * 1e6 : 0), lost
 	}'
@@ -119,7 +124,7 @@ cat <<EOF
 $results
 (frames/batch and bytes/msg: gateway 1's link to the backend, sends and receipts both counted in frames;
  commits: backend group commits during the run, and backend 1's commit duration (fsync included) since it
- started; CPU: gateways + backend, per delivered message, and the
+ started, and the bytes the backends wrote to storage per delivered message; CPU: gateways + backend, per delivered message, and the
  backend's own user and system time per delivered message, and gateway 1's (half the senders and
  recipients))
 EOF
