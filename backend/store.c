@@ -39,10 +39,11 @@
  * dedup window. As a B-tree keyed by (from, cmid) every record landed on a
  * page of its own (the keys are random), and its page was written again at
  * the commit: about 80% of the bytes a commit wrote (6.7 of 8.2 KB per
- * message, BENCHMARKS.md "Store writes"). Now the records are a log keyed by
+ * message, BENCHMARKS.md "Dedup records as a log"). Now the records are a log keyed by
  * smid, so they are appended at the end (a page holds a hundred of them)
  * and pruned from the front, and the lookup is an index in memory rebuilt
- * from the log at open: hash(from, cmid) -> smid in a u64map (16-byte slots,
+ * from the log at open: dedup_hash(from, cmid), keyed by a secret of this
+ * open, -> smid in a u64map (16-byte slots,
  * load <= 1/2), checked against the log's record on a hit, so a hash
  * collision can only miss a resend, never take a new message for one.
  */
@@ -50,6 +51,7 @@
 
 #include <errno.h>
 #include <lmdb.h>
+#include <sodium.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,6 +120,7 @@ struct store {
 	MDB_env *env;
 	MDB_dbi msgs, mbox, dlog, groups, meta, rcpts;
 	struct u64map cnt[CNT_MAPS]; /* user -> count, only non-zero ones; the dedup index */
+	uint8_t dedup_key[crypto_shorthash_KEYBYTES]; /* dedup_hash's secret */
 	struct cnt_undo *undo;       /* count changes of the open transaction */
 	size_t nundo, undo_cap, undo_child; /* undo_child: where the request's nested transaction began */
 	MDB_txn *txn;         /* the open write transaction, or NULL */
@@ -317,6 +320,16 @@ static int ready(struct store *s)
 
 /* ---- open / close -------------------------------------------------------------- */
 
+/* The bytes format 2's dedup tree holds (0 if it cannot say). */
+static uint64_t dedup_tree_bytes(MDB_txn *txn)
+{
+	MDB_dbi old;
+	MDB_stat st;
+	if (mdb_dbi_open(txn, "dedup", 0, &old) != 0 || mdb_stat(txn, old, &st) != 0)
+		return 0;
+	return (uint64_t)(st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages) * st.ms_psize;
+}
+
 /* Format 2 kept the dedup records in a tree keyed by (from, cmid): move them
  * into the log and drop the tree, in open_dbs' transaction (all or nothing). */
 static int dedup_tree_to_log(struct store *s, MDB_txn *txn)
@@ -368,8 +381,17 @@ static int open_dbs(struct store *s, char *err, size_t errlen)
 	MDB_val k = mval("format", 6), v;
 	rc = mdb_get(txn, s->meta, &k, &v);
 	if (rc == 0 && v.mv_size == 4 && get_u32(v.mv_data) == STORE_FORMAT_DEDUP_TREE) {
+		uint64_t tree_bytes = dedup_tree_bytes(txn); /* before: a failed write ends what txn can answer */
 		if ((rc = dedup_tree_to_log(s, txn)) != 0) {
-			snprintf(err, errlen, "store: moving format 2's dedup records: %s", mdb_strerror(rc));
+			if (rc == MDB_MAP_FULL)
+				snprintf(err, errlen,
+					 "store: upgrading to format 3 needs room for a copy of the dedup records (about "
+					 "%llu MiB) until it commits, and this store's map is full: start once with a larger "
+					 "--store-size (each node thread's store gets its share), or run the previous "
+					 "version on it, which still reads it",
+					 (unsigned long long)(tree_bytes >> 20) + 1);
+			else
+				snprintf(err, errlen, "store: moving format 2's dedup records: %s", mdb_strerror(rc));
 			goto fail;
 		}
 		rc = MDB_NOTFOUND; /* written as format 3 below */
@@ -401,10 +423,19 @@ fail:
 	return -1;
 }
 
-/* The dedup index's key of (from, cmid): never 0 (u64map's empty key). */
-static uint64_t dedup_hash(uint64_t from, uint64_t cmid)
+/* The dedup index's key of (from, cmid): never 0 (u64map's empty key).
+ * Keyed (SipHash-2-4, a secret drawn at each open: the index is rebuilt
+ * then) because senders choose their cmids: with a public hash one sender
+ * could pick cmids whose keys all fall in one run of the table and make
+ * every insert and delete there walk it. */
+static uint64_t dedup_hash(const struct store *s, uint64_t from, uint64_t cmid)
 {
-	uint64_t h = hash64(hash64(from) ^ cmid);
+	uint8_t in[16], out[crypto_shorthash_BYTES];
+	put_u64(in, from);
+	put_u64(in + 8, cmid);
+	crypto_shorthash(out, in, sizeof in, s->dedup_key);
+	uint64_t h;
+	memcpy(&h, out, sizeof h);
 	return h ? h : 1;
 }
 
@@ -460,7 +491,7 @@ static int count_rebuild(struct store *s, char *err, size_t errlen)
 		for (int op = MDB_FIRST; (rc = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT) {
 			if (k.mv_size != 8 || v.mv_size != 16)
 				continue;
-			uint64_t h = dedup_hash(get_u64(v.mv_data), get_u64((const uint8_t *)v.mv_data + 8));
+			uint64_t h = dedup_hash(s, get_u64(v.mv_data), get_u64((const uint8_t *)v.mv_data + 8));
 			if (u64map_put(&s->cnt[CNT_DEDUP], h, wire_be64_get(k.mv_data)) != 0) {
 				rc = ENOMEM;
 				break;
@@ -509,6 +540,13 @@ struct store *store_open(const char *dir, size_t map_bytes, char *err, size_t er
 		free(s);
 		return NULL;
 	}
+	if (sodium_init() < 0) {
+		snprintf(err, errlen, "store: libsodium cannot start");
+		close(s->lock_fd);
+		free(s);
+		return NULL;
+	}
+	randombytes_buf(s->dedup_key, sizeof s->dedup_key);
 	int rc = mdb_env_create(&s->env);
 	if (rc) {
 		snprintf(err, errlen, "store: mdb_env_create: %s", mdb_strerror(rc));
@@ -690,7 +728,11 @@ static int mem_err(struct store *s)
 	return -ENOMEM;
 }
 
-/* Set a map's value of key (0 removes it), remembering the old one for undo. */
+/* Set a map's value of key (0 removes it), remembering the old one for undo.
+ * Out of memory, a count fails the transaction; the dedup index is left as
+ * it was and the call succeeds: an entry it lacks can only miss a resend
+ * (stored twice, as without dedup), one it keeps for a pruned record is
+ * checked against the log and missed too. */
 static int map_set(struct store *s, enum cnt map, uint64_t key, uint64_t n)
 {
 	const uint64_t *at = u64map_get(&s->cnt[map], key);
@@ -701,14 +743,14 @@ static int map_set(struct store *s, enum cnt map, uint64_t key, uint64_t n)
 		size_t cap = s->undo_cap ? s->undo_cap * 2 : 256;
 		struct cnt_undo *u = realloc(s->undo, cap * sizeof *u);
 		if (!u)
-			return mem_err(s);
+			return map == CNT_DEDUP ? 0 : mem_err(s);
 		s->undo = u;
 		s->undo_cap = cap;
 	}
 	if (n == 0)
 		u64map_del(&s->cnt[map], key);
 	else if (u64map_put(&s->cnt[map], key, n) != 0)
-		return mem_err(s);
+		return map == CNT_DEDUP ? 0 : mem_err(s);
 	s->undo[s->nundo++] = (struct cnt_undo){.key = key, .old = old, .map = (uint8_t)map};
 	return 0;
 }
@@ -1279,6 +1321,11 @@ uint32_t store_count(struct store *s, uint64_t user)
 
 /* ---- dedup (see "Dedup" at the top) ------------------------------------------------ */
 
+uint64_t store_dedup_index_key(const struct store *s, uint64_t from, uint64_t cmid)
+{
+	return dedup_hash(s, from, cmid);
+}
+
 /* Whether the log's record of smid is (from, cmid): *yes. */
 static int dlog_is(struct store *s, uint64_t smid, uint64_t from, uint64_t cmid, int *yes)
 {
@@ -1302,7 +1349,7 @@ int store_dedup_get(struct store *s, uint64_t from, uint64_t cmid, uint64_t *smi
 	int rc = ready(s);
 	if (rc)
 		return rc;
-	const uint64_t *at = u64map_get(&s->cnt[CNT_DEDUP], dedup_hash(from, cmid));
+	const uint64_t *at = u64map_get(&s->cnt[CNT_DEDUP], dedup_hash(s, from, cmid));
 	if (!at)
 		return STORE_E_NOTFOUND;
 	uint64_t found = *at;
@@ -1335,7 +1382,7 @@ int store_dedup_put(struct store *s, uint64_t from, uint64_t cmid, uint64_t smid
 	rc = mdb_put(T(s), s->dlog, &k, &v, 0);
 	if (rc)
 		return txn_err(s, rc);
-	return map_set(s, CNT_DEDUP, dedup_hash(from, cmid), smid);
+	return map_set(s, CNT_DEDUP, dedup_hash(s, from, cmid), smid);
 }
 
 /* The log is in smid order: delete from its front while the smid is below
@@ -1362,7 +1409,7 @@ long store_dedup_prune(struct store *s, uint64_t before, size_t max)
 		if ((size_t)deleted == max || smid >= before)
 			break;
 		if (v.mv_size == 16) {
-			uint64_t h = dedup_hash(get_u64(v.mv_data), get_u64((const uint8_t *)v.mv_data + 8));
+			uint64_t h = dedup_hash(s, get_u64(v.mv_data), get_u64((const uint8_t *)v.mv_data + 8));
 			const uint64_t *at = u64map_get(&s->cnt[CNT_DEDUP], h);
 			if (at && *at == smid && (err = map_set(s, CNT_DEDUP, h, 0)) != 0)
 				break;

@@ -205,6 +205,9 @@ uint32_t store_count(struct store *s, uint64_t user);
  * 0; a second record of (from, cmid) replaces the first in the lookup). */
 int store_dedup_get(struct store *s, uint64_t from, uint64_t cmid, uint64_t *smid);
 int store_dedup_put(struct store *s, uint64_t from, uint64_t cmid, uint64_t smid);
+/* The dedup index's key of (from, cmid) in this open store (keyed by a
+ * secret drawn at open; for tests). */
+uint64_t store_dedup_index_key(const struct store *s, uint64_t from, uint64_t cmid);
 /* Forget dedup records whose smid is below `before` (smids encode time),
  * oldest first, at most max per call (incremental). Returns how many were
  * deleted, or -errno. */

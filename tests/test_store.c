@@ -239,7 +239,9 @@ Test(store, other_format_is_refused)
  * it rather than miss them. */
 static int dedup_has(uint64_t from, uint64_t cmid);
 
-Test(store, format_2_dedup_records_move_into_the_log)
+/* The test's data dir as format 2 left it, with n dedup records of sender 7
+ * (cmid c: smid 1000 + c) in the tree `dedup`, and no log. */
+static void make_format_2(uint64_t n)
 {
 	MDB_env *env = store_made_then_raw();
 	MDB_txn *txn;
@@ -254,7 +256,7 @@ Test(store, format_2_dedup_records_move_into_the_log)
 	cr_assert_eq(mdb_dbi_open(txn, "dlog", 0, &dlog), 0);
 	cr_assert_eq(mdb_drop(txn, dlog, 1), 0);
 	cr_assert_eq(mdb_dbi_open(txn, "dedup", MDB_CREATE, &dedup), 0);
-	for (uint64_t c = 1; c <= 300; c++) {
+	for (uint64_t c = 1; c <= n; c++) {
 		uint8_t kb[16];
 		uint64_t smid = 1000 + c, from = 7;
 		for (int i = 0; i < 8; i++) {
@@ -266,7 +268,29 @@ Test(store, format_2_dedup_records_move_into_the_log)
 	}
 	cr_assert_eq(mdb_txn_commit(txn), 0);
 	mdb_env_close(env);
+}
 
+/* The format record and whether the tree `dedup` is there, read with LMDB. */
+static uint32_t raw_format(int *has_dedup_tree)
+{
+	MDB_env *env = raw_env();
+	MDB_txn *txn;
+	MDB_dbi meta, dedup;
+	cr_assert_eq(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	*has_dedup_tree = mdb_dbi_open(txn, "dedup", 0, &dedup) == 0;
+	cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+	MDB_val k = {6, "format"}, v;
+	cr_assert_eq(mdb_get(txn, meta, &k, &v), 0);
+	uint32_t fmt;
+	memcpy(&fmt, v.mv_data, 4);
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	return fmt;
+}
+
+Test(store, format_2_dedup_records_move_into_the_log)
+{
+	make_format_2(300);
 	char err[256] = "";
 	st = store_open(dbdir, MAP_BYTES, err, sizeof err);
 	cr_assert_not_null(st, "format 2 refused: %s", err);
@@ -281,16 +305,29 @@ Test(store, format_2_dedup_records_move_into_the_log)
 	store_close(st);
 	st = NULL;
 
-	env = raw_env();
-	cr_assert_eq(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
-	cr_assert_eq(mdb_dbi_open(txn, "dedup", 0, &dedup), MDB_NOTFOUND, "the old tree is still there");
-	cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
-	cr_assert_eq(mdb_get(txn, meta, &k, &v), 0);
-	uint32_t fmt;
-	memcpy(&fmt, v.mv_data, 4);
-	cr_assert_eq(fmt, 3);
-	mdb_txn_abort(txn);
-	mdb_env_close(env);
+	int tree;
+	cr_assert_eq(raw_format(&tree), 3);
+	cr_assert(!tree, "the old tree is still there");
+}
+
+/* The review of the upgrade: LMDB frees the old tree's pages only once the
+ * transaction that moves its records commits, so a store whose map cannot
+ * hold both is refused, with what to do, and stays format 2 (the previous
+ * version still reads it). */
+Test(store, format_2_upgrade_without_room_says_what_to_do)
+{
+	make_format_2(300000); /* about 10 of the map's 16 MiB */
+	char err[400] = "";
+	cr_assert_null(store_open(dbdir, MAP_BYTES, err, sizeof err));
+	cr_assert(strstr(err, "start once with a larger --store-size"), "err: %s", err);
+	cr_log_info("%s", err);
+	int tree;
+	cr_assert_eq(raw_format(&tree), 2);
+	cr_assert(tree, "the records are gone");
+	st = store_open(dbdir, 4 * MAP_BYTES, err, sizeof err);
+	cr_assert_not_null(st, "with room: %s", err);
+	cr_assert(dedup_has(7, 300000));
+	cr_assert_eq(stats().dedup_entries, 300000);
 }
 
 /* ---- put and scan ----------------------------------------------------------------- */
@@ -758,6 +795,61 @@ Test(store, dedup_newest_record_wins_and_outlives_the_older)
 	cr_assert_eq(store_dedup_prune(st, 25, 100), 1);
 	cr_assert_eq(store_dedup_get(st, 1, 5, &smid), STORE_E_NOTFOUND);
 	cr_assert_eq(store_dedup_put(st, 1, 6, 0), -EINVAL, "smid 0 is no message");
+}
+
+/* hash64 (runtime/u64map.h) undone: a sender who knows the hash can choose
+ * cmids whose keys land where it wants. */
+static uint64_t unxorshift(uint64_t y, int s)
+{
+	uint64_t x = y;
+	for (int i = 0; i <= 64 / s; i++)
+		x = y ^ (x >> s);
+	return x;
+}
+
+static uint64_t mul_inverse(uint64_t a)
+{
+	uint64_t x = a;
+	for (int i = 0; i < 6; i++)
+		x *= 2 - a * x;
+	return x;
+}
+
+static uint64_t hash64_inverse(uint64_t y)
+{
+	y = unxorshift(y, 31);
+	y *= mul_inverse(0x94d049bb133111ebull);
+	y = unxorshift(y, 27);
+	y *= mul_inverse(0xbf58476d1ce4e5b9ull);
+	return unxorshift(y, 30);
+}
+
+/* The review of the dedup log: its index is a hash table of the cmids that
+ * senders choose. With the unkeyed key hash64(hash64(from) ^ cmid), 1,000
+ * cmids computed from the public hash all fell into one slot of the table
+ * (at every size up to 2^32 slots), and each insert and delete walked
+ * them. With a secret per open the same cmids spread, and two opens key
+ * the same cmid differently. */
+Test(store, dedup_index_keys_cannot_be_chosen_by_senders)
+{
+	st = open_map(MAP_BYTES);
+	enum { N = 1000 };
+	uint64_t from = 42;
+	static uint8_t slot_seen[1 << 16];
+	memset(slot_seen, 0, sizeof slot_seen);
+	unsigned slots = 0;
+	for (uint64_t i = 1; i <= N; i++) {
+		uint64_t key = hash64_inverse(i << 32);          /* u64map's slot: hash64(key) & mask: 0 */
+		uint64_t cmid = hash64_inverse(key) ^ hash64(from); /* the unkeyed key of (from, cmid) */
+		cr_assert_eq(hash64(hash64(hash64(from) ^ cmid)) & 0xffffffffu, 0, "the unkeyed key's slot");
+		unsigned slot = (unsigned)(hash64(store_dedup_index_key(st, from, cmid)) & 0xffff);
+		slots += !slot_seen[slot];
+		slot_seen[slot] = 1;
+	}
+	cr_assert_gt(slots, N * 9 / 10, "1,000 chosen cmids fill only %u of 65,536 slots", slots);
+	uint64_t k1 = store_dedup_index_key(st, 1, 2);
+	reopen();
+	cr_assert_neq(store_dedup_index_key(st, 1, 2), k1, "the same key after another open");
 }
 
 /* The index in memory goes with the transaction: what an abort drops, it
