@@ -61,6 +61,7 @@ struct be_counters {
 	uint64_t commits, commit_ns_total, commit_ns_max, loops, cqes, malformed;
 	uint64_t backlog;
 	uint64_t store_messages, store_mailbox, store_groups, store_receipts, store_used_bytes;
+	uint64_t store_dedup_records, store_dedup_index_bytes;
 	struct link_stats link; /* all links (runtime/link.h LINK_STATS), slots since reused included */
 	struct metrics_lat lat_commit; /* commit durations (runtime/metrics.h) */
 } __attribute__((aligned(64)));

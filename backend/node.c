@@ -975,6 +975,8 @@ static void publish(struct be *b)
 	CNT_SET(b, store_groups, st.groups);
 	CNT_SET(b, store_receipts, st.receipts);
 	CNT_SET(b, store_used_bytes, st.map_used_bytes);
+	CNT_SET(b, store_dedup_records, st.dedup_entries);
+	CNT_SET(b, store_dedup_index_bytes, st.dedup_index_bytes);
 	CNT_SET(b, store_full_disk, st.refused_disk);
 	CNT_SET(b, store_disk_free, st.disk_room_bytes);
 	CNT_SET(b, store_disk_reserve, st.disk_reserve_bytes);

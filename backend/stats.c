@@ -76,6 +76,8 @@ static const struct be_metric table[] = {
 	G_("store_groups", NULL, "store_groups", "Groups in the store", store_groups),
 	G_("store_receipts", NULL, "store_receipts", "Receipts kept for users in the store", store_receipts),
 	G_("store_used_bytes", NULL, "store_used_bytes", "Store file bytes in use", store_used_bytes),
+	G_("store_dedup_records", NULL, "store_dedup_records", "Dedup records in the store's log (--dedup-window)", store_dedup_records),
+	G_("store_dedup_index_bytes", NULL, "store_dedup_index_bytes", "Memory of the dedup records' index", store_dedup_index_bytes),
 	G_("store_disk_free_bytes", NULL, "store_disk_free_bytes", "Room the store can still grow by: the data dir's free space and the data file's free pages",
 	   store_disk_free),
 	G_("store_disk_reserve_bytes", NULL, "store_disk_reserve_bytes",

@@ -1603,6 +1603,7 @@ void store_get_stats(struct store *s, struct store_stats *st)
 	st->groups = entries(txn, s->groups);
 	st->receipts = entries(txn, s->rcpts);
 	st->senders = s->cnt[CNT_SENDERS].count;
+	st->dedup_index_bytes = s->cnt[CNT_DEDUP].e ? (s->cnt[CNT_DEDUP].mask + 1) * sizeof(struct u64map_ent) : 0;
 	if (ro)
 		mdb_txn_abort(ro);
 }

@@ -1233,6 +1233,8 @@ Test(backend, dedup_resent_cmid, .timeout = 30)
 	cr_assert_eq(s3, s4);
 	cr_assert_neq(s3, s1);
 	expect_stat(bc, "dedup_hits", '=', 2, 3000);
+	expect_stat(bc, "store_dedup_records", '=', 2, 3000); /* one per stored message, none for a resend */
+	cr_assert_gt(stat_num(bc, "store_dedup_index_bytes"), 0);
 	expect_stat(bc, "store_messages", '=', 2, 3000);
 	expect_stat(bc, "store_mailbox_entries", '=', 2, 3000);
 	open_login(&c, 0, uc);
