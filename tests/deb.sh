@@ -67,7 +67,20 @@ unitcmd() { # UNIT KEY [N]: the Nth KEY= command line of UNIT, continuations joi
 		sed -e 's/^[+-]*//' -e "s|/etc/chat/|$r/etc/chat/|g" -e "s|%t/|$tmp/run/|g" -e "s|/usr/|$r/usr/|g" \
 			-e 's/[[:space:]]\+/ /g'
 }
-port=$((20000 + $$ % 20000))
+# Four consecutive loopback ports (gateway, its stats, backend, its stats)
+# that no socket holds, below the ephemeral range: the other tests take
+# theirs from the kernel in that range, and a port picked there by chance
+# was taken by one of them (CI on 4008dd5: "Address already in use").
+in_use() { grep -q ":$(printf '%04X' "$1") " /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
+eph=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+span=$(((eph - 10000) / 4))
+[ "$span" -gt 0 ] || { echo "FAIL: no ports below the ephemeral range ($eph)"; exit 1; }
+port=
+for try in $(seq 0 63); do
+	p=$((10000 + ((($$ + try * 7919) % span) * 4)))
+	in_use "$p" || in_use $((p + 1)) || in_use $((p + 2)) || in_use $((p + 3)) || { port=$p; break; }
+done
+[ -n "$port" ] || { echo "FAIL: no four free loopback ports below $eph"; exit 1; }
 bport=$((port + 2))
 sed -i -e "s|^backend 33 .*|backend 33 127.0.0.1:$bport|" -e '/^backend 34 /d' "$r/etc/chat/cluster.conf"
 sed -i -e "s|^listen = .*|listen = 127.0.0.1:$port|" -e "s|^stats-listen = .*|stats-listen = 127.0.0.1:$((port + 1))|" \
