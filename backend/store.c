@@ -39,13 +39,13 @@
  * dedup window. As a B-tree keyed by (from, cmid) every record landed on a
  * page of its own (the keys are random), and its page was written again at
  * the commit: about 80% of the bytes a commit wrote (6.7 of 8.2 KB per
- * message, BENCHMARKS.md "Dedup records as a log"). Now the records are a log keyed by
- * smid, so they are appended at the end (a page holds a hundred of them)
- * and pruned from the front, and the lookup is an index in memory rebuilt
- * from the log at open: dedup_hash(from, cmid), keyed by a secret of this
- * open, -> smid in a u64map (16-byte slots,
- * load <= 1/2), checked against the log's record on a hit, so a hash
- * collision can only miss a resend, never take a new message for one.
+ * message, BENCHMARKS.md "Dedup records as a log"). Now the records are a
+ * log keyed by smid, so they are appended at the end (a page holds a
+ * hundred of them) and pruned from the front, and the lookup is an index in
+ * memory rebuilt from the log at open: dedup_hash(from, cmid), keyed by a
+ * secret of this open, -> smid, in DEDUP_PARTS u64maps (16-byte slots, load
+ * <= 1/2). A hit is checked against the log's record, so a hash collision
+ * can only miss a resend, never take a new message for one.
  */
 #include "backend/store.h"
 
@@ -341,26 +341,46 @@ static int ready(struct store *s)
 
 /* ---- open / close -------------------------------------------------------------- */
 
-/* The bytes format 2's dedup tree holds (0 if it cannot say). */
-static uint64_t dedup_tree_bytes(MDB_txn *txn)
+/* A database's pages (the tree's and its overflow pages). */
+static uint64_t stat_pages(const MDB_stat *st)
 {
-	MDB_dbi old;
-	MDB_stat st;
-	if (mdb_dbi_open(txn, "dedup", 0, &old) != 0 || mdb_stat(txn, old, &st) != 0)
-		return 0;
-	return (uint64_t)(st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages) * st.ms_psize;
+	return (uint64_t)st->ms_branch_pages + st->ms_leaf_pages + st->ms_overflow_pages;
+}
+
+/* A dedup log record's value, (from, cmid); dlog_val_get: -1 when v is not
+ * one (it was not written here). */
+enum { DLOG_VAL = 16 };
+static void dlog_val_put(uint8_t p[DLOG_VAL], uint64_t from, uint64_t cmid)
+{
+	put_u64(p, from);
+	put_u64(p + 8, cmid);
+}
+
+static int dlog_val_get(const MDB_val *v, uint64_t *from, uint64_t *cmid)
+{
+	if (v->mv_size != DLOG_VAL)
+		return -1;
+	*from = get_u64(v->mv_data);
+	*cmid = get_u64((const uint8_t *)v->mv_data + 8);
+	return 0;
 }
 
 /* Format 2 kept the dedup records in a tree keyed by (from, cmid): move them
- * into the log and drop the tree, in open_dbs' transaction (all or nothing). */
-static int dedup_tree_to_log(struct store *s, MDB_txn *txn)
+ * into the log and drop the tree, in open_dbs' transaction (all or nothing).
+ * *bytes gets the tree's size, taken before the first write (a failed write
+ * ends what txn can answer). */
+static int dedup_tree_to_log(struct store *s, MDB_txn *txn, uint64_t *bytes)
 {
 	MDB_dbi old;
+	MDB_stat st;
+	*bytes = 0;
 	int rc = mdb_dbi_open(txn, "dedup", 0, &old);
 	if (rc == MDB_NOTFOUND)
 		return 0;
 	if (rc)
 		return rc;
+	if (mdb_stat(txn, old, &st) == 0)
+		*bytes = stat_pages(&st) * st.ms_psize;
 	MDB_cursor *c;
 	if ((rc = mdb_cursor_open(txn, old, &c)) != 0)
 		return rc;
@@ -368,11 +388,10 @@ static int dedup_tree_to_log(struct store *s, MDB_txn *txn)
 	for (int op = MDB_FIRST; (rc = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT) {
 		if (k.mv_size != 16 || v.mv_size != 8)
 			continue; /* not a record format 2 wrote */
-		uint8_t lk[8], lv[16];
+		uint8_t lk[8], lv[DLOG_VAL];
 		wire_be64_put(lk, get_u64(v.mv_data));
-		put_u64(lv, wire_be64_get(k.mv_data));
-		put_u64(lv + 8, wire_be64_get((const uint8_t *)k.mv_data + 8));
-		MDB_val nk = mval(lk, 8), nv = mval(lv, 16);
+		dlog_val_put(lv, wire_be64_get(k.mv_data), wire_be64_get((const uint8_t *)k.mv_data + 8));
+		MDB_val nk = mval(lk, 8), nv = mval(lv, sizeof lv);
 		if ((rc = mdb_put(txn, s->dlog, &nk, &nv, 0)) != 0)
 			break;
 	}
@@ -402,8 +421,8 @@ static int open_dbs(struct store *s, char *err, size_t errlen)
 	MDB_val k = mval("format", 6), v;
 	rc = mdb_get(txn, s->meta, &k, &v);
 	if (rc == 0 && v.mv_size == 4 && get_u32(v.mv_data) == STORE_FORMAT_DEDUP_TREE) {
-		uint64_t tree_bytes = dedup_tree_bytes(txn); /* before: a failed write ends what txn can answer */
-		if ((rc = dedup_tree_to_log(s, txn)) != 0) {
+		uint64_t tree_bytes;
+		if ((rc = dedup_tree_to_log(s, txn, &tree_bytes)) != 0) {
 			if (rc == MDB_MAP_FULL)
 				snprintf(err, errlen,
 					 "store: upgrading to format 3 needs room for a copy of the dedup records (about "
@@ -462,8 +481,8 @@ static uint64_t dedup_hash(const struct store *s, uint64_t from, uint64_t cmid)
 
 /* The counts, from what the databases hold: a user's mailbox entries, the
  * references of the messages each sender sent, a user's stored receipts;
- * and the dedup index. Linear in the entries stored (about a second per ten
- * million). */
+ * and the dedup index. Linear in the entries stored (the counts: about a
+ * second per ten million). */
 static int count_rebuild(struct store *s, char *err, size_t errlen)
 {
 	MDB_txn *txn;
@@ -510,9 +529,10 @@ static int count_rebuild(struct store *s, char *err, size_t errlen)
 	 * (from, cmid) is the one it keeps, as store_dedup_put does */
 	if (rc == 0 && (rc = mdb_cursor_open(txn, s->dlog, &c)) == 0) {
 		for (int op = MDB_FIRST; (rc = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT) {
-			if (k.mv_size != 8 || v.mv_size != 16)
+			uint64_t from, cmid;
+			if (k.mv_size != 8 || dlog_val_get(&v, &from, &cmid) != 0)
 				continue;
-			uint64_t h = dedup_hash(s, get_u64(v.mv_data), get_u64((const uint8_t *)v.mv_data + 8));
+			uint64_t h = dedup_hash(s, from, cmid);
 			if (u64map_put(map_of(s, CNT_DEDUP, h), h, wire_be64_get(k.mv_data)) != 0) {
 				rc = ENOMEM;
 				break;
@@ -832,7 +852,7 @@ static uint64_t trees_stat(struct store *s, MDB_txn *txn, unsigned *depth)
 			d = STORE_DEPTH;
 			continue;
 		}
-		pages += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+		pages += stat_pages(&st);
 		if (st.ms_depth > d)
 			d = st.ms_depth;
 	}
@@ -1358,9 +1378,10 @@ static int dlog_is(struct store *s, uint64_t smid, uint64_t from, uint64_t cmid,
 		return 0;
 	if (rc)
 		return txn_err(s, rc);
-	if (v.mv_size != 16)
+	uint64_t f, c;
+	if (dlog_val_get(&v, &f, &c) != 0)
 		return -EIO;
-	*yes = get_u64(v.mv_data) == from && get_u64((const uint8_t *)v.mv_data + 8) == cmid;
+	*yes = f == from && c == cmid;
 	return 0;
 }
 
@@ -1395,11 +1416,10 @@ int store_dedup_put(struct store *s, uint64_t from, uint64_t cmid, uint64_t smid
 		return rc;
 	if ((rc = fault(s, STORE_OP_DEDUP)) != 0)
 		return rc;
-	uint8_t kb[8], vb[16];
+	uint8_t kb[8], vb[DLOG_VAL];
 	wire_be64_put(kb, smid);
-	put_u64(vb, from);
-	put_u64(vb + 8, cmid);
-	MDB_val k = mval(kb, 8), v = mval(vb, 16);
+	dlog_val_put(vb, from, cmid);
+	MDB_val k = mval(kb, 8), v = mval(vb, sizeof vb);
 	rc = mdb_put(T(s), s->dlog, &k, &v, 0);
 	if (rc)
 		return txn_err(s, rc);
@@ -1429,8 +1449,9 @@ long store_dedup_prune(struct store *s, uint64_t before, size_t max)
 		uint64_t smid = k.mv_size == 8 ? wire_be64_get(k.mv_data) : 0; /* another size: not ours, gone */
 		if ((size_t)deleted == max || smid >= before)
 			break;
-		if (v.mv_size == 16) {
-			uint64_t h = dedup_hash(s, get_u64(v.mv_data), get_u64((const uint8_t *)v.mv_data + 8));
+		uint64_t from, cmid;
+		if (dlog_val_get(&v, &from, &cmid) == 0) {
+			uint64_t h = dedup_hash(s, from, cmid);
 			const uint64_t *at = u64map_get(map_of(s, CNT_DEDUP, h), h);
 			if (at && *at == smid && (err = map_set(s, CNT_DEDUP, h, 0)) != 0)
 				break;

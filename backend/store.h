@@ -228,7 +228,7 @@ int store_group_next_id(struct store *s, uint32_t node, uint32_t thread, uint32_
 
 struct store_stats {
 	uint64_t messages, mailbox_entries, dedup_entries, groups, receipts, senders, map_used_bytes, map_bytes;
-	uint64_t dedup_index_bytes; /* the dedup index's table, in memory */
+	uint64_t dedup_index_bytes; /* the dedup index's tables, in memory */
 	/* commits are counted and timed by the caller (backend_commits_total) */
 	/* the disk: what the store can still grow by (free space and the data
 	 * file's free pages, when the last transaction started; 0 if unknown),

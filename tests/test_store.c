@@ -21,6 +21,7 @@
 
 #include "backend/store.h"
 #include "proto/client.h"
+#include "proto/wire.h"
 #include "runtime/cluster.h"
 
 #define MAP_BYTES (16u << 20)
@@ -258,11 +259,9 @@ static void make_format_2(uint64_t n)
 	cr_assert_eq(mdb_dbi_open(txn, "dedup", MDB_CREATE, &dedup), 0);
 	for (uint64_t c = 1; c <= n; c++) {
 		uint8_t kb[16];
-		uint64_t smid = 1000 + c, from = 7;
-		for (int i = 0; i < 8; i++) {
-			kb[i] = (uint8_t)(from >> (56 - 8 * i)); /* big-endian */
-			kb[8 + i] = (uint8_t)(c >> (56 - 8 * i));
-		}
+		uint64_t smid = 1000 + c;
+		wire_be64_put(kb, 7); /* the key: be64(from) be64(cmid) */
+		wire_be64_put(kb + 8, c);
 		MDB_val dk = {16, kb}, dv = {8, &smid};
 		cr_assert_eq(mdb_put(txn, dedup, &dk, &dv, 0), 0);
 	}
