@@ -6,9 +6,10 @@
  * and one link per gateway thread (runtime/link.h), and owns its part of
  * the backend's users and groups (runtime/cluster.h). `struct be` is one
  * node thread. Each
- * - keeps the session directory: which gateway node, thread and connection
- *   each online user is on, from SESSION_UP/DOWN (every gateway thread tells
- *   every backend), dropped for a gateway thread whose link is lost;
+ * - keeps the session directory of the users it owns: which gateway node,
+ *   thread and connection each is on, from SESSION_UP/DOWN (a gateway thread
+ *   tells only the user's owner), dropped for a gateway thread whose link is
+ *   lost;
  * - stores every message routed to it durably before acknowledging it (one
  *   write transaction per loop iteration: group commit; links are held until
  *   the commit returns), then routes it to the recipient's gateway thread if
@@ -16,7 +17,11 @@
  * - deletes a stored message when its recipient's client acknowledges it
  *   (delivered receipt), and routes receipts to the original sender;
  * - owns groups: member lists denormalised in one record, a group message
- *   stored once and referenced from every member's mailbox.
+ *   stored once and referenced from every member's mailbox here;
+ * - hands what it stores for users it does not own (a group's members owned
+ *   elsewhere) to their owner, through a gateway (HANDOFF), deleting each
+ *   entry once the owner has stored its copy (HANDOFF_ACK): the mailbox is
+ *   the outbox, and a user's messages are delivered by its owner only.
  * Scaling out is by adding backends (rendezvous hashing moves ~1/n users).
  */
 #ifndef BACKEND_BE_H
@@ -60,6 +65,7 @@ struct be_counters {
 	uint64_t group_msgs, group_fanout, group_ops, receipts_in, receipts_deleted, receipts_forwarded, receipts_stored;
 	uint64_t commits, commit_ns_total, commit_ns_max, loops, cqes, malformed;
 	uint64_t backlog;
+	uint64_t handoffs_sent, handoffs_in, handoffs_stored, handoffs_acked, handoff_users, receipts_relayed;
 	uint64_t store_messages, store_mailbox, store_groups, store_receipts, store_used_bytes;
 	uint64_t store_dedup_records, store_dedup_index_bytes;
 	struct link_stats link; /* all links (runtime/link.h LINK_STATS), slots since reused included */
@@ -78,7 +84,9 @@ struct be_committed {
 
 
 /* A user whose stored messages (then stored receipts) are still being sent
- * after login: one entry per user, however many SESSION_UPs came. */
+ * after login: one entry per user, however many SESSION_UPs came. The same
+ * for a user owned elsewhere whose entries here are being handed off (then
+ * the window is of handoffs not yet acknowledged, on gateway link `link`). */
 struct be_backlog {
 	uint64_t user, after;      /* messages: the last smid sent */
 	struct store_rcpt_pos rpos; /* receipts: the last one sent */
@@ -87,6 +95,7 @@ struct be_backlog {
 	uint32_t inflight;
 	uint64_t inflight_bytes, progress_ns; /* progress: the last send or acknowledgement */
 	uint64_t stall_after; /* the window was reset after a stall: receipts up to here are not in it */
+	uint32_t link;        /* handoffs: the link they go out on (UINT32_MAX: none yet) */
 };
 
 struct be {
@@ -111,6 +120,9 @@ struct be {
 	struct be_backlog *backlog;
 	size_t nbacklog, backlog_cap;
 	struct u64map backlog_of; /* user -> index in backlog */
+	struct be_backlog *hand;  /* users owned elsewhere with entries here (handoff) */
+	size_t nhand, hand_cap;
+	struct u64map hand_of; /* user -> index in hand */
 	struct u64map budget;     /* sender -> fan-out budget: tokens << 32 | ms (see node.c) */
 	struct msgid_gen ids;
 	uint64_t now_ns, wall_ms;

@@ -354,14 +354,16 @@ static void window_acked(struct be *b, uint64_t user, uint64_t smid, uint32_t le
 	e->progress_ns = b->now_ns;
 }
 
-/* Whether user's login is still sending its stored messages: a new one
- * waits in the mailbox for that scan (which reaches it, in order) rather
- * than going out at once, ahead of older ones and a second time when the
- * scan comes to it before its delivered receipt is in. */
-static int backlog_sending(const struct be *b, uint64_t user)
+/* Whether user's login is still sending its stored messages and has not
+ * passed smid yet: a new message waits in the mailbox for that scan (which
+ * reaches it, in order) rather than going out at once, ahead of older ones
+ * and a second time when the scan comes to it before its delivered receipt
+ * is in. (A copy handed over by another node thread can have an smid the
+ * scan has passed: that one goes out at once.) */
+static int backlog_waits(const struct be *b, uint64_t user, uint64_t smid)
 {
 	uint64_t *at = u64map_get(&b->backlog_of, user);
-	return at && !b->backlog[*at].receipts;
+	return at && !b->backlog[*at].receipts && smid > b->backlog[*at].after;
 }
 
 /* A (new) login of user: its stored items from the start, one backlog entry
@@ -389,22 +391,249 @@ static void backlog_start(struct be *b, uint64_t user)
 	b->backlog[b->nbacklog++] = fresh;
 }
 
-static void run_backlog(struct be *b)
+/* One step of each of the n users in v (indexed by `of`): step returns 1
+ * to keep a user, 0 when it is done. Returns how many are kept. */
+static size_t run_users(struct be *b, struct be_backlog *v, size_t n, struct u64map *of,
+			int (*step)(struct be *, struct be_backlog *))
 {
-	size_t n = b->nbacklog, keep = 0;
+	size_t keep = 0;
 	for (size_t i = 0; i < n; i++) {
-		struct be_backlog e = b->backlog[i];
-		if (flush_user(b, &e)) {
-			b->backlog[keep] = e;
+		struct be_backlog e = v[i];
+		if (step(b, &e)) {
+			v[keep] = e;
 			if (keep != i)
-				u64map_put(&b->backlog_of, e.user, keep); /* replaces: cannot fail */
+				u64map_put(of, e.user, keep); /* replaces: cannot fail */
 			keep++;
 		} else {
-			u64map_del(&b->backlog_of, e.user);
+			u64map_del(of, e.user);
 		}
 	}
-	b->nbacklog = keep;
-	CNT_SET(b, backlog, keep);
+	return keep;
+}
+
+static void run_backlog(struct be *b)
+{
+	b->nbacklog = run_users(b, b->backlog, b->nbacklog, &b->backlog_of, flush_user);
+	CNT_SET(b, backlog, b->nbacklog);
+}
+
+/* ---- handoff: what is stored here for users owned elsewhere ------------------------
+ * A node thread knows the sessions of the users it owns only (a gateway
+ * announces a session to the user's owner), so whatever it stores for a user
+ * it does not own (a group message for members owned elsewhere; what it
+ * stored as a user's owner before the cluster file moved the user) it hands
+ * to the owner: each mailbox entry, oldest first, goes as a HANDOFF through a
+ * gateway thread to the owner, which stores its copy (same smid), delivers
+ * it as its own, and answers HANDOFF_ACK once that is committed; only then
+ * is the entry deleted here. The mailbox is the outbox: a restart of either
+ * side loses nothing (at start a thread hands off every such entry its store
+ * holds), and handoffs whose acks do not come (a lost link, a refusing
+ * store) go again after --login-stall, or at once on another link. The
+ * owner keeps a copy it has already, so a repeat stores nothing twice. The
+ * window (BE_WINDOW_MSGS not yet acknowledged) paces it like a login. Stored
+ * receipts for such a user are relayed to its owner and deleted here. */
+
+static int owned(const struct be *b, uint64_t user)
+{
+	return cluster_user_link(b->cluster, user) == b->link_self;
+}
+
+static void handoff_start(struct be *b, uint64_t user)
+{
+	if (u64map_get(&b->hand_of, user))
+		return; /* on its way: the scan reaches what is new */
+	if (b->nhand == b->hand_cap) {
+		size_t cap = b->hand_cap ? b->hand_cap * 2 : 256;
+		struct be_backlog *v = realloc(b->hand, cap * sizeof *v);
+		if (!v) {
+			log_rl(LOG_ERROR, "out of memory: entries for user %llu wait here until the next start",
+			       (unsigned long long)user);
+			return;
+		}
+		b->hand = v;
+		b->hand_cap = cap;
+	}
+	if (u64map_put(&b->hand_of, user, b->nhand) != 0) {
+		log_rl(LOG_ERROR, "out of memory: entries for user %llu wait here until the next start",
+		       (unsigned long long)user);
+		return;
+	}
+	b->hand[b->nhand++] = (struct be_backlog){.user = user, .progress_ns = b->now_ns, .link = UINT32_MAX};
+	CNT_SET(b, handoff_users, b->nhand);
+}
+
+/* The gateway link a user's handoffs go out on: the one they went on while
+ * it stays up, else any that is up (users spread over them). */
+static struct link *handoff_link(struct be *b, struct be_backlog *e)
+{
+	if (e->link < b->nlinks && b->links[e->link].state == LINK_UP)
+		return &b->links[e->link];
+	for (uint32_t k = 0; k < b->nlinks; k++) {
+		uint32_t i = (uint32_t)((e->user + k) % b->nlinks);
+		if (b->links[i].state == LINK_UP) {
+			e->link = i;
+			return &b->links[i];
+		}
+	}
+	return NULL;
+}
+
+struct hand_ctx {
+	struct be *b;
+	struct link *l;
+	struct be_backlog *e;
+	uint64_t last;
+	size_t sent, nold;
+	uint64_t old[BE_FLUSH_PER_USER]; /* receipts kept in the mailbox by an older version: relayed */
+};
+
+static int send_relay(struct link *l, uint8_t kind, uint64_t from, uint64_t to, uint64_t smid)
+{
+	struct dist_frame f = {.type = DIST_RECEIPT};
+	f.receipt.kind = kind;
+	f.receipt.flags = DIST_RCPT_RELAY;
+	f.receipt.from = from;
+	f.receipt.to = to;
+	f.receipt.smid = smid;
+	return link_add(l, &f);
+}
+
+static int hand_one(void *arg, const struct store_msg *m)
+{
+	struct hand_ctx *x = arg;
+	if (m->kind == STORE_RECEIPT) {
+		if (x->nold == BE_FLUSH_PER_USER || !link_has_room(x->l, 64) ||
+		    send_relay(x->l, m->rkind, m->from, x->e->user, m->ref) != 0)
+			return 1;
+		x->old[x->nold++] = m->smid;
+		x->last = m->smid;
+		return 0;
+	}
+	if (x->e->inflight >= BE_WINDOW_MSGS || !link_has_room(x->l, (size_t)m->len + 128))
+		return 1;
+	struct dist_frame f;
+	memset(&f, 0, sizeof f);
+	f.type = DIST_HANDOFF;
+	f.route.smid = m->smid;
+	f.route.from = m->from;
+	f.route.to = x->e->user;
+	f.route.group = m->group;
+	f.route.time_ms = m->time_ms;
+	f.route.onode = (uint32_t)x->b->cfg.node; /* the gateway puts the link's own in */
+	f.route.othread = x->b->thread;
+	f.route.cmid = m->ref;
+	f.route.body = (struct proto_bytes){m->body, m->len};
+	if (link_add(x->l, &f) != 0)
+		return 1;
+	x->e->inflight++;
+	x->e->progress_ns = x->b->now_ns;
+	x->last = m->smid;
+	x->sent++;
+	return 0;
+}
+
+struct relay_ctx {
+	struct link *l;
+	uint64_t user;
+	size_t n;
+	struct store_rcpt done[BE_FLUSH_PER_USER];
+};
+
+static int relay_one(void *arg, const struct store_rcpt *r)
+{
+	struct relay_ctx *x = arg;
+	if (!link_has_room(x->l, 64) || send_relay(x->l, r->kind, r->peer, x->user, r->smid) != 0)
+		return 1;
+	x->done[x->n++] = *r;
+	return 0;
+}
+
+/* Hand on what the user has here, as far as its window and the link allow;
+ * returns 0 when nothing is left here (the entry is done), else 1. */
+static int handoff_user(struct be *b, struct be_backlog *e)
+{
+	uint32_t count = store_count(b->store, e->user), rcpts = store_rcpt_count(b->store, e->user);
+	if (!count && !rcpts)
+		return 0;
+	uint32_t was = e->link;
+	struct link *l = handoff_link(b, e);
+	if (!l)
+		return 1; /* no gateway linked: later */
+	if (was != e->link || (b->now_ns - e->progress_ns > (uint64_t)b->cfg.login_stall_ms * 1000000 &&
+			       (e->inflight || e->after))) {
+		/* another link (what went on the old one may be lost), or no ack
+		 * for a while: everything still here goes again */
+		e->after = 0;
+		e->inflight = 0;
+		e->progress_ns = b->now_ns;
+	}
+	if (txn(b) != 0)
+		return 1;
+	if (count) {
+		struct hand_ctx x = {.b = b, .l = l, .e = e, .last = e->after};
+		if (store_scan(b->store, e->user, e->after, BE_FLUSH_PER_USER, hand_one, &x) < 0)
+			return 1;
+		e->after = x.last;
+		CNT_ADD(b, handoffs_sent, x.sent);
+		if (x.nold && req_begin(b, STORE_REQ_DRAIN, 2 * x.nold, 0) == 0) {
+			int ok = 1;
+			for (size_t i = 0; i < x.nold && ok; i++)
+				ok = store_ack(b->store, e->user, x.old[i], NULL, NULL) >= 0;
+			req_end(b, ok);
+		}
+		CNT_ADD(b, receipts_relayed, x.nold);
+	}
+	if (rcpts) {
+		/* notifications: relayed once, as a gateway would forward them */
+		struct relay_ctx *x = malloc(sizeof *x);
+		struct store_rcpt_pos pos = {0};
+		if (!x)
+			return 1;
+		x->l = l;
+		x->user = e->user;
+		x->n = 0;
+		if (store_rcpt_scan(b->store, e->user, &pos, BE_FLUSH_PER_USER, relay_one, x) >= 0 && x->n &&
+		    req_begin(b, STORE_REQ_DRAIN, 2 * x->n, 0) == 0) {
+			int ok = 1;
+			for (size_t i = 0; i < x->n && ok; i++)
+				ok = store_rcpt_del(b->store, e->user, x->done[i].peer, x->done[i].smid) >= 0;
+			req_end(b, ok);
+			CNT_ADD(b, receipts_relayed, x->n);
+		}
+		free(x);
+	}
+	return 1;
+}
+
+static void run_handoff(struct be *b)
+{
+	b->nhand = run_users(b, b->hand, b->nhand, &b->hand_of, handoff_user);
+	CNT_SET(b, handoff_users, b->nhand);
+}
+
+/* The owner's answer: its copy is stored; ours goes. Only for a user whose
+ * entries are being handed off from here (so no gateway can delete what
+ * this thread holds for its own users). */
+static void on_handoff_ack(struct be *b, const struct dist_frame *f)
+{
+	uint64_t user = f->handoff_ack.user;
+	uint64_t *at = u64map_get(&b->hand_of, user);
+	if (f->handoff_ack.node != (uint32_t)b->cfg.node || f->handoff_ack.thread != b->thread || !at) {
+		log_rl(LOG_WARN, "a handoff ack for node %u thread %u, user %llu, that this thread did not hand off",
+		       f->handoff_ack.node, f->handoff_ack.thread, (unsigned long long)user);
+		return;
+	}
+	if (txn(b) != 0 || req_begin(b, STORE_REQ_DRAIN, 3, 0) != 0)
+		return; /* it goes again after the stall, and is acked again */
+	int r = store_ack(b->store, user, f->handoff_ack.smid, NULL, NULL);
+	req_end(b, r >= 0);
+	if (r != 0)
+		return; /* a repeat */
+	CNT_ADD(b, handoffs_acked, 1);
+	struct be_backlog *e = &b->hand[*at];
+	if (e->inflight)
+		e->inflight--;
+	e->progress_ns = b->now_ns;
 }
 
 /* ---- frames from gateways ---------------------------------------------------------- */
@@ -464,6 +693,60 @@ static void on_session_down(struct be *b, struct link *l, const struct dist_fram
 			b->link_sessions[l->idx]--;
 	}
 	CNT_ADD(b, sessions_down, 1);
+}
+
+/* A copy of a message another node thread stored for `to`, a user of ours:
+ * stored here under the same smid (or found here already), delivered like
+ * our own, and acknowledged to the holder once committed. */
+static void on_handoff(struct be *b, struct link *l, const struct dist_frame *f)
+{
+	CNT_ADD(b, handoffs_in, 1);
+	uint32_t hnode = f->route.onode, hthread = f->route.othread;
+	int hi = cluster_find(b->cluster, hnode);
+	if (hi < 0 || hthread >= b->cluster->nodes[hi].threads ||
+	    (hnode == (uint32_t)b->cfg.node && hthread == b->thread)) {
+		/* acknowledging our own would delete the only copy */
+		log_rl(LOG_WARN, "link %s: a handoff from node %u thread %u, which is no other backend thread", l->name,
+		       hnode, hthread);
+		return;
+	}
+	struct store_msg m = {0};
+	m.smid = f->route.smid;
+	m.from = f->route.from;
+	m.to = f->route.to;
+	m.group = f->route.group;
+	m.time_ms = f->route.time_ms;
+	m.kind = STORE_MSG;
+	m.ref = f->route.cmid;
+	m.body = f->route.body.p;
+	m.len = f->route.body.len;
+	if (req_begin(b, STORE_REQ_ADMIT, 4, (size_t)m.len + 64) != 0)
+		return; /* no ack: the holder keeps it and sends it again */
+	int r = store_put_copy(b->store, &m, m.to, (uint32_t)b->cfg.mailbox_max);
+	req_end(b, r == 0);
+	if (r == STORE_E_FULL)
+		CNT_ADD(b, mailbox_full, 1); /* dropped, as a full member's mailbox is skipped at a group send */
+	else if (r != 0 && r != STORE_E_EXISTS) {
+		store_answer(b, r, "a handed-off message");
+		return;
+	}
+	if (r == 0) {
+		CNT_ADD(b, handoffs_stored, 1);
+		if (!owned(b, m.to))
+			handoff_start(b, m.to); /* the gateway thinks so, we do not: on it goes */
+		struct link *dl = user_link(b, m.to, NULL);
+		if (dl && owned(b, m.to) && !backlog_waits(b, m.to, m.smid) && send_item(dl, m.to, &m) == 0) {
+			CNT_ADD(b, delivered_online, 1);
+			if (m.group)
+				CNT_ADD(b, group_fanout, 1);
+		}
+	}
+	struct dist_frame a = {.type = DIST_HANDOFF_ACK};
+	a.handoff_ack.node = hnode;
+	a.handoff_ack.thread = hthread;
+	a.handoff_ack.user = m.to;
+	a.handoff_ack.smid = m.smid;
+	reply(l, &a);
 }
 
 static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
@@ -561,7 +844,11 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 	answer_route(l, f, m.smid, 0);
 	for (size_t i = 0; i < n; i++) {
 		struct link *dl = user_link(b, rcpt[i], NULL);
-		if (!dl || backlog_sending(b, rcpt[i]))
+		if (!owned(b, rcpt[i])) {
+			handoff_start(b, rcpt[i]); /* its owner delivers it */
+			continue;
+		}
+		if (!dl || backlog_waits(b, rcpt[i], m.smid))
 			continue;
 		m.to = rcpt[i];
 		if (send_item(dl, rcpt[i], &m) == 0) {
@@ -601,9 +888,13 @@ static void notify_receipt(struct be *b, uint64_t owner, uint64_t peer, uint8_t 
 		CNT_ADD(b, receipts_forwarded, 1);
 }
 
-static void on_receipt(struct be *b, const struct dist_frame *f)
+static void on_receipt(struct be *b, struct link *l, const struct dist_frame *f)
 {
 	CNT_ADD(b, receipts_in, 1);
+	if (f->receipt.flags & DIST_RCPT_RELAY) {
+		log_rl(LOG_WARN, "link %s: a relay receipt, which only backends send", l->name);
+		return;
+	}
 	if (txn(b) != 0)
 		return;
 	uint64_t reader = f->receipt.from, sender = f->receipt.to;
@@ -632,6 +923,16 @@ static void on_receipt(struct be *b, const struct dist_frame *f)
 		/* sent here to be checked against the mailbox: no such delivery (a
 		 * forged receipt, or a repeat of one already acted on) */
 		CNT_ADD(b, receipts_unverified, 1);
+		return;
+	}
+	if ((f->receipt.flags & DIST_RCPT_DELETE) && !owned(b, sender)) {
+		/* checked: the sender's owner (which knows its session) tells it,
+		 * by way of the reader's gateway */
+		if (send_relay(l, f->receipt.kind, reader, sender, f->receipt.smid) == 0)
+			CNT_ADD(b, receipts_relayed, 1);
+		else
+			log_rl(LOG_WARN, "link %s: queue full, dropping a receipt for user %llu", l->name,
+			       (unsigned long long)sender);
 		return;
 	}
 	notify_receipt(b, sender, reader, f->receipt.kind, f->receipt.smid, 1);
@@ -805,7 +1106,13 @@ static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 		on_session_down(b, l, f);
 		break;
 	case DIST_RECEIPT:
-		on_receipt(b, f);
+		on_receipt(b, l, f);
+		break;
+	case DIST_HANDOFF:
+		on_handoff(b, l, f);
+		break;
+	case DIST_HANDOFF_ACK:
+		on_handoff_ack(b, f);
 		break;
 	case DIST_GROUP_OP:
 		on_group_op(b, l, f);
@@ -1009,6 +1316,9 @@ static int undo_frame(void *arg, struct dist_frame *f)
 			u->answers++;
 		}
 		return 1;
+	case DIST_HANDOFF_ACK:
+		u->dropped++; /* the copy is not stored: the holder sends it again */
+		return 0;
 	case DIST_ROUTE:
 		if (smid0 && f->route.smid >= smid0) {
 			u->dropped++; /* stored in this transaction: it is not */
@@ -1097,7 +1407,8 @@ int be_setup(struct be *b, char *err, size_t errlen)
 	b->links = calloc(BE_MAX_LINKS, sizeof *b->links);
 	b->link_sessions = calloc(BE_MAX_LINKS, sizeof *b->link_sessions);
 	if (!b->links || !b->link_sessions || u64map_init(&b->peers, 64) != 0 || u64map_init(&b->dir, 4096) != 0 ||
-	    u64map_init(&b->backlog_of, 256) != 0 || u64map_init(&b->budget, 1024) != 0) {
+	    u64map_init(&b->backlog_of, 256) != 0 || u64map_init(&b->hand_of, 256) != 0 ||
+	    u64map_init(&b->budget, 1024) != 0) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
@@ -1107,6 +1418,22 @@ int be_setup(struct be *b, char *err, size_t errlen)
 	msgid_init(&b->ids, (unsigned)b->cfg.node, b->thread, b->threads);
 	if (b->lfd >= 0)
 		arm_accept(b);
+	/* what this thread holds for users it does not own goes to their owners */
+	size_t n = b->store ? store_users(b->store, NULL, 0) : 0, held = 0;
+	uint64_t *users = n ? malloc(n * sizeof *users) : NULL;
+	if (n && !users) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	n = users ? store_users(b->store, users, n) : 0;
+	for (size_t i = 0; i < n; i++)
+		if (!owned(b, users[i])) {
+			handoff_start(b, users[i]);
+			held++;
+		}
+	free(users);
+	if (held)
+		log_info("%zu users owned by other node threads have entries here: handing them over", held);
 	return 0;
 }
 
@@ -1119,6 +1446,8 @@ void be_teardown(struct be *b)
 	free(b->links);
 	free(b->link_sessions);
 	free(b->backlog);
+	free(b->hand);
+	u64map_free(&b->hand_of);
 	u64map_free(&b->peers);
 	u64map_free(&b->dir);
 	u64map_free(&b->backlog_of);
@@ -1184,6 +1513,7 @@ void be_turn(struct be *b, uint64_t wait_ns)
 	CNT_ADD(b, loops, 1);
 	CNT_ADD(b, cqes, total);
 	run_backlog(b);
+	run_handoff(b);
 	if (b->cfg.dedup_window_ms > 0 && b->in_txn) {
 		uint64_t now = b->wall_ms - MSGID_EPOCH_MS, win = (uint64_t)b->cfg.dedup_window_ms;
 		if (now > win && store_req_begin(b->store, STORE_REQ_DRAIN, 256, 0) == 0)

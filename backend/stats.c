@@ -27,6 +27,8 @@ struct be_metric {
 #define LINK_ROW(f, kind, metric, labels, key, help, scale) \
 	{{"backend_" metric, labels, key, METRIC_##kind, help, scale}, offsetof(struct be_counters, link.f)},
 
+#define HANDOFF_HELP "Mailbox entries handed to their owner thread (sent, acked) and taken as owner (received, stored)"
+
 static const struct be_metric table[] = {
 	C_("links_accepted_total", NULL, "links_accepted", "Gateway links accepted", links_accepted),
 	C_("links_lost_total", NULL, "links_lost", "Gateway links lost", links_lost),
@@ -60,6 +62,7 @@ static const struct be_metric table[] = {
 	C_("receipts_total", "action=\"received\"", "receipts_in", "Receipts", receipts_in),
 	C_("receipts_total", "action=\"deleted\"", "receipts_deleted", "Receipts", receipts_deleted),
 	C_("receipts_total", "action=\"forwarded\"", "receipts_forwarded", "Receipts", receipts_forwarded),
+	C_("receipts_total", "action=\"relayed\"", "receipts_relayed", "Receipts", receipts_relayed),
 	C_("receipts_total", "action=\"stored\"", "receipts_stored", "Receipts", receipts_stored),
 	C_("receipts_total", "action=\"unverified\"", "receipts_unverified", "Receipts", receipts_unverified),
 	C_("receipts_total", "action=\"dropped\"", "receipts_dropped", "Receipts", receipts_dropped),
@@ -71,6 +74,12 @@ static const struct be_metric table[] = {
 	/* right after the list's last rows, which are link_refused_total's */
 	C_("link_refused_total", "reason=\"busy\"", "link_refused_busy", "Link handshakes refused, by reason", links_busy),
 	G_("login_backlog", NULL, "login_backlog", "Users whose stored messages are still being sent", backlog),
+	C_("handoffs_total", "action=\"sent\"", "handoffs_sent", HANDOFF_HELP, handoffs_sent),
+	C_("handoffs_total", "action=\"acked\"", "handoffs_acked", HANDOFF_HELP, handoffs_acked),
+	C_("handoffs_total", "action=\"received\"", "handoffs_in", HANDOFF_HELP, handoffs_in),
+	C_("handoffs_total", "action=\"stored\"", "handoffs_stored", HANDOFF_HELP, handoffs_stored),
+	G_("handoff_users", NULL, "handoff_users", "Users owned elsewhere whose entries here are being handed off",
+	   handoff_users),
 	G_("store_messages", NULL, "store_messages", "Messages in the store", store_messages),
 	G_("store_mailbox_entries", NULL, "store_mailbox_entries", "Mailbox entries in the store", store_mailbox),
 	G_("store_groups", NULL, "store_groups", "Groups in the store", store_groups),
@@ -88,12 +97,13 @@ static const struct be_metric table[] = {
 #define NTABLE (sizeof table / sizeof table[0])
 
 
-/* Rows the node threads each hold whole (every thread has the full session
- * directory; the disk and its reserve are shared) or that are a maximum:
- * the node's value is the largest of its threads', not their sum. */
+/* Rows the node threads each hold whole (the disk and its reserve are
+ * shared) or that are a maximum: the node's value is the largest of its
+ * threads', not their sum. (Sessions are summed: each thread has its own
+ * users' only.) */
 static int max_row(size_t off)
 {
-	return off == offsetof(struct be_counters, sessions) || off == offsetof(struct be_counters, commit_ns_max) ||
+	return off == offsetof(struct be_counters, commit_ns_max) ||
 	       off == offsetof(struct be_counters, store_disk_free) ||
 	       off == offsetof(struct be_counters, store_disk_reserve);
 }

@@ -1076,6 +1076,79 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 	return 0;
 }
 
+int store_put_copy(struct store *s, const struct store_msg *m, uint64_t user, uint32_t mailbox_max)
+{
+	if (m->kind != STORE_MSG || !m->smid || (m->len && !m->body))
+		return -EINVAL;
+	int rc = ready(s);
+	if (rc)
+		return rc;
+	if (!s->in_req && nearly_full(s))
+		return -ENOSPC;
+	uint8_t mk[8];
+	wire_be64_put(mk, m->smid);
+	MDB_val k = mval(mk, 8), v;
+	rc = mdb_get(T(s), s->msgs, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return store_put(s, m, &user, 1, mailbox_max, NULL);
+	if (rc)
+		return txn_err(s, rc);
+	/* another member's copy came first: one more reference to it */
+	uint32_t refs;
+	struct store_msg have;
+	if ((rc = msg_decode(&v, m->smid, &have, &refs)) != 0)
+		return rc;
+	if (have.kind != STORE_MSG || have.from != m->from)
+		return -EEXIST; /* another message under this id: refuse, as store_put does */
+	uint8_t bk[16], one = 0;
+	wire_be64_put(bk, user);
+	memcpy(bk + 8, mk, 8);
+	MDB_val ek = mval(bk, 16), ev;
+	rc = mdb_get(T(s), s->mbox, &ek, &ev);
+	if (rc == 0)
+		return STORE_E_EXISTS; /* this user's copy is here already */
+	if (rc != MDB_NOTFOUND)
+		return txn_err(s, rc);
+	uint32_t c = u32_get(s, CNT_MBOX, user);
+	if (c >= mailbox_max)
+		return STORE_E_FULL;
+	if ((rc = fault(s, STORE_OP_MSG)) != 0)
+		return rc;
+	/* v points into the map: rewrite the count from a copy (see msg_unref) */
+	if ((rc = tmp_reserve(s, v.mv_size)) != 0)
+		return rc;
+	memcpy(s->tmp, v.mv_data, v.mv_size);
+	put_u32(s->tmp + MSG_OFF_REFS, refs + 1);
+	MDB_val nv = mval(s->tmp, v.mv_size);
+	if ((rc = mdb_put(T(s), s->msgs, &k, &nv, 0)) != 0)
+		return txn_err(s, rc);
+	ev = mval(&one, 1);
+	if ((rc = mdb_put(T(s), s->mbox, &ek, &ev, MDB_NOOVERWRITE)) != 0)
+		return txn_err(s, rc);
+	if ((rc = u32_set(s, CNT_MBOX, user, c + 1)) != 0)
+		return rc;
+	return u32_add(s, CNT_SENDERS, m->from, 1);
+}
+
+size_t store_users(struct store *s, uint64_t *out, size_t max)
+{
+	static const enum cnt maps[] = {CNT_MBOX, CNT_RCPTS};
+	size_t n = 0;
+	for (size_t i = 0; i < sizeof maps / sizeof maps[0]; i++) {
+		enum cnt map = maps[i];
+		size_t pos = 0;
+		const struct u64map_ent *e;
+		while ((e = u64map_next(&s->cnt[map], &pos))) {
+			if (map == CNT_RCPTS && count_of(s, CNT_MBOX, e->key - 1))
+				continue; /* listed already */
+			if (n < max)
+				out[n] = e->key - 1;
+			n++;
+		}
+	}
+	return n;
+}
+
 /* Drop one reference to message smid, deleting it at zero; *from gets its
  * sender (0 when the message is missing). */
 static int msg_unref(struct store *s, uint64_t smid, uint64_t *from, uint32_t *len)

@@ -74,7 +74,7 @@ enum store_err {
 	STORE_OK = 0,
 	STORE_E_FULL = 1,     /* a recipient's mailbox is at its bound */
 	STORE_E_NOTFOUND = 2, /* no such mailbox entry, message or group */
-	STORE_E_EXISTS = 3,   /* group id already used */
+	STORE_E_EXISTS = 3,   /* group id already used; a copy already in the mailbox */
 };
 
 /* Kinds of write, for store_inject(). */
@@ -154,6 +154,19 @@ void store_inject(struct store *s, unsigned ops, int err, unsigned count);
  * none (all full) nothing is stored. */
 int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, size_t n, uint32_t mailbox_max,
 	      size_t *added);
+
+/* Add a copy of message m (m->smid from the node thread that stored it
+ * first) to user's mailbox: the message is stored unless it is here
+ * already, for another member of its group, in which case it gains a
+ * reference. STORE_E_EXISTS when the user's mailbox has it already,
+ * STORE_E_FULL when the mailbox is at mailbox_max, -EEXIST when another
+ * message has this smid here. Refused with -ENOSPC like store_put. */
+int store_put_copy(struct store *s, const struct store_msg *m, uint64_t user, uint32_t mailbox_max);
+
+/* The users with mailbox entries or stored receipts: up to max of them into
+ * out (in no order); returns how many there are (more than max: call again
+ * with room for them). */
+size_t store_users(struct store *s, uint64_t *out, size_t max);
 
 /* Remove (user, smid) from the user's mailbox, dropping the message when no
  * mailbox references it any more. STORE_E_NOTFOUND if absent. *from and *len

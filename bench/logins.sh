@@ -3,12 +3,12 @@
 # (the SESSION_UP path) and the directory's memory per online user on each
 # backend, with 1 and with 4 backends. Two gateways (one thread each) and
 # B backends on this machine; the loadgen logs in N users (default 20,000)
-# over both gateways and holds them. Every gateway thread announces every
-# session to every backend today (PROTOCOL.md 4.3), so each backend's
-# directory holds all N users whatever B is, and a login costs B
-# SESSION_UPs: the figures say what that costs. Prints its figures last.
-#   LOGINS_BE_THREADS  node threads per backend (1): each keeps the whole
-#                      directory, and a login costs B x threads SESSION_UPs
+# over both gateways and holds them. A gateway thread announces a session
+# to the user's owner only (dist version 4, PROTOCOL.md 4.3), so a login
+# costs one SESSION_UP and each backend's directory holds its own users,
+# about N/B: the figures say so. Prints its figures last.
+#   LOGINS_BE_THREADS  node threads per backend (1): each keeps the sessions
+#                      of its own users
 set -eu
 n=${1:-20000}
 b=${2:-build}
@@ -58,10 +58,15 @@ one() {
 		--targets "127.0.0.1:$((base + 11))" --targets "127.0.0.1:$((base + 12))" --duration 20s --quiet \
 		--report "$tmp/lg$nb.json" >"$tmp/lg$nb.out" 2>&1 &
 	lg=$!
-	# while the loadgen holds them: every backend has every session; wait
-	# for the first one's directory to hold all N
+	# while the loadgen holds them: every session is at its owner; wait
+	# for the backends' directories to hold all N together
 	for _ in $(seq 300); do
-		[ "$(stat1 $((base + 21)) sessions)" -ge "$n" ] 2>/dev/null && break
+		held=0
+		for i in $(seq "$nb"); do
+			s=$(stat1 $((base + 20 + i)) sessions)
+			held=$((held + ${s:-0}))
+		done
+		[ "$held" -ge "$n" ] && break
 		sleep 0.1
 	done
 	s1=$(stat1 $((base + 21)) sessions)

@@ -28,7 +28,7 @@ static uint8_t canary[DIST_MAX_INNER + 64];
 static int allowed_inner(uint8_t t)
 {
 	return (t >= DIST_ROUTE && t <= DIST_CREDIT) || t == DIST_GROUP_OP || t == DIST_GROUP_RESULT ||
-	       t == DIST_KICK || t == DIST_RECEIPT_ACK;
+	       t == DIST_KICK || t == DIST_RECEIPT_ACK || t == DIST_HANDOFF || t == DIST_HANDOFF_ACK;
 }
 
 /* Re-encode one parsed frame (top-level or inner) and compare. */

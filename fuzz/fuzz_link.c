@@ -9,13 +9,15 @@
  * real AUTH), or speaks raw from the start. The rest is a program: raw
  * bytes, HELLO, AUTH (real or forged), CREDIT of any size, HEARTBEAT (asking
  * for an echo), and BATCHes of well-formed inner frames with fuzzed fields
- * (ROUTE, SESSION_UP/DOWN, RECEIPT, RECEIPT_ACK, GROUP_OP); the input may
+ * (ROUTE, SESSION_UP/DOWN, RECEIPT with any flags RELAY included,
+ * RECEIPT_ACK, GROUP_OP, HANDOFF and HANDOFF_ACK); the input may
  * read what the backend sent, or never read at all.
  *
  * After every step: the link's queued bytes stay within its bound plus one
  * batch, its credit within LINK_CREDIT_MAX, only the known control slots are
  * pending, nothing but HELLO/AUTH/ERROR was acted on before authentication,
- * the store's transaction never failed, the backlog's index agrees with it.
+ * the store's transaction never failed, the backlog's and the handoff's
+ * indexes agree with them (and only users of other threads are handed off).
  * At the end the peer closes and the link must come to rest, with none of
  * its sessions left in the directory.
  */
@@ -211,7 +213,7 @@ static void send_auth(int real)
 static int inner_frame(struct rd *in, struct dist_frame *f, uint8_t *members, size_t *mlen)
 {
 	static uint8_t body[2048];
-	unsigned t = take(in) % 6;
+	unsigned t = take(in) % 8;
 	unsigned ago = take(in), node = 11 + take(in) % 2;
 	uint64_t smid = msgid_make(b.wall_ms - ago, node, take(in));
 	memset(f, 0, sizeof *f);
@@ -243,10 +245,31 @@ static int inner_frame(struct rd *in, struct dist_frame *f, uint8_t *members, si
 	case 3:
 		f->type = DIST_RECEIPT;
 		f->receipt.kind = (uint8_t)(1 + take(in) % 2);
-		f->receipt.flags = (uint8_t)(1 + take(in) % 7);
+		f->receipt.flags = (take(in) & 1) ? DIST_RCPT_RELAY : (uint8_t)(1 + take(in) % 7);
 		f->receipt.from = 1 + take(in) % 12;
 		f->receipt.to = 1 + take(in) % 12;
 		f->receipt.smid = smid;
+		return 0;
+	case 6: {
+		/* a copy from a holder (either backend, either thread: itself too) */
+		f->type = DIST_HANDOFF;
+		f->route.smid = smid;
+		f->route.from = 1 + take(in) % 12;
+		f->route.to = 1 + take(in) % 12;
+		f->route.group = (take(in) & 1) ? ((uint64_t)11 << 48) | (1 + take(in) % 4) : 0;
+		f->route.onode = node;
+		f->route.othread = take(in) % 2;
+		size_t n = 1 + (size_t)take(in) * 8;
+		memset(body, 'h', n);
+		f->route.body = (struct proto_bytes){body, (uint32_t)n};
+		return 0;
+	}
+	case 7:
+		f->type = DIST_HANDOFF_ACK;
+		f->handoff_ack.node = node;
+		f->handoff_ack.thread = take(in) % 2;
+		f->handoff_ack.user = 1 + take(in) % 12;
+		f->handoff_ack.smid = smid;
 		return 0;
 	case 4:
 		f->type = DIST_RECEIPT_ACK;
@@ -283,6 +306,13 @@ static void check_link(void)
 		CHECK(lk->rx_cap <= LINK_RX_HANDSHAKE || lk->rx == NULL);
 	CHECK(store_failed(b.store) == 0);
 	CHECK(b.backlog_of.count == b.nbacklog);
+	CHECK(b.hand_of.count == b.nhand);
+	for (size_t i = 0; i < b.nhand; i++) {
+		/* handed off: users of other node threads only */
+		CHECK(cluster_user_link(b.cluster, b.hand[i].user) != b.link_self);
+		const uint64_t *at = u64map_get(&b.hand_of, b.hand[i].user);
+		CHECK(at && *at == i);
+	}
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

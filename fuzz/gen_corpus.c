@@ -231,11 +231,18 @@ static void gen_dist(void)
 		{.type = DIST_GROUP_RESULT, .group_result = {.thread = 2, .conn = 77, .req = 1, .status = 0, .group = 900}},
 		{.type = DIST_KICK, .kick = {.user = 42, .thread = 2, .conn = 77, .reason = PROTO_KICK_ELSEWHERE}},
 		{.type = DIST_RECEIPT_ACK, .receipt_ack = {.user = 42, .peer = 43, .smid = 5001}},
+		{.type = DIST_HANDOFF,
+		 .route = {.smid = 5003, .from = 44, .to = 42, .group = 900, .time_ms = 1764195713000ull, .onode = 7,
+			   .othread = 1, .cmid = 2, .body = BYTES("to the group")}},
+		{.type = DIST_HANDOFF_ACK, .handoff_ack = {.node = 7, .thread = 1, .user = 42, .smid = 5003}},
+		{.type = DIST_RECEIPT,
+		 .receipt = {.kind = PROTO_RCPT_DELIVERED, .flags = DIST_RCPT_RELAY, .from = 43, .to = 42, .smid = 5001}},
 	};
 	static const char *const inner_names[] = {
 		"batch-route",	   "batch-route-delivery", "batch-session-up",	 "batch-session-down",
 		"batch-store-ack", "batch-store-ack-refused", "batch-receipt", "batch-credit",
 		"batch-group-op",  "batch-group-result",   "batch-kick", "batch-receipt-ack",
+		"batch-handoff",   "batch-handoff-ack",    "batch-receipt-relay",
 	};
 
 	dist_one("hello", hello);

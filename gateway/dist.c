@@ -7,11 +7,15 @@
  *                                       hash, then a thread of that backend)
  *   message to a group, group ops    -> the thread inside the group id
  *                                       (create: the creator's owner)
- *   receipt DELETE                   -> the thread inside the message id
+ *   receipt DELETE                   -> the reader's owner (which holds its
+ *                                       mailbox)
  *   receipt NOTIFY                   -> the original sender's owner
- *   session up/down                  -> every backend thread (each keeps a
- *                                       full directory, so the one holding a
- *                                       group's mailboxes can deliver too)
+ *   session up/down                  -> the user's owner only (the one
+ *                                       thread that delivers to it)
+ * and what one backend thread sends another, by way of this thread:
+ *   HANDOFF (a stored copy for a user the sender does not own) -> the
+ *   user's owner, naming the link it came on as the holder; HANDOFF_ACK ->
+ *   the holder it names; RECEIPT with RELAY -> `to`'s owner, as NOTIFY.
  *
  * Requests waiting for an answer (STORE_ACK, GROUP_RESULT) are remembered per
  * link in arrival order. If the link is lost, or no answer comes within
@@ -132,6 +136,12 @@ static void resync_start(struct worker *w, unsigned li)
 		log_rl(LOG_ERROR, "out of memory starting a session resync");
 		return;
 	}
+	/* the backend thread hears of the users it owns only */
+	size_t k = 0;
+	for (size_t i = 0; i < r->n; i++)
+		if (cluster_user_link(&w->gw->cluster, r->users[i]) == li)
+			r->users[k++] = r->users[i];
+	r->n = k;
 	CNT_ADD(w, resyncs, 1);
 }
 
@@ -200,6 +210,43 @@ static void on_down(void *arg, struct link *l, const char *why)
 	link_drop_state(l); /* stale: the backend drops this link's sessions, the resync tells them afresh */
 }
 
+/* A backend thread's copy for a user it does not own: to the owner, with
+ * the holder being the backend thread at the other end of the link it came
+ * on (whatever the frame said), so the owner's ack finds it. */
+static void relay_handoff(struct worker *w, struct link *l, const struct dist_frame *f)
+{
+	const struct cluster *cl = &w->gw->cluster;
+	uint32_t to = cluster_user_link(cl, f->route.to);
+	if (to == l->idx || (size_t)to >= cl->nlinks) {
+		log_rl(LOG_WARN, "link %s: a handoff for user %llu, which the cluster file gives that thread itself",
+		       l->name, (unsigned long long)f->route.to);
+		return;
+	}
+	struct dist_frame c = *f;
+	c.route.onode = cl->nodes[cl->link_node[l->idx]].node;
+	c.route.othread = cluster_link_thread(cl, l->idx);
+	if (link_add(&w->links[to], &c) == 0)
+		CNT_ADD(w, relayed_handoffs, 1);
+	else
+		CNT_ADD(w, relay_dropped, 1); /* the holder sends it again */
+}
+
+/* The owner's answer to a handoff: to the holder it names. */
+static void relay_handoff_ack(struct worker *w, struct link *l, const struct dist_frame *f)
+{
+	const struct cluster *cl = &w->gw->cluster;
+	int ni = cluster_find(cl, f->handoff_ack.node);
+	if (ni < 0 || f->handoff_ack.thread >= cl->nodes[ni].threads) {
+		log_rl(LOG_WARN, "link %s: a handoff ack for node %u thread %u, which is no backend thread", l->name,
+		       f->handoff_ack.node, f->handoff_ack.thread);
+		return;
+	}
+	if (link_add(&w->links[cl->nodes[ni].link0 + f->handoff_ack.thread], f) == 0)
+		CNT_ADD(w, relayed_handoff_acks, 1);
+	else
+		CNT_ADD(w, relay_dropped, 1);
+}
+
 static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 {
 	struct worker *w = arg;
@@ -223,7 +270,20 @@ static void on_frame(void *arg, struct link *l, const struct dist_frame *f)
 		session_deliver_remote(w, f);
 		break;
 	case DIST_RECEIPT:
+		if (f->receipt.flags == DIST_RCPT_RELAY) {
+			/* checked by the reader's owner: for the sender's owner to tell */
+			gw_dist_receipt(w, (int)cluster_user_link(&w->gw->cluster, f->receipt.to), DIST_RCPT_NOTIFY,
+					f->receipt.kind, f->receipt.from, f->receipt.to, f->receipt.smid);
+			CNT_ADD(w, relayed_receipts, 1);
+			break;
+		}
 		session_receipt_remote(w, (int)l->idx, f);
+		break;
+	case DIST_HANDOFF:
+		relay_handoff(w, l, f);
+		break;
+	case DIST_HANDOFF_ACK:
+		relay_handoff_ack(w, l, f);
 		break;
 	case DIST_KICK:
 		session_kick_remote(w, f);
@@ -395,28 +455,27 @@ void gw_dist_receipt_ack(struct worker *w, uint64_t user, uint64_t peer, uint64_
 	f.receipt_ack.user = user;
 	f.receipt_ack.peer = peer;
 	f.receipt_ack.smid = smid;
-	/* a checked delivered receipt is kept by the backend that stored the
-	 * message, any other by the owner of the user it is for */
-	int stored = cluster_msg_link(cl, smid), owner = (int)cluster_user_link(cl, user);
-	if (stored >= 0 && (size_t)stored < cl->nlinks)
-		link_add(&w->links[stored], &f);
-	if (owner != stored && (size_t)owner < cl->nlinks)
+	/* stored receipts are kept by the owner of the user they are for */
+	uint32_t owner = cluster_user_link(cl, user);
+	if ((size_t)owner < cl->nlinks)
 		link_add(&w->links[owner], &f);
 }
 
 void gw_dist_session(struct worker *w, int up, uint64_t user, uint64_t oconn, uint64_t resume, int acks)
 {
-	for (size_t i = 0; w->links && i < w->gw->cluster.nlinks; i++) {
-		struct link *l = &w->links[i];
-		if (l->state != LINK_UP)
-			continue; /* announced by the resync when it comes up */
-		if (announce(w, l, up, user, oconn, resume, acks, GW_STATE_LANE(w->settings->cfg.link_queue)) != 0) {
-			/* the state lane is full: a resync (after the one going on, if
-			 * any) tells the backend every session there is then */
-			w->resync[i].again = 1;
-			CNT_ADD(w, session_announce_deferred, 1);
-			log_rl(LOG_WARN, "link to backend %u: announcement lane full; a resync follows", l->peer_node);
-		}
+	if (!w->links)
+		return;
+	/* to the user's owner only: the one backend thread that delivers to it */
+	uint32_t i = cluster_user_link(&w->gw->cluster, user);
+	struct link *l = &w->links[i];
+	if (l->state != LINK_UP)
+		return; /* announced by the resync when it comes up */
+	if (announce(w, l, up, user, oconn, resume, acks, GW_STATE_LANE(w->settings->cfg.link_queue)) != 0) {
+		/* the state lane is full: a resync (after the one going on, if
+		 * any) tells the backend every session there is then */
+		w->resync[i].again = 1;
+		CNT_ADD(w, session_announce_deferred, 1);
+		log_rl(LOG_WARN, "link to backend %u: announcement lane full; a resync follows", l->peer_node);
 	}
 }
 

@@ -150,6 +150,7 @@ struct gw_counters {
 	uint64_t loops, cqes, sends;
 	uint64_t routed_remote, stored_acks, store_refused, store_timeouts, link_try_again, sessions_out, answers_lost;
 	uint64_t resyncs, session_announce_deferred;
+	uint64_t relayed_handoffs, relayed_handoff_acks, relayed_receipts, relay_dropped; /* backend to backend */
 	uint64_t src_too_many, src_too_fast; /* connections refused by the per-source limits */
 	/* TLS listeners: handshakes done (of which resumed with a ticket),
 	 * failed by reason, timed out, refused over --tls-max-handshakes;

@@ -193,7 +193,8 @@ static int smid_plausible(const struct worker *w, uint64_t smid)
 }
 
 /* A receipt from the client. What the server can check, it checks: a
- * delivered receipt for a message a backend stored goes to that backend only,
+ * delivered receipt for a message a backend stored goes to the reader's
+ * owner only,
  * which deletes the message from the reader's mailbox and tells the sender
  * only if the mailbox held it, from that sender (PROTOCOL.md 3.2, RECEIPT).
  * Others (read receipts, messages delivered by a gateway) go to the peer
@@ -212,9 +213,11 @@ static void handle_receipt(struct worker *w, uint32_t slot, const struct proto_f
 		gw_dist_receipt_ack(w, c->user, peer, smid);
 		return;
 	}
-	int stored = gw_dist_on(w) ? cluster_msg_link(&w->gw->cluster, smid) : -1;
-	if (f->receipt.kind == PROTO_RCPT_DELIVERED && stored >= 0) {
-		gw_dist_receipt(w, stored, DIST_RCPT_DELETE | DIST_RCPT_NOTIFY, f->receipt.kind, c->user, peer, smid);
+	/* a backend's message is in the reader's mailbox at the reader's owner
+	 * (copies stored elsewhere are handed to it before they are delivered) */
+	if (f->receipt.kind == PROTO_RCPT_DELIVERED && gw_dist_on(w) && cluster_msg_link(&w->gw->cluster, smid) >= 0) {
+		gw_dist_receipt(w, (int)cluster_user_link(&w->gw->cluster, c->user), DIST_RCPT_DELETE | DIST_RCPT_NOTIFY,
+				f->receipt.kind, c->user, peer, smid);
 		return;
 	}
 	unsigned home = gw_home(w->gw, peer);

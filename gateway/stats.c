@@ -56,6 +56,8 @@ struct gw_metric {
 	C_("protocol_errors_total", "code=\"" t "\"", "protocol_errors_" t, "Fatal protocol errors sent, by code", parse_errors[f]),
 #define PERR_REQUEST(t, f)
 
+#define RELAY_HELP "Frames passed from one backend thread to another"
+
 static const struct gw_metric table[] = {
 	G_("connections", NULL, "conns", "Connections held now (all states)", conns),
 	G_("logged_in", NULL, "logged_in", "Logged-in sessions now", logged_in),
@@ -135,6 +137,11 @@ static const struct gw_metric table[] = {
 	   resyncs),
 	C_("session_announce_deferred_total", NULL, "session_announce_deferred",
 	   "Session events left to a resync: the announcement lane was full", session_announce_deferred),
+	C_("backend_relays_total", "kind=\"handoff\"", "relayed_handoffs", RELAY_HELP, relayed_handoffs),
+	C_("backend_relays_total", "kind=\"handoff_ack\"", "relayed_handoff_acks", RELAY_HELP, relayed_handoff_acks),
+	C_("backend_relays_total", "kind=\"receipt\"", "relayed_receipts", RELAY_HELP, relayed_receipts),
+	C_("backend_relays_dropped_total", NULL, "relay_dropped",
+	   "Backend-to-backend frames dropped: the link's queue was full (the sender repeats handoffs)", relay_dropped),
 	LINK_STATS(LINK_ROW)
 	G_("pending_stores", NULL, "pending_stores", "Requests waiting for a backend's answer", pending_stores),
 	C_("loop_iterations_total", NULL, "loops", "Event loop iterations", loops),

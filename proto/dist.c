@@ -21,6 +21,8 @@ static const uint8_t type_where[256] = {
 	[DIST_GROUP_OP] = AT_INNER,
 	[DIST_GROUP_RESULT] = AT_INNER,
 	[DIST_KICK] = AT_INNER,
+	[DIST_HANDOFF] = AT_INNER,
+	[DIST_HANDOFF_ACK] = AT_INNER,
 };
 
 static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
@@ -95,6 +97,7 @@ static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
 		break;
 	}
 	case DIST_ROUTE:
+	case DIST_HANDOFF:
 		f->route.smid = rd_uv(r);
 		f->route.from = rd_uv(r);
 		rd_nonzero(r, f->route.from);
@@ -108,6 +111,18 @@ static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
 		f->route.oconn = rd_uv(r);
 		f->route.cmid = rd_uv(r);
 		f->route.body = rd_rest(r, 1, PROTO_MAX_BODY);
+		/* a handoff is one user's copy of a stored message, from a holder */
+		if (type == DIST_HANDOFF && (!f->route.smid || !f->route.to || !f->route.onode))
+			rd_fail(r);
+		break;
+	case DIST_HANDOFF_ACK:
+		f->handoff_ack.node = rd_uv32(r);
+		rd_nonzero(r, f->handoff_ack.node);
+		f->handoff_ack.thread = rd_uv32(r);
+		f->handoff_ack.user = rd_uv(r);
+		rd_nonzero(r, f->handoff_ack.user);
+		f->handoff_ack.smid = rd_uv(r);
+		rd_nonzero(r, f->handoff_ack.smid);
 		break;
 	case DIST_SESSION_UP:
 	case DIST_SESSION_DOWN:
@@ -137,7 +152,8 @@ static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
 		if (f->receipt.kind != PROTO_RCPT_DELIVERED && f->receipt.kind != PROTO_RCPT_READ)
 			rd_fail(r);
 		f->receipt.flags = rd_u8(r);
-		if (!f->receipt.flags || (f->receipt.flags & ~DIST_RCPT_FLAGS))
+		if (!f->receipt.flags || (f->receipt.flags & ~DIST_RCPT_FLAGS) ||
+		    ((f->receipt.flags & DIST_RCPT_RELAY) && f->receipt.flags != DIST_RCPT_RELAY))
 			rd_fail(r);
 		f->receipt.from = rd_uv(r);
 		rd_nonzero(r, f->receipt.from);
@@ -274,7 +290,9 @@ static void enc_payload(struct wr *w, const void *frame)
 		wr_uv(w, f->receipt_ack.smid);
 		break;
 	case DIST_ROUTE:
-		wr_check(w, f->route.from != 0 && (f->route.to != 0 || f->route.group != 0));
+	case DIST_HANDOFF:
+		wr_check(w, f->route.from != 0 && (f->route.to != 0 || f->route.group != 0) &&
+				    (f->type != DIST_HANDOFF || (f->route.smid && f->route.to && f->route.onode)));
 		wr_uv(w, f->route.smid);
 		wr_uv(w, f->route.from);
 		wr_uv(w, f->route.to);
@@ -308,9 +326,17 @@ static void enc_payload(struct wr *w, const void *frame)
 		wr_uv(w, f->store_ack.smid);
 		wr_u8(w, f->store_ack.status);
 		break;
+	case DIST_HANDOFF_ACK:
+		wr_check(w, f->handoff_ack.node != 0 && f->handoff_ack.user != 0 && f->handoff_ack.smid != 0);
+		wr_uv(w, f->handoff_ack.node);
+		wr_uv(w, f->handoff_ack.thread);
+		wr_uv(w, f->handoff_ack.user);
+		wr_uv(w, f->handoff_ack.smid);
+		break;
 	case DIST_RECEIPT:
 		wr_check(w, (f->receipt.kind == PROTO_RCPT_DELIVERED || f->receipt.kind == PROTO_RCPT_READ) &&
 				    f->receipt.flags && !(f->receipt.flags & ~DIST_RCPT_FLAGS) &&
+				    (!(f->receipt.flags & DIST_RCPT_RELAY) || f->receipt.flags == DIST_RCPT_RELAY) &&
 				    f->receipt.from != 0 && f->receipt.to != 0 && f->receipt.smid != 0);
 		wr_u8(w, f->receipt.kind);
 		wr_u8(w, f->receipt.flags);
@@ -441,6 +467,8 @@ const char *dist_type_name(unsigned type)
 	case DIST_ERROR: return "error";
 	case DIST_AUTH: return "auth";
 	case DIST_RECEIPT_ACK: return "receipt_ack";
+	case DIST_HANDOFF: return "handoff";
+	case DIST_HANDOFF_ACK: return "handoff_ack";
 	default: return "unknown";
 	}
 }

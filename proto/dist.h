@@ -19,7 +19,7 @@
 
 #include "proto/client.h"
 
-#define DIST_VERSION 3 /* 3: message ids of layout 3, node ids 1..2047 (runtime/msgid.h) */
+#define DIST_VERSION 4 /* 4: sessions go to the user's owner only; HANDOFF (3: msgid layout 3) */
 #define DIST_MAGIC "GWDL"
 #define DIST_MAX_FRAME (1u << 20)               /* top-level L: a whole batch */
 #define DIST_MAX_INNER (PROTO_MAX_BODY + 256u)  /* L of one inner frame */
@@ -44,6 +44,8 @@ enum dist_type {
 	DIST_ERROR = 0x4d,
 	DIST_AUTH = 0x4e,
 	DIST_RECEIPT_ACK = 0x4f,
+	DIST_HANDOFF = 0x50,
+	DIST_HANDOFF_ACK = 0x51,
 };
 
 enum dist_role { DIST_ROLE_GATEWAY = 1, DIST_ROLE_BACKEND = 2 };
@@ -52,7 +54,8 @@ enum dist_role { DIST_ROLE_GATEWAY = 1, DIST_ROLE_BACKEND = 2 };
 #define DIST_RCPT_DELETE 0x01u /* `from` has message smid: drop it from from's mailbox */
 #define DIST_RCPT_NOTIFY 0x02u /* tell `to` (forward to its gateway, or store it) */
 #define DIST_RCPT_STORE 0x04u  /* store it for `to` without forwarding (bounced by a gateway) */
-#define DIST_RCPT_FLAGS (DIST_RCPT_DELETE | DIST_RCPT_NOTIFY | DIST_RCPT_STORE)
+#define DIST_RCPT_RELAY 0x08u  /* backend -> gateway: give it to `to`'s owner (as NOTIFY); alone */
+#define DIST_RCPT_FLAGS (DIST_RCPT_DELETE | DIST_RCPT_NOTIFY | DIST_RCPT_STORE | DIST_RCPT_RELAY)
 
 /* SESSION_UP flags. */
 #define DIST_SESS_RCPT_ACKS 0x01u /* the client acknowledges stored receipts (protocol 2) */
@@ -62,7 +65,9 @@ enum dist_role { DIST_ROLE_GATEWAY = 1, DIST_ROLE_BACKEND = 2 };
 const char *dist_type_name(unsigned type);
 
 /* One parsed dist frame; the union member follows `type` (SESSION_UP and
- * SESSION_DOWN share `session`; DOWN has resume 0). Error results reuse
+ * SESSION_DOWN share `session`; DOWN has resume 0; HANDOFF is a ROUTE's
+ * layout, in `route`, with smid and to set and onode/othread naming the
+ * node thread that holds the message). Error results reuse
  * enum proto_err codes: BAD_FRAME, TOO_BIG, BAD_TYPE, BAD_FIELD. */
 struct dist_frame {
 	uint8_t type;
@@ -116,6 +121,10 @@ struct dist_frame {
 		struct {
 			uint64_t user, peer, smid; /* user got peer's receipt about smid: drop it */
 		} receipt_ack;
+		struct {
+			uint32_t node, thread; /* the holder the HANDOFF came from */
+			uint64_t user, smid;   /* its copy for user is stored: drop yours */
+		} handoff_ack;
 		struct {
 			uint64_t bytes;
 		} credit;

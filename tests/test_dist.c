@@ -44,7 +44,7 @@ static int allowed_top(uint8_t t)
 static int allowed_inner(uint8_t t)
 {
 	return (t >= DIST_ROUTE && t <= DIST_CREDIT) || t == DIST_GROUP_OP || t == DIST_GROUP_RESULT ||
-	       t == DIST_KICK || t == DIST_RECEIPT_ACK;
+	       t == DIST_KICK || t == DIST_RECEIPT_ACK || t == DIST_HANDOFF || t == DIST_HANDOFF_ACK;
 }
 
 #define BYTES(s) ((struct proto_bytes){(const uint8_t *)(s), (uint32_t)(sizeof(s) - 1)})
@@ -110,6 +110,14 @@ static void build_samples(void)
 	add_sample("auth", (struct dist_frame){.type = DIST_AUTH, .auth = {.mac = mac}});
 	add_sample("receipt ack", (struct dist_frame){.type = DIST_RECEIPT_ACK,
 						      .receipt_ack = {.user = 5, .peer = 6, .smid = 1 << 30}});
+	add_sample("handoff", (struct dist_frame){.type = DIST_HANDOFF,
+						  .route = {.smid = 1000, .from = 42, .to = 44, .group = 9, .time_ms = 5,
+							    .onode = 3, .othread = 1, .cmid = 7, .body = BYTES("x")}});
+	add_sample("handoff ack", (struct dist_frame){.type = DIST_HANDOFF_ACK,
+						      .handoff_ack = {.node = 3, .thread = 1, .user = 44, .smid = 1000}});
+	add_sample("receipt relay", (struct dist_frame){.type = DIST_RECEIPT,
+							.receipt = {.kind = PROTO_RCPT_DELIVERED, .flags = DIST_RCPT_RELAY,
+								    .from = 44, .to = 42, .smid = 1000}});
 	add_sample("route to backend",
 		   (struct dist_frame){.type = DIST_ROUTE,
 				       .route = {.smid = 0, .from = 42, .to = 43, .time_ms = 1764195711000ull, .onode = 1,
@@ -217,7 +225,14 @@ static void frame_eq(const struct dist_frame *got, const struct dist_frame *want
 		cr_assert_eq(got->receipt_ack.peer, want->receipt_ack.peer, "%s", what);
 		cr_assert_eq(got->receipt_ack.smid, want->receipt_ack.smid, "%s", what);
 		break;
+	case DIST_HANDOFF_ACK:
+		cr_assert_eq(got->handoff_ack.node, want->handoff_ack.node, "%s", what);
+		cr_assert_eq(got->handoff_ack.thread, want->handoff_ack.thread, "%s", what);
+		cr_assert_eq(got->handoff_ack.user, want->handoff_ack.user, "%s", what);
+		cr_assert_eq(got->handoff_ack.smid, want->handoff_ack.smid, "%s", what);
+		break;
 	case DIST_ROUTE:
+	case DIST_HANDOFF:
 		cr_assert_eq(got->route.smid, want->route.smid, "%s", what);
 		cr_assert_eq(got->route.from, want->route.from, "%s", what);
 		cr_assert_eq(got->route.to, want->route.to, "%s", what);
@@ -338,9 +353,9 @@ Test(roundtrip, top_level_types)
 Test(roundtrip, hello_bytes)
 {
 	struct dist_frame f = {.type = DIST_HELLO,
-			       .hello = {.version = 3, .role = DIST_ROLE_GATEWAY, .node = 1, .thread = 3, .threads = 8,
+			       .hello = {.version = 4, .role = DIST_ROLE_GATEWAY, .node = 1, .thread = 3, .threads = 8,
 					 .key_id = 0x81, .nonce = nonce}};
-	static const uint8_t head[] = {0x2c, 0x41, 'G', 'W', 'D', 'L', 0x03, 0x01, 0x01, 0x03, 0x08, 0x81, 0x01};
+	static const uint8_t head[] = {0x2c, 0x41, 'G', 'W', 'D', 'L', 0x04, 0x01, 0x01, 0x03, 0x08, 0x81, 0x01};
 	cr_assert_eq(dist_encode(&f, enc, sizeof enc), sizeof head + DIST_NONCE);
 	cr_assert(memcmp(enc, head, sizeof head) == 0);
 	cr_assert(memcmp(enc + sizeof head, nonce, DIST_NONCE) == 0);
@@ -393,7 +408,7 @@ Test(roundtrip, inner_types_in_batch_of_one)
 	}
 	static const uint8_t inner[] = {DIST_ROUTE,   DIST_SESSION_UP, DIST_SESSION_DOWN, DIST_STORE_ACK,
 					DIST_RECEIPT, DIST_CREDIT,     DIST_GROUP_OP,     DIST_GROUP_RESULT,
-					DIST_KICK};
+					DIST_KICK, DIST_HANDOFF, DIST_HANDOFF_ACK};
 	for (size_t i = 0; i < sizeof inner; i++)
 		cr_assert(seen[inner[i]] > 0, "no sample of %s", dist_type_name(inner[i]));
 }
@@ -717,24 +732,24 @@ struct pcase {
 };
 
 static const struct pcase payload_cases[] = {
-	{"hello", DIST_HELLO, "47 57 44 4c 03 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", OK},
-	{"hello backend", DIST_HELLO, "47 57 44 4c 03 02 05 00 01 00 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", OK},
+	{"hello", DIST_HELLO, "47 57 44 4c 04 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", OK},
+	{"hello backend", DIST_HELLO, "47 57 44 4c 04 02 05 00 01 00 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", OK},
 	{"hello version 1 (fields not read)", DIST_HELLO, "47 57 44 4c 01 01 01 03 08", OK},
 	{"hello other version (2)", DIST_HELLO, "47 57 44 4c 02 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f 00", OK},
 	{"hello wrong magic", DIST_HELLO, "47 57 44 4d 02 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
 	{"hello lowercase magic", DIST_HELLO, "67 77 64 6c 03 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
 	{"hello magic only 3 bytes", DIST_HELLO, "47 57 44", BAD},
 	{"hello empty", DIST_HELLO, "", BAD},
-	{"hello role 0", DIST_HELLO, "47 57 44 4c 03 00 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello role 3", DIST_HELLO, "47 57 44 4c 03 03 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello node 0", DIST_HELLO, "47 57 44 4c 03 01 00 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello threads 0", DIST_HELLO, "47 57 44 4c 03 01 01 00 00 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello thread >= threads", DIST_HELLO, "47 57 44 4c 03 01 01 08 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello node 2^32", DIST_HELLO, "47 57 44 4c 03 01 80 80 80 80 10 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello key id 2^32", DIST_HELLO, "47 57 44 4c 03 01 01 03 08 80 80 80 80 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
-	{"hello nonce short", DIST_HELLO, "47 57 44 4c 03 01 01 03 08 07 00 01 02", BAD},
-	{"hello nonce missing", DIST_HELLO, "47 57 44 4c 03 01 01 03 08 07", BAD},
-	{"hello trailing byte", DIST_HELLO, "47 57 44 4c 03 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f 00", BAD},
+	{"hello role 0", DIST_HELLO, "47 57 44 4c 04 00 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello role 3", DIST_HELLO, "47 57 44 4c 04 03 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello node 0", DIST_HELLO, "47 57 44 4c 04 01 00 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello threads 0", DIST_HELLO, "47 57 44 4c 04 01 01 00 00 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello thread >= threads", DIST_HELLO, "47 57 44 4c 04 01 01 08 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello node 2^32", DIST_HELLO, "47 57 44 4c 04 01 80 80 80 80 10 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello key id 2^32", DIST_HELLO, "47 57 44 4c 04 01 01 03 08 80 80 80 80 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", BAD},
+	{"hello nonce short", DIST_HELLO, "47 57 44 4c 04 01 01 03 08 07 00 01 02", BAD},
+	{"hello nonce missing", DIST_HELLO, "47 57 44 4c 04 01 01 03 08 07", BAD},
+	{"hello trailing byte", DIST_HELLO, "47 57 44 4c 04 01 01 03 08 07 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f 00", BAD},
 
 	{"auth", DIST_AUTH, "00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f", OK},
 	{"auth short", DIST_AUTH, "00 01 02", BAD},
@@ -746,6 +761,19 @@ static const struct pcase payload_cases[] = {
 	{"receipt_ack peer 0", DIST_RECEIPT_ACK, "05 00 09", BAD},
 	{"receipt_ack smid 0", DIST_RECEIPT_ACK, "05 06 00", BAD},
 	{"receipt_ack trailing", DIST_RECEIPT_ACK, "05 06 09 00", BAD},
+
+	{"handoff", DIST_HANDOFF, "09 05 06 00 01 03 01 00 07 78", OK},
+	{"handoff smid 0", DIST_HANDOFF, "00 05 06 00 01 03 01 00 07 78", BAD},
+	{"handoff to 0 (a group)", DIST_HANDOFF, "09 05 00 08 01 03 01 00 07 78", BAD},
+	{"handoff holder node 0", DIST_HANDOFF, "09 05 06 00 01 00 01 00 07 78", BAD},
+	{"handoff no body", DIST_HANDOFF, "09 05 06 00 01 03 01 00 07", BAD},
+	{"handoff_ack", DIST_HANDOFF_ACK, "03 01 06 09", OK},
+	{"handoff_ack node 0", DIST_HANDOFF_ACK, "00 01 06 09", BAD},
+	{"handoff_ack user 0", DIST_HANDOFF_ACK, "03 01 00 09", BAD},
+	{"handoff_ack smid 0", DIST_HANDOFF_ACK, "03 01 06 00", BAD},
+	{"handoff_ack trailing", DIST_HANDOFF_ACK, "03 01 06 09 00", BAD},
+	{"receipt relay", DIST_RECEIPT, "01 08 05 06 09", OK},
+	{"receipt relay with notify", DIST_RECEIPT, "01 0a 05 06 09", BAD},
 
 	{"credit", DIST_CREDIT, "05", OK},
 	{"credit 2^64-1", DIST_CREDIT, "ff ff ff ff ff ff ff ff ff 01", OK},
@@ -798,7 +826,8 @@ static const struct pcase payload_cases[] = {
 	{"receipt delete and notify", DIST_RECEIPT, "01 03 05 06 09", OK},
 	{"receipt no flags", DIST_RECEIPT, "01 00 05 06 09", BAD},
 	{"receipt store", DIST_RECEIPT, "01 04 05 06 09", OK},
-	{"receipt flag bit 3", DIST_RECEIPT, "01 09 05 06 09", BAD},
+	{"receipt relay with delete", DIST_RECEIPT, "01 09 05 06 09", BAD},
+	{"receipt flag bit 4", DIST_RECEIPT, "01 10 05 06 09", BAD},
 	{"receipt flag bit 7", DIST_RECEIPT, "01 81 05 06 09", BAD},
 	{"receipt kind 0", DIST_RECEIPT, "00 01 05 06 09", BAD},
 	{"receipt kind 3", DIST_RECEIPT, "03 01 05 06 09", BAD},
@@ -906,7 +935,7 @@ static const struct pcase batch_cases[] = {
 	{"inner error", DIST_BATCH, "01 01 02 4d 04", BAD},
 	{"inner type 0", DIST_BATCH, "01 01 01 00", BAD},
 	{"inner client type", DIST_BATCH, "01 01 01 04", BAD},
-	{"inner unknown type 0x50", DIST_BATCH, "01 01 02 50 00", BAD},
+	{"inner unknown type 0x52", DIST_BATCH, "01 01 02 52 00", BAD},
 	{"bad type after a good frame", DIST_BATCH, "01 02 02 48 05 02 49 00", BAD},
 	{"count 65536", DIST_BATCH, "01 80 80 04 02 48 05", BAD},
 	{"count 2^64-1", DIST_BATCH, "01 ff ff ff ff ff ff ff ff ff 01 02 48 05", BAD},
@@ -1008,12 +1037,17 @@ Test(encoder, refuses_invalid)
 	} bad[] = {
 		{"batch", {.type = DIST_BATCH, .batch = {.seq = 1, .count = 1, .frames = BYTES("\x02\x48\x05")}}},
 		{"type 0", {.type = 0}},
-		{"type 0x50", {.type = 0x50}},
+		{"type 0x52", {.type = 0x52}},
 		{"hello without nonce", {.type = DIST_HELLO, .hello = {.version = DIST_VERSION, .role = 1, .node = 1, .threads = 1}}},
 		{"hello other version", {.type = DIST_HELLO, .hello = {.version = 1, .role = 1, .node = 1, .threads = 1, .nonce = nonce}}},
 		{"hello thread >= threads", {.type = DIST_HELLO, .hello = {.version = DIST_VERSION, .role = 1, .node = 1, .thread = 1, .threads = 1, .nonce = nonce}}},
 		{"auth without mac", {.type = DIST_AUTH}},
 		{"receipt_ack smid 0", {.type = DIST_RECEIPT_ACK, .receipt_ack = {.user = 1, .peer = 1}}},
+		{"handoff smid 0", {.type = DIST_HANDOFF, .route = {.from = 1, .to = 2, .onode = 1, .body = BYTES("x")}}},
+		{"handoff to a group", {.type = DIST_HANDOFF, .route = {.smid = 1, .from = 1, .group = 2, .onode = 1, .body = BYTES("x")}}},
+		{"handoff no holder", {.type = DIST_HANDOFF, .route = {.smid = 1, .from = 1, .to = 2, .body = BYTES("x")}}},
+		{"handoff_ack node 0", {.type = DIST_HANDOFF_ACK, .handoff_ack = {.user = 1, .smid = 1}}},
+		{"receipt relay and notify", {.type = DIST_RECEIPT, .receipt = {.kind = 1, .flags = DIST_RCPT_RELAY | DIST_RCPT_NOTIFY, .from = 1, .to = 2, .smid = 3}}},
 		{"session_up unknown flag", {.type = DIST_SESSION_UP, .session = {.user = 1, .node = 1, .flags = 2}}},
 		{"session_down with flags", {.type = DIST_SESSION_DOWN, .session = {.user = 1, .node = 1, .flags = 1}}},
 		{"client type", {.type = PROTO_SEND}},
@@ -1032,7 +1066,7 @@ Test(encoder, refuses_invalid)
 		{"store_ack refused with smid", {.type = DIST_STORE_ACK, .store_ack = {.status = 34, .smid = 1}}},
 		{"receipt kind 3", {.type = DIST_RECEIPT, .receipt = {.kind = 3, .flags = 1, .from = 1, .to = 1, .smid = 1}}},
 		{"receipt no flags", {.type = DIST_RECEIPT, .receipt = {.kind = 1, .flags = 0, .from = 1, .to = 1, .smid = 1}}},
-		{"receipt flag bit 3", {.type = DIST_RECEIPT, .receipt = {.kind = 1, .flags = 8, .from = 1, .to = 1, .smid = 1}}},
+		{"receipt flag bit 4", {.type = DIST_RECEIPT, .receipt = {.kind = 1, .flags = 16, .from = 1, .to = 1, .smid = 1}}},
 		{"receipt from 0", {.type = DIST_RECEIPT, .receipt = {.kind = 1, .flags = 1, .from = 0, .to = 1, .smid = 1}}},
 		{"receipt to 0", {.type = DIST_RECEIPT, .receipt = {.kind = 1, .flags = 1, .from = 1, .to = 0, .smid = 1}}},
 		{"receipt smid 0", {.type = DIST_RECEIPT, .receipt = {.kind = 1, .flags = 1, .from = 1, .to = 1, .smid = 0}}},
@@ -1275,9 +1309,11 @@ Test(names, dist_type_names)
 		{DIST_ERROR, "error"},
 		{DIST_AUTH, "auth"},
 		{DIST_RECEIPT_ACK, "receipt_ack"},
+		{DIST_HANDOFF, "handoff"},
+		{DIST_HANDOFF_ACK, "handoff_ack"},
 		{0, "unknown"},
 		{0x40, "unknown"},
-		{0x50, "unknown"},
+		{0x52, "unknown"},
 		{0xff, "unknown"},
 		{0x141, "unknown"},
 	};
