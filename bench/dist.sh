@@ -18,6 +18,14 @@
 #   DIST_BACKENDS 1 or 2 (the users spread over both; commits and the
 #                 backend CPU are both backends' together)
 #   DIST_BE_THREADS node threads per backend (1; the cluster file's threads)
+#   DIST_GROUP    members per group (0: 1:1 chat): the loadgen's group
+#                 scenario, where the first member of each group sends and
+#                 the others receive; the rates are then group messages
+#                 offered, "delivered" counts the members' copies, and
+#                 handoffs/copy says how many copies the group's node
+#                 thread handed to the members' owner threads (dist
+#                 version 4)
+#   DIST_DEBUG    set: print each run's loadgen report as well (stderr)
 set -eu
 b=${1:-build}
 base=${DIST_PORT:-27300}
@@ -71,23 +79,32 @@ one() {
 	pids="$be $be2 $g1 $g2"
 	sleep 1
 	n=${DIST_CONNS:-2000}
-	rate=$(awk -v t="$2" -v n="$n" 'BEGIN {printf "%.4f", t / n}')
+	grp=${DIST_GROUP:-0}
+	if [ "$grp" -gt 0 ]; then
+		rate=$(awk -v t="$2" -v n="$n" -v g="$grp" 'BEGIN {printf "%.4f", t / int(n / g)}')
+		scen="--scenario group --group-size $grp"
+	else
+		rate=$(awk -v t="$2" -v n="$n" 'BEGIN {printf "%.4f", t / n}')
+		scen="--scenario chat"
+	fi
 	c0=$(($(cpu "$be") + $(cpu "$g1") + $(cpu "$g2"))) u0=$(beu "$be") s0=$(bes "$be") gu0=$(beu "$g1") gs0=$(bes "$g1")
 	w0=$(wrb "$be")
 	[ -z "$be2" ] || { c0=$((c0 + $(cpu "$be2"))) u0=$((u0 + $(beu "$be2"))) s0=$((s0 + $(bes "$be2"))) w0=$((w0 + $(wrb "$be2"))); }
 	get $((base + 12)) "$tmp/g1a.json"
 	get $((base + 11)) "$tmp/bea.json"
-	echo '{"commits":0}' >"$tmp/be2a.json"
+	echo '{"commits":0,"handoffs_sent":0}' >"$tmp/be2a.json"
 	[ -z "$be2" ] || get $((base + 14)) "$tmp/be2a.json"
-	"$b/loadgen/loadgen" --secret-file "$tmp/secret" --scenario chat --connections "$n" --rate "$rate" \
+	# shellcheck disable=SC2086 # $scen is two options
+	"$b/loadgen/loadgen" --secret-file "$tmp/secret" $scen --connections "$n" --rate "$rate" \
 		--targets "127.0.0.1:$((base + 2))" --targets "127.0.0.1:$((base + 3))" --receipts --duration 5s \
 		--drain 5s --quiet --max-error-rate 1 --report "$tmp/$3.json" >"$tmp/$3.out" 2>&1 || true
+	[ -z "${DIST_DEBUG:-}" ] || cat "$tmp/$3.out" >&2
 	c1=$(($(cpu "$be") + $(cpu "$g1") + $(cpu "$g2"))) u1=$(beu "$be") s1=$(bes "$be") gu1=$(beu "$g1") gs1=$(bes "$g1")
 	w1=$(wrb "$be")
 	[ -z "$be2" ] || { c1=$((c1 + $(cpu "$be2"))) u1=$((u1 + $(beu "$be2"))) s1=$((s1 + $(bes "$be2"))) w1=$((w1 + $(wrb "$be2"))); }
 	get $((base + 12)) "$tmp/g1b.json"
 	get $((base + 11)) "$tmp/beb.json"
-	echo '{"commits":0}' >"$tmp/be2b.json"
+	echo '{"commits":0,"handoffs_sent":0}' >"$tmp/be2b.json"
 	[ -z "$be2" ] || get $((base + 14)) "$tmp/be2b.json"
 	kill -TERM $pids 2>/dev/null || true
 	wait $pids 2>/dev/null || true
@@ -102,12 +119,15 @@ one() {
 		-v ra="$(num routed_remote "$tmp/g1a.json")" -v rb="$(num routed_remote "$tmp/g1b.json")" \
 		-v ca="$(($(num commits "$tmp/bea.json") + $(num commits "$tmp/be2a.json")))" \
 		-v cb="$(($(num commits "$tmp/beb.json") + $(num commits "$tmp/be2b.json")))" \
-		-v cp50="$(num commit_p50_us "$tmp/beb.json")" -v cp99="$(num commit_p99_us "$tmp/beb.json")" 'BEGIN {
+		-v cp50="$(num commit_p50_us "$tmp/beb.json")" -v cp99="$(num commit_p99_us "$tmp/beb.json")" \
+		-v ha="$(($(num handoffs_sent "$tmp/bea.json") + $(num handoffs_sent "$tmp/be2a.json")))" \
+		-v hb="$(($(num handoffs_sent "$tmp/beb.json") + $(num handoffs_sent "$tmp/be2b.json")))" 'BEGIN {
 		fr = fb - fa; bt = bb - ba; by = yb - ya; r = rb - ra
-		printf "%-12s offered %7.0f/s delivered %7.0f/s p50 %8.1f us p99 %9.1f us p99.9 %9.1f us | gw1->be %6.1f frames/batch %5.1f B/msg | commits %5.0f, p50 %5.1f p99 %5.1f ms, %5.0f B written/msg | servers %5.1f us CPU/msg, backend %4.1f user + %4.1f sys, gateway 1 %4.1f + %4.1f | lost %s\n",
+		printf "%-12s offered %7.0f/s delivered %7.0f/s p50 %8.1f us p99 %9.1f us p99.9 %9.1f us | gw1->be %6.1f frames/batch %5.1f B/msg | commits %5.0f, p50 %5.1f p99 %5.1f ms, %5.0f B written/msg | servers %5.1f us CPU/msg, backend %4.1f user + %4.1f sys, gateway 1 %4.1f + %4.1f | lost %s%s\n",
 			name, offered, dps, p50, p99, p999, (bt > 0 ? fr / bt : 0), (r > 0 ? by / r : 0), cb - ca, cp50 / 1000, cp99 / 1000, (d > 0 ? wr / d : 0),
 			(d > 0 ? (c1 - c0) / hz / d * 1e6 : 0), (d > 0 ? bu / hz / d * 1e6 : 0), (d > 0 ? bs / hz / d * 1e6 : 0),
-			(d > 0 ? gu / hz / d * 1e6 : 0), (d > 0 ? gs / hz / d * 1e6 : 0), lost
+			(d > 0 ? gu / hz / d * 1e6 : 0), (d > 0 ? gs / hz / d * 1e6 : 0), lost,
+			(hb > ha ? sprintf(" | handoffs %.2f/copy", d > 0 ? (hb - ha) / d : 0) : "")
 	}'
 }
 
@@ -120,7 +140,7 @@ for total in $(echo "${DIST_RATES:-2000 10000 30000}" | tr , ' '); do
 done
 cat <<EOF
 
-=== dist link: 2 gateways (1 thread each) + $nbe backend(s) of $bt node thread(s), every message through the backend, delivered receipts on, ${DIST_CONNS:-2000} connections
+=== dist link: 2 gateways (1 thread each) + $nbe backend(s) of $bt node thread(s), every message through the backend, delivered receipts on, ${DIST_CONNS:-2000} connections$( [ "${DIST_GROUP:-0}" -gt 0 ] && echo ", groups of ${DIST_GROUP:-0} (rates: group messages; delivered: members' copies)")
 $results
 (frames/batch and bytes/msg: gateway 1's link to the backend, sends and receipts both counted in frames;
  commits: backend group commits during the run, and backend 1's commit duration (fsync included) since it

@@ -737,12 +737,19 @@ static void pace_sends(struct lthread *t)
 	while (t->sched_done < due && budget--) {
 		uint64_t sched = t->t0_send + (uint64_t)((double)t->sched_done * 1e9 / per_s);
 		uint32_t slot = (uint32_t)(t->sender_rr++ % t->n);
+		/* group: the turn goes to the next creator (members only receive;
+		 * a turn they took was a message never sent, so a group run sent
+		 * a group_size-th of what it offered) */
+		for (unsigned k = 0; t->gid && k < (unsigned)cfg->group_size && !is_creator(t, slot); k++)
+			slot = (uint32_t)(t->sender_rr++ % t->n);
 		t->sched_done++;
 		struct lconn *c = &t->c[slot];
 		uint64_t gid = 0;
 		if (t->gid) {
-			if (!is_creator(t, slot))
-				continue; /* members only receive */
+			if (!is_creator(t, slot)) {
+				CNT_ADD(t, skipped, 1); /* a thread with no creator */
+				continue;
+			}
 			gid = t->gid[slot];
 		}
 		if (c->state != LS_LIVE || (t->gid && !gid)) {
