@@ -463,13 +463,16 @@ static void handoff_start(struct be *b, uint64_t user)
 }
 
 /* The gateway link a user's handoffs go out on: the one they went on while
- * it stays up, else any that is up (users spread over them). */
-static struct link *handoff_link(struct be *b, struct be_backlog *e)
+ * it stays up, else any that is up (users spread over them); `next` (no
+ * ack came): the next one up after it, in case that gateway cannot reach
+ * the owner. */
+static struct link *handoff_link(struct be *b, struct be_backlog *e, int next)
 {
-	if (e->link < b->nlinks && b->links[e->link].state == LINK_UP)
+	if (!next && e->link < b->nlinks && b->links[e->link].state == LINK_UP)
 		return &b->links[e->link];
+	uint64_t from = next && e->link < b->nlinks ? (uint64_t)e->link + 1 : e->user;
 	for (uint32_t k = 0; k < b->nlinks; k++) {
-		uint32_t i = (uint32_t)((e->user + k) % b->nlinks);
+		uint32_t i = (uint32_t)((from + k) % b->nlinks);
 		if (b->links[i].state == LINK_UP) {
 			e->link = i;
 			return &b->links[i];
@@ -555,18 +558,21 @@ static int handoff_user(struct be *b, struct be_backlog *e)
 	uint32_t count = store_count(b->store, e->user), rcpts = store_rcpt_count(b->store, e->user);
 	if (!count && !rcpts)
 		return 0;
+	int stalled = e->link != UINT32_MAX && (e->inflight || e->after) &&
+		      b->now_ns - e->progress_ns > (uint64_t)b->cfg.login_stall_ms * 1000000;
 	uint32_t was = e->link;
-	struct link *l = handoff_link(b, e);
+	struct link *l = handoff_link(b, e, stalled);
 	if (!l)
 		return 1; /* no gateway linked: later */
-	if (was != e->link || (b->now_ns - e->progress_ns > (uint64_t)b->cfg.login_stall_ms * 1000000 &&
-			       (e->inflight || e->after))) {
+	if (was != e->link || stalled) {
 		/* another link (what went on the old one may be lost), or no ack
 		 * for a while: everything still here goes again */
 		e->after = 0;
 		e->inflight = 0;
 		e->progress_ns = b->now_ns;
 	}
+	if (!rcpts && e->inflight >= BE_WINDOW_MSGS)
+		return 1; /* waiting for acks */
 	if (txn(b) != 0)
 		return 1;
 	if (count) {

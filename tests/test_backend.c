@@ -3784,3 +3784,48 @@ Test(backend, forged_handoff_frames_delete_nothing, .timeout = 30)
 	tc_close(&a);
 	all_alive();
 }
+
+/* A gateway that takes handoffs and never passes them on (here a raw link
+ * that swallows them; in life one cut off from the owner) holds nothing up
+ * for long: after --login-stall without an ack the holder sends again on the
+ * next gateway link. Before, it sent again on the same link while that
+ * stayed up: for ever. 20 members owned elsewhere, so that some start on
+ * the swallowing link (the link a user starts on follows its id). */
+Test(backend, handoffs_move_on_from_a_gateway_that_swallows_them, .timeout = 60)
+{
+	static const char *const be_opts[] = {"--login-stall", "1s", NULL};
+	T.be_extra = be_opts;
+	topo_start(NULL);
+	uint64_t ua = user_of(0, 95000);
+	enum { M = 20 };
+	uint64_t members[M], u = 95100;
+	for (int i = 0; i < M; i++)
+		u = members[i] = user_of(1, u + 1);
+	static struct raw r;
+	raw_login_link(&r, owner_port(ua), RAW_NODE); /* to the group's thread */
+	struct tc_conn a;
+	open_login(&a, 0, ua);
+	group_req(&a, PROTO_GROUP_CREATE, 1, 0, members, M);
+	uint64_t gid = expect_group_result(&a, 1, 0, "create");
+	send_group_msg(&a, 2, gid, "to twenty offline members");
+	expect_ack(&a, 2, PROTO_ACK_STORED, "stored");
+	int64_t deadline = tc_now_ms() + 15000, left = -1;
+	for (uint64_t seq = 1; tc_now_ms() < deadline; seq++) {
+		struct dist_frame hb = {.type = DIST_HEARTBEAT}; /* keep the swallowing link up */
+		hb.heartbeat.seq = seq;
+		uint8_t hbuf[32];
+		raw_send(&r, hbuf, dist_encode(&hb, hbuf, sizeof hbuf));
+		raw_read(&r, 0, 300);
+		left = stat_sum("handoff_users");
+		if (left == 0 && stat_num(&T.be[1], "handoffs_stored") == M)
+			break;
+	}
+	cr_log_info("the swallowing link got %u handoffs", r.inner[DIST_HANDOFF]);
+	cr_assert_eq(left, 0, "%lld members' copies still at the group's thread after 15 s (the swallowing link took %u)",
+		     (long long)left, r.inner[DIST_HANDOFF]);
+	cr_assert_eq(stat_num(&T.be[1], "handoffs_stored"), M);
+	cr_assert_eq(stat_num(&T.be[0], "store_mailbox_entries"), 0);
+	tc_close(&r.c);
+	tc_close(&a);
+	all_alive();
+}
