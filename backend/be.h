@@ -48,6 +48,7 @@
 #define BE_WINDOW_MSGS 256u    /* stored messages sent at login and not yet acknowledged, per user */
 #define BE_RCPT_PER_PEER 64u   /* stored receipts kept per (user, peer): older ones give way */
 #define BE_BUDGET_MAX 65536u   /* senders with a partly spent budget tracked before idle ones are swept */
+#define BE_REWIND_NS 1000000000ull /* a user's handoffs go again at most this often for a lost one */
 
 struct be_config {
 	const char *listen, *stats_listen, *cluster_file, *cluster_secret_file, *data_dir, *log_level;
@@ -96,6 +97,9 @@ struct be_backlog {
 	uint64_t inflight_bytes, progress_ns; /* progress: the last send or acknowledgement */
 	uint64_t stall_after; /* the window was reset after a stall: receipts up to here are not in it */
 	uint32_t link;        /* handoffs: the link they go out on (UINT32_MAX: none yet) */
+	int more;             /* handoffs: entries past `after` may wait (a scan has not found the end) */
+	int lost;             /* handoffs: an ack showed an older one lost: all go again (at most every BE_REWIND_NS) */
+	uint64_t rewound_ns;  /* handoffs: when a lost one last sent everything again */
 };
 
 struct be {

@@ -440,8 +440,11 @@ static int owned(const struct be *b, uint64_t user)
 
 static void handoff_start(struct be *b, uint64_t user)
 {
-	if (u64map_get(&b->hand_of, user))
-		return; /* on its way: the scan reaches what is new */
+	uint64_t *at = u64map_get(&b->hand_of, user);
+	if (at) {
+		b->hand[*at].more = 1; /* on its way: the scan reaches what is new */
+		return;
+	}
 	if (b->nhand == b->hand_cap) {
 		size_t cap = b->hand_cap ? b->hand_cap * 2 : 256;
 		struct be_backlog *v = realloc(b->hand, cap * sizeof *v);
@@ -458,8 +461,42 @@ static void handoff_start(struct be *b, uint64_t user)
 		       (unsigned long long)user);
 		return;
 	}
-	b->hand[b->nhand++] = (struct be_backlog){.user = user, .progress_ns = b->now_ns, .link = UINT32_MAX};
+	b->hand[b->nhand++] = (struct be_backlog){.user = user, .progress_ns = b->now_ns, .link = UINT32_MAX, .more = 1};
 	CNT_SET(b, handoff_users, b->nhand);
+}
+
+/* Everything a user's handoffs have sent goes again. */
+static void handoff_rewind(struct be *b, struct be_backlog *e)
+{
+	e->after = 0;
+	e->inflight = 0;
+	e->more = 1;
+	e->progress_ns = b->now_ns;
+}
+
+/* Hand off whatever the store holds for users this thread does not own
+ * (at start, and after a failed commit, which may have put back entries
+ * whose acks came, or users done meanwhile); `again`: what is on its way
+ * goes again. Returns how many users that is. */
+static size_t handoff_scan(struct be *b, int again)
+{
+	if (again)
+		for (size_t i = 0; i < b->nhand; i++)
+			handoff_rewind(b, &b->hand[i]);
+	size_t n = store_users(b->store, NULL, 0), held = 0;
+	uint64_t *users = n ? malloc(n * sizeof *users) : NULL;
+	if (n && !users) {
+		log_rl(LOG_ERROR, "out of memory: what this thread holds for other threads' users waits");
+		return 0;
+	}
+	n = users ? store_users(b->store, users, n) : 0;
+	for (size_t i = 0; i < n; i++)
+		if (!owned(b, users[i])) {
+			handoff_start(b, users[i]);
+			held++;
+		}
+	free(users);
+	return held;
 }
 
 /* The gateway link a user's handoffs go out on: the one they went on while
@@ -486,6 +523,7 @@ struct hand_ctx {
 	struct link *l;
 	struct be_backlog *e;
 	uint64_t last;
+	int stopped; /* by the window or the link: more may wait */
 	size_t sent, nold;
 	uint64_t old[BE_FLUSH_PER_USER]; /* receipts kept in the mailbox by an older version: relayed */
 };
@@ -507,13 +545,13 @@ static int hand_one(void *arg, const struct store_msg *m)
 	if (m->kind == STORE_RECEIPT) {
 		if (x->nold == BE_FLUSH_PER_USER || !link_has_room(x->l, 64) ||
 		    send_relay(x->l, m->rkind, m->from, x->e->user, m->ref) != 0)
-			return 1;
+			return x->stopped = 1;
 		x->old[x->nold++] = m->smid;
 		x->last = m->smid;
 		return 0;
 	}
 	if (x->e->inflight >= BE_WINDOW_MSGS || !link_has_room(x->l, (size_t)m->len + 128))
-		return 1;
+		return x->stopped = 1;
 	struct dist_frame f;
 	memset(&f, 0, sizeof f);
 	f.type = DIST_HANDOFF;
@@ -527,7 +565,7 @@ static int hand_one(void *arg, const struct store_msg *m)
 	f.route.cmid = m->ref;
 	f.route.body = (struct proto_bytes){m->body, m->len};
 	if (link_add(x->l, &f) != 0)
-		return 1;
+		return x->stopped = 1;
 	x->e->inflight++;
 	x->e->progress_ns = x->b->now_ns;
 	x->last = m->smid;
@@ -565,20 +603,24 @@ static int handoff_user(struct be *b, struct be_backlog *e)
 	if (!l)
 		return 1; /* no gateway linked: later */
 	if (was != e->link || stalled) {
-		/* another link (what went on the old one may be lost), or no ack
-		 * for a while: everything still here goes again */
-		e->after = 0;
-		e->inflight = 0;
-		e->progress_ns = b->now_ns;
+		handoff_rewind(b, e); /* another link (what went on the old one may be lost), or no ack for a while */
+	} else if (e->lost && b->now_ns - e->rewound_ns > BE_REWIND_NS) {
+		handoff_rewind(b, e); /* an ack after a lost one (on_handoff_ack) */
+		e->lost = 0;
+		e->rewound_ns = b->now_ns;
 	}
-	if (!rcpts && e->inflight >= BE_WINDOW_MSGS)
-		return 1; /* waiting for acks */
+	int scan = count && e->more && e->inflight < BE_WINDOW_MSGS;
+	if (!scan && !rcpts)
+		return 1; /* all sent: waiting for acks (no store work each iteration) */
 	if (txn(b) != 0)
 		return 1;
-	if (count) {
+	if (scan) {
 		struct hand_ctx x = {.b = b, .l = l, .e = e, .last = e->after};
-		if (store_scan(b->store, e->user, e->after, BE_FLUSH_PER_USER, hand_one, &x) < 0)
+		long n = store_scan(b->store, e->user, e->after, BE_FLUSH_PER_USER, hand_one, &x);
+		if (n < 0)
 			return 1;
+		if (!x.stopped && n < (long)BE_FLUSH_PER_USER)
+			e->more = 0; /* the end: what is stored later sets it again (handoff_start) */
 		e->after = x.last;
 		CNT_ADD(b, handoffs_sent, x.sent);
 		if (x.nold && req_begin(b, STORE_REQ_DRAIN, 2 * x.nold, 0) == 0) {
@@ -617,6 +659,12 @@ static void run_handoff(struct be *b)
 	CNT_SET(b, handoff_users, b->nhand);
 }
 
+static int first_smid(void *arg, const struct store_msg *m)
+{
+	*(uint64_t *)arg = m->smid;
+	return 1;
+}
+
 /* The owner's answer: its copy is stored; ours goes. Only for a user whose
  * entries are being handed off from here (so no gateway can delete what
  * this thread holds for its own users). */
@@ -640,6 +688,16 @@ static void on_handoff_ack(struct be *b, const struct dist_frame *f)
 	if (e->inflight)
 		e->inflight--;
 	e->progress_ns = b->now_ns;
+	/* A user's handoffs go in smid order on one link, and the path back
+	 * through the gateway keeps that order: an older entry still here,
+	 * sent already, was lost on the way (a full queue, a lost link, a
+	 * store that refused it). Everything goes again (at most once a
+	 * second: BE_REWIND_NS), rather than only when the user's handoffs
+	 * are quiet for --login-stall. */
+	uint64_t oldest = 0;
+	if (store_scan(b->store, user, 0, 1, first_smid, &oldest) == 1 && oldest < f->handoff_ack.smid &&
+	    oldest <= e->after)
+		e->lost = 1; /* handoff_user sends all again */
 }
 
 /* ---- frames from gateways ---------------------------------------------------------- */
@@ -729,10 +787,13 @@ static void on_handoff(struct be *b, struct link *l, const struct dist_frame *f)
 	if (req_begin(b, STORE_REQ_ADMIT, 4, (size_t)m.len + 64) != 0)
 		return; /* no ack: the holder keeps it and sends it again */
 	int r = store_put_copy(b->store, &m, m.to, (uint32_t)b->cfg.mailbox_max);
-	req_end(b, r == 0);
-	if (r == STORE_E_FULL)
-		CNT_ADD(b, mailbox_full, 1); /* dropped, as a full member's mailbox is skipped at a group send */
-	else if (r != 0 && r != STORE_E_EXISTS) {
+	req_end(b, r == 0 || r == STORE_E_EXISTS || r == STORE_E_FULL); /* the last two wrote nothing */
+	if (r == STORE_E_FULL) {
+		CNT_ADD(b, mailbox_full, 1);
+		if (!m.group)
+			return; /* a 1:1 message its sender was told is stored: the holder keeps it, and sends it again */
+		/* a group's: dropped, as a full member's mailbox is skipped at a group send */
+	} else if (r != 0 && r != STORE_E_EXISTS) {
 		store_answer(b, r, "a handed-off message");
 		return;
 	}
@@ -741,7 +802,7 @@ static void on_handoff(struct be *b, struct link *l, const struct dist_frame *f)
 		if (!owned(b, m.to))
 			handoff_start(b, m.to); /* the gateway thinks so, we do not: on it goes */
 		struct link *dl = user_link(b, m.to, NULL);
-		if (dl && owned(b, m.to) && !backlog_waits(b, m.to, m.smid) && send_item(dl, m.to, &m) == 0) {
+		if (dl && !backlog_waits(b, m.to, m.smid) && send_item(dl, m.to, &m) == 0) {
 			CNT_ADD(b, delivered_online, 1);
 			if (m.group)
 				CNT_ADD(b, group_fanout, 1);
@@ -850,10 +911,11 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 	answer_route(l, f, m.smid, 0);
 	for (size_t i = 0; i < n; i++) {
 		struct link *dl = user_link(b, rcpt[i], NULL);
-		if (!owned(b, rcpt[i])) {
+		if (!owned(b, rcpt[i]))
 			handoff_start(b, rcpt[i]); /* its owner delivers it */
-			continue;
-		}
+		/* (a session here of a user owned elsewhere: a gateway whose
+		 * cluster file says otherwise, which will not pass the handoff on
+		 * either; it gets it from here) */
 		if (!dl || backlog_waits(b, rcpt[i], m.smid))
 			continue;
 		m.to = rcpt[i];
@@ -885,6 +947,8 @@ static void notify_receipt(struct be *b, uint64_t owner, uint64_t peer, uint8_t 
 			CNT_ADD(b, receipts_dropped, 1);
 		else if (r == 0)
 			CNT_ADD(b, receipts_stored, 1);
+		if (r == 0 && !owned(b, owner))
+			handoff_start(b, owner); /* a gateway sent it to the wrong thread: on to the owner */
 		else
 			store_answer(b, r, "a receipt");
 		if (r != 0 && !dl)
@@ -1176,6 +1240,10 @@ static void on_down(void *arg, struct link *l, const char *why)
 		if (v && *v == l->idx)
 			u64map_del(&b->peers, key);
 	}
+	/* handoffs that went on it go again, on another (or on this slot's next link) */
+	for (size_t i = 0; i < b->nhand; i++)
+		if (b->hand[i].link == l->idx)
+			b->hand[i].link = UINT32_MAX;
 	/* its sessions are gone: the gateway announces them again when it relinks */
 	if (b->link_sessions[l->idx] == 0)
 		return;
@@ -1325,6 +1393,12 @@ static int undo_frame(void *arg, struct dist_frame *f)
 	case DIST_HANDOFF_ACK:
 		u->dropped++; /* the copy is not stored: the holder sends it again */
 		return 0;
+	case DIST_HANDOFF:
+		if (smid0 && f->route.smid >= smid0) {
+			u->dropped++; /* stored in this transaction: it is not */
+			return 0;
+		}
+		return 1;
 	case DIST_ROUTE:
 		if (smid0 && f->route.smid >= smid0) {
 			u->dropped++; /* stored in this transaction: it is not */
@@ -1367,6 +1441,7 @@ static void commit(struct be *b)
 		struct undo u = {.b = b, .status = r == -ENOSPC ? PROTO_E_STORE_FULL : PROTO_E_TRY_AGAIN};
 		for (uint32_t i = 0; i < b->nlinks; i++)
 			link_redo_held(&b->links[i], undo_frame, &u);
+		handoff_scan(b, 1); /* acked entries came back; stored ones' handoffs were dropped */
 		log_rl(LOG_ERROR, "store: commit failed: %s; %zu answers of the iteration turned into %s, %zu deliveries of "
 				  "what it stored dropped",
 		       strerror(-r), u.answers, proto_err_name(u.status), u.dropped);
@@ -1425,19 +1500,7 @@ int be_setup(struct be *b, char *err, size_t errlen)
 	if (b->lfd >= 0)
 		arm_accept(b);
 	/* what this thread holds for users it does not own goes to their owners */
-	size_t n = b->store ? store_users(b->store, NULL, 0) : 0, held = 0;
-	uint64_t *users = n ? malloc(n * sizeof *users) : NULL;
-	if (n && !users) {
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
-	n = users ? store_users(b->store, users, n) : 0;
-	for (size_t i = 0; i < n; i++)
-		if (!owned(b, users[i])) {
-			handoff_start(b, users[i]);
-			held++;
-		}
-	free(users);
+	size_t held = b->store ? handoff_scan(b, 0) : 0;
 	if (held)
 		log_info("%zu users owned by other node threads have entries here: handing them over", held);
 	return 0;

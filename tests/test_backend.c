@@ -1723,6 +1723,8 @@ struct raw {
 	int error_code; /* the last DIST_ERROR's code, or -1 */
 	uint64_t route_last;    /* the smid of the last ROUTE in a batch */
 	unsigned route_unordered; /* ROUTEs whose smid was not above the one before */
+	uint64_t handoff_smid[64]; /* the HANDOFFs seen, in order (the first 64) */
+	unsigned nhandoff;
 	uint8_t hello_mine[LINK_HELLO_MAX], hello_peer[LINK_HELLO_MAX];
 	size_t hello_mine_len, hello_peer_len;
 };
@@ -1815,6 +1817,8 @@ static long raw_read(struct raw *r, uint8_t until, int timeout_ms)
 						r->route_unordered += in.route.smid <= r->route_last;
 						r->route_last = in.route.smid;
 					}
+					if (in.type == DIST_HANDOFF && r->nhandoff < 64)
+						r->handoff_smid[r->nhandoff++] = in.route.smid;
 				}
 			}
 			if (f.type == DIST_ERROR)
@@ -3826,6 +3830,108 @@ Test(backend, handoffs_move_on_from_a_gateway_that_swallows_them, .timeout = 60)
 	cr_assert_eq(stat_num(&T.be[1], "handoffs_stored"), M);
 	cr_assert_eq(stat_num(&T.be[0], "store_mailbox_entries"), 0);
 	tc_close(&r.c);
+	tc_close(&a);
+	all_alive();
+}
+
+/* Heartbeats on a raw link while waiting up to ms for the backend's frames
+ * (the backend closes a link silent for 3 s); stops early when done(). */
+static void raw_wait(struct raw *r, int ms, int (*done)(struct raw *))
+{
+	static uint64_t seq = 1000;
+	int64_t deadline = tc_now_ms() + ms;
+	while (tc_now_ms() < deadline && !(done && done(r))) {
+		struct dist_frame hb = {.type = DIST_HEARTBEAT};
+		hb.heartbeat.seq = seq++;
+		uint8_t hbuf[32];
+		raw_send(r, hbuf, dist_encode(&hb, hbuf, sizeof hbuf));
+		raw_read(r, 0, 200);
+	}
+}
+
+static int three_handoffs(struct raw *r)
+{
+	return r->nhandoff >= 3;
+}
+
+static int a_fourth_handoff(struct raw *r)
+{
+	return r->nhandoff >= 4;
+}
+
+static int only_link(struct raw *r)
+{
+	(void)r;
+	return stat_num(&T.be[0], "links_up") == 1;
+}
+
+/* A handoff lost while the user's later ones are acknowledged goes again
+ * about a second later (acks come back in the order the handoffs went, so
+ * an older entry still held was lost), not after --login-stall (30 s here)
+ * with the user's handoffs quiet; and what went on a link that is lost goes
+ * again on the next, though that one takes the same slot. The test is the
+ * gateway here: the real ones are stopped, so the holder's only link is a
+ * raw one, which acknowledges as it likes. */
+Test(backend, lost_handoffs_go_again_without_waiting_for_the_stall, .timeout = 60)
+{
+	topo_start(NULL);
+	uint64_t ua = user_of(0, 96000), um = user_of(1, 96100);
+	struct tc_conn a;
+	open_login(&a, 0, ua);
+	group_req(&a, PROTO_GROUP_CREATE, 1, 0, &um, 1);
+	uint64_t gid = expect_group_result(&a, 1, 0, "create {a, m}");
+	static struct raw r;
+	raw_login_link(&r, owner_port(ua), RAW_NODE);
+	for (int i = 0; i < NGW; i++)
+		cr_assert_eq(tc_server_signal(&T.gw[i].srv, SIGSTOP), 0);
+	raw_wait(&r, 8000, only_link);
+	cr_assert_eq(stat_num(&T.be[0], "links_up"), 1, "the stopped gateways' links are still up");
+	/* three group messages for m, sent by the raw gateway */
+	struct dist_frame f[3];
+	memset(f, 0, sizeof f);
+	for (int k = 0; k < 3; k++) {
+		f[k].type = DIST_ROUTE;
+		f[k].route.from = ua;
+		f[k].route.group = gid;
+		f[k].route.onode = RAW_NODE;
+		f[k].route.oconn = 1;
+		f[k].route.cmid = 500 + (uint64_t)k;
+		f[k].route.body = (struct proto_bytes){(const uint8_t *)"held", 4};
+	}
+	raw_frames(&r, f, 3, 1);
+	raw_wait(&r, 3000, three_handoffs);
+	cr_assert_eq(r.nhandoff, 3, "the group's thread handed off %u of 3", r.nhandoff);
+	cr_assert(r.handoff_smid[0] < r.handoff_smid[1] && r.handoff_smid[1] < r.handoff_smid[2]);
+	/* the second and third are acknowledged; the first was lost */
+	uint32_t hthread = cluster_user_link(&T.cl, ua) - T.cl.nodes[0].link0;
+	struct dist_frame ack[2];
+	memset(ack, 0, sizeof ack);
+	for (int k = 0; k < 2; k++) {
+		ack[k].type = DIST_HANDOFF_ACK;
+		ack[k].handoff_ack.node = T.be[0].node;
+		ack[k].handoff_ack.thread = hthread;
+		ack[k].handoff_ack.user = um;
+		ack[k].handoff_ack.smid = r.handoff_smid[1 + k];
+	}
+	int64_t t0 = tc_now_ms();
+	raw_frames(&r, ack, 2, 2);
+	raw_wait(&r, 5000, a_fourth_handoff);
+	cr_assert_geq(r.nhandoff, 4, "the lost handoff did not go again within 5 s");
+	cr_assert_eq(r.handoff_smid[3], r.handoff_smid[0], "what went again is not the lost one");
+	cr_log_info("the lost handoff went again after %lld ms", (long long)(tc_now_ms() - t0));
+	cr_assert_eq(stat_num(&T.be[0], "store_mailbox_entries"), 1, "the acknowledged two are not deleted");
+	/* the link is lost, unacknowledged; the next one (same slot) gets it again */
+	uint64_t lost = r.handoff_smid[0];
+	tc_close(&r.c);
+	memset(&r, 0, sizeof r);
+	raw_login_link(&r, owner_port(ua), RAW_NODE);
+	raw_wait(&r, 3000, NULL);
+	cr_assert_geq(r.nhandoff, 1, "nothing went again on the new link within 3 s");
+	cr_assert_eq(r.handoff_smid[0], lost, "the new link's first handoff is not the unacknowledged one");
+	tc_close(&r.c);
+	for (int i = 0; i < NGW; i++)
+		cr_assert_eq(tc_server_signal(&T.gw[i].srv, SIGCONT), 0);
+	wait_links();
 	tc_close(&a);
 	all_alive();
 }
