@@ -3935,3 +3935,40 @@ Test(backend, lost_handoffs_go_again_without_waiting_for_the_stall, .timeout = 6
 	tc_close(&a);
 	all_alive();
 }
+
+/* A commit that fails after the owner's ack was taken puts the holder's
+ * entry back: it is handed off again at once (the owner has it, and acks
+ * again), not left until --login-stall (30 s here). The failure: the
+ * holder's first delete, the ack's, fails with EIO, so its commit fails. */
+Test(backend, a_failed_commit_hands_off_again, .timeout = 60)
+{
+	topo_start(NULL);
+	uint64_t ua = user_of(0, 97000), um = user_of(1, 97100);
+	struct tc_conn a;
+	open_login(&a, 0, ua);
+	group_req(&a, PROTO_GROUP_CREATE, 1, 0, &um, 1);
+	uint64_t gid = expect_group_result(&a, 1, 0, "create {a, m}");
+	tc_close(&a);
+	static const char *const opt[] = {"--inject-store-fault", "delete:eio:1", NULL};
+	T.be_extra = opt;
+	be_cycle(0);
+	open_login(&a, 0, ua);
+	send_group_msg(&a, 2, gid, "through a failed commit");
+	expect_ack(&a, 2, PROTO_ACK_STORED, "stored");
+	expect_stat(&T.be[0], "commits_failed", '=', 1, 5000);
+	expect_stat(&T.be[1], "handoffs_stored", '=', 1, 3000);
+	/* counters move at once; the store's gauges are published every 100 ms */
+	expect_stat(&T.be[0], "handoffs_acked", '=', 1, 5000);
+	cr_assert_geq(stat_num(&T.be[1], "handoffs_in"), 2, "the handoff did not go again");
+	tc_sleep_ms(300);
+	expect_stat(&T.be[0], "store_mailbox_entries", '=', 0, 3000);
+	expect_stat(&T.be[0], "handoff_users", '=', 0, 3000);
+	/* m gets it once */
+	struct tc_conn m;
+	open_login(&m, 1, um);
+	expect_deliver(&m, ua, gid, "through a failed commit", "m");
+	expect_silent(&m, 300, "once");
+	tc_close(&m);
+	tc_close(&a);
+	all_alive();
+}
