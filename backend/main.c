@@ -96,7 +96,9 @@ static size_t be_options(struct be_config *cfg, struct opt *out)
 		 "stored messages a logging-in user is sent ahead of its delivered receipts, in bytes (at most 256 "
 		 "messages); keep it under the gateways' --max-queue", OPT_RELOAD},
 		{"login-stall", OPT_MS, &cfg->login_stall_ms, "30s", 100, 3600000,
-		 "a logging-in user that sends no delivered receipt for this long is sent the next window anyway", OPT_RELOAD},
+		 "a logging-in user that sends no delivered receipt for this long is sent the next window anyway; "
+		 "entries handed to their owner thread with no ack for this long go again, through the next gateway",
+		 OPT_RELOAD},
 		{"fanout-rate", OPT_INT, &cfg->fanout_rate, "10000", 1, 1000000000,
 		 "mailbox writes per second per sender (a group message to N members is N), burst 2 x this or "
 		 "2 x --max-group; over it: ERROR slow_down", OPT_RELOAD},
