@@ -427,9 +427,13 @@ static void run_backlog(struct be *b)
  * it as its own, and answers HANDOFF_ACK once that is committed; only then
  * is the entry deleted here. The mailbox is the outbox: a restart of either
  * side loses nothing (at start a thread hands off every such entry its store
- * holds), and handoffs whose acks do not come (a lost link, a refusing
- * store) go again after --login-stall, or at once on another link. The
- * owner keeps a copy it has already, so a repeat stores nothing twice. The
+ * holds, and after a failed commit it hands off again what the store
+ * holds), and handoffs whose acks do not come (a lost link, a full queue
+ * at a gateway, a refusing store) go again: at once when their link is
+ * lost, within a second when the ack of a later one shows an earlier one
+ * lost (on_handoff_ack), else after --login-stall through the next
+ * gateway. The owner keeps a copy it has already, so a repeat stores
+ * nothing twice. The
  * window (BE_WINDOW_MSGS not yet acknowledged) paces it like a login. Stored
  * receipts for such a user are relayed to its owner and deleted here. */
 
