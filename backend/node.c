@@ -339,6 +339,22 @@ static int flush_user(struct be *b, struct be_backlog *e)
 	return x.full || n == (long)BE_FLUSH_PER_USER;
 }
 
+/* A message sent to a logging-in user at once, below where its login scan
+ * is (a copy another node thread handed over with an older smid): it is in
+ * the window as the scan's sends are, since its receipt counts out of it. */
+static void window_sent(struct be *b, uint64_t user, uint64_t smid, uint32_t len)
+{
+	uint64_t *at = u64map_get(&b->backlog_of, user);
+	if (!at)
+		return;
+	struct be_backlog *e = &b->backlog[*at];
+	if (e->receipts || smid > e->after || smid <= e->stall_after)
+		return;
+	e->inflight++;
+	e->inflight_bytes += len;
+	e->progress_ns = b->now_ns;
+}
+
 /* A delivered receipt for a message sent at the reader's login: its window
  * moves on. */
 static void window_acked(struct be *b, uint64_t user, uint64_t smid, uint32_t len)
@@ -807,6 +823,7 @@ static void on_handoff(struct be *b, struct link *l, const struct dist_frame *f)
 			handoff_start(b, m.to); /* the gateway thinks so, we do not: on it goes */
 		struct link *dl = user_link(b, m.to, NULL);
 		if (dl && !backlog_waits(b, m.to, m.smid) && send_item(dl, m.to, &m) == 0) {
+			window_sent(b, m.to, m.smid, m.len);
 			CNT_ADD(b, delivered_online, 1);
 			if (m.group)
 				CNT_ADD(b, group_fanout, 1);
@@ -924,6 +941,7 @@ static void on_route(struct be *b, struct link *l, const struct dist_frame *f)
 			continue;
 		m.to = rcpt[i];
 		if (send_item(dl, rcpt[i], &m) == 0) {
+			window_sent(b, rcpt[i], m.smid, m.len);
 			CNT_ADD(b, delivered_online, 1);
 			if (f->route.group)
 				CNT_ADD(b, group_fanout, 1);
@@ -1005,8 +1023,7 @@ static void on_receipt(struct be *b, struct link *l, const struct dist_frame *f)
 		if (send_relay(l, f->receipt.kind, reader, sender, f->receipt.smid) == 0)
 			CNT_ADD(b, receipts_relayed, 1);
 		else
-			log_rl(LOG_WARN, "link %s: queue full, dropping a receipt for user %llu", l->name,
-			       (unsigned long long)sender);
+			notify_receipt(b, sender, reader, f->receipt.kind, f->receipt.smid, 0); /* kept, and handed on */
 		return;
 	}
 	notify_receipt(b, sender, reader, f->receipt.kind, f->receipt.smid, 1);

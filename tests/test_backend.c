@@ -3972,3 +3972,51 @@ Test(backend, a_failed_commit_hands_off_again, .timeout = 60)
 	tc_close(&a);
 	all_alive();
 }
+
+/* A checked delivered receipt for a sender owned elsewhere goes back on the
+ * reader's gateway link to be relayed; when that link's queue is full it is
+ * kept here for the sender and handed to its owner like any stored receipt,
+ * where it was dropped. The reader's "gateway" is a raw link that reads
+ * nothing, so the deliveries to the reader fill its credit and its queue. */
+Test(backend, a_relay_that_finds_the_link_full_is_kept_and_handed_on, .timeout = 60)
+{
+	static const char *const be_opts[] = {"--link-queue", "64k", "--login-stall", "1s", NULL};
+	T.be_extra = be_opts;
+	topo_start("--rate-bytes", "0", "--rate-frames", "0", NULL);
+	uint64_t x = user_of(0, 98000), s = user_of(1, 98100);
+	static struct raw r;
+	raw_login_link(&r, owner_port(x), RAW_NODE);
+	raw_session_up(&r, x, 77, 1); /* x is online on the raw link */
+	struct tc_conn a;
+	open_login(&a, 1, s);
+	static char big[PROTO_MAX_BODY + 1];
+	memset(big, 'r', PROTO_MAX_BODY);
+	enum { N = 320 }; /* 5 MiB: past the 4 MiB of initial credit and the 64 KiB queue */
+	uint64_t first = 0;
+	for (uint64_t k = 1; k <= N; k++) {
+		send_msg(&a, k, x, big);
+		uint64_t smid = expect_ack(&a, k, PROTO_ACK_STORED, "stored for x");
+		if (k == 1)
+			first = smid;
+		if (k % 32 == 0) {
+			struct dist_frame hb = {.type = DIST_HEARTBEAT};
+			hb.heartbeat.seq = k;
+			uint8_t hbuf[32];
+			raw_send(&r, hbuf, dist_encode(&hb, hbuf, sizeof hbuf));
+		}
+	}
+	expect_stat(&T.be[0], "link_queue_bytes", '>', 60 << 10, 5000);
+	/* x's delivered receipt for the first, from the raw gateway */
+	struct dist_frame f = {.type = DIST_RECEIPT};
+	f.receipt.kind = PROTO_RCPT_DELIVERED;
+	f.receipt.flags = DIST_RCPT_DELETE | DIST_RCPT_NOTIFY;
+	f.receipt.from = x;
+	f.receipt.to = s;
+	f.receipt.smid = first;
+	raw_frames(&r, &f, 1, 2);
+	expect_receipt(&a, PROTO_RCPT_DELIVERED, x, first, "s gets x's receipt, though x's gateway link was full");
+	cr_assert_eq(stat_num(&T.be[0], "receipts_stored"), 1, "not kept at x's owner on its way");
+	tc_close(&r.c);
+	tc_close(&a);
+	all_alive();
+}
