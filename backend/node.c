@@ -969,10 +969,10 @@ static void notify_receipt(struct be *b, uint64_t owner, uint64_t peer, uint8_t 
 			CNT_ADD(b, receipts_dropped, 1);
 		else if (r == 0)
 			CNT_ADD(b, receipts_stored, 1);
-		if (r == 0 && !owned(b, owner))
-			handoff_start(b, owner); /* a gateway sent it to the wrong thread: on to the owner */
 		else
 			store_answer(b, r, "a receipt");
+		if (r == 0 && !owned(b, owner))
+			handoff_start(b, owner); /* a gateway sent it to the wrong thread: on to the owner */
 		if (r != 0 && !dl)
 			return;
 	}

@@ -4020,3 +4020,26 @@ Test(backend, a_relay_that_finds_the_link_full_is_kept_and_handed_on, .timeout =
 	tc_close(&a);
 	all_alive();
 }
+
+/* A receipt refused by --receipt-max is a dropped receipt, not a full
+ * mailbox: 0ef05aa put the handoff of a receipt stored for another
+ * thread's user between the branches of that count, and every refused
+ * receipt counted in mailbox_full (store_answer) as well. */
+Test(backend, receipts_over_their_bound_are_not_full_mailboxes, .timeout = 30)
+{
+	static const char *const be_opts[] = {"--receipt-max", "10", NULL};
+	T.be_extra = be_opts;
+	topo_start(NULL);
+	uint64_t victim = user_of(0, 99000), peer = user_of(1, 99100);
+	struct tc_conn x;
+	open_login(&x, 1, peer);
+	uint64_t now_ms = tc_wall_s() * 1000;
+	for (unsigned i = 0; i < 20; i++) /* read receipts, kept for the offline victim */
+		send_receipt(&x, PROTO_RCPT_READ, victim, msgid_make(now_ms, T.be[0].node, i));
+	ping_ok(&x, "after the receipts");
+	expect_stat(&T.be[0], "receipts_dropped", '=', 10, 3000);
+	expect_stat(&T.be[0], "store_receipts", '=', 10, 3000);
+	cr_assert_eq(stat_num(&T.be[0], "mailbox_full"), 0, "refused receipts counted as full mailboxes");
+	tc_close(&x);
+	all_alive();
+}
