@@ -122,12 +122,13 @@ static int send_item(struct link *l, uint64_t user, const struct store_msg *m)
 	return link_add(l, &f);
 }
 
-/* The receipt "peer received (kind) owner's message smid", to owner's gateway. */
-static int send_receipt(struct link *l, uint64_t owner, uint64_t peer, uint8_t kind, uint64_t smid)
+/* The receipt "peer received (kind) owner's message smid": NOTIFY to owner's
+ * gateway, or RELAY to a gateway to pass on to owner's owner thread. */
+static int send_receipt(struct link *l, uint8_t flags, uint64_t owner, uint64_t peer, uint8_t kind, uint64_t smid)
 {
 	struct dist_frame f = {.type = DIST_RECEIPT};
 	f.receipt.kind = kind;
-	f.receipt.flags = DIST_RCPT_NOTIFY;
+	f.receipt.flags = flags;
 	f.receipt.from = peer;
 	f.receipt.to = owner;
 	f.receipt.smid = smid;
@@ -282,7 +283,7 @@ static int flush_one(void *arg, const struct store_msg *m)
 static int flush_rcpt(void *arg, const struct store_rcpt *r)
 {
 	struct flush_ctx *x = arg;
-	if (!link_has_room(x->l, 64) || send_receipt(x->l, x->user, r->peer, r->kind, r->smid) != 0) {
+	if (!link_has_room(x->l, 64) || send_receipt(x->l, DIST_RCPT_NOTIFY, x->user, r->peer, r->kind, r->smid) != 0) {
 		x->full = 1;
 		return 1;
 	}
@@ -290,6 +291,31 @@ static int flush_rcpt(void *arg, const struct store_rcpt *r)
 	if (!x->acks && x->ngone < BE_FLUSH_PER_USER)
 		x->gone[x->ngone++] = *r; /* a protocol 1 client: sent once, as it always was */
 	return 0;
+}
+
+/* Delete what was sent of user's mailbox (receipts kept there by an older
+ * version: done once sent) / user's stored receipts, in a request of their
+ * own; returns 0 when it could not start (nothing deleted). */
+static int drop_entries(struct be *b, uint64_t user, const uint64_t *smids, size_t n)
+{
+	if (!n || req_begin(b, STORE_REQ_DRAIN, 2 * n, 0) != 0)
+		return 0;
+	int ok = 1;
+	for (size_t i = 0; i < n && ok; i++)
+		ok = store_ack(b->store, user, smids[i], NULL, NULL) >= 0;
+	req_end(b, ok);
+	return 1;
+}
+
+static int drop_receipts(struct be *b, uint64_t user, const struct store_rcpt *r, size_t n)
+{
+	if (!n || req_begin(b, STORE_REQ_DRAIN, 2 * n, 0) != 0)
+		return 0;
+	int ok = 1;
+	for (size_t i = 0; i < n && ok; i++)
+		ok = store_rcpt_del(b->store, user, r[i].peer, r[i].smid) >= 0;
+	req_end(b, ok);
+	return 1;
 }
 
 /* Send up to BE_FLUSH_PER_USER stored items of e; returns 1 when more remain
@@ -315,12 +341,7 @@ static int flush_user(struct be *b, struct be_backlog *e)
 		if (!window_room(b, e, 0))
 			return 1;
 		long n = store_scan(b->store, e->user, e->after, BE_FLUSH_PER_USER, flush_one, &x);
-		if (x.receipts_done && req_begin(b, STORE_REQ_DRAIN, 2 * x.receipts_done, 0) == 0) {
-			int ok = 1;
-			for (size_t i = 0; i < x.receipts_done && ok; i++)
-				ok = store_ack(b->store, e->user, x.receipts[i], NULL, NULL) >= 0;
-			req_end(b, ok);
-		}
+		drop_entries(b, e->user, x.receipts, x.receipts_done);
 		CNT_ADD(b, delivered_login, x.sent - x.receipts_done);
 		e->after = x.last;
 		if (x.full || n == (long)BE_FLUSH_PER_USER)
@@ -329,12 +350,7 @@ static int flush_user(struct be *b, struct be_backlog *e)
 		x.sent = 0;
 	}
 	long n = store_rcpt_scan(b->store, e->user, &e->rpos, BE_FLUSH_PER_USER, flush_rcpt, &x);
-	if (x.ngone && req_begin(b, STORE_REQ_DRAIN, 2 * x.ngone, 0) == 0) {
-		int ok = 1;
-		for (size_t i = 0; i < x.ngone && ok; i++)
-			ok = store_rcpt_del(b->store, e->user, x.gone[i].peer, x.gone[i].smid) >= 0;
-		req_end(b, ok);
-	}
+	drop_receipts(b, e->user, x.gone, x.ngone);
 	CNT_ADD(b, receipts_forwarded, x.sent);
 	return x.full || n == (long)BE_FLUSH_PER_USER;
 }
@@ -449,9 +465,9 @@ static void run_backlog(struct be *b)
  * lost, within a second when the ack of a later one shows an earlier one
  * lost (on_handoff_ack), else after --login-stall through the next
  * gateway. The owner keeps a copy it has already, so a repeat stores
- * nothing twice. The
- * window (BE_WINDOW_MSGS not yet acknowledged) paces it like a login. Stored
- * receipts for such a user are relayed to its owner and deleted here. */
+ * nothing twice. The window (BE_WINDOW_MSGS not yet acknowledged) paces it
+ * like a login. Stored receipts for such a user are relayed to its owner
+ * and deleted here. */
 
 static int owned(const struct be *b, uint64_t user)
 {
@@ -548,23 +564,12 @@ struct hand_ctx {
 	uint64_t old[BE_FLUSH_PER_USER]; /* receipts kept in the mailbox by an older version: relayed */
 };
 
-static int send_relay(struct link *l, uint8_t kind, uint64_t from, uint64_t to, uint64_t smid)
-{
-	struct dist_frame f = {.type = DIST_RECEIPT};
-	f.receipt.kind = kind;
-	f.receipt.flags = DIST_RCPT_RELAY;
-	f.receipt.from = from;
-	f.receipt.to = to;
-	f.receipt.smid = smid;
-	return link_add(l, &f);
-}
-
 static int hand_one(void *arg, const struct store_msg *m)
 {
 	struct hand_ctx *x = arg;
 	if (m->kind == STORE_RECEIPT) {
 		if (x->nold == BE_FLUSH_PER_USER || !link_has_room(x->l, 64) ||
-		    send_relay(x->l, m->rkind, m->from, x->e->user, m->ref) != 0)
+		    send_receipt(x->l, DIST_RCPT_RELAY, x->e->user, m->from, m->rkind, m->ref) != 0)
 			return x->stopped = 1;
 		x->old[x->nold++] = m->smid;
 		x->last = m->smid;
@@ -603,7 +608,7 @@ struct relay_ctx {
 static int relay_one(void *arg, const struct store_rcpt *r)
 {
 	struct relay_ctx *x = arg;
-	if (!link_has_room(x->l, 64) || send_relay(x->l, r->kind, r->peer, x->user, r->smid) != 0)
+	if (!link_has_room(x->l, 64) || send_receipt(x->l, DIST_RCPT_RELAY, x->user, r->peer, r->kind, r->smid) != 0)
 		return 1;
 	x->done[x->n++] = *r;
 	return 0;
@@ -643,12 +648,7 @@ static int handoff_user(struct be *b, struct be_backlog *e)
 			e->more = 0; /* the end: what is stored later sets it again (handoff_start) */
 		e->after = x.last;
 		CNT_ADD(b, handoffs_sent, x.sent);
-		if (x.nold && req_begin(b, STORE_REQ_DRAIN, 2 * x.nold, 0) == 0) {
-			int ok = 1;
-			for (size_t i = 0; i < x.nold && ok; i++)
-				ok = store_ack(b->store, e->user, x.old[i], NULL, NULL) >= 0;
-			req_end(b, ok);
-		}
+		drop_entries(b, e->user, x.old, x.nold);
 		CNT_ADD(b, receipts_relayed, x.nold);
 	}
 	if (rcpts) {
@@ -660,14 +660,9 @@ static int handoff_user(struct be *b, struct be_backlog *e)
 		x->l = l;
 		x->user = e->user;
 		x->n = 0;
-		if (store_rcpt_scan(b->store, e->user, &pos, BE_FLUSH_PER_USER, relay_one, x) >= 0 && x->n &&
-		    req_begin(b, STORE_REQ_DRAIN, 2 * x->n, 0) == 0) {
-			int ok = 1;
-			for (size_t i = 0; i < x->n && ok; i++)
-				ok = store_rcpt_del(b->store, e->user, x->done[i].peer, x->done[i].smid) >= 0;
-			req_end(b, ok);
+		if (store_rcpt_scan(b->store, e->user, &pos, BE_FLUSH_PER_USER, relay_one, x) >= 0 &&
+		    drop_receipts(b, e->user, x->done, x->n))
 			CNT_ADD(b, receipts_relayed, x->n);
-		}
 		free(x);
 	}
 	return 1;
@@ -976,7 +971,7 @@ static void notify_receipt(struct be *b, uint64_t owner, uint64_t peer, uint8_t 
 		if (r != 0 && !dl)
 			return;
 	}
-	if (dl && send_receipt(dl, owner, peer, kind, smid) == 0)
+	if (dl && send_receipt(dl, DIST_RCPT_NOTIFY, owner, peer, kind, smid) == 0)
 		CNT_ADD(b, receipts_forwarded, 1);
 }
 
@@ -1020,7 +1015,7 @@ static void on_receipt(struct be *b, struct link *l, const struct dist_frame *f)
 	if ((f->receipt.flags & DIST_RCPT_DELETE) && !owned(b, sender)) {
 		/* checked: the sender's owner (which knows its session) tells it,
 		 * by way of the reader's gateway */
-		if (send_relay(l, f->receipt.kind, reader, sender, f->receipt.smid) == 0)
+		if (send_receipt(l, DIST_RCPT_RELAY, sender, reader, f->receipt.kind, f->receipt.smid) == 0)
 			CNT_ADD(b, receipts_relayed, 1);
 		else
 			notify_receipt(b, sender, reader, f->receipt.kind, f->receipt.smid, 0); /* kept, and handed on */
@@ -1415,11 +1410,6 @@ static int undo_frame(void *arg, struct dist_frame *f)
 		u->dropped++; /* the copy is not stored: the holder sends it again */
 		return 0;
 	case DIST_HANDOFF:
-		if (smid0 && f->route.smid >= smid0) {
-			u->dropped++; /* stored in this transaction: it is not */
-			return 0;
-		}
-		return 1;
 	case DIST_ROUTE:
 		if (smid0 && f->route.smid >= smid0) {
 			u->dropped++; /* stored in this transaction: it is not */

@@ -255,6 +255,15 @@ static inline MDB_val mval(void *p, size_t n)
 	return (MDB_val){ .mv_size = n, .mv_data = p };
 }
 
+/* A mailbox entry's key, in k: be64(user) || be64(smid), so a user's
+ * entries are together and in smid order. */
+static inline MDB_val mbox_key(uint8_t k[16], uint64_t user, uint64_t smid)
+{
+	wire_be64_put(k, user);
+	wire_be64_put(k + 8, smid);
+	return mval(k, 16);
+}
+
 static void keep_free(struct store *s)
 {
 	while (s->keep) {
@@ -1049,9 +1058,7 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 		if (c >= mailbox_max)
 			continue;
 		uint8_t bk[16], one = 0;
-		wire_be64_put(bk, rcpt[i]);
-		memcpy(bk + 8, mk, 8);
-		MDB_val ek = mval(bk, 16), ev = mval(&one, 1);
+		MDB_val ek = mbox_key(bk, rcpt[i], m->smid), ev = mval(&one, 1);
 		rc = mdb_put(T(s), s->mbox, &ek, &ev, MDB_NOOVERWRITE);
 		if (rc == MDB_KEYEXIST)
 			continue; /* the same user twice in rcpt: one entry */
@@ -1074,6 +1081,21 @@ int store_put(struct store *s, const struct store_msg *m, const uint64_t *rcpt, 
 		return txn_err(s, rc);
 	msg_encode(v.mv_data, m, refs);
 	return 0;
+}
+
+/* Rewrite message k (its value v, as read in this transaction) with refs
+ * references. v points into the map, and the put may overwrite that very
+ * page: the rewrite is from a copy, taken before any write. */
+static int msg_set_refs(struct store *s, MDB_val *k, const MDB_val *v, uint32_t refs)
+{
+	int rc = tmp_reserve(s, v->mv_size);
+	if (rc)
+		return rc;
+	memcpy(s->tmp, v->mv_data, v->mv_size);
+	put_u32(s->tmp + MSG_OFF_REFS, refs);
+	MDB_val nv = mval(s->tmp, v->mv_size);
+	rc = mdb_put(T(s), s->msgs, k, &nv, 0);
+	return rc ? txn_err(s, rc) : 0;
 }
 
 int store_put_copy(struct store *s, const struct store_msg *m, uint64_t user, uint32_t mailbox_max)
@@ -1101,9 +1123,7 @@ int store_put_copy(struct store *s, const struct store_msg *m, uint64_t user, ui
 	if (have.kind != STORE_MSG || have.from != m->from)
 		return -EEXIST; /* another message under this id: refuse, as store_put does */
 	uint8_t bk[16], one = 0;
-	wire_be64_put(bk, user);
-	memcpy(bk + 8, mk, 8);
-	MDB_val ek = mval(bk, 16), ev;
+	MDB_val ek = mbox_key(bk, user, m->smid), ev;
 	rc = mdb_get(T(s), s->mbox, &ek, &ev);
 	if (rc == 0)
 		return STORE_E_EXISTS; /* this user's copy is here already */
@@ -1114,14 +1134,8 @@ int store_put_copy(struct store *s, const struct store_msg *m, uint64_t user, ui
 		return STORE_E_FULL;
 	if ((rc = fault(s, STORE_OP_MSG)) != 0)
 		return rc;
-	/* v points into the map: rewrite the count from a copy (see msg_unref) */
-	if ((rc = tmp_reserve(s, v.mv_size)) != 0)
+	if ((rc = msg_set_refs(s, &k, &v, refs + 1)) != 0)
 		return rc;
-	memcpy(s->tmp, v.mv_data, v.mv_size);
-	put_u32(s->tmp + MSG_OFF_REFS, refs + 1);
-	MDB_val nv = mval(s->tmp, v.mv_size);
-	if ((rc = mdb_put(T(s), s->msgs, &k, &nv, 0)) != 0)
-		return txn_err(s, rc);
 	ev = mval(&one, 1);
 	if ((rc = mdb_put(T(s), s->mbox, &ek, &ev, MDB_NOOVERWRITE)) != 0)
 		return txn_err(s, rc);
@@ -1171,19 +1185,11 @@ static int msg_unref(struct store *s, uint64_t smid, uint64_t *from, uint32_t *l
 	*len = m.len;
 	int counted = m.kind == STORE_MSG; /* m.from stays valid: copied above; v is not read after a write */
 	if (refs <= 1) {
-		rc = mdb_del(T(s), s->msgs, &k, NULL);
-	} else {
-		/* v points into the map, and the put below may overwrite that very
-		 * page: rewrite from a copy (taken before any write) */
-		if ((rc = tmp_reserve(s, v.mv_size)) != 0)
-			return rc;
-		memcpy(s->tmp, v.mv_data, v.mv_size);
-		put_u32(s->tmp + MSG_OFF_REFS, refs - 1);
-		MDB_val nv = mval(s->tmp, v.mv_size);
-		rc = mdb_put(T(s), s->msgs, &k, &nv, 0);
+		if ((rc = mdb_del(T(s), s->msgs, &k, NULL)) != 0)
+			return txn_err(s, rc);
+	} else if ((rc = msg_set_refs(s, &k, &v, refs - 1)) != 0) {
+		return rc;
 	}
-	if (rc)
-		return txn_err(s, rc);
 	return counted ? u32_add(s, CNT_SENDERS, *from, -1) : 0;
 }
 
@@ -1203,9 +1209,7 @@ int store_ack(struct store *s, uint64_t user, uint64_t smid, uint64_t *from, uin
 	if ((rc = fault(s, STORE_OP_DELETE)) != 0)
 		return rc;
 	uint8_t bk[16];
-	wire_be64_put(bk, user);
-	wire_be64_put(bk + 8, smid);
-	MDB_val k = mval(bk, 16);
+	MDB_val k = mbox_key(bk, user, smid);
 	rc = mdb_del(T(s), s->mbox, &k, NULL);
 	if (rc == MDB_NOTFOUND)
 		return STORE_E_NOTFOUND;
@@ -1391,9 +1395,7 @@ long store_scan(struct store *s, uint64_t user, uint64_t after, size_t max,
 	if (rc)
 		return txn_err(s, rc);
 	uint8_t bk[16];
-	wire_be64_put(bk, user);
-	wire_be64_put(bk + 8, after + 1);
-	MDB_val k = mval(bk, 16), v;
+	MDB_val k = mbox_key(bk, user, after + 1), v;
 	long visited = 0;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0 && (size_t)visited < max;
 	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {

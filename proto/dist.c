@@ -25,6 +25,19 @@ static const uint8_t type_where[256] = {
 	[DIST_HANDOFF_ACK] = AT_INNER,
 };
 
+/* Field rules both the parser and the encoder hold to. */
+static int rcpt_flags_ok(uint8_t flags)
+{
+	/* at least one known flag; RELAY (backend -> gateway) only alone */
+	return flags && !(flags & ~DIST_RCPT_FLAGS) && (!(flags & DIST_RCPT_RELAY) || flags == DIST_RCPT_RELAY);
+}
+
+static int handoff_ok(uint8_t type, const struct dist_frame *f)
+{
+	/* a handoff is one user's copy of a stored message, from a holder */
+	return type != DIST_HANDOFF || (f->route.smid && f->route.to && f->route.onode);
+}
+
 static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
 {
 	switch (type) {
@@ -111,8 +124,7 @@ static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
 		f->route.oconn = rd_uv(r);
 		f->route.cmid = rd_uv(r);
 		f->route.body = rd_rest(r, 1, PROTO_MAX_BODY);
-		/* a handoff is one user's copy of a stored message, from a holder */
-		if (type == DIST_HANDOFF && (!f->route.smid || !f->route.to || !f->route.onode))
+		if (!handoff_ok(type, f))
 			rd_fail(r);
 		break;
 	case DIST_HANDOFF_ACK:
@@ -152,8 +164,7 @@ static void parse_payload(struct rd *r, uint8_t type, struct dist_frame *f)
 		if (f->receipt.kind != PROTO_RCPT_DELIVERED && f->receipt.kind != PROTO_RCPT_READ)
 			rd_fail(r);
 		f->receipt.flags = rd_u8(r);
-		if (!f->receipt.flags || (f->receipt.flags & ~DIST_RCPT_FLAGS) ||
-		    ((f->receipt.flags & DIST_RCPT_RELAY) && f->receipt.flags != DIST_RCPT_RELAY))
+		if (!rcpt_flags_ok(f->receipt.flags))
 			rd_fail(r);
 		f->receipt.from = rd_uv(r);
 		rd_nonzero(r, f->receipt.from);
@@ -291,8 +302,7 @@ static void enc_payload(struct wr *w, const void *frame)
 		break;
 	case DIST_ROUTE:
 	case DIST_HANDOFF:
-		wr_check(w, f->route.from != 0 && (f->route.to != 0 || f->route.group != 0) &&
-				    (f->type != DIST_HANDOFF || (f->route.smid && f->route.to && f->route.onode)));
+		wr_check(w, f->route.from != 0 && (f->route.to != 0 || f->route.group != 0) && handoff_ok(f->type, f));
 		wr_uv(w, f->route.smid);
 		wr_uv(w, f->route.from);
 		wr_uv(w, f->route.to);
@@ -335,9 +345,8 @@ static void enc_payload(struct wr *w, const void *frame)
 		break;
 	case DIST_RECEIPT:
 		wr_check(w, (f->receipt.kind == PROTO_RCPT_DELIVERED || f->receipt.kind == PROTO_RCPT_READ) &&
-				    f->receipt.flags && !(f->receipt.flags & ~DIST_RCPT_FLAGS) &&
-				    (!(f->receipt.flags & DIST_RCPT_RELAY) || f->receipt.flags == DIST_RCPT_RELAY) &&
-				    f->receipt.from != 0 && f->receipt.to != 0 && f->receipt.smid != 0);
+				    rcpt_flags_ok(f->receipt.flags) && f->receipt.from != 0 && f->receipt.to != 0 &&
+				    f->receipt.smid != 0);
 		wr_u8(w, f->receipt.kind);
 		wr_u8(w, f->receipt.flags);
 		wr_uv(w, f->receipt.from);

@@ -3413,8 +3413,16 @@ Test(backend, link_queue_bound_is_a_memory_bound, .timeout = 60)
 	all_alive();
 }
 
-/* One batch of frames and a HEARTBEAT (the backend closes a link silent
- * for 3 s) on a raw link. */
+/* A HEARTBEAT on a raw link: the backend closes a link silent for 3 s. */
+static void raw_heartbeat(struct raw *r, uint64_t seq)
+{
+	struct dist_frame hb = {.type = DIST_HEARTBEAT};
+	hb.heartbeat.seq = seq;
+	uint8_t hbuf[32];
+	raw_send(r, hbuf, dist_encode(&hb, hbuf, sizeof hbuf));
+}
+
+/* One batch of frames and a HEARTBEAT on a raw link. */
 static void raw_frames(struct raw *r, const struct dist_frame *f, size_t n, uint64_t seq)
 {
 	static uint8_t bb[1 << 16];
@@ -3425,10 +3433,19 @@ static void raw_frames(struct raw *r, const struct dist_frame *f, size_t n, uint
 	size_t bn;
 	uint8_t *bp = dist_batch_finish(&b, seq, &bn);
 	raw_send(r, bp, bn);
-	struct dist_frame hb = {.type = DIST_HEARTBEAT};
-	hb.heartbeat.seq = seq;
-	uint8_t hbuf[32];
-	raw_send(r, hbuf, dist_encode(&hb, hbuf, sizeof hbuf));
+	raw_heartbeat(r, seq);
+}
+
+/* Heartbeats on a raw link while waiting up to ms for the backend's frames;
+ * stops early when done(). */
+static void raw_wait(struct raw *r, int ms, int (*done)(struct raw *))
+{
+	static uint64_t seq = 1000;
+	int64_t deadline = tc_now_ms() + ms;
+	while (tc_now_ms() < deadline && !(done && done(r))) {
+		raw_heartbeat(r, seq++);
+		raw_read(r, 0, 200);
+	}
 }
 
 /* One SESSION_UP in a batch of its own, and a HEARTBEAT. */
@@ -3795,13 +3812,21 @@ Test(backend, forged_handoff_frames_delete_nothing, .timeout = 30)
  * next gateway link. Before, it sent again on the same link while that
  * stayed up: for ever. 20 members owned elsewhere, so that some start on
  * the swallowing link (the link a user starts on follows its id). */
+enum { SWALLOW_M = 20 };
+
+static int all_handed_off(struct raw *r)
+{
+	(void)r;
+	return stat_sum("handoff_users") == 0 && stat_num(&T.be[1], "handoffs_stored") == SWALLOW_M;
+}
+
 Test(backend, handoffs_move_on_from_a_gateway_that_swallows_them, .timeout = 60)
 {
 	static const char *const be_opts[] = {"--login-stall", "1s", NULL};
 	T.be_extra = be_opts;
 	topo_start(NULL);
 	uint64_t ua = user_of(0, 95000);
-	enum { M = 20 };
+	enum { M = SWALLOW_M };
 	uint64_t members[M], u = 95100;
 	for (int i = 0; i < M; i++)
 		u = members[i] = user_of(1, u + 1);
@@ -3813,17 +3838,8 @@ Test(backend, handoffs_move_on_from_a_gateway_that_swallows_them, .timeout = 60)
 	uint64_t gid = expect_group_result(&a, 1, 0, "create");
 	send_group_msg(&a, 2, gid, "to twenty offline members");
 	expect_ack(&a, 2, PROTO_ACK_STORED, "stored");
-	int64_t deadline = tc_now_ms() + 15000, left = -1;
-	for (uint64_t seq = 1; tc_now_ms() < deadline; seq++) {
-		struct dist_frame hb = {.type = DIST_HEARTBEAT}; /* keep the swallowing link up */
-		hb.heartbeat.seq = seq;
-		uint8_t hbuf[32];
-		raw_send(&r, hbuf, dist_encode(&hb, hbuf, sizeof hbuf));
-		raw_read(&r, 0, 300);
-		left = stat_sum("handoff_users");
-		if (left == 0 && stat_num(&T.be[1], "handoffs_stored") == M)
-			break;
-	}
+	raw_wait(&r, 15000, all_handed_off); /* keeping the swallowing link up */
+	int64_t left = stat_sum("handoff_users");
 	cr_log_info("the swallowing link got %u handoffs", r.inner[DIST_HANDOFF]);
 	cr_assert_eq(left, 0, "%lld members' copies still at the group's thread after 15 s (the swallowing link took %u)",
 		     (long long)left, r.inner[DIST_HANDOFF]);
@@ -3832,21 +3848,6 @@ Test(backend, handoffs_move_on_from_a_gateway_that_swallows_them, .timeout = 60)
 	tc_close(&r.c);
 	tc_close(&a);
 	all_alive();
-}
-
-/* Heartbeats on a raw link while waiting up to ms for the backend's frames
- * (the backend closes a link silent for 3 s); stops early when done(). */
-static void raw_wait(struct raw *r, int ms, int (*done)(struct raw *))
-{
-	static uint64_t seq = 1000;
-	int64_t deadline = tc_now_ms() + ms;
-	while (tc_now_ms() < deadline && !(done && done(r))) {
-		struct dist_frame hb = {.type = DIST_HEARTBEAT};
-		hb.heartbeat.seq = seq++;
-		uint8_t hbuf[32];
-		raw_send(r, hbuf, dist_encode(&hb, hbuf, sizeof hbuf));
-		raw_read(r, 0, 200);
-	}
 }
 
 static int three_handoffs(struct raw *r)
@@ -3998,12 +3999,8 @@ Test(backend, a_relay_that_finds_the_link_full_is_kept_and_handed_on, .timeout =
 		uint64_t smid = expect_ack(&a, k, PROTO_ACK_STORED, "stored for x");
 		if (k == 1)
 			first = smid;
-		if (k % 32 == 0) {
-			struct dist_frame hb = {.type = DIST_HEARTBEAT};
-			hb.heartbeat.seq = k;
-			uint8_t hbuf[32];
-			raw_send(&r, hbuf, dist_encode(&hb, hbuf, sizeof hbuf));
-		}
+		if (k % 32 == 0)
+			raw_heartbeat(&r, k);
 	}
 	expect_stat(&T.be[0], "link_queue_bytes", '>', 60 << 10, 5000);
 	/* x's delivered receipt for the first, from the raw gateway */
