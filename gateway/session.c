@@ -194,9 +194,9 @@ static int smid_plausible(const struct worker *w, uint64_t smid)
 
 /* A receipt from the client. What the server can check, it checks: a
  * delivered receipt for a message a backend stored goes to the reader's
- * owner only,
- * which deletes the message from the reader's mailbox and tells the sender
- * only if the mailbox held it, from that sender (PROTOCOL.md 3.2, RECEIPT).
+ * owner only, which deletes the message from the reader's mailbox and tells
+ * the sender only if the mailbox held it, from that sender (PROTOCOL.md 3.2,
+ * RECEIPT).
  * Others (read receipts, messages delivered by a gateway) go to the peer
  * directly, and are kept for it while it is offline within per-peer and
  * per-user bounds that are apart from its message mailbox. */
